@@ -1,0 +1,121 @@
+# QuorumBD build. `make` builds release binaries in build/release/bin; `make test` builds in
+# build/debug and runs the unit and integration tests; MODE=asan|fuzz select other build folders.
+MODE ?= release
+BUILD := build/$(MODE)
+
+CXX ?= g++
+ifeq ($(MODE),asan)
+  CXX := clang++
+endif
+ifeq ($(MODE),fuzz)
+  CXX := clang++
+endif
+
+CPPFLAGS += -Iinclude -Isrc -MMD -MP
+CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Werror -pthread
+LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -pthread
+
+ifeq ($(MODE),release)
+  CXXFLAGS += -O2 -g -DNDEBUG
+else ifeq ($(MODE),debug)
+  CXXFLAGS += -O1 -g
+else ifeq ($(MODE),asan)
+  CXXFLAGS += -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(MODE),fuzz)
+  CXXFLAGS += -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address,undefined
+else
+  $(error unknown MODE=$(MODE): release, debug, asan or fuzz)
+endif
+
+LIB_SRCS := $(wildcard src/*/*.cc)
+BIN_NAMES := $(notdir $(wildcard src/bin/*))
+TEST_SRCS := $(wildcard tests/*_test.cc tests/testutil/*.cc tests/regress/*_test.cc)
+FUZZ_SRCS := $(wildcard fuzz/*_fuzz.cc)
+
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/%.o)
+TEST_OBJS := $(TEST_SRCS:%.cc=$(BUILD)/%.o)
+LIB := $(BUILD)/libqbd.a
+BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
+FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
+
+.PHONY: all deps test unit integration run bench asan fuzz clean format check-format check-headers
+.DEFAULT_GOAL := all
+
+all: deps $(BINS)
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/src/bin/%/main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/unit_tests: $(TEST_OBJS) $(LIB)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+# `make test`: unit tests (doctest) and integration tests (real daemon, real NBD clients), ending
+# with one line "N passed, N failed".
+test:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory MODE=debug build/debug/unit_tests $(BIN_NAMES:%=build/debug/bin/%)
+	@scripts/run-tests.sh build/debug
+
+unit:
+	@$(MAKE) --no-print-directory MODE=debug deps build/debug/unit_tests
+	build/debug/unit_tests --order-by=rand
+
+integration:
+	@$(MAKE) --no-print-directory MODE=debug deps $(BIN_NAMES:%=build/debug/bin/%)
+	@QBD_SKIP_UNIT=1 scripts/run-tests.sh build/debug $(T)
+
+# `make run`: build, then serve the embedded default (three local parts under ./var, volume
+# "demo" of 1 GiB) on 127.0.0.1:10809 with its config in var/qbd.conf. Ctrl-C stops it.
+run: all
+	$(BUILD)/bin/qbd-master --config var/qbd.conf --create-default
+
+asan:
+	@QBD_DEPS_SANITIZERS=1 scripts/install-deps.sh
+	@$(MAKE) --no-print-directory MODE=asan build/asan/unit_tests $(BIN_NAMES:%=build/asan/bin/%)
+	@scripts/run-tests.sh build/asan
+
+FUZZ_SECONDS ?= 30
+fuzz:
+	@QBD_DEPS_SANITIZERS=1 scripts/install-deps.sh
+	@$(MAKE) --no-print-directory MODE=fuzz $(FUZZ_SRCS:fuzz/%.cc=build/fuzz/fuzz/%)
+	@for f in $(FUZZ_SRCS:fuzz/%.cc=%); do \
+	  mkdir -p fuzz/corpus/$$f build/fuzz/corpus/$$f; \
+	  build/fuzz/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus/$$f fuzz/corpus/$$f || exit 1; \
+	done
+
+bench: all
+	scripts/bench.sh $(BUILD)
+
+check-headers:
+	@for h in include/qbd/*.h; do \
+	  echo '#include "'$${h#include/}'"' | $(CXX) $(CPPFLAGS) -std=c++20 -fsyntax-only -x c++ - || exit 1; \
+	done; echo "headers OK"
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h')
+
+check-format:
+	clang-format --dry-run -Werror $$(git ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/src/bin/*/main.d

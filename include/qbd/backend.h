@@ -1,0 +1,84 @@
+// StorageBackend: the only path from qbd to persistent storage (leveldb's Env).
+//
+// Production code uses LocalDirBackend (one directory) and, later, NfsBackend (one libnfs export);
+// tests use MemBackend and FaultyBackend (tests/testutil). Paths are relative to the backend root,
+// '/'-separated, never "..". A backend is safe for concurrent use; a ChunkFile is safe for
+// concurrent ReadAt/WriteAt/Sync from several threads (positional I/O, no shared cursor).
+// I/O failures are IOError with the errno; an absent file is NotFound.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qbd/status.h"
+
+namespace qbd {
+
+class ChunkFile {
+ public:
+  virtual ~ChunkFile() = default;
+  // Fills all of `out`. Reading past the end of the file is Corruption ("short read"): chunk files
+  // are written at full size before they are published (layout-spec.md §4).
+  virtual Status ReadAt(uint64_t offset, std::span<std::byte> out) = 0;
+  // Writes all of `in`. Durable only after Sync() returns OK.
+  virtual Status WriteAt(uint64_t offset, std::span<const std::byte> in) = 0;
+  // Makes every completed WriteAt/PunchHole/Truncate durable (fsync, NFS COMMIT).
+  virtual Status Sync() = 0;
+  // Sets the file size; new bytes read as zeros.
+  virtual Status Truncate(uint64_t size) = 0;
+  virtual Result<uint64_t> Size() = 0;
+  // Makes [offset, offset + len) read as zeros and gives the space back where the file system
+  // can; NotSupported where it cannot (the caller then writes zeros).
+  virtual Status PunchHole(uint64_t offset, uint64_t len) = 0;
+  // True when the file was removed or replaced under its name since it was opened, so that this
+  // handle no longer reaches the named file and must be dropped.
+  virtual bool Detached() = 0;
+};
+
+struct FileInfo {
+  uint64_t size = 0;
+  bool is_dir = false;
+};
+
+class StorageBackend {
+ public:
+  virtual ~StorageBackend() = default;
+  // "local:/srv/qbd/node1", "nfs://host/export"...: names the backend in messages.
+  virtual std::string Describe() const = 0;
+  // Opens an existing file for reading and writing. NotFound if `path` is absent.
+  virtual Result<std::unique_ptr<ChunkFile>> Open(std::string_view path) = 0;
+  // Creates `path` or truncates it to zero length.
+  virtual Result<std::unique_ptr<ChunkFile>> Create(std::string_view path) = 0;
+  // Atomically replaces `to` with `from`; durable only after SyncDir() of its directory.
+  virtual Status Rename(std::string_view from, std::string_view to) = 0;
+  virtual Status Remove(std::string_view path) = 0;
+  // Creates `dir` and its missing parents; OK when it exists.
+  virtual Status MkDirs(std::string_view dir) = 0;
+  // Removes an empty directory.
+  virtual Status RemoveDir(std::string_view dir) = 0;
+  virtual Status SyncDir(std::string_view dir) = 0;
+  virtual Result<FileInfo> Stat(std::string_view path) = 0;
+  // Names in `dir`, unordered, without "." and "..". NotFound if `dir` is absent.
+  virtual Result<std::vector<std::string>> List(std::string_view dir) = 0;
+  // An identity of the file system holding the root ("dev:2049" / "nfs://host/export"), used
+  // to refuse two parts of one volume in one failure domain.
+  virtual std::string FailureDomain() const = 0;
+};
+
+// A backend rooted at a local directory (created if missing). IOError if it cannot be created.
+Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root);
+
+// Helpers over any backend.
+// Reads a whole small file (metadata files). NotFound if absent.
+Result<std::string> ReadSmallFile(StorageBackend& backend, std::string_view path);
+// Atomically replaces `path` with `contents`: temp file, write, sync, rename, sync dir.
+Status WriteFileAtomic(StorageBackend& backend, std::string_view path, std::string_view contents);
+// Directory part of a '/'-separated path ("" for a top-level name).
+std::string DirName(std::string_view path);
+
+}  // namespace qbd

@@ -1,0 +1,70 @@
+// Configuration: qbd.conf, the small `key = value` text format shared with .meta and
+// .volumesmeta (layout-spec.md §1), and the sizes users type ("4M", "1G").
+//
+// Every parse error names the file and the line: "var/qbd.conf:7: unknown key 'lisen'".
+// Thread-safety: pure functions and values.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qbd/log.h"
+#include "qbd/status.h"
+
+namespace qbd {
+
+// One `key = value` line; `section` is the bracketed header above it ("" before any),
+// split into its kind and argument: "[backend node1]" -> section "backend", arg "node1".
+struct KvLine {
+  int line = 0;
+  std::string section;
+  std::string section_arg;
+  std::string key;
+  std::string value;
+};
+
+// Parses `text`; '#' starts a comment, blank lines are skipped. InvalidArgument naming
+// `file:line` for a line that is neither a header nor `key = value`.
+Result<std::vector<KvLine>> ParseKvText(std::string_view text, std::string_view file);
+
+// "4096", "64K", "4M", "1G", "2T" (binary multiples; optional trailing "iB"/"B").
+Result<uint64_t> ParseSize(std::string_view text);
+// "1 GiB", "4 MiB", "4096 B": the largest binary unit that divides `bytes`.
+std::string FormatSize(uint64_t bytes);
+Result<bool> ParseBool(std::string_view text);
+
+struct BackendConfig {
+  std::string name;
+  std::string location;  // an absolute directory, or an nfs:// URL
+  int line = 0;
+};
+
+struct Config {
+  std::string file;                       // the file it was read from, for messages
+  std::string listen = "127.0.0.1:10809";  // the NBD listener serving every volume by name
+  std::vector<std::string> parts;         // backend names; part 'a' + i lives on parts[i]
+  std::vector<BackendConfig> backends;    // in file order
+  std::map<std::string, std::string> volume_listen;  // volume name -> its own listener
+  int threads_per_connection = 16;
+  uint32_t write_quorum = 0;   // 0: a majority of each volume's replicas
+  std::string default_export;  // served for the empty export name ("" = first volume)
+  LogLevel log_level = LogLevel::kInfo;
+  uint32_t volume_poll_ms = 1000;  // how often .volumesmeta is re-read
+  bool allow_shared_failure_domain = false;
+
+  // The backend that holds part `part` ('a'...). nullptr past the configured parts.
+  const BackendConfig* BackendForPart(char part) const;
+};
+
+// Parses qbd.conf text; relative backend paths are resolved against `base_dir`.
+Result<Config> ParseConfig(std::string_view text, const std::string& file, const std::string& base_dir);
+// Reads and parses `path`. NotFound if it is absent.
+Result<Config> LoadConfig(const std::string& path);
+// The embedded default of `make run`: three local parts beside the config file, NBD on
+// 127.0.0.1:10809.
+std::string DefaultConfigText();
+
+}  // namespace qbd

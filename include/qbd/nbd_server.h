@@ -1,0 +1,75 @@
+// NbdServer: the NBD fixed-newstyle server of qbd-master (sockets and threads; the pure protocol
+// encoding lives in nbd_wire.h).
+//
+// One NbdServer owns any number of listeners (TCP "host:port" or "unix:/path"). A listener either
+// serves every export of its ExportRegistry by name, or is bound to one export, which it then
+// serves whatever name the client asks for (the per-volume port of the design).
+//
+// Per connection, `threads_per_connection` threads take turns reading one request each (under a
+// read lock, payload included), run it through the export's BlockHandler and send the reply (under
+// a write lock), so many requests are in flight and replies may be out of order.
+//
+// Thread-safety: Listen* and Stop may be called from any thread; Stop is idempotent.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qbd/handler.h"
+#include "qbd/status.h"
+
+namespace qbd {
+
+// What the server advertises for one export and the handler that serves it.
+struct Export {
+  std::string name;         // NBD export name (= volume name)
+  std::string description;  // NBD_INFO_DESCRIPTION, may be empty
+  bool read_only = false;   // NBD_FLAG_READ_ONLY; writes, trims and zeroes get EPERM
+  uint32_t min_block = 1;           // NBD_INFO_BLOCK_SIZE minimum
+  uint32_t preferred_block = 4096;  // NBD_INFO_BLOCK_SIZE preferred (the volume block size)
+  uint32_t max_payload = 32u << 20; // NBD_INFO_BLOCK_SIZE maximum; longer READ/WRITE get EINVAL
+  std::shared_ptr<BlockHandler> handler;  // Size() is the export size
+};
+
+// The set of exports, which may change while the server runs.
+class ExportRegistry {
+ public:
+  virtual ~ExportRegistry() = default;
+  // Names for NBD_OPT_LIST, in a stable order.
+  virtual std::vector<std::string> List() const = 0;
+  // The export named `name`; "" is the default export. nullptr when there is none.
+  virtual std::shared_ptr<const Export> Find(std::string_view name) const = 0;
+};
+
+struct NbdServerOptions {
+  int threads_per_connection = 16;
+  // Longest option payload accepted during the handshake; longer closes the connection.
+  uint32_t max_option_length = 64 * 1024;
+};
+
+class NbdServer {
+ public:
+  // `registry` must outlive the server.
+  NbdServer(const ExportRegistry& registry, NbdServerOptions options);
+  ~NbdServer();  // Stop()s
+
+  // Starts accepting on `spec` ("127.0.0.1:10809", "[::1]:10809", "unix:/run/qbd.sock").
+  // With a non-empty `only_export` the listener serves that export for any requested name.
+  // Port 0 picks a free port; BoundAddress() tells which. IOError when bind/listen fails.
+  Status Listen(std::string_view spec, std::string only_export = "");
+  // "127.0.0.1:PORT" or "unix:PATH" of the listeners, in Listen order.
+  std::vector<std::string> BoundAddresses() const;
+
+  // Stops accepting, lets every connection finish the requests it has read, sends their replies,
+  // closes the connections and returns when all server threads have ended.
+  void Stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qbd

@@ -1,0 +1,61 @@
+// The two metadata files of the layout (layout-spec.md §1, §2): `.volumesmeta` (volume names and
+// numbers, on every backend) and `<volnr>/.meta` (one volume's policy, on every backend holding
+// one of its parts). Both are `key = value` text with a format version and a serial that grows
+// on every change, so that the newest copy wins when backends disagree.
+//
+// Thread-safety: pure functions and values.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "qbd/chunk_format.h"
+#include "qbd/status.h"
+
+namespace qbd {
+
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr char kVolumesMetaPath[] = ".volumesmeta";
+
+struct VolumeMeta {
+  std::string name;
+  uint32_t number = 0;
+  Geometry geometry;
+  uint32_t replicas = 1;      // parts a .. 'a' + replicas - 1
+  uint32_t write_quorum = 0;  // 0: majority of replicas
+  bool read_only = false;
+  bool append_only = false;
+  uint64_t serial = 1;
+  std::string created;  // ISO 8601 UTC, informational
+
+  uint32_t EffectiveWriteQuorum() const { return write_quorum != 0 ? write_quorum : replicas / 2 + 1; }
+  char LastPart() const { return static_cast<char>('a' + replicas - 1); }
+};
+
+// "<volnr>/.meta"
+std::string MetaPath(uint32_t volnr);
+std::string EncodeVolumeMeta(const VolumeMeta& meta);
+// InvalidArgument naming `file:line` for a malformed line, an unknown key, a missing key or an
+// unsupported format.
+Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file);
+
+struct VolumesIndex {
+  uint64_t serial = 0;
+  std::map<std::string, uint32_t> volumes;  // name -> number
+
+  // The number of `name`, or 0.
+  uint32_t Find(std::string_view name) const;
+  // One more than the largest number ever listed here.
+  uint32_t NextNumber() const;
+};
+
+std::string EncodeVolumesIndex(const VolumesIndex& index);
+Result<VolumesIndex> ParseVolumesIndex(std::string_view text, std::string_view file);
+
+// InvalidArgument unless `name` is 1-64 of [A-Za-z0-9._-], starts with a letter or digit, and
+// is not a reserved key ("format", "serial").
+Status ValidateVolumeName(std::string_view name);
+
+}  // namespace qbd

@@ -1,0 +1,61 @@
+// Implements layout-spec.md §2-§4.
+#include "qbd/chunk_format.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "common/coding.h"
+
+namespace qbd {
+
+void EncodeBlockMeta(const BlockMeta& meta, std::byte* out16) {
+  EncodeLE64(out16, meta.generation);  // §4.2: bytes 0-7
+  EncodeLE64(out16 + 8, meta.checksum);  // §4.2: bytes 8-15
+}
+
+BlockMeta DecodeBlockMeta(const std::byte* in16) {
+  return BlockMeta{DecodeLE64(in16), DecodeLE64(in16 + 8)};
+}
+
+Status VerifyBlock(std::span<const std::byte> data, const BlockMeta& meta) {
+  if (meta.IsUnwritten()) {
+    // §4.3: an unwritten block must read as zeros; anything else lost its metadata.
+    bool zero = std::all_of(data.begin(), data.end(), [](std::byte b) { return b == std::byte{0}; });
+    if (!zero) return Status::Corruption("data present under all-zero metadata");
+    return Status::OK();
+  }
+  if (meta.generation == 0) return Status::Corruption("generation 0 with a checksum");
+  uint64_t sum = BlockChecksum(data);
+  if (sum != meta.checksum) {
+    return Status::Corruption(
+        fmt::format("checksum mismatch: stored {:016x}, computed {:016x}", meta.checksum, sum));
+  }
+  return Status::OK();
+}
+
+static bool IsPow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+Status Geometry::Validate() const {
+  if (!IsPow2(block_size) || block_size < kMinBlockSize || block_size > kMaxBlockSize) {
+    return Status::InvalidArgument(fmt::format(
+        "block size {} must be a power of two from {} to {}", block_size, kMinBlockSize, kMaxBlockSize));
+  }
+  if (!IsPow2(chunk_size) || chunk_size < block_size || chunk_size > kMaxChunkSize) {
+    return Status::InvalidArgument(fmt::format(
+        "chunk size {} must be a power of two from the block size to {}", chunk_size, kMaxChunkSize));
+  }
+  if (size == 0 || size % block_size != 0) {
+    return Status::InvalidArgument(
+        fmt::format("volume size {} must be a non-zero multiple of the block size {}", size, block_size));
+  }
+  return Status::OK();
+}
+
+std::string ChunkPath(uint32_t volnr, char part, uint64_t chunk) {
+  return fmt::format("{}/{}/{}", volnr, part, chunk + 1);
+}
+
+std::string PartDir(uint32_t volnr, char part) { return fmt::format("{}/{}", volnr, part); }
+
+}  // namespace qbd

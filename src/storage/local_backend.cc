@@ -1,0 +1,195 @@
+// LocalDirBackend: a StorageBackend rooted at a local directory. The only file (with
+// nfs_backend.cc) that calls open/pread/pwrite/fsync.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <string>
+
+#include "qbd/backend.h"
+
+namespace qbd {
+namespace {
+
+class LocalFile final : public ChunkFile {
+ public:
+  LocalFile(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+  ~LocalFile() override { ::close(fd_); }
+
+  Status ReadAt(uint64_t offset, std::span<std::byte> out) override {
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno("pread " + name_, errno);
+      }
+      if (n == 0) {
+        return Status::Corruption("short read " + name_ + " at " + std::to_string(offset + done));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status::OK();
+  }
+
+  Status WriteAt(uint64_t offset, std::span<const std::byte> in) override {
+    size_t done = 0;
+    while (done < in.size()) {
+      ssize_t n = ::pwrite(fd_, in.data() + done, in.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno("pwrite " + name_, errno);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status::OK();
+  }
+
+  Status Sync() override {
+    if (::fdatasync(fd_) != 0) return Status::FromErrno("fdatasync " + name_, errno);
+    return Status::OK();
+  }
+
+  Status Truncate(uint64_t size) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return Status::FromErrno("ftruncate " + name_, errno);
+    }
+    return Status::OK();
+  }
+
+  Result<uint64_t> Size() override {
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return Status::FromErrno("fstat " + name_, errno);
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  Status PunchHole(uint64_t offset, uint64_t len) override {
+    if (len == 0) return Status::OK();
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(len)) != 0) {
+      if (errno == EOPNOTSUPP) return Status::NotSupported("punch hole " + name_);
+      return Status::FromErrno("punch hole " + name_, errno);
+    }
+    return Status::OK();
+  }
+
+  bool Detached() override {
+    struct stat st;
+    return ::fstat(fd_, &st) != 0 || st.st_nlink == 0;
+  }
+
+ private:
+  const int fd_;
+  const std::string name_;
+};
+
+class LocalDirBackend final : public StorageBackend {
+ public:
+  LocalDirBackend(std::string root, dev_t dev) : root_(std::move(root)), dev_(dev) {}
+
+  std::string Describe() const override { return "local:" + root_; }
+  std::string FailureDomain() const override { return "dev:" + std::to_string(dev_); }
+
+  Result<std::unique_ptr<ChunkFile>> Open(std::string_view path) override {
+    std::string full = Full(path);
+    int fd = ::open(full.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno("open " + full, errno);
+    return std::unique_ptr<ChunkFile>(new LocalFile(fd, full));
+  }
+
+  Result<std::unique_ptr<ChunkFile>> Create(std::string_view path) override {
+    std::string full = Full(path);
+    int fd = ::open(full.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return Status::FromErrno("create " + full, errno);
+    return std::unique_ptr<ChunkFile>(new LocalFile(fd, full));
+  }
+
+  Status Rename(std::string_view from, std::string_view to) override {
+    std::string f = Full(from), t = Full(to);
+    if (::rename(f.c_str(), t.c_str()) != 0) return Status::FromErrno("rename " + f + " " + t, errno);
+    return Status::OK();
+  }
+
+  Status Remove(std::string_view path) override {
+    std::string full = Full(path);
+    if (::unlink(full.c_str()) != 0) return Status::FromErrno("unlink " + full, errno);
+    return Status::OK();
+  }
+
+  Status MkDirs(std::string_view dir) override {
+    std::error_code ec;
+    std::filesystem::create_directories(Full(dir), ec);
+    if (ec) return Status::IOError("mkdir " + Full(dir) + ": " + ec.message(), ec.value());
+    return Status::OK();
+  }
+
+  Status RemoveDir(std::string_view dir) override {
+    std::string full = Full(dir);
+    if (::rmdir(full.c_str()) != 0) return Status::FromErrno("rmdir " + full, errno);
+    return Status::OK();
+  }
+
+  Status SyncDir(std::string_view dir) override {
+    std::string full = Full(dir);
+    int fd = ::open(full.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno("open dir " + full, errno);
+    int rc = ::fsync(fd);
+    int err = errno;
+    ::close(fd);
+    if (rc != 0) return Status::FromErrno("fsync dir " + full, err);
+    return Status::OK();
+  }
+
+  Result<FileInfo> Stat(std::string_view path) override {
+    std::string full = Full(path);
+    struct stat st;
+    if (::stat(full.c_str(), &st) != 0) return Status::FromErrno("stat " + full, errno);
+    return FileInfo{static_cast<uint64_t>(st.st_size), S_ISDIR(st.st_mode)};
+  }
+
+  Result<std::vector<std::string>> List(std::string_view dir) override {
+    std::string full = Full(dir);
+    DIR* d = ::opendir(full.c_str());
+    if (d == nullptr) return Status::FromErrno("opendir " + full, errno);
+    std::vector<std::string> names;
+    while (struct dirent* e = ::readdir(d)) {
+      std::string_view n = e->d_name;
+      if (n == "." || n == "..") continue;
+      names.emplace_back(n);
+    }
+    ::closedir(d);
+    return names;
+  }
+
+ private:
+  std::string Full(std::string_view path) const {
+    std::string s = root_;
+    if (!path.empty()) {
+      s += '/';
+      s += path;
+    }
+    return s;
+  }
+
+  const std::string root_;
+  const dev_t dev_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root) {
+  std::error_code ec;
+  std::filesystem::create_directories(root, ec);
+  if (ec) return Status::IOError("mkdir " + root + ": " + ec.message(), ec.value());
+  struct stat st;
+  if (::stat(root.c_str(), &st) != 0) return Status::FromErrno("stat " + root, errno);
+  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(root + " is not a directory");
+  std::string r = root;
+  while (r.size() > 1 && r.back() == '/') r.pop_back();
+  return std::unique_ptr<StorageBackend>(new LocalDirBackend(r, st.st_dev));
+}
+
+}  // namespace qbd
