@@ -1,0 +1,91 @@
+// PartStore: one part (replica) of one volume on one StorageBackend, in blocks of one chunk.
+//
+// It owns the chunk files' record layout (layout-spec.md §4): every read verifies each block's
+// checksum, every write stores data and BlockMeta together in one positional write. It is the
+// "Checksum -> ChunkStore" leg under QuorumSet: the checksum check sits here, below the fan-out,
+// so a corrupt copy is just one failed vote that QuorumSet can name and repair.
+//
+// Calls address blocks [first, first + n) of one chunk (0-based chunk and block-in-chunk).
+// Open chunk files are cached; a cached file that was removed or replaced under its name is
+// dropped and reopened, so an admin's `rm` or a repair tool's rename is seen at the next call.
+//
+// Thread-safety: safe for concurrent calls. Writes to the same blocks must be ordered by the
+// caller (QuorumSet's region locks).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "qbd/backend.h"
+#include "qbd/chunk_format.h"
+#include "qbd/status.h"
+
+namespace qbd {
+
+class PartStore {
+ public:
+  // `backend` must outlive the store.
+  PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometry geometry,
+            size_t max_open_files = 256);
+  ~PartStore();
+
+  char part() const { return part_; }
+  StorageBackend& backend() { return backend_; }
+  const Geometry& geometry() const { return geometry_; }
+  // Growing the volume (qbdctl resize) only changes the chunk count.
+  void SetSize(uint64_t size) { geometry_.size = size; }
+
+  // Reads blocks [first, first + metas.size()) of `chunk`; data.size() == metas.size() * block size.
+  // OK: every block verified (never-written blocks read as zeros with all-zero metas).
+  // NotFound: the chunk file is absent.
+  // Corruption: a short file (`bad` left empty: the whole chunk is suspect) or blocks that fail
+  // their check (block-in-chunk indices appended to `bad`; the other blocks are valid).
+  // IOError: the backend failed.
+  Status Read(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas,
+              std::vector<uint64_t>* bad);
+
+  // Writes blocks with the given metas (an all-zero meta with zero data stores "never written").
+  // Creates the chunk file at full size when absent and sets *created. With `sync` the blocks
+  // are durable when it returns.
+  Status Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
+               std::span<const BlockMeta> metas, bool sync, bool* created);
+
+  // Marks blocks never written (all-zero metas, zero data) and gives their space back where the
+  // backend can. A missing chunk file is already all unwritten: OK.
+  Status Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync);
+
+  // NotFound-free existence check of a chunk file.
+  Result<bool> ChunkExists(uint64_t chunk);
+
+  // Makes every write since the previous Flush durable.
+  Status Flush();
+
+  // Drops every cached file handle (syncing written ones first).
+  Status CloseAll();
+
+ private:
+  Result<std::shared_ptr<ChunkFile>> GetFile(uint64_t chunk, bool create, bool* created);
+  void Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file);
+  void EvictLocked();
+  void MarkUnsynced(uint64_t chunk);
+  std::string Name(uint64_t chunk) const;
+
+  StorageBackend& backend_;
+  const uint32_t volnr_;
+  const char part_;
+  Geometry geometry_;
+  const size_t max_open_files_;
+
+  std::mutex mu_;  // guards open_, unsynced_, dir_ready_
+  std::unordered_map<uint64_t, std::shared_ptr<ChunkFile>> open_;
+  std::set<uint64_t> unsynced_;  // chunks written since the last Flush
+  bool dir_ready_ = false;
+};
+
+}  // namespace qbd

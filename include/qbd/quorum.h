@@ -1,0 +1,161 @@
+// QuorumSet: replication as one fan-out node of the request path (a BlockHandler over the
+// PartStores of one volume).
+//
+// Writes: the byte range is cut at chunk boundaries; each piece takes the region locks it covers
+// (so overlapping writes land in the same order on every part), reads the edge blocks of an
+// unaligned write (read-modify-write), stamps every block with one new generation and its XXH3
+// checksum, and writes to every part that is up. A part that misses the write (down, or it failed)
+// gets the regions set in its dirty map, persisted on the other parts before the reply. The write
+// succeeds when `write_quorum` parts have it.
+//
+// Reads: from the least loaded part that is up and clean for the range, checksum verified. On a bad
+// checksum, a short or missing chunk file or an I/O error, another part serves the data and the
+// bad copy is marked for repair; the resync thread rewrites it from a good copy (read-repair),
+// logging volume, part, chunk and block.
+//
+// Resync: a background thread copies every dirty region from a clean part and clears its bit;
+// it also probes parts marked down and brings them back.
+//
+// Lock order: resize_mu_ (shared) -> region locks (ascending stripe) -> PartStore internals.
+// Thread-safety: all public methods are safe for concurrent use.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qbd/dirty_map.h"
+#include "qbd/handler.h"
+#include "qbd/part_store.h"
+
+namespace qbd {
+
+class ThreadPool;
+
+struct QuorumOptions {
+  std::string volume;  // name, for log lines
+  uint32_t volnr = 0;
+  Geometry geometry;
+  uint32_t write_quorum = 1;
+  // Generations are (epoch << 40) + n, n counting from 1: the epoch grows at every open
+  // (layout-spec.md §4.2), so generations grow across restarts.
+  uint64_t epoch = 1;
+  bool append_only = false;
+  uint32_t region_size = kDefaultDirtyRegion;
+  bool start_resync_thread = true;
+  int resync_interval_ms = 1000;
+};
+
+struct QuorumCounters {
+  std::atomic<uint64_t> read_repairs{0};     // bad copies found by reads
+  std::atomic<uint64_t> resynced_regions{0};  // regions copied back by resync
+  std::atomic<uint64_t> resynced_bytes{0};
+  std::atomic<uint64_t> missed_writes{0};     // part-writes that failed or were skipped
+};
+
+class QuorumSet : public BlockHandler {
+ public:
+  // parts[i] holds part 'a' + i. dirty[i] is part i's loaded dirty map (nullptr: all clean).
+  QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStore>> parts,
+            std::vector<std::unique_ptr<DirtyMap>> dirty);
+  ~QuorumSet() override;  // stops the resync thread; does not flush
+
+  uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
+  Status Read(uint64_t off, std::span<std::byte> out) override;
+  Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;
+  Status Flush() override;
+  Status Trim(uint64_t off, uint64_t len, bool fua) override;
+  Status WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) override;
+  Result<std::vector<Extent>> BlockStatus(uint64_t off, uint64_t len) override;
+
+  // Grows the device (never shrinks). Dirty maps grow with it.
+  void SetSize(uint64_t size);
+  void SetAppendOnly(bool on) { append_only_.store(on); }
+
+  // Copies every dirty region of every up part from a clean copy; returns the regions repaired.
+  // The resync thread calls it; tests call it directly.
+  uint64_t ResyncOnce();
+  // Stops the resync thread (idempotent).
+  void StopResync();
+
+  size_t part_count() const { return parts_.size(); }
+  bool PartUp(size_t i) const { return parts_[i]->up.load(); }
+  uint64_t DirtyRegions(size_t i) const;
+  const QuorumCounters& counters() const { return counters_; }
+  uint32_t region_size() const { return region_size_; }
+  // Marks part i down (reads and writes skip it, writes are recorded dirty) or up.
+  void TEST_SetPartUp(size_t i, bool up) { parts_[i]->up.store(up); }
+
+ private:
+  struct Part {
+    std::unique_ptr<PartStore> store;
+    std::unique_ptr<DirtyMap> dirty;
+    std::atomic<bool> up{true};
+    std::atomic<int> inflight{0};
+    // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
+    std::mutex dirty_files_mu;
+    std::vector<std::unique_ptr<ChunkFile>> dirty_files;
+  };
+  class RegionGuard;
+
+  uint64_t RegionOf(uint64_t chunk, uint64_t block_in_chunk) const;
+  // Parts that are up and clean for regions [r0, r1], least loaded first, minus `exclude`.
+  std::vector<int> ReadOrder(uint64_t r0, uint64_t r1, int exclude) const;
+  // Reads verified blocks of one chunk from `order`; see Read in the .cc for the rules.
+  Status ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint64_t first,
+                    std::span<std::byte> data, std::span<BlockMeta> metas, bool locked);
+  Status ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::byte> data,
+                        std::span<BlockMeta> metas, bool locked);
+  // Writes blocks with metas to every up part; records misses; checks the quorum.
+  Status WriteToParts(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
+                      std::span<const BlockMeta> metas, bool fua);
+  Status UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, bool fua);
+  // Writes [off, off + len) of one chunk from `src` (zeros when null; whole blocks then become
+  // unwritten when `may_trim`): read-modify-write of the edge blocks.
+  Status WritePiece(uint64_t off, uint64_t len, const std::byte* src, bool fua, bool may_trim);
+  Status CheckQuorum(int ok_parts, const std::vector<int>& missed, uint64_t r0, uint64_t r1,
+                     std::string_view op);
+  // Marks regions of part p dirty; with `durable`, persists the new bits on the other parts.
+  Status MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why);
+  void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
+  void MarkDown(int p, const Status& why);
+  bool ResyncRegion(int p, uint64_t region);
+  void ResyncLoop();
+  void WakeResync();
+  uint64_t NextGeneration();
+
+  const QuorumOptions options_;
+  const uint32_t region_size_;
+  std::atomic<uint64_t> size_;
+  std::atomic<bool> append_only_;
+  std::atomic<uint64_t> next_gen_;
+  std::vector<std::unique_ptr<Part>> parts_;
+  std::unique_ptr<ThreadPool> pool_;
+  QuorumCounters counters_;
+
+  std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
+  static constexpr size_t kStripes = 1024;
+  std::array<std::mutex, kStripes> region_locks_;
+
+  std::mutex flush_mu_;  // guards the flush coalescing state below
+  std::condition_variable flush_cv_;
+  uint64_t flush_requested_ = 0;
+  uint64_t flush_completed_ = 0;
+  bool flush_running_ = false;
+  Status last_flush_status_;
+
+  std::mutex resync_mu_;
+  std::condition_variable resync_cv_;
+  bool resync_stop_ = false;
+  bool resync_wake_ = false;
+  std::thread resync_thread_;
+};
+
+}  // namespace qbd

@@ -1,0 +1,228 @@
+// Implements the record layout of layout-spec.md §4 over a StorageBackend.
+#include "qbd/part_store.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "qbd/log.h"
+
+namespace qbd {
+namespace {
+
+// Per-thread scratch for interleaved records; reused so that no request allocates
+// (a large buffer per request costs an mmap/munmap pair in glibc).
+std::vector<std::byte>& Scratch(size_t size) {
+  thread_local std::vector<std::byte> buf;
+  if (buf.size() < size) buf.resize(size);
+  return buf;
+}
+
+}  // namespace
+
+PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometry geometry,
+                     size_t max_open_files)
+    : backend_(backend), volnr_(volnr), part_(part), geometry_(geometry), max_open_files_(max_open_files) {}
+
+PartStore::~PartStore() { CloseAll().IgnoreError(); }
+
+std::string PartStore::Name(uint64_t chunk) const { return ChunkPath(volnr_, part_, chunk); }
+
+Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool create, bool* created) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::shared_ptr<ChunkFile> file;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = open_.find(chunk);
+      if (it != open_.end()) file = it->second;
+    }
+    if (file) {
+      if (!file->Detached()) return file;
+      QBD_LOG_WARN("volume {} part {}: chunk file {} was removed or replaced under the daemon",
+                   volnr_, part_, Name(chunk));
+      Forget(chunk, file);
+      continue;
+    }
+    break;
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = open_.find(chunk);
+  if (it != open_.end()) return it->second;
+  std::string path = Name(chunk);
+  auto opened = backend_.Open(path);
+  if (!opened.ok()) {
+    if (!opened.status().IsNotFound() || !create) return opened.status();
+    // §4.1 Publish: a chunk file appears under its name only at full size, so a short file is
+    // always damage, never a file still being created.
+    if (!dir_ready_) {
+      QBD_RETURN_IF_ERROR(backend_.MkDirs(PartDir(volnr_, part_)));
+      QBD_RETURN_IF_ERROR(backend_.SyncDir(std::to_string(volnr_)));
+      dir_ready_ = true;
+    }
+    std::string tmp = fmt::format("{}/.{}.tmp", PartDir(volnr_, part_), chunk + 1);
+    {
+      QBD_ASSIGN_OR_RETURN(auto f, backend_.Create(tmp));
+      QBD_RETURN_IF_ERROR(f->Truncate(geometry_.ChunkFileSize()));
+      QBD_RETURN_IF_ERROR(f->Sync());
+    }
+    QBD_RETURN_IF_ERROR(backend_.Rename(tmp, path));
+    QBD_RETURN_IF_ERROR(backend_.SyncDir(PartDir(volnr_, part_)));
+    if (created) *created = true;
+    opened = backend_.Open(path);
+    if (!opened.ok()) return opened.status();
+  }
+  std::shared_ptr<ChunkFile> file(std::move(opened).value());
+  if (open_.size() >= max_open_files_) EvictLocked();
+  open_[chunk] = file;
+  return file;
+}
+
+void PartStore::Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = open_.find(chunk);
+  if (it != open_.end() && it->second == file) open_.erase(it);
+}
+
+void PartStore::EvictLocked() {
+  // Drop handles nobody is using; a handle with unsynced writes is synced first so that a later
+  // Flush, which only syncs cached files, misses nothing.
+  for (auto it = open_.begin(); it != open_.end() && open_.size() >= max_open_files_ / 2;) {
+    if (it->second.use_count() == 1) {
+      if (unsynced_.count(it->first)) {
+        Status s = it->second->Sync();
+        if (!s.ok()) {
+          ++it;
+          continue;
+        }
+        unsynced_.erase(it->first);
+      }
+      it = open_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas,
+                       std::vector<uint64_t>* bad) {
+  const uint64_t n = metas.size();
+  const uint64_t bs = geometry_.block_size;
+  if (n == 0) return Status::OK();
+  if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
+    return Status::InvalidArgument(fmt::format("read of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
+  }
+  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/false, nullptr));
+  const uint64_t rec = geometry_.RecordSize();
+  std::vector<std::byte>& buf = Scratch(n * rec);
+  Status s = file->ReadAt(geometry_.RecordOffset(first), std::span(buf.data(), n * rec));
+  if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
+  bool any_bad = false;
+  for (uint64_t i = 0; i < n; ++i) {
+    const std::byte* r = buf.data() + i * rec;
+    metas[i] = DecodeBlockMeta(r + bs);
+    std::memcpy(data.data() + i * bs, r, bs);
+    if (!VerifyBlock(std::span(r, bs), metas[i]).ok()) {
+      any_bad = true;
+      if (bad) bad->push_back(first + i);
+    }
+  }
+  if (any_bad) {
+    return Status::Corruption(fmt::format("{}: checksum mismatch", Name(chunk)));
+  }
+  return Status::OK();
+}
+
+Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
+                        std::span<const BlockMeta> metas, bool sync, bool* created) {
+  const uint64_t n = metas.size();
+  const uint64_t bs = geometry_.block_size;
+  if (n == 0) return Status::OK();
+  if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
+    return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
+  }
+  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, created));
+  const uint64_t rec = geometry_.RecordSize();
+  std::vector<std::byte>& buf = Scratch(n * rec);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::byte* r = buf.data() + i * rec;
+    std::memcpy(r, data.data() + i * bs, bs);
+    EncodeBlockMeta(metas[i], r + bs);
+  }
+  Status s = file->WriteAt(geometry_.RecordOffset(first), std::span<const std::byte>(buf.data(), n * rec));
+  if (s.ok() && sync) s = file->Sync();
+  if (s.ok() && !sync) MarkUnsynced(chunk);
+  return s.WithContext(fmt::format("part {}", part_));
+}
+
+Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync) {
+  if (n == 0) return Status::OK();
+  if (first + n > geometry_.BlocksPerChunk()) {
+    return Status::InvalidArgument(fmt::format("unwrite of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
+  }
+  auto got = GetFile(chunk, /*create=*/false, nullptr);
+  if (!got.ok()) return got.status().IsNotFound() ? Status::OK() : got.status();
+  auto file = got.value();
+  const uint64_t off = geometry_.RecordOffset(first);
+  const uint64_t len = n * geometry_.RecordSize();
+  Status s = file->PunchHole(off, len);
+  if (s.IsNotSupported()) {
+    // Write zeros instead, in bounded pieces.
+    std::vector<std::byte>& zeros = Scratch(std::min<uint64_t>(len, 1u << 20));
+    std::fill(zeros.begin(), zeros.end(), std::byte{0});
+    s = Status::OK();
+    for (uint64_t done = 0; done < len && s.ok();) {
+      uint64_t piece = std::min<uint64_t>(len - done, zeros.size());
+      s = file->WriteAt(off + done, std::span<const std::byte>(zeros.data(), piece));
+      done += piece;
+    }
+  }
+  if (s.ok() && sync) s = file->Sync();
+  if (s.ok() && !sync) MarkUnsynced(chunk);
+  return s.WithContext(fmt::format("part {}", part_));
+}
+
+void PartStore::MarkUnsynced(uint64_t chunk) {
+  // Invariant: recorded only after the write completed, so that a Flush that swaps the set out
+  // while this write is in flight cannot drop it from the next Flush.
+  std::lock_guard<std::mutex> l(mu_);
+  unsynced_.insert(chunk);
+}
+
+Result<bool> PartStore::ChunkExists(uint64_t chunk) {
+  auto got = GetFile(chunk, /*create=*/false, nullptr);
+  if (got.ok()) return true;
+  if (got.status().IsNotFound()) return false;
+  return got.status();
+}
+
+Status PartStore::Flush() {
+  std::set<uint64_t> todo;
+  std::vector<std::pair<uint64_t, std::shared_ptr<ChunkFile>>> files;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    todo.swap(unsynced_);
+    for (uint64_t c : todo) {
+      auto it = open_.find(c);
+      if (it != open_.end()) files.emplace_back(c, it->second);
+    }
+  }
+  Status first_error;
+  for (auto& [chunk, file] : files) {
+    Status s = file->Sync();
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> l(mu_);
+      unsynced_.insert(chunk);
+      if (first_error.ok()) first_error = s.WithContext(fmt::format("flush part {}", part_));
+    }
+  }
+  return first_error;
+}
+
+Status PartStore::CloseAll() {
+  Status s = Flush();
+  std::lock_guard<std::mutex> l(mu_);
+  open_.clear();
+  return s;
+}
+
+}  // namespace qbd

@@ -1,0 +1,700 @@
+#include "qbd/quorum.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
+
+#include "common/thread_pool.h"
+#include "qbd/log.h"
+
+namespace qbd {
+namespace {
+
+constexpr uint64_t kGenerationBits = 40;
+
+// Per-thread scratch buffers, reused so requests do not allocate.
+std::vector<std::byte>& BlockScratch(size_t size) {
+  thread_local std::vector<std::byte> buf;
+  if (buf.size() < size) buf.resize(size);
+  return buf;
+}
+std::vector<BlockMeta>& MetaScratch(size_t n) {
+  thread_local std::vector<BlockMeta> metas;
+  if (metas.size() < n) metas.resize(n);
+  return metas;
+}
+
+bool RangeOk(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
+
+}  // namespace
+
+// Holds the region-lock stripes of regions [r0, r1] in ascending stripe order.
+class QuorumSet::RegionGuard {
+ public:
+  RegionGuard(QuorumSet& q, uint64_t r0, uint64_t r1) : q_(q) {
+    uint64_t n = r1 - r0 + 1;
+    if (n >= kStripes) {
+      for (size_t s = 0; s < kStripes; ++s) stripes_.push_back(s);
+    } else {
+      for (uint64_t r = r0; r <= r1; ++r) stripes_.push_back(r % kStripes);
+      std::sort(stripes_.begin(), stripes_.end());
+      stripes_.erase(std::unique(stripes_.begin(), stripes_.end()), stripes_.end());
+    }
+    for (size_t s : stripes_) q_.region_locks_[s].lock();
+  }
+  ~RegionGuard() {
+    for (auto it = stripes_.rbegin(); it != stripes_.rend(); ++it) q_.region_locks_[*it].unlock();
+  }
+  RegionGuard(const RegionGuard&) = delete;
+  RegionGuard& operator=(const RegionGuard&) = delete;
+
+ private:
+  QuorumSet& q_;
+  std::vector<size_t> stripes_;
+};
+
+QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStore>> parts,
+                     std::vector<std::unique_ptr<DirtyMap>> dirty)
+    : options_(std::move(options)),
+      region_size_(static_cast<uint32_t>(std::min<uint64_t>(
+          std::max<uint64_t>(options_.region_size, options_.geometry.block_size), options_.geometry.chunk_size))),
+      size_(options_.geometry.size),
+      append_only_(options_.append_only),
+      next_gen_((options_.epoch << kGenerationBits) + 1) {
+  QBD_CHECK(!parts.empty() && parts.size() <= 26, "volume {}: {} parts", options_.volume, parts.size());
+  QBD_CHECK(options_.epoch > 0 && options_.epoch < (1ull << (64 - kGenerationBits)), "epoch {}", options_.epoch);
+  const uint64_t regions = (options_.geometry.size + region_size_ - 1) / region_size_;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto p = std::make_unique<Part>();
+    p->store = std::move(parts[i]);
+    if (i < dirty.size() && dirty[i] && dirty[i]->region_size() == region_size_ && dirty[i]->regions() >= regions) {
+      p->dirty = std::move(dirty[i]);
+    } else {
+      p->dirty = std::make_unique<DirtyMap>(region_size_, regions);
+      if (i < dirty.size() && dirty[i]) p->dirty->Merge(*dirty[i]);
+    }
+    p->dirty_files.resize(parts.size());
+    uint64_t n = p->dirty->CountSet();
+    if (n > 0) {
+      QBD_LOG_WARN("volume {} part {}: {} dirty regions ({}) to resync", options_.volume, p->store->part(), n,
+                   n * region_size_);
+    }
+    parts_.push_back(std::move(p));
+  }
+  pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
+  if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
+}
+
+QuorumSet::~QuorumSet() {
+  StopResync();
+  pool_.reset();
+}
+
+void QuorumSet::StopResync() {
+  {
+    std::lock_guard<std::mutex> l(resync_mu_);
+    resync_stop_ = true;
+  }
+  resync_cv_.notify_all();
+  if (resync_thread_.joinable()) resync_thread_.join();
+}
+
+uint64_t QuorumSet::DirtyRegions(size_t i) const { return parts_[i]->dirty->CountSet(); }
+
+uint64_t QuorumSet::NextGeneration() {
+  uint64_t g = next_gen_.fetch_add(1, std::memory_order_relaxed);
+  QBD_CHECK((g >> kGenerationBits) == options_.epoch, "volume {}: generations of epoch {} exhausted",
+            options_.volume, options_.epoch);
+  return g;
+}
+
+uint64_t QuorumSet::RegionOf(uint64_t chunk, uint64_t block_in_chunk) const {
+  return (chunk * options_.geometry.chunk_size + block_in_chunk * options_.geometry.block_size) / region_size_;
+}
+
+std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) const {
+  std::vector<int> order;
+  order.reserve(parts_.size());
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    const Part& p = *parts_[i];
+    if (static_cast<int>(i) == exclude || !p.up.load(std::memory_order_acquire)) continue;
+    if (p.dirty->AnyIn(r0, r1)) continue;
+    order.push_back(static_cast<int>(i));
+  }
+  std::stable_sort(order.begin(), order.end(), [this](int a, int b) {
+    return parts_[a]->inflight.load(std::memory_order_relaxed) < parts_[b]->inflight.load(std::memory_order_relaxed);
+  });
+  return order;
+}
+
+// Reads blocks [first, first + n) of `chunk`, trying the parts of `order` in turn.
+//  - The first part that answers OK serves every block.
+//  - A part whose blocks partly fail their checksum keeps its good blocks; each bad block is
+//    read from the other parts, and the bad copy is marked for repair.
+//  - A part whose chunk file is missing, short or unreadable is passed over; when another part
+//    serves the chunk, the missing or damaged copy is marked for repair (the whole chunk for a
+//    missing or short file).
+//  - When every part in `order` lacks the chunk file, the blocks were never written: zeros.
+// With `locked` the caller holds the region locks (a checksum failure is then final); without,
+// a failure is re-read under the locks once, because a read that overlaps a write in flight can
+// see a half-written block.
+Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint64_t first,
+                             std::span<std::byte> data, std::span<BlockMeta> metas, bool locked) {
+  const uint64_t n = metas.size();
+  const uint64_t bs = options_.geometry.block_size;
+  const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  if (order.empty()) {
+    return Status::Unavailable(fmt::format("volume {} chunk {}: no part is up and in sync", options_.volume, chunk + 1));
+  }
+  std::vector<int> missing, whole_bad;
+  std::vector<uint64_t> bad;
+  for (int p : order) {
+    Part& part = *parts_[p];
+    bad.clear();
+    part.inflight.fetch_add(1, std::memory_order_relaxed);
+    Status s = part.store->Read(chunk, first, data, metas, &bad);
+    part.inflight.fetch_sub(1, std::memory_order_relaxed);
+    if (s.IsCorruption() && !locked) {
+      RegionGuard g(*this, r0, r1);
+      bad.clear();
+      s = part.store->Read(chunk, first, data, metas, &bad);
+    }
+    if (s.IsNotFound()) {
+      missing.push_back(p);
+      continue;
+    }
+    if (!s.ok() && !(s.IsCorruption() && !bad.empty())) {
+      counters_.read_repairs.fetch_add(1);
+      QBD_LOG_WARN("read-repair: volume {} part {} chunk {} blocks {}-{}: {}; reading another part",
+                   options_.volume, part.store->part(), chunk + 1, first, first + n - 1, s.ToString());
+      if (s.IsIOError()) {
+        MarkDirty(p, r0, r1, /*durable=*/false, "read error").IgnoreError();  // repaired by resync
+      } else {
+        whole_bad.push_back(p);
+      }
+      continue;
+    }
+    // `part` served everything but the blocks in `bad`.
+    for (uint64_t b : bad) {
+      counters_.read_repairs.fetch_add(1);
+      QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: checksum mismatch; repairing from another part",
+                   options_.volume, part.store->part(), chunk + 1, b);
+      const uint64_t i = b - first;
+      bool fixed = false;
+      for (int q : order) {
+        if (q == p) continue;
+        std::vector<uint64_t> bad1;
+        Status s1 = parts_[q]->store->Read(chunk, b, data.subspan(i * bs, bs), metas.subspan(i, 1), &bad1);
+        if (s1.ok()) {
+          fixed = true;
+          break;
+        }
+      }
+      if (!fixed) {
+        QBD_LOG_ERROR("volume {} chunk {} block {}: no good copy on any part: data lost", options_.volume, chunk + 1, b);
+        return Status::Corruption(
+            fmt::format("volume {} chunk {} block {}: no good copy on any part", options_.volume, chunk + 1, b));
+      }
+      uint64_t rb = RegionOf(chunk, b);
+      MarkDirty(p, rb, rb, /*durable=*/false, "checksum mismatch").IgnoreError();  // repaired by resync
+    }
+    // Parts passed over that lack the chunk file, or hold a short one, get the whole chunk back.
+    if (!missing.empty() || !whole_bad.empty()) {
+      const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
+      for (int m : missing) {
+        counters_.read_repairs.fetch_add(1);
+        QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: chunk file missing; repairing from part {}",
+                     options_.volume, parts_[m]->store->part(), chunk + 1, part.store->part());
+        MarkDirty(m, c0, c1, /*durable=*/false, "chunk file missing").IgnoreError();  // resync repairs it
+      }
+      for (int w : whole_bad) MarkDirty(w, c0, c1, /*durable=*/false, "chunk file damaged").IgnoreError();
+    }
+    return Status::OK();
+  }
+  if (whole_bad.empty()) {
+    // No part in sync has the chunk file: never written.
+    std::memset(data.data(), 0, data.size());
+    std::fill(metas.begin(), metas.end(), BlockMeta{});
+    return Status::OK();
+  }
+  QBD_LOG_ERROR("volume {} chunk {} blocks {}-{}: no readable copy on any part", options_.volume, chunk + 1, first,
+                first + n - 1);
+  return Status::IOError(fmt::format("volume {} chunk {}: no readable copy", options_.volume, chunk + 1));
+}
+
+Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::byte> data,
+                                 std::span<BlockMeta> metas, bool locked) {
+  const uint64_t n = metas.size();
+  return ReadBlocks(ReadOrder(RegionOf(chunk, first), RegionOf(chunk, first + n - 1), -1), chunk, first, data,
+                    metas, locked);
+}
+
+Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  if (!RangeOk(off, out.size(), Size())) return Status::InvalidArgument("read beyond the end of the volume");
+  const Geometry& g = options_.geometry;
+  const uint64_t bs = g.block_size;
+  uint64_t done = 0;
+  while (done < out.size()) {
+    const uint64_t pos = off + done;
+    const uint64_t chunk = pos / g.chunk_size;
+    const uint64_t in_chunk = pos % g.chunk_size;
+    const uint64_t len = std::min<uint64_t>(out.size() - done, g.chunk_size - in_chunk);
+    const uint64_t first = in_chunk / bs;
+    const uint64_t last = (in_chunk + len - 1) / bs;
+    const uint64_t n = last - first + 1;
+    std::vector<BlockMeta>& metas = MetaScratch(n);
+    if (in_chunk % bs == 0 && len % bs == 0) {
+      QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, out.subspan(done, len), std::span(metas.data(), n), false));
+    } else {
+      std::vector<std::byte>& buf = BlockScratch(n * bs);
+      QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, std::span(buf.data(), n * bs), std::span(metas.data(), n), false));
+      std::memcpy(out.data() + done, buf.data() + (in_chunk % bs), len);
+    }
+    done += len;
+  }
+  return Status::OK();
+}
+
+Status QuorumSet::Write(uint64_t off, std::span<const std::byte> in, bool fua) {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  if (!RangeOk(off, in.size(), Size())) return Status::InvalidArgument("write beyond the end of the volume", ENOSPC);
+  const uint64_t cs = options_.geometry.chunk_size;
+  uint64_t done = 0;
+  while (done < in.size()) {
+    const uint64_t pos = off + done;
+    const uint64_t len = std::min<uint64_t>(in.size() - done, cs - pos % cs);
+    QBD_RETURN_IF_ERROR(WritePiece(pos, len, in.data() + done, fua, false));
+    done += len;
+  }
+  return Status::OK();
+}
+
+Status QuorumSet::WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  if (!RangeOk(off, len, Size())) return Status::InvalidArgument("zero beyond the end of the volume", ENOSPC);
+  const uint64_t cs = options_.geometry.chunk_size;
+  uint64_t done = 0;
+  while (done < len) {
+    const uint64_t pos = off + done;
+    const uint64_t piece = std::min<uint64_t>(len - done, cs - pos % cs);
+    QBD_RETURN_IF_ERROR(WritePiece(pos, piece, /*src=*/nullptr, fua, may_trim));
+    done += piece;
+  }
+  return Status::OK();
+}
+
+Status QuorumSet::Trim(uint64_t off, uint64_t len, bool fua) { return WriteZeroes(off, len, /*may_trim=*/true, fua); }
+
+// One chunk's piece of a write of `len` bytes from `src`, or of a zeroing when `src` is null.
+Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, bool fua, bool may_trim) {
+  const bool zero = src == nullptr;
+  const Geometry& g = options_.geometry;
+  const uint64_t bs = g.block_size;
+  if (len == 0) return Status::OK();
+  const uint64_t chunk = off / g.chunk_size;
+  const uint64_t in_chunk = off % g.chunk_size;
+  const uint64_t first = in_chunk / bs;
+  const uint64_t last = (in_chunk + len - 1) / bs;
+  const uint64_t n = last - first + 1;
+  const uint64_t head = in_chunk % bs;
+  const bool partial_head = head != 0;
+  const bool partial_tail = (in_chunk + len) % bs != 0;
+  const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, last);
+  RegionGuard guard(*this, r0, r1);
+
+  std::vector<BlockMeta>& metas = MetaScratch(n);
+  if (append_only_.load()) {
+    // A written block is never overwritten on an append-only volume.
+    std::vector<std::byte> cur(n * bs);
+    QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, cur, std::span(metas.data(), n), true));
+    for (uint64_t i = 0; i < n; ++i) {
+      if (!metas[i].IsUnwritten()) {
+        return Status::InvalidArgument(
+            fmt::format("volume {} is append-only: block {} is already written", options_.volume,
+                        (chunk * g.chunk_size) / bs + first + i),
+            EPERM);
+      }
+    }
+  }
+  // Whole blocks of a zeroing that may trim become "never written" (layout-spec.md §4.3).
+  if (zero && may_trim) {
+    const uint64_t full_first = partial_head ? first + 1 : first;
+    const uint64_t full_end = partial_tail ? last : last + 1;  // exclusive
+    if (full_first < full_end) {
+      QBD_RETURN_IF_ERROR(UnwriteOnParts(chunk, full_first, full_end - full_first, fua));
+    }
+    // The partial edge blocks are written as data below.
+    if (!partial_head && !partial_tail) return Status::OK();
+    std::vector<std::byte> edge(bs);
+    if (partial_head) {
+      uint64_t end_in_block = std::min<uint64_t>(bs, head + len);
+      BlockMeta m;
+      QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, edge, std::span(&m, 1), true));
+      std::memset(edge.data() + head, 0, end_in_block - head);
+      m = BlockMeta{NextGeneration(), BlockChecksum(edge)};
+      QBD_RETURN_IF_ERROR(WriteToParts(chunk, first, edge, std::span(&m, 1), fua));
+    }
+    if (partial_tail && (last != first || !partial_head)) {
+      uint64_t tail_len = (in_chunk + len) % bs;
+      BlockMeta m;
+      QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, last, edge, std::span(&m, 1), true));
+      std::memset(edge.data(), 0, tail_len);
+      m = BlockMeta{NextGeneration(), BlockChecksum(edge)};
+      QBD_RETURN_IF_ERROR(WriteToParts(chunk, last, edge, std::span(&m, 1), fua));
+    }
+    return Status::OK();
+  }
+
+  std::vector<std::byte>& buf = BlockScratch(n * bs);
+  std::span<std::byte> blocks(buf.data(), n * bs);
+  if (partial_head) {
+    QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, blocks.subspan(0, bs), std::span(metas.data(), 1), true));
+  }
+  if (partial_tail && (last != first || !partial_head)) {
+    QBD_RETURN_IF_ERROR(
+        ReadChunkPiece(chunk, last, blocks.subspan((n - 1) * bs, bs), std::span(metas.data() + n - 1, 1), true));
+  }
+  if (zero) {
+    std::memset(blocks.data() + head, 0, len);
+  } else {
+    std::memcpy(blocks.data() + head, src, len);
+  }
+  const uint64_t gen = NextGeneration();
+  for (uint64_t i = 0; i < n; ++i) metas[i] = BlockMeta{gen, BlockChecksum(blocks.subspan(i * bs, bs))};
+  return WriteToParts(chunk, first, blocks, std::span(metas.data(), n), fua);
+}
+
+Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
+                               std::span<const BlockMeta> metas, bool fua) {
+  const size_t np = parts_.size();
+  const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + metas.size() - 1);
+  std::vector<Status> results(np);
+  std::vector<char> created(np, 0), attempted(np, 0);
+  auto write_one = [&](size_t i) {
+    bool c = false;
+    results[i] = parts_[i]->store->Write(chunk, first, data, metas, fua, &c);
+    created[i] = c;
+  };
+  std::vector<size_t> live;
+  for (size_t i = 0; i < np; ++i) {
+    if (parts_[i]->up.load(std::memory_order_acquire)) live.push_back(i);
+  }
+  for (size_t i : live) attempted[i] = 1;
+  if (fua && live.size() > 1) {
+    // Durable writes wait on each part's sync: run them side by side.
+    std::vector<std::function<void()>> tasks;
+    for (size_t i : live) tasks.emplace_back([&, i] { write_one(i); });
+    pool_->RunAll(tasks);
+  } else {
+    // Page-cache writes are faster done in turn than handed to other threads.
+    for (size_t i : live) write_one(i);
+  }
+  int ok = 0;
+  bool some_existed = false;
+  std::vector<int> missed;
+  for (size_t i = 0; i < np; ++i) {
+    if (attempted[i] && results[i].ok()) {
+      ++ok;
+      if (!created[i]) some_existed = true;
+    } else {
+      if (attempted[i]) {
+        QBD_LOG_WARN("volume {} part {} chunk {}: write failed: {}", options_.volume, parts_[i]->store->part(),
+                     chunk + 1, results[i].ToString());
+        if (!results[i].IsInvalidArgument()) MarkDown(static_cast<int>(i), results[i]);
+      }
+      missed.push_back(static_cast<int>(i));
+    }
+  }
+  if (some_existed) {
+    // A part that had to create the chunk file while another part already had it lost the file:
+    // it holds only these blocks; the rest of the chunk comes back through resync.
+    const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
+    for (size_t i = 0; i < np; ++i) {
+      if (attempted[i] && results[i].ok() && created[i]) {
+        counters_.read_repairs.fetch_add(1);
+        QBD_LOG_WARN("volume {} part {} chunk {}: chunk file was missing; rebuilding it from the other parts",
+                     options_.volume, parts_[i]->store->part(), chunk + 1);
+        MarkDirty(static_cast<int>(i), c0, c1, /*durable=*/true, "chunk file missing").IgnoreError();  // best effort
+      }
+    }
+  }
+  return CheckQuorum(ok, missed, r0, r1, "write");
+}
+
+Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, bool fua) {
+  const size_t np = parts_.size();
+  const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  int ok = 0;
+  std::vector<int> missed;
+  for (size_t i = 0; i < np; ++i) {
+    if (!parts_[i]->up.load(std::memory_order_acquire)) {
+      missed.push_back(static_cast<int>(i));
+      continue;
+    }
+    Status s = parts_[i]->store->Unwrite(chunk, first, n, fua);
+    if (s.ok()) {
+      ++ok;
+    } else {
+      QBD_LOG_WARN("volume {} part {} chunk {}: trim failed: {}", options_.volume, parts_[i]->store->part(), chunk + 1,
+                   s.ToString());
+      MarkDown(static_cast<int>(i), s);
+      missed.push_back(static_cast<int>(i));
+    }
+  }
+  return CheckQuorum(ok, missed, r0, r1, "trim");
+}
+
+Status QuorumSet::CheckQuorum(int ok_parts, const std::vector<int>& missed, uint64_t r0, uint64_t r1,
+                              std::string_view op) {
+  Status persist;
+  for (int p : missed) {
+    counters_.missed_writes.fetch_add(1);
+    Status s = MarkDirty(p, r0, r1, /*durable=*/true, op);
+    if (!s.ok() && persist.ok()) persist = s;
+  }
+  if (ok_parts < static_cast<int>(options_.write_quorum)) {
+    return Status::Unavailable(fmt::format("volume {}: {} reached {} of {} parts, write quorum is {}", options_.volume,
+                                           op, ok_parts, parts_.size(), options_.write_quorum));
+  }
+  // The reply must not go out before the parts that missed the write are recorded durably.
+  return persist;
+}
+
+Status QuorumSet::MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why) {
+  std::vector<uint64_t> changed = parts_[p]->dirty->Set(r0, r1);
+  WakeResync();
+  if (changed.empty()) return Status::OK();
+  QBD_LOG_DEBUG("volume {} part {}: regions {}-{} dirty ({})", options_.volume, parts_[p]->store->part(), r0, r1, why);
+  Status result;
+  PersistDirtyBytes(p, changed, durable, &result);
+  if (!durable) return Status::OK();
+  return result;
+}
+
+// Writes the given bitmap bytes of part p's dirty map into its copies on the other parts. With
+// `sync` at least one copy must be durable (else *result is an error).
+void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result) {
+  const char part = parts_[p]->store->part();
+  const std::string path = DirtyMap::PathFor(options_.volnr, part);
+  int durable = 0;
+  Status last;
+  for (size_t h = 0; h < parts_.size(); ++h) {
+    if (static_cast<int>(h) == p || !parts_[h]->up.load()) continue;
+    Part& holder = *parts_[h];
+    std::lock_guard<std::mutex> l(holder.dirty_files_mu);
+    auto& file = holder.dirty_files[p];
+    if (!file) {
+      auto opened = holder.store->backend().Open(path);
+      if (!opened.ok()) {
+        last = opened.status();
+        continue;
+      }
+      file = std::move(opened).value();
+    }
+    Status s;
+    for (uint64_t b : bytes) {
+      std::byte v{parts_[p]->dirty->Byte(b)};
+      s = file->WriteAt(kDirtyHeaderSize + b, std::span<const std::byte>(&v, 1));
+      if (!s.ok()) break;
+    }
+    if (s.ok() && sync) s = file->Sync();
+    if (s.ok()) {
+      ++durable;
+    } else {
+      last = s;
+      file.reset();
+    }
+  }
+  if (sync && durable == 0) {
+    *result = Status::Unavailable(fmt::format("volume {} part {}: dirty map could not be persisted on any part: {}",
+                                              options_.volume, part, last.ToString()));
+  }
+}
+
+void QuorumSet::MarkDown(int p, const Status& why) {
+  if (parts_[p]->up.exchange(false)) {
+    QBD_LOG_WARN("volume {} part {}: state down: {}", options_.volume, parts_[p]->store->part(), why.ToString());
+  }
+}
+
+Status QuorumSet::Flush() {
+  std::unique_lock<std::mutex> l(flush_mu_);
+  const uint64_t ticket = ++flush_requested_;
+  // Concurrent flushes coalesce: one that starts after this ticket was taken covers it.
+  while (flush_completed_ < ticket) {
+    if (flush_running_) {
+      flush_cv_.wait(l);
+      continue;
+    }
+    flush_running_ = true;
+    const uint64_t target = flush_requested_;
+    l.unlock();
+    std::vector<Status> results(parts_.size());
+    std::vector<std::function<void()>> tasks;
+    for (size_t i = 0; i < parts_.size(); ++i) {
+      if (!parts_[i]->up.load()) {
+        results[i] = Status::Unavailable("part down");
+        continue;
+      }
+      tasks.emplace_back([this, i, &results] { results[i] = parts_[i]->store->Flush(); });
+    }
+    pool_->RunAll(tasks);
+    int ok = 0;
+    for (size_t i = 0; i < parts_.size(); ++i) {
+      if (results[i].ok()) {
+        ++ok;
+      } else if (parts_[i]->up.load()) {
+        MarkDown(static_cast<int>(i), results[i]);
+      }
+    }
+    Status s = ok >= static_cast<int>(options_.write_quorum)
+                   ? Status::OK()
+                   : Status::Unavailable(fmt::format("volume {}: flush reached {} of {} parts, write quorum is {}",
+                                                     options_.volume, ok, parts_.size(), options_.write_quorum));
+    l.lock();
+    flush_running_ = false;
+    flush_completed_ = target;
+    last_flush_status_ = s;
+    flush_cv_.notify_all();
+  }
+  return last_flush_status_;
+}
+
+Result<std::vector<Extent>> QuorumSet::BlockStatus(uint64_t off, uint64_t len) {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  if (!RangeOk(off, len, Size()) || len == 0) return Status::InvalidArgument("block status beyond the end");
+  const Geometry& g = options_.geometry;
+  const uint64_t chunk = off / g.chunk_size;
+  const uint64_t seg = std::min<uint64_t>(len, g.chunk_size - off % g.chunk_size);
+  const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, g.BlocksPerChunk() - 1);
+  std::vector<int> order = ReadOrder(c0, c1, -1);
+  if (order.empty()) return Status::NotSupported("no part in sync");
+  auto exists = parts_[order[0]]->store->ChunkExists(chunk);
+  if (!exists.ok()) return Status::NotSupported("chunk state unknown");
+  Extent e;
+  e.length = seg;
+  e.hole = e.zero = !*exists;
+  return std::vector<Extent>{e};
+}
+
+void QuorumSet::SetSize(uint64_t size) {
+  std::unique_lock<std::shared_mutex> wl(resize_mu_);
+  if (size <= Size()) return;
+  const uint64_t regions = (size + region_size_ - 1) / region_size_;
+  for (auto& p : parts_) {
+    auto grown = std::make_unique<DirtyMap>(region_size_, regions);
+    grown->Merge(*p->dirty);
+    p->dirty = std::move(grown);
+  }
+  size_.store(size, std::memory_order_release);
+}
+
+void QuorumSet::WakeResync() {
+  {
+    std::lock_guard<std::mutex> l(resync_mu_);
+    resync_wake_ = true;
+  }
+  resync_cv_.notify_one();
+}
+
+void QuorumSet::ResyncLoop() {
+  std::unique_lock<std::mutex> l(resync_mu_);
+  while (!resync_stop_) {
+    resync_cv_.wait_for(l, std::chrono::milliseconds(options_.resync_interval_ms),
+                        [this] { return resync_stop_ || resync_wake_; });
+    if (resync_stop_) break;
+    resync_wake_ = false;
+    l.unlock();
+    ResyncOnce();
+    l.lock();
+  }
+}
+
+uint64_t QuorumSet::ResyncOnce() {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  uint64_t repaired = 0;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    Part& p = *parts_[i];
+    if (!p.up.load()) {
+      // Probe a part that is down: when its backend answers again, it comes back up and its
+      // dirty regions are copied below on the next round.
+      if (p.store->backend().Stat(std::to_string(options_.volnr)).ok()) {
+        p.up.store(true);
+        QBD_LOG_INFO("volume {} part {}: state up: backend reachable again; {} dirty regions to resync",
+                     options_.volume, p.store->part(), p.dirty->CountSet());
+      }
+      continue;
+    }
+    uint64_t before = p.dirty->CountSet();
+    if (before == 0) continue;
+    uint64_t done = 0;
+    for (auto r = p.dirty->NextSet(0); r && p.up.load(); r = p.dirty->NextSet(*r + 1)) {
+      {
+        std::lock_guard<std::mutex> l(resync_mu_);
+        if (resync_stop_) return repaired;
+      }
+      if (ResyncRegion(static_cast<int>(i), *r)) ++done;
+    }
+    repaired += done;
+    if (done > 0) {
+      QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty", options_.volume,
+                   p.store->part(), done, done * region_size_, p.dirty->CountSet());
+    }
+  }
+  return repaired;
+}
+
+// Copies region `region` of part p from a clean part; true when p's copy is good again.
+bool QuorumSet::ResyncRegion(int p, uint64_t region) {
+  const Geometry& g = options_.geometry;
+  const uint64_t bs = g.block_size;
+  const uint64_t start = region * region_size_;
+  if (start >= Size()) {
+    parts_[p]->dirty->Clear(region);
+    return false;
+  }
+  const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
+  const uint64_t chunk = start / g.chunk_size;
+  const uint64_t first = (start % g.chunk_size) / bs;
+  const uint64_t n = (end - start + bs - 1) / bs;
+  RegionGuard guard(*this, region, region);
+  std::vector<int> order = ReadOrder(region, region, p);
+  if (order.empty()) return false;  // no clean source now; retried later
+  std::vector<std::byte> data(n * bs);
+  std::vector<BlockMeta> metas(n);
+  Status s = ReadBlocks(order, chunk, first, data, metas, /*locked=*/true);
+  Part& target = *parts_[p];
+  if (!s.ok()) {
+    QBD_LOG_ERROR("resync: volume {} part {} chunk {} region {}: no good source copy: {}", options_.volume,
+                  target.store->part(), chunk + 1, region, s.ToString());
+    target.dirty->Clear(region);  // nothing better exists; verify reports the loss
+    return false;
+  }
+  bool all_unwritten = std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
+  Status w;
+  if (all_unwritten) {
+    w = target.store->Unwrite(chunk, first, n, /*sync=*/true);
+  } else {
+    bool created = false;
+    w = target.store->Write(chunk, first, data, metas, /*sync=*/true, &created);
+  }
+  if (!w.ok()) {
+    QBD_LOG_WARN("resync: volume {} part {} chunk {}: {}", options_.volume, target.store->part(), chunk + 1,
+                 w.ToString());
+    MarkDown(p, w);
+    return false;
+  }
+  if (target.dirty->Clear(region)) {
+    Status ignored;
+    PersistDirtyBytes(p, {region / 8}, /*sync=*/false, &ignored);  // a stale set bit only costs a recopy
+  }
+  counters_.resynced_regions.fetch_add(1);
+  counters_.resynced_bytes.fetch_add(end - start);
+  return true;
+}
+
+}  // namespace qbd
