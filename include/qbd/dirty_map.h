@@ -20,12 +20,21 @@
 #include <string_view>
 #include <vector>
 
+#include "qbd/chunk_format.h"
 #include "qbd/status.h"
 
 namespace qbd {
 
 inline constexpr size_t kDirtyHeaderSize = 32;
 inline constexpr uint32_t kDefaultDirtyRegion = 64 * 1024;
+
+// The region size of a volume's dirty maps: 64 KiB, at least one block, at most one chunk.
+inline uint32_t DirtyRegionSize(const Geometry& g) {
+  uint64_t rs = kDefaultDirtyRegion;
+  if (rs < g.block_size) rs = g.block_size;
+  if (rs > g.chunk_size) rs = g.chunk_size;
+  return static_cast<uint32_t>(rs);
+}
 
 class DirtyMap {
  public:

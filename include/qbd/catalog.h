@@ -1,0 +1,73 @@
+// Catalog: the volumes of one qbd.conf — `.volumesmeta` on every backend and each volume's
+// `.meta` on the backends of its parts (layout-spec.md §1-§2). qbdctl's offline mode and
+// qbd-master use it; the REST API will too.
+//
+// Copies are written to every backend (atomically: temp, sync, rename, sync dir). Reads take the
+// copy with the largest serial and report backends that disagree or lack a copy; a malformed
+// copy is an error naming the file and line.
+//
+// Thread-safety: not for concurrent mutation from several processes at once (qbdctl is run by
+// one admin); reads are safe alongside the daemon.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qbd/backend.h"
+#include "qbd/config.h"
+#include "qbd/volume_meta.h"
+
+namespace qbd {
+
+// Opens the backend at `location` (a directory, later nfs:// URLs).
+Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config);
+
+struct CreateVolumeOptions {
+  std::string name;
+  uint64_t size = 0;
+  uint32_t replicas = 0;  // 0: every configured part
+  uint32_t block_size = 4096;
+  uint64_t chunk_size = 4ull << 20;
+  uint32_t write_quorum = 0;  // 0: the config's, else majority
+};
+
+class Catalog {
+ public:
+  // Opens every backend that holds a part. Errors name the backend.
+  static Result<std::unique_ptr<Catalog>> Open(const Config& config);
+
+  const Config& config() const { return config_; }
+  size_t part_count() const { return backends_.size(); }
+  // The backend of part 'a' + i.
+  StorageBackend& part_backend(size_t i) { return *backends_[i]; }
+  std::vector<StorageBackend*> BackendsFor(const VolumeMeta& meta);
+
+  // The newest `.volumesmeta`; an empty index when no backend has one yet.
+  Result<VolumesIndex> LoadIndex();
+  // The newest `<volnr>/.meta` among the volume's parts. NotFound when none has it.
+  Result<VolumeMeta> LoadMeta(uint32_t volnr);
+  Result<VolumeMeta> Find(const std::string& name);
+
+  Result<VolumeMeta> Create(const CreateVolumeOptions& options);
+  // Grows the volume; InvalidArgument when `size` is smaller or not a block multiple.
+  Status Resize(const std::string& name, uint64_t size);
+  // flag: "read-only" or "append-only".
+  Status SetFlag(const std::string& name, const std::string& flag, bool on);
+  // Removes the volume from the index, then its files from every backend.
+  Status Delete(const std::string& name);
+
+  // The epoch file of a volume: "<volnr>/.epoch" (layout-spec.md §4.2).
+  static std::string EpochPath(uint32_t volnr);
+
+ private:
+  explicit Catalog(Config config) : config_(std::move(config)) {}
+  Status WriteIndex(const VolumesIndex& index);
+  Status WriteMeta(const VolumeMeta& meta);
+
+  Config config_;
+  std::vector<std::unique_ptr<StorageBackend>> backends_;
+};
+
+}  // namespace qbd

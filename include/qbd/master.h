@@ -1,0 +1,52 @@
+// Master: the service behind qbd-master — the catalog, every open volume, the NBD server and its
+// listeners, and the export registry that maps export names onto volumes.
+//
+// Poll() re-reads .volumesmeta and the open volumes' .meta: new volumes are opened and exported,
+// deleted ones are unexported and closed, grown ones get their new size, and read-only changes
+// apply to new connections.
+//
+// Thread-safety: Start, Poll and Stop are called from the one main thread.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "qbd/catalog.h"
+#include "qbd/config.h"
+#include "qbd/nbd_server.h"
+#include "qbd/volume.h"
+
+namespace qbd {
+
+class Master {
+ public:
+  // Opens the backends and every listed volume and starts listening. A malformed .meta or
+  // .volumesmeta is an error naming the file and line.
+  static Result<std::unique_ptr<Master>> Start(const Config& config);
+  ~Master();
+
+  Status Poll();
+  // Stops the NBD server (in-flight requests finish and are answered), then flushes and closes
+  // every volume. OK when every volume flushed.
+  Status Stop();
+  std::vector<std::string> BoundAddresses() const;
+  Catalog& catalog() { return *catalog_; }
+
+ private:
+  class Registry;
+  Master() = default;
+  Status OpenVolume(const VolumeMeta& meta);
+  void PublishExport(const std::string& name, Volume& volume);
+
+  Config config_;
+  std::unique_ptr<Catalog> catalog_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<NbdServer> server_;
+  std::map<std::string, std::unique_ptr<Volume>> volumes_;  // by name
+  std::map<std::string, bool> listening_;                   // volumes with their own listener
+  bool stopped_ = false;
+};
+
+}  // namespace qbd

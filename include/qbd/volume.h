@@ -1,0 +1,50 @@
+// Volume: one open volume of qbd-master — its metadata, its parts and the request chain that
+// serves it (built here, the one place where layers are assembled).
+//
+// Open bumps the volume's epoch on every part (so generations keep growing across restarts),
+// loads the dirty maps (the union of the copies on every part) and starts resync.
+//
+// Thread-safety: handler() is safe for concurrent use; ApplyMeta and Close are for the one
+// thread that manages volumes.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "qbd/backend.h"
+#include "qbd/handler.h"
+#include "qbd/quorum.h"
+#include "qbd/volume_meta.h"
+
+namespace qbd {
+
+struct VolumeOpenOptions {
+  size_t max_open_files_per_part = 256;
+  bool start_resync_thread = true;
+};
+
+class Volume {
+ public:
+  // `backends[i]` holds part 'a' + i and must outlive the volume.
+  static Result<std::unique_ptr<Volume>> Open(const VolumeMeta& meta, std::vector<StorageBackend*> backends,
+                                              const VolumeOpenOptions& options);
+  ~Volume();
+
+  const VolumeMeta& meta() const { return meta_; }
+  // The head of the request chain.
+  std::shared_ptr<BlockHandler> handler() const { return handler_; }
+  QuorumSet& quorum() { return *quorum_; }
+  // Applies a changed .meta: growth and append-only take effect at once; read-only applies to
+  // new connections (the caller re-advertises the export).
+  void ApplyMeta(const VolumeMeta& meta);
+  // Stops resync and flushes every part.
+  Status Close();
+
+ private:
+  Volume() = default;
+  VolumeMeta meta_;
+  QuorumSet* quorum_ = nullptr;  // owned through handler_
+  std::shared_ptr<BlockHandler> handler_;
+};
+
+}  // namespace qbd

@@ -1,0 +1,204 @@
+// qbdctl: volume administration (offline mode: works on the backends named in qbd.conf, through
+// the same Catalog library code that the daemon and the REST API use).
+// Exit status: 0 success, 1 the operation failed, 2 usage error. Nothing changes on an error
+// found before writing.
+#include <boost/program_options.hpp>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "qbd/catalog.h"
+#include "qbd/config.h"
+#include "qbd/log.h"
+
+namespace po = boost::program_options;
+
+namespace {
+
+const char kUsage[] = R"(Usage: qbdctl --config FILE COMMAND [ARGS]
+
+Commands:
+  create NAME --size SIZE [--replicas N] [--block-size B] [--chunk-size C] [--write-quorum Q]
+                          create a volume (SIZE like 10G; replicas default: every part)
+  list                    list volumes
+  info NAME               show a volume's policy and parts
+  resize NAME --size SIZE grow a volume
+  delete NAME             delete a volume and its chunk files on every part
+  set NAME read-only on|off
+  set NAME append-only on|off
+
+Sizes take binary suffixes K, M, G, T. Exit status: 0 success, 1 the operation failed,
+2 usage error.
+)";
+
+struct UsageError {
+  std::string msg;
+};
+
+int Usage(const std::string& msg) {
+  std::cerr << "qbdctl: " << msg << "\n\n" << kUsage;
+  return 2;
+}
+
+int Fail(const qbd::Status& s) {
+  std::cerr << "qbdctl: " << s.message() << "\n";
+  return s.IsInvalidArgument() || s.IsNotFound() ? 2 : 1;
+}
+
+uint64_t SizeArg(const po::variables_map& vm, const char* name) {
+  auto v = qbd::ParseSize(vm[name].as<std::string>());
+  if (!v.ok()) throw UsageError{fmt::format("--{}: {}", name, v.status().message())};
+  return *v;
+}
+
+void PrintInfo(const qbd::VolumeMeta& m, qbd::Catalog& c) {
+  std::cout << fmt::format("name:          {}\n", m.name);
+  std::cout << fmt::format("number:        {}\n", m.number);
+  std::cout << fmt::format("size:          {} ({} bytes)\n", qbd::FormatSize(m.geometry.size), m.geometry.size);
+  std::cout << fmt::format("replicas:      {}\n", m.replicas);
+  std::cout << fmt::format("write quorum:  {}{}\n", m.EffectiveWriteQuorum(), m.write_quorum == 0 ? " (majority)" : "");
+  std::cout << fmt::format("block size:    {}\n", m.geometry.block_size);
+  std::cout << fmt::format("chunk size:    {}\n", qbd::FormatSize(m.geometry.chunk_size));
+  std::cout << fmt::format("chunks:        {}\n", m.geometry.ChunkCount());
+  std::cout << fmt::format("read-only:     {}\n", m.read_only ? "on" : "off");
+  std::cout << fmt::format("append-only:   {}\n", m.append_only ? "on" : "off");
+  if (!m.created.empty()) std::cout << fmt::format("created:       {}\n", m.created);
+  for (uint32_t i = 0; i < m.replicas; ++i) {
+    std::cout << fmt::format("part {}:        {}/{}/{}\n", static_cast<char>('a' + i), c.part_backend(i).Describe(),
+                             m.number, static_cast<char>('a' + i));
+  }
+}
+
+int Run(int argc, char** argv) {
+  po::options_description global("Options");
+  global.add_options()("help,h", "help")("config,c", po::value<std::string>(), "qbd.conf")(
+      "command", po::value<std::string>(), "")("args", po::value<std::vector<std::string>>(), "");
+  po::positional_options_description pos;
+  pos.add("command", 1).add("args", -1);
+  po::parsed_options parsed =
+      po::command_line_parser(argc, argv).options(global).positional(pos).allow_unregistered().run();
+  po::variables_map vm;
+  po::store(parsed, vm);
+  if (vm.count("help") || !vm.count("command")) {
+    std::cout << kUsage;
+    return vm.count("help") ? 0 : 2;
+  }
+  if (!vm.count("config")) return Usage("--config FILE is required");
+  const std::string cmd = vm["command"].as<std::string>();
+  std::vector<std::string> rest = po::collect_unrecognized(parsed.options, po::include_positional);
+  // `rest` starts with the command itself.
+  if (!rest.empty() && rest.front() == cmd) rest.erase(rest.begin());
+
+  po::options_description copts("Command options");
+  copts.add_options()("size", po::value<std::string>())("replicas", po::value<uint32_t>())(
+      "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
+      "write-quorum", po::value<uint32_t>())("pos", po::value<std::vector<std::string>>());
+  po::positional_options_description cpos;
+  cpos.add("pos", -1);
+  po::variables_map cvm;
+  po::store(po::command_line_parser(rest).options(copts).positional(cpos).run(), cvm);
+  std::vector<std::string> args = cvm.count("pos") ? cvm["pos"].as<std::vector<std::string>>() : std::vector<std::string>{};
+
+  auto need = [&](size_t n, const char* what) {
+    if (args.size() != n) throw UsageError{fmt::format("{}: expected {}", cmd, what)};
+  };
+  auto config = qbd::LoadConfig(vm["config"].as<std::string>());
+  if (!config.ok()) return Fail(config.status());
+  qbd::SetLogLevel(qbd::LogLevel::kError);
+  auto catalog = qbd::Catalog::Open(*config);
+  if (!catalog.ok()) return Fail(catalog.status());
+  qbd::Catalog& c = **catalog;
+
+  if (cmd == "create") {
+    need(1, "NAME");
+    if (!cvm.count("size")) throw UsageError{"create: --size is required"};
+    qbd::CreateVolumeOptions o;
+    o.name = args[0];
+    o.size = SizeArg(cvm, "size");
+    if (cvm.count("replicas")) {
+      o.replicas = cvm["replicas"].as<uint32_t>();
+      if (o.replicas == 0) throw UsageError{"--replicas must be at least 1"};
+    }
+    if (cvm.count("block-size")) o.block_size = static_cast<uint32_t>(SizeArg(cvm, "block-size"));
+    if (cvm.count("chunk-size")) o.chunk_size = SizeArg(cvm, "chunk-size");
+    if (cvm.count("write-quorum")) o.write_quorum = cvm["write-quorum"].as<uint32_t>();
+    auto m = c.Create(o);
+    if (!m.ok()) return Fail(m.status());
+    std::cout << fmt::format("created volume {} (number {}, {}, {} replicas)\n", m->name, m->number,
+                             qbd::FormatSize(m->geometry.size), m->replicas);
+    return 0;
+  }
+  if (cmd == "list") {
+    need(0, "no arguments");
+    auto idx = c.LoadIndex();
+    if (!idx.ok()) return Fail(idx.status());
+    std::cout << fmt::format("{:<24} {:>6} {:>12} {:>8} {:>6} {:>8}  {}\n", "NAME", "NUMBER", "SIZE", "REPLICAS",
+                             "BLOCK", "CHUNK", "FLAGS");
+    for (const auto& [name, nr] : idx->volumes) {
+      auto m = c.LoadMeta(nr);
+      if (!m.ok()) {
+        std::cout << fmt::format("{:<24} {:>6}  error: {}\n", name, nr, m.status().message());
+        continue;
+      }
+      std::string flags;
+      if (m->read_only) flags += "read-only ";
+      if (m->append_only) flags += "append-only";
+      std::cout << fmt::format("{:<24} {:>6} {:>12} {:>8} {:>6} {:>8}  {}\n", name, nr,
+                               qbd::FormatSize(m->geometry.size), m->replicas, m->geometry.block_size,
+                               qbd::FormatSize(m->geometry.chunk_size), flags);
+    }
+    return 0;
+  }
+  if (cmd == "info") {
+    need(1, "NAME");
+    auto m = c.Find(args[0]);
+    if (!m.ok()) return Fail(m.status());
+    PrintInfo(*m, c);
+    return 0;
+  }
+  if (cmd == "resize") {
+    need(1, "NAME");
+    if (!cvm.count("size")) throw UsageError{"resize: --size is required"};
+    qbd::Status s = c.Resize(args[0], SizeArg(cvm, "size"));
+    if (!s.ok()) return Fail(s);
+    std::cout << fmt::format("resized volume {}\n", args[0]);
+    return 0;
+  }
+  if (cmd == "delete") {
+    need(1, "NAME");
+    qbd::Status s = c.Delete(args[0]);
+    if (!s.ok()) return Fail(s);
+    std::cout << fmt::format("deleted volume {}\n", args[0]);
+    return 0;
+  }
+  if (cmd == "set") {
+    need(3, "NAME read-only|append-only on|off");
+    auto on = qbd::ParseBool(args[2]);
+    if (!on.ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
+    if (args[1] != "read-only" && args[1] != "append-only") {
+      throw UsageError{fmt::format("set: unknown flag '{}' (read-only, append-only)", args[1])};
+    }
+    qbd::Status s = c.SetFlag(args[0], args[1], *on);
+    if (!s.ok()) return Fail(s);
+    std::cout << fmt::format("volume {}: {} {}\n", args[0], args[1], *on ? "on" : "off");
+    return 0;
+  }
+  return Usage(fmt::format("unknown command '{}'", cmd));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const UsageError& e) {
+    return Usage(e.msg);
+  } catch (const po::error& e) {
+    return Usage(e.what());
+  } catch (const std::exception& e) {
+    std::cerr << "qbdctl: " << e.what() << "\n";
+    return 1;
+  }
+}

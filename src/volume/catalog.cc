@@ -1,0 +1,252 @@
+#include "qbd/catalog.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "qbd/dirty_map.h"
+#include "qbd/log.h"
+
+namespace qbd {
+namespace {
+
+std::string NowIso() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config) {
+  if (config.location.rfind("nfs://", 0) == 0) {
+    return Status::NotSupported(fmt::format("backend {}: nfs:// backends are not supported by this build", config.name));
+  }
+  auto b = NewLocalDirBackend(config.location);
+  if (!b.ok()) return b.status().WithContext(fmt::format("backend {}", config.name));
+  return b;
+}
+
+Result<std::unique_ptr<Catalog>> Catalog::Open(const Config& config) {
+  std::unique_ptr<Catalog> c(new Catalog(config));
+  for (size_t i = 0; i < config.parts.size(); ++i) {
+    const BackendConfig* bc = config.BackendForPart(static_cast<char>('a' + i));
+    QBD_CHECK(bc != nullptr, "part {} has no backend", i);
+    QBD_ASSIGN_OR_RETURN(auto backend, OpenBackend(*bc));
+    c->backends_.push_back(std::move(backend));
+  }
+  for (size_t i = 0; i < c->backends_.size(); ++i) {
+    for (size_t j = i + 1; j < c->backends_.size(); ++j) {
+      if (c->backends_[i]->FailureDomain() == c->backends_[j]->FailureDomain()) {
+        QBD_LOG_WARN("parts {} ({}) and {} ({}) share one failure domain ({}): losing it loses both copies",
+                     static_cast<char>('a' + i), c->backends_[i]->Describe(), static_cast<char>('a' + j),
+                     c->backends_[j]->Describe(), c->backends_[i]->FailureDomain());
+      }
+    }
+  }
+  return c;
+}
+
+std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {
+  std::vector<StorageBackend*> out;
+  for (uint32_t i = 0; i < meta.replicas && i < backends_.size(); ++i) out.push_back(backends_[i].get());
+  return out;
+}
+
+std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch", volnr); }
+
+Result<VolumesIndex> Catalog::LoadIndex() {
+  VolumesIndex best;
+  bool found = false;
+  std::vector<std::pair<size_t, uint64_t>> serials;
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    auto text = ReadSmallFile(*backends_[i], kVolumesMetaPath);
+    if (!text.ok()) {
+      if (text.status().IsNotFound()) continue;
+      return text.status();
+    }
+    std::string file = backends_[i]->Describe() + "/" + kVolumesMetaPath;
+    QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(*text, file));
+    serials.emplace_back(i, idx.serial);
+    if (!found || idx.serial > best.serial) best = idx;
+    found = true;
+  }
+  if (found) {
+    for (auto [i, serial] : serials) {
+      if (serial != best.serial) {
+        QBD_LOG_WARN("{}/{} has serial {}, newest is {}: the newest copy is used", backends_[i]->Describe(),
+                     kVolumesMetaPath, serial, best.serial);
+      }
+    }
+    if (serials.size() != backends_.size()) {
+      QBD_LOG_WARN("{} of {} backends lack {}", backends_.size() - serials.size(), backends_.size(), kVolumesMetaPath);
+    }
+  }
+  return best;
+}
+
+Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr) {
+  VolumeMeta best;
+  bool found = false;
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    auto text = ReadSmallFile(*backends_[i], MetaPath(volnr));
+    if (!text.ok()) {
+      if (text.status().IsNotFound()) continue;
+      return text.status();
+    }
+    std::string file = backends_[i]->Describe() + "/" + MetaPath(volnr);
+    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(*text, file));
+    if (m.number != volnr) {
+      return Status::Corruption(fmt::format("{}: number {} where {} was expected", file, m.number, volnr));
+    }
+    if (found && m.serial != best.serial) {
+      QBD_LOG_WARN("volume {}: .meta copies disagree (serial {} vs {}): the newest is used", m.name, m.serial,
+                   best.serial);
+    }
+    if (!found || m.serial > best.serial) best = m;
+    found = true;
+  }
+  if (!found) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
+  if (best.replicas > backends_.size()) {
+    return Status::InvalidArgument(fmt::format("volume {} has {} replicas but {} lists {} parts", best.name,
+                                               best.replicas, config_.file, backends_.size()));
+  }
+  return best;
+}
+
+Result<VolumeMeta> Catalog::Find(const std::string& name) {
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, LoadIndex());
+  uint32_t nr = idx.Find(name);
+  if (nr == 0) return Status::NotFound(fmt::format("no volume named '{}'", name));
+  return LoadMeta(nr);
+}
+
+Status Catalog::WriteIndex(const VolumesIndex& index) {
+  std::string text = EncodeVolumesIndex(index);
+  for (auto& b : backends_) {
+    QBD_RETURN_IF_ERROR(WriteFileAtomic(*b, kVolumesMetaPath, text).WithContext(b->Describe()));
+  }
+  return Status::OK();
+}
+
+Status Catalog::WriteMeta(const VolumeMeta& meta) {
+  std::string text = EncodeVolumeMeta(meta);
+  for (StorageBackend* b : BackendsFor(meta)) {
+    QBD_RETURN_IF_ERROR(b->MkDirs(std::to_string(meta.number)));
+    QBD_RETURN_IF_ERROR(WriteFileAtomic(*b, MetaPath(meta.number), text).WithContext(b->Describe()));
+  }
+  return Status::OK();
+}
+
+Result<VolumeMeta> Catalog::Create(const CreateVolumeOptions& o) {
+  QBD_RETURN_IF_ERROR(ValidateVolumeName(o.name));
+  VolumeMeta m;
+  m.name = o.name;
+  m.geometry.size = o.size;
+  m.geometry.block_size = o.block_size;
+  m.geometry.chunk_size = o.chunk_size;
+  QBD_RETURN_IF_ERROR(m.geometry.Validate());
+  m.replicas = o.replicas == 0 ? static_cast<uint32_t>(backends_.size()) : o.replicas;
+  if (m.replicas > backends_.size()) {
+    return Status::InvalidArgument(fmt::format("{} replicas asked, but {} lists only {} parts", m.replicas,
+                                               config_.file, backends_.size()));
+  }
+  m.write_quorum = o.write_quorum != 0 ? o.write_quorum : config_.write_quorum;
+  if (m.write_quorum > m.replicas) {
+    return Status::InvalidArgument(fmt::format("write quorum {} exceeds {} replicas", m.write_quorum, m.replicas));
+  }
+  m.created = NowIso();
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, LoadIndex());
+  if (idx.Find(o.name) != 0) return Status::InvalidArgument(fmt::format("volume '{}' already exists", o.name));
+  // Skip numbers whose directory survives on some backend (a volume being deleted, or debris).
+  uint32_t nr = idx.NextNumber();
+  for (bool busy = true; busy;) {
+    busy = false;
+    for (auto& b : backends_) busy = busy || b->Stat(std::to_string(nr)).ok();
+    if (busy) ++nr;
+  }
+  m.number = nr;
+  QBD_RETURN_IF_ERROR(WriteMeta(m));
+  // Every part's dirty map has a copy on each other part (layout-spec.md §5).
+  const uint32_t rs = DirtyRegionSize(m.geometry);
+  std::vector<StorageBackend*> bs = BackendsFor(m);
+  for (size_t h = 0; h < bs.size(); ++h) {
+    QBD_RETURN_IF_ERROR(bs[h]->MkDirs(PartDir(nr, static_cast<char>('a' + h))));
+    for (size_t p = 0; p < bs.size(); ++p) {
+      if (p == h) continue;
+      DirtyMap empty(rs, (m.geometry.size + rs - 1) / rs);
+      QBD_RETURN_IF_ERROR(WriteFileAtomic(*bs[h], DirtyMap::PathFor(nr, static_cast<char>('a' + p)), empty.Encode()));
+    }
+    QBD_RETURN_IF_ERROR(bs[h]->SyncDir(std::to_string(nr)));
+  }
+  // The index is written last: a volume exists once it is listed.
+  idx.volumes[o.name] = nr;
+  idx.serial++;
+  QBD_RETURN_IF_ERROR(WriteIndex(idx));
+  return m;
+}
+
+Status Catalog::Resize(const std::string& name, uint64_t size) {
+  QBD_ASSIGN_OR_RETURN(VolumeMeta m, Find(name));
+  if (size < m.geometry.size) {
+    return Status::InvalidArgument(fmt::format("volume '{}' is {} bytes; shrinking is not supported", name,
+                                               m.geometry.size));
+  }
+  if (size % m.geometry.block_size != 0) {
+    return Status::InvalidArgument(fmt::format("size {} is not a multiple of the block size {}", size,
+                                               m.geometry.block_size));
+  }
+  if (size == m.geometry.size) return Status::OK();
+  m.geometry.size = size;
+  m.serial++;
+  return WriteMeta(m);
+}
+
+Status Catalog::SetFlag(const std::string& name, const std::string& flag, bool on) {
+  QBD_ASSIGN_OR_RETURN(VolumeMeta m, Find(name));
+  if (flag == "read-only") {
+    m.read_only = on;
+  } else if (flag == "append-only") {
+    m.append_only = on;
+  } else {
+    return Status::InvalidArgument(fmt::format("unknown flag '{}' (read-only, append-only)", flag));
+  }
+  m.serial++;
+  return WriteMeta(m);
+}
+
+Status Catalog::Delete(const std::string& name) {
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, LoadIndex());
+  uint32_t nr = idx.Find(name);
+  if (nr == 0) return Status::NotFound(fmt::format("no volume named '{}'", name));
+  idx.volumes.erase(name);
+  idx.serial++;
+  QBD_RETURN_IF_ERROR(WriteIndex(idx));
+  // Unlisted now; remove its files everywhere. Leftovers only cost space and are reported.
+  const std::string vdir = std::to_string(nr);
+  for (auto& b : backends_) {
+    auto names = b->List(vdir);
+    if (!names.ok()) continue;
+    for (const std::string& n : *names) {
+      std::string path = vdir + "/" + n;
+      auto info = b->Stat(path);
+      if (info.ok() && info->is_dir) {
+        auto files = b->List(path);
+        if (files.ok()) {
+          for (const std::string& f : *files) QBD_RETURN_IF_ERROR(b->Remove(path + "/" + f));
+        }
+        QBD_RETURN_IF_ERROR(b->RemoveDir(path));
+      } else {
+        QBD_RETURN_IF_ERROR(b->Remove(path));
+      }
+    }
+    QBD_RETURN_IF_ERROR(b->RemoveDir(vdir));
+    QBD_RETURN_IF_ERROR(b->SyncDir(""));
+  }
+  return Status::OK();
+}
+
+}  // namespace qbd

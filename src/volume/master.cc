@@ -1,0 +1,176 @@
+#include "qbd/master.h"
+
+#include <fmt/format.h>
+
+#include "qbd/log.h"
+
+namespace qbd {
+
+// The exports of the open volumes; read by NBD connection threads, written by the main thread.
+class Master::Registry : public ExportRegistry {
+ public:
+  explicit Registry(std::string default_export) : default_(std::move(default_export)) {}
+
+  std::vector<std::string> List() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, e] : exports_) names.push_back(name);
+    return names;
+  }
+
+  std::shared_ptr<const Export> Find(std::string_view name) const override {
+    std::lock_guard<std::mutex> l(mu_);
+    std::string n(name);
+    if (n.empty()) {
+      if (!default_.empty()) {
+        n = default_;
+      } else if (!exports_.empty()) {
+        n = exports_.begin()->first;
+      }
+    }
+    auto it = exports_.find(n);
+    return it == exports_.end() ? nullptr : it->second;
+  }
+
+  void Set(const std::string& name, std::shared_ptr<const Export> e) {
+    std::lock_guard<std::mutex> l(mu_);
+    exports_[name] = std::move(e);
+  }
+  void Remove(const std::string& name) {
+    std::lock_guard<std::mutex> l(mu_);
+    exports_.erase(name);
+  }
+
+ private:
+  const std::string default_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const Export>> exports_;  // GUARDED_BY(mu_)
+};
+
+Result<std::unique_ptr<Master>> Master::Start(const Config& config) {
+  std::unique_ptr<Master> m(new Master());
+  m->config_ = config;
+  QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config));
+  m->registry_ = std::make_unique<Registry>(config.default_export);
+  // Every volume is checked and opened before the first client is accepted.
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex());
+  for (const auto& [name, nr] : idx.volumes) {
+    QBD_ASSIGN_OR_RETURN(VolumeMeta meta, m->catalog_->LoadMeta(nr));
+    if (meta.name != name) {
+      return Status::Corruption(fmt::format("volume number {} is '{}' in .volumesmeta but '{}' in its .meta", nr, name,
+                                            meta.name));
+    }
+    QBD_RETURN_IF_ERROR(m->OpenVolume(meta));
+  }
+  NbdServerOptions so;
+  so.threads_per_connection = config.threads_per_connection;
+  m->server_ = std::make_unique<NbdServer>(*m->registry_, so);
+  QBD_RETURN_IF_ERROR(m->server_->Listen(config.listen));
+  for (auto& [name, vol] : m->volumes_) {
+    auto it = config.volume_listen.find(name);
+    if (it != config.volume_listen.end()) {
+      QBD_RETURN_IF_ERROR(m->server_->Listen(it->second, name));
+      m->listening_[name] = true;
+    }
+  }
+  for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
+  return m;
+}
+
+Master::~Master() { Stop().IgnoreError(); }
+
+std::vector<std::string> Master::BoundAddresses() const { return server_->BoundAddresses(); }
+
+Status Master::OpenVolume(const VolumeMeta& meta) {
+  VolumeOpenOptions vo;
+  QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
+  PublishExport(meta.name, *vol);
+  volumes_[meta.name] = std::move(vol);
+  return Status::OK();
+}
+
+void Master::PublishExport(const std::string& name, Volume& volume) {
+  auto e = std::make_shared<Export>();
+  e->name = name;
+  e->description = fmt::format("qbd volume {} ({} replicas)", volume.meta().number, volume.meta().replicas);
+  e->read_only = volume.meta().read_only;
+  e->min_block = 1;
+  e->preferred_block = volume.meta().geometry.block_size;
+  e->max_payload = 32u << 20;
+  e->handler = volume.handler();
+  registry_->Set(name, std::move(e));
+}
+
+Status Master::Poll() {
+  if (stopped_) return Status::OK();
+  auto idx = catalog_->LoadIndex();
+  if (!idx.ok()) {
+    QBD_LOG_WARN("volume poll: {}", idx.status().ToString());
+    return idx.status();
+  }
+  // Volumes removed from the index: stop exporting them, then close them.
+  for (auto it = volumes_.begin(); it != volumes_.end();) {
+    if (idx->Find(it->first) == it->second->meta().number) {
+      ++it;
+      continue;
+    }
+    QBD_LOG_INFO("volume {}: no longer listed in .volumesmeta: unexported", it->first);
+    registry_->Remove(it->first);
+    it->second->Close().IgnoreError();  // its files are being deleted
+    it = volumes_.erase(it);
+  }
+  for (const auto& [name, nr] : idx->volumes) {
+    auto meta = catalog_->LoadMeta(nr);
+    if (!meta.ok()) {
+      QBD_LOG_WARN("volume {}: {}", name, meta.status().ToString());
+      continue;
+    }
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) {
+      Status s = OpenVolume(*meta);
+      if (!s.ok()) {
+        QBD_LOG_ERROR("volume {}: cannot open: {}", name, s.ToString());
+        continue;
+      }
+      QBD_LOG_INFO("volume {}: new volume exported", name);
+      auto l = config_.volume_listen.find(name);
+      if (l != config_.volume_listen.end() && !listening_[name]) {
+        Status ls = server_->Listen(l->second, name);
+        if (ls.ok()) {
+          listening_[name] = true;
+        } else {
+          QBD_LOG_ERROR("volume {}: listen {}: {}", name, l->second, ls.ToString());
+        }
+      }
+      continue;
+    }
+    Volume& v = *it->second;
+    if (meta->serial != v.meta().serial) {
+      bool ro_changed = meta->read_only != v.meta().read_only;
+      v.ApplyMeta(*meta);
+      if (ro_changed) {
+        QBD_LOG_INFO("volume {}: read-only {} for new connections", name, meta->read_only ? "on" : "off");
+      }
+      PublishExport(name, v);
+    }
+  }
+  return Status::OK();
+}
+
+Status Master::Stop() {
+  if (stopped_) return Status::OK();
+  stopped_ = true;
+  if (server_) server_->Stop();
+  Status result;
+  for (auto& [name, vol] : volumes_) {
+    Status s = vol->Close();
+    if (!s.ok()) {
+      QBD_LOG_ERROR("volume {}: final flush failed: {}", name, s.ToString());
+      if (result.ok()) result = s;
+    }
+  }
+  volumes_.clear();
+  return result;
+}
+
+}  // namespace qbd

@@ -1,0 +1,123 @@
+#include "qbd/volume.h"
+
+#include <fmt/format.h>
+
+#include "qbd/catalog.h"
+#include "qbd/config.h"
+#include "qbd/log.h"
+
+namespace qbd {
+namespace {
+
+// Reads the largest epoch among the parts and writes epoch + 1 to all (layout-spec.md §4.2).
+Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& backends) {
+  const std::string path = Catalog::EpochPath(volnr);
+  uint64_t epoch = 0;
+  for (StorageBackend* b : backends) {
+    auto text = ReadSmallFile(*b, path);
+    if (!text.ok()) {
+      if (text.status().IsNotFound()) continue;
+      return text.status();
+    }
+    QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(*text, b->Describe() + "/" + path));
+    for (const KvLine& l : lines) {
+      if (l.key != "epoch") continue;
+      uint64_t v = 0;
+      try {
+        v = std::stoull(l.value);
+      } catch (...) {
+        return Status::InvalidArgument(fmt::format("{}/{}:{}: epoch is not a number", b->Describe(), path, l.line));
+      }
+      epoch = std::max(epoch, v);
+    }
+  }
+  ++epoch;
+  std::string text = fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch);
+  int written = 0;
+  for (StorageBackend* b : backends) {
+    Status s = WriteFileAtomic(*b, path, text);
+    if (s.ok()) {
+      ++written;
+    } else {
+      QBD_LOG_WARN("volume {}: epoch not written on {}: {}", volnr, b->Describe(), s.ToString());
+    }
+  }
+  if (written == 0) return Status::IOError(fmt::format("volume {}: epoch could not be written on any part", volnr));
+  return epoch;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector<StorageBackend*> backends,
+                                             const VolumeOpenOptions& options) {
+  if (backends.size() != meta.replicas) {
+    return Status::InvalidArgument(fmt::format("volume {}: {} backends for {} replicas", meta.name, backends.size(),
+                                               meta.replicas));
+  }
+  QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends));
+  const uint32_t rs = DirtyRegionSize(meta.geometry);
+  const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
+  std::vector<std::unique_ptr<PartStore>> parts;
+  std::vector<std::unique_ptr<DirtyMap>> dirty;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const char part = static_cast<char>('a' + i);
+    parts.push_back(std::make_unique<PartStore>(*backends[i], meta.number, part, meta.geometry,
+                                                options.max_open_files_per_part));
+    // The union of every copy of this part's dirty map; a missing copy is created empty.
+    auto map = std::make_unique<DirtyMap>(rs, regions);
+    const std::string path = DirtyMap::PathFor(meta.number, part);
+    for (size_t h = 0; h < backends.size(); ++h) {
+      if (h == i) continue;
+      auto text = ReadSmallFile(*backends[h], path);
+      if (!text.ok()) {
+        if (!text.status().IsNotFound()) return text.status();
+        Status s = WriteFileAtomic(*backends[h], path, DirtyMap(rs, regions).Encode());
+        if (!s.ok()) QBD_LOG_WARN("volume {}: cannot create {} on {}: {}", meta.name, path, backends[h]->Describe(), s.ToString());
+        continue;
+      }
+      QBD_ASSIGN_OR_RETURN(auto copy, DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs,
+                                                       regions, backends[h]->Describe() + "/" + path));
+      map->Merge(*copy);
+    }
+    dirty.push_back(std::move(map));
+  }
+  QuorumOptions q;
+  q.volume = meta.name;
+  q.volnr = meta.number;
+  q.geometry = meta.geometry;
+  q.write_quorum = meta.EffectiveWriteQuorum();
+  q.epoch = epoch;
+  q.append_only = meta.append_only;
+  q.region_size = rs;
+  q.start_resync_thread = options.start_resync_thread;
+  std::unique_ptr<Volume> v(new Volume());
+  v->meta_ = meta;
+  auto quorum = std::make_shared<QuorumSet>(std::move(q), std::move(parts), std::move(dirty));
+  v->quorum_ = quorum.get();
+  v->handler_ = quorum;
+  QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,
+               meta.number, meta.geometry.size, meta.replicas, meta.EffectiveWriteQuorum(), meta.geometry.block_size,
+               meta.geometry.chunk_size, epoch);
+  return v;
+}
+
+Volume::~Volume() { Close().IgnoreError(); }
+
+void Volume::ApplyMeta(const VolumeMeta& meta) {
+  if (meta.geometry.size > meta_.geometry.size) {
+    QBD_LOG_INFO("volume {}: grown from {} to {} bytes", meta.name, meta_.geometry.size, meta.geometry.size);
+    quorum_->SetSize(meta.geometry.size);
+  }
+  if (meta.append_only != meta_.append_only) quorum_->SetAppendOnly(meta.append_only);
+  meta_ = meta;
+}
+
+Status Volume::Close() {
+  if (!quorum_) return Status::OK();
+  quorum_->StopResync();
+  Status s = quorum_->Flush();
+  quorum_ = nullptr;
+  return s;
+}
+
+}  // namespace qbd
