@@ -127,9 +127,14 @@ class QuorumSet : public BlockHandler {
   void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
   bool ResyncRegion(int p, uint64_t region);
+  bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
   void WakeResync();
   uint64_t NextGeneration();
+  bool ChunkKnown(uint64_t chunk) const;
+  void SetChunkKnown(uint64_t chunk);
+  // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
+  void CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live);
 
   const QuorumOptions options_;
   const uint32_t region_size_;
@@ -141,6 +146,9 @@ class QuorumSet : public BlockHandler {
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
+  // Chunks whose file is known to exist on the parts (set after the first write in this process).
+  std::vector<std::atomic<uint8_t>> chunk_known_;
+  std::array<std::mutex, 64> create_locks_;
   static constexpr size_t kStripes = 1024;
   std::array<std::mutex, kStripes> region_locks_;
 

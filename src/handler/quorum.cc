@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <optional>
 
 #include "common/thread_pool.h"
 #include "qbd/log.h"
@@ -84,6 +85,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     }
     parts_.push_back(std::move(p));
   }
+  chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
 }
@@ -228,8 +230,23 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
 Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::byte> data,
                                  std::span<BlockMeta> metas, bool locked) {
   const uint64_t n = metas.size();
-  return ReadBlocks(ReadOrder(RegionOf(chunk, first), RegionOf(chunk, first + n - 1), -1), chunk, first, data,
-                    metas, locked);
+  const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  std::vector<int> order = ReadOrder(r0, r1, -1);
+  if (order.empty()) {
+    // No part is clean for the whole range: reconcile the regions dirty everywhere, then retry.
+    std::optional<RegionGuard> guard;
+    if (!locked) guard.emplace(*this, r0, r1);
+    const Geometry& g = options_.geometry;
+    for (uint64_t r = r0; r <= r1; ++r) {
+      if (!ReadOrder(r, r, -1).empty()) continue;
+      const uint64_t start = r * region_size_;
+      const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
+      ReconcileRegion(r, start / g.chunk_size, (start % g.chunk_size) / g.block_size,
+                      (end - start + g.block_size - 1) / g.block_size);
+    }
+    order = ReadOrder(r0, r1, -1);
+  }
+  return ReadBlocks(order, chunk, first, data, metas, locked);
 }
 
 Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
@@ -384,6 +401,16 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     if (parts_[i]->up.load(std::memory_order_acquire)) live.push_back(i);
   }
   for (size_t i : live) attempted[i] = 1;
+  // The first write to a chunk in this process checks which parts hold its file, under a lock
+  // so that concurrent first writes do not take each other's new files for lost ones. Later, a
+  // part that has to create the file has lost it.
+  bool known = ChunkKnown(chunk);
+  std::unique_lock<std::mutex> create_lock;
+  if (!known) {
+    create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
+    known = ChunkKnown(chunk);
+    if (!known) CheckChunkPresence(chunk, live);
+  }
   if (fua && live.size() > 1) {
     // Durable writes wait on each part's sync: run them side by side.
     std::vector<std::function<void()>> tasks;
@@ -409,7 +436,8 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       missed.push_back(static_cast<int>(i));
     }
   }
-  if (some_existed) {
+  if (ok > 0) SetChunkKnown(chunk);
+  if (known && some_existed) {
     // A part that had to create the chunk file while another part already had it lost the file:
     // it holds only these blocks; the rest of the chunk comes back through resync.
     const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
@@ -423,6 +451,35 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     }
   }
   return CheckQuorum(ok, missed, r0, r1, "write");
+}
+
+bool QuorumSet::ChunkKnown(uint64_t chunk) const {
+  return chunk < chunk_known_.size() && chunk_known_[chunk].load(std::memory_order_acquire);
+}
+
+void QuorumSet::SetChunkKnown(uint64_t chunk) {
+  if (chunk < chunk_known_.size()) chunk_known_[chunk].store(1, std::memory_order_release);
+}
+
+void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live) {
+  std::vector<size_t> absent;
+  bool any = false;
+  for (size_t i : live) {
+    auto e = parts_[i]->store->ChunkExists(chunk);
+    if (e.ok() && *e) {
+      any = true;
+    } else if (e.ok()) {
+      absent.push_back(i);
+    }
+  }
+  if (!any) return;  // a new chunk: every part creates it now
+  const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
+  for (size_t i : absent) {
+    counters_.read_repairs.fetch_add(1);
+    QBD_LOG_WARN("volume {} part {} chunk {}: chunk file missing; rebuilding it from the other parts",
+                 options_.volume, parts_[i]->store->part(), chunk + 1);
+    MarkDirty(static_cast<int>(i), c0, c1, /*durable=*/true, "chunk file missing").IgnoreError();  // best effort
+  }
 }
 
 Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, bool fua) {
@@ -590,6 +647,11 @@ void QuorumSet::SetSize(uint64_t size) {
     grown->Merge(*p->dirty);
     p->dirty = std::move(grown);
   }
+  Geometry g = options_.geometry;
+  g.size = size;
+  std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
+  for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
+  chunk_known_.swap(known);
   size_.store(size, std::memory_order_release);
 }
 
@@ -663,7 +725,12 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   const uint64_t n = (end - start + bs - 1) / bs;
   RegionGuard guard(*this, region, region);
   std::vector<int> order = ReadOrder(region, region, p);
-  if (order.empty()) return false;  // no clean source now; retried later
+  if (order.empty()) {
+    bool all_dirty = true;
+    for (const auto& q : parts_) all_dirty = all_dirty && (!q->up.load() || q->dirty->Test(region));
+    if (!all_dirty) return false;  // a clean copy is on a part that is down: wait for it
+    return ReconcileRegion(region, chunk, first, n);
+  }
   std::vector<std::byte> data(n * bs);
   std::vector<BlockMeta> metas(n);
   Status s = ReadBlocks(order, chunk, first, data, metas, /*locked=*/true);
@@ -695,6 +762,72 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   counters_.resynced_regions.fetch_add(1);
   counters_.resynced_bytes.fetch_add(end - start);
   return true;
+}
+
+}  // namespace qbd
+
+namespace qbd {
+
+// Every up part is dirty in the region (several outages, or a crash between parts): no copy is
+// known good, so each block takes the valid copy with the newest generation, written to every
+// part that differs. REQUIRES: the region lock is held.
+bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n) {
+  const uint64_t bs = options_.geometry.block_size;
+  const size_t np = parts_.size();
+  std::vector<std::vector<std::byte>> data(np, std::vector<std::byte>(n * bs));
+  std::vector<std::vector<BlockMeta>> metas(np, std::vector<BlockMeta>(n));
+  std::vector<std::vector<char>> valid(np, std::vector<char>(n, 0));
+  for (size_t i = 0; i < np; ++i) {
+    if (!parts_[i]->up.load()) continue;
+    std::vector<uint64_t> bad;
+    Status s = parts_[i]->store->Read(chunk, first, data[i], metas[i], &bad);
+    if (s.IsNotFound()) {
+      std::fill(valid[i].begin(), valid[i].end(), 1);  // all unwritten (metas are zero)
+      continue;
+    }
+    if (!s.ok() && bad.empty()) continue;
+    std::fill(valid[i].begin(), valid[i].end(), 1);
+    for (uint64_t b : bad) valid[i][b - first] = 0;
+  }
+  std::vector<std::byte> best(n * bs);
+  std::vector<BlockMeta> best_meta(n);
+  for (uint64_t b = 0; b < n; ++b) {
+    int winner = -1;
+    for (size_t i = 0; i < np; ++i) {
+      if (valid[i][b] && (winner < 0 || metas[i][b].generation > metas[winner][b].generation)) winner = static_cast<int>(i);
+    }
+    if (winner < 0) {
+      QBD_LOG_ERROR("resync: volume {} chunk {} block {}: no valid copy on any part: data lost", options_.volume,
+                    chunk + 1, first + b);
+      continue;  // left as it is; verify reports it
+    }
+    std::memcpy(best.data() + b * bs, data[winner].data() + b * bs, bs);
+    best_meta[b] = metas[winner][b];
+  }
+  bool all_ok = true;
+  for (size_t i = 0; i < np; ++i) {
+    if (!parts_[i]->up.load()) continue;
+    bool same = true;
+    for (uint64_t b = 0; b < n && same; ++b) same = valid[i][b] && metas[i][b] == best_meta[b];
+    Status w;
+    if (!same) {
+      bool created = false;
+      w = parts_[i]->store->Write(chunk, first, best, best_meta, /*sync=*/true, &created);
+    }
+    if (!w.ok()) {
+      MarkDown(static_cast<int>(i), w);
+      all_ok = false;
+      continue;
+    }
+    if (parts_[i]->dirty->Clear(region)) {
+      Status ignored;
+      PersistDirtyBytes(static_cast<int>(i), {region / 8}, /*sync=*/false, &ignored);  // a stale bit only recopies
+    }
+  }
+  QBD_LOG_INFO("resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by newest generation",
+               options_.volume, region, chunk + 1);
+  counters_.resynced_regions.fetch_add(1);
+  return all_ok;
 }
 
 }  // namespace qbd
