@@ -102,7 +102,7 @@ fuzz:
 	done
 
 bench: all
-	scripts/bench.sh $(BUILD)
+	scripts/bench.py $(BUILD)
 
 check-headers:
 	@for h in include/qbd/*.h; do \
