@@ -1,0 +1,399 @@
+# Fixture verbs for the integration tests: the real qbd-master over local directories, driven by
+# real NBD clients. Every test sources this file first:
+#   . "$(dirname "$0")/lib.sh"
+# It creates the test's scratch directory $T and an EXIT trap that unmounts what the test mounted,
+# detaches its loop devices, stops every process it started (by PID) and removes $T.
+# A test reports one line per check group: "PASS: <name>" or "FAIL: <name>: <reason>";
+# scripts/run-tests.sh counts them. QBD_BIN (set by the runner) is the build's bin directory.
+
+set -uo pipefail
+# Debian's python3 first: nbdsh and `import nbd` (python3-libnbd) do not work with a pyenv python.
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+
+if [ -z "${QBD_BIN:-}" ] || [ ! -d "$QBD_BIN" ]; then
+  echo "FAIL: $(basename "$0" .sh): QBD_BIN is not a directory (run through scripts/run-tests.sh)"
+  exit 1
+fi
+QBD_BIN=$(cd "$QBD_BIN" && pwd)
+IT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+T=$(mktemp -d /tmp/qbd-it.XXXXXX)
+cd "$T" || exit 1 # tools that drop files in the working directory (fio's verify state) drop them here
+PORT=""
+MASTER_PID=""
+FAILS=0
+PASSES=0
+_PIDS=()
+_MOUNTS=()
+_LOOPS=()
+_FUSES=()
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+pass() { # NAME
+  echo "PASS: $1"
+  PASSES=$((PASSES + 1))
+}
+
+fail() { # NAME REASON (the reason is flattened onto the one FAIL line)
+  local reason=${2:-failed}
+  reason=${reason//$'\n'/ | }
+  echo "FAIL: $1: $reason"
+  FAILS=$((FAILS + 1))
+}
+
+die() { # NAME REASON: report a failed precondition and end the test (the trap cleans up)
+  fail "$1" "$2"
+  exit 1
+}
+
+show() { # FILE [LINES]: the last lines of FILE, indented so the runner does not count them
+  [ -f "$1" ] && tail -n "${2:-20}" "$1" | sed 's/^/    | /'
+  return 0
+}
+
+check() { # NAME CMD...: run CMD; pass if it exits 0, else fail and show the end of its output
+  local name=$1 out="$T/.check.out" rc
+  shift
+  "$@" >"$out" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    pass "$name"
+  else
+    fail "$name" "'$*' exited with status $rc"
+    show "$out" 25
+  fi
+  return $rc
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes, mounts, loop devices
+
+track() { _PIDS+=("$@"); } # PID...: killed by the EXIT trap if still running
+
+untrack() { # PID
+  local p keep=()
+  for p in "${_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  _PIDS=("${keep[@]}")
+}
+
+alive() { # PID: running (a zombie does not count)
+  [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+wait_pid() { # PID SECONDS: wait for our child PID to end, its exit status in WAIT_RC; 1 on timeout
+  # (never call it in $(...): a subshell cannot wait for the test's children)
+  local pid=$1 deadline
+  deadline=$(($(date +%s%N) + $2 * 1000000000))
+  WAIT_RC=""
+  while alive "$pid"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+  wait "$pid" 2>/dev/null
+  WAIT_RC=$?
+  untrack "$pid"
+  return 0
+}
+
+track_mount() { _MOUNTS+=("$1"); } # DIR: a filesystem mount, unmounted by the trap
+track_loop() { _LOOPS+=("$1"); }   # DEV: a loop device, detached by the trap
+track_fuse() { _FUSES+=("$1"); }   # DIR: a FUSE mountpoint, unmounted by the trap
+
+untrack_mount() { # DIR
+  local m keep=()
+  for m in "${_MOUNTS[@]}"; do [ "$m" = "$1" ] || keep+=("$m"); done
+  _MOUNTS=("${keep[@]}")
+}
+untrack_loop() { # DEV
+  local l keep=()
+  for l in "${_LOOPS[@]}"; do [ "$l" = "$1" ] || keep+=("$l"); done
+  _LOOPS=("${keep[@]}")
+}
+untrack_fuse() { # DIR
+  local f keep=()
+  for f in "${_FUSES[@]}"; do [ "$f" = "$1" ] || keep+=("$f"); done
+  _FUSES=("${keep[@]}")
+}
+
+_cleanup() {
+  local rc=$? i p m deadline
+  trap - EXIT INT TERM
+  set +e
+  for ((i = ${#_MOUNTS[@]} - 1; i >= 0; i--)); do
+    m=${_MOUNTS[i]}
+    mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }
+  done
+  for m in "${_LOOPS[@]}"; do
+    losetup "$m" >/dev/null 2>&1 && losetup -d "$m"
+  done
+  for m in "${_FUSES[@]}"; do
+    mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; }
+  done
+  for p in "${_PIDS[@]}"; do alive "$p" && kill -TERM "$p" 2>/dev/null; done
+  deadline=$(($(date +%s) + 5))
+  for p in "${_PIDS[@]}"; do
+    while alive "$p" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+    alive "$p" && kill -KILL "$p" 2>/dev/null
+  done
+  # Anything still mounted below $T (a test that died between mount and track): lazy unmount.
+  awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null; done
+  if [ -n "${QBD_KEEP:-}" ]; then
+    echo "    | QBD_KEEP set: scratch directory kept at $T"
+  else
+    rm -rf --one-file-system "$T"
+  fi
+  [ $rc -eq 0 ] && [ "$FAILS" -gt 0 ] && rc=1
+  exit $rc
+}
+trap _cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+# ---------------------------------------------------------------------------------------------
+# qbd fixture
+
+free_port() { # prints a free TCP port on 127.0.0.1 (never 10809, the default NBD port)
+  python3 - <<'EOF'
+import socket
+while True:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    if port != 10809:
+        print(port)
+        break
+EOF
+}
+
+part_letter() { # INDEX (0-based) -> a, b, c, ...
+  local letters=abcdefghijklmnopqrstuvwxyz
+  echo "${letters:$1:1}"
+}
+
+node_dir() { # PART_LETTER -> the backend directory holding that part in the test config
+  echo "$T/node-$1"
+}
+
+qbd_conf() { # NPARTS [EXTRA_GLOBAL_LINE...]: writes $T/qbd.conf, sets PORT
+  local n=$1 i l parts=""
+  shift
+  PORT=$(free_port)
+  for ((i = 0; i < n; i++)); do
+    l=$(part_letter $i)
+    parts+="${parts:+ }node-$l"
+    mkdir -p "$T/node-$l"
+  done
+  {
+    echo "# qbd integration test config ($(basename "$0"))"
+    echo "listen = 127.0.0.1:$PORT"
+    echo "parts = $parts"
+    for l in "$@"; do echo "$l"; done
+    for ((i = 0; i < n; i++)); do
+      l=$(part_letter $i)
+      echo "[backend node-$l]"
+      echo "path = node-$l"
+    done
+  } >"$T/qbd.conf"
+}
+
+uri() { # VOLUME -> nbd://127.0.0.1:PORT/VOLUME
+  echo "nbd://127.0.0.1:$PORT/$1"
+}
+
+qbdctl() { # ARGS...: qbdctl against the test config
+  "$QBD_BIN/qbdctl" --config "$T/qbd.conf" "$@"
+}
+
+master_running() { [ -n "$MASTER_PID" ] && alive "$MASTER_PID"; }
+
+qbd_start() { # [EXTRA_ARGS...]: start qbd-master, wait until it serves NBD (fatal if it does not)
+  local deadline
+  if master_running; then die qbd_start "qbd-master is already running (pid $MASTER_PID)"; fi
+  echo "=== $(date +%T.%N) qbd_start" >>"$T/master.log"
+  "$QBD_BIN/qbd-master" --config "$T/qbd.conf" "$@" </dev/null >>"$T/master.log" 2>&1 &
+  MASTER_PID=$!
+  track "$MASTER_PID"
+  deadline=$(($(date +%s%N) + 10000000000))
+  while :; do
+    if ! alive "$MASTER_PID"; then
+      wait_pid "$MASTER_PID" 1
+      show "$T/master.log"
+      die qbd_start "qbd-master exited with status $WAIT_RC during start-up (see master.log above)"
+    fi
+    timeout 5 nbdinfo --list "nbd://127.0.0.1:$PORT" >/dev/null 2>&1 && return 0
+    if [ "$(date +%s%N)" -gt "$deadline" ]; then
+      show "$T/master.log"
+      die qbd_start "qbd-master does not answer 'nbdinfo --list nbd://127.0.0.1:$PORT' within 10 s"
+    fi
+    sleep 0.1
+  done
+}
+
+qbd_stop() { # [SIGNAL] [SECONDS]: signal qbd-master (TERM); expect exit 0 within SECONDS (20)
+  local sig=${1:-TERM} secs=${2:-20}
+  master_running || { fail "qbd_stop" "qbd-master is not running"; return 1; }
+  echo "=== $(date +%T.%N) qbd_stop SIG$sig" >>"$T/master.log"
+  kill -"$sig" "$MASTER_PID"
+  if ! wait_pid "$MASTER_PID" "$secs"; then
+    kill -KILL "$MASTER_PID"
+    wait_pid "$MASTER_PID" 5
+    show "$T/master.log"
+    fail "qbd_stop" "qbd-master did not exit within $secs s of SIG$sig (killed)"
+    return 1
+  fi
+  if [ "$WAIT_RC" != 0 ]; then
+    show "$T/master.log"
+    fail "qbd_stop" "qbd-master exited with status $WAIT_RC after SIG$sig"
+    return 1
+  fi
+  return 0
+}
+
+qbd_kill() { # SIGKILL qbd-master and reap it
+  master_running || return 0
+  echo "=== $(date +%T.%N) qbd_kill" >>"$T/master.log"
+  kill -KILL "$MASTER_PID"
+  wait_pid "$MASTER_PID" 10
+  return 0
+}
+
+chunk_path() { # NODE VOLNR PART CHUNK_INDEX (0-based: offset / chunk_size) -> chunk file path
+  # layout-spec: <backend root>/<volnr>/<part letter>/<chunk index + 1>
+  echo "$T/$1/$2/$3/$(($4 + 1))"
+}
+
+xxh3() { # FILE -> the XXH3-64 of FILE as 16 hex digits (xxhsum -H3)
+  xxhsum -H3 "$1" | grep -oE '\b[0-9a-f]{16}\b' | head -n 1
+}
+
+# pattern ARGS...: patterned writes and their verification, for crash and shutdown tests. Every
+# 4 KiB block written holds struct.pack("<QQ", block_number, iteration) repeated, so any block
+# read back tells which write put it there.
+#   pattern write URI LOG --flushed N --iter K [--depth D]
+#     writes blocks [0, N) with iteration K, flushes, logs "FLUSHED", then writes 64 KiB extents
+#     at random beyond block N until the connection fails (D requests in flight, never two on the
+#     same block), logging "S first count iter" on submit and "A first count iter" on completion.
+#   pattern verify IMAGE LOG --flushed N --iter K [--acked]
+#     blocks [0, N) must hold iteration K; every later block must be zero or hold an iteration
+#     submitted for it; with --acked, it must hold its last acknowledged iteration (or zero if none)
+#     or the iteration of a write to it still in flight.
+pattern() {
+  python3 - "$@" <<'EOF'
+import argparse, os, random, struct, sys, time
+BS, EXT = 4096, 16
+
+def block(b, it):
+    return struct.pack("<QQ", b, it) * (BS // 16)
+
+def write(a):
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(a.target)
+    total = h.get_size() // BS
+    log = open(a.log, "w", buffering=1)
+    for first in range(0, a.flushed, 64):
+        n = min(64, a.flushed - first)
+        h.pwrite(b"".join(block(b, a.iter) for b in range(first, first + n)), first * BS)
+    h.flush()
+    log.write("FLUSHED\n")
+    it = a.iter + 1
+    busy = {}  # cookie -> (first, n, iter)
+    inflight = set()
+    extents = (total - a.flushed) // EXT
+    try:
+        while True:
+            while len(busy) < a.depth:
+                first = a.flushed + random.randrange(extents) * EXT
+                if first in inflight:
+                    continue
+                buf = nbd.Buffer.from_bytearray(
+                    bytearray(b"".join(block(b, it) for b in range(first, first + EXT))))
+                log.write(f"S {first} {EXT} {it}\n")
+                c = h.aio_pwrite(buf, first * BS)
+                busy[c] = (first, EXT, it, buf)
+                inflight.add(first)
+                it += 1
+            h.poll(-1)
+            for c in list(busy):
+                if h.aio_command_completed(c):
+                    first, n, i, _ = busy.pop(c)
+                    inflight.discard(first)
+                    log.write(f"A {first} {n} {i}\n")
+    except Exception as e:  # the server went away: that is how this ends
+        log.write(f"END {type(e).__name__}: {e}\n")
+    log.close()
+
+def verify(a):
+    submitted, acked, pending = {}, {}, {}
+    for line in open(a.log):
+        f = line.split()
+        if f[0] in ("S", "A"):
+            first, n, it = int(f[1]), int(f[2]), int(f[3])
+            for b in range(first, first + n):
+                if f[0] == "S":
+                    submitted.setdefault(b, set()).add(it)
+                    pending[b] = it
+                else:
+                    acked[b] = it
+                    pending.pop(b, None)
+    bad = 0
+    counts = {"flushed": 0, "zero": 0, "acked": 0, "in flight": 0}
+    zero = bytes(BS)
+    with open(a.target, "rb") as img:
+        b = 0
+        while True:
+            data = img.read(BS)
+            if not data:
+                break
+            head = struct.unpack("<QQ", data[:16]) if data != zero else None
+            whole = head is not None and data == block(*head) and head[0] == b
+            if b < a.flushed:
+                ok = data == block(b, a.iter)
+                why = f"flushed block {b}: expected iteration {a.iter}, got {head}"
+                counts["flushed"] += ok
+            elif data == zero:
+                ok = not a.acked or b not in acked
+                why = f"block {b}: zeros, but iteration {acked.get(b)} was acknowledged"
+                counts["zero"] += ok
+            elif not whole:
+                ok, why = False, f"block {b}: not one whole write (header {head})"
+            elif a.acked:
+                ok = head[1] in (acked.get(b), pending.get(b))
+                why = (f"block {b}: iteration {head[1]}, last acknowledged {acked.get(b)}, "
+                       f"in flight {pending.get(b)}")
+                counts["acked" if head[1] == acked.get(b) else "in flight"] += ok
+            else:
+                ok = head[1] in submitted.get(b, ())
+                why = f"block {b}: iteration {head[1]} was never written there"
+                counts["acked" if head[1] == acked.get(b) else "in flight"] += ok
+            if not ok:
+                bad += 1
+                if bad <= 10:
+                    print(why)
+            b += 1
+    print(f"blocks: {counts}, bad: {bad}")
+    sys.exit(1 if bad else 0)
+
+ap = argparse.ArgumentParser()
+ap.add_argument("mode", choices=["write", "verify"])
+ap.add_argument("target")
+ap.add_argument("log")
+ap.add_argument("--flushed", type=int, required=True)
+ap.add_argument("--iter", type=int, required=True)
+ap.add_argument("--depth", type=int, default=8)
+ap.add_argument("--acked", action="store_true")
+a = ap.parse_args()
+write(a) if a.mode == "write" else verify(a)
+EOF
+}
+
+wait_for_line() { # FILE REGEX SECONDS: wait until FILE has a line matching REGEX
+  local deadline=$(($(date +%s%N) + $3 * 1000000000))
+  until grep -qE -- "$2" "$1" 2>/dev/null; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
