@@ -434,6 +434,12 @@ TEST_CASE("GO and INFO of an unknown export get ERR_UNKNOWN") {
   c.Hello();
   CHECK(c.Option(kOptInfo, EncodeInfoRequest({"missing", {}})).back().h.type == kRepErrUnknown);
   CHECK(c.Option(kOptGo, EncodeInfoRequest({"missing", {}})).back().h.type == kRepErrUnknown);
+  SUBCASE("and the error message shows a binary name escaped") {
+    auto r = c.Option(kOptGo, EncodeInfoRequest({std::string("a\nb\xff", 4), {}}));
+    REQUIRE(r.back().h.type == kRepErrUnknown);
+    std::string msg(reinterpret_cast<const char*>(r.back().data.data()), r.back().data.size());
+    CHECK(msg == "unknown export 'a\\x0ab\\xff'");
+  }
   SUBCASE("and a malformed GO payload gets ERR_INVALID") {
     CHECK(c.Option(kOptGo, std::vector<std::byte>(3)).back().h.type == kRepErrInvalid);
   }
@@ -703,6 +709,11 @@ TEST_CASE("Listen reports bound addresses and rejects bad specs") {
   REQUIRE(addrs.size() == 1);
   CHECK(addrs[0].rfind("127.0.0.1:", 0) == 0);
   CHECK(addrs[0] != "127.0.0.1:0");
+  if (s.Listen("[::1]:0").ok()) {  // IPv6 may be disabled on the test machine
+    auto v6 = s.BoundAddresses();
+    REQUIRE(v6.size() == 2);
+    CHECK(v6[1].rfind("[::1]:", 0) == 0);
+  }
   CHECK(!s.Listen("127.0.0.1").ok());
   CHECK(!s.Listen("127.0.0.1:99999").ok());
   CHECK(!s.Listen("unix:").ok());
@@ -711,6 +722,23 @@ TEST_CASE("Listen reports bound addresses and rejects bad specs") {
   CHECK(s.BoundAddresses().empty());
   CHECK(!s.Listen("127.0.0.1:0").ok());
   s.Stop();  // idempotent
+}
+
+TEST_CASE("Listen on a unix socket replaces a stale socket file but not a live one") {
+  ServerFixture f;
+  MapRegistry reg;
+  NbdServer other(reg, {});
+  CHECK(other.Listen("unix:" + f.path).IsIOError());  // f's server is live there
+  const std::string stale = f.path + ".stale";
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::strncpy(sun.sun_path, stale.c_str(), sizeof(sun.sun_path) - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0);
+  ::close(fd);  // the file stays, nobody listens
+  CHECK(other.Listen("unix:" + stale).ok());
+  other.Stop();
+  CHECK(!std::filesystem::exists(stale));
 }
 
 TEST_CASE("Stop closes idle connections promptly and removes the unix socket") {

@@ -54,6 +54,10 @@ constexpr int kHandshakeTimeoutSec = 30;
 // A client that accepts no reply bytes for this long is dropped (so Stop() cannot hang on it).
 constexpr int kSendTimeoutSec = 60;
 constexpr size_t kReadBufferSize = 64 * 1024;
+// A worker keeps its payload buffer across requests up to this size, so common requests never
+// allocate; a buffer grown past it for a rare huge request is freed afterwards, which bounds
+// what idle connections hold (threads_per_connection x this) whatever max_payload is.
+constexpr size_t kKeptBufferSize = 4 << 20;
 // Rejected-request warnings per connection and second; the rest are counted and summarized.
 constexpr int kWarningsPerSecond = 5;
 // The meta context id of base:allocation after NBD_OPT_SET_META_CONTEXT.
@@ -149,6 +153,23 @@ class InBuffer {
   std::vector<std::byte> buf_;
   size_t begin_ = 0, end_ = 0;  // Invariant: buf_[begin_, end_) is received but unconsumed
 };
+
+// A client-supplied string made safe for one log line: at most 64 bytes, non-printable bytes
+// as \xNN.
+std::string Printable(std::string_view s) {
+  constexpr size_t kMax = 64;
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < kMax; ++i) {
+    const auto ch = static_cast<unsigned char>(s[i]);
+    if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+      out += static_cast<char>(ch);
+    } else {
+      out += fmt::format("\\x{:02x}", ch);
+    }
+  }
+  if (s.size() > kMax) out += "...";
+  return out;
+}
 
 std::string SockaddrToString(const sockaddr_storage& ss) {
   char host[INET6_ADDRSTRLEN] = {};
@@ -278,15 +299,24 @@ Result<ParsedSpec> ParseSpec(std::string_view spec) {
 // Returns a listening socket and its BoundAddresses() form.
 Result<std::pair<int, std::string>> OpenListener(const ParsedSpec& p) {
   if (p.is_unix) {
-    struct stat st {};
-    if (::lstat(p.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      ::unlink(p.path.c_str());  // a stale socket of an earlier run
-    }
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return Status::FromErrno("nbd listen: socket", errno);
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
     std::memcpy(sun.sun_path, p.path.data(), p.path.size());
+    struct stat st {};
+    if (::lstat(p.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      // A socket file nobody accepts on is left over from an earlier run: remove it. One that
+      // accepts belongs to a live server, which must not lose its address.
+      int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      const bool live =
+          probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0;
+      CloseFd(probe);
+      if (live) {
+        return Status::IOError(fmt::format("nbd listen: unix:{} is in use", p.path), EADDRINUSE);
+      }
+      ::unlink(p.path.c_str());
+    }
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status::FromErrno("nbd listen: socket", errno);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) != 0 ||
         ::listen(fd, SOMAXCONN) != 0) {
       int err = errno;
@@ -529,7 +559,7 @@ void NbdServer::Impl::ConnectionMain(Conn* c) {
 
 namespace {
 
-// Handshake helpers: all on the connection's main thread, before any worker exists.
+// Reads one message: the handshake (main thread only) and workers (under read_mu) use it.
 enum class Read { kOk, kEof, kError };
 
 Read ReadMsg(int fd, InBuffer& in, std::span<std::byte> out, std::string* why) {
@@ -592,7 +622,9 @@ bool NbdServer::Impl::Handshake(Conn* c) {
   };
 
   std::vector<std::byte> data;
-  std::shared_ptr<const Export> meta_export;  // the export SET_META_CONTEXT was for
+  // The export the last SET_META_CONTEXT was for; entering transmission on another one drops the
+  // selected contexts (proto.md). Compared by name: a registry may hand out fresh Export objects.
+  std::string meta_export;
   for (;;) {
     std::array<std::byte, nbd::kOptionHeaderSize> hb;
     r = ReadMsg(fd, c->in, hb, &why);
@@ -623,10 +655,11 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         std::string name(reinterpret_cast<const char*>(data.data()), data.size());
         auto e = find(name);
         if (e == nullptr || e->handler == nullptr) {
-          Warn(c, fmt::format("NBD_OPT_EXPORT_NAME: unknown export '{}'; closing", name));
+          Warn(c,
+               fmt::format("NBD_OPT_EXPORT_NAME: unknown export '{}'; closing", Printable(name)));
           return false;
         }
-        if (meta_export != e) c->base_allocation = false;
+        if (meta_export != e->name) c->base_allocation = false;
         if (!SendAll(fd,
                      nbd::EncodeExportNameReply(e->handler->Size(),
                                                 TransmissionFlags(*e, c->structured), no_zeroes))) {
@@ -671,8 +704,9 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         }
         auto e = find(req->name);
         if (e == nullptr || e->handler == nullptr) {
-          Warn(c, fmt::format("{}: unknown export '{}'", nbd::OptionName(opt), req->name));
-          if (!error(opt, nbd::kRepErrUnknown, fmt::format("unknown export '{}'", req->name))) {
+          const std::string shown = Printable(req->name);
+          Warn(c, fmt::format("{}: unknown export '{}'", nbd::OptionName(opt), shown));
+          if (!error(opt, nbd::kRepErrUnknown, fmt::format("unknown export '{}'", shown))) {
             return false;
           }
           break;
@@ -696,7 +730,7 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         }
         if (!ok || !reply(opt, nbd::kRepAck)) return false;
         if (opt == nbd::kOptGo) {
-          if (meta_export != e) c->base_allocation = false;
+          if (meta_export != e->name) c->base_allocation = false;
           c->exp = std::move(e);
           QBD_LOG_DEBUG("nbd: {}: serving export '{}'", c->peer, c->exp->name);
           return true;
@@ -732,7 +766,7 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         auto e = find(req->export_name);
         if (e == nullptr) {
           if (!error(opt, nbd::kRepErrUnknown,
-                     fmt::format("unknown export '{}'", req->export_name))) {
+                     fmt::format("unknown export '{}'", Printable(req->export_name)))) {
             return false;
           }
           break;
@@ -750,7 +784,7 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         }
         if (set) {
           c->base_allocation = match;
-          meta_export = e;
+          meta_export = e->name;
         }
         if (!ok || !reply(opt, nbd::kRepAck)) return false;
         break;
@@ -798,7 +832,7 @@ uint16_t AllowedFlags(uint16_t type, bool structured) {
 void NbdServer::Impl::Worker(Conn* c) {
   const Export& e = *c->exp;
   BlockHandler& h = *e.handler;
-  std::vector<std::byte> buf;  // this worker's payload buffer: grows, never shrinks
+  std::vector<std::byte> buf;  // this worker's payload buffer, reused (see kKeptBufferSize)
   std::vector<nbd::BlockDescriptor> descs;
   std::string why;
 
@@ -983,6 +1017,7 @@ void NbdServer::Impl::Worker(Conn* c) {
       }
     }
     if (next == Next::kRejectAndStop) return;
+    if (buf.size() > kKeptBufferSize) std::vector<std::byte>().swap(buf);
   }
 }
 
