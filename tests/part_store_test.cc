@@ -1,0 +1,486 @@
+// Tests of include/qbd/part_store.h: one part's chunk files, record layout and checksums
+// (layout-spec.md §4), over MemBackend and over a real LocalDirBackend in a temporary directory.
+#include "qbd/part_store.h"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qbd/backend.h"
+#include "qbd/chunk_format.h"
+#include "testutil/mem_backend.h"
+#include "testutil/temp_dir.h"
+
+namespace qbd::test {
+namespace {
+
+constexpr uint32_t kVol = 7;
+constexpr uint32_t kBs = 4096;
+
+Geometry Geo() { return Geometry{4ull << 20, kBs, 1ull << 20}; }  // 4 chunks of 256 blocks
+
+// Blocks whose every byte depends on `tag` and the position, so that no two blocks match.
+std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
+  std::vector<std::byte> out(n * kBs);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = std::byte((tag * 131 + i * 7 + i / kBs) % 253);
+  return out;
+}
+
+std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
+  std::vector<BlockMeta> metas(data.size() / kBs);
+  for (size_t i = 0; i < metas.size(); ++i) {
+    metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
+  }
+  return metas;
+}
+
+bool AllZero(std::span<const std::byte> b) {
+  return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
+}
+
+// The backends every test runs on.
+struct MemEnv {
+  MemBackend mem{"part-a"};
+  StorageBackend& backend() { return mem; }
+};
+
+struct LocalEnv {
+  TempDir dir;
+  std::unique_ptr<StorageBackend> local;
+  LocalEnv() {
+    auto b = NewLocalDirBackend(dir.Sub("root"));
+    REQUIRE(b.ok());
+    local = std::move(b).value();
+  }
+  StorageBackend& backend() { return *local; }
+};
+
+// Writes blocks [first, first + n) of `chunk` with Blocks(tag, n) under generation `gen`.
+std::vector<std::byte> WriteTagged(PartStore& store, uint64_t chunk, uint64_t first, uint64_t n,
+                                   uint64_t tag, uint64_t gen, bool sync = false) {
+  std::vector<std::byte> data = Blocks(tag, n);
+  std::vector<BlockMeta> metas = MetasFor(data, gen);
+  bool created = false;
+  Status s = store.Write(chunk, first, data, metas, sync, &created);
+  REQUIRE(s.ok());
+  return data;
+}
+
+}  // namespace
+
+TEST_SUITE("part_store") {
+TEST_CASE_TEMPLATE("Read returns the blocks and metas that Write stored", E, MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  std::vector<std::byte> data = Blocks(1, 3);
+  std::vector<BlockMeta> metas = MetasFor(data, 42);
+  bool created = false;
+  REQUIRE(store.Write(2, 5, data, metas, /*sync=*/false, &created).ok());
+  CHECK(created);
+
+  std::vector<std::byte> got(3 * kBs);
+  std::vector<BlockMeta> got_metas(3);
+  std::vector<uint64_t> bad;
+  REQUIRE(store.Read(2, 5, got, got_metas, &bad).ok());
+  CHECK(got == data);
+  CHECK(got_metas == metas);
+  CHECK(bad.empty());
+
+  SUBCASE("and a second write to the chunk does not create it again") {
+    created = false;
+    REQUIRE(
+        store.Write(2, 0, std::span(data).first(kBs), std::span(metas).first(1), false, &created)
+            .ok());
+    CHECK_FALSE(created);
+  }
+}
+
+TEST_CASE_TEMPLATE("Write stores block i at i * (block_size + 16) followed by its meta", E, MemEnv,
+                   LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'b', Geo());
+  std::vector<std::byte> data = WriteTagged(store, 0, 3, 2, /*tag=*/9, /*gen=*/0x0102030405ull);
+  REQUIRE(store.Flush().ok());
+
+  auto raw = ReadWholeFile(env.backend(), "7/b/1");
+  REQUIRE(raw.ok());
+  REQUIRE(raw->size() == Geo().ChunkFileSize());
+  const uint64_t rec = kBs + kBlockMetaSize;
+  for (uint64_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    const std::byte* r = raw->data() + (3 + i) * rec;
+    CHECK(std::memcmp(r, data.data() + i * kBs, kBs) == 0);
+    std::byte want_meta[kBlockMetaSize];
+    EncodeBlockMeta(
+        BlockMeta{0x0102030405ull, BlockChecksum(std::span(data).subspan(i * kBs, kBs))},
+        want_meta);
+    CHECK(std::memcmp(r + kBs, want_meta, kBlockMetaSize) == 0);
+    CHECK(r[kBs] == std::byte{0x05});  // generation, little-endian
+  }
+  // Records around the written ones stay zero.
+  CHECK(AllZero(std::span(*raw).first(3 * rec)));
+  CHECK(AllZero(std::span(*raw).subspan(5 * rec)));
+}
+
+TEST_CASE_TEMPLATE("Write publishes a chunk file at full size and leaves no temporary file", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 3, 0, 1, 1, 1);
+  auto info = env.backend().Stat("7/a/4");
+  REQUIRE(info.ok());
+  CHECK(info->size == Geo().ChunkFileSize());
+  auto names = env.backend().List("7/a");
+  REQUIRE(names.ok());
+  CHECK(*names == std::vector<std::string>{"4"});
+}
+
+TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file is absent", E, MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  CHECK(store.Read(0, 0, got, metas, nullptr).IsNotFound());
+  auto exists = store.ChunkExists(0);
+  REQUIRE(exists.ok());
+  CHECK_FALSE(*exists);
+}
+
+TEST_CASE_TEMPLATE("Read returns zeros and all-zero metas when blocks were never written", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 1, 0, 1, 1, 1);
+  std::vector<std::byte> got(4 * kBs, std::byte{0xEE});
+  std::vector<BlockMeta> metas(4, BlockMeta{9, 9});
+  REQUIRE(store.Read(1, 252, got, metas, nullptr).ok());
+  CHECK(AllZero(got));
+  for (const BlockMeta& m : metas) CHECK(m.IsUnwritten());
+}
+
+TEST_CASE_TEMPLATE("Read returns Corruption listing exactly the damaged block when a byte flipped",
+                   E, MemEnv, LocalEnv) {
+  const uint64_t rec = kBs + kBlockMetaSize;
+  const struct {
+    std::string where;
+    uint64_t offset;
+  } flips[] = {
+      {"data of block 5", 5 * rec + 100},
+      {"first byte of block 5", 5 * rec},
+      {"checksum of block 5", 5 * rec + kBs + 12},
+  };
+  for (const auto& flip : flips) {
+    CAPTURE(flip.where);
+    E env;
+    PartStore store(env.backend(), kVol, 'a', Geo());
+    std::vector<std::byte> data = WriteTagged(store, 0, 0, 8, 3, 17);
+    REQUIRE(store.Flush().ok());
+    REQUIRE(FlipByte(env.backend(), "7/a/1", flip.offset, std::byte{0x40}).ok());
+
+    std::vector<std::byte> got(8 * kBs);
+    std::vector<BlockMeta> metas(8);
+    std::vector<uint64_t> bad;
+    CHECK(store.Read(0, 0, got, metas, &bad).IsCorruption());
+    CHECK(bad == std::vector<uint64_t>{5});
+    // The other blocks are valid and delivered.
+    CHECK(std::memcmp(got.data(), data.data(), 5 * kBs) == 0);
+    CHECK(std::memcmp(got.data() + 6 * kBs, data.data() + 6 * kBs, 2 * kBs) == 0);
+
+    // `bad` holds block-in-chunk indices when the read starts later.
+    bad.clear();
+    CHECK(store.Read(0, 4, std::span(got).first(3 * kBs), std::span(metas).first(3), &bad)
+              .IsCorruption());
+    CHECK(bad == std::vector<uint64_t>{5});
+    // A read that avoids the block is OK.
+    CHECK(store.Read(0, 6, std::span(got).first(2 * kBs), std::span(metas).first(2), nullptr).ok());
+  }
+}
+
+TEST_CASE_TEMPLATE("Read returns Corruption with an empty bad list when the chunk file is short", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 4, 1, 1);
+  REQUIRE(store.Flush().ok());
+  {
+    auto f = env.backend().Open("7/a/1");
+    REQUIRE(f.ok());
+    REQUIRE((*f)->Truncate(Geo().RecordOffset(2) + 100).ok());
+  }
+  std::vector<std::byte> got(4 * kBs);
+  std::vector<BlockMeta> metas(4);
+  std::vector<uint64_t> bad;
+  CHECK(store.Read(0, 0, got, metas, &bad).IsCorruption());
+  CHECK(bad.empty());
+  SUBCASE("while the records before the cut still read") {
+    CHECK(store.Read(0, 0, std::span(got).first(2 * kBs), std::span(metas).first(2), &bad).ok());
+  }
+}
+
+TEST_CASE_TEMPLATE("Unwrite makes blocks read as zeros with all-zero metas", E, MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  std::vector<std::byte> data = WriteTagged(store, 0, 0, 10, 5, 3);
+  bool sync = false;
+  SUBCASE("without sync") { sync = false; }
+  SUBCASE("with sync") { sync = true; }
+  REQUIRE(store.Unwrite(0, 2, 3, sync).ok());
+
+  std::vector<std::byte> got(10 * kBs);
+  std::vector<BlockMeta> metas(10);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  for (uint64_t i = 0; i < 10; ++i) {
+    CAPTURE(i);
+    std::span<const std::byte> block = std::span(got).subspan(i * kBs, kBs);
+    if (i >= 2 && i < 5) {
+      CHECK(AllZero(block));
+      CHECK(metas[i].IsUnwritten());
+    } else {
+      CHECK(std::memcmp(block.data(), data.data() + i * kBs, kBs) == 0);
+      CHECK(metas[i].generation == 3);
+    }
+  }
+  REQUIRE(store.Flush().ok());
+  auto raw = ReadWholeFile(env.backend(), "7/a/1");
+  REQUIRE(raw.ok());
+  const uint64_t rec = kBs + kBlockMetaSize;
+  CHECK(AllZero(std::span(*raw).subspan(2 * rec, 3 * rec)));
+  CHECK(raw->size() == Geo().ChunkFileSize());  // punching keeps the size
+}
+
+TEST_CASE("Unwrite writes zeros when the backend cannot punch holes") {
+  MemBackend mem;
+  mem.SetPunchHoleSupported(false);
+  PartStore store(mem, kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 256, 5, 3);  // the whole chunk
+  REQUIRE(store.Unwrite(0, 0, 256, /*sync=*/true).ok());
+  auto raw = mem.Contents("7/a/1");
+  REQUIRE(raw.ok());
+  CHECK(raw->size() == Geo().ChunkFileSize());
+  CHECK(AllZero(*raw));
+}
+
+TEST_CASE_TEMPLATE("Unwrite returns OK and creates nothing when the chunk file is absent", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  CHECK(store.Unwrite(1, 0, 8, true).ok());
+  CHECK(env.backend().Stat("7/a/2").status().IsNotFound());
+}
+
+TEST_CASE_TEMPLATE("Read and Write return InvalidArgument when blocks run past the chunk", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  std::vector<std::byte> data = Blocks(1, 2);
+  std::vector<BlockMeta> metas = MetasFor(data, 1);
+  CHECK(store.Write(0, 255, data, metas, false, nullptr).IsInvalidArgument());
+  CHECK(
+      store.Write(0, 0, std::span(data).first(kBs + 1), metas, false, nullptr).IsInvalidArgument());
+  CHECK(store.Read(0, 255, data, metas, nullptr).IsInvalidArgument());
+  CHECK(store.Unwrite(0, 250, 7, false).IsInvalidArgument());
+  CHECK(env.backend().Stat("7/a/1").status().IsNotFound());  // nothing was created
+}
+
+TEST_CASE("Flush makes written blocks survive a crash while unflushed ones revert") {
+  MemBackend mem;
+  std::vector<std::byte> v1, v2, other;
+  {
+    PartStore store(mem, kVol, 'a', Geo());
+    v1 = WriteTagged(store, 0, 0, 2, /*tag=*/1, /*gen=*/1);
+    REQUIRE(store.Flush().ok());
+    v2 = WriteTagged(store, 0, 1, 1, /*tag=*/2, /*gen=*/2);     // overwrite, not flushed
+    other = WriteTagged(store, 1, 0, 1, /*tag=*/3, /*gen=*/3);  // new chunk, not flushed
+    mem.DropUnsynced();
+  }
+  PartStore store(mem, kVol, 'a', Geo());
+  std::vector<std::byte> got(2 * kBs);
+  std::vector<BlockMeta> metas(2);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  CHECK(got == v1);  // block 1 is back at the flushed version
+  CHECK(metas[1].generation == 1);
+  SUBCASE("and a chunk created but not flushed exists with no data") {
+    // The file was published durably (full size, synced, dir synced); its data was not.
+    REQUIRE(store.Read(1, 0, std::span(got).first(kBs), std::span(metas).first(1), nullptr).ok());
+    CHECK(AllZero(std::span(got).first(kBs)));
+    CHECK(metas[0].IsUnwritten());
+  }
+}
+
+TEST_CASE("Write with sync survives a crash without Flush") {
+  MemBackend mem;
+  std::vector<std::byte> v;
+  {
+    PartStore store(mem, kVol, 'c', Geo());
+    v = WriteTagged(store, 2, 7, 3, 4, 4, /*sync=*/true);
+    mem.DropUnsynced();
+  }
+  PartStore store(mem, kVol, 'c', Geo());
+  std::vector<std::byte> got(3 * kBs);
+  std::vector<BlockMeta> metas(3);
+  REQUIRE(store.Read(2, 7, got, metas, nullptr).ok());
+  CHECK(got == v);
+}
+
+TEST_CASE("Flush syncs handles evicted from the open-file cache") {
+  MemBackend mem;
+  std::vector<std::vector<std::byte>> written;
+  {
+    PartStore store(mem, kVol, 'a', Geo(), /*max_open_files=*/2);
+    for (uint64_t c = 0; c < 4; ++c) written.push_back(WriteTagged(store, c, 0, 1, c + 10, 1));
+    REQUIRE(store.Flush().ok());
+    mem.DropUnsynced();
+  }
+  PartStore store(mem, kVol, 'a', Geo());
+  for (uint64_t c = 0; c < 4; ++c) {
+    CAPTURE(c);
+    std::vector<std::byte> got(kBs);
+    std::vector<BlockMeta> metas(1);
+    REQUIRE(store.Read(c, 0, got, metas, nullptr).ok());
+    CHECK(got == written[c]);
+  }
+}
+
+TEST_CASE("Flush returns the IOError and retries the chunk at the next Flush when a sync fails") {
+  MemBackend mem;
+  FaultyBackend faulty(mem);
+  std::vector<std::byte> v;
+  {
+    PartStore store(faulty, kVol, 'a', Geo());
+    v = WriteTagged(store, 0, 0, 1, 1, 1);
+    faulty.FailNth(1, FaultyBackend::kSync);
+    Status s = store.Flush();
+    CHECK(s.IsIOError());
+    CHECK(s.Errno() == EIO);
+    REQUIRE(store.Flush().ok());
+    REQUIRE(faulty.DropUnsynced().ok());
+  }
+  PartStore store(mem, kVol, 'a', Geo());
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  CHECK(got == v);
+}
+
+TEST_CASE("Write and Read return IOError with EIO when the backend fails") {
+  MemBackend mem;
+  FaultyBackend faulty(mem);
+  PartStore store(faulty, kVol, 'a', Geo());
+  std::vector<std::byte> data = Blocks(1, 1);
+  std::vector<BlockMeta> metas = MetasFor(data, 1);
+  SUBCASE("a failing pwrite") {
+    faulty.FailMatching("7/a/1", FaultyBackend::kWrite);
+    Status s = store.Write(0, 0, data, metas, false, nullptr);
+    CHECK(s.IsIOError());
+    CHECK(s.Errno() == EIO);
+    CHECK(s.message().find("part a") != std::string::npos);
+  }
+  SUBCASE("a failing chunk-file creation") {
+    faulty.FailMatching("", FaultyBackend::kCreate);
+    CHECK(store.Write(0, 0, data, metas, false, nullptr).IsIOError());
+    CHECK_FALSE(mem.Exists("7/a/1"));
+  }
+  SUBCASE("a failing pread") {
+    REQUIRE(store.Write(0, 0, data, metas, false, nullptr).ok());
+    faulty.FailMatching("7/a/1", FaultyBackend::kRead);
+    std::vector<std::byte> got(kBs);
+    Status s = store.Read(0, 0, got, metas, nullptr);
+    CHECK(s.IsIOError());
+    CHECK(s.Errno() == EIO);
+  }
+}
+
+TEST_CASE("Read reports Corruption for the block whose bits flip on the way back") {
+  MemBackend mem;
+  FaultyBackend faulty(mem);
+  PartStore store(faulty, kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 4, 1, 1);
+  faulty.FlipBitOnRead("7/a/1", Geo().RecordOffset(2) + 17, 3);
+  std::vector<std::byte> got(4 * kBs);
+  std::vector<BlockMeta> metas(4);
+  std::vector<uint64_t> bad;
+  CHECK(store.Read(0, 0, got, metas, &bad).IsCorruption());
+  CHECK(bad == std::vector<uint64_t>{2});
+  faulty.ClearFaults();
+  bad.clear();
+  CHECK(store.Read(0, 0, got, metas, &bad).ok());  // the stored bytes were never damaged
+}
+
+TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file was deleted behind the store", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 1, 1, 1);
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());  // the handle is cached now
+  REQUIRE(env.backend().Remove("7/a/1").ok());
+
+  CHECK(store.Read(0, 0, got, metas, nullptr).IsNotFound());
+  auto exists = store.ChunkExists(0);
+  REQUIRE(exists.ok());
+  CHECK_FALSE(*exists);
+
+  SUBCASE("and the next write creates it again") {
+    bool created = false;
+    std::vector<std::byte> data = Blocks(2, 1);
+    std::vector<BlockMeta> m = MetasFor(data, 2);
+    REQUIRE(store.Write(0, 0, data, m, false, &created).ok());
+    CHECK(created);
+    REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+    CHECK(got == data);
+  }
+}
+
+TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was replaced by a rename", E, MemEnv,
+                   LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 1, 1, 1);
+  REQUIRE(store.Flush().ok());
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());  // cached
+
+  // A repair tool publishes a rebuilt copy under the same name.
+  std::vector<std::byte> replacement(Geo().ChunkFileSize());
+  std::vector<std::byte> data = Blocks(77, 1);
+  std::memcpy(replacement.data(), data.data(), kBs);
+  EncodeBlockMeta(BlockMeta{9, BlockChecksum(data)}, replacement.data() + kBs);
+  REQUIRE(WriteWholeFile(env.backend(), "7/a/.1.repair", replacement).ok());
+  REQUIRE(env.backend().Rename("7/a/.1.repair", "7/a/1").ok());
+
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  CHECK(got == data);
+  CHECK(metas[0].generation == 9);
+}
+TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was moved aside and replaced", E,
+                   MemEnv, LocalEnv) {
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo());
+  WriteTagged(store, 0, 0, 1, 1, 1);
+  REQUIRE(store.Flush().ok());
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());  // cached
+
+  // A repair tool quarantines the bad copy, then publishes a rebuilt one.
+  REQUIRE(env.backend().Rename("7/a/1", "7/a/1.bad").ok());
+  std::vector<std::byte> replacement(Geo().ChunkFileSize());
+  std::vector<std::byte> data = Blocks(78, 1);
+  std::memcpy(replacement.data(), data.data(), kBs);
+  EncodeBlockMeta(BlockMeta{9, BlockChecksum(data)}, replacement.data() + kBs);
+  REQUIRE(WriteWholeFile(env.backend(), "7/a/.1.repair", replacement).ok());
+  REQUIRE(env.backend().Rename("7/a/.1.repair", "7/a/1").ok());
+
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  CHECK(got == data);
+  CHECK(metas[0].generation == 9);
+}
+}  // TEST_SUITE("part_store")
+
+}  // namespace qbd::test

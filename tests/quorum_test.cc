@@ -1,0 +1,844 @@
+// Tests of include/qbd/quorum.h: replication with a write quorum, dirty maps persisted on the
+// other parts, read-repair and resync. Three PartStores on three MemBackends (each behind a
+// FaultyBackend), a 16 MiB volume of 1 MiB chunks, 4 KiB blocks, 64 KiB dirty regions.
+#include "qbd/quorum.h"
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "qbd/backend.h"
+#include "qbd/chunk_format.h"
+#include "qbd/dirty_map.h"
+#include "qbd/log.h"
+#include "qbd/part_store.h"
+#include "testutil/mem_backend.h"
+
+namespace qbd::test {
+namespace {
+
+constexpr uint32_t kVol = 7;
+constexpr uint32_t kBs = 4096;
+constexpr uint64_t kChunk = 1ull << 20;
+constexpr uint64_t kSize = 16ull << 20;
+constexpr uint32_t kRegion = 64 * 1024;
+constexpr uint64_t kRegions = kSize / kRegion;
+constexpr int kParts = 3;
+
+Geometry Geo() { return Geometry{kSize, kBs, kChunk}; }
+
+// Bytes that depend on `seed` and the position.
+std::vector<std::byte> Data(uint64_t seed, size_t n) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::byte> out(n);
+  uint64_t word = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 8 == 0) word = rng();
+    out[i] = std::byte(word >> (8 * (i % 8)));
+  }
+  return out;
+}
+
+bool AllZero(std::span<const std::byte> b) {
+  return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
+}
+
+// Quiets the expected WARN lines (read-repair, parts going down) while a test runs.
+class QuietLog {
+ public:
+  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
+  ~QuietLog() { SetLogLevel(saved_); }
+
+ private:
+  LogLevel saved_;
+};
+
+// Three parts of volume 7 on MemBackends, each behind a FaultyBackend, and the QuorumSet over
+// them. The "<volnr>/.dirty-<part>" copies are created on every other part's backend first, as
+// the volume-open code does.
+class Cluster {
+ public:
+  explicit Cluster(uint32_t write_quorum = 2, bool append_only = false)
+      : write_quorum_(write_quorum), append_only_(append_only) {
+    for (int i = 0; i < kParts; ++i) {
+      mem_[i] = std::make_unique<MemBackend>(fmt::format("part-{}", Letter(i)));
+      faulty_[i] = std::make_unique<FaultyBackend>(*mem_[i]);
+    }
+    for (int h = 0; h < kParts; ++h) {
+      REQUIRE(mem_[h]->MkDirs(std::to_string(kVol)).ok());
+      for (int p = 0; p < kParts; ++p) {
+        if (p == h) continue;
+        REQUIRE(WriteFileAtomic(*mem_[h], DirtyMap::PathFor(kVol, Letter(p)),
+                                DirtyMap(kRegion, kRegions).Encode())
+                    .ok());
+      }
+    }
+    Open();
+  }
+  ~Cluster() { q_.reset(); }
+
+  static char Letter(int i) { return static_cast<char>('a' + i); }
+
+  // (Re)opens the volume: dirty maps are the union of the persisted copies, the epoch grows.
+  void Open() {
+    q_.reset();
+    std::vector<std::unique_ptr<PartStore>> stores;
+    std::vector<std::unique_ptr<DirtyMap>> dirty;
+    for (int i = 0; i < kParts; ++i) {
+      stores.push_back(std::make_unique<PartStore>(*faulty_[i], kVol, Letter(i), Geo()));
+      dirty.push_back(LoadDirty(i));
+    }
+    QuorumOptions o;
+    o.volume = "vol7";
+    o.volnr = kVol;
+    o.geometry = Geo();
+    o.write_quorum = write_quorum_;
+    o.epoch = ++epoch_;
+    o.append_only = append_only_;
+    o.region_size = kRegion;
+    o.start_resync_thread = false;
+    q_ = std::make_unique<QuorumSet>(o, std::move(stores), std::move(dirty));
+    REQUIRE(q_->region_size() == kRegion);
+  }
+
+  // A crash of the machine: every backend loses what was not made durable, then the daemon
+  // restarts. The old QuorumSet is dropped after the loss, so its last syncs change nothing.
+  void CrashAndReopen() {
+    for (auto& m : mem_) m->DropUnsynced();
+    Open();
+  }
+
+  QuorumSet& q() { return *q_; }
+  MemBackend& mem(int i) { return *mem_[i]; }
+  FaultyBackend& faulty(int i) { return *faulty_[i]; }
+
+  std::string ChunkFile(int part, uint64_t chunk) const {
+    return ChunkPath(kVol, Letter(part), chunk);
+  }
+  Result<std::vector<std::byte>> Raw(int part, uint64_t chunk) const {
+    return mem_[part]->Contents(ChunkFile(part, chunk));
+  }
+  // The BlockMeta stored for block `block` (of the volume) on `part`.
+  BlockMeta StoredMeta(int part, uint64_t block) const {
+    const uint64_t chunk = block * kBs / kChunk;
+    const uint64_t in_chunk = block % (kChunk / kBs);
+    auto raw = Raw(part, chunk);
+    REQUIRE(raw.ok());
+    return DecodeBlockMeta(raw->data() + Geo().RecordOffset(in_chunk) + kBs);
+  }
+
+  // Whether the copy of `part`'s dirty map on `holder` has `region` set.
+  bool PersistedDirty(int holder, int part, uint64_t region) {
+    auto text = ReadSmallFile(*mem_[holder], DirtyMap::PathFor(kVol, Letter(part)));
+    REQUIRE(text.ok());
+    auto m =
+        DirtyMap::Decode(std::as_bytes(std::span<const char>(*text)), kRegion, kRegions, "dirty");
+    REQUIRE(m.ok());
+    return (*m)->Test(region);
+  }
+  bool PersistedDirtyAnywhere(int part, uint64_t region) {
+    bool any = false;
+    for (int h = 0; h < kParts; ++h) {
+      if (h != part) any = any || PersistedDirty(h, part, region);
+    }
+    return any;
+  }
+
+  // Every chunk file is present on all parts or on none, with the same bytes.
+  void CheckPartsIdentical() {
+    for (uint64_t c = 0; c < Geo().ChunkCount(); ++c) {
+      CAPTURE(c);
+      auto a = Raw(0, c);
+      for (int p = 1; p < kParts; ++p) {
+        CAPTURE(p);
+        auto x = Raw(p, c);
+        CHECK(a.ok() == x.ok());
+        if (a.ok() && x.ok()) {
+          CHECK(a->size() == x->size());
+          CHECK((*a == *x));
+        }
+      }
+    }
+  }
+
+  std::vector<std::byte> ReadBack(uint64_t off, uint64_t len) {
+    std::vector<std::byte> got(len);
+    Status s = q_->Read(off, got);
+    REQUIRE_MESSAGE(s.ok(), s.ToString());
+    return got;
+  }
+
+ private:
+  std::unique_ptr<DirtyMap> LoadDirty(int p) {
+    auto m = std::make_unique<DirtyMap>(kRegion, kRegions);
+    for (int h = 0; h < kParts; ++h) {
+      if (h == p) continue;
+      auto text = ReadSmallFile(*mem_[h], DirtyMap::PathFor(kVol, Letter(p)));
+      if (!text.ok()) continue;
+      auto copy =
+          DirtyMap::Decode(std::as_bytes(std::span<const char>(*text)), kRegion, kRegions, "dirty");
+      REQUIRE(copy.ok());
+      m->Merge(**copy);
+    }
+    return m;
+  }
+
+  QuietLog quiet_;
+  const uint32_t write_quorum_;
+  const bool append_only_;
+  uint64_t epoch_ = 0;
+  std::array<std::unique_ptr<MemBackend>, kParts> mem_;
+  std::array<std::unique_ptr<FaultyBackend>, kParts> faulty_;
+  std::unique_ptr<QuorumSet> q_;  // last: destroyed first
+};
+
+constexpr uint32_t kFailPartWrites = FaultyBackend::kMutatingOps;
+
+}  // namespace
+
+TEST_SUITE("quorum") {
+TEST_CASE("Read returns what Write stored when offsets and lengths are unaligned") {
+  const uint64_t seed = std::random_device{}();
+  INFO("seed = " << seed);
+  std::mt19937_64 rng(seed);
+  Cluster c;
+  constexpr uint64_t kSpan = 4 * kChunk;  // four chunks: many writes straddle a boundary
+  std::vector<std::byte> ref(kSpan);
+  for (int i = 0; i < 60; ++i) {
+    const uint64_t len = 1 + rng() % (i % 4 == 0 ? 200000 : 9000);
+    const uint64_t off = rng() % (kSpan - len + 1);
+    const bool fua = rng() % 4 == 0;
+    CAPTURE(off);
+    CAPTURE(len);
+    std::vector<std::byte> data = Data(rng(), len);
+    REQUIRE(c.q().Write(off, data, fua).ok());
+    std::copy(data.begin(), data.end(), ref.begin() + static_cast<ptrdiff_t>(off));
+    // A read of an overlapping random range.
+    const uint64_t rlen = 1 + rng() % 70000;
+    const uint64_t roff = std::min(kSpan - rlen, off > 100 ? off - rng() % 100 : 0);
+    CAPTURE(roff);
+    CAPTURE(rlen);
+    std::vector<std::byte> got = c.ReadBack(roff, rlen);
+    CHECK(std::equal(got.begin(), got.end(), ref.begin() + static_cast<ptrdiff_t>(roff)));
+  }
+  CHECK(c.ReadBack(0, kSpan) == ref);
+  CHECK(AllZero(c.ReadBack(kSpan, kChunk)));
+  c.CheckPartsIdentical();
+  for (int p = 0; p < kParts; ++p) CHECK(c.q().DirtyRegions(p) == 0);
+}
+
+TEST_CASE("Write straddling a chunk boundary lands in both chunk files") {
+  Cluster c;
+  const uint64_t off = kChunk - 1000;
+  std::vector<std::byte> data = Data(1, 5000);
+  REQUIRE(c.q().Write(off, data, /*fua=*/false).ok());
+  CHECK(c.ReadBack(off, data.size()) == data);
+  for (int p = 0; p < kParts; ++p) {
+    CAPTURE(p);
+    CHECK(c.Raw(p, 0).ok());
+    CHECK(c.Raw(p, 1).ok());
+    CHECK(c.Raw(p, 2).status().IsNotFound());
+  }
+  // The last block of chunk 0 holds the first 1000 bytes at its end.
+  auto raw0 = c.Raw(0, 0);
+  REQUIRE(raw0.ok());
+  const std::byte* last = raw0->data() + Geo().RecordOffset(255);
+  CHECK(std::memcmp(last + kBs - 1000, data.data(), 1000) == 0);
+  CHECK(AllZero(std::span(last, kBs - 1000)));
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("Read returns zeros when nothing was written") {
+  Cluster c;
+  CHECK(AllZero(c.ReadBack(12345, 300000)));
+  CHECK(c.mem(0).FilePaths().size() == 2);  // only the two dirty-map copies
+}
+
+TEST_CASE("Read and Write return InvalidArgument when the range passes the end") {
+  Cluster c;
+  std::vector<std::byte> buf(8192);
+  CHECK(c.q().Read(kSize - 4096, buf).IsInvalidArgument());
+  Status w = c.q().Write(kSize - 4096, buf, false);
+  CHECK(w.IsInvalidArgument());
+  CHECK(w.Errno() == ENOSPC);
+  CHECK(c.q().Trim(kSize, 1, false).IsInvalidArgument());
+  CHECK(c.q().Read(kSize, std::span(buf).first(0)).ok());
+}
+
+TEST_CASE("Write succeeds when 2 of 3 replicas acknowledge and records the miss durably") {
+  Cluster c(/*write_quorum=*/2);
+  c.faulty(1).FailMatching("7/b", kFailPartWrites);
+  std::vector<std::byte> data = Data(2, 3 * kBs);
+  const uint64_t off = 5 * kChunk + 70 * 1024;  // region 81
+  const uint64_t region = off / kRegion;
+  REQUIRE(c.q().Write(off, data, /*fua=*/false).ok());
+
+  CHECK(c.ReadBack(off, data.size()) == data);
+  CHECK_FALSE(c.q().PartUp(1));
+  CHECK(c.q().DirtyRegions(1) == 1);
+  CHECK(c.q().DirtyRegions(0) == 0);
+  CHECK(c.q().DirtyRegions(2) == 0);
+  CHECK(c.q().counters().missed_writes.load() >= 1);
+  // Persisted on both other parts, durably: it survives a crash.
+  for (auto& m : {0, 2}) c.mem(m).DropUnsynced();
+  CHECK(c.PersistedDirty(0, 1, region));
+  CHECK(c.PersistedDirty(2, 1, region));
+  CHECK_FALSE(c.PersistedDirty(0, 1, region + 1));
+}
+
+TEST_CASE("Write fails with Unavailable when the write quorum is lost") {
+  SUBCASE("write_quorum 3 and one failing part") {
+    Cluster c(/*write_quorum=*/3);
+    c.faulty(2).FailMatching("", kFailPartWrites);
+    std::vector<std::byte> data = Data(3, kBs);
+    Status s = c.q().Write(0, data, false);
+    CHECK(s.IsUnavailable());
+    CHECK(s.Errno() == EIO);
+  }
+  SUBCASE("write_quorum 2 and two parts down") {
+    Cluster c(/*write_quorum=*/2);
+    c.q().TEST_SetPartUp(0, false);
+    c.q().TEST_SetPartUp(2, false);
+    std::vector<std::byte> data = Data(3, kBs);
+    CHECK(c.q().Write(0, data, true).IsUnavailable());
+    CHECK(c.q().Trim(0, kBs, false).IsUnavailable());
+  }
+}
+
+TEST_CASE("Write fails with Unavailable when the miss cannot be recorded on any part") {
+  Cluster c(/*write_quorum=*/2);
+  REQUIRE(c.mem(0).Remove(DirtyMap::PathFor(kVol, 'b')).ok());
+  REQUIRE(c.mem(2).Remove(DirtyMap::PathFor(kVol, 'b')).ok());
+  c.faulty(1).FailMatching("7/b", kFailPartWrites);
+  std::vector<std::byte> data = Data(4, kBs);
+  CHECK(c.q().Write(0, data, false).IsUnavailable());
+}
+
+// Leaves part b with a valid but stale copy (v1) of the two blocks at `off`, and dirty there;
+// parts a and c hold v2.
+void MakeBStale(Cluster& c, uint64_t off, const std::vector<std::byte>& v1,
+                const std::vector<std::byte>& v2) {
+  REQUIRE(c.q().Write(off, v1, true).ok());
+  c.faulty(1).FailMatching("7/b", kFailPartWrites);
+  REQUIRE(c.q().Write(off, v2, true).ok());
+  c.faulty(1).ClearFaults();
+  c.q().TEST_SetPartUp(1, true);
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+}
+
+TEST_CASE("Read avoids a part whose region is dirty") {
+  Cluster c;
+  const uint64_t off = 3 * kChunk;
+  std::vector<std::byte> v1 = Data(10, 2 * kBs), v2 = Data(11, 2 * kBs);
+  MakeBStale(c, off, v1, v2);
+  c.q().TEST_SetPartUp(0, false);  // b would be first in line now
+  CHECK(c.ReadBack(off, v2.size()) == v2);
+  CHECK(c.q().DirtyRegions(1) == 1);
+}
+
+TEST_CASE(
+    "Read fails with Unavailable rather than serve a stale copy when every clean part is down") {
+  Cluster c;
+  const uint64_t off = 3 * kChunk;
+  std::vector<std::byte> v1 = Data(10, 2 * kBs), v2 = Data(11, 2 * kBs);
+  MakeBStale(c, off, v1, v2);
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);  // only b, dirty, is up
+  std::vector<std::byte> got(v2.size());
+  Status s = c.q().Read(off, got);
+  CHECK_MESSAGE(s.IsUnavailable(), s.ToString());
+  CHECK_FALSE(got == v1);
+  CHECK(c.q().DirtyRegions(1) == 1);  // b's copy is still known stale
+  c.q().TEST_SetPartUp(0, true);
+  c.q().TEST_SetPartUp(2, true);
+  c.q().TEST_SetPartUp(1, true);
+  c.q().ResyncOnce();
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("ResyncOnce keeps a part dirty when the only clean copies are on parts that are down") {
+  Cluster c;
+  const uint64_t off = 3 * kChunk;
+  std::vector<std::byte> v1 = Data(12, 2 * kBs), v2 = Data(13, 2 * kBs);
+  MakeBStale(c, off, v1, v2);
+  // a and c are unreachable: their probes fail, so they stay down.
+  c.faulty(0).FailMatching("", FaultyBackend::kAllOps);
+  c.faulty(2).FailMatching("", FaultyBackend::kAllOps);
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(1) == 1);
+
+  // When they return, b gets v2.
+  c.faulty(0).ClearFaults();
+  c.faulty(2).ClearFaults();
+  c.q().ResyncOnce();  // probes: a and c come up
+  c.q().ResyncOnce();
+  CHECK(c.q().PartUp(0));
+  CHECK(c.q().PartUp(2));
+  CHECK(c.q().DirtyRegions(1) == 0);
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("ResyncOnce reconciles a region dirty on every part to the newest generation") {
+  Cluster c;
+  std::vector<std::byte> v1 = Data(14, kBs), v2 = Data(15, kBs), v3 = Data(16, kBs),
+                         v4 = Data(17, kBs);
+  REQUIRE(c.q().Write(0, v1, true).ok());
+  c.q().TEST_SetPartUp(1, false);
+  REQUIRE(c.q().Write(0, v2, true).ok());  // a, c: v2; b dirty
+  c.q().TEST_SetPartUp(1, true);
+  c.q().TEST_SetPartUp(0, false);
+  REQUIRE(c.q().Write(0, v3, true).ok());  // b, c: v3; a dirty
+  c.q().TEST_SetPartUp(0, true);
+  c.q().TEST_SetPartUp(2, false);
+  REQUIRE(c.q().Write(0, v4, true).ok());  // a, b: v4; c dirty
+  c.q().TEST_SetPartUp(2, true);
+  for (int p = 0; p < kParts; ++p) REQUIRE(c.q().DirtyRegions(p) == 1);
+
+  SUBCASE("through resync") { c.q().ResyncOnce(); }
+  SUBCASE("through a read") { CHECK(c.ReadBack(0, kBs) == v4); }
+  for (int p = 0; p < kParts; ++p) CHECK(c.q().DirtyRegions(p) == 0);
+  c.CheckPartsIdentical();
+  CHECK(c.ReadBack(0, kBs) == v4);
+}
+
+TEST_CASE("ResyncOnce copies dirty regions back to a part that returned") {
+  Cluster c;
+  std::vector<std::byte> v1 = Data(20, 100000), v2 = Data(21, 50000);
+  REQUIRE(c.q().Write(kChunk - 30000, v1, false).ok());
+  c.faulty(1).FailMatching("7/b", kFailPartWrites);
+  REQUIRE(c.q().Write(kChunk - 10000, v2, false).ok());
+  REQUIRE(c.q().Write(9 * kChunk + 5, v2, false).ok());  // a chunk b never had
+  const uint64_t dirty = c.q().DirtyRegions(1);
+  REQUIRE(dirty >= 3);
+  c.faulty(1).ClearFaults();
+
+  // Round one probes the part that is down and brings it up; round two copies.
+  c.q().ResyncOnce();
+  CHECK(c.q().PartUp(1));
+  uint64_t copied = c.q().ResyncOnce();
+  CHECK(copied == dirty);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  CHECK(c.q().counters().resynced_regions.load() == dirty);
+  c.CheckPartsIdentical();
+  for (uint64_t r = 0; r < kRegions; ++r) CHECK_FALSE(c.PersistedDirtyAnywhere(1, r));
+
+  // Part b alone now serves the latest data.
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  CHECK(c.ReadBack(kChunk - 10000, v2.size()) == v2);
+  CHECK(c.ReadBack(9 * kChunk + 5, v2.size()) == v2);
+}
+
+TEST_CASE("ResyncOnce leaves a part dirty while its backend still fails") {
+  Cluster c;
+  c.faulty(1).FailMatching("", FaultyBackend::kAllOps);
+  std::vector<std::byte> v = Data(22, kBs);
+  REQUIRE(c.q().Write(0, v, false).ok());
+  CHECK(c.q().ResyncOnce() == 0);
+  CHECK_FALSE(c.q().PartUp(1));
+  CHECK(c.q().DirtyRegions(1) == 1);
+}
+
+TEST_CASE("Read returns the right data and repairs a part whose chunk has a flipped byte") {
+  Cluster c;
+  const uint64_t off = 2 * kChunk + 8 * kBs;
+  std::vector<std::byte> v = Data(30, 4 * kBs);
+  REQUIRE(c.q().Write(off, v, true).ok());
+  // Bit rot in the third block of the write, on part b.
+  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 2), Geo().RecordOffset(10) + 77).ok());
+
+  c.q().TEST_SetPartUp(0, false);  // so that the read goes to b first
+  CHECK(c.ReadBack(off, v.size()) == v);
+  CHECK(c.q().counters().read_repairs.load() > 0);
+  CHECK(c.q().DirtyRegions(1) == 1);
+  c.q().TEST_SetPartUp(0, true);
+
+  CHECK(c.q().ResyncOnce() == 1);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  auto a = c.Raw(0, 2), b = c.Raw(1, 2);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK((*a == *b));
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("Read returns Corruption when every copy of a block is damaged") {
+  Cluster c;
+  std::vector<std::byte> v = Data(31, kBs);
+  REQUIRE(c.q().Write(0, v, true).ok());
+  for (int p = 0; p < kParts; ++p) REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p, 0), 5).ok());
+  std::vector<std::byte> got(kBs);
+  CHECK(c.q().Read(0, got).IsCorruption());
+}
+
+TEST_CASE("Read returns the right data from another part when one part's reads fail") {
+  Cluster c;
+  std::vector<std::byte> v = Data(32, 2 * kBs);
+  REQUIRE(c.q().Write(kChunk, v, true).ok());
+  c.faulty(0).FailMatching("7/a/2", FaultyBackend::kRead);
+  CHECK(c.ReadBack(kChunk, v.size()) == v);
+  CHECK(c.q().counters().read_repairs.load() > 0);
+  CHECK(c.q().DirtyRegions(0) == 1);
+}
+
+TEST_CASE("Read returns the right data and ResyncOnce recreates a deleted chunk file") {
+  Cluster c;
+  std::vector<std::byte> v = Data(40, 200000);
+  const uint64_t off = 4 * kChunk + 300000;
+  REQUIRE(c.q().Write(off, v, true).ok());
+  REQUIRE(c.ReadBack(off, v.size()) == v);  // part a's handle is cached now
+  REQUIRE(c.mem(0).Remove(c.ChunkFile(0, 4)).ok());
+
+  SUBCASE("noticed by a read") {
+    CHECK(c.ReadBack(off, v.size()) == v);
+    CHECK(c.q().counters().read_repairs.load() > 0);
+  }
+  SUBCASE("noticed by a write") {
+    std::vector<std::byte> w = Data(41, kBs);
+    REQUIRE(c.q().Write(off, w, false).ok());
+    std::copy(w.begin(), w.end(), v.begin());
+    CHECK(c.q().counters().read_repairs.load() > 0);
+  }
+  CHECK(c.q().DirtyRegions(0) == kChunk / kRegion);  // the whole chunk
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(0) == 0);
+  auto a = c.Raw(0, 4), b = c.Raw(1, 4);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a->size() == b->size());
+  CHECK((*a == *b));
+  c.CheckPartsIdentical();
+  c.q().TEST_SetPartUp(1, false);
+  c.q().TEST_SetPartUp(2, false);
+  CHECK(c.ReadBack(off, v.size()) == v);
+}
+
+TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncated") {
+  Cluster c;
+  std::vector<std::byte> v = Data(42, kBs);
+  REQUIRE(c.q().Write(0, v, true).ok());  // block 0 only: the rest of chunk 0 is unwritten
+  {
+    auto f = c.mem(0).Open(c.ChunkFile(0, 0));
+    REQUIRE(f.ok());
+    REQUIRE((*f)->Truncate(Geo().RecordOffset(1)).ok());
+  }
+  // A read of the chunk's unwritten tail finds part a's file short.
+  CHECK(AllZero(c.ReadBack(kChunk - kRegion, kRegion)));
+  CHECK(c.q().counters().read_repairs.load() > 0);
+  REQUIRE(c.q().DirtyRegions(0) > 0);
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(0) == 0);
+  auto a = c.Raw(0, 0), b = c.Raw(1, 0);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a->size() == Geo().ChunkFileSize());
+  CHECK((*a == *b));
+  // Part a alone serves the whole chunk again.
+  c.q().TEST_SetPartUp(1, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got(kChunk);
+  CHECK(c.q().Read(0, got).ok());
+}
+
+TEST_CASE("Trim and WriteZeroes read back as zeros") {
+  Cluster c;
+  std::vector<std::byte> v = Data(50, 300000);
+  REQUIRE(c.q().Write(0, v, false).ok());
+  const uint64_t zoff = 5000, zlen = 200000;  // unaligned at both ends
+  bool may_trim = true;
+  SUBCASE("Trim") { REQUIRE(c.q().Trim(zoff, zlen, false).ok()); }
+  SUBCASE("WriteZeroes with may_trim") {
+    REQUIRE(c.q().WriteZeroes(zoff, zlen, /*may_trim=*/true, false).ok());
+  }
+  SUBCASE("WriteZeroes without may_trim") {
+    may_trim = false;
+    REQUIRE(c.q().WriteZeroes(zoff, zlen, /*may_trim=*/false, true).ok());
+  }
+  CAPTURE(may_trim);
+  std::vector<std::byte> want = v;
+  std::fill(want.begin() + zoff, want.begin() + zoff + zlen, std::byte{0});
+  CHECK(c.ReadBack(0, v.size()) == want);
+  // Whole blocks inside the range: unwritten when trimming, written zeros otherwise.
+  for (uint64_t block = 2; block < (zoff + zlen) / kBs; ++block) {
+    CAPTURE(block);
+    for (int p = 0; p < kParts; ++p) {
+      BlockMeta m = c.StoredMeta(p, block);
+      if (may_trim) {
+        CHECK(m.IsUnwritten());
+      } else {
+        CHECK(m.generation != 0);
+        CHECK(m.checksum == BlockChecksum(std::vector<std::byte>(kBs)));
+      }
+    }
+  }
+  // The edge blocks keep their data outside the range.
+  CHECK_FALSE(c.StoredMeta(0, 1).IsUnwritten());
+  CHECK_FALSE(c.StoredMeta(0, (zoff + zlen) / kBs).IsUnwritten());
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("Trim of a part that is down is replayed by resync") {
+  Cluster c;
+  std::vector<std::byte> v = Data(51, 4 * kRegion);
+  REQUIRE(c.q().Write(0, v, true).ok());
+  c.q().TEST_SetPartUp(2, false);
+  REQUIRE(c.q().Trim(kRegion, 2 * kRegion, false).ok());
+  CHECK(c.q().DirtyRegions(2) == 2);
+  c.q().TEST_SetPartUp(2, true);
+  CHECK(c.q().ResyncOnce() == 2);
+  CHECK(c.StoredMeta(2, kRegion / kBs).IsUnwritten());
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("Flush returns OK to many threads flushing at once and covers every earlier write") {
+  Cluster c;
+  constexpr int kThreads = 8;
+  std::vector<Status> results(kThreads);
+  std::vector<std::vector<std::byte>> data;
+  for (int t = 0; t < kThreads; ++t) data.push_back(Data(60 + t, kBs));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const uint64_t off = static_cast<uint64_t>(t) * 2 * kChunk + 4096;
+      Status s = c.q().Write(off, data[t], /*fua=*/false);
+      for (int i = 0; i < 5 && s.ok(); ++i) s = c.q().Flush();
+      results[t] = s;
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) CHECK(results[t].ok());
+  c.CrashAndReopen();
+  for (int t = 0; t < kThreads; ++t) {
+    CAPTURE(t);
+    CHECK(c.ReadBack(static_cast<uint64_t>(t) * 2 * kChunk + 4096, kBs) == data[t]);
+  }
+}
+
+TEST_CASE("Flush fails with Unavailable when fewer than the quorum can sync") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v = Data(70, kBs);
+  REQUIRE(c.q().Write(0, v, false).ok());
+  c.faulty(0).FailMatching("", FaultyBackend::kSync);
+  c.faulty(1).FailMatching("", FaultyBackend::kSync);
+  CHECK(c.q().Flush().IsUnavailable());
+  CHECK_FALSE(c.q().PartUp(0));
+  CHECK_FALSE(c.q().PartUp(1));
+  CHECK(c.q().PartUp(2));
+}
+
+TEST_CASE("Write leaves every part byte-identical when threads write overlapping ranges") {
+  const uint64_t seed = std::random_device{}();
+  INFO("seed = " << seed);
+  Cluster c;
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  std::vector<Status> results(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(seed + static_cast<uint64_t>(t));
+      for (int i = 0; i < 60; ++i) {
+        // All threads in the same 300 KiB around a chunk boundary.
+        const uint64_t len = 1 + rng() % 20000;
+        const uint64_t off = kChunk - 150000 + rng() % 300000;
+        std::vector<std::byte> d = Data(rng(), len);
+        Status s = rng() % 5 == 0 ? c.q().WriteZeroes(off, len, rng() % 2 == 0, false)
+                                  : c.q().Write(off, d, rng() % 3 == 0);
+        if (!s.ok()) {
+          results[t] = s;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) CHECK_MESSAGE(results[t].ok(), results[t].ToString());
+  c.CheckPartsIdentical();
+  std::vector<std::byte> got(kChunk);
+  CHECK(c.q().Read(kChunk / 2, got).ok());  // every block verifies
+  // read_repairs is not checked here: reads racing a chunk's creation are the next test.
+}
+
+TEST_CASE("Read marks no part for repair when it races the first write of a chunk") {
+  // The interleaving, made exact with hooks: a write creates chunk 1 on part a and is about to
+  // write its data there (b and c do not have the file yet). Meanwhile a read of another region
+  // of chunk 1 is reading part a, and a second read of the chunk starts. Part a is busy, so the
+  // second read tries b and c first; their file is not missing, it is not created yet.
+  Cluster c;
+  std::atomic<bool> write_hooked{false}, read_hooked{false};
+  std::vector<std::byte> got1(kBs), got2(kBs);
+  Status r1, r2;
+  c.faulty(0).SetHook([&](FaultyBackend::Op op, std::string_view path) {
+    if (path != c.ChunkFile(0, 1)) return;
+    if (op == FaultyBackend::kWrite && !write_hooked.exchange(true)) {
+      // The writer: part a has the chunk file, b and c not yet. Read 1 runs now.
+      std::thread t([&] { r1 = c.q().Read(kChunk + 5 * kRegion, got1); });
+      t.join();
+    } else if (op == FaultyBackend::kRead && !read_hooked.exchange(true)) {
+      // Read 1, in flight on part a. Read 2 runs now.
+      std::thread t([&] { r2 = c.q().Read(kChunk + 9 * kRegion, got2); });
+      t.join();
+    }
+  });
+  std::vector<std::byte> v = Data(130, kBs);
+  REQUIRE(c.q().Write(kChunk, v, /*fua=*/false).ok());
+  c.faulty(0).SetHook(nullptr);
+  REQUIRE(write_hooked.load());
+  REQUIRE(read_hooked.load());
+  CHECK(r1.ok());
+  CHECK(r2.ok());
+  CHECK(AllZero(got1));
+  CHECK(AllZero(got2));
+  CHECK(c.q().counters().read_repairs.load() == 0);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  CHECK(c.q().DirtyRegions(2) == 0);
+}
+
+TEST_CASE("Write on an append-only volume rejects an overwrite with EPERM") {
+  Cluster c(/*write_quorum=*/2, /*append_only=*/true);
+  std::vector<std::byte> v1 = Data(80, kBs), v2 = Data(81, kBs);
+  REQUIRE(c.q().Write(0, v1, false).ok());  // the first write of a block is allowed
+  Status s = c.q().Write(0, v2, false);
+  CHECK(s.IsInvalidArgument());
+  CHECK(s.Errno() == EPERM);
+  CHECK(c.q().Write(100, std::span(v2).first(10), false).Errno() == EPERM);  // partial overwrite
+  CHECK(c.q().Trim(0, kBs, false).Errno() == EPERM);
+  CHECK(c.ReadBack(0, kBs) == v1);
+  CHECK(c.q().Write(kBs, v2, false).ok());  // the next block is still free
+  CHECK(c.ReadBack(kBs, kBs) == v2);
+  SUBCASE("and SetAppendOnly(false) allows the overwrite") {
+    c.q().SetAppendOnly(false);
+    CHECK(c.q().Write(0, v2, false).ok());
+    CHECK(c.ReadBack(0, kBs) == v2);
+  }
+}
+
+TEST_CASE("Write marks a part dirty when it is down, and ResyncOnce brings it back in sync") {
+  Cluster c;
+  std::vector<std::byte> v1 = Data(90, 200000), v2 = Data(91, 70000);
+  REQUIRE(c.q().Write(0, v1, false).ok());
+  c.q().TEST_SetPartUp(1, false);
+  REQUIRE(c.q().Write(100000, v2, false).ok());
+  REQUIRE(c.q().Write(6 * kChunk, v2, true).ok());
+  const uint64_t want_dirty =
+      (100000 + 70000 - 1) / kRegion - 100000 / kRegion + 1 + (70000 + kRegion - 1) / kRegion;
+  CHECK(c.q().DirtyRegions(1) == want_dirty);
+  CHECK(c.PersistedDirty(0, 1, 100000 / kRegion));
+  CHECK(c.PersistedDirty(2, 1, 6 * kChunk / kRegion));
+  CHECK(c.q().counters().missed_writes.load() == 2);
+
+  c.q().TEST_SetPartUp(1, true);
+  CHECK(c.q().ResyncOnce() == want_dirty);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("BlockStatus reports a never-written chunk as a zero hole") {
+  Cluster c;
+  std::vector<std::byte> v = Data(95, kBs);
+  REQUIRE(c.q().Write(kChunk, v, false).ok());
+  auto hole = c.q().BlockStatus(0, 3 * kChunk);
+  REQUIRE(hole.ok());
+  REQUIRE(hole->size() == 1);
+  CHECK((*hole)[0].length == kChunk);
+  CHECK((*hole)[0].hole);
+  CHECK((*hole)[0].zero);
+  auto data = c.q().BlockStatus(kChunk + 10, 100);
+  REQUIRE(data.ok());
+  REQUIRE(data->size() == 1);
+  CHECK((*data)[0].length == 100);
+  CHECK_FALSE((*data)[0].hole);
+}
+
+TEST_CASE("BlockStatus reports data when the first part in line lost the chunk file") {
+  // A client that trusts a "zero hole" answer (nbdcopy, qemu-img convert) skips the range, so
+  // a hole reported from one damaged part loses the data the other parts still hold.
+  Cluster c;
+  std::vector<std::byte> v = Data(96, kBs);
+  REQUIRE(c.q().Write(4 * kChunk, v, true).ok());
+  c.CrashAndReopen();  // a fresh process: nothing cached
+  REQUIRE(c.mem(0).Remove(c.ChunkFile(0, 4)).ok());
+  auto st = c.q().BlockStatus(4 * kChunk, kChunk);
+  if (st.ok()) {
+    REQUIRE_FALSE(st->empty());
+    CHECK_FALSE((*st)[0].zero);
+    CHECK_FALSE((*st)[0].hole);
+  } else {
+    CHECK(st.status().IsNotSupported());  // "cannot tell" is a safe answer too
+  }
+  CHECK(c.ReadBack(4 * kChunk, kBs) == v);
+}
+
+TEST_CASE("Read returns flushed data through a new QuorumSet when the machine crashed") {
+  Cluster c;
+  std::vector<std::byte> v1 = Data(100, 300000), v2 = Data(101, 5000), v3 = Data(102, 5000);
+  REQUIRE(c.q().Write(kChunk - 1000, v1, false).ok());
+  REQUIRE(c.q().Write(10 * kChunk + 3, v3, /*fua=*/true).ok());
+  REQUIRE(c.q().Flush().ok());
+  REQUIRE(c.q().Write(12 * kChunk, v2, false).ok());  // not flushed: may be lost
+  c.CrashAndReopen();
+  CHECK(c.ReadBack(kChunk - 1000, v1.size()) == v1);
+  CHECK(c.ReadBack(10 * kChunk + 3, v3.size()) == v3);
+  std::vector<std::byte> got(v2.size());
+  CHECK(c.q().Read(12 * kChunk, got).ok());  // old or new, but never an error
+  for (int p = 0; p < kParts; ++p) CHECK(c.q().DirtyRegions(p) == 0);
+}
+
+TEST_CASE(
+    "Write persists the miss durably when the missing part's region was already dirty in memory") {
+  // Part b's region 0 becomes dirty through a read error (recorded without sync). A later write
+  // that misses b must still make the bit durable before it is acknowledged, or after a crash
+  // b's stale copy counts as clean again.
+  Cluster c;
+  std::vector<std::byte> v1 = Data(110, kBs), v2 = Data(111, kBs);
+  REQUIRE(c.q().Write(0, v1, true).ok());
+  c.q().TEST_SetPartUp(0, false);  // the read goes to b first
+  c.faulty(1).FailNth(1, FaultyBackend::kRead);
+  REQUIRE(c.ReadBack(0, kBs) == v1);
+  c.q().TEST_SetPartUp(0, true);
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+
+  c.faulty(1).FailMatching("7/b", kFailPartWrites);
+  REQUIRE(c.q().Write(0, v2, /*fua=*/true).ok());  // acknowledged; b missed it
+  c.faulty(1).ClearFaults();
+
+  c.CrashAndReopen();
+  CHECK(c.PersistedDirtyAnywhere(1, 0));
+  CHECK(c.q().DirtyRegions(1) == 1);
+  c.q().TEST_SetPartUp(0, false);  // b and c remain; b must not serve its stale copy
+  CHECK(c.ReadBack(0, kBs) == v2);
+}
+
+TEST_CASE(
+    "Flush leaves a part dirty when its sync failed, so that a crash cannot make it serve old "
+    "data") {
+  // Writes acknowledged before a Flush sit unsynced on every part. When b's sync fails, the
+  // Flush still succeeds on a and c, but b's copy of those writes is not durable: b must be
+  // marked dirty for them, or after a crash it serves the old data as if it were current.
+  Cluster c;
+  std::vector<std::byte> v1 = Data(120, kBs), v2 = Data(121, kBs);
+  REQUIRE(c.q().Write(0, v1, /*fua=*/true).ok());
+  REQUIRE(c.q().Write(0, v2, /*fua=*/false).ok());
+  c.faulty(1).FailNth(1, FaultyBackend::kSync);
+  REQUIRE(c.q().Flush().ok());  // a and c are a quorum
+  c.faulty(1).ClearFaults();
+
+  c.CrashAndReopen();
+  c.q().TEST_SetPartUp(0, false);  // b and c remain
+  CHECK(c.ReadBack(0, kBs) == v2);
+  CHECK(c.q().DirtyRegions(1) >= 1);
+}
+}  // TEST_SUITE("quorum")
+
+}  // namespace qbd::test
