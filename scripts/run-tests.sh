@@ -31,31 +31,55 @@ export QBD_BIN="$build_abs/bin"
 
 # run_limited LOG CMD...: runs CMD in its own process group (stdin /dev/null, output to LOG),
 # kills the group (TERM, then KILL 10 s later) after $timeout_s seconds. Sets rc and timed_out.
+cur_pid=""
+cur_wd=""
 run_limited() {
-  local log=$1 pid wd marker="$logs/.timeout.$$.$RANDOM"
+  local log=$1 marker="$logs/.timeout.$$.$RANDOM"
   shift
   set -m
   "$@" </dev/null >"$log" 2>&1 &
-  pid=$!
+  cur_pid=$!
   (
     sleep "$timeout_s"
     touch "$marker"
-    kill -TERM -- "-$pid" 2>/dev/null
-    sleep 10
-    kill -KILL -- "-$pid" 2>/dev/null
+    stop_group "$cur_pid"
   ) </dev/null >/dev/null 2>&1 &
-  wd=$!
+  cur_wd=$!
   set +m
-  wait "$pid"
+  wait "$cur_pid"
   rc=$?
-  kill -TERM -- "-$wd" 2>/dev/null
-  wait "$wd" 2>/dev/null
+  kill -TERM -- "-$cur_wd" 2>/dev/null
+  wait "$cur_wd" 2>/dev/null
   # Whatever the script left running in its process group goes now.
-  kill -KILL -- "-$pid" 2>/dev/null
+  kill -KILL -- "-$cur_pid" 2>/dev/null
+  cur_pid=""
+  cur_wd=""
   timed_out=0
   [ -e "$marker" ] && timed_out=1
   rm -f "$marker"
 }
+
+stop_group() { # PGID: SIGTERM (the test's EXIT trap cleans up), SIGKILL what is left after 10 s
+  local tries=100
+  kill -TERM -- "-$1" 2>/dev/null || return 0
+  while [ $tries -gt 0 ] && kill -0 -- "-$1" 2>/dev/null; do
+    sleep 0.1
+    tries=$((tries - 1))
+  done
+  kill -KILL -- "-$1" 2>/dev/null
+}
+
+# Ctrl-C or SIGTERM: the running test is in its own process group, so stop it explicitly.
+on_signal() {
+  trap - INT TERM
+  echo
+  echo "FAIL: interrupted"
+  [ -n "$cur_wd" ] && kill -TERM -- "-$cur_wd" 2>/dev/null
+  [ -n "$cur_pid" ] && stop_group "$cur_pid"
+  echo "$total_pass passed, $((total_fail + 1)) failed"
+  exit 130
+}
+trap on_signal INT TERM
 
 # --- set-up: the tools the integration tests drive (scripts/install-deps.sh installs them) ----
 missing=()

@@ -9,6 +9,10 @@ qbdctl create medium --size 80M >/dev/null || die setup "qbdctl create medium fa
 qbdctl create huge --size 5G >/dev/null || die setup "qbdctl create huge failed"
 qbdctl create ro --size 8M >/dev/null || die setup "qbdctl create ro failed"
 qbdctl set ro read-only on >/dev/null || die setup "qbdctl set ro read-only on failed"
+# Per-volume listeners: a TCP port for "medium", a unix socket for "small".
+PORT2=$(free_port)
+printf '[volume medium]\nlisten = 127.0.0.1:%s\n[volume small]\nlisten = unix:%s\n' \
+  "$PORT2" "$T/small.sock" >>"$T/qbd.conf"
 qbd_start
 
 list_has() { # NAME=BYTES...: nbdinfo --list --json names every one of them with that size
@@ -69,6 +73,19 @@ check "qemu-io cannot write to a read-only volume" \
   bash -c '! qemu-io -f raw -c "write -P 0x11 0 4096" "$1"' _ "$(uri ro)"
 
 check "an unknown export name is refused" bash -c '! nbdinfo "$1"' _ "$(uri no-such-volume)"
+
+check "the per-volume TCP listener serves its volume under any export name" \
+  bash -c 'test "$(nbdinfo --size "$1")" = 83886080 && test "$(nbdinfo --size "$2")" = 83886080' _ \
+  "nbd://127.0.0.1:$PORT2/" "nbd://127.0.0.1:$PORT2/whatever"
+check "the per-volume unix socket serves its volume" \
+  bash -c 'test "$(nbdinfo --size "$1")" = 16777216' _ "nbd+unix:///?socket=$T/small.sock"
+per_volume_same_data() { # written through one listener, read through the other
+  nbdsh -u "nbd://127.0.0.1:$PORT2/" -c 'h.pwrite(b"\x61" * 8192, 1 << 20); h.flush()' &&
+    nbdsh -u "$(uri medium)" -c 'assert h.pread(8192, 1 << 20) == b"\x61" * 8192' &&
+    nbdsh -u "$(uri small)" -c 'h.pwrite(b"\x62" * 4096, 8192); h.flush()' &&
+    nbdsh -u "nbd+unix:///?socket=$T/small.sock" -c 'assert h.pread(4096, 8192) == b"\x62" * 4096'
+}
+check "per-volume listeners and the main listener serve the same data" per_volume_same_data
 
 appears() { # NAME BYTES: created with qbdctl while running, listed within 5 s, usable
   qbdctl create "$1" --size "$2" || return 1
