@@ -145,9 +145,9 @@ TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file is absent", E, Mem
   std::vector<std::byte> got(kBs);
   std::vector<BlockMeta> metas(1);
   CHECK(store.Read(0, 0, got, metas, nullptr).IsNotFound());
-  auto exists = store.ChunkExists(0);
-  REQUIRE(exists.ok());
-  CHECK_FALSE(*exists);
+  auto state = store.CheckChunk(0);
+  REQUIRE(state.ok());
+  CHECK(*state == PartStore::ChunkState::kAbsent);
 }
 
 TEST_CASE_TEMPLATE("Read returns zeros and all-zero metas when blocks were never written", E,
@@ -228,7 +228,7 @@ TEST_CASE_TEMPLATE("Unwrite makes blocks read as zeros with all-zero metas", E, 
   bool sync = false;
   SUBCASE("without sync") { sync = false; }
   SUBCASE("with sync") { sync = true; }
-  REQUIRE(store.Unwrite(0, 2, 3, sync).ok());
+  REQUIRE(store.Unwrite(0, 2, 3, sync, nullptr).ok());
 
   std::vector<std::byte> got(10 * kBs);
   std::vector<BlockMeta> metas(10);
@@ -257,7 +257,7 @@ TEST_CASE("Unwrite writes zeros when the backend cannot punch holes") {
   mem.SetPunchHoleSupported(false);
   PartStore store(mem, kVol, 'a', Geo());
   WriteTagged(store, 0, 0, 256, 5, 3);  // the whole chunk
-  REQUIRE(store.Unwrite(0, 0, 256, /*sync=*/true).ok());
+  REQUIRE(store.Unwrite(0, 0, 256, /*sync=*/true, nullptr).ok());
   auto raw = mem.Contents("7/a/1");
   REQUIRE(raw.ok());
   CHECK(raw->size() == Geo().ChunkFileSize());
@@ -268,7 +268,7 @@ TEST_CASE_TEMPLATE("Unwrite returns OK and creates nothing when the chunk file i
                    MemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
-  CHECK(store.Unwrite(1, 0, 8, true).ok());
+  CHECK(store.Unwrite(1, 0, 8, true, nullptr).ok());
   CHECK(env.backend().Stat("7/a/2").status().IsNotFound());
 }
 
@@ -282,7 +282,7 @@ TEST_CASE_TEMPLATE("Read and Write return InvalidArgument when blocks run past t
   CHECK(
       store.Write(0, 0, std::span(data).first(kBs + 1), metas, false, nullptr).IsInvalidArgument());
   CHECK(store.Read(0, 255, data, metas, nullptr).IsInvalidArgument());
-  CHECK(store.Unwrite(0, 250, 7, false).IsInvalidArgument());
+  CHECK(store.Unwrite(0, 250, 7, false, nullptr).IsInvalidArgument());
   CHECK(env.backend().Stat("7/a/1").status().IsNotFound());  // nothing was created
 }
 
@@ -421,9 +421,9 @@ TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file was deleted behind
   REQUIRE(env.backend().Remove("7/a/1").ok());
 
   CHECK(store.Read(0, 0, got, metas, nullptr).IsNotFound());
-  auto exists = store.ChunkExists(0);
-  REQUIRE(exists.ok());
-  CHECK_FALSE(*exists);
+  auto state = store.CheckChunk(0);
+  REQUIRE(state.ok());
+  CHECK(*state == PartStore::ChunkState::kAbsent);
 
   SUBCASE("and the next write creates it again") {
     bool created = false;

@@ -55,6 +55,8 @@ class DirtyMap {
   uint8_t Byte(uint64_t index) const;
   // ORs the bits of `other` (same geometry) into this map.
   void Merge(const DirtyMap& other);
+  // Moves every set bit into `dst` (ORed) and clears it here, byte by byte atomically.
+  void DrainInto(DirtyMap& dst);
 
   // The whole file: header then bitmap.
   std::string Encode() const;

@@ -51,17 +51,20 @@ class PartStore {
               std::vector<uint64_t>* bad);
 
   // Writes blocks with the given metas (an all-zero meta with zero data stores "never written").
-  // Creates the chunk file at full size when absent and sets *created. With `sync` the blocks
-  // are durable when it returns.
+  // Creates the chunk file at full size when absent, or restores the full size of a short one,
+  // and then sets *created: this part's copy of the rest of the chunk is missing. With `sync`
+  // the blocks are durable when it returns.
   Status Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
                std::span<const BlockMeta> metas, bool sync, bool* created);
 
   // Marks blocks never written (all-zero metas, zero data) and gives their space back where the
-  // backend can. A missing chunk file is already all unwritten: OK.
-  Status Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync);
+  // backend can. A missing chunk file is already all unwritten: OK. A short file gets its full
+  // size back and sets *rebuilt (as Write's *created).
+  Status Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync, bool* rebuilt);
 
-  // NotFound-free existence check of a chunk file.
-  Result<bool> ChunkExists(uint64_t chunk);
+  enum class ChunkState { kAbsent, kShort, kComplete };
+  // Whether the chunk file exists, and at its full size (layout-spec.md §4.1).
+  Result<ChunkState> CheckChunk(uint64_t chunk);
 
   // Makes every write since the previous Flush durable.
   Status Flush();
@@ -70,7 +73,9 @@ class PartStore {
   Status CloseAll();
 
  private:
-  Result<std::shared_ptr<ChunkFile>> GetFile(uint64_t chunk, bool create, bool* created);
+  // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
+  // size back. Either sets *created.
+  Result<std::shared_ptr<ChunkFile>> GetFile(uint64_t chunk, bool create, bool complete, bool* created);
   void Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file);
   void EvictLocked();
   void MarkUnsynced(uint64_t chunk);

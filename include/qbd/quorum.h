@@ -96,7 +96,8 @@ class QuorumSet : public BlockHandler {
  private:
   struct Part {
     std::unique_ptr<PartStore> store;
-    std::unique_ptr<DirtyMap> dirty;
+    std::unique_ptr<DirtyMap> dirty;   // regions this part may hold stale
+    std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
     std::atomic<bool> up{true};
     std::atomic<int> inflight{0};
     // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
@@ -124,6 +125,8 @@ class QuorumSet : public BlockHandler {
                      std::string_view op);
   // Marks regions of part p dirty; with `durable`, persists the new bits on the other parts.
   Status MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why);
+  // Clears region in part p's dirty map, in memory and (without sync) on disk.
+  void ClearDirty(int p, uint64_t region);
   void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
   bool ResyncRegion(int p, uint64_t region);

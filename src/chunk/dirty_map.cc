@@ -77,6 +77,14 @@ void DirtyMap::Merge(const DirtyMap& other) {
   for (size_t i = 0; i < n; ++i) bits_[i].fetch_or(other.Byte(i), std::memory_order_acq_rel);
 }
 
+void DirtyMap::DrainInto(DirtyMap& dst) {
+  size_t n = std::min(nbytes_, dst.nbytes_);
+  for (size_t i = 0; i < n; ++i) {
+    uint8_t b = bits_[i].exchange(0, std::memory_order_acq_rel);
+    if (b != 0) dst.bits_[i].fetch_or(b, std::memory_order_acq_rel);
+  }
+}
+
 std::string DirtyMap::Encode() const {
   std::string out(kDirtyHeaderSize + nbytes_, '\0');
   auto* p = reinterpret_cast<std::byte*>(out.data());
@@ -104,7 +112,10 @@ Result<std::unique_ptr<DirtyMap>> DirtyMap::Decode(std::span<const std::byte> by
   for (size_t i = 0; i < std::min(have, map->nbytes_); ++i) {
     map->bits_[i].store(static_cast<uint8_t>(bytes[kDirtyHeaderSize + i]), std::memory_order_relaxed);
   }
-  // Bits past `regions` (a file from a larger map) are ignored by Test and NextSet.
+  // Bits past `regions` (a file from a larger map) are dropped.
+  if (regions % 8 != 0 && map->nbytes_ > 0) {
+    map->bits_[map->nbytes_ - 1].fetch_and(static_cast<uint8_t>((1u << (regions % 8)) - 1));
+  }
   return map;
 }
 

@@ -28,7 +28,7 @@ PartStore::~PartStore() { CloseAll().IgnoreError(); }
 
 std::string PartStore::Name(uint64_t chunk) const { return ChunkPath(volnr_, part_, chunk); }
 
-Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool create, bool* created) {
+Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool create, bool complete, bool* created) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::shared_ptr<ChunkFile> file;
     {
@@ -72,6 +72,18 @@ Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool creat
     if (!opened.ok()) return opened.status();
   }
   std::shared_ptr<ChunkFile> file(std::move(opened).value());
+  QBD_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  if (size < geometry_.ChunkFileSize()) {
+    // §4.1: a short file is damage. Readers see Corruption past its end; a writer first restores
+    // the full size (the lost tail reads as unwritten) and reports the copy as rebuilt, so that
+    // the caller re-copies the whole chunk into it.
+    if (!complete) return file;  // not cached: the next call looks again
+    QBD_LOG_WARN("volume {} part {}: chunk file {} is short ({} of {} bytes): restoring its size", volnr_, part_,
+                 path, size, geometry_.ChunkFileSize());
+    QBD_RETURN_IF_ERROR(file->Truncate(geometry_.ChunkFileSize()));
+    QBD_RETURN_IF_ERROR(file->Sync());
+    if (created) *created = true;
+  }
   if (open_.size() >= max_open_files_) EvictLocked();
   open_[chunk] = file;
   return file;
@@ -111,11 +123,16 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
     return Status::InvalidArgument(fmt::format("read of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
-  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/false, nullptr));
+  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
   const uint64_t rec = geometry_.RecordSize();
   std::vector<std::byte>& buf = Scratch(n * rec);
   Status s = file->ReadAt(geometry_.RecordOffset(first), std::span(buf.data(), n * rec));
-  if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
+  if (!s.ok()) {
+    // A short file (Corruption) is looked at afresh by the next call, which restores its size
+    // before writing into it.
+    if (s.IsCorruption()) Forget(chunk, file);
+    return s.WithContext(fmt::format("part {}", part_));
+  }
   bool any_bad = false;
   for (uint64_t i = 0; i < n; ++i) {
     const std::byte* r = buf.data() + i * rec;
@@ -140,7 +157,7 @@ Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byt
   if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
     return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
-  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, created));
+  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
   const uint64_t rec = geometry_.RecordSize();
   std::vector<std::byte>& buf = Scratch(n * rec);
   for (uint64_t i = 0; i < n; ++i) {
@@ -154,12 +171,12 @@ Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byt
   return s.WithContext(fmt::format("part {}", part_));
 }
 
-Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync) {
+Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync, bool* rebuilt) {
   if (n == 0) return Status::OK();
   if (first + n > geometry_.BlocksPerChunk()) {
     return Status::InvalidArgument(fmt::format("unwrite of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
-  auto got = GetFile(chunk, /*create=*/false, nullptr);
+  auto got = GetFile(chunk, /*create=*/false, /*complete=*/true, rebuilt);
   if (!got.ok()) return got.status().IsNotFound() ? Status::OK() : got.status();
   auto file = got.value();
   const uint64_t off = geometry_.RecordOffset(first);
@@ -188,11 +205,14 @@ void PartStore::MarkUnsynced(uint64_t chunk) {
   unsynced_.insert(chunk);
 }
 
-Result<bool> PartStore::ChunkExists(uint64_t chunk) {
-  auto got = GetFile(chunk, /*create=*/false, nullptr);
-  if (got.ok()) return true;
-  if (got.status().IsNotFound()) return false;
-  return got.status();
+Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
+  auto got = GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr);
+  if (!got.ok()) {
+    if (got.status().IsNotFound()) return ChunkState::kAbsent;
+    return got.status();
+  }
+  QBD_ASSIGN_OR_RETURN(uint64_t size, (*got)->Size());
+  return size < geometry_.ChunkFileSize() ? ChunkState::kShort : ChunkState::kComplete;
 }
 
 Status PartStore::Flush() {

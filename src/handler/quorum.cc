@@ -77,6 +77,9 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
       p->dirty = std::make_unique<DirtyMap>(region_size_, regions);
       if (i < dirty.size() && dirty[i]) p->dirty->Merge(*dirty[i]);
     }
+    // Bits loaded from disk are durable by definition.
+    p->synced = std::make_unique<DirtyMap>(region_size_, regions);
+    p->synced->Merge(*p->dirty);
     p->dirty_files.resize(parts.size());
     uint64_t n = p->dirty->CountSet();
     if (n > 0) {
@@ -204,6 +207,18 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       MarkDirty(p, rb, rb, /*durable=*/false, "checksum mismatch").IgnoreError();  // repaired by resync
     }
     // Parts passed over that lack the chunk file, or hold a short one, get the whole chunk back.
+    if (!missing.empty() && !ChunkKnown(chunk)) {
+      // The first write of this chunk may be creating it on the parts right now: wait for it
+      // (it holds the create lock) and look again before calling a file lost.
+      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
+      std::vector<int> still;
+      for (int m : missing) {
+        auto st = parts_[m]->store->CheckChunk(chunk);
+        if (st.ok() && *st != PartStore::ChunkState::kComplete) still.push_back(m);
+      }
+      missing.swap(still);
+      SetChunkKnown(chunk);
+    }
     if (!missing.empty() || !whole_bad.empty()) {
       const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
       for (int m : missing) {
@@ -239,6 +254,9 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     const Geometry& g = options_.geometry;
     for (uint64_t r = r0; r <= r1; ++r) {
       if (!ReadOrder(r, r, -1).empty()) continue;
+      bool all_dirty = true;
+      for (const auto& q : parts_) all_dirty = all_dirty && q->dirty->Test(r);
+      if (!all_dirty) continue;  // a clean copy is on a part that is down: Unavailable below
       const uint64_t start = r * region_size_;
       const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
       ReconcileRegion(r, start / g.chunk_size, (start % g.chunk_size) / g.block_size,
@@ -465,11 +483,12 @@ void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& li
   std::vector<size_t> absent;
   bool any = false;
   for (size_t i : live) {
-    auto e = parts_[i]->store->ChunkExists(chunk);
-    if (e.ok() && *e) {
+    auto e = parts_[i]->store->CheckChunk(chunk);
+    if (!e.ok()) continue;
+    if (*e == PartStore::ChunkState::kComplete) {
       any = true;
-    } else if (e.ok()) {
-      absent.push_back(i);
+    } else {
+      absent.push_back(i);  // absent or short
     }
   }
   if (!any) return;  // a new chunk: every part creates it now
@@ -492,9 +511,15 @@ Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, boo
       missed.push_back(static_cast<int>(i));
       continue;
     }
-    Status s = parts_[i]->store->Unwrite(chunk, first, n, fua);
+    bool rebuilt = false;
+    Status s = parts_[i]->store->Unwrite(chunk, first, n, fua, &rebuilt);
     if (s.ok()) {
       ++ok;
+      if (rebuilt) {
+        // The part's chunk file was short: the rest of its copy comes back through resync.
+        const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
+        MarkDirty(static_cast<int>(i), c0, c1, /*durable=*/true, "chunk file short").IgnoreError();  // best effort
+      }
     } else {
       QBD_LOG_WARN("volume {} part {} chunk {}: trim failed: {}", options_.volume, parts_[i]->store->part(), chunk + 1,
                    s.ToString());
@@ -522,14 +547,36 @@ Status QuorumSet::CheckQuorum(int ok_parts, const std::vector<int>& missed, uint
 }
 
 Status QuorumSet::MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why) {
-  std::vector<uint64_t> changed = parts_[p]->dirty->Set(r0, r1);
+  Part& part = *parts_[p];
+  std::vector<uint64_t> changed = part.dirty->Set(r0, r1);
   WakeResync();
-  if (changed.empty()) return Status::OK();
-  QBD_LOG_DEBUG("volume {} part {}: regions {}-{} dirty ({})", options_.volume, parts_[p]->store->part(), r0, r1, why);
+  if (!changed.empty()) {
+    QBD_LOG_DEBUG("volume {} part {}: regions {}-{} dirty ({})", options_.volume, part.store->part(), r0, r1, why);
+  }
+  if (!durable) {
+    Status ignored;
+    if (!changed.empty()) PersistDirtyBytes(p, changed, /*sync=*/false, &ignored);  // best effort: a hint
+    return Status::OK();
+  }
+  // A bit may already be set in memory by a read-repair without being durable: `synced` tells
+  // which bits are, and the write's acknowledgement waits for the rest.
+  std::vector<uint64_t> unsynced = part.synced->Set(r0, r1);
+  if (unsynced.empty()) return Status::OK();
   Status result;
-  PersistDirtyBytes(p, changed, durable, &result);
-  if (!durable) return Status::OK();
+  PersistDirtyBytes(p, unsynced, /*sync=*/true, &result);
+  if (!result.ok()) {
+    for (uint64_t r = r0; r <= r1; ++r) part.synced->Clear(r);  // not durable after all
+  }
   return result;
+}
+
+void QuorumSet::ClearDirty(int p, uint64_t region) {
+  Part& part = *parts_[p];
+  part.synced->Clear(region);
+  if (part.dirty->Clear(region)) {
+    Status ignored;
+    PersistDirtyBytes(p, {region / 8}, /*sync=*/false, &ignored);  // a stale set bit only costs a recopy
+  }
 }
 
 // Writes the given bitmap bytes of part p's dirty map into its copies on the other parts. With
@@ -544,6 +591,7 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
     Part& holder = *parts_[h];
     std::lock_guard<std::mutex> l(holder.dirty_files_mu);
     auto& file = holder.dirty_files[p];
+    if (file && file->Detached()) file.reset();
     if (!file) {
       auto opened = holder.store->backend().Open(path);
       if (!opened.ok()) {
@@ -553,10 +601,14 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
       file = std::move(opened).value();
     }
     Status s;
-    for (uint64_t b : bytes) {
-      std::byte v{parts_[p]->dirty->Byte(b)};
-      s = file->WriteAt(kDirtyHeaderSize + b, std::span<const std::byte>(&v, 1));
-      if (!s.ok()) break;
+    // Contiguous bytes go out in one write.
+    for (size_t i = 0; i < bytes.size() && s.ok();) {
+      size_t j = i + 1;
+      while (j < bytes.size() && bytes[j] == bytes[j - 1] + 1) ++j;
+      std::vector<std::byte> run(j - i);
+      for (size_t k = i; k < j; ++k) run[k - i] = std::byte{parts_[p]->dirty->Byte(bytes[k])};
+      s = file->WriteAt(kDirtyHeaderSize + bytes[i], run);
+      i = j;
     }
     if (s.ok() && sync) s = file->Sync();
     if (s.ok()) {
@@ -605,7 +657,13 @@ Status QuorumSet::Flush() {
       if (results[i].ok()) {
         ++ok;
       } else if (parts_[i]->up.load()) {
+        // A failed sync may have lost any write since the last good one, and which ones is not
+        // tracked: the whole part is resynced (a failed fsync is rare and serious).
+        QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
+                      parts_[i]->store->part(), results[i].ToString());
         MarkDown(static_cast<int>(i), results[i]);
+        const uint64_t last = (Size() + region_size_ - 1) / region_size_ - 1;
+        MarkDirty(static_cast<int>(i), 0, last, /*durable=*/true, "flush failed").IgnoreError();  // logged above
       }
     }
     Status s = ok >= static_cast<int>(options_.write_quorum)
@@ -630,11 +688,18 @@ Result<std::vector<Extent>> QuorumSet::BlockStatus(uint64_t off, uint64_t len) {
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, g.BlocksPerChunk() - 1);
   std::vector<int> order = ReadOrder(c0, c1, -1);
   if (order.empty()) return Status::NotSupported("no part in sync");
-  auto exists = parts_[order[0]]->store->ChunkExists(chunk);
-  if (!exists.ok()) return Status::NotSupported("chunk state unknown");
+  // A hole only when no part in sync has the chunk file: one part's lost file must not make
+  // clients skip data the others hold.
+  bool any = false;
+  for (int p : order) {
+    auto state = parts_[p]->store->CheckChunk(chunk);
+    if (!state.ok()) return Status::NotSupported("chunk state unknown");
+    any = any || *state != PartStore::ChunkState::kAbsent;
+    if (any) break;
+  }
   Extent e;
   e.length = seg;
-  e.hole = e.zero = !*exists;
+  e.hole = e.zero = !any;
   return std::vector<Extent>{e};
 }
 
@@ -646,6 +711,9 @@ void QuorumSet::SetSize(uint64_t size) {
     auto grown = std::make_unique<DirtyMap>(region_size_, regions);
     grown->Merge(*p->dirty);
     p->dirty = std::move(grown);
+    auto grown_synced = std::make_unique<DirtyMap>(region_size_, regions);
+    grown_synced->Merge(*p->synced);
+    p->synced = std::move(grown_synced);
   }
   Geometry g = options_.geometry;
   g.size = size;
@@ -716,7 +784,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   const uint64_t bs = g.block_size;
   const uint64_t start = region * region_size_;
   if (start >= Size()) {
-    parts_[p]->dirty->Clear(region);
+    ClearDirty(p, region);
     return false;
   }
   const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
@@ -727,7 +795,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   std::vector<int> order = ReadOrder(region, region, p);
   if (order.empty()) {
     bool all_dirty = true;
-    for (const auto& q : parts_) all_dirty = all_dirty && (!q->up.load() || q->dirty->Test(region));
+    for (const auto& q : parts_) all_dirty = all_dirty && q->dirty->Test(region);
     if (!all_dirty) return false;  // a clean copy is on a part that is down: wait for it
     return ReconcileRegion(region, chunk, first, n);
   }
@@ -738,13 +806,14 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   if (!s.ok()) {
     QBD_LOG_ERROR("resync: volume {} part {} chunk {} region {}: no good source copy: {}", options_.volume,
                   target.store->part(), chunk + 1, region, s.ToString());
-    target.dirty->Clear(region);  // nothing better exists; verify reports the loss
+    ClearDirty(p, region);  // nothing better exists; verify reports the loss
     return false;
   }
   bool all_unwritten = std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
   Status w;
   if (all_unwritten) {
-    w = target.store->Unwrite(chunk, first, n, /*sync=*/true);
+    bool rebuilt = false;
+    w = target.store->Unwrite(chunk, first, n, /*sync=*/true, &rebuilt);
   } else {
     bool created = false;
     w = target.store->Write(chunk, first, data, metas, /*sync=*/true, &created);
@@ -755,10 +824,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
     MarkDown(p, w);
     return false;
   }
-  if (target.dirty->Clear(region)) {
-    Status ignored;
-    PersistDirtyBytes(p, {region / 8}, /*sync=*/false, &ignored);  // a stale set bit only costs a recopy
-  }
+  ClearDirty(p, region);
   counters_.resynced_regions.fetch_add(1);
   counters_.resynced_bytes.fetch_add(end - start);
   return true;
@@ -819,10 +885,7 @@ bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first,
       all_ok = false;
       continue;
     }
-    if (parts_[i]->dirty->Clear(region)) {
-      Status ignored;
-      PersistDirtyBytes(static_cast<int>(i), {region / 8}, /*sync=*/false, &ignored);  // a stale bit only recopies
-    }
+    ClearDirty(static_cast<int>(i), region);
   }
   QBD_LOG_INFO("resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by newest generation",
                options_.volume, region, chunk + 1);

@@ -16,7 +16,13 @@ namespace {
 
 class LocalFile final : public ChunkFile {
  public:
-  LocalFile(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+  LocalFile(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
+    struct stat st;
+    if (::fstat(fd_, &st) == 0) {
+      dev_ = st.st_dev;
+      ino_ = st.st_ino;
+    }
+  }
   ~LocalFile() override { ::close(fd_); }
 
   Status ReadAt(uint64_t offset, std::span<std::byte> out) override {
@@ -77,13 +83,17 @@ class LocalFile final : public ChunkFile {
   }
 
   bool Detached() override {
+    // The name must still lead to the inode this handle has open: catches rm, rename-over and
+    // rename-aside-then-replace alike, in one stat.
     struct stat st;
-    return ::fstat(fd_, &st) != 0 || st.st_nlink == 0;
+    return ::stat(name_.c_str(), &st) != 0 || st.st_ino != ino_ || st.st_dev != dev_;
   }
 
  private:
   const int fd_;
   const std::string name_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
 };
 
 class LocalDirBackend final : public StorageBackend {
