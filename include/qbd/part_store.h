@@ -57,6 +57,14 @@ class PartStore {
   Status Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
                std::span<const BlockMeta> metas, bool sync, bool* created);
 
+  // Write() of records already laid out by EncodeRecords (records.size() is a multiple of the
+  // record size), so that one encoding serves every part.
+  Status WriteRecords(uint64_t chunk, uint64_t first, std::span<const std::byte> records, bool sync,
+                      bool* created);
+  // Lays out blocks and metas as on disk (layout-spec.md §4.2): out.size() == metas.size() * record size.
+  static void EncodeRecords(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas,
+                            std::span<std::byte> out);
+
   // Marks blocks never written (all-zero metas, zero data) and gives their space back where the
   // backend can. A missing chunk file is already all unwritten: OK. A short file gets its full
   // size back and sets *rebuilt (as Write's *created).

@@ -149,26 +149,42 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   return Status::OK();
 }
 
-Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
-                        std::span<const BlockMeta> metas, bool sync, bool* created) {
-  const uint64_t n = metas.size();
-  const uint64_t bs = geometry_.block_size;
-  if (n == 0) return Status::OK();
-  if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
-    return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
-  }
-  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
-  const uint64_t rec = geometry_.RecordSize();
-  std::vector<std::byte>& buf = Scratch(n * rec);
-  for (uint64_t i = 0; i < n; ++i) {
-    std::byte* r = buf.data() + i * rec;
+void PartStore::EncodeRecords(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas,
+                              std::span<std::byte> out) {
+  const uint64_t bs = g.block_size, rec = g.RecordSize();
+  for (uint64_t i = 0; i < metas.size(); ++i) {
+    std::byte* r = out.data() + i * rec;
     std::memcpy(r, data.data() + i * bs, bs);
     EncodeBlockMeta(metas[i], r + bs);
   }
-  Status s = file->WriteAt(geometry_.RecordOffset(first), std::span<const std::byte>(buf.data(), n * rec));
+}
+
+Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
+                        std::span<const BlockMeta> metas, bool sync, bool* created) {
+  const uint64_t n = metas.size();
+  if (data.size() != n * geometry_.block_size) {
+    return Status::InvalidArgument(fmt::format("write of {} bytes for {} blocks", data.size(), n));
+  }
+  std::vector<std::byte>& buf = Scratch(n * geometry_.RecordSize());
+  std::span<std::byte> records(buf.data(), n * geometry_.RecordSize());
+  EncodeRecords(geometry_, data, metas, records);
+  return WriteRecords(chunk, first, records, sync, created);
+}
+
+Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, std::span<const std::byte> records, bool sync,
+                               bool* created) {
+  const uint64_t rec = geometry_.RecordSize();
+  const uint64_t n = records.size() / rec;
+  if (n == 0) return Status::OK();
+  if (records.size() % rec != 0 || first + n > geometry_.BlocksPerChunk()) {
+    return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
+  }
+  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
+  Status s = file->WriteAt(geometry_.RecordOffset(first), records);
   if (s.ok() && sync) s = file->Sync();
-  if (s.ok() && !sync) MarkUnsynced(chunk);
-  return s.WithContext(fmt::format("part {}", part_));
+  if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
+  if (!sync) MarkUnsynced(chunk);
+  return Status::OK();
 }
 
 Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync, bool* rebuilt) {
@@ -194,8 +210,9 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
     }
   }
   if (s.ok() && sync) s = file->Sync();
-  if (s.ok() && !sync) MarkUnsynced(chunk);
-  return s.WithContext(fmt::format("part {}", part_));
+  if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
+  if (!sync) MarkUnsynced(chunk);
+  return Status::OK();
 }
 
 void PartStore::MarkUnsynced(uint64_t chunk) {
