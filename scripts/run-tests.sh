@@ -6,6 +6,7 @@
 #    process group with QBD_BIN=BUILD_DIR/bin, killed after QBD_TEST_TIMEOUT seconds (600). A script
 #    prints "PASS: <name>" / "FAIL: <name>: <reason>" lines; each counts once, a script that exits
 #    non-zero without a FAIL line counts as one failure, a timeout counts as one failure.
+#    unit_tests get QBD_UNIT_TIMEOUT seconds (300).
 # Exit status 0 only when nothing failed. Logs stay in a /tmp/qbd-run.* directory.
 set -uo pipefail
 
@@ -17,6 +18,7 @@ build=$1
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 timeout_s=${QBD_TEST_TIMEOUT:-600}
+unit_timeout_s=${QBD_UNIT_TIMEOUT:-300}
 logs=$(mktemp -d /tmp/qbd-run.XXXXXX)
 total_pass=0
 total_fail=0
@@ -29,18 +31,18 @@ if ! build_abs=$(cd "$build" 2>/dev/null && pwd); then
 fi
 export QBD_BIN="$build_abs/bin"
 
-# run_limited LOG CMD...: runs CMD in its own process group (stdin /dev/null, output to LOG),
-# kills the group (TERM, then KILL 10 s later) after $timeout_s seconds. Sets rc and timed_out.
+# run_limited SECONDS LOG CMD...: runs CMD in its own process group (stdin /dev/null, output to
+# LOG), kills the group (TERM, then KILL 10 s later) after SECONDS. Sets rc and timed_out.
 cur_pid=""
 cur_wd=""
 run_limited() {
-  local log=$1 marker="$logs/.timeout.$$.$RANDOM"
-  shift
+  local limit=$1 log=$2 marker="$logs/.timeout.$$.$RANDOM"
+  shift 2
   set -m
   "$@" </dev/null >"$log" 2>&1 &
   cur_pid=$!
   (
-    sleep "$timeout_s"
+    sleep "$limit"
     touch "$marker"
     stop_group "$cur_pid"
   ) </dev/null >/dev/null 2>&1 &
@@ -104,14 +106,16 @@ if [ "${QBD_SKIP_UNIT:-0}" != 1 ]; then
     summary+=("unit_tests: not built")
   else
     start=$SECONDS
-    run_limited "$ulog" "$build_abs/unit_tests" --order-by=rand
+    run_limited "$unit_timeout_s" "$ulog" "$build_abs/unit_tests" --order-by=rand
     line=$(grep -E '^\[doctest\] test cases:' "$ulog" | tail -n 1)
     up=$(sed -nE 's/.*\|[[:space:]]*([0-9]+) passed.*/\1/p' <<<"$line")
     uf=$(sed -nE 's/.*\|[[:space:]]*([0-9]+) failed.*/\1/p' <<<"$line")
+    # A test case killed by the timeout shows up in doctest's summary as crashed.
+    [ "$timed_out" -eq 1 ] && echo "FAIL: unit_tests: killed after $unit_timeout_s s"
     if [ -z "$up" ] || [ -z "$uf" ]; then
       up=0
       uf=1
-      echo "FAIL: unit_tests: no doctest summary line (exit status $rc, timed out: $timed_out)"
+      echo "FAIL: unit_tests: no doctest summary line (exit status $rc)"
     elif [ "$rc" -ne 0 ] && [ "$uf" -eq 0 ]; then
       uf=1
       echo "FAIL: unit_tests: exit status $rc although no test case failed"
@@ -149,7 +153,7 @@ for s in "${scripts[@]}"; do
   log="$logs/$name.log"
   echo "== $name"
   start=$SECONDS
-  run_limited "$log" bash "$s"
+  run_limited "$timeout_s" "$log" bash "$s"
   p=$(grep -c '^PASS: ' "$log")
   f=$(grep -c '^FAIL: ' "$log")
   extra=""
