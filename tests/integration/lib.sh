@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Fixture verbs for the integration tests: the real qbd-master over local directories, driven by
 # real NBD clients. Every test sources this file first:
 #   . "$(dirname "$0")/lib.sh"
@@ -136,6 +137,13 @@ _cleanup() {
     while alive "$p" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
     alive "$p" && kill -KILL "$p" 2>/dev/null
   done
+  # A sanitizer build reports into master.log; a report there fails the test.
+  if grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|runtime error:' \
+    "$T/master.log" 2>/dev/null; then
+    grep -m 1 -A 12 -E 'ERROR: |runtime error:' "$T/master.log" | sed 's/^/    | /'
+    fail "sanitizer" "qbd-master reported: $(grep -m 1 -oE '(ERROR: |runtime error:).*' "$T/master.log")"
+    [ $rc -eq 0 ] && rc=1
+  fi
   # Anything still mounted below $T (a test that died between mount and track): lazy unmount.
   awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r |
     while read -r m; do umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null; done
@@ -234,7 +242,13 @@ qbd_start() { # [EXTRA_ARGS...]: start qbd-master, wait until it serves NBD (fat
 
 qbd_stop() { # [SIGNAL] [SECONDS]: signal qbd-master (TERM); expect exit 0 within SECONDS (20)
   local sig=${1:-TERM} secs=${2:-20}
-  master_running || { fail "qbd_stop" "qbd-master is not running"; return 1; }
+  if ! master_running; then
+    [ -n "$MASTER_PID" ] && wait_pid "$MASTER_PID" 1
+    show "$T/master.log" 40
+    fail "qbd_stop" "qbd-master is not running (it had exited with status ${WAIT_RC:-?})"
+    MASTER_PID=""
+    return 1
+  fi
   echo "=== $(date +%T.%N) qbd_stop SIG$sig" >>"$T/master.log"
   kill -"$sig" "$MASTER_PID"
   if ! wait_pid "$MASTER_PID" "$secs"; then
