@@ -112,3 +112,17 @@ qbd_start
 both_right() { reads_right cold "$T/cold.bin" && reads_right hot "$T/hot.bin"; }
 check "after the repairs both volumes read back right" both_right
 qbd_stop
+
+# --- lost metadata copies on one backend (layout-spec §1.1: read the others, report the loss) ---
+log_since_mentions() { # SINCE_LINE REGEX: a master.log line after SINCE_LINE matches REGEX
+  tail -n +"$1" "$T/master.log" | grep -E -- "$2" ||
+    { echo "no master.log line matches /$2/:"; tail -n +"$1" "$T/master.log" | tail -n 15; return 1; }
+}
+rm -f "$T/node-c/.volumesmeta" "$T/node-c/1/.meta"
+since=$(($(wc -l <"$T/master.log") + 1))
+qbd_start
+check "with node-c's .volumesmeta and 1/.meta gone, both volumes still read back right" both_right
+qbd_stop
+check "master.log reports node-c's missing .volumesmeta" log_since_mentions "$since" 'volumesmeta'
+check "master.log reports node-c's missing copy of volume 1's .meta" \
+  log_since_mentions "$since" '(^|[^a-z])1/\.meta|\.meta.*(volume (cold|1)|node-c)|(cold|node-c).*\.meta'
