@@ -474,6 +474,31 @@ TEST_CASE("Read returns the right data and repairs a part whose chunk has a flip
   c.CheckPartsIdentical();
 }
 
+TEST_CASE("VerifyQueued finds and resync repairs damage on the parts a read did not touch") {
+  Cluster c;
+  const uint64_t off = 3 * kChunk;
+  std::vector<std::byte> v = Data(33, 8 * kBs);
+  REQUIRE(c.q().Write(off, v, true).ok());
+  // Bit rot on part b and a lost file on part c; reads are served by part a.
+  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().RecordOffset(5) + 3).ok());
+  REQUIRE(c.mem(2).Remove(c.ChunkFile(2, 3)).ok());
+  CHECK(c.ReadBack(off, v.size()) == v);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  SUBCASE("the first read queued the chunk: the check marks both copies") {
+    CHECK(c.q().VerifyQueued() == 1);
+    CHECK(c.q().DirtyRegions(1) == 1);
+    CHECK(c.q().DirtyRegions(2) > 0);
+    c.q().ResyncOnce();
+    CHECK(c.q().DirtyRegions(1) == 0);
+    CHECK(c.q().DirtyRegions(2) == 0);
+    c.CheckPartsIdentical();
+    SUBCASE("and a later read of the same chunk queues nothing") {
+      CHECK(c.ReadBack(off, kBs) == std::vector<std::byte>(v.begin(), v.begin() + kBs));
+      CHECK(c.q().VerifyQueued() == 0);
+    }
+  }
+}
+
 TEST_CASE("Read returns Corruption when every copy of a block is damaged") {
   Cluster c;
   std::vector<std::byte> v = Data(31, kBs);

@@ -50,6 +50,10 @@ struct QuorumOptions {
   bool append_only = false;
   uint32_t region_size = kDefaultDirtyRegion;
   bool start_resync_thread = true;
+  // The first read of a chunk since the start queues a background check of that chunk on every
+  // part (checksums, missing or short files), so that damage to the copies reads did not touch
+  // is found and repaired too.
+  bool verify_on_first_read = true;
   int resync_interval_ms = 1000;
 };
 
@@ -82,6 +86,9 @@ class QuorumSet : public BlockHandler {
   // Copies every dirty region of every up part from a clean copy; returns the regions repaired.
   // The resync thread calls it; tests call it directly.
   uint64_t ResyncOnce();
+  // Checks the chunks queued by first reads on every part, marking damaged copies for resync;
+  // returns the chunks checked. The resync thread calls it; tests call it directly.
+  uint64_t VerifyQueued();
   // Stops the resync thread (idempotent).
   void StopResync();
 
@@ -132,6 +139,8 @@ class QuorumSet : public BlockHandler {
   bool ResyncRegion(int p, uint64_t region);
   bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
+  void QueueVerify(uint64_t chunk);
+  void VerifyChunk(uint64_t chunk);
   void WakeResync();
   uint64_t NextGeneration();
   bool ChunkKnown(uint64_t chunk) const;
@@ -152,6 +161,10 @@ class QuorumSet : public BlockHandler {
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;
+  std::vector<std::atomic<uint8_t>> chunk_verified_;  // queued for the first-read check
+
+  std::mutex verify_mu_;
+  std::vector<uint64_t> verify_queue_;  // GUARDED_BY(verify_mu_)
   static constexpr size_t kStripes = 1024;
   std::array<std::mutex, kStripes> region_locks_;
 

@@ -89,6 +89,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     parts_.push_back(std::move(p));
   }
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
+  chunk_verified_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
 }
@@ -264,7 +265,92 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     }
     order = ReadOrder(r0, r1, -1);
   }
-  return ReadBlocks(order, chunk, first, data, metas, locked);
+  Status s = ReadBlocks(order, chunk, first, data, metas, locked);
+  if (s.ok()) QueueVerify(chunk);
+  return s;
+}
+
+void QuorumSet::QueueVerify(uint64_t chunk) {
+  if (!options_.verify_on_first_read || chunk >= chunk_verified_.size()) return;
+  if (chunk_verified_[chunk].load(std::memory_order_relaxed) || chunk_verified_[chunk].exchange(1)) return;
+  {
+    std::lock_guard<std::mutex> l(verify_mu_);
+    verify_queue_.push_back(chunk);
+  }
+  WakeResync();
+}
+
+uint64_t QuorumSet::VerifyQueued() {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  uint64_t done = 0;
+  for (;;) {
+    std::vector<uint64_t> batch;
+    {
+      std::lock_guard<std::mutex> l(verify_mu_);
+      batch.swap(verify_queue_);
+    }
+    if (batch.empty()) return done;
+    for (uint64_t chunk : batch) {
+      {
+        std::lock_guard<std::mutex> l(resync_mu_);
+        if (resync_stop_) return done;
+      }
+      VerifyChunk(chunk);
+      ++done;
+    }
+  }
+}
+
+// Reads one chunk on every up part that is clean for it and marks what is damaged: a missing or
+// short file (the whole chunk), blocks that fail their checksum (their region). Resync repairs.
+void QuorumSet::VerifyChunk(uint64_t chunk) {
+  const Geometry& g = options_.geometry;
+  const uint64_t bs = g.block_size;
+  const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, g.BlocksPerChunk() - 1);
+  std::vector<int> order = ReadOrder(c0, c1, -1);
+  std::vector<int> have, lacking;
+  for (int p : order) {
+    auto st = parts_[p]->store->CheckChunk(chunk);
+    if (!st.ok()) continue;
+    (*st == PartStore::ChunkState::kComplete ? have : lacking).push_back(p);
+  }
+  if (have.empty()) return;  // never written, or nothing to compare with
+  for (int p : lacking) {
+    counters_.read_repairs.fetch_add(1);
+    QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: chunk file missing or short; repairing from part {}",
+                 options_.volume, parts_[p]->store->part(), chunk + 1, parts_[have[0]]->store->part());
+    MarkDirty(p, c0, c1, /*durable=*/false, "chunk file missing").IgnoreError();  // repaired by resync
+  }
+  const uint64_t end = std::min<uint64_t>((chunk + 1) * g.chunk_size, Size());
+  std::vector<std::byte> data;
+  std::vector<BlockMeta> metas;
+  std::vector<uint64_t> bad;
+  for (uint64_t r = c0; r <= c1 && r * region_size_ < end; ++r) {
+    const uint64_t start = r * region_size_;
+    const uint64_t first = (start % g.chunk_size) / bs;
+    const uint64_t n = (std::min<uint64_t>(start + region_size_, end) - start + bs - 1) / bs;
+    data.resize(n * bs);
+    metas.resize(n);
+    RegionGuard guard(*this, r, r);
+    for (int p : have) {
+      if (!parts_[p]->up.load() || parts_[p]->dirty->Test(r)) continue;
+      bad.clear();
+      Status s = parts_[p]->store->Read(chunk, first, data, metas, &bad);
+      if (s.ok()) continue;
+      counters_.read_repairs.fetch_add(1);
+      if (bad.empty()) {
+        QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: {}; repairing from another part", options_.volume,
+                     parts_[p]->store->part(), chunk + 1, s.ToString());
+        MarkDirty(p, c0, c1, /*durable=*/false, "chunk file damaged").IgnoreError();  // repaired by resync
+        break;
+      }
+      for (uint64_t b : bad) {
+        QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: checksum mismatch; repairing from another part",
+                     options_.volume, parts_[p]->store->part(), chunk + 1, b);
+      }
+      MarkDirty(p, r, r, /*durable=*/false, "checksum mismatch").IgnoreError();  // repaired by resync
+    }
+  }
 }
 
 Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
@@ -726,6 +812,9 @@ void QuorumSet::SetSize(uint64_t size) {
   std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
   for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
   chunk_known_.swap(known);
+  std::vector<std::atomic<uint8_t>> verified(g.ChunkCount());
+  for (size_t c = 0; c < chunk_verified_.size(); ++c) verified[c].store(chunk_verified_[c].load());
+  chunk_verified_.swap(verified);
   size_.store(size, std::memory_order_release);
 }
 
@@ -746,6 +835,7 @@ void QuorumSet::ResyncLoop() {
     resync_wake_ = false;
     l.unlock();
     ResyncOnce();
+    if (VerifyQueued() > 0) ResyncOnce();
     l.lock();
   }
 }
