@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -44,10 +46,12 @@ class Catalog {
   StorageBackend& part_backend(size_t i) { return *backends_[i]; }
   std::vector<StorageBackend*> BackendsFor(const VolumeMeta& meta);
 
-  // The newest `.volumesmeta`; an empty index when no backend has one yet.
-  Result<VolumesIndex> LoadIndex();
-  // The newest `<volnr>/.meta` among the volume's parts. NotFound when none has it.
-  Result<VolumeMeta> LoadMeta(uint32_t volnr);
+  // The newest `.volumesmeta`; an empty index when no backend has one yet. Copies that are
+  // missing or older are reported (once per change); with `reconcile` they are rewritten.
+  Result<VolumesIndex> LoadIndex(bool reconcile = false);
+  // The newest `<volnr>/.meta` among the volume's parts, reported and reconciled likewise.
+  // NotFound when none has it.
+  Result<VolumeMeta> LoadMeta(uint32_t volnr, bool reconcile = false);
   Result<VolumeMeta> Find(const std::string& name);
 
   Result<VolumeMeta> Create(const CreateVolumeOptions& options);
@@ -66,8 +70,13 @@ class Catalog {
   Status WriteIndex(const VolumesIndex& index);
   Status WriteMeta(const VolumeMeta& meta);
 
+  void SettleCopies(const std::string& path, const std::vector<size_t>& holders, const std::vector<int64_t>& serials,
+                    size_t best, const std::string& best_text, bool reconcile);
+
   Config config_;
   std::vector<std::unique_ptr<StorageBackend>> backends_;
+  std::mutex report_mu_;
+  std::map<std::string, std::string> last_report_;  // GUARDED_BY(report_mu_): path -> last divergence
 };
 
 }  // namespace qbd

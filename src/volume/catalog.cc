@@ -58,11 +58,49 @@ std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {
 
 std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch", volnr); }
 
-Result<VolumesIndex> Catalog::LoadIndex() {
+// Reports how the copies of one metadata file differ (once per change, not at every poll) and,
+// with `reconcile`, rewrites the missing and older copies with the newest text.
+void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& holders,
+                           const std::vector<int64_t>& serials, size_t best, const std::string& best_text,
+                           bool reconcile) {
+  std::string report;
+  std::vector<size_t> stale;
+  for (size_t k = 0; k < holders.size(); ++k) {
+    if (serials[k] == serials[best]) continue;
+    stale.push_back(holders[k]);
+    const std::string where = backends_[holders[k]]->Describe() + "/" + path;
+    report += serials[k] < 0 ? fmt::format("; {} is missing", where)
+                             : fmt::format("; {} has serial {}", where, serials[k]);
+  }
+  {
+    std::lock_guard<std::mutex> l(report_mu_);
+    std::string& last = last_report_[path];
+    if (report != last && !report.empty()) {
+      QBD_LOG_WARN("{}: copies differ, the newest (serial {}) is used{}", path, serials[best], report);
+    }
+    last = report;
+  }
+  if (!reconcile) return;
+  for (size_t h : stale) {
+    Status s = WriteFileAtomic(*backends_[h], path, best_text);
+    if (s.ok()) {
+      QBD_LOG_INFO("{}/{}: rewritten from the newest copy (serial {})", backends_[h]->Describe(), path, serials[best]);
+    } else {
+      QBD_LOG_WARN("{}/{}: cannot rewrite: {}", backends_[h]->Describe(), path, s.ToString());
+    }
+  }
+}
+
+Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
   VolumesIndex best;
+  std::string best_text;
+  size_t best_k = 0;
   bool found = false;
-  std::vector<std::pair<size_t, uint64_t>> serials;
+  std::vector<size_t> holders;
+  std::vector<int64_t> serials;
   for (size_t i = 0; i < backends_.size(); ++i) {
+    holders.push_back(i);
+    serials.push_back(-1);
     auto text = ReadSmallFile(*backends_[i], kVolumesMetaPath);
     if (!text.ok()) {
       if (text.status().IsNotFound()) continue;
@@ -70,43 +108,45 @@ Result<VolumesIndex> Catalog::LoadIndex() {
     }
     std::string file = backends_[i]->Describe() + "/" + kVolumesMetaPath;
     QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(*text, file));
-    serials.emplace_back(i, idx.serial);
-    if (!found || idx.serial > best.serial) best = idx;
+    serials.back() = static_cast<int64_t>(idx.serial);
+    if (!found || idx.serial > best.serial) {
+      best = idx;
+      best_text = *text;
+      best_k = i;
+    }
     found = true;
   }
-  if (found) {
-    for (auto [i, serial] : serials) {
-      if (serial != best.serial) {
-        QBD_LOG_WARN("{}/{} has serial {}, newest is {}: the newest copy is used", backends_[i]->Describe(),
-                     kVolumesMetaPath, serial, best.serial);
-      }
-    }
-    if (serials.size() != backends_.size()) {
-      QBD_LOG_WARN("{} of {} backends lack {}", backends_.size() - serials.size(), backends_.size(), kVolumesMetaPath);
-    }
-  }
+  if (found) SettleCopies(kVolumesMetaPath, holders, serials, best_k, best_text, reconcile);
   return best;
 }
 
-Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr) {
+Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
   VolumeMeta best;
+  std::string best_text;
+  size_t best_k = 0;
   bool found = false;
+  std::vector<size_t> holders;
+  std::vector<int64_t> serials;
   for (size_t i = 0; i < backends_.size(); ++i) {
     auto text = ReadSmallFile(*backends_[i], MetaPath(volnr));
     if (!text.ok()) {
-      if (text.status().IsNotFound()) continue;
-      return text.status();
+      if (!text.status().IsNotFound()) return text.status();
+      holders.push_back(i);
+      serials.push_back(-1);
+      continue;
     }
     std::string file = backends_[i]->Describe() + "/" + MetaPath(volnr);
     QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(*text, file));
     if (m.number != volnr) {
       return Status::Corruption(fmt::format("{}: number {} where {} was expected", file, m.number, volnr));
     }
-    if (found && m.serial != best.serial) {
-      QBD_LOG_WARN("volume {}: .meta copies disagree (serial {} vs {}): the newest is used", m.name, m.serial,
-                   best.serial);
+    holders.push_back(i);
+    serials.push_back(static_cast<int64_t>(m.serial));
+    if (!found || m.serial > best.serial) {
+      best = m;
+      best_text = *text;
+      best_k = holders.size() - 1;
     }
-    if (!found || m.serial > best.serial) best = m;
     found = true;
   }
   if (!found) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
@@ -114,6 +154,10 @@ Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr) {
     return Status::InvalidArgument(fmt::format("volume {} has {} replicas but {} lists {} parts", best.name,
                                                best.replicas, config_.file, backends_.size()));
   }
+  // Only the backends of the volume's parts keep a copy.
+  holders.resize(best.replicas);
+  serials.resize(best.replicas);
+  if (best_k < holders.size()) SettleCopies(MetaPath(volnr), holders, serials, best_k, best_text, reconcile);
   return best;
 }
 

@@ -53,9 +53,9 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config) {
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config));
   m->registry_ = std::make_unique<Registry>(config.default_export);
   // Every volume is checked and opened before the first client is accepted.
-  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex());
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex(/*reconcile=*/true));
   for (const auto& [name, nr] : idx.volumes) {
-    QBD_ASSIGN_OR_RETURN(VolumeMeta meta, m->catalog_->LoadMeta(nr));
+    QBD_ASSIGN_OR_RETURN(VolumeMeta meta, m->catalog_->LoadMeta(nr, /*reconcile=*/true));
     if (meta.name != name) {
       return Status::Corruption(fmt::format("volume number {} is '{}' in .volumesmeta but '{}' in its .meta", nr, name,
                                             meta.name));
@@ -103,7 +103,7 @@ void Master::PublishExport(const std::string& name, Volume& volume) {
 
 Status Master::Poll() {
   if (stopped_) return Status::OK();
-  auto idx = catalog_->LoadIndex();
+  auto idx = catalog_->LoadIndex(/*reconcile=*/true);
   if (!idx.ok()) {
     QBD_LOG_WARN("volume poll: {}", idx.status().ToString());
     return idx.status();
@@ -120,7 +120,7 @@ Status Master::Poll() {
     it = volumes_.erase(it);
   }
   for (const auto& [name, nr] : idx->volumes) {
-    auto meta = catalog_->LoadMeta(nr);
+    auto meta = catalog_->LoadMeta(nr, /*reconcile=*/true);
     if (!meta.ok()) {
       QBD_LOG_WARN("volume {}: {}", name, meta.status().ToString());
       continue;
