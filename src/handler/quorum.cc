@@ -130,9 +130,11 @@ std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) con
     if (p.dirty->AnyIn(r0, r1)) continue;
     order.push_back(static_cast<int>(i));
   }
-  std::stable_sort(order.begin(), order.end(), [this](int a, int b) {
-    return parts_[a]->inflight.load(std::memory_order_relaxed) < parts_[b]->inflight.load(std::memory_order_relaxed);
-  });
+  // Sort on a snapshot: the live counters change under the sort, and a comparator that is not
+  // consistent makes std::sort read out of bounds.
+  std::array<int, 26> load{};
+  for (int i : order) load[i] = parts_[i]->inflight.load(std::memory_order_relaxed);
+  std::stable_sort(order.begin(), order.end(), [&load](int a, int b) { return load[a] < load[b]; });
   return order;
 }
 
