@@ -1,6 +1,7 @@
 # QuorumBD build. `make` builds release binaries in build/release/bin; `make test` builds in
 # build/debug and runs the unit and integration tests; MODE=asan|fuzz select other build folders.
 MODE ?= release
+MAKEFLAGS += -j$(shell nproc)
 BUILD := build/$(MODE)
 
 CXX ?= g++

@@ -45,6 +45,8 @@ class Catalog {
   // The backend of part 'a' + i.
   StorageBackend& part_backend(size_t i) { return *backends_[i]; }
   std::vector<StorageBackend*> BackendsFor(const VolumeMeta& meta);
+  // One line per pair of parts whose backends share a failure domain (one file system or server).
+  std::vector<std::string> SharedFailureDomains() const;
 
   // The newest `.volumesmeta`; an empty index when no backend has one yet. Copies that are
   // missing or older are reported (once per change); with `reconcile` they are rewritten.

@@ -20,11 +20,18 @@
 
 namespace qbd {
 
+struct MasterOptions {
+  // Creates this volume (every part, `create_size` bytes) at start when it does not exist: the
+  // demo volume of `make run`.
+  std::string create_volume;
+  uint64_t create_size = 1ull << 30;
+};
+
 class Master {
  public:
   // Opens the backends and every listed volume and starts listening. A malformed .meta or
   // .volumesmeta is an error naming the file and line.
-  static Result<std::unique_ptr<Master>> Start(const Config& config);
+  static Result<std::unique_ptr<Master>> Start(const Config& config, const MasterOptions& options = {});
   ~Master();
 
   Status Poll();

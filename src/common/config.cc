@@ -244,6 +244,8 @@ std::string DefaultConfigText() {
 listen = 127.0.0.1:10809
 default_export = demo
 parts = node-a node-b node-c
+# The demo keeps its three parts on one disk: a real setup puts each on its own disk or server.
+allow_shared_failure_domain = true
 
 [backend node-a]
 path = node-a

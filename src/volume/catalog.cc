@@ -38,16 +38,21 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const Config& config) {
     QBD_ASSIGN_OR_RETURN(auto backend, OpenBackend(*bc));
     c->backends_.push_back(std::move(backend));
   }
-  for (size_t i = 0; i < c->backends_.size(); ++i) {
-    for (size_t j = i + 1; j < c->backends_.size(); ++j) {
-      if (c->backends_[i]->FailureDomain() == c->backends_[j]->FailureDomain()) {
-        QBD_LOG_WARN("parts {} ({}) and {} ({}) share one failure domain ({}): losing it loses both copies",
-                     static_cast<char>('a' + i), c->backends_[i]->Describe(), static_cast<char>('a' + j),
-                     c->backends_[j]->Describe(), c->backends_[i]->FailureDomain());
+  return c;
+}
+
+std::vector<std::string> Catalog::SharedFailureDomains() const {
+  std::vector<std::string> shared;
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    for (size_t j = i + 1; j < backends_.size(); ++j) {
+      if (backends_[i]->FailureDomain() == backends_[j]->FailureDomain()) {
+        shared.push_back(fmt::format("parts {} ({}) and {} ({}) share {}", static_cast<char>('a' + i),
+                                     backends_[i]->Describe(), static_cast<char>('a' + j), backends_[j]->Describe(),
+                                     backends_[i]->FailureDomain()));
       }
     }
   }
-  return c;
+  return shared;
 }
 
 std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {

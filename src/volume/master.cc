@@ -47,10 +47,29 @@ class Master::Registry : public ExportRegistry {
   std::map<std::string, std::shared_ptr<const Export>> exports_;  // GUARDED_BY(mu_)
 };
 
-Result<std::unique_ptr<Master>> Master::Start(const Config& config) {
+Result<std::unique_ptr<Master>> Master::Start(const Config& config, const MasterOptions& options) {
   std::unique_ptr<Master> m(new Master());
   m->config_ = config;
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config));
+  std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
+  if (!shared.empty() && config.allow_shared_failure_domain) {
+    QBD_LOG_WARN("{} pairs of parts share a failure domain (allowed by allow_shared_failure_domain); "
+                 "losing it loses both copies: {}", shared.size(), shared.front());
+  } else {
+    for (const std::string& line : shared) QBD_LOG_WARN("{}: losing it loses both copies", line);
+  }
+  if (!options.create_volume.empty()) {
+    auto found = m->catalog_->Find(options.create_volume);
+    if (found.status().IsNotFound()) {
+      CreateVolumeOptions o;
+      o.name = options.create_volume;
+      o.size = options.create_size;
+      QBD_ASSIGN_OR_RETURN(VolumeMeta made, m->catalog_->Create(o));
+      QBD_LOG_INFO("created volume {} ({}, {} replicas)", made.name, FormatSize(made.geometry.size), made.replicas);
+    } else if (!found.ok()) {
+      return found.status();
+    }
+  }
   m->registry_ = std::make_unique<Registry>(config.default_export);
   // Every volume is checked and opened before the first client is accepted.
   QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex(/*reconcile=*/true));

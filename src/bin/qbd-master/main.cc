@@ -11,7 +11,6 @@
 #include <fstream>
 #include <iostream>
 
-#include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
 #include "qbd/master.h"
@@ -72,22 +71,6 @@ int Run(int argc, char** argv) {
   }
   RaiseFileLimit();
 
-  if (create_default) {
-    auto catalog = qbd::Catalog::Open(*config);
-    if (!catalog.ok()) return Fail(2, catalog.status().ToString());
-    auto found = (*catalog)->Find("demo");
-    if (!found.ok() && found.status().IsNotFound()) {
-      qbd::CreateVolumeOptions o;
-      o.name = "demo";
-      o.size = 1ull << 30;
-      auto made = (*catalog)->Create(o);
-      if (!made.ok()) return Fail(1, "creating volume demo: " + made.status().ToString());
-      QBD_LOG_INFO("created volume demo (1 GiB, {} replicas)", made->replicas);
-    } else if (!found.ok()) {
-      return Fail(2, found.status().ToString());
-    }
-  }
-
   // Signals are taken synchronously by this thread; every thread started below inherits the mask.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -96,7 +79,9 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  auto master = qbd::Master::Start(*config);
+  qbd::MasterOptions mo;
+  if (create_default) mo.create_volume = "demo";
+  auto master = qbd::Master::Start(*config, mo);
   if (!master.ok()) {
     const auto& s = master.status();
     return Fail(s.IsInvalidArgument() || s.IsCorruption() ? 2 : 1, s.ToString());
