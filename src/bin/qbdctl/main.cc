@@ -4,6 +4,7 @@
 // found before writing.
 #include <boost/program_options.hpp>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,23 @@ int Run(int argc, char** argv) {
   auto need = [&](size_t n, const char* what) {
     if (args.size() != n) throw UsageError{fmt::format("{}: expected {}", cmd, what)};
   };
+  // Every argument is checked before any backend is touched.
+  static const std::map<std::string, std::pair<size_t, const char*>> kArity = {
+      {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
+      {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}}};
+  auto arity = kArity.find(cmd);
+  if (arity == kArity.end()) return Usage(fmt::format("unknown command '{}'", cmd));
+  need(arity->second.first, arity->second.second);
+  if ((cmd == "create" || cmd == "resize") && !cvm.count("size")) throw UsageError{cmd + ": --size is required"};
+  if (cvm.count("size")) SizeArg(cvm, "size");
+  if (cvm.count("block-size")) SizeArg(cvm, "block-size");
+  if (cvm.count("chunk-size")) SizeArg(cvm, "chunk-size");
+  if (cmd == "set") {
+    if (args[1] != "read-only" && args[1] != "append-only") {
+      throw UsageError{fmt::format("set: unknown flag '{}' (read-only, append-only)", args[1])};
+    }
+    if (!qbd::ParseBool(args[2]).ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
+  }
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
   if (!config.ok()) return Fail(config.status());
   qbd::SetLogLevel(qbd::LogLevel::kError);
