@@ -23,6 +23,8 @@ struct VolumeOpenOptions {
   bool start_resync_thread = true;
 };
 
+class StatsLayer;
+
 class Volume {
  public:
   // `backends[i]` holds part 'a' + i and must outlive the volume.
@@ -34,6 +36,7 @@ class Volume {
   // The head of the request chain.
   std::shared_ptr<BlockHandler> handler() const { return handler_; }
   QuorumSet& quorum() { return *quorum_; }
+  const StatsLayer& stats() const { return *stats_; }
   // Applies a changed .meta: growth and append-only take effect at once; read-only applies to
   // new connections (the caller re-advertises the export).
   void ApplyMeta(const VolumeMeta& meta);
@@ -43,7 +46,8 @@ class Volume {
  private:
   Volume() = default;
   VolumeMeta meta_;
-  QuorumSet* quorum_ = nullptr;  // owned through handler_
+  QuorumSet* quorum_ = nullptr;   // owned through handler_
+  StatsLayer* stats_ = nullptr;  // owned through handler_; the head of the chain
   std::shared_ptr<BlockHandler> handler_;
 };
 

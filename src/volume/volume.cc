@@ -5,6 +5,7 @@
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
+#include "qbd/stats.h"
 
 namespace qbd {
 namespace {
@@ -35,7 +36,10 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
   std::string text = fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch);
   int written = 0;
   for (StorageBackend* b : backends) {
-    Status s = WriteFileAtomic(*b, path, text);
+    // A part whose volume directory is gone (a replaced disk) gets it back; its chunks come
+    // back through read-repair and resync.
+    Status s = b->MkDirs(std::to_string(volnr));
+    if (s.ok()) s = WriteFileAtomic(*b, path, text);
     if (s.ok()) {
       ++written;
     } else {
@@ -92,9 +96,12 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.start_resync_thread = options.start_resync_thread;
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
-  auto quorum = std::make_shared<QuorumSet>(std::move(q), std::move(parts), std::move(dirty));
+  // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
+  auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty));
   v->quorum_ = quorum.get();
-  v->handler_ = quorum;
+  auto stats = std::make_shared<StatsLayer>(std::move(quorum));
+  v->stats_ = stats.get();
+  v->handler_ = stats;
   QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,
                meta.number, meta.geometry.size, meta.replicas, meta.EffectiveWriteQuorum(), meta.geometry.block_size,
                meta.geometry.chunk_size, epoch);
@@ -116,6 +123,7 @@ Status Volume::Close() {
   if (!quorum_) return Status::OK();
   quorum_->StopResync();
   Status s = quorum_->Flush();
+  QBD_LOG_INFO("volume {}: closed: {}", meta_.name, stats_->Summary());
   quorum_ = nullptr;
   return s;
 }

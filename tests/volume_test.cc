@@ -1,0 +1,87 @@
+#include "qbd/volume.h"
+
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "qbd/catalog.h"
+#include "qbd/stats.h"
+#include "testutil/mem_backend.h"
+
+namespace qbd::test {
+namespace {
+
+VolumeMeta Meta() {
+  VolumeMeta m;
+  m.name = "v";
+  m.number = 3;
+  m.geometry.size = 8 << 20;
+  m.geometry.block_size = 4096;
+  m.geometry.chunk_size = 1 << 20;
+  m.replicas = 3;
+  return m;
+}
+
+struct Parts {
+  MemBackend a{"a"}, b{"b"}, c{"c"};
+  std::vector<StorageBackend*> all() { return {&a, &b, &c}; }
+};
+
+}  // namespace
+
+TEST_SUITE("volume") {
+TEST_CASE("Open assembles Stats over QuorumSet: a write is counted once and lands on every part") {
+  Parts p;
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  auto v = Volume::Open(Meta(), p.all(), o);
+  REQUIRE(v.ok());
+  std::vector<std::byte> buf(4096, std::byte{0x42});
+  REQUIRE((*v)->handler()->Write(1 << 20, buf, false).ok());
+  CHECK((*v)->stats().stats().write.ops == 1);
+  for (StorageBackend* b : p.all()) {
+    auto raw = ReadWholeFile(*b, std::string("3/") + (b == &p.a ? "a" : b == &p.b ? "b" : "c") + "/2");
+    REQUIRE(raw.ok());
+    CHECK(raw->size() == Meta().geometry.ChunkFileSize());
+    CHECK((*raw)[0] == std::byte{0x42});
+  }
+  CHECK((*v)->Close().ok());
+}
+
+TEST_CASE("Open raises the epoch on every part so that generations grow across restarts") {
+  Parts p;
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  std::vector<std::byte> buf(4096, std::byte{1});
+  uint64_t gens[2] = {0, 0};
+  for (int run = 0; run < 2; ++run) {
+    auto v = Volume::Open(Meta(), p.all(), o);
+    REQUIRE(v.ok());
+    REQUIRE((*v)->handler()->Write(0, buf, true).ok());
+    REQUIRE((*v)->Close().ok());
+    auto raw = ReadWholeFile(p.b, "3/b/1");
+    REQUIRE(raw.ok());
+    gens[run] = DecodeBlockMeta(raw->data() + 4096).generation;
+  }
+  CHECK((gens[0] >> 40) == 1);
+  CHECK((gens[1] >> 40) == 2);
+  CHECK(gens[1] > gens[0]);
+  auto epoch = ReadSmallFile(p.c, Catalog::EpochPath(3));
+  REQUIRE(epoch.ok());
+  CHECK(epoch->find("epoch = 2") != std::string::npos);
+}
+
+TEST_CASE("Open fails naming the file when a dirty map copy is damaged") {
+  Parts p;
+  REQUIRE(p.b.MkDirs("3").ok());
+  REQUIRE(WriteFileAtomic(p.b, "3/.dirty-a", "not a dirty map").ok());
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  auto v = Volume::Open(Meta(), p.all(), o);
+  REQUIRE_FALSE(v.ok());
+  CHECK(v.status().IsCorruption());
+  CHECK(v.status().message().find("3/.dirty-a") != std::string::npos);
+}
+}  // TEST_SUITE("volume")
+
+}  // namespace qbd::test
