@@ -70,8 +70,9 @@ class StorageBackend {
   virtual std::string FailureDomain() const = 0;
 };
 
-// A backend rooted at a local directory (created if missing). IOError if it cannot be created.
-Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root);
+// A backend rooted at a local directory. A missing root is created with `create_if_missing`,
+// else NotFound (a disk that is not mounted must not be filled through its empty mount point).
+Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root, bool create_if_missing = true);
 
 // Helpers over any backend.
 // Reads a whole small file (metadata files). NotFound if absent.

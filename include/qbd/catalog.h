@@ -23,8 +23,9 @@
 
 namespace qbd {
 
-// Opens the backend at `location` (a directory, later nfs:// URLs).
-Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config);
+// Opens the backend at `location` (a directory, later nfs:// URLs). A missing local directory
+// is created only with `create_missing`, else NotFound.
+Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config, bool create_missing);
 
 struct CreateVolumeOptions {
   std::string name;
@@ -37,8 +38,9 @@ struct CreateVolumeOptions {
 
 class Catalog {
  public:
-  // Opens every backend that holds a part. Errors name the backend.
-  static Result<std::unique_ptr<Catalog>> Open(const Config& config);
+  // Opens every backend that holds a part. Errors name the backend. Missing local backend
+  // directories are created only with `create_missing` (qbdctl create, --create-default).
+  static Result<std::unique_ptr<Catalog>> Open(const Config& config, bool create_missing = false);
 
   const Config& config() const { return config_; }
   size_t part_count() const { return backends_.size(); }

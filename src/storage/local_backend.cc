@@ -190,11 +190,16 @@ class LocalDirBackend final : public StorageBackend {
 
 }  // namespace
 
-Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root) {
-  std::error_code ec;
-  std::filesystem::create_directories(root, ec);
-  if (ec) return Status::IOError("mkdir " + root + ": " + ec.message(), ec.value());
+Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root, bool create_if_missing) {
   struct stat st;
+  if (::stat(root.c_str(), &st) != 0 && errno == ENOENT) {
+    if (!create_if_missing) {
+      return Status::NotFound(root + " does not exist (is its disk mounted?)");
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(root, ec);
+    if (ec) return Status::IOError("mkdir " + root + ": " + ec.message(), ec.value());
+  }
   if (::stat(root.c_str(), &st) != 0) return Status::FromErrno("stat " + root, errno);
   if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(root + " is not a directory");
   std::string r = root;

@@ -21,21 +21,21 @@ std::string NowIso() {
 
 }  // namespace
 
-Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config) {
+Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config, bool create_missing) {
   if (config.location.rfind("nfs://", 0) == 0) {
     return Status::NotSupported(fmt::format("backend {}: nfs:// backends are not supported by this build", config.name));
   }
-  auto b = NewLocalDirBackend(config.location);
+  auto b = NewLocalDirBackend(config.location, create_missing);
   if (!b.ok()) return b.status().WithContext(fmt::format("backend {}", config.name));
   return b;
 }
 
-Result<std::unique_ptr<Catalog>> Catalog::Open(const Config& config) {
+Result<std::unique_ptr<Catalog>> Catalog::Open(const Config& config, bool create_missing) {
   std::unique_ptr<Catalog> c(new Catalog(config));
   for (size_t i = 0; i < config.parts.size(); ++i) {
     const BackendConfig* bc = config.BackendForPart(static_cast<char>('a' + i));
     QBD_CHECK(bc != nullptr, "part {} has no backend", i);
-    QBD_ASSIGN_OR_RETURN(auto backend, OpenBackend(*bc));
+    QBD_ASSIGN_OR_RETURN(auto backend, OpenBackend(*bc, create_missing));
     c->backends_.push_back(std::move(backend));
   }
   return c;

@@ -50,7 +50,7 @@ class Master::Registry : public ExportRegistry {
 Result<std::unique_ptr<Master>> Master::Start(const Config& config, const MasterOptions& options) {
   std::unique_ptr<Master> m(new Master());
   m->config_ = config;
-  QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config));
+  QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config, /*create_missing=*/!options.create_volume.empty()));
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
   if (!shared.empty() && config.allow_shared_failure_domain) {
     QBD_LOG_WARN("{} pairs of parts share a failure domain (allowed by allow_shared_failure_domain); "

@@ -125,7 +125,7 @@ int Run(int argc, char** argv) {
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
   if (!config.ok()) return Fail(config.status());
   qbd::SetLogLevel(qbd::LogLevel::kError);
-  auto catalog = qbd::Catalog::Open(*config);
+  auto catalog = qbd::Catalog::Open(*config, /*create_missing=*/cmd == "create");
   if (!catalog.ok()) return Fail(catalog.status());
   qbd::Catalog& c = **catalog;
 
