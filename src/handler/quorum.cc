@@ -472,6 +472,13 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
     return Status::OK();
   }
 
+  if (!zero && !partial_head && !partial_tail) {
+    // Whole blocks: checksum and encode straight from the client's buffer.
+    std::span<const std::byte> blocks(src, len);
+    const uint64_t gen = NextGeneration();
+    for (uint64_t i = 0; i < n; ++i) metas[i] = BlockMeta{gen, BlockChecksum(blocks.subspan(i * bs, bs))};
+    return WriteToParts(chunk, first, blocks, std::span(metas.data(), n), fua);
+  }
   std::vector<std::byte>& buf = BlockScratch(n * bs);
   std::span<std::byte> blocks(buf.data(), n * bs);
   if (partial_head) {
