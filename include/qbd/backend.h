@@ -68,6 +68,9 @@ class StorageBackend {
   // An identity of the file system holding the root ("dev:2049" / "nfs://host/export"), used
   // to refuse two parts of one volume in one failure domain.
   virtual std::string FailureDomain() const = 0;
+  // True when each call waits on a network round trip, so that callers fan one request out to
+  // several backends in parallel rather than in turn.
+  virtual bool IsRemote() const { return false; }
 };
 
 // A backend rooted at a local directory. A missing root is created with `create_if_missing`,
