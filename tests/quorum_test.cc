@@ -499,6 +499,29 @@ TEST_CASE("VerifyQueued finds and resync repairs damage on the parts a read did 
   }
 }
 
+TEST_CASE("A part back from an outage counts for the write quorum only once it is in sync") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v = Data(34, 4 * kBs);
+  c.q().TEST_SetPartUp(1, false);
+  REQUIRE(c.q().Write(0, v, false).ok());  // on a and c; b is recorded dirty
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+  // The probe finds b's backend again: b takes writes but is still catching up.
+  c.q().ResyncOnce();
+  CHECK(c.q().PartUp(1));
+  CHECK_FALSE(c.q().PartInSync(1));
+  CHECK(c.q().DirtyRegions(1) == 1);
+  // With c down, a write on a (in sync) and b (catching up) does not reach the quorum.
+  c.q().TEST_SetPartUp(2, false);
+  CHECK(c.q().Write(kChunk, v, false).IsUnavailable());
+  // Once b's dirty regions are copied, it counts again.
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(1) == 0);
+  CHECK(c.q().PartInSync(1));
+  c.q().TEST_SetPartUp(2, false);
+  CHECK(c.q().Write(2 * kChunk, v, false).ok());
+  CHECK(c.ReadBack(0, v.size()) == v);
+}
+
 TEST_CASE("Read returns Corruption when every copy of a block is damaged") {
   Cluster c;
   std::vector<std::byte> v = Data(31, kBs);

@@ -49,6 +49,7 @@ class DirtyMap {
   std::vector<uint64_t> Set(uint64_t first, uint64_t last);
   // Clears `region`; true when it was set.
   bool Clear(uint64_t region);
+  // The number of set regions (O(1)).
   uint64_t CountSet() const;
   // The first set region at or after `from`.
   std::optional<uint64_t> NextSet(uint64_t from) const;
@@ -72,6 +73,7 @@ class DirtyMap {
   const uint64_t regions_;
   std::unique_ptr<std::atomic<uint8_t>[]> bits_;
   size_t nbytes_;
+  std::atomic<uint64_t> count_{0};  // set bits, kept with every change
 };
 
 }  // namespace qbd

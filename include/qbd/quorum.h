@@ -50,6 +50,10 @@ struct QuorumOptions {
   bool append_only = false;
   uint32_t region_size = kDefaultDirtyRegion;
   bool start_resync_thread = true;
+  // Fan writes out to the parts in parallel (remote backends); local ones are written in turn.
+  bool parallel_io = false;
+  // Resync copies at most this many bytes per second (0: no limit).
+  uint64_t resync_bytes_per_sec = 0;
   // The first read of a chunk since the start queues a background check of that chunk on every
   // part (checksums, missing or short files), so that damage to the copies reads did not touch
   // is found and repaired too.
@@ -93,25 +97,33 @@ class QuorumSet : public BlockHandler {
   void StopResync();
 
   size_t part_count() const { return parts_.size(); }
-  bool PartUp(size_t i) const { return parts_[i]->up.load(); }
+  // Up or resyncing: the part takes reads (where clean) and writes.
+  bool PartUp(size_t i) const { return Reachable(i); }
+  // Up and in sync: the part counts for the write quorum.
+  bool PartInSync(size_t i) const { return InSync(i); }
   uint64_t DirtyRegions(size_t i) const;
   const QuorumCounters& counters() const { return counters_; }
   uint32_t region_size() const { return region_size_; }
   // Marks part i down (reads and writes skip it, writes are recorded dirty) or up.
-  void TEST_SetPartUp(size_t i, bool up) { parts_[i]->up.store(up); }
+  void TEST_SetPartUp(size_t i, bool up) { parts_[i]->state.store(up ? kUp : kDown); }
 
  private:
   struct Part {
     std::unique_ptr<PartStore> store;
     std::unique_ptr<DirtyMap> dirty;   // regions this part may hold stale
     std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
-    std::atomic<bool> up{true};
+    std::atomic<int> state{kUp};  // kUp, kResyncing or kDown
     std::atomic<int> inflight{0};
     // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
     std::mutex dirty_files_mu;
     std::vector<std::unique_ptr<ChunkFile>> dirty_files;
   };
   class RegionGuard;
+  // Part states: up (in sync, counts for the quorum), resyncing (back after an outage: takes
+  // writes, reads where clean, does not count until its dirty regions are copied), down.
+  static constexpr int kUp = 0, kResyncing = 1, kDown = 2;
+  bool Reachable(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) != kDown; }
+  bool InSync(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) == kUp; }
 
   uint64_t RegionOf(uint64_t chunk, uint64_t block_in_chunk) const;
   // Parts that are up and clean for regions [r0, r1], least loaded first, minus `exclude`.

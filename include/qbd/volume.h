@@ -21,6 +21,7 @@ namespace qbd {
 struct VolumeOpenOptions {
   size_t max_open_files_per_part = 256;
   bool start_resync_thread = true;
+  uint64_t resync_bytes_per_sec = 0;  // 0: no limit
 };
 
 class StatsLayer;

@@ -39,7 +39,10 @@ std::vector<uint64_t> DirtyMap::Set(uint64_t first, uint64_t last) {
   for (uint64_t r = first; r <= last && r < regions_; ++r) {
     uint8_t bit = static_cast<uint8_t>(1u << (r % 8));
     uint8_t old = bits_[r / 8].fetch_or(bit, std::memory_order_acq_rel);
-    if (!(old & bit) && (changed.empty() || changed.back() != r / 8)) changed.push_back(r / 8);
+    if (!(old & bit)) {
+      count_.fetch_add(1, std::memory_order_relaxed);
+      if (changed.empty() || changed.back() != r / 8) changed.push_back(r / 8);
+    }
   }
   return changed;
 }
@@ -47,14 +50,12 @@ std::vector<uint64_t> DirtyMap::Set(uint64_t first, uint64_t last) {
 bool DirtyMap::Clear(uint64_t region) {
   if (region >= regions_) return false;
   uint8_t bit = static_cast<uint8_t>(1u << (region % 8));
-  return bits_[region / 8].fetch_and(static_cast<uint8_t>(~bit), std::memory_order_acq_rel) & bit;
+  bool was = bits_[region / 8].fetch_and(static_cast<uint8_t>(~bit), std::memory_order_acq_rel) & bit;
+  if (was) count_.fetch_sub(1, std::memory_order_relaxed);
+  return was;
 }
 
-uint64_t DirtyMap::CountSet() const {
-  uint64_t n = 0;
-  for (size_t i = 0; i < nbytes_; ++i) n += std::popcount(bits_[i].load(std::memory_order_relaxed));
-  return n;
-}
+uint64_t DirtyMap::CountSet() const { return count_.load(std::memory_order_relaxed); }
 
 std::optional<uint64_t> DirtyMap::NextSet(uint64_t from) const {
   for (uint64_t i = from / 8; i < nbytes_; ++i) {
@@ -74,14 +75,22 @@ uint8_t DirtyMap::Byte(uint64_t index) const {
 
 void DirtyMap::Merge(const DirtyMap& other) {
   size_t n = std::min(nbytes_, other.nbytes_);
-  for (size_t i = 0; i < n; ++i) bits_[i].fetch_or(other.Byte(i), std::memory_order_acq_rel);
+  for (size_t i = 0; i < n; ++i) {
+    uint8_t add = other.Byte(i);
+    uint8_t old = bits_[i].fetch_or(add, std::memory_order_acq_rel);
+    count_.fetch_add(static_cast<uint64_t>(std::popcount(static_cast<uint8_t>(add & ~old))), std::memory_order_relaxed);
+  }
 }
 
 void DirtyMap::DrainInto(DirtyMap& dst) {
   size_t n = std::min(nbytes_, dst.nbytes_);
   for (size_t i = 0; i < n; ++i) {
     uint8_t b = bits_[i].exchange(0, std::memory_order_acq_rel);
-    if (b != 0) dst.bits_[i].fetch_or(b, std::memory_order_acq_rel);
+    if (b == 0) continue;
+    count_.fetch_sub(static_cast<uint64_t>(std::popcount(b)), std::memory_order_relaxed);
+    uint8_t old = dst.bits_[i].fetch_or(b, std::memory_order_acq_rel);
+    dst.count_.fetch_add(static_cast<uint64_t>(std::popcount(static_cast<uint8_t>(b & ~old))),
+                         std::memory_order_relaxed);
   }
 }
 
@@ -116,6 +125,9 @@ Result<std::unique_ptr<DirtyMap>> DirtyMap::Decode(std::span<const std::byte> by
   if (regions % 8 != 0 && map->nbytes_ > 0) {
     map->bits_[map->nbytes_ - 1].fetch_and(static_cast<uint8_t>((1u << (regions % 8)) - 1));
   }
+  uint64_t n = 0;
+  for (size_t i = 0; i < map->nbytes_; ++i) n += static_cast<uint64_t>(std::popcount(map->Byte(i)));
+  map->count_.store(n);
   return map;
 }
 

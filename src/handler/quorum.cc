@@ -82,6 +82,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     p->synced->Merge(*p->dirty);
     p->dirty_files.resize(parts.size());
     uint64_t n = p->dirty->CountSet();
+    p->state.store(n > 0 ? kResyncing : kUp);
     if (n > 0) {
       QBD_LOG_WARN("volume {} part {}: {} dirty regions ({}) to resync", options_.volume, p->store->part(), n,
                    n * region_size_);
@@ -126,7 +127,7 @@ std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) con
   order.reserve(parts_.size());
   for (size_t i = 0; i < parts_.size(); ++i) {
     const Part& p = *parts_[i];
-    if (static_cast<int>(i) == exclude || !p.up.load(std::memory_order_acquire)) continue;
+    if (static_cast<int>(i) == exclude || !Reachable(i)) continue;
     if (p.dirty->AnyIn(r0, r1)) continue;
     order.push_back(static_cast<int>(i));
   }
@@ -335,7 +336,7 @@ void QuorumSet::VerifyChunk(uint64_t chunk) {
     metas.resize(n);
     RegionGuard guard(*this, r, r);
     for (int p : have) {
-      if (!parts_[p]->up.load() || parts_[p]->dirty->Test(r)) continue;
+      if (!Reachable(p) || parts_[p]->dirty->Test(r)) continue;
       bad.clear();
       Status s = parts_[p]->store->Read(chunk, first, data, metas, &bad);
       if (s.ok()) continue;
@@ -517,7 +518,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   };
   std::vector<size_t> live;
   for (size_t i = 0; i < np; ++i) {
-    if (parts_[i]->up.load(std::memory_order_acquire)) live.push_back(i);
+    if (Reachable(i)) live.push_back(i);
   }
   for (size_t i : live) attempted[i] = 1;
   // The first write to a chunk in this process checks which parts hold its file, under a lock
@@ -530,8 +531,8 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     known = ChunkKnown(chunk);
     if (!known) CheckChunkPresence(chunk, live);
   }
-  if (fua && live.size() > 1) {
-    // Durable writes wait on each part's sync: run them side by side.
+  if ((fua || options_.parallel_io) && live.size() > 1) {
+    // Durable writes wait on each part's sync, remote ones on the network: run them side by side.
     std::vector<std::function<void()>> tasks;
     for (size_t i : live) tasks.emplace_back([&, i] { write_one(i); });
     pool_->RunAll(tasks);
@@ -544,7 +545,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   std::vector<int> missed;
   for (size_t i = 0; i < np; ++i) {
     if (attempted[i] && results[i].ok()) {
-      ++ok;
+      if (InSync(i)) ++ok;  // a part still catching up does not count for the quorum
       if (!created[i]) some_existed = true;
     } else {
       if (attempted[i]) {
@@ -555,7 +556,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       missed.push_back(static_cast<int>(i));
     }
   }
-  if (ok > 0) SetChunkKnown(chunk);
+  if (ok > 0 || some_existed) SetChunkKnown(chunk);
   if (known && some_existed) {
     // A part that had to create the chunk file while another part already had it lost the file:
     // it holds only these blocks; the rest of the chunk comes back through resync.
@@ -608,14 +609,14 @@ Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, boo
   int ok = 0;
   std::vector<int> missed;
   for (size_t i = 0; i < np; ++i) {
-    if (!parts_[i]->up.load(std::memory_order_acquire)) {
+    if (!Reachable(i)) {
       missed.push_back(static_cast<int>(i));
       continue;
     }
     bool rebuilt = false;
     Status s = parts_[i]->store->Unwrite(chunk, first, n, fua, &rebuilt);
     if (s.ok()) {
-      ++ok;
+      if (InSync(i)) ++ok;
       if (rebuilt) {
         // The part's chunk file was short: the rest of its copy comes back through resync.
         const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
@@ -688,7 +689,7 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
   int durable = 0;
   Status last;
   for (size_t h = 0; h < parts_.size(); ++h) {
-    if (static_cast<int>(h) == p || !parts_[h]->up.load()) continue;
+    if (static_cast<int>(h) == p || !Reachable(h)) continue;
     Part& holder = *parts_[h];
     std::lock_guard<std::mutex> l(holder.dirty_files_mu);
     auto& file = holder.dirty_files[p];
@@ -726,7 +727,7 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
 }
 
 void QuorumSet::MarkDown(int p, const Status& why) {
-  if (parts_[p]->up.exchange(false)) {
+  if (parts_[p]->state.exchange(kDown) != kDown) {
     QBD_LOG_WARN("volume {} part {}: state down: {}", options_.volume, parts_[p]->store->part(), why.ToString());
   }
 }
@@ -746,7 +747,7 @@ Status QuorumSet::Flush() {
     std::vector<Status> results(parts_.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < parts_.size(); ++i) {
-      if (!parts_[i]->up.load()) {
+      if (!Reachable(i)) {
         results[i] = Status::Unavailable("part down");
         continue;
       }
@@ -756,8 +757,8 @@ Status QuorumSet::Flush() {
     int ok = 0;
     for (size_t i = 0; i < parts_.size(); ++i) {
       if (results[i].ok()) {
-        ++ok;
-      } else if (parts_[i]->up.load()) {
+        if (InSync(i)) ++ok;
+      } else if (Reachable(i)) {
         // A failed sync may have lost any write since the last good one, and which ones is not
         // tracked: the whole part is resynced (a failed fsync is rare and serious).
         QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
@@ -854,20 +855,21 @@ uint64_t QuorumSet::ResyncOnce() {
   uint64_t repaired = 0;
   for (size_t i = 0; i < parts_.size(); ++i) {
     Part& p = *parts_[i];
-    if (!p.up.load()) {
-      // Probe a part that is down: when its backend answers again, it comes back up and its
-      // dirty regions are copied below on the next round.
+    if (!Reachable(i)) {
+      // Probe a part that is down: when its backend answers again, it takes writes again and
+      // its dirty regions are copied below; it counts for the quorum once they are.
       if (p.store->backend().Stat(std::to_string(options_.volnr)).ok()) {
-        p.up.store(true);
-        QBD_LOG_INFO("volume {} part {}: state up: backend reachable again; {} dirty regions to resync",
-                     options_.volume, p.store->part(), p.dirty->CountSet());
+        int expected = kDown;
+        if (p.state.compare_exchange_strong(expected, kResyncing)) {
+          QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
+                       options_.volume, p.store->part(), p.dirty->CountSet(), p.dirty->CountSet() * region_size_);
+        }
       }
       continue;
     }
     uint64_t before = p.dirty->CountSet();
-    if (before == 0) continue;
     uint64_t done = 0;
-    for (auto r = p.dirty->NextSet(0); r && p.up.load(); r = p.dirty->NextSet(*r + 1)) {
+    for (auto r = p.dirty->NextSet(0); r && Reachable(i); r = p.dirty->NextSet(*r + 1)) {
       {
         std::lock_guard<std::mutex> l(resync_mu_);
         if (resync_stop_) return repaired;
@@ -878,6 +880,11 @@ uint64_t QuorumSet::ResyncOnce() {
     if (done > 0) {
       QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty", options_.volume,
                    p.store->part(), done, done * region_size_, p.dirty->CountSet());
+    }
+    int expected = kResyncing;
+    if (p.dirty->CountSet() == 0 && p.state.compare_exchange_strong(expected, kUp)) {
+      QBD_LOG_INFO("volume {} part {}: state up: in sync ({} regions copied since it came back)", options_.volume,
+                   p.store->part(), before);
     }
   }
   return repaired;
@@ -896,7 +903,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   const uint64_t chunk = start / g.chunk_size;
   const uint64_t first = (start % g.chunk_size) / bs;
   const uint64_t n = (end - start + bs - 1) / bs;
-  RegionGuard guard(*this, region, region);
+  std::optional<RegionGuard> guard(std::in_place, *this, region, region);
   std::vector<int> order = ReadOrder(region, region, p);
   if (order.empty()) {
     bool all_dirty = true;
@@ -932,6 +939,13 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region) {
   ClearDirty(p, region);
   counters_.resynced_regions.fetch_add(1);
   counters_.resynced_bytes.fetch_add(end - start);
+  if (options_.resync_bytes_per_sec > 0) {
+    // Throttle: each region's share of a second, slept without holding its lock.
+    guard.reset();
+    std::unique_lock<std::mutex> l(resync_mu_);
+    resync_cv_.wait_for(l, std::chrono::microseconds((end - start) * 1000000 / options_.resync_bytes_per_sec),
+                        [this] { return resync_stop_; });
+  }
   return true;
 }
 
@@ -949,7 +963,7 @@ bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first,
   std::vector<std::vector<BlockMeta>> metas(np, std::vector<BlockMeta>(n));
   std::vector<std::vector<char>> valid(np, std::vector<char>(n, 0));
   for (size_t i = 0; i < np; ++i) {
-    if (!parts_[i]->up.load()) continue;
+    if (!Reachable(i)) continue;
     std::vector<uint64_t> bad;
     Status s = parts_[i]->store->Read(chunk, first, data[i], metas[i], &bad);
     if (s.IsNotFound()) {
@@ -977,7 +991,7 @@ bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first,
   }
   bool all_ok = true;
   for (size_t i = 0; i < np; ++i) {
-    if (!parts_[i]->up.load()) continue;
+    if (!Reachable(i)) continue;
     bool same = true;
     for (uint64_t b = 0; b < n && same; ++b) same = valid[i][b] && metas[i][b] == best_meta[b];
     Status w;

@@ -94,6 +94,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.append_only = meta.append_only;
   q.region_size = rs;
   q.start_resync_thread = options.start_resync_thread;
+  q.resync_bytes_per_sec = options.resync_bytes_per_sec;
+  for (StorageBackend* b : backends) q.parallel_io = q.parallel_io || b->IsRemote();
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
   // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
