@@ -77,6 +77,17 @@ class StorageBackend {
 // else NotFound (a disk that is not mounted must not be filled through its empty mount point).
 Result<std::unique_ptr<StorageBackend>> NewLocalDirBackend(const std::string& root, bool create_if_missing = true);
 
+struct NfsOptions {
+  int timeout_ms = 5000;          // a call to a dead or hung server fails after this long (100..600000)
+  int contexts = 8;               // connections to the server: how many calls run at once (1..256)
+  bool create_if_missing = true;  // create the URL's SUBDIR when it is absent, else NotFound
+};
+// A backend on the NFSv3 export of `url`, "nfs://HOST/EXPORT[/SUBDIR]?nfsport=N&mountport=M"
+// (userspace libnfs, no kernel mount). InvalidArgument for a malformed URL; the mount's error when
+// the server refuses it. An unreachable server is not an error here: calls fail at once with
+// IOError "... unreachable (reconnect in N s)" until it answers. See src/storage/nfs_backend.cc.
+Result<std::unique_ptr<StorageBackend>> NewNfsBackend(const std::string& url, const NfsOptions& options);
+
 // Helpers over any backend.
 // Reads a whole small file (metadata files). NotFound if absent.
 Result<std::string> ReadSmallFile(StorageBackend& backend, std::string_view path);

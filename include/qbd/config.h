@@ -40,6 +40,7 @@ struct BackendConfig {
   std::string name;
   std::string location;  // an absolute directory, or an nfs:// URL
   int line = 0;
+  int nfs_timeout_ms = 5000;  // Config::nfs_timeout_ms, copied here by ParseConfig for OpenBackend
 };
 
 struct Config {
@@ -54,6 +55,7 @@ struct Config {
   LogLevel log_level = LogLevel::kInfo;
   uint32_t volume_poll_ms = 1000;  // how often .volumesmeta is re-read
   bool allow_shared_failure_domain = false;
+  int nfs_timeout_ms = 5000;  // an RPC to an NFS backend fails after this long
 
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;

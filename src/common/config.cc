@@ -179,6 +179,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 50 || *n > 3600000) return err("volume_poll_ms must be 50..3600000");
         c.volume_poll_ms = static_cast<uint32_t>(*n);
+      } else if (l.key == "nfs_timeout_ms") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");
+        c.nfs_timeout_ms = static_cast<int>(*n);
       } else if (l.key == "allow_shared_failure_domain") {
         auto b = ParseBool(l.value);
         if (!b.ok()) return bad_value(b.status());
@@ -214,6 +218,7 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
   if (c.parts.empty()) {
     return Status::InvalidArgument(fmt::format("{}: 'parts = BACKEND...' is missing", file));
   }
+  for (auto& b : c.backends) b.nfs_timeout_ms = c.nfs_timeout_ms;
   std::set<std::string> used;
   for (const auto& name : c.parts) {
     bool found = false;

@@ -22,10 +22,11 @@ std::string NowIso() {
 }  // namespace
 
 Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config, bool create_missing) {
-  if (config.location.rfind("nfs://", 0) == 0) {
-    return Status::NotSupported(fmt::format("backend {}: nfs:// backends are not supported by this build", config.name));
-  }
-  auto b = NewLocalDirBackend(config.location, create_missing);
+  NfsOptions nfs;
+  nfs.timeout_ms = config.nfs_timeout_ms;
+  nfs.create_if_missing = create_missing;
+  auto b = config.location.rfind("nfs://", 0) == 0 ? NewNfsBackend(config.location, nfs)
+                                                   : NewLocalDirBackend(config.location, create_missing);
   if (!b.ok()) return b.status().WithContext(fmt::format("backend {}", config.name));
   return b;
 }
