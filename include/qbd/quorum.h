@@ -104,6 +104,9 @@ class QuorumSet : public BlockHandler {
   uint64_t DirtyRegions(size_t i) const;
   const QuorumCounters& counters() const { return counters_; }
   uint32_t region_size() const { return region_size_; }
+  // Marks part i down, as after an I/O error: reads and writes skip it and its missed writes
+  // are recorded; the resync thread probes it and brings it back.
+  void MarkPartDown(size_t i, const Status& why) { MarkDown(static_cast<int>(i), why); }
   // Marks part i down (reads and writes skip it, writes are recorded dirty) or up.
   void TEST_SetPartUp(size_t i, bool up) { parts_[i]->state.store(up ? kUp : kDown); }
 

@@ -64,6 +64,9 @@ std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {
 
 std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch", volnr); }
 
+// A copy that could not be read at all (as opposed to a missing one, serial -1).
+static constexpr int64_t kUnreadable = -2;
+
 // Reports how the copies of one metadata file differ (once per change, not at every poll) and,
 // with `reconcile`, rewrites the missing and older copies with the newest text.
 void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& holders,
@@ -73,8 +76,12 @@ void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& h
   std::vector<size_t> stale;
   for (size_t k = 0; k < holders.size(); ++k) {
     if (serials[k] == serials[best]) continue;
-    stale.push_back(holders[k]);
     const std::string where = backends_[holders[k]]->Describe() + "/" + path;
+    if (serials[k] == kUnreadable) {
+      report += fmt::format("; {} cannot be read (backend unreachable?)", where);
+      continue;  // nothing can be written there either; reconciled once it is back
+    }
+    stale.push_back(holders[k]);
     report += serials[k] < 0 ? fmt::format("; {} is missing", where)
                              : fmt::format("; {} has serial {}", where, serials[k]);
   }
@@ -98,6 +105,7 @@ void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& h
 }
 
 Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
+  Status unreadable;
   VolumesIndex best;
   std::string best_text;
   size_t best_k = 0;
@@ -109,8 +117,12 @@ Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
     serials.push_back(-1);
     auto text = ReadSmallFile(*backends_[i], kVolumesMetaPath);
     if (!text.ok()) {
-      if (text.status().IsNotFound()) continue;
-      return text.status();
+      // A backend that cannot be read (a server down) is one copy short, not a reason to stop.
+      if (!text.status().IsNotFound()) {
+        serials.back() = kUnreadable;
+        unreadable = text.status();
+      }
+      continue;
     }
     std::string file = backends_[i]->Describe() + "/" + kVolumesMetaPath;
     QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(*text, file));
@@ -122,11 +134,15 @@ Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
     }
     found = true;
   }
+  if (!found && !unreadable.ok()) {
+    return Status::Unavailable(fmt::format("no copy of {} can be read: {}", kVolumesMetaPath, unreadable.ToString()));
+  }
   if (found) SettleCopies(kVolumesMetaPath, holders, serials, best_k, best_text, reconcile);
   return best;
 }
 
 Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
+  Status unreadable;
   VolumeMeta best;
   std::string best_text;
   size_t best_k = 0;
@@ -136,9 +152,12 @@ Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
   for (size_t i = 0; i < backends_.size(); ++i) {
     auto text = ReadSmallFile(*backends_[i], MetaPath(volnr));
     if (!text.ok()) {
-      if (!text.status().IsNotFound()) return text.status();
       holders.push_back(i);
       serials.push_back(-1);
+      if (!text.status().IsNotFound()) {
+        serials.back() = kUnreadable;
+        unreadable = text.status();
+      }
       continue;
     }
     std::string file = backends_[i]->Describe() + "/" + MetaPath(volnr);
@@ -154,6 +173,10 @@ Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
       best_k = holders.size() - 1;
     }
     found = true;
+  }
+  if (!found && !unreadable.ok()) {
+    return Status::Unavailable(fmt::format("volume number {}: no copy of .meta can be read: {}", volnr,
+                                           unreadable.ToString()));
   }
   if (!found) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
   if (best.replicas > backends_.size()) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
@@ -11,22 +13,24 @@ namespace qbd {
 namespace {
 
 // Reads the largest epoch among the parts and writes epoch + 1 to all (layout-spec.md §4.2).
-Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& backends) {
+// A part whose backend cannot be reached gets its error in (*down)[i] and starts down.
+Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& backends, std::vector<Status>* down) {
   const std::string path = Catalog::EpochPath(volnr);
   uint64_t epoch = 0;
-  for (StorageBackend* b : backends) {
+  down->assign(backends.size(), Status::OK());
+  for (size_t i = 0; i < backends.size(); ++i) {
+    StorageBackend* b = backends[i];
     auto text = ReadSmallFile(*b, path);
     if (!text.ok()) {
-      if (text.status().IsNotFound()) continue;
-      return text.status();
+      if (!text.status().IsNotFound()) (*down)[i] = text.status();
+      continue;
     }
     QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(*text, b->Describe() + "/" + path));
     for (const KvLine& l : lines) {
       if (l.key != "epoch") continue;
       uint64_t v = 0;
-      try {
-        v = std::stoull(l.value);
-      } catch (...) {
+      auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
+      if (ec != std::errc() || end != l.value.data() + l.value.size()) {
         return Status::InvalidArgument(fmt::format("{}/{}:{}: epoch is not a number", b->Describe(), path, l.line));
       }
       epoch = std::max(epoch, v);
@@ -35,7 +39,9 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
   ++epoch;
   std::string text = fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch);
   int written = 0;
-  for (StorageBackend* b : backends) {
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (!(*down)[i].ok()) continue;
+    StorageBackend* b = backends[i];
     // A part whose volume directory is gone (a replaced disk) gets it back; its chunks come
     // back through read-repair and resync.
     Status s = b->MkDirs(std::to_string(volnr));
@@ -44,6 +50,7 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
       ++written;
     } else {
       QBD_LOG_WARN("volume {}: epoch not written on {}: {}", volnr, b->Describe(), s.ToString());
+      (*down)[i] = s;
     }
   }
   if (written == 0) return Status::IOError(fmt::format("volume {}: epoch could not be written on any part", volnr));
@@ -58,7 +65,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
     return Status::InvalidArgument(fmt::format("volume {}: {} backends for {} replicas", meta.name, backends.size(),
                                                meta.replicas));
   }
-  QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends));
+  std::vector<Status> down;
+  QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends, &down));
   const uint32_t rs = DirtyRegionSize(meta.geometry);
   const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
   std::vector<std::unique_ptr<PartStore>> parts;
@@ -70,11 +78,19 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
     // The union of every copy of this part's dirty map; a missing copy is created empty.
     auto map = std::make_unique<DirtyMap>(rs, regions);
     const std::string path = DirtyMap::PathFor(meta.number, part);
+    int holders = 0, read = 0;
     for (size_t h = 0; h < backends.size(); ++h) {
       if (h == i) continue;
+      ++holders;
+      if (!down[h].ok()) continue;  // that copy is out of reach
       auto text = ReadSmallFile(*backends[h], path);
       if (!text.ok()) {
-        if (!text.status().IsNotFound()) return text.status();
+        if (!text.status().IsNotFound()) {
+          QBD_LOG_WARN("volume {}: cannot read {} on {}: {}", meta.name, path, backends[h]->Describe(),
+                       text.status().ToString());
+          continue;
+        }
+        ++read;
         Status s = WriteFileAtomic(*backends[h], path, DirtyMap(rs, regions).Encode());
         if (!s.ok()) QBD_LOG_WARN("volume {}: cannot create {} on {}: {}", meta.name, path, backends[h]->Describe(), s.ToString());
         continue;
@@ -82,6 +98,14 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
       QBD_ASSIGN_OR_RETURN(auto copy, DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs,
                                                        regions, backends[h]->Describe() + "/" + path));
       map->Merge(*copy);
+      ++read;
+    }
+    if (holders > 0 && read == 0) {
+      // No copy of this part's dirty map is in reach: what it missed is unknown, so all of it
+      // is resynced before it counts again.
+      QBD_LOG_WARN("volume {} part {}: no copy of its dirty map can be read: the whole part will be resynced",
+                   meta.name, part);
+      map->Set(0, regions - 1);
     }
     dirty.push_back(std::move(map));
   }
@@ -100,6 +124,9 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   v->meta_ = meta;
   // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty));
+  for (size_t i = 0; i < down.size(); ++i) {
+    if (!down[i].ok()) quorum->MarkPartDown(i, down[i]);
+  }
   v->quorum_ = quorum.get();
   auto stats = std::make_shared<StatsLayer>(std::move(quorum));
   v->stats_ = stats.get();
