@@ -12,7 +12,7 @@ ifeq ($(MODE),fuzz)
   CXX := clang++
 endif
 
-CPPFLAGS += -Iinclude -Isrc -MMD -MP
+CPPFLAGS += -Iinclude -Isrc -MMD -MP -DQBD_SOURCE_DIR='"$(CURDIR)"'
 CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Werror -pthread
 LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -pthread
 

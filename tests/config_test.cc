@@ -293,3 +293,23 @@ TEST_CASE("ParseBool accepts the usual spellings and nothing else") {
 }  // TEST_SUITE("config")
 
 }  // namespace qbd::test
+
+namespace qbd::test {
+TEST_SUITE("config") {
+TEST_CASE("ParseConfig reads resync_mb_per_s and rejects a value out of range") {
+  const std::string base = "parts = a\n[backend a]\npath = /x\n";
+  auto ok = ParseConfig("resync_mb_per_s = 40\n" + base, "q.conf", "/");
+  REQUIRE(ok.ok());
+  CHECK(ok->resync_mb_per_s == 40);
+  auto bad = ParseConfig("resync_mb_per_s = lots\n" + base, "q.conf", "/");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
+}
+
+TEST_CASE("ParseConfig accepts every option of qbd.conf.example") {
+  auto c = LoadConfig(std::string(QBD_SOURCE_DIR) + "/qbd.conf.example");
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  CHECK(c->parts.size() == 3);
+}
+}  // TEST_SUITE("config")
+}  // namespace qbd::test

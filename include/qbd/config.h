@@ -56,6 +56,7 @@ struct Config {
   uint32_t volume_poll_ms = 1000;  // how often .volumesmeta is re-read
   bool allow_shared_failure_domain = false;
   int nfs_timeout_ms = 5000;  // an RPC to an NFS backend fails after this long
+  uint32_t resync_mb_per_s = 0;  // resync copies at most this many MB/s per volume; 0: no limit
 
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;

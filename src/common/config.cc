@@ -179,6 +179,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 50 || *n > 3600000) return err("volume_poll_ms must be 50..3600000");
         c.volume_poll_ms = static_cast<uint32_t>(*n);
+      } else if (l.key == "resync_mb_per_s") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n > 100000) return err("resync_mb_per_s must be 0 (no limit) to 100000");
+        c.resync_mb_per_s = static_cast<uint32_t>(*n);
       } else if (l.key == "nfs_timeout_ms") {
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");

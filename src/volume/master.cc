@@ -102,6 +102,7 @@ std::vector<std::string> Master::BoundAddresses() const { return server_->BoundA
 
 Status Master::OpenVolume(const VolumeMeta& meta) {
   VolumeOpenOptions vo;
+  vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
   PublishExport(meta.name, *vol);
   volumes_[meta.name] = std::move(vol);
