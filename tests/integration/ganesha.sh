@@ -166,6 +166,7 @@ ganesha_kill() { # NAME: SIGKILL the server and reap it
   alive "$pid" || return 0
   echo "=== $(date +%T.%N) ganesha_kill" >>"$(ganesha_dir "$1")/ganesha.out"
   kill -KILL "$pid"
+  wait "$pid" 2>/dev/null # reaped here, so bash does not report "Killed" on the test's output
   wait_pid "$pid" 10 || die ganesha_kill "ganesha $1 (pid $pid) is still there 10 s after SIGKILL"
 }
 

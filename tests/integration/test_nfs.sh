@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# qbd-master over NFS backends: every part on its own nfs-ganesha server on 127.0.0.1, reached
+# through userspace libnfs (no kernel mount). nbdcopy, qemu-img and fio move data in and out; the
+# chunk files land at the layout's paths in each server's export, identical on every part. Then the
+# servers fail under load: SIGKILL and restart of one (durability), SIGSTOP of one during writes
+# (writes go on within nfs_timeout_ms, the part is marked down, then up and resynced after
+# SIGCONT), SIGKILL of two (writes fail fast, no hang; after a restart they work again and the
+# flushed data is intact). Last, a volume with part a local and parts b, c on NFS.
+# Timings measured along the way are printed on the PASS lines.
+. "$(dirname "$0")/lib.sh"
+. "$IT_DIR/ganesha.sh"
+
+TIMEOUT_MS=2000 # nfs_timeout_ms, as qbd_conf_nfs writes it
+MiB=$((1024 * 1024))
+
+# master.log: a part that came back is in sync again (all its dirty regions copied)
+IN_SYNC_RE="(resynced .* 0 still dirty|state up: .*(in sync|; 0 dirty regions))"
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); } # MS -> "2.1"
+log_lines() { wc -l <"$T/master.log"; }
+
+tcheck() { # NAME CMD...: lib.sh's check, with the time CMD took on the PASS line ("NAME (2.1 s)")
+  local name=$1 out="$T/.check.out" rc t0
+  shift
+  t0=$(now_ms)
+  "$@" >"$out" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    pass "$name ($(secs $(($(now_ms) - t0))) s)"
+  else
+    fail "$name" "'$*' exited with status $rc"
+    show "$out" 25
+  fi
+  return $rc
+}
+
+# wait_log SINCE_LINE REGEX SECONDS: wait until a master.log line after SINCE_LINE matches REGEX
+wait_log() {
+  local deadline=$(($(date +%s%N) + $3 * 1000000000))
+  until tail -n +"$1" "$T/master.log" | grep -qE -- "$2"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+
+volnr() { # BACKEND NAME -> NAME's volume number, from .volumesmeta on BACKEND
+  sed -nE "s/^$2[[:space:]]*=[[:space:]]*([0-9]+)[[:space:]]*$/\1/p" \
+    "$(backend_root "$1")/.volumesmeta"
+}
+
+# parts_agree VOLNR NCHUNKS BACKEND_A BACKEND_B BACKEND_C: parts a, b, c of volume VOLNR hold the
+# same chunk file names (NCHUNKS of them, 1..NCHUNKS, unless NCHUNKS is "any"), byte-identical.
+parts_agree() {
+  local v=$1 want=$2 da db dc names f n=0
+  da="$(backend_root "$3")/$v/a"
+  db="$(backend_root "$4")/$v/b"
+  dc="$(backend_root "$5")/$v/c"
+  names=$(cd "$da" && find . -maxdepth 1 -type f -name '[0-9]*' -printf '%f\n' | sort -n | xargs)
+  for d in "$db" "$dc"; do
+    local other
+    other=$(cd "$d" && find . -maxdepth 1 -type f -name '[0-9]*' -printf '%f\n' | sort -n | xargs)
+    if [ "$other" != "$names" ]; then
+      echo "chunk files differ: $da: [$names] $d: [$other]"
+      return 1
+    fi
+  done
+  if [ "$want" != any ] && [ "$names" != "$(seq -s ' ' 1 "$want")" ]; then
+    echo "expected chunk files 1..$want in $da, found [$names]"
+    return 1
+  fi
+  for f in $names; do
+    cmp "$da/$f" "$db/$f" || return 1
+    cmp "$da/$f" "$dc/$f" || return 1
+    n=$((n + 1))
+  done
+  [ $n -gt 0 ] || { echo "no chunk files in $da"; return 1; }
+  echo "volume $v: $n chunk files on parts a, b, c, identical"
+  ls -l "$da/1" "$db/1" "$dc/1"
+}
+
+copy_in_out() { # VOLUME INFILE OUTFILE [NBDCOPY_OPTIONS...]: copy in, copy out, compare
+  local vol=$1 in=$2 out=$3
+  shift 3
+  nbdcopy "$@" "$in" "$(uri "$vol")" || { echo "nbdcopy $* $in -> $(uri "$vol") failed"; return 1; }
+  rm -f "$out"
+  nbdcopy "$@" "$(uri "$vol")" "$out" || { echo "nbdcopy $* $(uri "$vol") -> $out failed"; return 1; }
+  cmp "$in" "$out"
+}
+
+reads_back() { # VOLUME EXPECTED [LENGTH]: the volume (or its first LENGTH bytes) reads back as EXPECTED
+  rm -f "$T/readback.bin"
+  nbdcopy "$(uri "$1")" "$T/readback.bin" || { echo "nbdcopy $(uri "$1") failed"; return 1; }
+  if [ -n "${3:-}" ]; then
+    cmp -n "$3" "$2" "$T/readback.bin"
+  else
+    cmp "$2" "$T/readback.bin"
+  fi
+}
+
+# try_write VOLUME OFFSET: one 64 KiB write and a flush through libnbd, at most 30 s (timeout).
+# Exit 0 if both succeed, 3 if the server answers with an error, 4 if the connection fails, 124 if
+# it hangs; prints how long it took.
+cat >"$T/try_write.py" <<'EOF'
+import sys, time
+import nbd
+uri, off = sys.argv[1], int(sys.argv[2])
+h = nbd.NBD()
+try:
+    h.connect_uri(uri)
+except nbd.Error as e:
+    print(f"connect failed: {e}")
+    sys.exit(4)
+t = time.monotonic()
+try:
+    h.pwrite(bytes([0xA5]) * 65536, off)
+    h.flush()
+except nbd.Error as e:
+    print(f"write failed after {time.monotonic() - t:.2f} s: {e}")
+    sys.exit(3)
+print(f"write and flush succeeded in {time.monotonic() - t:.2f} s")
+EOF
+try_write() { timeout 30 python3 "$T/try_write.py" "$(uri "$1")" "$2"; }
+
+# run_fio JSON FIO_ARGS...: fio with JSON output into JSON (fio's nbd engine prints a line before
+# the JSON); checks exit 0, no job error, bytes moved.
+run_fio() {
+  local json=$1
+  shift
+  fio --output-format=json --output="$json.raw" "$@" || { show "$json.raw" 40; return 1; }
+  fio_summary "$json.raw" "$json"
+}
+
+# fio_summary RAW JSON: the JSON part of fio's output RAW into JSON; one line per job; exit 1 if a
+# job reported an error or moved no bytes.
+fio_summary() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+text = open(sys.argv[1]).read()
+doc = json.loads(text[text.index("{"):])
+json.dump(doc, open(sys.argv[2], "w"))
+ok = True
+for job in doc["jobs"]:
+    w = job["write"]
+    print(f'{job["jobname"]}: error={job["error"]} write={w["io_bytes"]} read={job["read"]["io_bytes"]} '
+          f'write iops={w["iops"]:.0f} max write latency={w["lat_ns"]["max"] / 1e6:.0f} ms')
+    if job["error"] != 0 or w["io_bytes"] + job["read"]["io_bytes"] == 0:
+        ok = False
+sys.exit(0 if ok else 1)
+EOF
+}
+
+fio_max_write_ms() { # JSON -> the longest write latency of all jobs, in ms
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(int(max(j["write"]["lat_ns"]["max"] for j in d["jobs"]) / 1e6))' "$1"
+}
+
+# =================================================================================================
+# Three parts on three ganesha servers
+ganesha_start n1
+ganesha_start n2
+ganesha_start n3
+qbd_conf_nfs n1 n2 n3
+for v in big:64M fio:32M dur:32M stall:32M quorum:32M; do
+  qbdctl create "${v%%:*}" --size "${v#*:}" >"$T/create.out" 2>&1 ||
+    { show "$T/create.out"; die setup "qbdctl create ${v%%:*} --size ${v#*:} on NFS backends failed"; }
+done
+NR_big=$(volnr n1 big)
+NR_fio=$(volnr n1 fio)
+NR_dur=$(volnr n1 dur)
+NR_stall=$(volnr n1 stall)
+NR_quorum=$(volnr n1 quorum)
+for nr in "$NR_big" "$NR_fio" "$NR_dur" "$NR_stall" "$NR_quorum"; do
+  [ -n "$nr" ] || die setup "a volume is missing in $(ganesha_export n1)/.volumesmeta"
+done
+head -c 64M /dev/urandom >"$T/big1.bin"
+head -c 64M /dev/urandom >"$T/big4.bin"
+qbd_start
+
+tcheck "nbdcopy 64 MiB in and out over one connection, 3 parts on NFS" \
+  copy_in_out big "$T/big1.bin" "$T/big.out" --connections 1
+tcheck "nbdcopy 64 MiB in and out over 4 connections with --flush, 3 parts on NFS" \
+  copy_in_out big "$T/big4.bin" "$T/big.out" --connections 4 --flush
+check "qemu-img compare finds the NFS-backed export identical to the file" \
+  qemu-img compare -f raw -F raw "$T/big4.bin" "$(uri big)"
+tcheck "fio randwrite 4k iodepth 16 verify=crc32c 32 MiB, 3 parts on NFS" \
+  run_fio "$T/fio.json" --name=nfsfio --ioengine=nbd --uri="$(uri fio)" --rw=randwrite --bs=4k \
+  --iodepth=16 --size=32m --verify=crc32c &&
+  echo "    | $(grep -m1 -oE 'write iops=[0-9]+ max write latency=[0-9]+ ms' "$T/.check.out")"
+check "flush of volume big" nbdsh -u "$(uri big)" -c 'h.flush()'
+qbd_stop
+# layout-spec: <export>/<volnr>/<part>/<chunk index + 1>
+check "64 MiB volume: chunk files 1..16 at <export>/$NR_big/{a,b,c}/N on n1, n2, n3, identical" \
+  parts_agree "$NR_big" 16 n1 n2 n3
+check "fio volume: the three parts' chunk files are identical" parts_agree "$NR_fio" any n1 n2 n3
+
+# =================================================================================================
+# Durability: flushed data survives SIGKILL and restart of one server
+qbd_start
+head -c 32M /dev/urandom >"$T/dur.bin"
+tcheck "nbdcopy --flush of 32 MiB to volume dur" nbdcopy --flush "$T/dur.bin" "$(uri dur)"
+ganesha_kill n2
+ganesha_restart n2
+tcheck "volume dur reads back identical after n2's SIGKILL and restart" reads_back dur "$T/dur.bin"
+qbd_stop
+check "after n2's SIGKILL, restart and a clean stop, parts a, b, c of dur are identical" \
+  parts_agree "$NR_dur" 8 n1 n2 n3
+
+# =================================================================================================
+# SIGSTOP of one server during writes: writes go on, the part is marked down; after SIGCONT it
+# comes back up and is resynced
+qbd_start
+since=$(($(log_lines) + 1))
+fio --output-format=json --output="$T/stall.json.raw" --name=stall --ioengine=nbd \
+  --uri="$(uri stall)" --rw=randwrite --bs=4k --iodepth=16 --size=32m --time_based --runtime=8 \
+  >/dev/null 2>&1 &
+fio_pid=$!
+track $fio_pid
+sleep 2
+t_stop=$(now_ms)
+ganesha_pause n3
+down_re="volume ($NR_stall|stall) part c: state down"
+if wait_log "$since" "$down_re" 20; then
+  pass "SIGSTOPped server detected: part c of volume stall marked down in $(secs $(($(now_ms) - t_stop))) s"
+else
+  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+  fail "SIGSTOPped server detected" "no master.log line /$down_re/ within 20 s of SIGSTOP"
+fi
+if ! wait_pid $fio_pid 40; then
+  kill -KILL $fio_pid
+  wait_pid $fio_pid 5
+  fail "writes during SIGSTOP" "fio (8 s time_based) did not end within 40 s with n3 stopped"
+else
+  fio_rc=$WAIT_RC
+  if [ "$fio_rc" = 0 ] && fio_summary "$T/stall.json.raw" "$T/stall.json" >"$T/stall.out" 2>&1; then
+    max_ms=$(fio_max_write_ms "$T/stall.json")
+    if [ "$max_ms" -le $((TIMEOUT_MS + 4000)) ]; then
+      pass "writes complete while n3 is SIGSTOPped: longest write $(secs "$max_ms") s (nfs_timeout_ms $TIMEOUT_MS)"
+    else
+      fail "writes complete while n3 is SIGSTOPped" \
+        "longest write took $(secs "$max_ms") s, more than nfs_timeout_ms + 4 s"
+    fi
+    echo "    | $(grep -m1 -oE 'write=[0-9]+ .*' "$T/stall.out")"
+  else
+    show "$T/stall.out"
+    show "$T/stall.json.raw" 20
+    fail "writes complete while n3 is SIGSTOPped" "fio exited with status $fio_rc or reported an error"
+  fi
+fi
+# Still stopped: a copy with part c down, then SIGCONT.
+head -c 16M /dev/urandom >"$T/stall.bin"
+tcheck "nbdcopy --flush of 16 MiB while n3 is SIGSTOPped" \
+  timeout 60 nbdcopy --flush "$T/stall.bin" "$(uri stall)"
+since=$(($(log_lines) + 1))
+t_cont=$(now_ms)
+ganesha_resume n3
+up_re="volume ($NR_stall|stall) part c: state (up|resyncing)"
+if wait_log "$since" "$up_re" 20; then
+  pass "SIGCONTed server back: part c of volume stall up or resyncing in $(secs $(($(now_ms) - t_cont))) s"
+else
+  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+  fail "SIGCONTed server back" "no master.log line /$up_re/ within 20 s of SIGCONT"
+fi
+clean_re="volume ($NR_stall|stall) part c: $IN_SYNC_RE"
+if wait_log "$since" "$clean_re" 30; then
+  pass "part c of volume stall resynced $(secs $(($(now_ms) - t_cont))) s after SIGCONT"
+else
+  tail -n +"$since" "$T/master.log" | grep -E "part c" | tail -n 10 | sed 's/^/    | /'
+  fail "part c resynced after SIGCONT" "no master.log line /$clean_re/ within 30 s of SIGCONT"
+fi
+check "volume stall reads back the 16 MiB written while n3 was stopped" \
+  reads_back stall "$T/stall.bin" $((16 * MiB))
+check "flush of volume stall" nbdsh -u "$(uri stall)" -c 'h.flush()'
+qbd_stop
+check "after SIGSTOP/SIGCONT of n3, a flush and a stop, parts a, b, c of stall are identical" \
+  parts_agree "$NR_stall" 8 n1 n2 n3
+
+# =================================================================================================
+# Two of three servers SIGKILLed: writes fail within a bounded time; after a restart they work
+# again and the data flushed before the outage is intact
+qbd_start
+head -c 16M /dev/urandom >"$T/quorum.bin"
+tcheck "nbdcopy --flush of 16 MiB to volume quorum" nbdcopy --flush "$T/quorum.bin" "$(uri quorum)"
+ganesha_kill n2
+ganesha_kill n3
+t0=$(now_ms)
+try_write quorum $((20 * MiB)) >"$T/try.out" 2>&1
+rc=$?
+ms=$(($(now_ms) - t0))
+case $rc in
+  3) pass "with n2 and n3 SIGKILLed a write fails with an NBD error in $(secs $ms) s" ;;
+  124) fail "write with 2 of 3 servers dead" "no answer within 30 s (hung)" ;;
+  0) fail "write with 2 of 3 servers dead" "the write and flush succeeded with 1 of 3 parts: $(cat "$T/try.out")" ;;
+  *) fail "write with 2 of 3 servers dead" "exit status $rc, not an NBD error: $(cat "$T/try.out")" ;;
+esac
+[ $rc -ne 124 ] && [ $ms -gt 15000 ] &&
+  fail "write with 2 of 3 servers dead" "took $(secs $ms) s to fail (more than 15 s)"
+t0=$(now_ms)
+try_write quorum $((24 * MiB)) >"$T/try2.out" 2>&1
+rc=$?
+case $rc in
+  3) pass "and a second write fails too, in $(secs $(($(now_ms) - t0))) s" ;;
+  124) fail "second write with 2 of 3 servers dead" "no answer within 30 s (hung)" ;;
+  *) fail "second write with 2 of 3 servers dead" "exit status $rc: $(cat "$T/try2.out")" ;;
+esac
+since=$(($(log_lines) + 1))
+t_restart=$(now_ms)
+ganesha_restart n2
+ganesha_restart n3
+t0=$(now_ms)
+ok=0
+while [ $(($(now_ms) - t0)) -lt 30000 ]; do
+  if try_write quorum $((20 * MiB)) >"$T/try3.out" 2>&1; then
+    ok=1
+    break
+  fi
+  sleep 0.5
+done
+if [ $ok = 1 ]; then
+  pass "after n2 and n3 restart, writes work again within $(secs $(($(now_ms) - t0))) s"
+else
+  sed 's/^/    | /' "$T/try3.out"
+  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+  fail "writes work again after restarting n2 and n3" "a write still fails 30 s after the restart"
+fi
+check "the 16 MiB flushed before the outage read back intact" \
+  reads_back quorum "$T/quorum.bin" $((16 * MiB))
+synced=0
+for p in b c; do
+  re="volume ($NR_quorum|quorum) part $p: $IN_SYNC_RE"
+  if wait_log "$since" "$re" 30; then
+    synced=$((synced + 1))
+  else
+    tail -n +"$since" "$T/master.log" | grep -E "part $p" | tail -n 10 | sed 's/^/    | /'
+    fail "part $p of quorum resynced" "no master.log line /$re/ within 30 s of the restart"
+  fi
+done
+[ $synced = 2 ] &&
+  pass "parts b and c of quorum in sync again $(secs $(($(now_ms) - t_restart))) s after the restart"
+check "flush of volume quorum" nbdsh -u "$(uri quorum)" -c 'h.flush()'
+qbd_stop
+check "after the outage and the resync, parts a, b, c of quorum are identical" \
+  parts_agree "$NR_quorum" any n1 n2 n3
+
+# =================================================================================================
+# Mixed: part a in a local directory, parts b and c on NFS
+ganesha_start m2
+ganesha_start m3
+qbd_conf_nfs local:node-a m2 m3
+qbdctl create mixed --size 64M >"$T/create.out" 2>&1 ||
+  { show "$T/create.out"; die setup "qbdctl create mixed (local + 2 NFS) failed"; }
+NR_mixed=$(volnr local:node-a mixed)
+qbd_start
+tcheck "mixed volume (a local, b and c on NFS): nbdcopy 64 MiB in and out over 4 connections" \
+  copy_in_out mixed "$T/big1.bin" "$T/mixed.out" --connections 4 --flush
+qbd_stop
+check "mixed volume: chunk files 1..16 on node-a, m2, m3, identical" \
+  parts_agree "$NR_mixed" 16 local:node-a m2 m3
