@@ -71,6 +71,8 @@ class StorageBackend {
   // True when each call waits on a network round trip, so that callers fan one request out to
   // several backends in parallel rather than in turn.
   virtual bool IsRemote() const { return false; }
+  // Bytes free for new data under the root; NotSupported where the backend cannot tell.
+  virtual Result<uint64_t> FreeBytes() { return Status::NotSupported("free space"); }
 };
 
 // A backend rooted at a local directory. A missing root is created with `create_if_missing`,

@@ -196,6 +196,9 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
       }
     } else if (l.section == "backend") {
       if (l.section_arg.empty()) return err("[backend] needs a name: [backend NAME]");
+      if (l.key == "mount") {
+        continue;  // read by scripts/mount-backends.sh only
+      }
       if (l.key != "path" && l.key != "url") {
         return err(fmt::format("unknown key '{}' in [backend {}] (path or url)", l.key, l.section_arg));
       }

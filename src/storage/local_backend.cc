@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -151,6 +152,12 @@ class LocalDirBackend final : public StorageBackend {
     ::close(fd);
     if (rc != 0) return Status::FromErrno("fsync dir " + full, err);
     return Status::OK();
+  }
+
+  Result<uint64_t> FreeBytes() override {
+    struct statvfs sv;
+    if (::statvfs(root_.c_str(), &sv) != 0) return Status::FromErrno("statvfs " + root_, errno);
+    return static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
   }
 
   Result<FileInfo> Stat(std::string_view path) override {

@@ -2,6 +2,8 @@
 // the same Catalog library code that the daemon and the REST API use).
 // Exit status: 0 success, 1 the operation failed, 2 usage error. Nothing changes on an error
 // found before writing.
+#include <unistd.h>
+
 #include <boost/program_options.hpp>
 #include <iostream>
 #include <map>
@@ -29,6 +31,7 @@ Commands:
   delete NAME             delete a volume and its chunk files on every part
   set NAME read-only on|off
   set NAME append-only on|off
+  backends                check every backend: reachable, writable, free space, volumes
 
 Sizes take binary suffixes K, M, G, T. Exit status: 0 success, 1 the operation failed,
 2 usage error.
@@ -72,6 +75,48 @@ void PrintInfo(const qbd::VolumeMeta& m, qbd::Catalog& c) {
   }
 }
 
+// `qbdctl backends`: one line per backend; exit 0 when every one is reachable and writable.
+int CheckBackends(const qbd::Config& config) {
+  std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", "BACKEND", "PART", "REACHABLE", "WRITABLE",
+                           "FREE", "LOCATION", "VOLUMES");
+  int bad = 0;
+  for (const qbd::BackendConfig& b : config.backends) {
+    std::string part = "-";
+    for (size_t i = 0; i < config.parts.size(); ++i) {
+      if (config.parts[i] == b.name) part = std::string(1, static_cast<char>('a' + i));
+    }
+    auto backend = qbd::OpenBackend(b, /*create_missing=*/false);
+    if (!backend.ok()) {
+      ++bad;
+      std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "no", "-", "-",
+                               b.location, backend.status().message());
+      continue;
+    }
+    qbd::StorageBackend& be = **backend;
+    const std::string probe = fmt::format(".qbdctl-probe.{}", ::getpid());
+    qbd::Status w = qbd::WriteFileAtomic(be, probe, "probe\n");
+    if (w.ok()) w = be.Remove(probe);
+    auto free = be.FreeBytes();
+    std::string volumes;
+    auto text = qbd::ReadSmallFile(be, qbd::kVolumesMetaPath);
+    if (text.ok()) {
+      auto idx = qbd::ParseVolumesIndex(*text, be.Describe() + "/" + qbd::kVolumesMetaPath);
+      if (idx.ok()) {
+        for (const auto& [name, nr] : idx->volumes) volumes += fmt::format("{}{}({})", volumes.empty() ? "" : " ", name, nr);
+      } else {
+        volumes = idx.status().message();
+      }
+    } else if (!text.status().IsNotFound()) {
+      volumes = text.status().message();
+    }
+    if (!w.ok()) ++bad;
+    std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "yes", w.ok() ? "yes" : "no",
+                             free.ok() ? fmt::format("{:.1f} GiB", static_cast<double>(*free) / (1ull << 30)) : "?", be.Describe(),
+                             w.ok() ? volumes : w.message());
+  }
+  return bad == 0 ? 0 : 1;
+}
+
 int Run(int argc, char** argv) {
   po::options_description global("Options");
   global.add_options()("help,h", "help")("config,c", po::value<std::string>(), "qbd.conf")(
@@ -108,7 +153,8 @@ int Run(int argc, char** argv) {
   // Every argument is checked before any backend is touched.
   static const std::map<std::string, std::pair<size_t, const char*>> kArity = {
       {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
-      {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}}};
+      {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}},
+      {"backends", {0, "no arguments"}}};
   auto arity = kArity.find(cmd);
   if (arity == kArity.end()) return Usage(fmt::format("unknown command '{}'", cmd));
   need(arity->second.first, arity->second.second);
@@ -125,6 +171,7 @@ int Run(int argc, char** argv) {
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
   if (!config.ok()) return Fail(config.status());
   qbd::SetLogLevel(qbd::LogLevel::kError);
+  if (cmd == "backends") return CheckBackends(*config);
   auto catalog = qbd::Catalog::Open(*config, /*create_missing=*/cmd == "create");
   if (!catalog.ok()) return Fail(catalog.status());
   qbd::Catalog& c = **catalog;
