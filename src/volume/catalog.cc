@@ -72,13 +72,13 @@ static constexpr int64_t kUnreadable = -2;
 void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& holders,
                            const std::vector<int64_t>& serials, size_t best, const std::string& best_text,
                            bool reconcile) {
-  std::string report;
+  std::string report, unreadable;
   std::vector<size_t> stale;
   for (size_t k = 0; k < holders.size(); ++k) {
     if (serials[k] == serials[best]) continue;
     const std::string where = backends_[holders[k]]->Describe() + "/" + path;
     if (serials[k] == kUnreadable) {
-      report += fmt::format("; {} cannot be read (backend unreachable?)", where);
+      unreadable += fmt::format("{}{}", unreadable.empty() ? "" : ", ", where);
       continue;  // nothing can be written there either; reconciled once it is back
     }
     stale.push_back(holders[k]);
@@ -88,10 +88,17 @@ void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& h
   {
     std::lock_guard<std::mutex> l(report_mu_);
     std::string& last = last_report_[path];
-    if (report != last && !report.empty()) {
-      QBD_LOG_WARN("{}: copies differ, the newest (serial {}) is used{}", path, serials[best], report);
+    const std::string now = report + "|" + unreadable;
+    if (now != last) {
+      if (!report.empty()) {
+        QBD_LOG_WARN("{}: copies differ, the newest (serial {}) is used{}", path, serials[best], report);
+      }
+      if (!unreadable.empty()) {
+        QBD_LOG_WARN("{}: a copy cannot be read (backend unreachable?), the newest readable one (serial {}) is "
+                     "used: {}", path, serials[best], unreadable);
+      }
     }
-    last = report;
+    last = now;
   }
   if (!reconcile) return;
   for (size_t h : stale) {
