@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "qbd/backend.h"
+#include "testutil/backend_envs.h"
 #include "testutil/mem_backend.h"
 #include "testutil/temp_dir.h"
 
@@ -33,21 +34,6 @@ std::vector<std::string> Sorted(std::vector<std::string> v) {
   return v;
 }
 
-struct MemEnv {
-  MemBackend mem{"contract"};
-  StorageBackend& backend() { return mem; }
-};
-
-struct LocalEnv {
-  TempDir dir;
-  std::unique_ptr<StorageBackend> local;
-  LocalEnv() {
-    auto b = NewLocalDirBackend(dir.Sub("root"));
-    REQUIRE(b.ok());
-    local = std::move(b).value();
-  }
-  StorageBackend& backend() { return *local; }
-};
 
 // Creates `path` holding `text`.
 void Put(StorageBackend& b, std::string_view path, std::string_view text) {

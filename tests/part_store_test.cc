@@ -12,6 +12,7 @@
 
 #include "qbd/backend.h"
 #include "qbd/chunk_format.h"
+#include "testutil/backend_envs.h"
 #include "testutil/mem_backend.h"
 #include "testutil/temp_dir.h"
 
@@ -42,22 +43,6 @@ bool AllZero(std::span<const std::byte> b) {
   return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
 }
 
-// The backends every test runs on.
-struct MemEnv {
-  MemBackend mem{"part-a"};
-  StorageBackend& backend() { return mem; }
-};
-
-struct LocalEnv {
-  TempDir dir;
-  std::unique_ptr<StorageBackend> local;
-  LocalEnv() {
-    auto b = NewLocalDirBackend(dir.Sub("root"));
-    REQUIRE(b.ok());
-    local = std::move(b).value();
-  }
-  StorageBackend& backend() { return *local; }
-};
 
 // Writes blocks [first, first + n) of `chunk` with Blocks(tag, n) under generation `gen`.
 std::vector<std::byte> WriteTagged(PartStore& store, uint64_t chunk, uint64_t first, uint64_t n,
