@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,8 +75,17 @@ class Catalog {
   Status WriteIndex(const VolumesIndex& index);
   Status WriteMeta(const VolumeMeta& meta);
 
-  void SettleCopies(const std::string& path, const std::vector<size_t>& holders, const std::vector<int64_t>& serials,
-                    size_t best, const std::string& best_text, bool reconcile);
+  // Every backend's copy of one metadata file: its text (absent when missing or unreadable) and,
+  // once parsed, its serial (-1 missing, kUnreadable when it could not be read).
+  struct Copies {
+    std::vector<std::optional<std::string>> texts;
+    std::vector<int64_t> serials;
+    Status unreadable;  // the last read error, OK when every copy was read or missing
+  };
+  Copies ReadCopies(const std::string& path);
+  // serials[i] is backend i's copy; `best` the newest.
+  void SettleCopies(const std::string& path, const std::vector<int64_t>& serials, size_t best,
+                    const std::string& best_text, bool reconcile);
 
   Config config_;
   std::vector<std::unique_ptr<StorageBackend>> backends_;

@@ -69,19 +69,18 @@ static constexpr int64_t kUnreadable = -2;
 
 // Reports how the copies of one metadata file differ (once per change, not at every poll) and,
 // with `reconcile`, rewrites the missing and older copies with the newest text.
-void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& holders,
-                           const std::vector<int64_t>& serials, size_t best, const std::string& best_text,
-                           bool reconcile) {
+void Catalog::SettleCopies(const std::string& path, const std::vector<int64_t>& serials, size_t best,
+                           const std::string& best_text, bool reconcile) {
   std::string report, unreadable;
   std::vector<size_t> stale;
-  for (size_t k = 0; k < holders.size(); ++k) {
+  for (size_t k = 0; k < serials.size(); ++k) {
     if (serials[k] == serials[best]) continue;
-    const std::string where = backends_[holders[k]]->Describe() + "/" + path;
+    const std::string where = backends_[k]->Describe() + "/" + path;
     if (serials[k] == kUnreadable) {
       unreadable += fmt::format("{}{}", unreadable.empty() ? "" : ", ", where);
       continue;  // nothing can be written there either; reconciled once it is back
     }
-    stale.push_back(holders[k]);
+    stale.push_back(k);
     report += serials[k] < 0 ? fmt::format("; {} is missing", where)
                              : fmt::format("; {} has serial {}", where, serials[k]);
   }
@@ -111,89 +110,76 @@ void Catalog::SettleCopies(const std::string& path, const std::vector<size_t>& h
   }
 }
 
-Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
-  Status unreadable;
-  VolumesIndex best;
-  std::string best_text;
-  size_t best_k = 0;
-  bool found = false;
-  std::vector<size_t> holders;
-  std::vector<int64_t> serials;
+Catalog::Copies Catalog::ReadCopies(const std::string& path) {
+  Copies c;
+  c.texts.resize(backends_.size());
+  c.serials.assign(backends_.size(), -1);
   for (size_t i = 0; i < backends_.size(); ++i) {
-    holders.push_back(i);
-    serials.push_back(-1);
-    auto text = ReadSmallFile(*backends_[i], kVolumesMetaPath);
-    if (!text.ok()) {
+    auto text = ReadSmallFile(*backends_[i], path);
+    if (text.ok()) {
+      c.texts[i] = std::move(text).value();
+    } else if (!text.status().IsNotFound()) {
       // A backend that cannot be read (a server down) is one copy short, not a reason to stop.
-      if (!text.status().IsNotFound()) {
-        serials.back() = kUnreadable;
-        unreadable = text.status();
-      }
-      continue;
+      c.serials[i] = kUnreadable;
+      c.unreadable = text.status();
     }
-    std::string file = backends_[i]->Describe() + "/" + kVolumesMetaPath;
-    QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(*text, file));
-    serials.back() = static_cast<int64_t>(idx.serial);
-    if (!found || idx.serial > best.serial) {
-      best = idx;
-      best_text = *text;
-      best_k = i;
+  }
+  return c;
+}
+
+Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
+  Copies c = ReadCopies(kVolumesMetaPath);
+  VolumesIndex best;
+  int best_k = -1;
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    if (!c.texts[i]) continue;
+    QBD_ASSIGN_OR_RETURN(VolumesIndex idx,
+                         ParseVolumesIndex(*c.texts[i], backends_[i]->Describe() + "/" + kVolumesMetaPath));
+    c.serials[i] = static_cast<int64_t>(idx.serial);
+    if (best_k < 0 || idx.serial > best.serial) {
+      best = std::move(idx);
+      best_k = static_cast<int>(i);
     }
-    found = true;
   }
-  if (!found && !unreadable.ok()) {
-    return Status::Unavailable(fmt::format("no copy of {} can be read: {}", kVolumesMetaPath, unreadable.ToString()));
+  if (best_k < 0 && !c.unreadable.ok()) {
+    return Status::Unavailable(fmt::format("no copy of {} can be read: {}", kVolumesMetaPath, c.unreadable.ToString()));
   }
-  if (found) SettleCopies(kVolumesMetaPath, holders, serials, best_k, best_text, reconcile);
+  if (best_k >= 0) SettleCopies(kVolumesMetaPath, c.serials, best_k, *c.texts[best_k], reconcile);
   return best;
 }
 
 Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
-  Status unreadable;
+  const std::string path = MetaPath(volnr);
+  Copies c = ReadCopies(path);
   VolumeMeta best;
-  std::string best_text;
-  size_t best_k = 0;
-  bool found = false;
-  std::vector<size_t> holders;
-  std::vector<int64_t> serials;
+  int best_k = -1;
   for (size_t i = 0; i < backends_.size(); ++i) {
-    auto text = ReadSmallFile(*backends_[i], MetaPath(volnr));
-    if (!text.ok()) {
-      holders.push_back(i);
-      serials.push_back(-1);
-      if (!text.status().IsNotFound()) {
-        serials.back() = kUnreadable;
-        unreadable = text.status();
-      }
-      continue;
-    }
-    std::string file = backends_[i]->Describe() + "/" + MetaPath(volnr);
-    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(*text, file));
+    if (!c.texts[i]) continue;
+    const std::string file = backends_[i]->Describe() + "/" + path;
+    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(*c.texts[i], file));
     if (m.number != volnr) {
       return Status::Corruption(fmt::format("{}: number {} where {} was expected", file, m.number, volnr));
     }
-    holders.push_back(i);
-    serials.push_back(static_cast<int64_t>(m.serial));
-    if (!found || m.serial > best.serial) {
-      best = m;
-      best_text = *text;
-      best_k = holders.size() - 1;
+    c.serials[i] = static_cast<int64_t>(m.serial);
+    if (best_k < 0 || m.serial > best.serial) {
+      best = std::move(m);
+      best_k = static_cast<int>(i);
     }
-    found = true;
   }
-  if (!found && !unreadable.ok()) {
-    return Status::Unavailable(fmt::format("volume number {}: no copy of .meta can be read: {}", volnr,
-                                           unreadable.ToString()));
+  if (best_k < 0 && !c.unreadable.ok()) {
+    return Status::Unavailable(
+        fmt::format("volume number {}: no copy of .meta can be read: {}", volnr, c.unreadable.ToString()));
   }
-  if (!found) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
+  if (best_k < 0) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
   if (best.replicas > backends_.size()) {
     return Status::InvalidArgument(fmt::format("volume {} has {} replicas but {} lists {} parts", best.name,
                                                best.replicas, config_.file, backends_.size()));
   }
   // Only the backends of the volume's parts keep a copy.
-  holders.resize(best.replicas);
-  serials.resize(best.replicas);
-  if (best_k < holders.size()) SettleCopies(MetaPath(volnr), holders, serials, best_k, best_text, reconcile);
+  c.serials.resize(best.replicas);
+  if (static_cast<size_t>(best_k) < c.serials.size()) {
+    SettleCopies(path, c.serials, best_k, *c.texts[best_k], reconcile);
+  }
   return best;
 }
 
