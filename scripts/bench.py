@@ -58,7 +58,8 @@ def main():
         # qbd-master with a 1-part and a 3-part volume.
         qport = free_port()
         with open(f"{tmp}/qbd.conf", "w") as f:
-            f.write(f"listen = 127.0.0.1:{qport}\nparts = a b c\n")
+            # Three directories on one disk: the point is the cost of replication, not its safety.
+            f.write(f"listen = 127.0.0.1:{qport}\nparts = a b c\nallow_shared_failure_domain = true\n")
             for p in "abc":
                 f.write(f"[backend {p}]\npath = node-{p}\n")
         ctl = [f"{BUILD}/bin/qbdctl", "--config", f"{tmp}/qbd.conf"]

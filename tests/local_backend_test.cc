@@ -5,6 +5,8 @@
 // The crash model of MemBackend and the faults of FaultyBackend are checked at the end.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -14,6 +16,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "qbd/backend.h"
 #include "testutil/backend_envs.h"
@@ -58,10 +62,21 @@ TEST_CASE("NewLocalDirBackend creates the root and describes it") {
   REQUIRE(b.ok());
   CHECK(std::filesystem::is_directory(root));
   CHECK((*b)->Describe() == "local:" + root);
-  CHECK((*b)->FailureDomain().rfind("dev:", 0) == 0);
+  struct stat st{};
+  REQUIRE(stat(root.c_str(), &st) == 0);
+  CHECK((*b)->FailureDomain() ==
+        fmt::format("the file system on device {}:{}", major(st.st_dev), minor(st.st_dev)));
   auto other = NewLocalDirBackend(dir.Sub("other"));
   REQUIRE(other.ok());
   CHECK((*other)->FailureDomain() == (*b)->FailureDomain());  // one file system
+  struct stat shm{};
+  if (stat("/dev/shm", &shm) == 0 && shm.st_dev != st.st_dev) {
+    const std::string shm_dir = fmt::format("/dev/shm/qbd-test-{}", getpid());
+    auto elsewhere = NewLocalDirBackend(shm_dir);
+    REQUIRE(elsewhere.ok());
+    CHECK((*elsewhere)->FailureDomain() != (*b)->FailureDomain());  // another file system
+    std::filesystem::remove_all(shm_dir);
+  }
 }
 
 TEST_CASE("NewLocalDirBackend fails when the root is a regular file") {

@@ -686,6 +686,24 @@ TEST_CASE("Flush fails with Unavailable when fewer than the quorum can sync") {
   CHECK(c.q().PartUp(2));
 }
 
+TEST_CASE("Flush failing on one chunk of one part resyncs that chunk only, not the whole part") {
+  Cluster c;
+  std::vector<std::byte> v0 = Data(71, kBs), v3 = Data(72, 3 * kBs);
+  REQUIRE(c.q().Write(0, v0, false).ok());
+  REQUIRE(c.q().Write(3 * kChunk + kRegion, v3, false).ok());
+  c.faulty(1).FailMatching(c.ChunkFile(1, 3), FaultyBackend::kSync);  // chunk 3 of part b
+  CHECK(c.q().Flush().ok());  // parts a and c make the quorum
+  CHECK_FALSE(c.q().PartUp(1));
+  CHECK(c.q().DirtyRegions(1) == kChunk / kRegion);  // chunk 3, not chunk 0 and not all 256
+  CHECK(c.q().DirtyRegions(0) == 0);
+  c.faulty(1).ClearFaults();
+  c.q().TEST_SetPartUp(1, true);
+  CHECK(c.q().ResyncOnce() == kChunk / kRegion);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  c.CheckPartsIdentical();
+  CHECK(c.ReadBack(3 * kChunk + kRegion, 3 * kBs) == v3);
+}
+
 TEST_CASE("Write leaves every part byte-identical when threads write overlapping ranges") {
   const uint64_t seed = std::random_device{}();
   INFO("seed = " << seed);

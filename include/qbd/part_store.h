@@ -74,8 +74,10 @@ class PartStore {
   // Whether the chunk file exists, and at its full size (layout-spec.md §4.1).
   Result<ChunkState> CheckChunk(uint64_t chunk);
 
-  // Makes every write since the previous Flush durable.
-  Status Flush();
+  // Makes every write since the previous Flush durable. On failure, `failed` (if given) gets the
+  // chunks whose sync failed: writes to them since their last good sync may be lost (they stay
+  // queued for the next Flush).
+  Status Flush(std::vector<uint64_t>* failed = nullptr);
 
   // Drops every cached file handle (syncing written ones first).
   Status CloseAll();

@@ -232,7 +232,7 @@ Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
   return size < geometry_.ChunkFileSize() ? ChunkState::kShort : ChunkState::kComplete;
 }
 
-Status PartStore::Flush() {
+Status PartStore::Flush(std::vector<uint64_t>* failed) {
   std::set<uint64_t> todo;
   std::vector<std::pair<uint64_t, std::shared_ptr<ChunkFile>>> files;
   {
@@ -249,6 +249,7 @@ Status PartStore::Flush() {
     if (!s.ok()) {
       std::lock_guard<std::mutex> l(mu_);
       unsynced_.insert(chunk);
+      if (failed != nullptr) failed->push_back(chunk);
       if (first_error.ok()) first_error = s.WithContext(fmt::format("flush part {}", part_));
     }
   }

@@ -745,13 +745,14 @@ Status QuorumSet::Flush() {
     const uint64_t target = flush_requested_;
     l.unlock();
     std::vector<Status> results(parts_.size());
+    std::vector<std::vector<uint64_t>> failed(parts_.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < parts_.size(); ++i) {
       if (!Reachable(i)) {
         results[i] = Status::Unavailable("part down");
         continue;
       }
-      tasks.emplace_back([this, i, &results] { results[i] = parts_[i]->store->Flush(); });
+      tasks.emplace_back([this, i, &results, &failed] { results[i] = parts_[i]->store->Flush(&failed[i]); });
     }
     pool_->RunAll(tasks);
     int ok = 0;
@@ -759,13 +760,26 @@ Status QuorumSet::Flush() {
       if (results[i].ok()) {
         if (InSync(i)) ++ok;
       } else if (Reachable(i)) {
-        // A failed sync may have lost any write since the last good one, and which ones is not
-        // tracked: the whole part is resynced (a failed fsync is rare and serious).
-        QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
-                      parts_[i]->store->part(), results[i].ToString());
-        MarkDown(static_cast<int>(i), results[i]);
-        const uint64_t last = (Size() + region_size_ - 1) / region_size_ - 1;
-        MarkDirty(static_cast<int>(i), 0, last, /*durable=*/true, "flush failed").IgnoreError();  // logged above
+        // A failed sync may have lost any write to those chunks since their last good sync (an NFS
+        // server that restarted drops its uncommitted writes): they are resynced from the others.
+        const int p = static_cast<int>(i);
+        MarkDown(p, results[i]);
+        if (failed[i].empty()) {
+          QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
+                        parts_[i]->store->part(), results[i].ToString());
+          const uint64_t last = (Size() + region_size_ - 1) / region_size_ - 1;
+          Status m = MarkDirty(p, 0, last, /*durable=*/true, "flush failed");
+          if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
+        } else {
+          QBD_LOG_ERROR("volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be "
+                        "resynced",
+                        options_.volume, parts_[i]->store->part(), results[i].ToString(), failed[i].size());
+          const uint64_t last_block = options_.geometry.BlocksPerChunk() - 1;
+          for (uint64_t c : failed[i]) {
+            Status m = MarkDirty(p, RegionOf(c, 0), RegionOf(c, last_block), /*durable=*/true, "flush failed");
+            if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
+          }
+        }
       }
     }
     Status s = ok >= static_cast<int>(options_.write_quorum)

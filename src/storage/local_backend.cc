@@ -3,12 +3,15 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <filesystem>
 #include <string>
+
+#include <fmt/format.h>
 
 #include "qbd/backend.h"
 
@@ -102,7 +105,10 @@ class LocalDirBackend final : public StorageBackend {
   LocalDirBackend(std::string root, dev_t dev) : root_(std::move(root)), dev_(dev) {}
 
   std::string Describe() const override { return "local:" + root_; }
-  std::string FailureDomain() const override { return "dev:" + std::to_string(dev_); }
+  // The file system holding the directory, as `stat -c %D` and /proc/self/mountinfo name it.
+  std::string FailureDomain() const override {
+    return fmt::format("the file system on device {}:{}", major(dev_), minor(dev_));
+  }
 
   Result<std::unique_ptr<ChunkFile>> Open(std::string_view path) override {
     std::string full = Full(path);

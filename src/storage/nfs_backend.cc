@@ -42,16 +42,28 @@
 // Reconnects of any one context therefore happen at most once per second. No lock is held across
 // an RPC or a sleep (there are no sleeps: waiting callers fail fast or wait for a lent context).
 //
+// Writes and COMMIT. WRITE and COMMIT go out as raw NFSv3 RPCs (rpc_nfs3_write_async,
+// rpc_nfs3_commit_async) on the context's RPC layer, because libnfs' nfs_pwrite/nfs_fsync drop
+// the write verifier. WRITEs are UNSTABLE; the server returns its verifier, which changes when it
+// restarts. An NfsFile remembers the verifier of its first WRITE since the last COMMIT; a later
+// WRITE or the COMMIT that returns another one means the server restarted in between and may have
+// dropped those writes (RFC 1813 §3.3.21): Sync() then fails, so that the caller treats the writes
+// since the previous Sync as lost (qbd resyncs those chunks from the other parts) instead of
+// trusting them.
+//
 // Thread-safety: NfsBackend is safe for concurrent use; an NfsFile is safe for concurrent calls
 // (serialized by its mutex). Lock order: NfsFile::mu_ before Pool::mu_. NfsFile and NfsBackend
 // share the pool (shared_ptr), so a file may outlive its backend.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <nfsc/libnfs.h>
+#include <nfsc/libnfs-raw.h>
+#include <nfsc/libnfs-raw-nfs.h>
 #include <poll.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -73,8 +85,8 @@ using Clock = std::chrono::steady_clock;
 constexpr int kMaxBackoffSeconds = 10;
 // How often NfsFile::Detached() really asks the server.
 constexpr std::chrono::nanoseconds kDetachCheckInterval = std::chrono::seconds(1);
-// One nfs_pread/nfs_pwrite call moves at most this much (libnfs returns the count as an int and
-// splits a call into READ/WRITE RPCs of the server's maximum size, sent in parallel).
+// One nfs_pread call moves at most this much (libnfs returns the count as an int and splits a
+// call into READ RPCs of the server's maximum size, sent in parallel).
 constexpr uint64_t kMaxIoPerCall = 16u << 20;
 
 // True when libnfs error `err` (positive errno) of a completed call means the context's
@@ -105,10 +117,11 @@ bool ConnectionBroken(int err) {
 // waiter gives up on a context whose socket failed, libnfs still calls back once the context is
 // destroyed (it cancels every pending request), and OnReply then frees it.
 struct Reply {
-  enum class Kind { kNone, kRead, kFh, kStat, kDir };
+  enum class Kind { kNone, kRead, kFh, kStat, kDir, kWrite3, kCommit3 };
   Kind kind = Kind::kNone;
-  void* out =
-      nullptr;  // kRead: the caller's buffer; kFh: nfsfh**; kStat: nfs_stat_64*; kDir: nfsdir**
+  // kRead: the caller's buffer; kFh: nfsfh**; kStat: nfs_stat_64*; kDir: nfsdir**;
+  // kWrite3, kCommit3: WriteVerdict*
+  void* out = nullptr;
   bool done = false;
   bool abandoned = false;
   int status = 0;  // libnfs: >= 0 (bytes for pread/pwrite) or -errno
@@ -142,7 +155,70 @@ void OnReply(int status, nfs_context* nfs, void* data, void* private_data) {
       *static_cast<struct nfsdir**>(r->out) = static_cast<struct nfsdir*>(data);
       break;
     case Reply::Kind::kNone:
+    case Reply::Kind::kWrite3:   // raw RPCs: OnRpcReply
+    case Reply::Kind::kCommit3:
       break;
+  }
+}
+
+// What a raw WRITE or COMMIT reply says besides its status.
+struct WriteVerdict {
+  bool stable = false;  // WRITE: the server committed the data already (FILE_SYNC or DATA_SYNC)
+  std::array<char, NFS3_WRITEVERFSIZE> verf{};
+};
+
+// The callback of a raw NFSv3 WRITE or COMMIT (rpc_nfs3_*_async). Fills `Reply` as OnReply does:
+// status is the byte count (WRITE), 0 (COMMIT) or -errno, with libnfs' convention for RPC-level
+// failures (EFAULT for a failed RPC, EINTR for a timeout or a cancelled call).
+void OnRpcReply(rpc_context* rpc, int status, void* data, void* private_data) {
+  auto* r = static_cast<Reply*>(private_data);
+  if (r->abandoned) {
+    delete r;
+    return;
+  }
+  r->done = true;
+  switch (status) {
+    case RPC_STATUS_SUCCESS:
+      break;
+    case RPC_STATUS_ERROR: {
+      r->status = -EFAULT;
+      const char* text = data != nullptr ? static_cast<const char*>(data) : rpc_get_error(rpc);
+      if (text != nullptr) r->error = text;
+      return;
+    }
+    case RPC_STATUS_TIMEOUT:
+      r->status = -EINTR;
+      r->error = "Command timed out";
+      return;
+    default:
+      r->status = -EINTR;
+      r->error = "Command was cancelled";
+      return;
+  }
+  auto* verdict = static_cast<WriteVerdict*>(r->out);
+  int nfs_status = NFS3_OK;
+  if (r->kind == Reply::Kind::kWrite3) {
+    const auto* res = static_cast<const WRITE3res*>(data);
+    nfs_status = res->status;
+    if (nfs_status == NFS3_OK) {
+      const WRITE3resok& ok = res->WRITE3res_u.resok;
+      r->status = static_cast<int>(ok.count);
+      verdict->stable = ok.committed != UNSTABLE;
+      std::memcpy(verdict->verf.data(), ok.verf, verdict->verf.size());
+    }
+  } else {
+    const auto* res = static_cast<const COMMIT3res*>(data);
+    nfs_status = res->status;
+    if (nfs_status == NFS3_OK) {
+      r->status = 0;
+      std::memcpy(verdict->verf.data(), res->COMMIT3res_u.resok.verf, verdict->verf.size());
+    }
+  }
+  if (nfs_status != NFS3_OK) {
+    r->status = nfsstat3_to_errno(nfs_status);
+    if (r->status >= 0) r->status = -EIO;
+    const char* text = nfsstat3_to_str(nfs_status);
+    if (text != nullptr) r->error = text;
   }
 }
 
@@ -281,14 +357,6 @@ int StartPread(nfs_context* nfs, nfsfh* fh, uint64_t offset, uint64_t count, voi
 #endif
 }
 
-int StartPwrite(nfs_context* nfs, nfsfh* fh, uint64_t offset, uint64_t count, const void* buf,
-                Reply* r) {
-#ifdef LIBNFS_API_V2
-  return nfs_pwrite_async(nfs, fh, buf, count, offset, OnReply, r);
-#else
-  return nfs_pwrite_async(nfs, fh, offset, count, buf, OnReply, r);
-#endif
-}
 
 class Pool;
 
@@ -686,6 +754,13 @@ Status CheckPath(std::string_view path) {
   return Status::OK();
 }
 
+// The file handle bytes behind nfs_get_fh(): libnfs declares struct nfs_fh only in its private
+// header; this is its layout, unchanged from libnfs 1.x through 6 ({int len; char *val;}).
+struct LibnfsFh {
+  int len;
+  char* val;
+};
+
 class NfsFile final : public ChunkFile {
  public:
   NfsFile(std::shared_ptr<Pool> pool, nfsfh* fh, std::string path, uint64_t ino)
@@ -701,11 +776,15 @@ class NfsFile final : public ChunkFile {
       pool_->DeferClose(fh_);
       return;
     }
-    // Sends a COMMIT first when writes are unsynced; libnfs frees the handle either way.
+    if (uncommitted_) {
+      // Whoever dropped the file without a Sync gets no answer; the writes still get their COMMIT.
+      Status s = CommitLocked(*lease);
+      if (!s.ok()) QBD_LOG_WARN("closing {}: {}", name_, s.ToString());
+    }
     lease
         ->Run("close", name_, Reply::Kind::kNone, nullptr,
               [this](nfs_context* n, Reply* r) { return nfs_close_async(n, fh_, OnReply, r); })
-        .IgnoreError();  // the handle is gone; a lost COMMIT shows at the next Sync of the chunk
+        .IgnoreError();  // the handle is gone either way
   }
 
   Status ReadAt(uint64_t offset, std::span<std::byte> out) override {
@@ -726,31 +805,46 @@ class NfsFile final : public ChunkFile {
     return Status::OK();
   }
 
+  // UNSTABLE WRITEs of at most the server's write size each; see "Writes and COMMIT" above.
   Status WriteAt(uint64_t offset, std::span<const std::byte> in) override {
     std::lock_guard<std::mutex> l(mu_);
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
+    const uint64_t max = std::max<uint64_t>(4096, nfs_get_writemax(lease.nfs()));
     uint64_t done = 0;
     while (done < in.size()) {
-      const uint64_t n = std::min<uint64_t>(in.size() - done, kMaxIoPerCall);
+      const uint64_t n = std::min<uint64_t>(in.size() - done, max);
       const std::byte* buf = in.data() + done;
       const uint64_t at = offset + done;
       int put = 0;
+      WriteVerdict verdict;
       QBD_RETURN_IF_ERROR(Call(
-          lease, "pwrite", Reply::Kind::kNone, nullptr,
-          [&](nfs_context* c, Reply* r) { return StartPwrite(c, fh_, at, n, buf, r); }, &put));
-      if (put == 0)
-        return Status::IOError(fmt::format("pwrite {} at {}: nothing written", name_, at));
+          lease, "write", Reply::Kind::kWrite3, &verdict,
+          [&](nfs_context* c, Reply* r) {
+            WRITE3args args{};
+            args.file.data.data_len = static_cast<u_int>(handle_->len);
+            args.file.data.data_val = handle_->val;
+            args.offset = at;
+            args.count = static_cast<count3>(n);
+            args.stable = UNSTABLE;
+            args.data.data_len = static_cast<u_int>(n);
+            args.data.data_val = reinterpret_cast<char*>(const_cast<std::byte*>(buf));
+            return rpc_nfs3_write_async(nfs_get_rpc_context(c), OnRpcReply, &args, r);
+          },
+          &put));
+      if (put <= 0) return Status::IOError(fmt::format("write {} at {}: nothing written", name_, at));
+      if (!verdict.stable) NoteUnstable(verdict.verf);
       done += static_cast<uint64_t>(put);
     }
     return Status::OK();
   }
 
-  // NFS COMMIT: WRITEs go out UNSTABLE and are durable on the server only after it.
+  // NFS COMMIT. Fails when the server restarted since the first WRITE it covers (its verifier
+  // changed): those writes may be gone, and the caller must treat them as lost.
   Status Sync() override {
     std::lock_guard<std::mutex> l(mu_);
+    if (!uncommitted_) return Status::OK();
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
-    return Call(lease, "fsync", Reply::Kind::kNone, nullptr,
-                [this](nfs_context* c, Reply* r) { return nfs_fsync_async(c, fh_, OnReply, r); });
+    return CommitLocked(lease);
   }
 
   Status Truncate(uint64_t size) override {
@@ -807,6 +901,38 @@ class NfsFile final : public ChunkFile {
         .count();
   }
 
+  // Records the verifier of an UNSTABLE WRITE (mu_ held).
+  void NoteUnstable(const std::array<char, NFS3_WRITEVERFSIZE>& verf) {
+    if (!uncommitted_) {
+      uncommitted_ = true;
+      verf_ = verf;
+    } else if (verf != verf_) {
+      restarted_ = true;  // the earlier uncommitted writes went to a server instance now gone
+    }
+  }
+
+  // COMMIT of the whole file (mu_ held), checked against the verifier of the uncommitted WRITEs.
+  Status CommitLocked(Lease& lease) {
+    WriteVerdict verdict;
+    QBD_RETURN_IF_ERROR(Call(lease, "commit", Reply::Kind::kCommit3, &verdict, [&](nfs_context* c, Reply* r) {
+      COMMIT3args args{};
+      args.file.data.data_len = static_cast<u_int>(handle_->len);
+      args.file.data.data_val = handle_->val;
+      return rpc_nfs3_commit_async(nfs_get_rpc_context(c), OnRpcReply, &args, r);
+    }));
+    const bool lost = restarted_ || verdict.verf != verf_;
+    uncommitted_ = false;
+    restarted_ = false;
+    if (lost) {
+      return Status::IOError(
+          fmt::format("commit {}: the server restarted since the last COMMIT (write verifier changed); "
+                      "writes since then may be lost",
+                      name_),
+          EIO);
+    }
+    return Status::OK();
+  }
+
   // lease.Run on this file; ESTALE means the server dropped the file: detached at once.
   template <typename Start>
   Status Call(Lease& lease, std::string_view what, Reply::Kind kind, void* out, Start&& start,
@@ -819,11 +945,17 @@ class NfsFile final : public ChunkFile {
   const std::shared_ptr<Pool> pool_;
   std::mutex mu_;           // serializes the calls that use fh_ (libnfs updates struct nfsfh)
   nfsfh* const fh_;         // owned: closed by the destructor
+  const LibnfsFh* const handle_ = reinterpret_cast<const LibnfsFh*>(nfs_get_fh(fh_));
   const std::string path_;  // on the mounted export: "/sub/1/a/5"
   const std::string name_;  // "nfs://host/export/sub/1/a/5", for messages
   const uint64_t ino_;      // the inode seen at open
   std::atomic<bool> detached_{false};
   std::atomic<int64_t> last_check_ns_{NowNs()};  // of Detached(); opening counts as one
+  // GUARDED_BY(mu_): UNSTABLE writes since the last COMMIT, the verifier of the first of them,
+  // and whether a later WRITE saw another verifier.
+  bool uncommitted_ = false;
+  std::array<char, NFS3_WRITEVERFSIZE> verf_{};
+  bool restarted_ = false;
 };
 
 class NfsBackend final : public StorageBackend {

@@ -51,12 +51,18 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   std::unique_ptr<Master> m(new Master());
   m->config_ = config;
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config, /*create_missing=*/!options.create_volume.empty()));
+  // Two parts on one disk or one NFS export die together: refused unless the config says so.
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
-  if (!shared.empty() && config.allow_shared_failure_domain) {
-    QBD_LOG_WARN("{} pairs of parts share a failure domain (allowed by allow_shared_failure_domain); "
-                 "losing it loses both copies: {}", shared.size(), shared.front());
-  } else {
-    for (const std::string& line : shared) QBD_LOG_WARN("{}: losing it loses both copies", line);
+  if (!shared.empty() && !config.allow_shared_failure_domain) {
+    std::string all;
+    for (const std::string& line : shared) all += "\n  " + line;
+    return Status::InvalidArgument(
+        fmt::format("{}: {} pair(s) of parts share a failure domain; losing it loses both copies:{}\n"
+                    "put each part on its own disk or NFS export, or set allow_shared_failure_domain = true",
+                    config.file, shared.size(), all));
+  }
+  for (const std::string& line : shared) {
+    QBD_LOG_WARN("{}: losing it loses both copies (allowed by allow_shared_failure_domain)", line);
   }
   if (!options.create_volume.empty()) {
     auto found = m->catalog_->Find(options.create_volume);

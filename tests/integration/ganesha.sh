@@ -208,13 +208,6 @@ ganesha_running() { # NAME: the server process exists (paused counts)
   [ -n "${_G_PID[$1]:-}" ] && alive "${_G_PID[$1]}"
 }
 
-_conf_sets() { # KEY LINE...: one of the LINEs sets KEY
-  local k=$1 l
-  shift
-  for l in "$@"; do [[ $l =~ ^[[:space:]]*${k}[[:space:]]*= ]] && return 0; done
-  return 1
-}
-
 # qbd_conf_nfs NAME... [-- EXTRA_GLOBAL_LINE...]: writes $T/qbd.conf like qbd_conf, sets PORT.
 # Part a lives on the first NAME, part b on the second, ... A NAME is a ganesha server started
 # with ganesha_start (backend NAME, url = its nfs:// URL), or local:DIR for a local directory

@@ -185,7 +185,17 @@ node_dir() { # PART_LETTER -> the backend directory holding that part in the tes
   echo "$T/node-$1"
 }
 
-qbd_conf() { # NPARTS [EXTRA_GLOBAL_LINE...]: writes $T/qbd.conf, sets PORT
+_conf_sets() { # KEY LINE...: one of the LINEs sets KEY
+  local k=$1 l
+  shift
+  for l in "$@"; do [[ $l =~ ^[[:space:]]*${k}[[:space:]]*= ]] && return 0; done
+  return 1
+}
+
+# qbd_conf NPARTS [EXTRA_GLOBAL_LINE...]: writes $T/qbd.conf with NPARTS local parts under $T,
+# sets PORT. The parts share $T's file system, so the config allows a shared failure domain unless
+# an extra line sets allow_shared_failure_domain itself.
+qbd_conf() {
   local n=$1 i l parts=""
   shift
   PORT=$(free_port)
@@ -198,6 +208,7 @@ qbd_conf() { # NPARTS [EXTRA_GLOBAL_LINE...]: writes $T/qbd.conf, sets PORT
     echo "# qbd integration test config ($(basename "$0"))"
     echo "listen = 127.0.0.1:$PORT"
     echo "parts = $parts"
+    _conf_sets allow_shared_failure_domain "$@" || echo "allow_shared_failure_domain = true"
     for l in "$@"; do echo "$l"; done
     for ((i = 0; i < n; i++)); do
       l=$(part_letter $i)

@@ -228,6 +228,22 @@ EOF
 refuses "qbd-master refuses parts naming an undefined backend and names bad3.conf:2" bad3.conf:2 \
   "$T/bad3.conf"
 
+# --- two parts on one file system: refused unless allow_shared_failure_domain = true ---
+grep -v '^allow_shared_failure_domain' "$T/qbd.conf" >"$T/shared.conf"
+refuses "qbd-master refuses parts a, b on one file system without allow_shared_failure_domain" \
+  "parts a (" "$T/shared.conf"
+if grep -q "allow_shared_failure_domain = true" "$T/refuse.out" && grep -q "share a failure domain" "$T/refuse.out"; then
+  pass "the refusal says what is shared and names the override"
+else
+  fail "the refusal says what is shared and names the override" "$(head -c 400 "$T/refuse.out")"
+fi
+if grep -q "share the file system on device .*allowed by allow_shared_failure_domain" "$T/master.log"; then
+  pass "with allow_shared_failure_domain = true qbd-master starts and warns about the shared pair"
+else
+  fail "with allow_shared_failure_domain = true qbd-master starts and warns about the shared pair" \
+    "no such warning in master.log"
+fi
+
 # --- qbd-master refuses a malformed .meta, naming file and line ---
 meta_lines=$(wc -l <"$T/node-a/1/.meta")
 if [ "$meta_lines" -lt 3 ]; then
