@@ -686,6 +686,26 @@ TEST_CASE("Flush fails with Unavailable when fewer than the quorum can sync") {
   CHECK(c.q().PartUp(2));
 }
 
+TEST_CASE("Resync syncs in batches, not once per region, and leaves the parts identical") {
+  Cluster c;
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> v = Data(73, 8 * kChunk);  // 128 regions, chunks 0-7
+  REQUIRE(c.q().Write(0, v, false).ok());
+  REQUIRE(c.q().DirtyRegions(2) == 8 * kChunk / kRegion);
+  c.q().TEST_SetPartUp(2, true);
+  std::atomic<int> syncs{0};
+  c.faulty(2).SetHook([&](FaultyBackend::Op op, std::string_view path) {
+    if (op == FaultyBackend::kSync && path.find(".dirty") == std::string_view::npos) ++syncs;
+  });
+  CHECK(c.q().ResyncOnce() == 8 * kChunk / kRegion);
+  c.faulty(2).SetHook(nullptr);
+  // Per chunk file: one when it is created at full size, one for its batch (not one per region).
+  CHECK(syncs.load() <= 16);
+  CHECK(syncs.load() >= 1);
+  CHECK(c.q().DirtyRegions(2) == 0);
+  c.CheckPartsIdentical();
+}
+
 TEST_CASE("Flush failing on one chunk of one part resyncs that chunk only, not the whole part") {
   Cluster c;
   std::vector<std::byte> v0 = Data(71, kBs), v3 = Data(72, 3 * kBs);

@@ -117,6 +117,7 @@ class QuorumSet : public BlockHandler {
     std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
     std::atomic<int> state{kUp};  // kUp, kResyncing or kDown
     std::atomic<int> inflight{0};
+    std::atomic<uint64_t> marks{0};  // MarkDirty calls so far: resync's batches check it
     // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
     std::mutex dirty_files_mu;
     std::vector<std::unique_ptr<ChunkFile>> dirty_files;
@@ -151,7 +152,11 @@ class QuorumSet : public BlockHandler {
   void ClearDirty(int p, uint64_t region);
   void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
-  bool ResyncRegion(int p, uint64_t region);
+  // Copies one dirty region of part p from a clean part. With `pending`, the copy is not synced
+  // and the region is appended to *pending instead of being cleared (see ResyncOnce).
+  bool ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pending = nullptr);
+  // Syncs part p and clears the regions in *pending (and empties it); returns how many it cleared.
+  uint64_t SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>* pending);
   bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
   void QueueVerify(uint64_t chunk);

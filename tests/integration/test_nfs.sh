@@ -150,6 +150,39 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+# part_up VOLNR VOLUME PART SECONDS: wait until PART of the volume is not down: no "state down" line
+# in master.log for it, or an in-sync line after the last one
+part_up() {
+  local deadline=$(($(date +%s%N) + $4 * 1000000000)) down up
+  while :; do
+    down=$(grep -nE "volume ($1|$2) part $3: state down" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    up=$(grep -nE "volume ($1|$2) part $3: $IN_SYNC_RE" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    [ -z "$down" ] || [ "${up:-0}" -gt "$down" ] && return 0
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# backend_reachable URL SECONDS: wait until master.log has no "URL unreachable" line or a
+# "URL reachable again" line after the last one
+backend_reachable() {
+  local deadline=$(($(date +%s%N) + $2 * 1000000000)) down up
+  while :; do
+    down=$(grep -nF "$1 unreachable" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    up=$(grep -nF "$1 reachable again" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    [ -z "$down" ] || [ "${up:-0}" -gt "$down" ] && return 0
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# bytes_logged SINCE_LINE REGEX: the sum of the "(N bytes)" of master.log lines after SINCE_LINE
+# that match REGEX
+bytes_logged() {
+  tail -n +"$1" "$T/master.log" | grep -E -- "$2" | sed -nE 's/.*\(([0-9]+) bytes\).*/\1/p' |
+    awk '{ s += $1 } END { print s + 0 }'
+}
+
 fio_max_write_ms() { # JSON -> the longest write latency of all jobs, in ms
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(int(max(j["write"]["lat_ns"]["max"] for j in d["jobs"]) / 1e6))' "$1"
 }
@@ -160,7 +193,7 @@ ganesha_start n1
 ganesha_start n2
 ganesha_start n3
 qbd_conf_nfs n1 n2 n3
-for v in big:64M fio:32M dur:32M stall:32M quorum:32M; do
+for v in big:64M fio:32M dur:32M stall:32M quorum:32M kill:128M; do
   qbdctl create "${v%%:*}" --size "${v#*:}" >"$T/create.out" 2>&1 ||
     { show "$T/create.out"; die setup "qbdctl create ${v%%:*} --size ${v#*:} on NFS backends failed"; }
 done
@@ -169,7 +202,8 @@ NR_fio=$(volnr n1 fio)
 NR_dur=$(volnr n1 dur)
 NR_stall=$(volnr n1 stall)
 NR_quorum=$(volnr n1 quorum)
-for nr in "$NR_big" "$NR_fio" "$NR_dur" "$NR_stall" "$NR_quorum"; do
+NR_kill=$(volnr n1 kill)
+for nr in "$NR_big" "$NR_fio" "$NR_dur" "$NR_stall" "$NR_quorum" "$NR_kill"; do
   [ -n "$nr" ] || die setup "a volume is missing in $(ganesha_export n1)/.volumesmeta"
 done
 head -c 64M /dev/urandom >"$T/big1.bin"
@@ -201,6 +235,41 @@ tcheck "nbdcopy --flush of 32 MiB to volume dur" nbdcopy --flush "$T/dur.bin" "$
 ganesha_kill n2
 ganesha_restart n2
 tcheck "volume dur reads back identical after n2's SIGKILL and restart" reads_back dur "$T/dur.bin"
+# A restart between WRITE and COMMIT: n2 may have dropped the unstable writes. The COMMIT sees a
+# new write verifier, the flush fails on part b only, and just the chunk written is resynced.
+check "part b of dur is up (in sync again after the first restart)" part_up "$NR_dur" dur b 30
+head -c 1M /dev/urandom >"$T/dur2.bin"
+since=$(($(log_lines) + 1))
+check "1 MiB written to chunk 3 of volume dur, not flushed" \
+  nbdsh -u "$(uri dur)" -c "h.pwrite(open('$T/dur2.bin', 'rb').read(), 9 * $MiB)"
+ganesha_kill n2
+sleep 1.1 # ganesha's write verifier is its start time in seconds: a restart within the second keeps it
+ganesha_restart n2
+# The volume poll may have found n2 down and opened its circuit breaker: then wait until qbd reaches
+# it again, so that the flush below gets to send its COMMIT.
+check "qbd reaches n2 again after its restart" backend_reachable "$(ganesha_url n2)" 10
+check "a flush after n2 restarted between WRITE and COMMIT succeeds (parts a and c)" \
+  nbdsh -u "$(uri dur)" -c 'h.flush()'
+verf_re="volume ($NR_dur|dur) part b: flush failed: .*write verifier changed.*1 chunk\(s\) written"
+if wait_log "$since" "$verf_re" 10; then
+  pass "the COMMIT after n2's restart sees the new write verifier; one chunk of part b is marked for resync"
+else
+  tail -n +"$since" "$T/master.log" | tail -n 10 | sed 's/^/    | /'
+  fail "write verifier checked" "no master.log line /$verf_re/ within 10 s of the flush"
+fi
+if wait_log "$since" "volume ($NR_dur|dur) part b: $IN_SYNC_RE" 30; then
+  got=$(bytes_logged "$since" "volume ($NR_dur|dur) part b: resynced")
+  if [ "$got" = $((4 * MiB)) ]; then
+    pass "part b of dur back in sync after resyncing $got bytes (the one 4 MiB chunk)"
+  else
+    fail "part b of dur resynced the chunk only" "resynced $got bytes, expected $((4 * MiB))"
+  fi
+else
+  tail -n +"$since" "$T/master.log" | grep "part b" | tail -n 10 | sed 's/^/    | /'
+  fail "part b of dur back in sync" "no master.log line /$IN_SYNC_RE/ within 30 s"
+fi
+check "volume dur reads back the 1 MiB written before the restart" \
+  nbdsh -u "$(uri dur)" -c "assert h.pread($MiB, 9 * $MiB) == open('$T/dur2.bin', 'rb').read()"
 qbd_stop
 check "after n2's SIGKILL, restart and a clean stop, parts a, b, c of dur are identical" \
   parts_agree "$NR_dur" 8 n1 n2 n3
@@ -273,6 +342,85 @@ check "flush of volume stall" nbdsh -u "$(uri stall)" -c 'h.flush()'
 qbd_stop
 check "after SIGSTOP/SIGCONT of n3, a flush and a stop, parts a, b, c of stall are identical" \
   parts_agree "$NR_stall" 8 n1 n2 n3
+
+# =================================================================================================
+# SIGKILL of one server during a fio verify write run: fio ends without error; after a restart only
+# the regions written during the outage are resynced, and the three exports agree block by block
+qbd_start
+head -c 128M /dev/urandom >"$T/kill.bin"
+tcheck "nbdcopy --flush of 128 MiB to volume kill (every chunk written)" \
+  nbdcopy --flush "$T/kill.bin" "$(uri kill)"
+since=$(($(log_lines) + 1))
+# 16 MiB of 4 KiB random writes at 1000 IOPS: about 4 s, then fio reads every block back.
+fio --output-format=json --output="$T/kill.json.raw" --name=killverify --ioengine=nbd \
+  --uri="$(uri kill)" --rw=randwrite --bs=4k --iodepth=16 --size=16m --rate_iops=1000 \
+  --verify=crc32c --verify_fatal=1 >/dev/null 2>&1 &
+fio_pid=$!
+track $fio_pid
+sleep 1.5
+t_kill=$(now_ms)
+ganesha_kill n2
+down_re="volume ($NR_kill|kill) part b: state down"
+if wait_log "$since" "$down_re" 20; then
+  pass "SIGKILLed server detected: part b of volume kill marked down in $(secs $(($(now_ms) - t_kill))) s"
+else
+  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+  fail "SIGKILLed server detected" "no master.log line /$down_re/ within 20 s of SIGKILL"
+fi
+if ! wait_pid $fio_pid 60; then
+  kill -KILL $fio_pid
+  wait_pid $fio_pid 5
+  fail "fio verify with n2 SIGKILLed" "fio did not end within 60 s"
+elif [ "$WAIT_RC" = 0 ] && fio_summary "$T/kill.json.raw" "$T/kill.json" >"$T/kill.out" 2>&1; then
+  pass "fio randwrite verify=crc32c finishes without error with n2 SIGKILLed during the run"
+  echo "    | $(grep -m1 -oE 'write=[0-9]+ .*' "$T/kill.out")"
+else
+  show "$T/kill.json.raw" 20
+  fail "fio verify with n2 SIGKILLed" "fio exited with status $WAIT_RC or reported an error"
+fi
+# More during the outage: 8 MiB at 64 MiB (128 regions of 64 KiB), flushed.
+head -c 8M /dev/urandom >"$T/kill8.bin"
+check "8 MiB written and flushed at 64 MiB while n2 is down" \
+  nbdsh -u "$(uri kill)" -c "h.pwrite(open('$T/kill8.bin', 'rb').read(), 64 * $MiB); h.flush()"
+since=$(($(log_lines) + 1))
+t_restart=$(now_ms)
+ganesha_restart n2
+back_re="volume ($NR_kill|kill) part b: state resyncing"
+if wait_log "$since" "$back_re" 30; then
+  todo=$(bytes_logged "$since" "$back_re")
+  # Outage writes: fio's 16 MiB range (what it wrote after the kill) plus the 8 MiB; never the
+  # 128 MiB volume.
+  if [ "$todo" -gt $((8 * MiB)) ] && [ "$todo" -le $((24 * MiB)) ]; then
+    pass "part b of kill back after the restart with $((todo / 1024)) KiB dirty: the outage's writes (8 MiB + fio's part of 16 MiB), not the 128 MiB volume"
+  else
+    fail "dirty amount after the outage" "$todo bytes dirty, expected more than 8 MiB and at most 24 MiB"
+  fi
+else
+  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+  fail "part b of kill back" "no master.log line /$back_re/ within 30 s of the restart"
+fi
+if wait_log "$since" "volume ($NR_kill|kill) part b: $IN_SYNC_RE" 60; then
+  got=$(bytes_logged "$since" "volume ($NR_kill|kill) part b: resynced")
+  if [ "$got" = "${todo:-0}" ]; then
+    pass "part b of kill in sync $(secs $(($(now_ms) - t_restart))) s after the restart; resynced $((got / 1024)) KiB, exactly the dirty regions"
+  else
+    fail "part b of kill resynced its dirty regions" "resynced $got bytes, $todo were dirty"
+  fi
+else
+  tail -n +"$since" "$T/master.log" | grep "part b" | tail -n 10 | sed 's/^/    | /'
+  fail "part b of kill back in sync" "no master.log line /$IN_SYNC_RE/ within 60 s of the restart"
+fi
+check "volume kill reads back the 8 MiB written during the outage" \
+  nbdsh -u "$(uri kill)" -c "assert h.pread(8 * $MiB, 64 * $MiB) == open('$T/kill8.bin', 'rb').read()"
+check "volume kill reads back the nbdcopy data outside the fio range and the 8 MiB" \
+  nbdsh -u "$(uri kill)" -c "
+d = open('$T/kill.bin', 'rb').read()
+for off in list(range(16, 64, 16)) + list(range(72, 128, 8)):
+    n = min(16, 128 - off) if off < 64 else 8
+    assert h.pread(n * $MiB, off * $MiB) == d[off * $MiB:(off + n) * $MiB], f'at {off} MiB'"
+qbd_stop
+check "after the outage, parts a, b, c of kill (read directly from the three exports) are identical" \
+  parts_agree "$NR_kill" 32 n1 n2 n3
 
 # =================================================================================================
 # Two of three servers SIGKILLed: writes fail within a bounded time; after a restart they work
