@@ -212,8 +212,9 @@ ganesha_running() { # NAME: the server process exists (paused counts)
 # Part a lives on the first NAME, part b on the second, ... A NAME is a ganesha server started
 # with ganesha_start (backend NAME, url = its nfs:// URL), or local:DIR for a local directory
 # backend DIR = $T/DIR (backend name DIR; "local:node-a" matches lib.sh's node_dir a).
-# nfs_timeout_ms = 2000 (fast failure detection) and, as all servers run on this one machine,
-# allow_shared_failure_domain = true, unless an extra line sets them.
+# nfs_timeout_ms = 2000 (fast failure detection) unless an extra line sets it. Each ganesha server
+# is its own failure domain (host:port/export), so no allow_shared_failure_domain is needed unless
+# two local: directories share a file system.
 qbd_conf_nfs() {
   local names=() extra=() n parts="" l
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do
@@ -241,7 +242,6 @@ qbd_conf_nfs() {
     echo "# qbd integration test config ($(basename "$0")), backends on nfs-ganesha"
     echo "listen = 127.0.0.1:$PORT"
     echo "parts = $parts"
-    _conf_sets allow_shared_failure_domain "${extra[@]}" || echo "allow_shared_failure_domain = true"
     _conf_sets nfs_timeout_ms "${extra[@]}" || echo "nfs_timeout_ms = 2000"
     for l in "${extra[@]}"; do echo "$l"; done
     for n in "${names[@]}"; do

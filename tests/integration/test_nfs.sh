@@ -5,7 +5,9 @@
 # servers fail under load: SIGKILL and restart of one (durability), SIGSTOP of one during writes
 # (writes go on within nfs_timeout_ms, the part is marked down, then up and resynced after
 # SIGCONT), SIGKILL of two (writes fail fast, no hang; after a restart they work again and the
-# flushed data is intact). Last, a volume with part a local and parts b, c on NFS.
+# flushed data is intact), SIGKILL of one during a fio verify run (only the outage's writes are
+# resynced). Two parts on one export are refused. Last, a volume with part a local and parts b, c
+# on NFS.
 # Timings measured along the way are printed on the PASS lines.
 . "$(dirname "$0")/lib.sh"
 . "$IT_DIR/ganesha.sh"
@@ -490,6 +492,43 @@ check "after the outage and the resync, parts a, b, c of quorum are identical" \
   parts_agree "$NR_quorum" any n1 n2 n3
 
 # =================================================================================================
+# Failure domains: two parts on one server and export are refused; the override starts with a warning
+url1=$(ganesha_url n1)
+same_conf() { # EXTRA_LINE: a qbd.conf with parts a and b in two directories of n1's export
+  cat <<EOF
+listen = 127.0.0.1:$(free_port)
+parts = x y
+$1
+[backend x]
+url = ${url1%%\?*}/x?${url1#*\?}
+[backend y]
+url = ${url1%%\?*}/y?${url1#*\?}
+EOF
+}
+mkdir -p "$(ganesha_export n1)/x" "$(ganesha_export n1)/y"
+same_conf "" >"$T/same.conf"
+timeout 20 "$QBD_BIN/qbd-master" --config "$T/same.conf" >"$T/same.out" 2>&1 </dev/null
+rc=$?
+if [ $rc = 2 ] && grep -q "share a failure domain" "$T/same.out" && grep -q "parts a (nfs://127.0.0.1/n1/x" "$T/same.out"; then
+  pass "qbd-master refuses (exit 2) parts a and b on the same NFS server and export, naming both"
+else
+  fail "two parts on one NFS export refused" "exit status $rc: $(head -c 400 "$T/same.out")"
+fi
+same_conf "allow_shared_failure_domain = true" >"$T/same2.conf"
+"$QBD_BIN/qbd-master" --config "$T/same2.conf" >"$T/same2.out" 2>&1 </dev/null &
+same_pid=$!
+track $same_pid
+if wait_for_line "$T/same2.out" "serving" 10 &&
+  grep -q "share nfs://127.0.0.1:[0-9]*/n1: losing it loses both copies (allowed by allow_shared_failure_domain)" \
+    "$T/same2.out"; then
+  pass "with allow_shared_failure_domain = true it starts and warns once about the pair"
+else
+  fail "allow_shared_failure_domain = true on one NFS export" "$(head -c 600 "$T/same2.out")"
+fi
+alive $same_pid && kill -TERM $same_pid
+wait_pid $same_pid 20 || fail "qbd-master with a shared NFS export" "did not stop on SIGTERM within 20 s"
+
+# =================================================================================================
 # Mixed: part a in a local directory, parts b and c on NFS
 ganesha_start m2
 ganesha_start m3
@@ -500,6 +539,17 @@ NR_mixed=$(volnr local:node-a mixed)
 qbd_start
 tcheck "mixed volume (a local, b and c on NFS): nbdcopy 64 MiB in and out over 4 connections" \
   copy_in_out mixed "$T/big1.bin" "$T/mixed.out" --connections 4 --flush
+check "qemu-img compare finds the mixed volume identical to the file" \
+  qemu-img compare -f raw -F raw "$T/big1.bin" "$(uri mixed)"
+tcheck "fio randwrite 4k iodepth 16 verify=crc32c over the first 16 MiB of the mixed volume" \
+  run_fio "$T/mixedfio.json" --name=mixedfio --ioengine=nbd --uri="$(uri mixed)" --rw=randwrite \
+  --bs=4k --iodepth=16 --size=16m --verify=crc32c
+check "flush of volume mixed" nbdsh -u "$(uri mixed)" -c 'h.flush()'
+check "the mixed volume past fio's range still holds the file's data" \
+  nbdsh -u "$(uri mixed)" -c "
+d = open('$T/big1.bin', 'rb').read()
+for off in range(16, 64, 16):
+    assert h.pread(16 * $MiB, off * $MiB) == d[off * $MiB:(off + 16) * $MiB], f'at {off} MiB'"
 qbd_stop
 check "mixed volume: chunk files 1..16 on node-a, m2, m3, identical" \
   parts_agree "$NR_mixed" 16 local:node-a m2 m3
