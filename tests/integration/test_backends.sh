@@ -13,6 +13,19 @@ if [ $rc = 0 ] && [ "$(grep -c ' yes  *yes ' "$T/out")" = 3 ] && grep -q 'vol(1)
 else
   fail "qbdctl backends: three reachable, writable backends holding vol(1), exit 0" "rc=$rc: $(cat "$T/out")"
 fi
+if grep -q "^warning: parts a (local:$T/node-a), b (local:$T/node-b), c (local:$T/node-c) share the file system" "$T/out"; then
+  pass "qbdctl backends warns that parts a, b, c share a file system (allowed)"
+else
+  fail "qbdctl backends warns about a shared file system" "$(cat "$T/out")"
+fi
+grep -v '^allow_shared_failure_domain' "$T/qbd.conf" >"$T/strict.conf"
+"$QBD_BIN/qbdctl" --config "$T/strict.conf" backends >"$T/out" 2>&1
+rc=$?
+if [ $rc = 1 ] && grep -q '^error: parts a (.*), b (.*), c (.*) share the file system.*qbd-master refuses' "$T/out"; then
+  pass "without allow_shared_failure_domain, qbdctl backends reports the shared file system as an error, exit 1"
+else
+  fail "qbdctl backends without allow_shared_failure_domain" "rc=$rc: $(cat "$T/out")"
+fi
 QBDCTL="$QBD_BIN/qbdctl" "$root/scripts/mount-backends.sh" --check --config "$T/qbd.conf" >"$T/out" 2>&1
 rc=$?
 [ $rc = 0 ] && pass "mount-backends.sh --check exits 0 when every backend is fine" ||

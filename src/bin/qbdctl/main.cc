@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "qbd/catalog.h"
 #include "qbd/config.h"
@@ -80,6 +81,7 @@ int CheckBackends(const qbd::Config& config) {
   std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", "BACKEND", "PART", "REACHABLE", "WRITABLE",
                            "FREE", "LOCATION", "VOLUMES");
   int bad = 0;
+  std::map<std::string, std::vector<std::string>> domains;  // failure domain -> its parts, "a (location)"
   for (const qbd::BackendConfig& b : config.backends) {
     std::string part = "-";
     for (size_t i = 0; i < config.parts.size(); ++i) {
@@ -93,6 +95,7 @@ int CheckBackends(const qbd::Config& config) {
       continue;
     }
     qbd::StorageBackend& be = **backend;
+    if (part != "-") domains[be.FailureDomain()].push_back(fmt::format("{} ({})", part, be.Describe()));
     const std::string probe = fmt::format(".qbdctl-probe.{}", ::getpid());
     qbd::Status w = qbd::WriteFileAtomic(be, probe, "probe\n");
     if (w.ok()) w = be.Remove(probe);
@@ -113,6 +116,15 @@ int CheckBackends(const qbd::Config& config) {
     std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "yes", w.ok() ? "yes" : "no",
                              free.ok() ? fmt::format("{:.1f} GiB", static_cast<double>(*free) / (1ull << 30)) : "?", be.Describe(),
                              w.ok() ? volumes : w.message());
+  }
+  for (const auto& [domain, parts] : domains) {
+    if (parts.size() < 2) continue;
+    std::cout << fmt::format("{}: parts {} share {}: losing it loses all their copies{}\n",
+                             config.allow_shared_failure_domain ? "warning" : "error", fmt::join(parts, ", "), domain,
+                             config.allow_shared_failure_domain
+                                 ? " (allowed by allow_shared_failure_domain)"
+                                 : "; qbd-master refuses to start unless allow_shared_failure_domain = true");
+    if (!config.allow_shared_failure_domain) ++bad;
   }
   return bad == 0 ? 0 : 1;
 }
