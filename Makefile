@@ -41,7 +41,7 @@ LIB := $(BUILD)/libqbd.a
 BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
 FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all deps test unit integration run bench asan fuzz clean format check-format check-headers
+.PHONY: all deps test unit integration run bench bench-nfs asan fuzz clean format check-format check-headers
 .DEFAULT_GOAL := all
 
 all: deps $(BINS)
@@ -104,6 +104,10 @@ fuzz:
 
 bench: all
 	scripts/bench.py $(BUILD)
+
+# qbd over three nfs-ganesha servers against qemu-nbd on nfs:// (BENCH_SECONDS, BENCH_SIZE as above).
+bench-nfs: all
+	QBD_BIN=$(BUILD)/bin scripts/bench-nfs.sh
 
 check-headers:
 	@for h in include/qbd/*.h; do \

@@ -18,9 +18,10 @@
 // that server and across reconnects (libnfs' struct nfsfh holds the handle bytes and no pointer to
 // the context that opened it; nfs_destroy_context does not free handles). So a ChunkFile is not
 // pinned to the context that opened it: each call takes any free context, and a reconnect never
-// makes a handle stale (a handle is stale only when the server dropped the file: ESTALE). libnfs
-// updates fields of struct nfsfh (dirty flag, read-ahead state) during calls, so each NfsFile
-// serializes its own calls with a mutex.
+// makes a handle stale (a handle is stale only when the server dropped the file: ESTALE). The
+// calls used on a handle (pread without read-ahead or page cache, fstat, ftruncate, raw WRITE and
+// COMMIT) do not modify struct nfsfh, so the calls of one NfsFile run concurrently, each on its
+// own context.
 //
 // Failures and reconnects. Every context is set up with nfs_set_timeout(timeout_ms) and
 // nfs_set_autoreconnect(0) before nfs_mount, so a call to a dead or hung server fails (libnfs:
@@ -51,8 +52,8 @@
 // since the previous Sync as lost (qbd resyncs those chunks from the other parts) instead of
 // trusting them.
 //
-// Thread-safety: NfsBackend is safe for concurrent use; an NfsFile is safe for concurrent calls
-// (serialized by its mutex). Lock order: NfsFile::mu_ before Pool::mu_. NfsFile and NfsBackend
+// Thread-safety: NfsBackend is safe for concurrent use; so is an NfsFile (its COMMITs are
+// serialized). Lock order: NfsFile::commit_mu_, then Pool::mu_ or NfsFile::state_mu_. NfsFile and NfsBackend
 // share the pool (shared_ptr), so a file may outlive its backend.
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -776,9 +777,9 @@ class NfsFile final : public ChunkFile {
       pool_->DeferClose(fh_);
       return;
     }
-    if (uncommitted_) {
+    if (written_ != committed_) {
       // Whoever dropped the file without a Sync gets no answer; the writes still get their COMMIT.
-      Status s = CommitLocked(*lease);
+      Status s = Commit(*lease);
       if (!s.ok()) QBD_LOG_WARN("closing {}: {}", name_, s.ToString());
     }
     lease
@@ -788,7 +789,6 @@ class NfsFile final : public ChunkFile {
   }
 
   Status ReadAt(uint64_t offset, std::span<std::byte> out) override {
-    std::lock_guard<std::mutex> l(mu_);
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     uint64_t done = 0;
     while (done < out.size()) {
@@ -807,7 +807,6 @@ class NfsFile final : public ChunkFile {
 
   // UNSTABLE WRITEs of at most the server's write size each; see "Writes and COMMIT" above.
   Status WriteAt(uint64_t offset, std::span<const std::byte> in) override {
-    std::lock_guard<std::mutex> l(mu_);
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     const uint64_t max = std::max<uint64_t>(4096, nfs_get_writemax(lease.nfs()));
     uint64_t done = 0;
@@ -841,14 +840,16 @@ class NfsFile final : public ChunkFile {
   // NFS COMMIT. Fails when the server restarted since the first WRITE it covers (its verifier
   // changed): those writes may be gone, and the caller must treat them as lost.
   Status Sync() override {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!uncommitted_) return Status::OK();
+    std::lock_guard<std::mutex> l(commit_mu_);
+    {
+      std::lock_guard<std::mutex> s(state_mu_);
+      if (written_ == committed_) return Status::OK();
+    }
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
-    return CommitLocked(lease);
+    return Commit(lease);
   }
 
   Status Truncate(uint64_t size) override {
-    std::lock_guard<std::mutex> l(mu_);
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     return Call(lease, "ftruncate", Reply::Kind::kNone, nullptr, [&](nfs_context* c, Reply* r) {
       return nfs_ftruncate_async(c, fh_, size, OnReply, r);
@@ -856,7 +857,6 @@ class NfsFile final : public ChunkFile {
   }
 
   Result<uint64_t> Size() override {
-    std::lock_guard<std::mutex> l(mu_);
     QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     struct nfs_stat_64 st = {};
     QBD_RETURN_IF_ERROR(
@@ -901,18 +901,25 @@ class NfsFile final : public ChunkFile {
         .count();
   }
 
-  // Records the verifier of an UNSTABLE WRITE (mu_ held).
+  // Records a completed UNSTABLE WRITE and its verifier.
   void NoteUnstable(const std::array<char, NFS3_WRITEVERFSIZE>& verf) {
-    if (!uncommitted_) {
-      uncommitted_ = true;
+    std::lock_guard<std::mutex> l(state_mu_);
+    if (written_ == committed_) {
       verf_ = verf;
     } else if (verf != verf_) {
       restarted_ = true;  // the earlier uncommitted writes went to a server instance now gone
     }
+    ++written_;
   }
 
-  // COMMIT of the whole file (mu_ held), checked against the verifier of the uncommitted WRITEs.
-  Status CommitLocked(Lease& lease) {
+  // COMMIT of the whole file (commit_mu_ held, or the destructor), checked against the verifier
+  // of the writes it covers: those completed before it was sent.
+  Status Commit(Lease& lease) {
+    uint64_t covers = 0;
+    {
+      std::lock_guard<std::mutex> l(state_mu_);
+      covers = written_;
+    }
     WriteVerdict verdict;
     QBD_RETURN_IF_ERROR(Call(lease, "commit", Reply::Kind::kCommit3, &verdict, [&](nfs_context* c, Reply* r) {
       COMMIT3args args{};
@@ -920,10 +927,14 @@ class NfsFile final : public ChunkFile {
       args.file.data.data_val = handle_->val;
       return rpc_nfs3_commit_async(nfs_get_rpc_context(c), OnRpcReply, &args, r);
     }));
+    std::lock_guard<std::mutex> l(state_mu_);
     const bool lost = restarted_ || verdict.verf != verf_;
-    uncommitted_ = false;
-    restarted_ = false;
+    committed_ = std::max(committed_, covers);
     if (lost) {
+      // Writes completed while the COMMIT was out may carry either verifier: the next Sync fails
+      // too when there are any, so that none is trusted by mistake.
+      restarted_ = written_ > covers;
+      verf_ = verdict.verf;
       return Status::IOError(
           fmt::format("commit {}: the server restarted since the last COMMIT (write verifier changed); "
                       "writes since then may be lost",
@@ -943,7 +954,8 @@ class NfsFile final : public ChunkFile {
   }
 
   const std::shared_ptr<Pool> pool_;
-  std::mutex mu_;           // serializes the calls that use fh_ (libnfs updates struct nfsfh)
+  // Calls on fh_ run concurrently: pread (libnfs' read-ahead and page cache are off), fstat,
+  // ftruncate and the raw WRITE/COMMIT leave struct nfsfh as it is.
   nfsfh* const fh_;         // owned: closed by the destructor
   const LibnfsFh* const handle_ = reinterpret_cast<const LibnfsFh*>(nfs_get_fh(fh_));
   const std::string path_;  // on the mounted export: "/sub/1/a/5"
@@ -951,11 +963,12 @@ class NfsFile final : public ChunkFile {
   const uint64_t ino_;      // the inode seen at open
   std::atomic<bool> detached_{false};
   std::atomic<int64_t> last_check_ns_{NowNs()};  // of Detached(); opening counts as one
-  // GUARDED_BY(mu_): UNSTABLE writes since the last COMMIT, the verifier of the first of them,
-  // and whether a later WRITE saw another verifier.
-  bool uncommitted_ = false;
-  std::array<char, NFS3_WRITEVERFSIZE> verf_{};
-  bool restarted_ = false;
+  std::mutex commit_mu_;  // one COMMIT at a time
+  std::mutex state_mu_;   // guards the four below (never held across an RPC)
+  uint64_t written_ = 0;    // UNSTABLE WRITEs completed
+  uint64_t committed_ = 0;  // how many of them the last good COMMIT covered
+  std::array<char, NFS3_WRITEVERFSIZE> verf_{};  // the verifier of the uncommitted ones
+  bool restarted_ = false;  // an uncommitted WRITE saw another verifier than verf_
 };
 
 class NfsBackend final : public StorageBackend {
