@@ -389,6 +389,7 @@ t_restart=$(now_ms)
 ganesha_restart n2
 back_re="volume ($NR_kill|kill) part b: state resyncing"
 if wait_log "$since" "$back_re" 30; then
+  back_ms=$(($(now_ms) - t_restart))
   todo=$(bytes_logged "$since" "$back_re")
   # Outage writes: fio's 16 MiB range (what it wrote after the kill) plus the 8 MiB; never the
   # 128 MiB volume.
@@ -404,7 +405,7 @@ fi
 if wait_log "$since" "volume ($NR_kill|kill) part b: $IN_SYNC_RE" 60; then
   got=$(bytes_logged "$since" "volume ($NR_kill|kill) part b: resynced")
   if [ "$got" = "${todo:-0}" ]; then
-    pass "part b of kill in sync $(secs $(($(now_ms) - t_restart))) s after the restart; resynced $((got / 1024)) KiB, exactly the dirty regions"
+    pass "part b of kill in sync $(secs $(($(now_ms) - t_restart))) s after the restart (reconnected after $(secs "${back_ms:-0}") s, reconnect backoff included); resynced $((got / 1024)) KiB, exactly the dirty regions"
   else
     fail "part b of kill resynced its dirty regions" "resynced $got bytes, $todo were dirty"
   fi
