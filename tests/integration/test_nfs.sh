@@ -152,30 +152,25 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-# part_up VOLNR VOLUME PART SECONDS: wait until PART of the volume is not down: no "state down" line
-# in master.log for it, or an in-sync line after the last one
-part_up() {
-  local deadline=$(($(date +%s%N) + $4 * 1000000000)) down up
+# back_after BAD_REGEX GOOD_REGEX SECONDS: wait until master.log has no line matching BAD_REGEX, or
+# a line matching GOOD_REGEX after the last one
+back_after() {
+  local deadline=$(($(date +%s%N) + $3 * 1000000000)) bad good
   while :; do
-    down=$(grep -nE "volume ($1|$2) part $3: state down" "$T/master.log" | tail -n 1 | cut -d: -f1)
-    up=$(grep -nE "volume ($1|$2) part $3: $IN_SYNC_RE" "$T/master.log" | tail -n 1 | cut -d: -f1)
-    [ -z "$down" ] || [ "${up:-0}" -gt "$down" ] && return 0
+    bad=$(grep -nE -- "$1" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    good=$(grep -nE -- "$2" "$T/master.log" | tail -n 1 | cut -d: -f1)
+    [ -z "$bad" ] || [ "${good:-0}" -gt "$bad" ] && return 0
     [ "$(date +%s%N)" -lt "$deadline" ] || return 1
     sleep 0.1
   done
 }
-
-# backend_reachable URL SECONDS: wait until master.log has no "URL unreachable" line or a
-# "URL reachable again" line after the last one
+# part_up VOLNR VOLUME PART SECONDS: the part is not down (never was, or in sync since)
+part_up() { back_after "volume ($1|$2) part $3: state down" "volume ($1|$2) part $3: $IN_SYNC_RE" "$4"; }
+# backend_reachable URL SECONDS: qbd reaches the NFS server URL (never lost it, or again since)
 backend_reachable() {
-  local deadline=$(($(date +%s%N) + $2 * 1000000000)) down up
-  while :; do
-    down=$(grep -nF "$1 unreachable" "$T/master.log" | tail -n 1 | cut -d: -f1)
-    up=$(grep -nF "$1 reachable again" "$T/master.log" | tail -n 1 | cut -d: -f1)
-    [ -z "$down" ] || [ "${up:-0}" -gt "$down" ] && return 0
-    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
+  local u
+  u=$(sed 's/[][\.*^$?+(){}|]/\\&/g' <<<"$1")
+  back_after "$u unreachable" "$u reachable again" "$2"
 }
 
 # bytes_logged SINCE_LINE REGEX: the sum of the "(N bytes)" of master.log lines after SINCE_LINE
