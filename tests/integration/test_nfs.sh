@@ -173,6 +173,35 @@ backend_reachable() {
   back_after "$u unreachable" "$u reachable again" "$2"
 }
 
+# marked_down SINCE_LINE VOLNR VOLUME PART T0_MS WHAT ("SIGKILLed"): checks that master.log marks
+# PART down within 20 s of its server being WHAT at T0_MS, and reports how long that took
+marked_down() {
+  local re="volume ($2|$3) part $4: state down"
+  if wait_log "$1" "$re" 20; then
+    pass "$6 server detected: part $4 of volume $3 marked down in $(secs $(($(now_ms) - $5))) s"
+  else
+    tail -n +"$1" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
+    fail "$6 server detected" "no master.log line /$re/ within 20 s"
+  fi
+}
+
+# resynced_exactly SINCE_LINE VOLNR VOLUME PART BYTES SECONDS T0_MS WHAT: waits up to SECONDS for
+# PART to be in sync again, then checks that the resync lines since SINCE_LINE copied BYTES
+resynced_exactly() {
+  local got
+  if wait_log "$1" "volume ($2|$3) part $4: $IN_SYNC_RE" "$6"; then
+    got=$(bytes_logged "$1" "volume ($2|$3) part $4: resynced")
+    if [ "$got" = "$5" ]; then
+      pass "part $4 of $3 in sync $(secs $(($(now_ms) - $7))) s later; resynced $((got / 1024)) KiB: $8"
+    else
+      fail "part $4 of $3 resynced $8" "resynced $got bytes, expected $5"
+    fi
+  else
+    tail -n +"$1" "$T/master.log" | grep "part $4" | tail -n 10 | sed 's/^/    | /'
+    fail "part $4 of $3 back in sync" "no master.log line /$IN_SYNC_RE/ within $6 s"
+  fi
+}
+
 # bytes_logged SINCE_LINE REGEX: the sum of the "(N bytes)" of master.log lines after SINCE_LINE
 # that match REGEX
 bytes_logged() {
@@ -254,17 +283,7 @@ else
   tail -n +"$since" "$T/master.log" | tail -n 10 | sed 's/^/    | /'
   fail "write verifier checked" "no master.log line /$verf_re/ within 10 s of the flush"
 fi
-if wait_log "$since" "volume ($NR_dur|dur) part b: $IN_SYNC_RE" 30; then
-  got=$(bytes_logged "$since" "volume ($NR_dur|dur) part b: resynced")
-  if [ "$got" = $((4 * MiB)) ]; then
-    pass "part b of dur back in sync after resyncing $got bytes (the one 4 MiB chunk)"
-  else
-    fail "part b of dur resynced the chunk only" "resynced $got bytes, expected $((4 * MiB))"
-  fi
-else
-  tail -n +"$since" "$T/master.log" | grep "part b" | tail -n 10 | sed 's/^/    | /'
-  fail "part b of dur back in sync" "no master.log line /$IN_SYNC_RE/ within 30 s"
-fi
+resynced_exactly "$since" "$NR_dur" dur b $((4 * MiB)) 30 "$(now_ms)" "the one 4 MiB chunk"
 check "volume dur reads back the 1 MiB written before the restart" \
   nbdsh -u "$(uri dur)" -c "assert h.pread($MiB, 9 * $MiB) == open('$T/dur2.bin', 'rb').read()"
 qbd_stop
@@ -284,13 +303,7 @@ track $fio_pid
 sleep 2
 t_stop=$(now_ms)
 ganesha_pause n3
-down_re="volume ($NR_stall|stall) part c: state down"
-if wait_log "$since" "$down_re" 20; then
-  pass "SIGSTOPped server detected: part c of volume stall marked down in $(secs $(($(now_ms) - t_stop))) s"
-else
-  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
-  fail "SIGSTOPped server detected" "no master.log line /$down_re/ within 20 s of SIGSTOP"
-fi
+marked_down "$since" "$NR_stall" stall c "$t_stop" SIGSTOPped
 if ! wait_pid $fio_pid 40; then
   kill -KILL $fio_pid
   wait_pid $fio_pid 5
@@ -357,13 +370,7 @@ track $fio_pid
 sleep 1.5
 t_kill=$(now_ms)
 ganesha_kill n2
-down_re="volume ($NR_kill|kill) part b: state down"
-if wait_log "$since" "$down_re" 20; then
-  pass "SIGKILLed server detected: part b of volume kill marked down in $(secs $(($(now_ms) - t_kill))) s"
-else
-  tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
-  fail "SIGKILLed server detected" "no master.log line /$down_re/ within 20 s of SIGKILL"
-fi
+marked_down "$since" "$NR_kill" kill b "$t_kill" SIGKILLed
 if ! wait_pid $fio_pid 60; then
   kill -KILL $fio_pid
   wait_pid $fio_pid 5
@@ -397,17 +404,8 @@ else
   tail -n +"$since" "$T/master.log" | tail -n 15 | sed 's/^/    | /'
   fail "part b of kill back" "no master.log line /$back_re/ within 30 s of the restart"
 fi
-if wait_log "$since" "volume ($NR_kill|kill) part b: $IN_SYNC_RE" 60; then
-  got=$(bytes_logged "$since" "volume ($NR_kill|kill) part b: resynced")
-  if [ "$got" = "${todo:-0}" ]; then
-    pass "part b of kill in sync $(secs $(($(now_ms) - t_restart))) s after the restart (reconnected after $(secs "${back_ms:-0}") s, reconnect backoff included); resynced $((got / 1024)) KiB, exactly the dirty regions"
-  else
-    fail "part b of kill resynced its dirty regions" "resynced $got bytes, $todo were dirty"
-  fi
-else
-  tail -n +"$since" "$T/master.log" | grep "part b" | tail -n 10 | sed 's/^/    | /'
-  fail "part b of kill back in sync" "no master.log line /$IN_SYNC_RE/ within 60 s of the restart"
-fi
+resynced_exactly "$since" "$NR_kill" kill b "${todo:-0}" 60 "$t_restart" \
+  "exactly the dirty regions; reconnected $(secs "${back_ms:-0}") s after the restart, backoff included"
 check "volume kill reads back the 8 MiB written during the outage" \
   nbdsh -u "$(uri kill)" -c "assert h.pread(8 * $MiB, 64 * $MiB) == open('$T/kill8.bin', 'rb').read()"
 check "volume kill reads back the nbdcopy data outside the fio range and the 8 MiB" \
