@@ -706,6 +706,23 @@ TEST_CASE("Resync syncs in batches, not once per region, and leaves the parts id
   c.CheckPartsIdentical();
 }
 
+TEST_CASE("A resync batch whose sync fails leaves the batch and the unsynced client chunk dirty") {
+  Cluster c;
+  c.q().TEST_SetPartUp(2, false);
+  REQUIRE(c.q().Write(0, Data(74, kBs), false).ok());  // missed by part c: region 0 dirty
+  c.q().TEST_SetPartUp(2, true);
+  REQUIRE(c.q().Write(5 * kChunk, Data(75, kBs), false).ok());  // on part c too, not yet synced
+  c.faulty(2).FailMatching(c.ChunkFile(2, 5), FaultyBackend::kSync);
+  CHECK(c.q().ResyncOnce() == 0);
+  CHECK_FALSE(c.q().PartUp(2));
+  // Region 0 (the batch) and all of chunk 5 (its write may be lost) are copied again later.
+  CHECK(c.q().DirtyRegions(2) == 1 + kChunk / kRegion);
+  c.faulty(2).ClearFaults();
+  c.q().TEST_SetPartUp(2, true);
+  CHECK(c.q().ResyncOnce() == 1 + kChunk / kRegion);
+  c.CheckPartsIdentical();
+}
+
 TEST_CASE("Flush failing on one chunk of one part resyncs that chunk only, not the whole part") {
   Cluster c;
   std::vector<std::byte> v0 = Data(71, kBs), v3 = Data(72, 3 * kBs);

@@ -152,6 +152,8 @@ class QuorumSet : public BlockHandler {
   void ClearDirty(int p, uint64_t region);
   void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
+  // Part p failed to sync `chunks` (none known: all of it): marks it down and them dirty.
+  void FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks);
   // Copies one dirty region of part p from a clean part. With `pending`, the copy is not synced
   // and the region is appended to *pending instead of being cleared (see ResyncOnce).
   bool ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pending = nullptr);

@@ -746,6 +746,27 @@ void QuorumSet::MarkDown(int p, const Status& why) {
   }
 }
 
+void QuorumSet::FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks) {
+  // A failed sync may have lost any write to those chunks since their last good sync (an NFS
+  // server that restarted drops its uncommitted writes): they are resynced from the others.
+  MarkDown(p, why);
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  if (chunks.empty()) {
+    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
+                  parts_[p]->store->part(), why.ToString());
+    ranges.emplace_back(0, (Size() + region_size_ - 1) / region_size_ - 1);
+  } else {
+    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be resynced",
+                  options_.volume, parts_[p]->store->part(), why.ToString(), chunks.size());
+    const uint64_t last_block = options_.geometry.BlocksPerChunk() - 1;
+    for (uint64_t c : chunks) ranges.emplace_back(RegionOf(c, 0), RegionOf(c, last_block));
+  }
+  for (const auto& [r0, r1] : ranges) {
+    Status m = MarkDirty(p, r0, r1, /*durable=*/true, "flush failed");
+    if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
+  }
+}
+
 Status QuorumSet::Flush() {
   std::unique_lock<std::mutex> l(flush_mu_);
   const uint64_t ticket = ++flush_requested_;
@@ -774,26 +795,7 @@ Status QuorumSet::Flush() {
       if (results[i].ok()) {
         if (InSync(i)) ++ok;
       } else if (Reachable(i)) {
-        // A failed sync may have lost any write to those chunks since their last good sync (an NFS
-        // server that restarted drops its uncommitted writes): they are resynced from the others.
-        const int p = static_cast<int>(i);
-        MarkDown(p, results[i]);
-        if (failed[i].empty()) {
-          QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
-                        parts_[i]->store->part(), results[i].ToString());
-          const uint64_t last = (Size() + region_size_ - 1) / region_size_ - 1;
-          Status m = MarkDirty(p, 0, last, /*durable=*/true, "flush failed");
-          if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
-        } else {
-          QBD_LOG_ERROR("volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be "
-                        "resynced",
-                        options_.volume, parts_[i]->store->part(), results[i].ToString(), failed[i].size());
-          const uint64_t last_block = options_.geometry.BlocksPerChunk() - 1;
-          for (uint64_t c : failed[i]) {
-            Status m = MarkDirty(p, RegionOf(c, 0), RegionOf(c, last_block), /*durable=*/true, "flush failed");
-            if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
-          }
-        }
+        FlushFailed(static_cast<int>(i), results[i], failed[i]);
       }
     }
     Status s = ok >= static_cast<int>(options_.write_quorum)
@@ -997,11 +999,11 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pend
 
 uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>* pending) {
   Part& part = *parts_[p];
-  Status s = part.store->Flush();
+  std::vector<uint64_t> failed;
+  Status s = part.store->Flush(&failed);
   if (!s.ok()) {
-    QBD_LOG_WARN("resync: volume {} part {}: {}", options_.volume, part.store->part(), s.ToString());
-    MarkDown(p, s);
-    pending->clear();  // still dirty: copied again when the part is back
+    FlushFailed(p, s, failed);  // the batch stays dirty too: copied again when the part is back
+    pending->clear();
     return 0;
   }
   const uint64_t start_size = Size();
