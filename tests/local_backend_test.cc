@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "qbd/backend.h"
+#include "qbd/catalog.h"
 #include "testutil/backend_envs.h"
 #include "testutil/mem_backend.h"
 #include "testutil/temp_dir.h"
@@ -75,6 +76,12 @@ TEST_CASE("NewLocalDirBackend creates the root and describes it") {
     auto elsewhere = NewLocalDirBackend(shm_dir);
     REQUIRE(elsewhere.ok());
     CHECK((*elsewhere)->FailureDomain() != (*b)->FailureDomain());  // another file system
+    // Parts a and c on one file system, b elsewhere: one line, naming a and c only.
+    std::vector<std::string> shared = SharedFailureDomains({b->get(), elsewhere->get(), other->get()});
+    REQUIRE(shared.size() == 1);
+    CHECK(shared[0] == fmt::format("parts a ({}), c ({}) share {}", (*b)->Describe(), (*other)->Describe(),
+                                   (*b)->FailureDomain()));
+    CHECK(SharedFailureDomains({b->get(), elsewhere->get(), nullptr}).empty());
     std::filesystem::remove_all(shm_dir);
   }
 }

@@ -28,6 +28,10 @@ namespace qbd {
 // is created only with `create_missing`, else NotFound.
 Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config, bool create_missing);
 
+// One line per failure domain (file system, NFS server and export) that holds two or more of
+// `parts` (part 'a' + i is parts[i]; null entries are skipped): "parts a (LOC), b (LOC) share D".
+std::vector<std::string> SharedFailureDomains(const std::vector<const StorageBackend*>& parts);
+
 struct CreateVolumeOptions {
   std::string name;
   uint64_t size = 0;
@@ -48,7 +52,7 @@ class Catalog {
   // The backend of part 'a' + i.
   StorageBackend& part_backend(size_t i) { return *backends_[i]; }
   std::vector<StorageBackend*> BackendsFor(const VolumeMeta& meta);
-  // One line per pair of parts whose backends share a failure domain (one file system or server).
+  // qbd::SharedFailureDomains of this catalog's parts.
   std::vector<std::string> SharedFailureDomains() const;
 
   // The newest `.volumesmeta`; an empty index when no backend has one yet. Copies that are

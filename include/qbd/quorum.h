@@ -154,11 +154,13 @@ class QuorumSet : public BlockHandler {
   void MarkDown(int p, const Status& why);
   // Part p failed to sync `chunks` (none known: all of it): marks it down and them dirty.
   void FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks);
-  // Copies one dirty region of part p from a clean part. With `pending`, the copy is not synced
-  // and the region is appended to *pending instead of being cleared (see ResyncOnce).
-  bool ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pending = nullptr);
-  // Syncs part p and clears the regions in *pending (and empties it); returns how many it cleared.
-  uint64_t SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>* pending);
+  // Copies one dirty region of part p from a clean part, unsynced, and appends it to `pending`
+  // (SettleResynced syncs and clears). True only for a region repaired and cleared at once
+  // (dirty on every part: reconciled).
+  bool ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pending);
+  // Syncs part p and clears the regions in `pending` (and empties it) unless the part was marked
+  // dirty since `marks_before`; returns how many it cleared.
+  uint64_t SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>& pending);
   bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
   void QueueVerify(uint64_t chunk);

@@ -557,13 +557,9 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       if (attempted[i]) {
         // One warning per outage: writes that were in flight when the part went down say it at
         // debug level only.
-        if (Reachable(i) || results[i].IsInvalidArgument()) {
-          QBD_LOG_WARN("volume {} part {} chunk {}: write failed: {}", options_.volume, parts_[i]->store->part(),
-                       chunk + 1, results[i].ToString());
-        } else {
-          QBD_LOG_DEBUG("volume {} part {} chunk {}: write failed: {}", options_.volume, parts_[i]->store->part(),
-                        chunk + 1, results[i].ToString());
-        }
+        Log(Reachable(i) || results[i].IsInvalidArgument() ? LogLevel::kWarn : LogLevel::kDebug,
+            "volume {} part {} chunk {}: write failed: {}", options_.volume, parts_[i]->store->part(), chunk + 1,
+            results[i].ToString());
         if (!results[i].IsInvalidArgument()) MarkDown(static_cast<int>(i), results[i]);
       }
       missed.push_back(static_cast<int>(i));
@@ -909,13 +905,13 @@ uint64_t QuorumSet::ResyncOnce() {
         std::lock_guard<std::mutex> l(resync_mu_);
         if (resync_stop_) break;
       }
-      if (ResyncRegion(static_cast<int>(i), *r, &pending)) ++done;
+      if (ResyncRegion(static_cast<int>(i), *r, pending)) ++done;  // reconciled in place
       if (pending.size() >= kResyncBatch) {
-        done += SettleResynced(static_cast<int>(i), marks, &pending);
+        done += SettleResynced(static_cast<int>(i), marks, pending);
         marks = p.marks.load();
       }
     }
-    if (!pending.empty()) done += SettleResynced(static_cast<int>(i), marks, &pending);
+    if (!pending.empty()) done += SettleResynced(static_cast<int>(i), marks, pending);
     {
       std::lock_guard<std::mutex> l(resync_mu_);
       if (resync_stop_) return repaired + done;
@@ -934,8 +930,8 @@ uint64_t QuorumSet::ResyncOnce() {
   return repaired;
 }
 
-// Copies region `region` of part p from a clean part; true when p's copy is good again.
-bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pending) {
+// See quorum.h: the copy goes to `pending`; true only when reconciled (and cleared) here.
+bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pending) {
   const Geometry& g = options_.geometry;
   const uint64_t bs = g.block_size;
   const uint64_t start = region * region_size_;
@@ -969,10 +965,10 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pend
   Status w;
   if (all_unwritten) {
     bool rebuilt = false;
-    w = target.store->Unwrite(chunk, first, n, /*sync=*/pending == nullptr, &rebuilt);
+    w = target.store->Unwrite(chunk, first, n, /*sync=*/false, &rebuilt);
   } else {
     bool created = false;
-    w = target.store->Write(chunk, first, data, metas, /*sync=*/pending == nullptr, &created);
+    w = target.store->Write(chunk, first, data, metas, /*sync=*/false, &created);
   }
   if (!w.ok()) {
     QBD_LOG_WARN("resync: volume {} part {} chunk {}: {}", options_.volume, target.store->part(), chunk + 1,
@@ -980,13 +976,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pend
     MarkDown(p, w);
     return false;
   }
-  if (pending != nullptr) {
-    pending->push_back(region);
-  } else {
-    ClearDirty(p, region);
-    counters_.resynced_regions.fetch_add(1);
-    counters_.resynced_bytes.fetch_add(end - start);
-  }
+  pending.push_back(region);  // cleared by SettleResynced once synced
   if (options_.resync_bytes_per_sec > 0) {
     // Throttle: each region's share of a second, slept without holding its lock.
     guard.reset();
@@ -994,21 +984,21 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>* pend
     resync_cv_.wait_for(l, std::chrono::microseconds((end - start) * 1000000 / options_.resync_bytes_per_sec),
                         [this] { return resync_stop_; });
   }
-  return pending == nullptr;  // a pending copy counts once SettleResynced cleared it
+  return false;  // counted once SettleResynced cleared it
 }
 
-uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>* pending) {
+uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>& pending) {
   Part& part = *parts_[p];
   std::vector<uint64_t> failed;
   Status s = part.store->Flush(&failed);
   if (!s.ok()) {
     FlushFailed(p, s, failed);  // the batch stays dirty too: copied again when the part is back
-    pending->clear();
+    pending.clear();
     return 0;
   }
   const uint64_t start_size = Size();
   uint64_t cleared = 0;
-  for (uint64_t region : *pending) {
+  for (uint64_t region : pending) {
     // Under the region's lock no write is in flight there; a region marked dirty again since the
     // batch began (a write that missed this part, a repair) stays dirty and is copied again.
     RegionGuard guard(*this, region, region);
@@ -1019,7 +1009,7 @@ uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uin
     counters_.resynced_regions.fetch_add(1);
     counters_.resynced_bytes.fetch_add(std::min<uint64_t>(start + region_size_, start_size) - start);
   }
-  pending->clear();
+  pending.clear();
   return cleared;
 }
 

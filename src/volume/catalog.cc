@@ -1,9 +1,13 @@
 #include "qbd/catalog.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <ctime>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "qbd/dirty_map.h"
 #include "qbd/log.h"
@@ -42,18 +46,24 @@ Result<std::unique_ptr<Catalog>> Catalog::Open(const Config& config, bool create
   return c;
 }
 
-std::vector<std::string> Catalog::SharedFailureDomains() const {
+std::vector<std::string> SharedFailureDomains(const std::vector<const StorageBackend*>& parts) {
+  std::map<std::string, std::vector<std::string>> domains;  // domain -> "a (location)"...
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i] == nullptr) continue;
+    domains[parts[i]->FailureDomain()].push_back(
+        fmt::format("{} ({})", static_cast<char>('a' + i), parts[i]->Describe()));
+  }
   std::vector<std::string> shared;
-  for (size_t i = 0; i < backends_.size(); ++i) {
-    for (size_t j = i + 1; j < backends_.size(); ++j) {
-      if (backends_[i]->FailureDomain() == backends_[j]->FailureDomain()) {
-        shared.push_back(fmt::format("parts {} ({}) and {} ({}) share {}", static_cast<char>('a' + i),
-                                     backends_[i]->Describe(), static_cast<char>('a' + j), backends_[j]->Describe(),
-                                     backends_[i]->FailureDomain()));
-      }
-    }
+  for (const auto& [domain, names] : domains) {
+    if (names.size() > 1) shared.push_back(fmt::format("parts {} share {}", fmt::join(names, ", "), domain));
   }
   return shared;
+}
+
+std::vector<std::string> Catalog::SharedFailureDomains() const {
+  std::vector<const StorageBackend*> parts;
+  for (const auto& b : backends_) parts.push_back(b.get());
+  return qbd::SharedFailureDomains(parts);
 }
 
 std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {

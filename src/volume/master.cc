@@ -1,6 +1,7 @@
 #include "qbd/master.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "qbd/log.h"
 
@@ -54,15 +55,13 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   // Two parts on one disk or one NFS export die together: refused unless the config says so.
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
   if (!shared.empty() && !config.allow_shared_failure_domain) {
-    std::string all;
-    for (const std::string& line : shared) all += "\n  " + line;
     return Status::InvalidArgument(
-        fmt::format("{}: {} pair(s) of parts share a failure domain; losing it loses both copies:{}\n"
-                    "put each part on its own disk or NFS export, or set allow_shared_failure_domain = true",
-                    config.file, shared.size(), all));
+        fmt::format("{}: {}; losing it loses all their copies. Put each part on its own disk or NFS export, "
+                    "or set allow_shared_failure_domain = true",
+                    config.file, fmt::join(shared, "; ")));
   }
   for (const std::string& line : shared) {
-    QBD_LOG_WARN("{}: losing it loses both copies (allowed by allow_shared_failure_domain)", line);
+    QBD_LOG_WARN("{}: losing it loses all their copies (allowed by allow_shared_failure_domain)", line);
   }
   if (!options.create_volume.empty()) {
     auto found = m->catalog_->Find(options.create_volume);

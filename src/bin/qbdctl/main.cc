@@ -6,12 +6,11 @@
 
 #include <boost/program_options.hpp>
 #include <iostream>
-#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "qbd/catalog.h"
 #include "qbd/config.h"
@@ -81,7 +80,8 @@ int CheckBackends(const qbd::Config& config) {
   std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", "BACKEND", "PART", "REACHABLE", "WRITABLE",
                            "FREE", "LOCATION", "VOLUMES");
   int bad = 0;
-  std::map<std::string, std::vector<std::string>> domains;  // failure domain -> its parts, "a (location)"
+  std::vector<std::unique_ptr<qbd::StorageBackend>> opened;  // kept for the failure-domain check
+  std::vector<const qbd::StorageBackend*> parts(config.parts.size(), nullptr);
   for (const qbd::BackendConfig& b : config.backends) {
     std::string part = "-";
     for (size_t i = 0; i < config.parts.size(); ++i) {
@@ -95,7 +95,7 @@ int CheckBackends(const qbd::Config& config) {
       continue;
     }
     qbd::StorageBackend& be = **backend;
-    if (part != "-") domains[be.FailureDomain()].push_back(fmt::format("{} ({})", part, be.Describe()));
+    if (part != "-") parts[static_cast<size_t>(part[0] - 'a')] = &be;
     const std::string probe = fmt::format(".qbdctl-probe.{}", ::getpid());
     qbd::Status w = qbd::WriteFileAtomic(be, probe, "probe\n");
     if (w.ok()) w = be.Remove(probe);
@@ -116,11 +116,11 @@ int CheckBackends(const qbd::Config& config) {
     std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "yes", w.ok() ? "yes" : "no",
                              free.ok() ? fmt::format("{:.1f} GiB", static_cast<double>(*free) / (1ull << 30)) : "?", be.Describe(),
                              w.ok() ? volumes : w.message());
+    opened.push_back(std::move(*backend));
   }
-  for (const auto& [domain, parts] : domains) {
-    if (parts.size() < 2) continue;
-    std::cout << fmt::format("{}: parts {} share {}: losing it loses all their copies{}\n",
-                             config.allow_shared_failure_domain ? "warning" : "error", fmt::join(parts, ", "), domain,
+  for (const std::string& line : qbd::SharedFailureDomains(parts)) {
+    std::cout << fmt::format("{}: {}: losing it loses all their copies{}\n",
+                             config.allow_shared_failure_domain ? "warning" : "error", line,
                              config.allow_shared_failure_domain
                                  ? " (allowed by allow_shared_failure_domain)"
                                  : "; qbd-master refuses to start unless allow_shared_failure_domain = true");
