@@ -5,7 +5,8 @@
 // The file format (layout-spec.md §5) is a 32-byte header then the bitmap:
 //   magic "QBDDIRTY" | u32 LE format (1) | u32 LE region_size | u64 LE region count | 8 zero bytes
 //   bit r (LSB first) of byte 32 + r / 8 is region r.
-// Copies live on the other parts' backends as "<volnr>/.dirty-<part>".
+// Copies live on the other parts' backends as "<volnr>/.dirty-<part>". The same type, with one
+// bit per chunk and the magic "QBDCHUNK", is the volume's chunk map "<volnr>/.chunkmap" (§6).
 //
 // Thread-safety: Test/Set/Clear are lock-free and safe from any thread.
 #pragma once
@@ -26,6 +27,9 @@
 namespace qbd {
 
 inline constexpr size_t kDirtyHeaderSize = 32;
+// The same bitmap file serves two maps (layout-spec.md §5, §6), told apart by the magic.
+inline constexpr char kDirtyMagic[] = "QBDDIRTY";
+inline constexpr char kChunkMapMagic[] = "QBDCHUNK";
 inline constexpr uint32_t kDefaultDirtyRegion = 64 * 1024;
 
 // The region size of a volume's dirty maps: 64 KiB, at least one block, at most one chunk.
@@ -59,14 +63,17 @@ class DirtyMap {
   // Moves every set bit into `dst` (ORed) and clears it here, byte by byte atomically.
   void DrainInto(DirtyMap& dst);
 
-  // The whole file: header then bitmap.
-  std::string Encode() const;
+  // The whole file: header then bitmap. `magic`: 8 characters, kDirtyMagic or kChunkMapMagic.
+  std::string Encode(const char* magic = kDirtyMagic) const;
   // Parses a file written by Encode (a shorter bitmap is padded with zeros: a grown volume).
   // Corruption naming `file` on a bad magic, format or region size.
   static Result<std::unique_ptr<DirtyMap>> Decode(std::span<const std::byte> bytes, uint32_t region_size,
-                                                  uint64_t regions, std::string_view file);
+                                                  uint64_t regions, std::string_view file,
+                                                  const char* magic = kDirtyMagic);
   // "<volnr>/.dirty-<part>"
   static std::string PathFor(uint32_t volnr, char part);
+  // "<volnr>/.chunkmap": the chunks ever written (layout-spec.md §6), one bit per chunk.
+  static std::string ChunkMapPath(uint32_t volnr);
 
  private:
   const uint32_t region_size_;

@@ -71,8 +71,9 @@ struct QuorumCounters {
 class QuorumSet : public BlockHandler {
  public:
   // parts[i] holds part 'a' + i. dirty[i] is part i's loaded dirty map (nullptr: all clean).
+  // `chunk_map`: the chunks ever written (layout-spec.md §6; nullptr: none yet).
   QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStore>> parts,
-            std::vector<std::unique_ptr<DirtyMap>> dirty);
+            std::vector<std::unique_ptr<DirtyMap>> dirty, std::unique_ptr<DirtyMap> chunk_map = nullptr);
   ~QuorumSet() override;  // stops the resync thread; does not flush
 
   uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
@@ -97,6 +98,8 @@ class QuorumSet : public BlockHandler {
   void StopResync();
 
   size_t part_count() const { return parts_.size(); }
+  // True when chunk `chunk` (0-based) has ever been written (its chunk map bit is set).
+  bool ChunkWritten(uint64_t chunk) const { return chunk_map_->Test(chunk); }
   // Up or resyncing: the part takes reads (where clean) and writes.
   bool PartUp(size_t i) const { return Reachable(i); }
   // Up and in sync: the part counts for the write quorum.
@@ -167,6 +170,9 @@ class QuorumSet : public BlockHandler {
   void VerifyChunk(uint64_t chunk);
   void WakeResync();
   uint64_t NextGeneration();
+  // Sets the chunk's bit in the chunk map, durably on at least one up part, before the first write
+  // creates its files (layout-spec.md §6). Unavailable when no copy could be written.
+  Status RecordChunkWritten(uint64_t chunk);
   bool ChunkKnown(uint64_t chunk) const;
   void SetChunkKnown(uint64_t chunk);
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
@@ -182,6 +188,9 @@ class QuorumSet : public BlockHandler {
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
+  std::unique_ptr<DirtyMap> chunk_map_;  // bits set only once durable (under chunk_map_mu_)
+  std::mutex chunk_map_mu_;
+  std::vector<std::unique_ptr<ChunkFile>> chunk_map_files_;  // GUARDED_BY(chunk_map_mu_), by part
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;

@@ -10,7 +10,6 @@
 
 namespace qbd {
 
-static constexpr char kMagic[8] = {'Q', 'B', 'D', 'D', 'I', 'R', 'T', 'Y'};
 
 DirtyMap::DirtyMap(uint32_t region_size, uint64_t regions)
     : region_size_(region_size), regions_(regions), nbytes_((regions + 7) / 8) {
@@ -94,10 +93,10 @@ void DirtyMap::DrainInto(DirtyMap& dst) {
   }
 }
 
-std::string DirtyMap::Encode() const {
+std::string DirtyMap::Encode(const char* magic) const {
   std::string out(kDirtyHeaderSize + nbytes_, '\0');
   auto* p = reinterpret_cast<std::byte*>(out.data());
-  std::memcpy(p, kMagic, 8);
+  std::memcpy(p, magic, 8);
   EncodeLE32(p + 8, 1);
   EncodeLE32(p + 12, region_size_);
   EncodeLE64(p + 16, regions_);
@@ -106,13 +105,14 @@ std::string DirtyMap::Encode() const {
 }
 
 Result<std::unique_ptr<DirtyMap>> DirtyMap::Decode(std::span<const std::byte> bytes, uint32_t region_size,
-                                                   uint64_t regions, std::string_view file) {
-  if (bytes.size() < kDirtyHeaderSize || std::memcmp(bytes.data(), kMagic, 8) != 0) {
-    return Status::Corruption(fmt::format("{}: not a dirty map (bad magic)", file));
+                                                   uint64_t regions, std::string_view file, const char* magic) {
+  const char* what = std::memcmp(magic, kChunkMapMagic, 8) == 0 ? "chunk map" : "dirty map";
+  if (bytes.size() < kDirtyHeaderSize || std::memcmp(bytes.data(), magic, 8) != 0) {
+    return Status::Corruption(fmt::format("{}: not a {} (bad magic)", file, what));
   }
   uint32_t format = DecodeLE32(bytes.data() + 8);
   uint32_t rs = DecodeLE32(bytes.data() + 12);
-  if (format != 1) return Status::Corruption(fmt::format("{}: dirty map format {} unsupported", file, format));
+  if (format != 1) return Status::Corruption(fmt::format("{}: {} format {} unsupported", file, what, format));
   if (rs != region_size) {
     return Status::Corruption(fmt::format("{}: region size {} where {} was expected", file, rs, region_size));
   }
@@ -132,5 +132,7 @@ Result<std::unique_ptr<DirtyMap>> DirtyMap::Decode(std::span<const std::byte> by
 }
 
 std::string DirtyMap::PathFor(uint32_t volnr, char part) { return fmt::format("{}/.dirty-{}", volnr, part); }
+
+std::string DirtyMap::ChunkMapPath(uint32_t volnr) { return fmt::format("{}/.chunkmap", volnr); }
 
 }  // namespace qbd

@@ -58,7 +58,7 @@ class QuorumSet::RegionGuard {
 };
 
 QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStore>> parts,
-                     std::vector<std::unique_ptr<DirtyMap>> dirty)
+                     std::vector<std::unique_ptr<DirtyMap>> dirty, std::unique_ptr<DirtyMap> chunk_map)
     : options_(std::move(options)),
       region_size_(static_cast<uint32_t>(std::min<uint64_t>(
           std::max<uint64_t>(options_.region_size, options_.geometry.block_size), options_.geometry.chunk_size))),
@@ -89,6 +89,10 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     }
     parts_.push_back(std::move(p));
   }
+  chunk_map_ = std::make_unique<DirtyMap>(static_cast<uint32_t>(options_.geometry.chunk_size),
+                                          options_.geometry.ChunkCount());
+  if (chunk_map) chunk_map_->Merge(*chunk_map);
+  chunk_map_files_.resize(parts_.size());
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_verified_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
@@ -524,6 +528,9 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   // The first write to a chunk in this process checks which parts hold its file, under a lock
   // so that concurrent first writes do not take each other's new files for lost ones. Later, a
   // part that has to create the file has lost it.
+  // The chunk map learns of a chunk before its files exist: a chunk lost on every part is then
+  // never taken for an unwritten one.
+  if (!chunk_map_->Test(chunk)) QBD_RETURN_IF_ERROR(RecordChunkWritten(chunk));
   bool known = ChunkKnown(chunk);
   std::unique_lock<std::mutex> create_lock;
   if (!known) {
@@ -580,6 +587,52 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     }
   }
   return CheckQuorum(ok, missed, r0, r1, "write");
+}
+
+Status QuorumSet::RecordChunkWritten(uint64_t chunk) {
+  std::lock_guard<std::mutex> l(chunk_map_mu_);
+  if (chunk_map_->Test(chunk)) return Status::OK();
+  const std::string path = DirtyMap::ChunkMapPath(options_.volnr);
+  const uint64_t index = chunk / 8;
+  const std::byte value{static_cast<uint8_t>(chunk_map_->Byte(index) | (1u << (chunk % 8)))};
+  int durable = 0;
+  Status last;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    if (!Reachable(i)) continue;
+    StorageBackend& b = parts_[i]->store->backend();
+    auto& file = chunk_map_files_[i];
+    if (file && file->Detached()) file.reset();
+    Status s;
+    if (!file) {
+      auto opened = b.Open(path);
+      if (opened.status().IsNotFound()) {
+        // No copy here (a replaced disk): a whole one, with this chunk's bit.
+        DirtyMap copy(chunk_map_->region_size(), chunk_map_->regions());
+        copy.Merge(*chunk_map_);
+        copy.Set(chunk, chunk);
+        s = WriteFileAtomic(b, path, copy.Encode(kChunkMapMagic));
+        if (s.ok()) opened = b.Open(path);
+      }
+      if (s.ok() && opened.ok()) file = std::move(opened).value();
+      if (s.ok() && !opened.ok()) s = opened.status();
+    }
+    if (s.ok()) s = file->WriteAt(kDirtyHeaderSize + index, std::span(&value, 1));
+    if (s.ok()) s = file->Sync();
+    if (s.ok()) {
+      ++durable;
+    } else {
+      file.reset();
+      last = s;
+      QBD_LOG_WARN("volume {} part {}: chunk map not written: {}", options_.volume, parts_[i]->store->part(),
+                   s.ToString());
+    }
+  }
+  if (durable == 0) {
+    return Status::Unavailable(fmt::format("volume {} chunk {}: the chunk map could not be written on any part: {}",
+                                           options_.volume, chunk + 1, last.ToString()));
+  }
+  chunk_map_->Set(chunk, chunk);
+  return Status::OK();
 }
 
 bool QuorumSet::ChunkKnown(uint64_t chunk) const {
@@ -845,6 +898,12 @@ void QuorumSet::SetSize(uint64_t size) {
   }
   Geometry g = options_.geometry;
   g.size = size;
+  {
+    std::lock_guard<std::mutex> l(chunk_map_mu_);
+    auto grown = std::make_unique<DirtyMap>(static_cast<uint32_t>(g.chunk_size), g.ChunkCount());
+    grown->Merge(*chunk_map_);
+    chunk_map_ = std::move(grown);
+  }
   std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
   for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
   chunk_known_.swap(known);

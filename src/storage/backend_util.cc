@@ -1,4 +1,6 @@
 // Helpers over any StorageBackend: small metadata files, written atomically.
+#include <unistd.h>
+
 #include <atomic>
 #include <string>
 
@@ -24,7 +26,8 @@ Result<std::string> ReadSmallFile(StorageBackend& backend, std::string_view path
 Status WriteFileAtomic(StorageBackend& backend, std::string_view path, std::string_view contents) {
   static std::atomic<uint64_t> counter{0};
   std::string dir = DirName(path);
-  std::string tmp = std::string(path) + ".tmp." + std::to_string(counter.fetch_add(1));
+  // The pid keeps two processes (qbd-master, qbd-repair) off each other's temp files.
+  std::string tmp = std::string(path) + ".tmp." + std::to_string(::getpid()) + std::to_string(1000000 + counter.fetch_add(1));
   {
     QBD_ASSIGN_OR_RETURN(auto file, backend.Create(tmp));
     QBD_RETURN_IF_ERROR(file->WriteAt(0, std::as_bytes(std::span<const char>(contents))));
@@ -36,6 +39,20 @@ Status WriteFileAtomic(StorageBackend& backend, std::string_view path, std::stri
     return s;
   }
   return backend.SyncDir(dir);
+}
+
+Result<std::vector<DirEntry>> StorageBackend::ListInfo(std::string_view dir) {
+  QBD_ASSIGN_OR_RETURN(std::vector<std::string> names, List(dir));
+  std::vector<DirEntry> out;
+  out.reserve(names.size());
+  const std::string prefix = dir.empty() ? "" : std::string(dir) + "/";
+  for (std::string& n : names) {
+    auto info = Stat(prefix + n);
+    if (info.status().IsNotFound()) continue;  // removed meanwhile
+    QBD_RETURN_IF_ERROR(info.status());
+    out.push_back(DirEntry{std::move(n), *info});
+  }
+  return out;
 }
 
 }  // namespace qbd

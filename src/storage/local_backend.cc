@@ -187,6 +187,28 @@ class LocalDirBackend final : public StorageBackend {
     return names;
   }
 
+  Result<std::vector<DirEntry>> ListInfo(std::string_view dir) override {
+    std::string full = Full(dir);
+    DIR* d = ::opendir(full.c_str());
+    if (d == nullptr) return Status::FromErrno("opendir " + full, errno);
+    std::vector<DirEntry> out;
+    Status err;
+    while (struct dirent* e = ::readdir(d)) {
+      std::string_view n = e->d_name;
+      if (n == "." || n == "..") continue;
+      struct stat st;
+      if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) continue;  // removed meanwhile
+        err = Status::FromErrno("stat " + full + "/" + std::string(n), errno);
+        break;
+      }
+      out.push_back(DirEntry{std::string(n), FileInfo{static_cast<uint64_t>(st.st_size), S_ISDIR(st.st_mode)}});
+    }
+    ::closedir(d);
+    if (!err.ok()) return err;
+    return out;
+  }
+
  private:
   std::string Full(std::string_view path) const {
     std::string s = root_;

@@ -1079,6 +1079,25 @@ class NfsBackend final : public StorageBackend {
     return names;
   }
 
+  Result<std::vector<DirEntry>> ListInfo(std::string_view dir) override {
+    QBD_RETURN_IF_ERROR(CheckPath(dir));
+    const std::string full = pool_->Full(dir);
+    QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
+    struct nfsdir* d = nullptr;
+    QBD_RETURN_IF_ERROR(lease.Run(
+        "opendir", pool_->Name(full), Reply::Kind::kDir, &d,
+        [&](nfs_context* c, Reply* r) { return nfs_opendir_async(c, full.c_str(), OnReply, r); }));
+    // READDIRPLUS brought every entry's attributes along: no call per file.
+    std::vector<DirEntry> out;
+    while (struct nfsdirent* e = nfs_readdir(lease.nfs(), d)) {
+      std::string_view n = e->name;
+      if (n == "." || n == "..") continue;
+      out.push_back(DirEntry{std::string(n), FileInfo{static_cast<uint64_t>(e->size), S_ISDIR(e->mode)}});
+    }
+    nfs_closedir(lease.nfs(), d);
+    return out;
+  }
+
  private:
   Result<std::unique_ptr<ChunkFile>> OpenFile(std::string_view path, bool create) {
     QBD_RETURN_IF_ERROR(CheckPath(path));

@@ -256,6 +256,9 @@ Result<VolumeMeta> Catalog::Create(const CreateVolumeOptions& o) {
       DirtyMap empty(rs, (m.geometry.size + rs - 1) / rs);
       QBD_RETURN_IF_ERROR(WriteFileAtomic(*bs[h], DirtyMap::PathFor(nr, static_cast<char>('a' + p)), empty.Encode()));
     }
+    // No chunk written yet (layout-spec.md §6).
+    DirtyMap chunks(static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount());
+    QBD_RETURN_IF_ERROR(WriteFileAtomic(*bs[h], DirtyMap::ChunkMapPath(nr), chunks.Encode(kChunkMapMagic)));
     QBD_RETURN_IF_ERROR(bs[h]->SyncDir(std::to_string(nr)));
   }
   // The index is written last: a volume exists once it is listed.

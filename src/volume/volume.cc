@@ -57,6 +57,56 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
   return epoch;
 }
 
+// The union of the chunk map copies on the reachable parts (layout-spec.md §6), written back to
+// every reachable part whose copy is missing or lacks bits. A volume without any copy (made before
+// the chunk map existed) gets one built from the chunk files present on its parts.
+Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std::vector<StorageBackend*>& backends,
+                                               const std::vector<Status>& down) {
+  const Geometry& g = meta.geometry;
+  const uint32_t cs = static_cast<uint32_t>(g.chunk_size);
+  const std::string path = DirtyMap::ChunkMapPath(meta.number);
+  auto map = std::make_unique<DirtyMap>(cs, g.ChunkCount());
+  std::vector<std::string> texts(backends.size());
+  int found = 0;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (!down[i].ok()) continue;
+    auto text = ReadSmallFile(*backends[i], path);
+    if (!text.ok()) {
+      if (!text.status().IsNotFound()) QBD_LOG_WARN("volume {}: cannot read {}: {}", meta.name, path, text.status().ToString());
+      continue;
+    }
+    QBD_ASSIGN_OR_RETURN(auto copy, DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), cs,
+                                                     g.ChunkCount(), backends[i]->Describe() + "/" + path,
+                                                     kChunkMapMagic));
+    map->Merge(*copy);
+    texts[i] = std::move(text).value();
+    ++found;
+  }
+  if (found == 0) {
+    for (size_t i = 0; i < backends.size(); ++i) {
+      if (!down[i].ok()) continue;
+      auto names = backends[i]->List(PartDir(meta.number, static_cast<char>('a' + i)));
+      if (!names.ok()) continue;
+      for (const std::string& n : *names) {
+        uint64_t file = 0;
+        auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
+        if (ec == std::errc() && end == n.data() + n.size() && file >= 1 && file <= g.ChunkCount()) {
+          map->Set(file - 1, file - 1);
+        }
+      }
+    }
+    QBD_LOG_INFO("volume {}: no chunk map yet: built one from the {} chunks found on the parts", meta.name,
+                 map->CountSet());
+  }
+  const std::string encoded = map->Encode(kChunkMapMagic);
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (!down[i].ok() || texts[i] == encoded) continue;
+    Status s = WriteFileAtomic(*backends[i], path, encoded);
+    if (!s.ok()) QBD_LOG_WARN("volume {}: cannot write {} on {}: {}", meta.name, path, backends[i]->Describe(), s.ToString());
+  }
+  return map;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector<StorageBackend*> backends,
@@ -123,7 +173,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
   // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
-  auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty));
+  QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down));
+  auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
     if (!down[i].ok()) quorum->MarkPartDown(i, down[i]);
   }

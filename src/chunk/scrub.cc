@@ -1,0 +1,202 @@
+// Implements include/qbd/scrub.h over layout-spec.md §4-§6.
+#include "qbd/scrub.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace qbd {
+namespace {
+
+bool AllZero(const std::byte* p, size_t n) {
+  static const std::byte kZeros[4096] = {};
+  while (n >= sizeof(kZeros)) {
+    if (std::memcmp(p, kZeros, sizeof(kZeros)) != 0) return false;
+    p += sizeof(kZeros);
+    n -= sizeof(kZeros);
+  }
+  return std::memcmp(p, kZeros, n) == 0;
+}
+
+}  // namespace
+
+const char* CopyStateName(CopyState s) {
+  switch (s) {
+    case CopyState::kPresent: return "present";
+    case CopyState::kAbsent: return "missing";
+    case CopyState::kShort: return "short";
+    case CopyState::kLong: return "long";
+    case CopyState::kUnreadable: return "unreadable";
+    case CopyState::kUnreachable: return "unreachable";
+  }
+  return "?";
+}
+
+const char* BlockIssueName(BlockIssue i) {
+  switch (i) {
+    case BlockIssue::kNone: return "ok";
+    case BlockIssue::kMissing: return "missing";
+    case BlockIssue::kCorrupt: return "corrupt";
+    case BlockIssue::kStale: return "stale";
+    case BlockIssue::kConflict: return "conflict";
+  }
+  return "?";
+}
+
+PartCopy UnreachableCopy(const Status& why) {
+  PartCopy c;
+  c.state = CopyState::kUnreachable;
+  c.error = why;
+  return c;
+}
+
+PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g, uint64_t chunk,
+                  uint64_t first, uint64_t n) {
+  PartCopy c;
+  auto file = backend.Open(ChunkPath(volnr, part, chunk));
+  if (!file.ok()) {
+    c.state = file.status().IsNotFound() ? CopyState::kAbsent : CopyState::kUnreadable;
+    c.error = file.status();
+    return c;
+  }
+  auto size = (*file)->Size();
+  if (!size.ok()) {
+    c.state = CopyState::kUnreadable;
+    c.error = size.status();
+    return c;
+  }
+  c.file_size = *size;
+  if (*size != g.ChunkFileSize()) {
+    c.state = *size < g.ChunkFileSize() ? CopyState::kShort : CopyState::kLong;
+    return c;
+  }
+  const uint64_t rec = g.RecordSize();
+  c.records.resize(n * rec);
+  Status s = (*file)->ReadAt(first * rec, c.records);
+  if (!s.ok()) {
+    c.state = CopyState::kUnreadable;
+    c.error = s;
+    c.records.clear();
+    return c;
+  }
+  c.state = CopyState::kPresent;
+  c.metas.resize(n);
+  c.good.resize(n);
+  const uint64_t bs = g.block_size;
+  for (uint64_t b = 0; b < n; ++b) {
+    const std::byte* r = c.records.data() + b * rec;
+    c.metas[b] = DecodeBlockMeta(r + bs);
+    const BlockMeta& m = c.metas[b];
+    if (m.IsUnwritten()) {
+      c.good[b] = AllZero(r, bs);  // §4.3: data under all-zero metadata is corruption
+    } else {
+      c.good[b] = m.generation != 0 && BlockChecksum(std::span(r, bs)) == m.checksum;
+    }
+  }
+  return c;
+}
+
+bool SliceVerdict::Clean() const {
+  for (uint64_t b = 0; b < n; ++b) {
+    if (lost[b] || unknown[b]) return false;
+  }
+  for (const auto& per_part : issue) {
+    for (BlockIssue i : per_part) {
+      if (i != BlockIssue::kNone) return false;
+    }
+  }
+  for (uint8_t f : bad_file) {
+    if (f) return false;
+  }
+  return true;
+}
+
+SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written) {
+  const size_t np = copies.size();
+  SliceVerdict v;
+  for (const PartCopy& c : copies) {
+    if (c.state == CopyState::kPresent) v.n = c.metas.size();
+  }
+  for (const PartCopy& c : copies) v.n = std::max<uint64_t>(v.n, c.dirty.size());
+  const uint64_t n = v.n;
+  v.source.assign(n, -1);
+  v.lost.assign(n, 0);
+  v.unknown.assign(n, 0);
+  v.issue.assign(np, std::vector<BlockIssue>(n, BlockIssue::kNone));
+  v.bad_file.assign(np, 0);
+  bool any_file = false, any_unreachable = false;
+  for (const PartCopy& c : copies) {
+    any_file = any_file || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
+    any_unreachable = any_unreachable || c.state == CopyState::kUnreachable;
+  }
+  const bool written = chunk_written || any_file;
+  for (size_t p = 0; p < np; ++p) {
+    const CopyState s = copies[p].state;
+    v.bad_file[p] = s == CopyState::kShort || s == CopyState::kLong || s == CopyState::kUnreadable ||
+                    (s == CopyState::kAbsent && written);
+  }
+  if (!written) return v;  // never written: no file anywhere, nothing to compare
+  auto dirty = [&](size_t p, uint64_t b) { return b < copies[p].dirty.size() && copies[p].dirty[b]; };
+  auto good = [&](size_t p, uint64_t b) { return copies[p].state == CopyState::kPresent && copies[p].good[b]; };
+  for (uint64_t b = 0; b < n; ++b) {
+    // The newest good copy; at equal generations a part that is clean here wins.
+    int src = -1;
+    bool clean_part = false, clean_good = false;
+    for (size_t p = 0; p < np; ++p) {
+      if (copies[p].state == CopyState::kUnreachable) continue;
+      if (!dirty(p, b)) clean_part = true;
+      if (!good(p, b)) continue;
+      if (!dirty(p, b)) clean_good = true;
+      if (src < 0) {
+        src = static_cast<int>(p);
+        continue;
+      }
+      const BlockMeta& m = copies[p].metas[b];
+      const BlockMeta& best = copies[src].metas[b];
+      if (m.generation > best.generation || (m.generation == best.generation && dirty(src, b) && !dirty(p, b))) {
+        src = static_cast<int>(p);
+      }
+    }
+    // Every acknowledged write reached each part that is clean here: with such a part in reach,
+    // only a good copy on a clean part is known to be the newest.
+    if (src < 0 || (clean_part && !clean_good)) {
+      (any_unreachable ? v.unknown : v.lost)[b] = 1;
+      src = -1;
+    }
+    v.source[b] = src;
+    for (size_t p = 0; p < np; ++p) {
+      const PartCopy& c = copies[p];
+      if (c.state == CopyState::kUnreachable || static_cast<int>(p) == src) continue;
+      if (c.state != CopyState::kPresent) {
+        // An absent file holds unwritten blocks only where the newest copy is unwritten too.
+        const bool fine = c.state == CopyState::kAbsent && src >= 0 && copies[src].metas[b].IsUnwritten();
+        if (!fine) v.issue[p][b] = BlockIssue::kMissing;
+        continue;
+      }
+      if (!c.good[b]) {
+        v.issue[p][b] = BlockIssue::kCorrupt;
+        continue;
+      }
+      if (src < 0) continue;  // a good copy, but not known to be the newest
+      const BlockMeta& m = c.metas[b];
+      const BlockMeta& best = copies[src].metas[b];
+      if (m == best) continue;
+      v.issue[p][b] = m.generation < best.generation ? BlockIssue::kStale : BlockIssue::kConflict;
+    }
+  }
+  return v;
+}
+
+std::string FormatRanges(const std::vector<uint64_t>& sorted) {
+  std::string out;
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i;
+    while (j + 1 < sorted.size() && sorted[j + 1] == sorted[j] + 1) ++j;
+    if (!out.empty()) out += ", ";
+    out += j == i ? fmt::format("{}", sorted[i]) : fmt::format("{}-{}", sorted[i], sorted[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
+}  // namespace qbd

@@ -1,0 +1,670 @@
+// Implements include/qbd/verify.h.
+#include "qbd/verify.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <tuple>
+
+#include "qbd/config.h"
+#include "qbd/dirty_map.h"
+#include "qbd/scrub.h"
+#include "qbd/volume_meta.h"
+
+namespace qbd {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Deep reads share one budget of bytes per second.
+class Throttle {
+ public:
+  explicit Throttle(uint64_t bytes_per_sec) : rate_(bytes_per_sec), next_(Clock::now()) {}
+  void Take(uint64_t bytes) {
+    if (rate_ == 0) return;
+    Clock::time_point at;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      const auto now = Clock::now();
+      if (next_ < now) next_ = now;
+      at = next_;
+      next_ += std::chrono::microseconds(bytes * 1000000 / rate_);
+    }
+    std::this_thread::sleep_until(at);
+  }
+
+ private:
+  const uint64_t rate_;
+  std::mutex mu_;
+  Clock::time_point next_;
+};
+
+// A decimal chunk file name "1".."N" (no sign, no leading zero): its number, else 0.
+uint64_t ChunkFileNumber(const std::string& name) {
+  if (name.empty() || name[0] == '0') return 0;
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), v);
+  return ec == std::errc() && end == name.data() + name.size() ? v : 0;
+}
+
+struct VolumeWork {
+  VolumeMeta meta;
+  std::vector<StorageBackend*> backends;
+  std::vector<Status> unreachable;  // per part: not OK when the part cannot be listed
+  std::vector<std::map<uint64_t, uint64_t>> files;  // per part: chunk index -> file size
+  std::unique_ptr<DirtyMap> chunk_map;  // union of the copies; all zero when none
+  bool have_chunk_map = false;
+  std::vector<std::unique_ptr<DirtyMap>> dirty;  // per part: union of the copies
+  std::vector<uint64_t> chunks;  // written or present somewhere, ascending
+  VolumeReport report;
+
+  std::mutex mu;  // guards what the deep pass adds below
+  // (part, chunk, kind) -> blocks
+  std::map<std::tuple<char, uint64_t, std::string>, std::set<uint64_t>> blocks;
+  std::set<uint64_t> degraded, lost;
+  std::vector<Finding> deep_findings;
+
+  bool Reachable(size_t p) const { return unreachable[p].ok(); }
+  std::string Where(size_t p, const std::string& path) const { return backends[p]->Describe() + "/" + path; }
+  void Add(Finding f) { report.findings.push_back(std::move(f)); }
+};
+
+Finding Make(std::string kind, int severity, char part, uint64_t chunk, std::string where, std::string detail) {
+  Finding f;
+  f.kind = std::move(kind);
+  f.severity = severity;
+  f.part = part;
+  f.chunk = chunk;
+  f.where = std::move(where);
+  f.detail = std::move(detail);
+  return f;
+}
+
+// The copies of the volume's own metadata files on each reachable part (.meta, .epoch, .chunkmap,
+// the dirty maps), and the union of the bitmaps.
+void CheckVolumeMetadata(VolumeWork& w) {
+  const VolumeMeta& m = w.meta;
+  const size_t np = w.backends.size();
+  const uint32_t nr = m.number;
+  const uint32_t rs = DirtyRegionSize(m.geometry);
+  const uint64_t regions = (m.geometry.size + rs - 1) / rs;
+  w.chunk_map = std::make_unique<DirtyMap>(static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount());
+  for (size_t p = 0; p < np; ++p) w.dirty.push_back(std::make_unique<DirtyMap>(rs, regions));
+  std::vector<std::unique_ptr<DirtyMap>> map_copies(np);
+  uint64_t max_epoch = 0;
+  std::vector<uint64_t> epochs(np, 0);
+  for (size_t p = 0; p < np; ++p) {
+    if (!w.Reachable(p)) continue;
+    const char part = static_cast<char>('a' + p);
+    StorageBackend& b = *w.backends[p];
+    auto missing = [&](const std::string& path, const std::string& what) {
+      w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), fmt::format("{} copy missing", what)));
+    };
+    auto bad = [&](const std::string& path, const Status& s) {
+      w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), s.message()));
+    };
+    // .meta: the newest copy is what the catalog returned; older copies are reported.
+    {
+      const std::string path = MetaPath(nr);
+      auto text = ReadSmallFile(b, path);
+      if (text.status().IsNotFound()) {
+        missing(path, ".meta");
+      } else if (!text.ok()) {
+        bad(path, text.status());
+      } else {
+        auto parsed = ParseVolumeMeta(*text, w.Where(p, path));
+        if (!parsed.ok()) {
+          bad(path, parsed.status());
+        } else if (parsed->serial < m.serial) {
+          w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path),
+                     fmt::format("older copy (serial {}, newest {})", parsed->serial, m.serial)));
+        }
+      }
+    }
+    {
+      const std::string path = Catalog::EpochPath(nr);
+      auto text = ReadSmallFile(b, path);
+      if (text.status().IsNotFound()) {
+        missing(path, ".epoch");
+      } else if (!text.ok()) {
+        bad(path, text.status());
+      } else {
+        auto lines = ParseKvText(*text, w.Where(p, path));
+        if (!lines.ok()) {
+          bad(path, lines.status());
+        } else {
+          for (const KvLine& l : *lines) {
+            if (l.key == "epoch") std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
+          }
+          max_epoch = std::max(max_epoch, epochs[p]);
+        }
+      }
+    }
+    {
+      const std::string path = DirtyMap::ChunkMapPath(nr);
+      auto text = ReadSmallFile(b, path);
+      if (text.status().IsNotFound()) {
+        missing(path, "chunk map");
+      } else if (!text.ok()) {
+        bad(path, text.status());
+      } else {
+        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())),
+                                    static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount(),
+                                    w.Where(p, path), kChunkMapMagic);
+        if (!map.ok()) {
+          bad(path, map.status());
+        } else {
+          w.chunk_map->Merge(**map);
+          map_copies[p] = std::move(map).value();
+          w.have_chunk_map = true;
+        }
+      }
+    }
+    for (size_t x = 0; x < np; ++x) {
+      if (x == p) continue;
+      const std::string path = DirtyMap::PathFor(nr, static_cast<char>('a' + x));
+      auto text = ReadSmallFile(b, path);
+      if (text.status().IsNotFound()) {
+        missing(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)));
+      } else if (!text.ok()) {
+        bad(path, text.status());
+      } else {
+        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs, regions, w.Where(p, path));
+        if (!map.ok()) {
+          bad(path, map.status());
+        } else {
+          w.dirty[x]->Merge(**map);
+        }
+      }
+    }
+  }
+  for (size_t p = 0; p < np; ++p) {
+    if (!map_copies[p]) continue;
+    uint64_t lacking = w.chunk_map->CountSet() - map_copies[p]->CountSet();
+    if (lacking > 0) {
+      w.Add(Make("metadata", kSevDegraded, static_cast<char>('a' + p), 0, w.Where(p, DirtyMap::ChunkMapPath(nr)),
+                 fmt::format("chunk map copy lacks {} written chunk(s) the other copies list", lacking)));
+    }
+  }
+  for (size_t p = 0; p < np; ++p) {
+    if (epochs[p] != 0 && epochs[p] != max_epoch) {
+      w.Add(Make("metadata", kSevNote, static_cast<char>('a' + p), 0, w.Where(p, Catalog::EpochPath(nr)),
+                 fmt::format("epoch {} (newest {}): the part was out of reach when qbd-master last started", epochs[p],
+                             max_epoch)));
+    }
+  }
+  if (!w.have_chunk_map) {
+    w.Add(Make("metadata", kSevDegraded, 0, 0, DirtyMap::ChunkMapPath(nr),
+               "no chunk map on any part (qbd-master writes one when it opens the volume): a chunk lost on every "
+               "part cannot be told from an unwritten one"));
+  }
+  for (size_t p = 0; p < np; ++p) {
+    const uint64_t n = w.dirty[p]->CountSet();
+    if (n == 0 || !w.Reachable(p)) continue;
+    w.Add(Make("dirty", kSevDegraded, static_cast<char>('a' + p), 0, w.backends[p]->Describe(),
+               fmt::format("{} region(s) ({} bytes) missed writes and await resync", n, n * rs)));
+  }
+}
+
+// Quick pass over one volume: listings with sizes, then every chunk against them.
+void QuickPass(VolumeWork& w) {
+  const Geometry& g = w.meta.geometry;
+  const size_t np = w.backends.size();
+  const uint32_t nr = w.meta.number;
+  w.files.resize(np);
+  w.unreachable.assign(np, Status::OK());
+  for (size_t p = 0; p < np; ++p) {
+    const char part = static_cast<char>('a' + p);
+    const std::string dir = PartDir(nr, part);
+    auto list = w.backends[p]->ListInfo(dir);
+    if (list.status().IsNotFound()) {
+      // No part directory: maybe a replaced disk. Is the backend itself there?
+      auto root = w.backends[p]->Stat("");
+      if (!root.ok() && !root.status().IsNotFound()) {
+        w.unreachable[p] = root.status();
+      } else {
+        w.Add(Make("missing", kSevDegraded, part, 0, w.Where(p, dir), "part directory missing"));
+      }
+      continue;
+    }
+    if (!list.ok()) {
+      w.unreachable[p] = list.status();
+      continue;
+    }
+    for (const DirEntry& e : *list) {
+      const uint64_t file = ChunkFileNumber(e.name);
+      const std::string path = dir + "/" + e.name;
+      if (file >= 1 && file <= g.ChunkCount() && !e.info.is_dir) {
+        w.files[p][file - 1] = e.info.size;
+        ++w.report.chunk_files;
+      } else if (e.name.size() > 5 && e.name[0] == '.' && e.name.ends_with(".tmp")) {
+        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "unfinished chunk file (left by a crash; removable)"));
+      } else if (file > g.ChunkCount()) {
+        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "chunk file beyond the volume's size"));
+      } else {
+        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "not a chunk file"));
+      }
+    }
+  }
+  for (size_t p = 0; p < np; ++p) {
+    if (!w.Reachable(p)) {
+      w.Add(Make("unreachable", kSevDegraded, static_cast<char>('a' + p), 0, w.backends[p]->Describe(),
+                 w.unreachable[p].message()));
+    }
+  }
+  CheckVolumeMetadata(w);
+  std::set<uint64_t> chunks;
+  for (auto r = w.chunk_map->NextSet(0); r; r = w.chunk_map->NextSet(*r + 1)) chunks.insert(*r);
+  for (const auto& per_part : w.files) {
+    for (const auto& [c, size] : per_part) chunks.insert(c);
+  }
+  w.chunks.assign(chunks.begin(), chunks.end());
+  w.report.chunks = g.ChunkCount();
+  w.report.written_chunks = w.chunks.size();
+  const uint32_t rs = DirtyRegionSize(g);
+  bool any_unreachable = false;
+  for (size_t p = 0; p < np; ++p) any_unreachable = any_unreachable || !w.Reachable(p);
+  for (uint64_t c : w.chunks) {
+    int present = 0;
+    bool degraded = any_unreachable;
+    for (size_t p = 0; p < np; ++p) {
+      if (!w.Reachable(p)) continue;
+      const char part = static_cast<char>('a' + p);
+      const std::string path = ChunkPath(nr, part, c);
+      auto it = w.files[p].find(c);
+      if (it == w.files[p].end()) {
+        degraded = true;
+        continue;  // reported below, once the other parts are known
+      }
+      ++present;
+      if (it->second != g.ChunkFileSize()) {
+        degraded = true;
+        w.Add(Make(it->second < g.ChunkFileSize() ? "short" : "long", kSevDegraded, part, c + 1, w.Where(p, path),
+                   fmt::format("{} bytes, a chunk file has {}", it->second, g.ChunkFileSize())));
+      }
+      const uint64_t r0 = c * g.chunk_size / rs, r1 = ((c + 1) * g.chunk_size - 1) / rs;
+      if (w.dirty[p]->AnyIn(r0, std::min<uint64_t>(r1, w.dirty[p]->regions() - 1))) degraded = true;
+    }
+    if (present == 0 && !any_unreachable) {
+      w.Add(Make("lost-chunk", kSevLost, 0, c + 1, fmt::format("{}/*/{}", nr, c + 1),
+                 "data lost: the chunk was written (chunk map) but its file is missing on every part"));
+      w.lost.insert(c);
+    } else if (present == 0) {
+      w.Add(Make("unknown", kSevDegraded, 0, c + 1, fmt::format("{}/*/{}", nr, c + 1),
+                 "chunk file missing on every part in reach; a part out of reach may hold it"));
+    } else {
+      for (size_t p = 0; p < np; ++p) {
+        if (!w.Reachable(p) || w.files[p].count(c)) continue;
+        const char part = static_cast<char>('a' + p);
+        w.Add(Make("missing", kSevDegraded, part, c + 1, w.Where(p, ChunkPath(nr, part, c)), "chunk file missing"));
+      }
+    }
+    if (w.have_chunk_map && !w.chunk_map->Test(c) && present > 0) {
+      w.Add(Make("unrecorded", kSevDegraded, 0, c + 1, DirtyMap::ChunkMapPath(nr),
+                 "chunk files exist but the chunk map lacks the chunk"));
+    }
+    if (degraded) w.degraded.insert(c);
+  }
+}
+
+bool SameVerdict(const SliceVerdict& a, const SliceVerdict& b) {
+  return a.lost == b.lost && a.unknown == b.unknown && a.issue == b.issue && a.bad_file == b.bad_file;
+}
+
+// Damage that only reading the blocks shows (the file-level kind was seen by the quick pass).
+bool BlockDamage(const SliceVerdict& v) {
+  for (uint64_t b = 0; b < v.n; ++b) {
+    if (v.lost[b] || v.unknown[b]) return true;
+  }
+  for (const auto& per_part : v.issue) {
+    for (BlockIssue i : per_part) {
+      if (i == BlockIssue::kCorrupt || i == BlockIssue::kStale || i == BlockIssue::kConflict) return true;
+    }
+  }
+  return false;
+}
+
+class DeepPass {
+ public:
+  DeepPass(std::vector<std::unique_ptr<VolumeWork>>& work, const VerifyOptions& o) : work_(work), o_(o), throttle_(o.rate_bytes_per_sec) {
+    for (auto& w : work_) {
+      for (uint64_t c : w->chunks) {
+        jobs_.emplace_back(w.get(), c);
+        for (size_t p = 0; p < w->backends.size(); ++p) {
+          auto it = w->files[p].find(c);
+          if (w->Reachable(p) && it != w->files[p].end() && it->second == w->meta.geometry.ChunkFileSize()) {
+            total_ += it->second;
+          }
+        }
+      }
+    }
+  }
+
+  void Run() {
+    std::vector<std::thread> threads;
+    const int n = std::max(1, o_.threads);
+    for (int i = 0; i < n; ++i) threads.emplace_back([this] { Worker(); });
+    if (o_.progress) {
+      std::unique_lock<std::mutex> l(mu_);
+      while (finished_ < n) {
+        cv_.wait_for(l, std::chrono::milliseconds(500));
+        o_.progress(done_.load(), total_);
+      }
+    }
+    for (auto& t : threads) t.join();
+  }
+
+ private:
+  void Worker() {
+    for (;;) {
+      size_t j = next_.fetch_add(1);
+      if (j >= jobs_.size()) break;
+      Chunk(*jobs_[j].first, jobs_[j].second);
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    ++finished_;
+    cv_.notify_all();
+  }
+
+  std::vector<PartCopy> ReadAll(VolumeWork& w, uint64_t c, uint64_t first, uint64_t n) {
+    const Geometry& g = w.meta.geometry;
+    const uint32_t rs = DirtyRegionSize(g);
+    std::vector<PartCopy> copies;
+    for (size_t p = 0; p < w.backends.size(); ++p) {
+      if (!w.Reachable(p)) {
+        copies.push_back(UnreachableCopy(w.unreachable[p]));
+        continue;
+      }
+      auto it = w.files[p].find(c);
+      if (it != w.files[p].end() && it->second == g.ChunkFileSize()) throttle_.Take(n * g.RecordSize());
+      copies.push_back(ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
+      PartCopy& cp = copies.back();
+      if (cp.state == CopyState::kPresent) {
+        done_.fetch_add(cp.records.size());
+        std::lock_guard<std::mutex> l(w.mu);
+        w.report.bytes_read += cp.records.size();
+      }
+      cp.dirty.resize(n);
+      for (uint64_t b = 0; b < n; ++b) {
+        const uint64_t region = (c * g.chunk_size + (first + b) * g.block_size) / rs;
+        cp.dirty[b] = region < w.dirty[p]->regions() && w.dirty[p]->Test(region);
+      }
+    }
+    return copies;
+  }
+
+  void Chunk(VolumeWork& w, uint64_t c) {
+    const Geometry& g = w.meta.geometry;
+    const uint64_t per_chunk = g.BlocksPerChunk();
+    const uint64_t slice = std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / g.block_size));
+    // Blocks past the end of the volume are never written; the last chunk is read up to the end.
+    const uint64_t end_block = std::min<uint64_t>(per_chunk, (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
+    const bool written = w.chunk_map->Test(c);
+    bool unreadable_reported = false;
+    for (uint64_t first = 0; first < end_block; first += slice) {
+      const uint64_t n = std::min<uint64_t>(slice, end_block - first);
+      std::vector<PartCopy> copies = ReadAll(w, c, first, n);
+      SliceVerdict v = JudgeCopies(copies, written);
+      // A write of a running daemon can sit between two parts for a moment: damage stands once
+      // two reads agree.
+      for (int tries = 0; BlockDamage(v) && tries < 3; ++tries) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(o_.recheck_ms));
+        std::vector<PartCopy> again = ReadAll(w, c, first, n);
+        SliceVerdict v2 = JudgeCopies(again, written);
+        const bool same = SameVerdict(v, v2);
+        v = std::move(v2);
+        copies = std::move(again);
+        if (same) break;
+      }
+      std::lock_guard<std::mutex> l(w.mu);
+      for (size_t p = 0; p < copies.size(); ++p) {
+        const char part = static_cast<char>('a' + p);
+        if (copies[p].state == CopyState::kUnreadable && !unreadable_reported) {
+          unreadable_reported = true;
+          w.deep_findings.push_back(Make("unreadable", kSevDegraded, part, c + 1,
+                                         w.Where(p, ChunkPath(w.meta.number, part, c)), copies[p].error.message()));
+          w.degraded.insert(c);
+        }
+        for (uint64_t b = 0; b < n; ++b) {
+          const BlockIssue i = v.issue[p][b];
+          if (i == BlockIssue::kNone || i == BlockIssue::kMissing) continue;
+          w.blocks[{part, c, BlockIssueName(i)}].insert(first + b);
+          w.degraded.insert(c);
+        }
+      }
+      for (uint64_t b = 0; b < n; ++b) {
+        if (v.lost[b] && !w.lost.count(c)) w.blocks[{0, c, "lost"}].insert(first + b);
+        if (v.unknown[b]) w.blocks[{0, c, "unknown"}].insert(first + b);
+      }
+    }
+  }
+
+  std::vector<std::unique_ptr<VolumeWork>>& work_;
+  const VerifyOptions& o_;
+  Throttle throttle_;
+  std::vector<std::pair<VolumeWork*, uint64_t>> jobs_;
+  std::atomic<size_t> next_{0};
+  std::atomic<uint64_t> done_{0};
+  uint64_t total_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int finished_ = 0;
+};
+
+// Moves the deep pass's block sets into findings.
+void SettleDeep(VolumeWork& w) {
+  const uint32_t nr = w.meta.number;
+  for (Finding& f : w.deep_findings) w.Add(std::move(f));
+  for (auto& [key, set] : w.blocks) {
+    const auto& [part, c, kind] = key;
+    Finding f;
+    f.kind = kind;
+    f.part = part;
+    f.chunk = c + 1;
+    f.blocks.assign(set.begin(), set.end());
+    const std::string ranges = FormatRanges(f.blocks);
+    if (kind == "lost") {
+      f.severity = kSevLost;
+      f.where = fmt::format("{}/*/{}", nr, c + 1);
+      f.detail = fmt::format("data lost: {} block(s) without a good copy on a part that has every write: {}",
+                             f.blocks.size(), ranges);
+      w.lost.insert(c);
+    } else if (kind == "unknown") {
+      f.where = fmt::format("{}/*/{}", nr, c + 1);
+      f.detail = fmt::format("{} block(s) without a good copy in reach (a part is out of reach): {}", f.blocks.size(),
+                             ranges);
+    } else {
+      const size_t p = static_cast<size_t>(part - 'a');
+      f.where = w.Where(p, ChunkPath(nr, part, c));
+      const char* what = kind == "corrupt"   ? "fail their checksum"
+                         : kind == "stale"   ? "hold an older generation than the other parts"
+                                             : "differ from another part's copy of the same generation";
+      f.detail = fmt::format("{} block(s) {}: {}", f.blocks.size(), what, ranges);
+    }
+    w.Add(std::move(f));
+  }
+}
+
+}  // namespace
+
+int VolumeReport::Severity() const {
+  int s = kSevNote;
+  for (const Finding& f : findings) s = std::max(s, f.severity);
+  return s;
+}
+
+std::string VolumeReport::Status() const {
+  switch (Severity()) {
+    case kSevNote: return "ok";
+    case kSevDegraded: return "degraded";
+    case kSevLost: return "data lost";
+  }
+  return "not checked";
+}
+
+int VerifyReport::ExitCode() const {
+  int s = kSevNote;
+  for (const Finding& f : findings) s = std::max(s, f.severity);
+  for (const VolumeReport& v : volumes) s = std::max(s, v.Severity());
+  return s;
+}
+
+Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
+  const auto start = Clock::now();
+  VerifyReport report;
+  report.deep = options.deep;
+  // .volumesmeta on every backend.
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, catalog.LoadIndex());
+  for (size_t i = 0; i < catalog.part_count(); ++i) {
+    StorageBackend& b = catalog.part_backend(i);
+    const std::string where = b.Describe() + "/" + kVolumesMetaPath;
+    auto text = ReadSmallFile(b, kVolumesMetaPath);
+    if (text.status().IsNotFound()) {
+      report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where, ".volumesmeta copy missing"));
+    } else if (!text.ok()) {
+      report.findings.push_back(Make("unreachable", kSevDegraded, 0, 0, b.Describe(), text.status().message()));
+    } else {
+      auto parsed = ParseVolumesIndex(*text, where);
+      if (!parsed.ok()) {
+        report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where, parsed.status().message()));
+      } else if (parsed->serial < idx.serial) {
+        report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where,
+                                       fmt::format("older copy (serial {}, newest {})", parsed->serial, idx.serial)));
+      }
+    }
+  }
+  std::vector<std::pair<std::string, uint32_t>> wanted;
+  if (options.volumes.empty()) {
+    for (const auto& [name, nr] : idx.volumes) wanted.emplace_back(name, nr);
+  } else {
+    for (const std::string& name : options.volumes) {
+      const uint32_t nr = idx.Find(name);
+      if (nr == 0) return Status::NotFound(fmt::format("no volume named '{}'", name));
+      wanted.emplace_back(name, nr);
+    }
+  }
+  std::vector<std::unique_ptr<VolumeWork>> work;
+  for (const auto& [name, nr] : wanted) {
+    auto w = std::make_unique<VolumeWork>();
+    w->report.name = name;
+    w->report.number = nr;
+    auto meta = catalog.LoadMeta(nr);
+    if (!meta.ok()) {
+      w->report.findings.push_back(Make("metadata", kSevNotChecked, 0, 0, MetaPath(nr), meta.status().message()));
+      report.volumes.push_back(std::move(w->report));
+      continue;
+    }
+    w->meta = *meta;
+    w->report.replicas = meta->replicas;
+    w->backends = catalog.BackendsFor(*meta);
+    QuickPass(*w);
+    work.push_back(std::move(w));
+  }
+  if (options.deep) DeepPass(work, options).Run();
+  for (auto& w : work) {
+    if (options.deep) SettleDeep(*w);
+    bool all_unreachable = true;
+    for (size_t p = 0; p < w->backends.size(); ++p) all_unreachable = all_unreachable && !w->Reachable(p);
+    if (all_unreachable) {
+      w->Add(Make("unreachable", kSevNotChecked, 0, 0, w->meta.name, "no part of the volume can be reached"));
+    }
+    for (uint64_t c : w->lost) w->degraded.insert(c);
+    w->report.degraded_chunks = w->degraded.size();
+    w->report.lost_chunks = w->lost.size();
+    report.bytes_read += w->report.bytes_read;
+    std::stable_sort(w->report.findings.begin(), w->report.findings.end(), [](const Finding& a, const Finding& b) {
+      return std::tie(a.chunk, a.part) < std::tie(b.chunk, b.part);
+    });
+    report.volumes.push_back(std::move(w->report));
+  }
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return report;
+}
+
+std::string FormatReportText(const VerifyReport& r) {
+  std::string out;
+  for (const Finding& f : r.findings) out += fmt::format("{}: {}: {}\n", f.kind, f.where, f.detail);
+  int ok = 0, degraded = 0, lost = 0, unchecked = 0;
+  for (const VolumeReport& v : r.volumes) {
+    const int sev = v.Severity();
+    (sev == kSevNote ? ok : sev == kSevDegraded ? degraded : sev == kSevLost ? lost : unchecked)++;
+    std::string status = v.Status();
+    for (char& ch : status) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    out += fmt::format("volume {} ({}): {}: {} of {} chunks written, {} chunk files on {} parts", v.name, v.number,
+                       status, v.written_chunks, v.chunks, v.chunk_files, v.replicas);
+    if (v.degraded_chunks > 0) out += fmt::format("; {} chunk(s) below {} good copies", v.degraded_chunks, v.replicas);
+    if (v.lost_chunks > 0) out += fmt::format("; {} chunk(s) with data lost", v.lost_chunks);
+    out += "\n";
+    for (const Finding& f : v.findings) {
+      std::string who = f.part ? fmt::format("part {}", f.part) : std::string("volume");
+      if (f.chunk) who += fmt::format(" chunk {}", f.chunk);
+      out += fmt::format("  {:<10} {}: {} ({})\n", f.kind, who, f.detail, f.where);
+    }
+  }
+  out += fmt::format("summary: {} volume(s), {} ok, {} degraded, {} with data lost{}; {} pass, {:.1f} s", r.volumes.size(),
+                     ok, degraded, lost, unchecked ? fmt::format(", {} not checked", unchecked) : "",
+                     r.deep ? "deep" : "quick", r.seconds);
+  if (r.deep) {
+    out += fmt::format(", {:.1f} MiB read ({:.0f} MB/s)", r.bytes_read / 1048576.0,
+                       r.seconds > 0 ? r.bytes_read / 1e6 / r.seconds : 0.0);
+  }
+  out += fmt::format("; exit {}\n", r.ExitCode());
+  return out;
+}
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (u < 0x20) {
+      out += fmt::format("\\u{:04x}", u);
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+namespace {
+
+std::string FindingJson(const Finding& f) {
+  std::string blocks;
+  for (uint64_t b : f.blocks) blocks += fmt::format("{}{}", blocks.empty() ? "" : ",", b);
+  return fmt::format(R"({{"kind":{},"severity":{},"part":{},"chunk":{},"blocks":[{}],"where":{},"detail":{}}})",
+                     JsonString(f.kind), f.severity, f.part ? JsonString(std::string(1, f.part)) : "null",
+                     f.chunk ? std::to_string(f.chunk) : "null", blocks, JsonString(f.where), JsonString(f.detail));
+}
+
+}  // namespace
+
+std::string FormatReportJson(const VerifyReport& r) {
+  std::string out = fmt::format(R"({{"mode":{},"exit":{},"seconds":{:.3f},"bytes_read":{},"findings":[)",
+                                JsonString(r.deep ? "deep" : "quick"), r.ExitCode(), r.seconds, r.bytes_read);
+  for (size_t i = 0; i < r.findings.size(); ++i) out += (i ? "," : "") + FindingJson(r.findings[i]);
+  out += "],\"volumes\":[";
+  for (size_t k = 0; k < r.volumes.size(); ++k) {
+    const VolumeReport& v = r.volumes[k];
+    out += fmt::format(
+        R"({}{{"name":{},"number":{},"status":{},"replicas":{},"chunks":{},"written_chunks":{},"chunk_files":{},)"
+        R"("degraded_chunks":{},"lost_chunks":{},"bytes_read":{},"findings":[)",
+        k ? "," : "", JsonString(v.name), v.number, JsonString(v.Status()), v.replicas, v.chunks, v.written_chunks,
+        v.chunk_files, v.degraded_chunks, v.lost_chunks, v.bytes_read);
+    for (size_t i = 0; i < v.findings.size(); ++i) out += (i ? "," : "") + FindingJson(v.findings[i]);
+    out += "]}";
+  }
+  return out + "]}\n";
+}
+
+}  // namespace qbd
