@@ -5,6 +5,9 @@
 // deleted ones are unexported and closed, grown ones get their new size, and read-only changes
 // apply to new connections.
 //
+// It holds the configuration's ProcessLock and serves the admin socket (admin.h): qbd-repair has
+// chunks repaired by the running daemon, under its region locks.
+//
 // Thread-safety: Start, Poll and Stop are called from the one main thread.
 #pragma once
 
@@ -13,6 +16,7 @@
 #include <mutex>
 #include <string>
 
+#include "qbd/admin.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/nbd_server.h"
@@ -46,12 +50,18 @@ class Master {
   Master() = default;
   Status OpenVolume(const VolumeMeta& meta);
   void PublishExport(const std::string& name, Volume& volume);
+  // The admin socket's requests (admin.h), from its connection threads.
+  Result<std::string> HandleAdmin(const std::vector<std::string>& words);
 
   Config config_;
+  std::unique_ptr<ProcessLock> lock_;  // held from the start to the end
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<NbdServer> server_;
+  // volumes_ changes only on the main thread, under volumes_mu_; admin requests read it under it.
+  std::mutex volumes_mu_;
   std::map<std::string, std::unique_ptr<Volume>> volumes_;  // by name
+  std::unique_ptr<AdminServer> admin_;  // stopped before the volumes close
   std::map<std::string, bool> listening_;                   // volumes with their own listener
   bool stopped_ = false;
 };

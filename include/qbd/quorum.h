@@ -68,6 +68,32 @@ struct QuorumCounters {
   std::atomic<uint64_t> missed_writes{0};     // part-writes that failed or were skipped
 };
 
+// One step of a chunk repair: part `target`'s copy rewritten from `sources`.
+struct RepairAction {
+  char target = 0;
+  std::string sources;  // the parts the good copies came from ("a", "ac")
+  bool whole_file = false;  // the chunk file was rebuilt (else blocks rewritten in place)
+  std::string reason;       // missing, short, long, unreadable, corrupt, stale, conflict
+  std::vector<uint64_t> blocks;  // block numbers inside the chunk
+  std::string error;        // empty when done (or planned)
+};
+
+struct RepairOptions {
+  bool dry_run = false;       // plan only: read and judge, write nothing
+  uint32_t targets = ~0u;     // bit p: part 'a' + p may be rewritten
+};
+
+struct ChunkRepairReport {
+  uint64_t chunk = 0;  // file number (chunk index + 1)
+  std::vector<RepairAction> actions;
+  std::vector<uint64_t> lost;     // blocks without a good copy: data lost, copies left as they are
+  std::vector<uint64_t> unknown;  // blocks without a good copy in reach (a part is down)
+  std::vector<std::string> notes;
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  bool Clean() const { return actions.empty() && lost.empty() && unknown.empty(); }
+};
+
 class QuorumSet : public BlockHandler {
  public:
   // parts[i] holds part 'a' + i. dirty[i] is part i's loaded dirty map (nullptr: all clean).
@@ -94,6 +120,13 @@ class QuorumSet : public BlockHandler {
   // Checks the chunks queued by first reads on every part, marking damaged copies for resync;
   // returns the chunks checked. The resync thread calls it; tests call it directly.
   uint64_t VerifyQueued();
+  // Reads every up part's copy of 0-based `chunk`, judges them (scrub.h) and rewrites the copies
+  // that are missing, short, corrupt, stale or conflicting from the newest good copy, under the
+  // chunk's region locks (no client write interleaves). A chunk file is rebuilt whole (temp
+  // file, sync, rename); single blocks are rewritten in place and synced. Blocks without a good
+  // copy are reported and their copies left as they are. Dirty regions whose copy is now good are
+  // cleared. InvalidArgument for a chunk past the end.
+  Result<ChunkRepairReport> RepairChunk(uint64_t chunk, const RepairOptions& options);
   // Stops the resync thread (idempotent).
   void StopResync();
 

@@ -22,6 +22,9 @@ struct VolumeOpenOptions {
   size_t max_open_files_per_part = 256;
   bool start_resync_thread = true;
   uint64_t resync_bytes_per_sec = 0;  // 0: no limit
+  // Opens without writing anything (qbd-repair --dry-run): the epoch is not bumped on disk, and
+  // missing dirty map and chunk map copies are not created.
+  bool no_writes = false;
 };
 
 class StatsLayer;

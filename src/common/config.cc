@@ -187,6 +187,11 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");
         c.nfs_timeout_ms = static_cast<int>(*n);
+      } else if (l.key == "admin_socket") {
+        std::filesystem::path p(l.value);
+        if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
+        c.admin_socket = p.lexically_normal().string();
+        if (c.admin_socket.size() > 100) return err("admin_socket: the path is longer than 100 characters");
       } else if (l.key == "allow_shared_failure_domain") {
         auto b = ParseBool(l.value);
         if (!b.ok()) return bad_value(b.status());
@@ -226,6 +231,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
     return Status::InvalidArgument(fmt::format("{}: 'parts = BACKEND...' is missing", file));
   }
   for (auto& b : c.backends) b.nfs_timeout_ms = c.nfs_timeout_ms;
+  if (c.admin_socket.empty()) {
+    std::filesystem::path f(file);
+    c.admin_socket = (std::filesystem::path(base_dir) / (f.stem().string() + ".sock")).lexically_normal().string();
+  }
   std::set<std::string> used;
   for (const auto& name : c.parts) {
     bool found = false;

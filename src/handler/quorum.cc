@@ -6,10 +6,12 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <optional>
 
 #include "common/thread_pool.h"
 #include "qbd/log.h"
+#include "qbd/scrub.h"
 
 namespace qbd {
 namespace {
@@ -1133,6 +1135,246 @@ bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first,
                options_.volume, region, chunk + 1);
   counters_.resynced_regions.fetch_add(1);
   return all_ok;
+}
+
+}  // namespace qbd
+
+namespace qbd {
+
+// See quorum.h. The whole chunk stays locked from the first read to the last write: a rebuilt
+// file replaces the old one under its name, so no client write may land in between.
+Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOptions& o) {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  const Geometry& g = options_.geometry;
+  if (chunk >= g.ChunkCount()) {
+    return Status::InvalidArgument(fmt::format("volume {}: no chunk {} (it has {})", options_.volume, chunk + 1,
+                                               g.ChunkCount()));
+  }
+  const size_t np = parts_.size();
+  const uint64_t bs = g.block_size, rec = g.RecordSize();
+  const uint64_t per_chunk = g.BlocksPerChunk();
+  const uint64_t end_block = std::min<uint64_t>(per_chunk, (Size() - chunk * g.chunk_size + bs - 1) / bs);
+  const uint64_t slice = std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / bs));
+  const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, end_block - 1);
+  RegionGuard guard(*this, c0, c1);
+  ChunkRepairReport report;
+  report.chunk = chunk + 1;
+  const bool written = ChunkWritten(chunk);
+  std::vector<char> up(np);
+  for (size_t p = 0; p < np; ++p) {
+    up[p] = Reachable(p);
+    if (!up[p]) report.notes.push_back(fmt::format("part {} is down: not checked", parts_[p]->store->part()));
+  }
+  auto read_slice = [&](uint64_t first, uint64_t n) {
+    std::vector<PartCopy> copies;
+    for (size_t p = 0; p < np; ++p) {
+      if (!up[p]) {
+        copies.push_back(UnreachableCopy(Status::Unavailable("part down")));
+        continue;
+      }
+      copies.push_back(ReadCopy(parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk,
+                                first, n));
+      PartCopy& c = copies.back();
+      report.bytes_read += c.records.size();
+      c.dirty.resize(n);
+      for (uint64_t b = 0; b < n; ++b) c.dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
+    }
+    return copies;
+  };
+  // Per part: the rebuilt file (when its copy is bad as a whole), the in-place rewrite, and the
+  // actions by reason.
+  struct Target {
+    bool whole = false;
+    std::string reason;
+    std::string tmp;
+    std::unique_ptr<ChunkFile> file;
+    std::map<std::string, RepairAction> actions;
+    Status error;
+    std::vector<char> region_ok;  // by region of the chunk: the copy is good there afterwards
+    uint64_t blocks_written = 0;
+  };
+  std::vector<Target> t(np);
+  bool any_file = false;
+  for (size_t p = 0; p < np; ++p) t[p].region_ok.assign(c1 - c0 + 1, 1);
+  for (uint64_t first = 0; first < end_block; first += slice) {
+    const uint64_t n = std::min<uint64_t>(slice, end_block - first);
+    std::vector<PartCopy> copies = read_slice(first, n);
+    SliceVerdict v = JudgeCopies(copies, written);
+    for (const PartCopy& c : copies) any_file = any_file || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
+    if (first == 0) {
+      bool any_present = false;
+      for (const PartCopy& c : copies) any_present = any_present || c.state == CopyState::kPresent;
+      if (!any_present && written) report.notes.push_back("no readable copy of the chunk file on any part in reach");
+      for (size_t p = 0; p < np; ++p) {
+        // A file is rebuilt only from some copy: with none, a new file would turn lost data into
+        // unwritten blocks.
+        if (!any_present || !up[p] || !v.bad_file[p] || !(o.targets & (1u << p))) continue;
+        t[p].whole = true;
+        t[p].reason = CopyStateName(copies[p].state);
+      }
+    }
+    for (uint64_t b = 0; b < n; ++b) {
+      if (v.lost[b]) report.lost.push_back(first + b);
+      if (v.unknown[b]) report.unknown.push_back(first + b);
+    }
+    for (size_t p = 0; p < np; ++p) {
+      if (!up[p]) continue;
+      Target& tp = t[p];
+      const bool may = o.targets & (1u << p);
+      const char part = parts_[p]->store->part();
+      // The records this part's copy gets, and which blocks change.
+      std::vector<std::byte> out;
+      std::vector<char> change(n, 0);
+      if (tp.whole) out.assign(n * rec, std::byte{0});
+      for (uint64_t b = 0; b < n; ++b) {
+        const int src = v.source[b];
+        const BlockIssue issue = v.issue[p][b];
+        const uint64_t region = RegionOf(chunk, first + b) - c0;
+        if (src < 0) {
+          if (v.lost[b] || v.unknown[b]) tp.region_ok[region] = 0;
+          if (tp.whole) {
+            // No good copy: the rebuilt file carries a damaged copy as it is, so the block stays
+            // reported as lost rather than turning into an unwritten one.
+            for (size_t q = 0; q < np; ++q) {
+              if (copies[q].state != CopyState::kPresent) continue;
+              std::memcpy(out.data() + b * rec, copies[q].records.data() + b * rec, rec);
+              break;
+            }
+          }
+          continue;
+        }
+        if (tp.whole) {
+          std::memcpy(out.data() + b * rec, copies[src].records.data() + b * rec, rec);
+          if (!copies[src].metas[b].IsUnwritten() || issue != BlockIssue::kNone) {
+            RepairAction& a = tp.actions[tp.reason];
+            if (static_cast<size_t>(src) != p && a.sources.find(parts_[src]->store->part()) == std::string::npos) {
+              a.sources += parts_[src]->store->part();
+            }
+          }
+          continue;
+        }
+        if (issue == BlockIssue::kNone) continue;
+        if (!may) {
+          tp.region_ok[region] = 0;
+          continue;
+        }
+        change[b] = 1;
+        RepairAction& a = tp.actions[BlockIssueName(issue)];
+        a.blocks.push_back(first + b);
+        const char sp = parts_[src]->store->part();
+        if (a.sources.find(sp) == std::string::npos) a.sources += sp;
+      }
+      if (o.dry_run || !tp.error.ok()) continue;
+      if (tp.whole) {
+        if (!tp.file) {
+          const std::string name = ChunkPath(options_.volnr, part, chunk);
+          tp.tmp = fmt::format("{}/.{}.tmp", PartDir(options_.volnr, part), chunk + 1);
+          StorageBackend& be = parts_[p]->store->backend();
+          tp.error = be.MkDirs(PartDir(options_.volnr, part));
+          if (tp.error.ok()) {
+            auto f = be.Create(tp.tmp);
+            if (f.ok()) {
+              tp.file = std::move(f).value();
+              tp.error = tp.file->Truncate(g.ChunkFileSize());
+            } else {
+              tp.error = f.status();
+            }
+          }
+          if (!tp.error.ok()) continue;
+        }
+        // Runs of non-zero records go out; zero ones stay holes (sparse, read as unwritten).
+        for (uint64_t b = 0; b < n && tp.error.ok();) {
+          auto zero = [&](uint64_t k) {
+            const std::byte* r = out.data() + k * rec;
+            return std::all_of(r, r + rec, [](std::byte x) { return x == std::byte{0}; });
+          };
+          if (zero(b)) {
+            ++b;
+            continue;
+          }
+          uint64_t e = b + 1;
+          while (e < n && !zero(e)) ++e;
+          tp.error = tp.file->WriteAt((first + b) * rec, std::span(out.data() + b * rec, (e - b) * rec));
+          report.bytes_written += (e - b) * rec;
+          b = e;
+        }
+        continue;
+      }
+      for (uint64_t b = 0; b < n && tp.error.ok();) {
+        if (!change[b]) {
+          ++b;
+          continue;
+        }
+        // A run of blocks from one source goes out in one write.
+        uint64_t e = b + 1;
+        while (e < n && change[e] && v.source[e] == v.source[b]) ++e;
+        if (!tp.file) {
+          auto f = parts_[p]->store->backend().Open(ChunkPath(options_.volnr, part, chunk));
+          if (!f.ok()) {
+            tp.error = f.status();
+            break;
+          }
+          tp.file = std::move(f).value();
+        }
+        tp.error = tp.file->WriteAt((first + b) * rec, std::span(copies[v.source[b]].records.data() + b * rec, (e - b) * rec));
+        report.bytes_written += (e - b) * rec;
+        tp.blocks_written += e - b;
+        b = e;
+      }
+    }
+  }
+  // Make the rewrites durable and publish the rebuilt files.
+  for (size_t p = 0; p < np; ++p) {
+    Target& tp = t[p];
+    if (!up[p]) continue;
+    const char part = parts_[p]->store->part();
+    if (tp.whole && tp.actions.empty()) tp.actions[tp.reason];  // a file of unwritten blocks only
+    if (!o.dry_run && tp.error.ok() && tp.file) {
+      tp.error = tp.file->Sync();
+      if (tp.error.ok() && tp.whole) {
+        StorageBackend& be = parts_[p]->store->backend();
+        tp.error = be.Rename(tp.tmp, ChunkPath(options_.volnr, part, chunk));
+        if (tp.error.ok()) tp.error = be.SyncDir(PartDir(options_.volnr, part));
+      }
+    }
+    if (!tp.error.ok() && tp.whole && !tp.tmp.empty()) {
+      parts_[p]->store->backend().Remove(tp.tmp).IgnoreError();  // best effort: an unfinished temp file
+    }
+    for (auto& [reason, a] : tp.actions) {
+      a.target = part;
+      a.whole_file = tp.whole;
+      a.reason = reason;
+      if (!tp.error.ok()) a.error = tp.error.ToString();
+      report.actions.push_back(std::move(a));
+    }
+    if (!tp.error.ok()) {
+      QBD_LOG_WARN("repair: volume {} part {} chunk {}: {}", options_.volume, part, chunk + 1, tp.error.ToString());
+      continue;
+    }
+    if (o.dry_run) continue;
+    if (!tp.actions.empty()) {
+      QBD_LOG_INFO("repair: volume {} part {} chunk {}: {}", options_.volume, part, chunk + 1,
+                   tp.whole ? fmt::format("chunk file rebuilt ({})", tp.reason)
+                            : fmt::format("{} block(s) rewritten", tp.blocks_written));
+    }
+    // The copy is good now wherever a good copy existed: its dirty regions there are done.
+    for (uint64_t r = c0; r <= c1; ++r) {
+      if (tp.region_ok[r - c0] && parts_[p]->dirty->Test(r)) ClearDirty(static_cast<int>(p), r);
+    }
+  }
+  if (!report.lost.empty()) {
+    QBD_LOG_ERROR("repair: volume {} chunk {}: {} block(s) have no good copy on any part: data lost ({})",
+                  options_.volume, chunk + 1, report.lost.size(), FormatRanges(report.lost));
+  }
+  if (!written && any_file) {
+    if (o.dry_run) {
+      report.notes.push_back("the chunk map lacks this chunk: it would be added");
+    } else {
+      Status s = RecordChunkWritten(chunk);
+      report.notes.push_back(s.ok() ? "added to the chunk map" : "chunk map not updated: " + s.ToString());
+    }
+  }
+  return report;
 }
 
 }  // namespace qbd

@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdlib>
 
 #include "qbd/log.h"
 
@@ -51,6 +55,13 @@ class Master::Registry : public ExportRegistry {
 Result<std::unique_ptr<Master>> Master::Start(const Config& config, const MasterOptions& options) {
   std::unique_ptr<Master> m(new Master());
   m->config_ = config;
+  // One process at a time writes this configuration's volumes (an offline qbd-repair, or us).
+  auto lock = ProcessLock::Acquire(config.admin_socket + ".lock", "qbd-master");
+  if (!lock.ok()) {
+    return Status::Unavailable(fmt::format("{}: another qbd-master or an offline qbd-repair runs on this "
+                                           "configuration ({})", config.file, lock.status().message()));
+  }
+  m->lock_ = std::move(lock).value();
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config, /*create_missing=*/!options.create_volume.empty()));
   // Two parts on one disk or one NFS export die together: refused unless the config says so.
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
@@ -97,7 +108,11 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
       m->listening_[name] = true;
     }
   }
+  QBD_ASSIGN_OR_RETURN(m->admin_, AdminServer::Start(config.admin_socket, [mp = m.get()](const std::vector<std::string>& w) {
+                         return mp->HandleAdmin(w);
+                       }));
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
+  QBD_LOG_INFO("qbd-master: admin socket {}", config.admin_socket);
   return m;
 }
 
@@ -110,6 +125,7 @@ Status Master::OpenVolume(const VolumeMeta& meta) {
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
   PublishExport(meta.name, *vol);
+  std::lock_guard<std::mutex> l(volumes_mu_);
   volumes_[meta.name] = std::move(vol);
   return Status::OK();
 }
@@ -141,6 +157,7 @@ Status Master::Poll() {
     }
     QBD_LOG_INFO("volume {}: no longer listed in .volumesmeta: unexported", it->first);
     registry_->Remove(it->first);
+    std::lock_guard<std::mutex> l(volumes_mu_);
     it->second->Close().IgnoreError();  // its files are being deleted
     it = volumes_.erase(it);
   }
@@ -185,6 +202,7 @@ Status Master::Poll() {
 Status Master::Stop() {
   if (stopped_) return Status::OK();
   stopped_ = true;
+  admin_.reset();
   if (server_) server_->Stop();
   Status result;
   for (auto& [name, vol] : volumes_) {
@@ -194,8 +212,41 @@ Status Master::Stop() {
       if (result.ok()) result = s;
     }
   }
-  volumes_.clear();
+  {
+    std::lock_guard<std::mutex> l(volumes_mu_);
+    volumes_.clear();
+  }
   return result;
+}
+
+Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
+  const std::string& cmd = words[0];
+  if (cmd == "ping") return fmt::format("ok qbd-master pid={}", ::getpid());
+  if (cmd == "repair") {
+    // repair VOLUME CHUNK [dry-run] [targets=MASK]
+    if (words.size() < 3) return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK]");
+    uint64_t chunk = 0;
+    auto [end, ec] = std::from_chars(words[2].data(), words[2].data() + words[2].size(), chunk);
+    if (ec != std::errc() || end != words[2].data() + words[2].size()) {
+      return Status::InvalidArgument("repair: CHUNK is not a number");
+    }
+    RepairOptions o;
+    for (size_t i = 3; i < words.size(); ++i) {
+      if (words[i] == "dry-run") {
+        o.dry_run = true;
+      } else if (words[i].rfind("targets=", 0) == 0) {
+        o.targets = static_cast<uint32_t>(std::strtoul(words[i].c_str() + 8, nullptr, 10));
+      } else {
+        return Status::InvalidArgument(fmt::format("repair: unknown option '{}'", words[i]));
+      }
+    }
+    std::lock_guard<std::mutex> l(volumes_mu_);
+    auto it = volumes_.find(words[1]);
+    if (it == volumes_.end()) return Status::NotFound(fmt::format("volume {} is not served", words[1]));
+    QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, it->second->quorum().RepairChunk(chunk, o));
+    return EncodeRepairReport(r);
+  }
+  return Status::InvalidArgument(fmt::format("unknown request '{}' (ping, repair)", cmd));
 }
 
 }  // namespace qbd

@@ -14,7 +14,8 @@ namespace {
 
 // Reads the largest epoch among the parts and writes epoch + 1 to all (layout-spec.md §4.2).
 // A part whose backend cannot be reached gets its error in (*down)[i] and starts down.
-Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& backends, std::vector<Status>* down) {
+Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& backends, std::vector<Status>* down,
+                           bool no_writes) {
   const std::string path = Catalog::EpochPath(volnr);
   uint64_t epoch = 0;
   down->assign(backends.size(), Status::OK());
@@ -37,6 +38,7 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
     }
   }
   ++epoch;
+  if (no_writes) return epoch;
   std::string text = fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch);
   int written = 0;
   for (size_t i = 0; i < backends.size(); ++i) {
@@ -61,7 +63,7 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
 // every reachable part whose copy is missing or lacks bits. A volume without any copy (made before
 // the chunk map existed) gets one built from the chunk files present on its parts.
 Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std::vector<StorageBackend*>& backends,
-                                               const std::vector<Status>& down) {
+                                               const std::vector<Status>& down, bool no_writes) {
   const Geometry& g = meta.geometry;
   const uint32_t cs = static_cast<uint32_t>(g.chunk_size);
   const std::string path = DirtyMap::ChunkMapPath(meta.number);
@@ -100,7 +102,7 @@ Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std
   }
   const std::string encoded = map->Encode(kChunkMapMagic);
   for (size_t i = 0; i < backends.size(); ++i) {
-    if (!down[i].ok() || texts[i] == encoded) continue;
+    if (no_writes || !down[i].ok() || texts[i] == encoded) continue;
     Status s = WriteFileAtomic(*backends[i], path, encoded);
     if (!s.ok()) QBD_LOG_WARN("volume {}: cannot write {} on {}: {}", meta.name, path, backends[i]->Describe(), s.ToString());
   }
@@ -116,7 +118,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
                                                meta.replicas));
   }
   std::vector<Status> down;
-  QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends, &down));
+  QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends, &down, options.no_writes));
   const uint32_t rs = DirtyRegionSize(meta.geometry);
   const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
   std::vector<std::unique_ptr<PartStore>> parts;
@@ -141,6 +143,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
           continue;
         }
         ++read;
+        if (options.no_writes) continue;
         Status s = WriteFileAtomic(*backends[h], path, DirtyMap(rs, regions).Encode());
         if (!s.ok()) QBD_LOG_WARN("volume {}: cannot create {} on {}: {}", meta.name, path, backends[h]->Describe(), s.ToString());
         continue;
@@ -173,7 +176,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
   // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
-  QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down));
+  QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down, options.no_writes));
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
     if (!down[i].ok()) quorum->MarkPartDown(i, down[i]);
