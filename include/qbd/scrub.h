@@ -5,9 +5,11 @@
 // written block's checksum matches, an unwritten block's data is zero). Among the good copies the
 // largest generation is the newest. A part that missed writes has them in its dirty map, and every
 // acknowledged write reached every part that is clean there, so a clean part's good copy is the
-// newest acknowledged data. A block is lost when no good copy is left on a clean part (only copies
-// on parts known to have missed writes, or none at all); it is unknown when such a copy may be on a
-// part out of reach.
+// newest acknowledged data: the source is the newest good copy among the clean parts, and a dirty
+// part's differing copy is stale whatever its generation. With every part dirty at a block (a
+// crash between parts), the newest good copy wins. A block is lost when no good copy is left on a
+// clean part (only copies on parts known to have missed writes, or none at all); it is unknown
+// when such a copy may be on a part out of reach.
 //
 // Thread-safety: pure functions and values; ReadCopy uses the backend's own thread-safety.
 #pragma once

@@ -139,26 +139,22 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
   auto dirty = [&](size_t p, uint64_t b) { return b < copies[p].dirty.size() && copies[p].dirty[b]; };
   auto good = [&](size_t p, uint64_t b) { return copies[p].state == CopyState::kPresent && copies[p].good[b]; };
   for (uint64_t b = 0; b < n; ++b) {
-    // The newest good copy; at equal generations a part that is clean here wins.
-    int src = -1;
+    // Every acknowledged write reached each part that is clean here: with such a part in reach,
+    // only a good copy on a clean part is known to be the newest, whatever the generations of
+    // the dirty parts' copies (a trim that a dirty part missed left it an older, written block
+    // with a larger generation than the clean parts' unwritten one). With every part dirty here,
+    // the newest good copy wins (the resync's reconcile rule).
     bool clean_part = false, clean_good = false;
     for (size_t p = 0; p < np; ++p) {
-      if (copies[p].state == CopyState::kUnreachable) continue;
-      if (!dirty(p, b)) clean_part = true;
-      if (!good(p, b)) continue;
-      if (!dirty(p, b)) clean_good = true;
-      if (src < 0) {
-        src = static_cast<int>(p);
-        continue;
-      }
-      const BlockMeta& m = copies[p].metas[b];
-      const BlockMeta& best = copies[src].metas[b];
-      if (m.generation > best.generation || (m.generation == best.generation && dirty(src, b) && !dirty(p, b))) {
-        src = static_cast<int>(p);
-      }
+      if (copies[p].state == CopyState::kUnreachable || dirty(p, b)) continue;
+      clean_part = true;
+      clean_good = clean_good || good(p, b);
     }
-    // Every acknowledged write reached each part that is clean here: with such a part in reach,
-    // only a good copy on a clean part is known to be the newest.
+    int src = -1;
+    for (size_t p = 0; p < np; ++p) {
+      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b))) continue;
+      if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation) src = static_cast<int>(p);
+    }
     if (src < 0 || (clean_part && !clean_good)) {
       (any_unreachable ? v.unknown : v.lost)[b] = 1;
       src = -1;
@@ -181,7 +177,8 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
       const BlockMeta& m = c.metas[b];
       const BlockMeta& best = copies[src].metas[b];
       if (m == best) continue;
-      v.issue[p][b] = m.generation < best.generation ? BlockIssue::kStale : BlockIssue::kConflict;
+      // A dirty part's copy is stale whatever its generation (it missed writes here).
+      v.issue[p][b] = m.generation < best.generation || dirty(p, b) ? BlockIssue::kStale : BlockIssue::kConflict;
     }
   }
   return v;

@@ -241,8 +241,26 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     }
     return Status::OK();
   }
+  if (whole_bad.empty() && ChunkWritten(chunk)) {
+    // The chunk map says it was written, yet no part in reach has its file. Its first write may
+    // be creating the files right now (under the create lock): look again once it is done.
+    bool any = false;
+    {
+      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
+      for (int p : order) {
+        auto st = parts_[p]->store->CheckChunk(chunk);
+        any = any || (st.ok() && *st != PartStore::ChunkState::kAbsent);
+      }
+    }
+    if (any && locked) return ReadBlocks(ReadOrder(r0, r1, -1), chunk, first, data, metas, locked);
+    if (any) return ReadChunkPiece(chunk, first, data, metas, /*locked=*/false);
+    QBD_LOG_ERROR("volume {} chunk {}: written (chunk map) but its file is missing on every part in reach: data lost",
+                  options_.volume, chunk + 1);
+    return Status::IOError(
+        fmt::format("volume {} chunk {}: chunk file missing on every part in reach", options_.volume, chunk + 1), EIO);
+  }
   if (whole_bad.empty()) {
-    // No part in sync has the chunk file: never written.
+    // No part in sync has the chunk file, and the chunk map does not have it: never written.
     std::memset(data.data(), 0, data.size());
     std::fill(metas.begin(), metas.end(), BlockMeta{});
     return Status::OK();
@@ -530,13 +548,14 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   // The first write to a chunk in this process checks which parts hold its file, under a lock
   // so that concurrent first writes do not take each other's new files for lost ones. Later, a
   // part that has to create the file has lost it.
-  // The chunk map learns of a chunk before its files exist: a chunk lost on every part is then
-  // never taken for an unwritten one.
-  if (!chunk_map_->Test(chunk)) QBD_RETURN_IF_ERROR(RecordChunkWritten(chunk));
   bool known = ChunkKnown(chunk);
   std::unique_lock<std::mutex> create_lock;
-  if (!known) {
+  if (!known || !chunk_map_->Test(chunk)) {
     create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
+    // The chunk map learns of a chunk before its files exist, under the create lock that a read
+    // finding no file takes before it calls the chunk lost: a chunk lost on every part is never
+    // taken for an unwritten one, and a chunk being created is never taken for a lost one.
+    if (!chunk_map_->Test(chunk)) QBD_RETURN_IF_ERROR(RecordChunkWritten(chunk));
     known = ChunkKnown(chunk);
     if (!known) CheckChunkPresence(chunk, live);
     // Waiting for the lock may have taken a while: a part marked down meanwhile is skipped.
@@ -882,7 +901,8 @@ Result<std::vector<Extent>> QuorumSet::BlockStatus(uint64_t off, uint64_t len) {
   }
   Extent e;
   e.length = seg;
-  e.hole = e.zero = !any;
+  // A written chunk whose files are gone is data (reads fail), never a hole clients skip.
+  e.hole = e.zero = !any && !ChunkWritten(chunk);
   return std::vector<Extent>{e};
 }
 

@@ -409,7 +409,7 @@ class DeepPass {
     // Blocks past the end of the volume are never written; the last chunk is read up to the end.
     const uint64_t end_block = std::min<uint64_t>(per_chunk, (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
     const bool written = w.chunk_map->Test(c);
-    bool unreadable_reported = false;
+    std::vector<char> unreadable_reported(w.backends.size(), 0);
     for (uint64_t first = 0; first < end_block; first += slice) {
       const uint64_t n = std::min<uint64_t>(slice, end_block - first);
       std::vector<PartCopy> copies = ReadAll(w, c, first, n);
@@ -428,8 +428,8 @@ class DeepPass {
       std::lock_guard<std::mutex> l(w.mu);
       for (size_t p = 0; p < copies.size(); ++p) {
         const char part = static_cast<char>('a' + p);
-        if (copies[p].state == CopyState::kUnreadable && !unreadable_reported) {
-          unreadable_reported = true;
+        if (copies[p].state == CopyState::kUnreadable && !unreadable_reported[p]) {
+          unreadable_reported[p] = 1;
           w.deep_findings.push_back(Make("unreadable", kSevDegraded, part, c + 1,
                                          w.Where(p, ChunkPath(w.meta.number, part, c)), copies[p].error.message()));
           w.degraded.insert(c);

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -28,7 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char kHelp[] = R"(Usage: qbd-repair --config FILE [--dry-run] [--volume NAME]... [--part P]... [VOLUME...]
+const char kHelp[] = R"(Usage: qbd-repair --config FILE [--dry-run] [--volume NAME]... [--part P]... [--rate MB/s] [VOLUME...]
 
 Rebuilds missing, short, corrupt and stale copies of chunk files and blocks from the newest good
 copy, and the metadata copies a part must hold. A block without a good copy anywhere is reported
@@ -46,6 +47,7 @@ Options:
   --volume NAME       only this volume (repeatable; same as naming it as an argument)
   --part P            only rewrite copies on part P (a, b, ...; repeatable); other parts are
                       still read as sources
+  --rate MB/s         read at most this fast (beside production I/O); 0: no limit
   --restart           ignore the progress of an interrupted run and start over
   --quiet             no line per repaired chunk, only problems and the summary
   -h, --help          this help
@@ -118,7 +120,7 @@ std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
 
 int Run(int argc, char** argv) {
   po::options_description opts;
-  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("dry-run", "")("restart", "")("quiet", "")(
+  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("dry-run", "")("restart", "")("quiet", "")("rate", po::value<double>(), "")(
       "volume", po::value<std::vector<std::string>>(), "")("part", po::value<std::vector<std::string>>(), "")(
       "names", po::value<std::vector<std::string>>(), "");
   po::positional_options_description pos;
@@ -140,6 +142,11 @@ int Run(int argc, char** argv) {
     if (vm.count(k)) {
       for (const auto& n : vm[k].as<std::vector<std::string>>()) names.push_back(n);
     }
+  }
+  double rate = 0;  // bytes per second
+  if (vm.count("rate")) {
+    rate = vm["rate"].as<double>() * 1e6;
+    if (rate < 0) return Usage("--rate must be 0 or more MB/s");
   }
   qbd::RepairOptions ro;
   ro.dry_run = dry;
@@ -218,7 +225,10 @@ int Run(int argc, char** argv) {
     if (!admin) {
       qbd::VolumeOpenOptions vo;
       vo.start_resync_thread = false;
-      vo.no_writes = dry;
+      // Repair copies records as they are (no new generation): the epoch stays, and the metadata
+      // copies were restored above, so opening writes nothing and a run with nothing to do
+      // changes no file.
+      vo.no_writes = true;
       auto v = qbd::Volume::Open(*meta, backends, vo);
       if (!v.ok()) {
         std::cerr << fmt::format("qbd-repair: volume {}: {}\n", name, v.status().message());
@@ -248,6 +258,11 @@ int Run(int argc, char** argv) {
         break;
       }
       ++t.chunks;
+      if (rate > 0) {
+        // Throttle: the bytes read so far may not run ahead of the rate.
+        std::this_thread::sleep_until(start + std::chrono::microseconds(static_cast<uint64_t>(
+                                                   (t.bytes_read + r->bytes_read) / rate * 1e6)));
+      }
       const uint64_t blocks_in_chunk = std::min<uint64_t>(g.BlocksPerChunk(), (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
       if (tty) std::fprintf(stderr, "\r\033[K");
       Report(name, *r, blocks_in_chunk, dry, quiet, t);
