@@ -1061,21 +1061,11 @@ class NfsBackend final : public StorageBackend {
   }
 
   Result<std::vector<std::string>> List(std::string_view dir) override {
-    QBD_RETURN_IF_ERROR(CheckPath(dir));
-    const std::string full = pool_->Full(dir);
-    QBD_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
-    struct nfsdir* d = nullptr;
-    QBD_RETURN_IF_ERROR(lease.Run(
-        "opendir", pool_->Name(full), Reply::Kind::kDir, &d,
-        [&](nfs_context* c, Reply* r) { return nfs_opendir_async(c, full.c_str(), OnReply, r); }));
-    // nfs_opendir read the whole directory: nfs_readdir and nfs_closedir send nothing.
+    // One READDIRPLUS either way: the names of ListInfo.
+    QBD_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListInfo(dir));
     std::vector<std::string> names;
-    while (struct nfsdirent* e = nfs_readdir(lease.nfs(), d)) {
-      std::string_view n = e->name;
-      if (n == "." || n == "..") continue;
-      names.emplace_back(n);
-    }
-    nfs_closedir(lease.nfs(), d);
+    names.reserve(entries.size());
+    for (DirEntry& e : entries) names.push_back(std::move(e.name));
     return names;
   }
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <tuple>
@@ -106,78 +107,58 @@ void CheckVolumeMetadata(VolumeWork& w) {
     if (!w.Reachable(p)) continue;
     const char part = static_cast<char>('a' + p);
     StorageBackend& b = *w.backends[p];
-    auto missing = [&](const std::string& path, const std::string& what) {
-      w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), fmt::format("{} copy missing", what)));
-    };
     auto bad = [&](const std::string& path, const Status& s) {
       w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), s.message()));
     };
+    // The copy's text; a missing or unreadable copy is reported and gives nothing.
+    auto read = [&](const std::string& path, const std::string& what) -> std::optional<std::string> {
+      auto text = ReadSmallFile(b, path);
+      if (text.ok()) return std::move(text).value();
+      if (text.status().IsNotFound()) {
+        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), fmt::format("{} copy missing", what)));
+      } else {
+        bad(path, text.status());
+      }
+      return std::nullopt;
+    };
     // .meta: the newest copy is what the catalog returned; older copies are reported.
-    {
-      const std::string path = MetaPath(nr);
-      auto text = ReadSmallFile(b, path);
-      if (text.status().IsNotFound()) {
-        missing(path, ".meta");
-      } else if (!text.ok()) {
-        bad(path, text.status());
-      } else {
-        auto parsed = ParseVolumeMeta(*text, w.Where(p, path));
-        if (!parsed.ok()) {
-          bad(path, parsed.status());
-        } else if (parsed->serial < m.serial) {
-          w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path),
-                     fmt::format("older copy (serial {}, newest {})", parsed->serial, m.serial)));
-        }
+    if (auto text = read(MetaPath(nr), ".meta")) {
+      auto parsed = ParseVolumeMeta(*text, w.Where(p, MetaPath(nr)));
+      if (!parsed.ok()) {
+        bad(MetaPath(nr), parsed.status());
+      } else if (parsed->serial < m.serial) {
+        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, MetaPath(nr)),
+                   fmt::format("older copy (serial {}, newest {})", parsed->serial, m.serial)));
       }
     }
-    {
-      const std::string path = Catalog::EpochPath(nr);
-      auto text = ReadSmallFile(b, path);
-      if (text.status().IsNotFound()) {
-        missing(path, ".epoch");
-      } else if (!text.ok()) {
-        bad(path, text.status());
+    if (auto text = read(Catalog::EpochPath(nr), ".epoch")) {
+      auto lines = ParseKvText(*text, w.Where(p, Catalog::EpochPath(nr)));
+      if (!lines.ok()) {
+        bad(Catalog::EpochPath(nr), lines.status());
       } else {
-        auto lines = ParseKvText(*text, w.Where(p, path));
-        if (!lines.ok()) {
-          bad(path, lines.status());
-        } else {
-          for (const KvLine& l : *lines) {
-            if (l.key == "epoch") std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
-          }
-          max_epoch = std::max(max_epoch, epochs[p]);
+        for (const KvLine& l : *lines) {
+          if (l.key == "epoch") std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
         }
+        max_epoch = std::max(max_epoch, epochs[p]);
       }
     }
-    {
-      const std::string path = DirtyMap::ChunkMapPath(nr);
-      auto text = ReadSmallFile(b, path);
-      if (text.status().IsNotFound()) {
-        missing(path, "chunk map");
-      } else if (!text.ok()) {
-        bad(path, text.status());
+    const std::string map_path = DirtyMap::ChunkMapPath(nr);
+    if (auto text = read(map_path, "chunk map")) {
+      auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())),
+                                  static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount(),
+                                  w.Where(p, map_path), kChunkMapMagic);
+      if (!map.ok()) {
+        bad(map_path, map.status());
       } else {
-        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())),
-                                    static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount(),
-                                    w.Where(p, path), kChunkMapMagic);
-        if (!map.ok()) {
-          bad(path, map.status());
-        } else {
-          w.chunk_map->Merge(**map);
-          map_copies[p] = std::move(map).value();
-          w.have_chunk_map = true;
-        }
+        w.chunk_map->Merge(**map);
+        map_copies[p] = std::move(map).value();
+        w.have_chunk_map = true;
       }
     }
     for (size_t x = 0; x < np; ++x) {
       if (x == p) continue;
       const std::string path = DirtyMap::PathFor(nr, static_cast<char>('a' + x));
-      auto text = ReadSmallFile(b, path);
-      if (text.status().IsNotFound()) {
-        missing(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)));
-      } else if (!text.ok()) {
-        bad(path, text.status());
-      } else {
+      if (auto text = read(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)))) {
         auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs, regions, w.Where(p, path));
         if (!map.ok()) {
           bad(path, map.status());
