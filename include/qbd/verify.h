@@ -78,8 +78,9 @@ struct VerifyReport {
 // be read, or a named volume does not exist: NotFound).
 Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options);
 
-// The report for people: per volume its status and what is wrong where, then a summary.
-std::string FormatReportText(const VerifyReport& report);
+// The report for people: per volume its status and what is wrong where, then a summary. With
+// `only_problems`, volumes that are OK are left out, and a clean report is empty (for cron).
+std::string FormatReportText(const VerifyReport& report, bool only_problems = false);
 // The same as one JSON document (documented in the README).
 std::string FormatReportJson(const VerifyReport& report);
 // `s` as a JSON string literal, quotes included.

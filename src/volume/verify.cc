@@ -571,13 +571,15 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
   return report;
 }
 
-std::string FormatReportText(const VerifyReport& r) {
+std::string FormatReportText(const VerifyReport& r, bool only_problems) {
   std::string out;
+  if (only_problems && r.ExitCode() == 0) return out;
   for (const Finding& f : r.findings) out += fmt::format("{}: {}: {}\n", f.kind, f.where, f.detail);
   int ok = 0, degraded = 0, lost = 0, unchecked = 0;
   for (const VolumeReport& v : r.volumes) {
     const int sev = v.Severity();
     (sev == kSevNote ? ok : sev == kSevDegraded ? degraded : sev == kSevLost ? lost : unchecked)++;
+    if (only_problems && sev == kSevNote) continue;
     std::string status = v.Status();
     for (char& ch : status) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
     out += fmt::format("volume {} ({}): {}: {} of {} chunks written, {} chunk files on {} parts", v.name, v.number,

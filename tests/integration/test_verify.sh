@@ -58,6 +58,10 @@ qbd_start
 head -c 40M /dev/urandom >"$T/data.bin"
 nbdcopy --flush "$T/data.bin" "$(uri v)" || die setup "nbdcopy in failed"
 expect_findings "clean volume: quick verify exits 0 with no finding" 0 ""
+out=$(verify --quiet 2>&1)
+rc=$?
+[ "$rc" = 0 ] && [ -z "$out" ] && pass "verify --quiet prints nothing for a clean volume (cron mails nothing)" ||
+  fail "verify --quiet prints nothing for a clean volume (cron mails nothing)" "exit $rc, printed: $out"
 
 # Stale copy: part b's chunk 6 as it was before blocks 3-4 were rewritten.
 cp "$T/node-b/1/b/6" "$T/old-b6"
@@ -96,6 +100,7 @@ check "the text report says DATA LOST and names part b's missing chunk 2" \
   grep -q "DATA LOST" "$T/verify.txt"
 check "the text report names the corrupt blocks of part a chunk 4" \
   grep -qE "corrupt +part a chunk 4: 2 block\(s\) fail their checksum: 1, 5" "$T/verify.txt"
+check "verify --quiet prints the damaged volume" bash -c "'$QBD_BIN/qbd-verify' --config '$T/qbd.conf' --quiet | grep -q 'volume v (1): DATA LOST'"
 
 before=$(tree_sum)
 repair --dry-run >"$T/plan.out" 2>&1

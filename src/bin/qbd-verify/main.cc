@@ -35,7 +35,8 @@ Options:
   --json              print the report as JSON (see README) instead of text
   --rate MB/s         deep reads at most this fast (beside production I/O); 0: no limit
   --threads N         chunks read side by side in the deep pass (default 4)
-  --quiet             print only volumes that are not ok, and the summary
+  --quiet             print nothing when every volume is ok; else only the volumes that
+                      are not, and the summary (for cron, which mails what it prints)
   -h, --help          this help
 
 Exit status: 0 clean; 1 degraded but recoverable (missing, damaged or stale copies, parts out of
@@ -106,10 +107,7 @@ int Run(int argc, char** argv) {
   if (json) {
     std::cout << qbd::FormatReportJson(*report);
   } else {
-    if (quiet) {
-      std::erase_if(report->volumes, [](const qbd::VolumeReport& v) { return v.Severity() == qbd::kSevNote; });
-    }
-    std::cout << qbd::FormatReportText(*report);
+    std::cout << qbd::FormatReportText(*report, quiet);
   }
   return report->ExitCode();
 }
