@@ -33,7 +33,8 @@ class ProcessLock {
  public:
   // Takes the lock at `path` (created if absent) without waiting. Unavailable naming the holder's
   // pid when another process holds it.
-  static Result<std::unique_ptr<ProcessLock>> Acquire(const std::string& path, const std::string& who);
+  static Result<std::unique_ptr<ProcessLock>> Acquire(const std::string& path,
+                                                      const std::string& who);
   ~ProcessLock();
 
  private:

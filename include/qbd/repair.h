@@ -18,7 +18,8 @@ namespace qbd {
 
 // The 0-based chunks to visit, ascending: those in any copy of the chunk map, and those whose file
 // exists on some part. Parts that cannot be listed are skipped.
-std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta, const std::vector<StorageBackend*>& backends);
+std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta,
+                                    const std::vector<StorageBackend*>& backends);
 
 // Restores the volume's metadata on every reachable part: its directories, and the missing or
 // older copies of .meta, .epoch, .chunkmap (also copies lacking chunks) and the dirty maps, each

@@ -50,8 +50,8 @@ struct PartCopy {
 
 // Reads blocks [first, first + n) of 0-based `chunk` of part `part` as stored and checks each.
 // Never fails: the copy's state says what was found. `dirty` is left empty (all clean).
-PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g, uint64_t chunk,
-                  uint64_t first, uint64_t n);
+PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g,
+                  uint64_t chunk, uint64_t first, uint64_t n);
 // A copy of a part that is not asked.
 PartCopy UnreachableCopy(const Status& why);
 

@@ -52,8 +52,8 @@ struct VolumeReport {
   std::string name;
   uint32_t number = 0;
   uint32_t replicas = 0;
-  uint64_t chunks = 0;          // chunks of the volume's size
-  uint64_t written_chunks = 0;  // chunks written (chunk map, or a file on some part)
+  uint64_t chunks = 0;           // chunks of the volume's size
+  uint64_t written_chunks = 0;   // chunks written (chunk map, or a file on some part)
   uint64_t degraded_chunks = 0;  // written chunks with fewer than `replicas` good copies
   uint64_t lost_chunks = 0;      // chunks with data lost (some block without a good copy)
   uint64_t chunk_files = 0;      // chunk files found on all parts

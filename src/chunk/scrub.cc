@@ -22,23 +22,34 @@ bool AllZero(const std::byte* p, size_t n) {
 
 const char* CopyStateName(CopyState s) {
   switch (s) {
-    case CopyState::kPresent: return "present";
-    case CopyState::kAbsent: return "missing";
-    case CopyState::kShort: return "short";
-    case CopyState::kLong: return "long";
-    case CopyState::kUnreadable: return "unreadable";
-    case CopyState::kUnreachable: return "unreachable";
+    case CopyState::kPresent:
+      return "present";
+    case CopyState::kAbsent:
+      return "missing";
+    case CopyState::kShort:
+      return "short";
+    case CopyState::kLong:
+      return "long";
+    case CopyState::kUnreadable:
+      return "unreadable";
+    case CopyState::kUnreachable:
+      return "unreachable";
   }
   return "?";
 }
 
 const char* BlockIssueName(BlockIssue i) {
   switch (i) {
-    case BlockIssue::kNone: return "ok";
-    case BlockIssue::kMissing: return "missing";
-    case BlockIssue::kCorrupt: return "corrupt";
-    case BlockIssue::kStale: return "stale";
-    case BlockIssue::kConflict: return "conflict";
+    case BlockIssue::kNone:
+      return "ok";
+    case BlockIssue::kMissing:
+      return "missing";
+    case BlockIssue::kCorrupt:
+      return "corrupt";
+    case BlockIssue::kStale:
+      return "stale";
+    case BlockIssue::kConflict:
+      return "conflict";
   }
   return "?";
 }
@@ -50,8 +61,8 @@ PartCopy UnreachableCopy(const Status& why) {
   return c;
 }
 
-PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g, uint64_t chunk,
-                  uint64_t first, uint64_t n) {
+PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g,
+                  uint64_t chunk, uint64_t first, uint64_t n) {
   PartCopy c;
   auto file = backend.Open(ChunkPath(volnr, part, chunk));
   if (!file.ok()) {
@@ -132,12 +143,16 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
   const bool written = chunk_written || any_file;
   for (size_t p = 0; p < np; ++p) {
     const CopyState s = copies[p].state;
-    v.bad_file[p] = s == CopyState::kShort || s == CopyState::kLong || s == CopyState::kUnreadable ||
-                    (s == CopyState::kAbsent && written);
+    v.bad_file[p] = s == CopyState::kShort || s == CopyState::kLong ||
+                    s == CopyState::kUnreadable || (s == CopyState::kAbsent && written);
   }
   if (!written) return v;  // never written: no file anywhere, nothing to compare
-  auto dirty = [&](size_t p, uint64_t b) { return b < copies[p].dirty.size() && copies[p].dirty[b]; };
-  auto good = [&](size_t p, uint64_t b) { return copies[p].state == CopyState::kPresent && copies[p].good[b]; };
+  auto dirty = [&](size_t p, uint64_t b) {
+    return b < copies[p].dirty.size() && copies[p].dirty[b];
+  };
+  auto good = [&](size_t p, uint64_t b) {
+    return copies[p].state == CopyState::kPresent && copies[p].good[b];
+  };
   for (uint64_t b = 0; b < n; ++b) {
     // Every acknowledged write reached each part that is clean here: with such a part in reach,
     // only a good copy on a clean part is known to be the newest, whatever the generations of
@@ -152,8 +167,10 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
     }
     int src = -1;
     for (size_t p = 0; p < np; ++p) {
-      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b))) continue;
-      if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation) src = static_cast<int>(p);
+      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b)))
+        continue;
+      if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation)
+        src = static_cast<int>(p);
     }
     if (src < 0 || (clean_part && !clean_good)) {
       (any_unreachable ? v.unknown : v.lost)[b] = 1;
@@ -165,7 +182,8 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
       if (c.state == CopyState::kUnreachable || static_cast<int>(p) == src) continue;
       if (c.state != CopyState::kPresent) {
         // An absent file holds unwritten blocks only where the newest copy is unwritten too.
-        const bool fine = c.state == CopyState::kAbsent && src >= 0 && copies[src].metas[b].IsUnwritten();
+        const bool fine =
+            c.state == CopyState::kAbsent && src >= 0 && copies[src].metas[b].IsUnwritten();
         if (!fine) v.issue[p][b] = BlockIssue::kMissing;
         continue;
       }
@@ -178,7 +196,8 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
       const BlockMeta& best = copies[src].metas[b];
       if (m == best) continue;
       // A dirty part's copy is stale whatever its generation (it missed writes here).
-      v.issue[p][b] = m.generation < best.generation || dirty(p, b) ? BlockIssue::kStale : BlockIssue::kConflict;
+      v.issue[p][b] = m.generation < best.generation || dirty(p, b) ? BlockIssue::kStale
+                                                                    : BlockIssue::kConflict;
     }
   }
   return v;

@@ -2,6 +2,7 @@
 #include "qbd/admin.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -9,13 +10,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <fmt/format.h>
-
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <sstream>
-#include <algorithm>
 
 #include "qbd/log.h"
 #include "qbd/scrub.h"
@@ -27,8 +26,9 @@ Result<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   if (path.size() >= sizeof(a.sun_path)) {
-    return Status::InvalidArgument(fmt::format("admin socket {}: path longer than {} bytes (set admin_socket)", path,
-                                               sizeof(a.sun_path) - 1));
+    return Status::InvalidArgument(
+        fmt::format("admin socket {}: path longer than {} bytes (set admin_socket)", path,
+                    sizeof(a.sun_path) - 1));
   }
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
   return a;
@@ -81,12 +81,14 @@ Result<std::vector<uint64_t>> ParseRanges(std::string_view s) {
       auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), *v);
       return ec == std::errc() && end == t.data() + t.size();
     };
-    if (!num(item.substr(0, dash), &a)) return Status::Corruption(fmt::format("bad block range '{}'", item));
+    if (!num(item.substr(0, dash), &a))
+      return Status::Corruption(fmt::format("bad block range '{}'", item));
     b = a;
     if (dash != std::string_view::npos && !num(item.substr(dash + 1), &b)) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
-    if (b < a || b - a > (1ull << 30)) return Status::Corruption(fmt::format("bad block range '{}'", item));
+    if (b < a || b - a > (1ull << 30))
+      return Status::Corruption(fmt::format("bad block range '{}'", item));
     for (uint64_t x = a; x <= b; ++x) out.push_back(x);
   }
   return out;
@@ -97,7 +99,8 @@ Result<std::vector<uint64_t>> ParseRanges(std::string_view s) {
 // ---------------------------------------------------------------------------------------------
 // ProcessLock
 
-Result<std::unique_ptr<ProcessLock>> ProcessLock::Acquire(const std::string& path, const std::string& who) {
+Result<std::unique_ptr<ProcessLock>> ProcessLock::Acquire(const std::string& path,
+                                                          const std::string& who) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return Status::FromErrno("open " + path, errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -105,9 +108,11 @@ Result<std::unique_ptr<ProcessLock>> ProcessLock::Acquire(const std::string& pat
     char buf[256] = {};
     ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
     ::close(fd);
-    std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("another process");
+    std::string holder =
+        n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("another process");
     while (!holder.empty() && holder.back() == '\n') holder.pop_back();
-    if (err == EWOULDBLOCK) return Status::Unavailable(fmt::format("{} is held by {}", path, holder));
+    if (err == EWOULDBLOCK)
+      return Status::Unavailable(fmt::format("{} is held by {}", path, holder));
     return Status::FromErrno("flock " + path, err);
   }
   std::string text = fmt::format("{} (pid {})\n", who, ::getpid());
@@ -211,7 +216,8 @@ Result<std::unique_ptr<AdminClient>> AdminClient::Connect(const std::string& pat
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Status::FromErrno("socket", errno);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    Status s = Status::Unavailable(fmt::format("no qbd-master answers on {}: {}", path, std::strerror(errno)));
+    Status s = Status::Unavailable(
+        fmt::format("no qbd-master answers on {}: {}", path, std::strerror(errno)));
     ::close(fd);
     return s;
   }
@@ -225,12 +231,15 @@ AdminClient::~AdminClient() {
 }
 
 Result<std::string> AdminClient::Call(const std::string& request) {
-  if (!SendAll(fd_, request + "\n")) return Status::Unavailable("qbd-master closed the admin connection");
+  if (!SendAll(fd_, request + "\n"))
+    return Status::Unavailable("qbd-master closed the admin connection");
   std::string out, line;
   for (;;) {
-    if (!ReadLine(fd_, buf_, &line)) return Status::Unavailable("qbd-master closed the admin connection");
+    if (!ReadLine(fd_, buf_, &line))
+      return Status::Unavailable("qbd-master closed the admin connection");
     if (line == "end") return out;
-    if (out.empty() && line.rfind("error ", 0) == 0) return Status::IOError("qbd-master: " + line.substr(6));
+    if (out.empty() && line.rfind("error ", 0) == 0)
+      return Status::IOError("qbd-master: " + line.substr(6));
     out += line + "\n";
   }
 }
@@ -242,12 +251,14 @@ Result<std::string> AdminClient::Call(const std::string& request) {
 //   lost BLOCKS / unknown BLOCKS / note TEXT
 
 std::string EncodeRepairReport(const ChunkRepairReport& r) {
-  std::string out = fmt::format("chunk {} read={} written={}\n", r.chunk, r.bytes_read, r.bytes_written);
+  std::string out =
+      fmt::format("chunk {} read={} written={}\n", r.chunk, r.bytes_read, r.bytes_written);
   for (const RepairAction& a : r.actions) {
     std::string err = a.error;
     std::replace(err.begin(), err.end(), '\n', ' ');
     out += fmt::format("action {} {} {} {} {}{}{}\n", a.target, a.sources.empty() ? "-" : a.sources,
-                       a.whole_file ? 1 : 0, a.reason, WireRanges(a.blocks), err.empty() ? "" : " ", err);
+                       a.whole_file ? 1 : 0, a.reason, WireRanges(a.blocks), err.empty() ? "" : " ",
+                       err);
   }
   if (!r.lost.empty()) out += "lost " + WireRanges(r.lost) + "\n";
   if (!r.unknown.empty()) out += "unknown " + WireRanges(r.unknown) + "\n";
@@ -259,7 +270,9 @@ Result<ChunkRepairReport> DecodeRepairReport(const std::string& text) {
   ChunkRepairReport r;
   std::istringstream in(text);
   std::string line;
-  auto bad = [&] { return Status::Corruption(fmt::format("malformed repair reply line '{}'", line)); };
+  auto bad = [&] {
+    return Status::Corruption(fmt::format("malformed repair reply line '{}'", line));
+  };
   while (std::getline(in, line)) {
     std::istringstream ls(line);
     std::string kind;
@@ -270,15 +283,17 @@ Result<ChunkRepairReport> DecodeRepairReport(const std::string& text) {
         auto [end, ec] = std::from_chars(t.data() + skip, t.data() + t.size(), *v);
         return ec == std::errc() && end == t.data() + t.size();
       };
-      if (!(ls >> r.chunk >> rd >> wr) || rd.rfind("read=", 0) != 0 || wr.rfind("written=", 0) != 0 ||
-          !num(rd, 5, &r.bytes_read) || !num(wr, 8, &r.bytes_written)) {
+      if (!(ls >> r.chunk >> rd >> wr) || rd.rfind("read=", 0) != 0 ||
+          wr.rfind("written=", 0) != 0 || !num(rd, 5, &r.bytes_read) ||
+          !num(wr, 8, &r.bytes_written)) {
         return bad();
       }
     } else if (kind == "action") {
       RepairAction a;
       std::string target, sources, blocks;
       int whole = 0;
-      if (!(ls >> target >> sources >> whole >> a.reason >> blocks) || target.size() != 1) return bad();
+      if (!(ls >> target >> sources >> whole >> a.reason >> blocks) || target.size() != 1)
+        return bad();
       a.target = target[0];
       a.sources = sources == "-" ? "" : sources;
       a.whole_file = whole != 0;

@@ -20,8 +20,8 @@ struct MapCopies {
   std::vector<int> state;  // per backend: 0 has every bit, 1 missing, 2 lacks bits, 3 unreadable
 };
 
-MapCopies ReadMaps(const std::vector<StorageBackend*>& holders, const std::string& path, uint32_t bytes_per_bit,
-                   uint64_t bits, const char* magic) {
+MapCopies ReadMaps(const std::vector<StorageBackend*>& holders, const std::string& path,
+                   uint32_t bytes_per_bit, uint64_t bits, const char* magic) {
   MapCopies m;
   m.all = std::make_unique<DirtyMap>(bytes_per_bit, bits);
   m.state.assign(holders.size(), 3);
@@ -34,8 +34,8 @@ MapCopies ReadMaps(const std::vector<StorageBackend*>& holders, const std::strin
       continue;
     }
     if (!text.ok()) continue;
-    auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), bytes_per_bit, bits,
-                                holders[i]->Describe() + "/" + path, magic);
+    auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), bytes_per_bit,
+                                bits, holders[i]->Describe() + "/" + path, magic);
     if (!map.ok()) {
       m.state[i] = 1;  // malformed: rewritten like a missing one
       continue;
@@ -52,10 +52,11 @@ MapCopies ReadMaps(const std::vector<StorageBackend*>& holders, const std::strin
 
 }  // namespace
 
-std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta, const std::vector<StorageBackend*>& backends) {
+std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta,
+                                    const std::vector<StorageBackend*>& backends) {
   const Geometry& g = meta.geometry;
-  MapCopies maps = ReadMaps(backends, DirtyMap::ChunkMapPath(meta.number), static_cast<uint32_t>(g.chunk_size),
-                            g.ChunkCount(), kChunkMapMagic);
+  MapCopies maps = ReadMaps(backends, DirtyMap::ChunkMapPath(meta.number),
+                            static_cast<uint32_t>(g.chunk_size), g.ChunkCount(), kChunkMapMagic);
   std::set<uint64_t> chunks;
   for (auto c = maps.all->NextSet(0); c; c = maps.all->NextSet(*c + 1)) chunks.insert(*c);
   for (size_t p = 0; p < backends.size(); ++p) {
@@ -64,7 +65,8 @@ std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta, const std::vector<St
     for (const std::string& n : *names) {
       uint64_t file = 0;
       auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
-      if (ec == std::errc() && end == n.data() + n.size() && n[0] != '0' && file >= 1 && file <= g.ChunkCount()) {
+      if (ec == std::errc() && end == n.data() + n.size() && n[0] != '0' && file >= 1 &&
+          file <= g.ChunkCount()) {
         chunks.insert(file - 1);
       }
     }
@@ -76,10 +78,11 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
   std::vector<std::string> out;
   std::vector<StorageBackend*> bs = catalog.BackendsFor(meta);
   const uint32_t nr = meta.number;
-  auto write = [&](StorageBackend& b, const std::string& path, const std::string& text, const std::string& why) {
+  auto write = [&](StorageBackend& b, const std::string& path, const std::string& text,
+                   const std::string& why) {
     Status s = dry_run ? Status::OK() : WriteFileAtomic(b, path, text);
-    out.push_back(fmt::format("{}{}/{}: {}{}", dry_run ? "would write " : "wrote ", b.Describe(), path, why,
-                              s.ok() ? "" : " - failed: " + s.ToString()));
+    out.push_back(fmt::format("{}{}/{}: {}{}", dry_run ? "would write " : "wrote ", b.Describe(),
+                              path, why, s.ok() ? "" : " - failed: " + s.ToString()));
   };
   // Reachable parts only: a part that cannot be stat'ed is left for later.
   std::vector<StorageBackend*> reach(bs.size(), nullptr);
@@ -90,8 +93,9 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
     const std::string dir = PartDir(nr, static_cast<char>('a' + p));
     if (bs[p]->Stat(dir).status().IsNotFound()) {
       Status s = dry_run ? Status::OK() : bs[p]->MkDirs(dir);
-      out.push_back(fmt::format("{}{}/{}: part directory{}", dry_run ? "would create " : "created ", bs[p]->Describe(),
-                                dir, s.ok() ? "" : " - failed: " + s.ToString()));
+      out.push_back(fmt::format("{}{}/{}: part directory{}", dry_run ? "would create " : "created ",
+                                bs[p]->Describe(), dir,
+                                s.ok() ? "" : " - failed: " + s.ToString()));
     }
   }
   // .volumesmeta and .meta: the catalog rewrites missing and older copies from the newest.
@@ -100,7 +104,8 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
     for (const std::string& path : {std::string(kVolumesMetaPath), MetaPath(nr)}) {
       auto text = ReadSmallFile(*bs[p], path);
       if (text.status().IsNotFound()) {
-        out.push_back(fmt::format("{}{}/{}: copy missing", dry_run ? "would write " : "wrote ", bs[p]->Describe(), path));
+        out.push_back(fmt::format("{}{}/{}: copy missing", dry_run ? "would write " : "wrote ",
+                                  bs[p]->Describe(), path));
       }
     }
   }
@@ -128,14 +133,18 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
       }
       for (const KvLine& l : *lines) {
         uint64_t v = 0;
-        if (l.key == "epoch" && std::from_chars(l.value.data(), l.value.data() + l.value.size(), v).ec == std::errc()) {
+        if (l.key == "epoch" &&
+            std::from_chars(l.value.data(), l.value.data() + l.value.size(), v).ec == std::errc()) {
           epoch = std::max(epoch, v);
         }
       }
     }
     for (size_t p = 0; p < bs.size(); ++p) {
       if (missing[p] && epoch > 0) {
-        write(*bs[p], path, fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch),
+        write(*bs[p], path,
+              fmt::format(
+                  "# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n",
+                  epoch),
               "epoch copy missing");
       }
     }
@@ -143,8 +152,8 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
   // The chunk map: the union, on every part that lacks it or some of its chunks.
   {
     const std::string path = DirtyMap::ChunkMapPath(nr);
-    MapCopies m = ReadMaps(reach, path, static_cast<uint32_t>(meta.geometry.chunk_size), meta.geometry.ChunkCount(),
-                           kChunkMapMagic);
+    MapCopies m = ReadMaps(reach, path, static_cast<uint32_t>(meta.geometry.chunk_size),
+                           meta.geometry.ChunkCount(), kChunkMapMagic);
     for (size_t p = 0; p < bs.size(); ++p) {
       if (!reach[p] || (m.state[p] != 1 && m.state[p] != 2)) continue;
       write(*bs[p], path, m.all->Encode(kChunkMapMagic),
@@ -161,7 +170,8 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
     MapCopies m = ReadMaps(holders, path, rs, regions, kDirtyMagic);
     for (size_t p = 0; p < bs.size(); ++p) {
       if (p == x || !reach[p] || m.state[p] != 1) continue;
-      write(*bs[p], path, m.all->Encode(kDirtyMagic), fmt::format("dirty map copy of part {} missing", static_cast<char>('a' + x)));
+      write(*bs[p], path, m.all->Encode(kDirtyMagic),
+            fmt::format("dirty map copy of part {} missing", static_cast<char>('a' + x)));
     }
   }
   return out;

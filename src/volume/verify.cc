@@ -62,10 +62,10 @@ struct VolumeWork {
   std::vector<StorageBackend*> backends;
   std::vector<Status> unreachable;  // per part: not OK when the part cannot be listed
   std::vector<std::map<uint64_t, uint64_t>> files;  // per part: chunk index -> file size
-  std::unique_ptr<DirtyMap> chunk_map;  // union of the copies; all zero when none
+  std::unique_ptr<DirtyMap> chunk_map;              // union of the copies; all zero when none
   bool have_chunk_map = false;
   std::vector<std::unique_ptr<DirtyMap>> dirty;  // per part: union of the copies
-  std::vector<uint64_t> chunks;  // written or present somewhere, ascending
+  std::vector<uint64_t> chunks;                  // written or present somewhere, ascending
   VolumeReport report;
 
   std::mutex mu;  // guards what the deep pass adds below
@@ -75,11 +75,14 @@ struct VolumeWork {
   std::vector<Finding> deep_findings;
 
   bool Reachable(size_t p) const { return unreachable[p].ok(); }
-  std::string Where(size_t p, const std::string& path) const { return backends[p]->Describe() + "/" + path; }
+  std::string Where(size_t p, const std::string& path) const {
+    return backends[p]->Describe() + "/" + path;
+  }
   void Add(Finding f) { report.findings.push_back(std::move(f)); }
 };
 
-Finding Make(std::string kind, int severity, char part, uint64_t chunk, std::string where, std::string detail) {
+Finding Make(std::string kind, int severity, char part, uint64_t chunk, std::string where,
+             std::string detail) {
   Finding f;
   f.kind = std::move(kind);
   f.severity = severity;
@@ -98,7 +101,8 @@ void CheckVolumeMetadata(VolumeWork& w) {
   const uint32_t nr = m.number;
   const uint32_t rs = DirtyRegionSize(m.geometry);
   const uint64_t regions = (m.geometry.size + rs - 1) / rs;
-  w.chunk_map = std::make_unique<DirtyMap>(static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount());
+  w.chunk_map = std::make_unique<DirtyMap>(static_cast<uint32_t>(m.geometry.chunk_size),
+                                           m.geometry.ChunkCount());
   for (size_t p = 0; p < np; ++p) w.dirty.push_back(std::make_unique<DirtyMap>(rs, regions));
   std::vector<std::unique_ptr<DirtyMap>> map_copies(np);
   uint64_t max_epoch = 0;
@@ -111,11 +115,13 @@ void CheckVolumeMetadata(VolumeWork& w) {
       w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), s.message()));
     };
     // The copy's text; a missing or unreadable copy is reported and gives nothing.
-    auto read = [&](const std::string& path, const std::string& what) -> std::optional<std::string> {
+    auto read = [&](const std::string& path,
+                    const std::string& what) -> std::optional<std::string> {
       auto text = ReadSmallFile(b, path);
       if (text.ok()) return std::move(text).value();
       if (text.status().IsNotFound()) {
-        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), fmt::format("{} copy missing", what)));
+        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path),
+                   fmt::format("{} copy missing", what)));
       } else {
         bad(path, text.status());
       }
@@ -137,7 +143,8 @@ void CheckVolumeMetadata(VolumeWork& w) {
         bad(Catalog::EpochPath(nr), lines.status());
       } else {
         for (const KvLine& l : *lines) {
-          if (l.key == "epoch") std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
+          if (l.key == "epoch")
+            std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
         }
         max_epoch = std::max(max_epoch, epochs[p]);
       }
@@ -145,8 +152,8 @@ void CheckVolumeMetadata(VolumeWork& w) {
     const std::string map_path = DirtyMap::ChunkMapPath(nr);
     if (auto text = read(map_path, "chunk map")) {
       auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())),
-                                  static_cast<uint32_t>(m.geometry.chunk_size), m.geometry.ChunkCount(),
-                                  w.Where(p, map_path), kChunkMapMagic);
+                                  static_cast<uint32_t>(m.geometry.chunk_size),
+                                  m.geometry.ChunkCount(), w.Where(p, map_path), kChunkMapMagic);
       if (!map.ok()) {
         bad(map_path, map.status());
       } else {
@@ -158,8 +165,10 @@ void CheckVolumeMetadata(VolumeWork& w) {
     for (size_t x = 0; x < np; ++x) {
       if (x == p) continue;
       const std::string path = DirtyMap::PathFor(nr, static_cast<char>('a' + x));
-      if (auto text = read(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)))) {
-        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs, regions, w.Where(p, path));
+      if (auto text =
+              read(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)))) {
+        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs,
+                                    regions, w.Where(p, path));
         if (!map.ok()) {
           bad(path, map.status());
         } else {
@@ -172,20 +181,25 @@ void CheckVolumeMetadata(VolumeWork& w) {
     if (!map_copies[p]) continue;
     uint64_t lacking = w.chunk_map->CountSet() - map_copies[p]->CountSet();
     if (lacking > 0) {
-      w.Add(Make("metadata", kSevDegraded, static_cast<char>('a' + p), 0, w.Where(p, DirtyMap::ChunkMapPath(nr)),
-                 fmt::format("chunk map copy lacks {} written chunk(s) the other copies list", lacking)));
+      w.Add(Make(
+          "metadata", kSevDegraded, static_cast<char>('a' + p), 0,
+          w.Where(p, DirtyMap::ChunkMapPath(nr)),
+          fmt::format("chunk map copy lacks {} written chunk(s) the other copies list", lacking)));
     }
   }
   for (size_t p = 0; p < np; ++p) {
     if (epochs[p] != 0 && epochs[p] != max_epoch) {
-      w.Add(Make("metadata", kSevNote, static_cast<char>('a' + p), 0, w.Where(p, Catalog::EpochPath(nr)),
-                 fmt::format("epoch {} (newest {}): the part was out of reach when qbd-master last started", epochs[p],
-                             max_epoch)));
+      w.Add(Make("metadata", kSevNote, static_cast<char>('a' + p), 0,
+                 w.Where(p, Catalog::EpochPath(nr)),
+                 fmt::format(
+                     "epoch {} (newest {}): the part was out of reach when qbd-master last started",
+                     epochs[p], max_epoch)));
     }
   }
   if (!w.have_chunk_map) {
     w.Add(Make("metadata", kSevDegraded, 0, 0, DirtyMap::ChunkMapPath(nr),
-               "no chunk map on any part (qbd-master writes one when it opens the volume): a chunk lost on every "
+               "no chunk map on any part (qbd-master writes one when it opens the volume): a chunk "
+               "lost on every "
                "part cannot be told from an unwritten one"));
   }
   for (size_t p = 0; p < np; ++p) {
@@ -228,9 +242,11 @@ void QuickPass(VolumeWork& w) {
         w.files[p][file - 1] = e.info.size;
         ++w.report.chunk_files;
       } else if (e.name.size() > 5 && e.name[0] == '.' && e.name.ends_with(".tmp")) {
-        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "unfinished chunk file (left by a crash; removable)"));
+        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path),
+                   "unfinished chunk file (left by a crash; removable)"));
       } else if (file > g.ChunkCount()) {
-        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "chunk file beyond the volume's size"));
+        w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path),
+                   "chunk file beyond the volume's size"));
       } else {
         w.Add(Make("stray", kSevNote, part, 0, w.Where(p, path), "not a chunk file"));
       }
@@ -238,8 +254,8 @@ void QuickPass(VolumeWork& w) {
   }
   for (size_t p = 0; p < np; ++p) {
     if (!w.Reachable(p)) {
-      w.Add(Make("unreachable", kSevDegraded, static_cast<char>('a' + p), 0, w.backends[p]->Describe(),
-                 w.unreachable[p].message()));
+      w.Add(Make("unreachable", kSevDegraded, static_cast<char>('a' + p), 0,
+                 w.backends[p]->Describe(), w.unreachable[p].message()));
     }
   }
   CheckVolumeMetadata(w);
@@ -269,15 +285,17 @@ void QuickPass(VolumeWork& w) {
       ++present;
       if (it->second != g.ChunkFileSize()) {
         degraded = true;
-        w.Add(Make(it->second < g.ChunkFileSize() ? "short" : "long", kSevDegraded, part, c + 1, w.Where(p, path),
+        w.Add(Make(it->second < g.ChunkFileSize() ? "short" : "long", kSevDegraded, part, c + 1,
+                   w.Where(p, path),
                    fmt::format("{} bytes, a chunk file has {}", it->second, g.ChunkFileSize())));
       }
       const uint64_t r0 = c * g.chunk_size / rs, r1 = ((c + 1) * g.chunk_size - 1) / rs;
       if (w.dirty[p]->AnyIn(r0, std::min<uint64_t>(r1, w.dirty[p]->regions() - 1))) degraded = true;
     }
     if (present == 0 && !any_unreachable) {
-      w.Add(Make("lost-chunk", kSevLost, 0, c + 1, fmt::format("{}/*/{}", nr, c + 1),
-                 "data lost: the chunk was written (chunk map) but its file is missing on every part"));
+      w.Add(Make(
+          "lost-chunk", kSevLost, 0, c + 1, fmt::format("{}/*/{}", nr, c + 1),
+          "data lost: the chunk was written (chunk map) but its file is missing on every part"));
       w.lost.insert(c);
     } else if (present == 0) {
       w.Add(Make("unknown", kSevDegraded, 0, c + 1, fmt::format("{}/*/{}", nr, c + 1),
@@ -286,7 +304,8 @@ void QuickPass(VolumeWork& w) {
       for (size_t p = 0; p < np; ++p) {
         if (!w.Reachable(p) || w.files[p].count(c)) continue;
         const char part = static_cast<char>('a' + p);
-        w.Add(Make("missing", kSevDegraded, part, c + 1, w.Where(p, ChunkPath(nr, part, c)), "chunk file missing"));
+        w.Add(Make("missing", kSevDegraded, part, c + 1, w.Where(p, ChunkPath(nr, part, c)),
+                   "chunk file missing"));
       }
     }
     if (w.have_chunk_map && !w.chunk_map->Test(c) && present > 0) {
@@ -298,7 +317,8 @@ void QuickPass(VolumeWork& w) {
 }
 
 bool SameVerdict(const SliceVerdict& a, const SliceVerdict& b) {
-  return a.lost == b.lost && a.unknown == b.unknown && a.issue == b.issue && a.bad_file == b.bad_file;
+  return a.lost == b.lost && a.unknown == b.unknown && a.issue == b.issue &&
+         a.bad_file == b.bad_file;
 }
 
 // Damage that only reading the blocks shows (the file-level kind was seen by the quick pass).
@@ -308,7 +328,8 @@ bool BlockDamage(const SliceVerdict& v) {
   }
   for (const auto& per_part : v.issue) {
     for (BlockIssue i : per_part) {
-      if (i == BlockIssue::kCorrupt || i == BlockIssue::kStale || i == BlockIssue::kConflict) return true;
+      if (i == BlockIssue::kCorrupt || i == BlockIssue::kStale || i == BlockIssue::kConflict)
+        return true;
     }
   }
   return false;
@@ -316,13 +337,15 @@ bool BlockDamage(const SliceVerdict& v) {
 
 class DeepPass {
  public:
-  DeepPass(std::vector<std::unique_ptr<VolumeWork>>& work, const VerifyOptions& o) : work_(work), o_(o), throttle_(o.rate_bytes_per_sec) {
+  DeepPass(std::vector<std::unique_ptr<VolumeWork>>& work, const VerifyOptions& o)
+      : work_(work), o_(o), throttle_(o.rate_bytes_per_sec) {
     for (auto& w : work_) {
       for (uint64_t c : w->chunks) {
         jobs_.emplace_back(w.get(), c);
         for (size_t p = 0; p < w->backends.size(); ++p) {
           auto it = w->files[p].find(c);
-          if (w->Reachable(p) && it != w->files[p].end() && it->second == w->meta.geometry.ChunkFileSize()) {
+          if (w->Reachable(p) && it != w->files[p].end() &&
+              it->second == w->meta.geometry.ChunkFileSize()) {
             total_ += it->second;
           }
         }
@@ -366,8 +389,10 @@ class DeepPass {
         continue;
       }
       auto it = w.files[p].find(c);
-      if (it != w.files[p].end() && it->second == g.ChunkFileSize()) throttle_.Take(n * g.RecordSize());
-      copies.push_back(ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
+      if (it != w.files[p].end() && it->second == g.ChunkFileSize())
+        throttle_.Take(n * g.RecordSize());
+      copies.push_back(
+          ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
       PartCopy& cp = copies.back();
       if (cp.state == CopyState::kPresent) {
         done_.fetch_add(cp.records.size());
@@ -386,9 +411,11 @@ class DeepPass {
   void Chunk(VolumeWork& w, uint64_t c) {
     const Geometry& g = w.meta.geometry;
     const uint64_t per_chunk = g.BlocksPerChunk();
-    const uint64_t slice = std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / g.block_size));
+    const uint64_t slice =
+        std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / g.block_size));
     // Blocks past the end of the volume are never written; the last chunk is read up to the end.
-    const uint64_t end_block = std::min<uint64_t>(per_chunk, (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
+    const uint64_t end_block = std::min<uint64_t>(
+        per_chunk, (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
     const bool written = w.chunk_map->Test(c);
     std::vector<char> unreadable_reported(w.backends.size(), 0);
     for (uint64_t first = 0; first < end_block; first += slice) {
@@ -412,7 +439,8 @@ class DeepPass {
         if (copies[p].state == CopyState::kUnreadable && !unreadable_reported[p]) {
           unreadable_reported[p] = 1;
           w.deep_findings.push_back(Make("unreadable", kSevDegraded, part, c + 1,
-                                         w.Where(p, ChunkPath(w.meta.number, part, c)), copies[p].error.message()));
+                                         w.Where(p, ChunkPath(w.meta.number, part, c)),
+                                         copies[p].error.message()));
           w.degraded.insert(c);
         }
         for (uint64_t b = 0; b < n; ++b) {
@@ -456,19 +484,22 @@ void SettleDeep(VolumeWork& w) {
     if (kind == "lost") {
       f.severity = kSevLost;
       f.where = fmt::format("{}/*/{}", nr, c + 1);
-      f.detail = fmt::format("data lost: {} block(s) without a good copy on a part that has every write: {}",
-                             f.blocks.size(), ranges);
+      f.detail = fmt::format(
+          "data lost: {} block(s) without a good copy on a part that has every write: {}",
+          f.blocks.size(), ranges);
       w.lost.insert(c);
     } else if (kind == "unknown") {
       f.where = fmt::format("{}/*/{}", nr, c + 1);
-      f.detail = fmt::format("{} block(s) without a good copy in reach (a part is out of reach): {}", f.blocks.size(),
-                             ranges);
+      f.detail =
+          fmt::format("{} block(s) without a good copy in reach (a part is out of reach): {}",
+                      f.blocks.size(), ranges);
     } else {
       const size_t p = static_cast<size_t>(part - 'a');
       f.where = w.Where(p, ChunkPath(nr, part, c));
-      const char* what = kind == "corrupt"   ? "fail their checksum"
-                         : kind == "stale"   ? "hold an older generation than the other parts"
-                                             : "differ from another part's copy of the same generation";
+      const char* what = kind == "corrupt" ? "fail their checksum"
+                         : kind == "stale"
+                             ? "hold an older generation than the other parts"
+                             : "differ from another part's copy of the same generation";
       f.detail = fmt::format("{} block(s) {}: {}", f.blocks.size(), what, ranges);
     }
     w.Add(std::move(f));
@@ -485,9 +516,12 @@ int VolumeReport::Severity() const {
 
 std::string VolumeReport::Status() const {
   switch (Severity()) {
-    case kSevNote: return "ok";
-    case kSevDegraded: return "degraded";
-    case kSevLost: return "data lost";
+    case kSevNote:
+      return "ok";
+    case kSevDegraded:
+      return "degraded";
+    case kSevLost:
+      return "data lost";
   }
   return "not checked";
 }
@@ -510,16 +544,20 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
     const std::string where = b.Describe() + "/" + kVolumesMetaPath;
     auto text = ReadSmallFile(b, kVolumesMetaPath);
     if (text.status().IsNotFound()) {
-      report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where, ".volumesmeta copy missing"));
+      report.findings.push_back(
+          Make("metadata", kSevDegraded, 0, 0, where, ".volumesmeta copy missing"));
     } else if (!text.ok()) {
-      report.findings.push_back(Make("unreachable", kSevDegraded, 0, 0, b.Describe(), text.status().message()));
+      report.findings.push_back(
+          Make("unreachable", kSevDegraded, 0, 0, b.Describe(), text.status().message()));
     } else {
       auto parsed = ParseVolumesIndex(*text, where);
       if (!parsed.ok()) {
-        report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where, parsed.status().message()));
+        report.findings.push_back(
+            Make("metadata", kSevDegraded, 0, 0, where, parsed.status().message()));
       } else if (parsed->serial < idx.serial) {
-        report.findings.push_back(Make("metadata", kSevDegraded, 0, 0, where,
-                                       fmt::format("older copy (serial {}, newest {})", parsed->serial, idx.serial)));
+        report.findings.push_back(
+            Make("metadata", kSevDegraded, 0, 0, where,
+                 fmt::format("older copy (serial {}, newest {})", parsed->serial, idx.serial)));
       }
     }
   }
@@ -540,7 +578,8 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
     w->report.number = nr;
     auto meta = catalog.LoadMeta(nr);
     if (!meta.ok()) {
-      w->report.findings.push_back(Make("metadata", kSevNotChecked, 0, 0, MetaPath(nr), meta.status().message()));
+      w->report.findings.push_back(
+          Make("metadata", kSevNotChecked, 0, 0, MetaPath(nr), meta.status().message()));
       report.volumes.push_back(std::move(w->report));
       continue;
     }
@@ -554,17 +593,20 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
   for (auto& w : work) {
     if (options.deep) SettleDeep(*w);
     bool all_unreachable = true;
-    for (size_t p = 0; p < w->backends.size(); ++p) all_unreachable = all_unreachable && !w->Reachable(p);
+    for (size_t p = 0; p < w->backends.size(); ++p)
+      all_unreachable = all_unreachable && !w->Reachable(p);
     if (all_unreachable) {
-      w->Add(Make("unreachable", kSevNotChecked, 0, 0, w->meta.name, "no part of the volume can be reached"));
+      w->Add(Make("unreachable", kSevNotChecked, 0, 0, w->meta.name,
+                  "no part of the volume can be reached"));
     }
     for (uint64_t c : w->lost) w->degraded.insert(c);
     w->report.degraded_chunks = w->degraded.size();
     w->report.lost_chunks = w->lost.size();
     report.bytes_read += w->report.bytes_read;
-    std::stable_sort(w->report.findings.begin(), w->report.findings.end(), [](const Finding& a, const Finding& b) {
-      return std::tie(a.chunk, a.part) < std::tie(b.chunk, b.part);
-    });
+    std::stable_sort(w->report.findings.begin(), w->report.findings.end(),
+                     [](const Finding& a, const Finding& b) {
+                       return std::tie(a.chunk, a.part) < std::tie(b.chunk, b.part);
+                     });
     report.volumes.push_back(std::move(w->report));
   }
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -582,9 +624,11 @@ std::string FormatReportText(const VerifyReport& r, bool only_problems) {
     if (only_problems && sev == kSevNote) continue;
     std::string status = v.Status();
     for (char& ch : status) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-    out += fmt::format("volume {} ({}): {}: {} of {} chunks written, {} chunk files on {} parts", v.name, v.number,
-                       status, v.written_chunks, v.chunks, v.chunk_files, v.replicas);
-    if (v.degraded_chunks > 0) out += fmt::format("; {} chunk(s) below {} good copies", v.degraded_chunks, v.replicas);
+    out += fmt::format("volume {} ({}): {}: {} of {} chunks written, {} chunk files on {} parts",
+                       v.name, v.number, status, v.written_chunks, v.chunks, v.chunk_files,
+                       v.replicas);
+    if (v.degraded_chunks > 0)
+      out += fmt::format("; {} chunk(s) below {} good copies", v.degraded_chunks, v.replicas);
     if (v.lost_chunks > 0) out += fmt::format("; {} chunk(s) with data lost", v.lost_chunks);
     out += "\n";
     for (const Finding& f : v.findings) {
@@ -593,9 +637,11 @@ std::string FormatReportText(const VerifyReport& r, bool only_problems) {
       out += fmt::format("  {:<10} {}: {} ({})\n", f.kind, who, f.detail, f.where);
     }
   }
-  out += fmt::format("summary: {} volume(s), {} ok, {} degraded, {} with data lost{}; {} pass, {:.1f} s", r.volumes.size(),
-                     ok, degraded, lost, unchecked ? fmt::format(", {} not checked", unchecked) : "",
-                     r.deep ? "deep" : "quick", r.seconds);
+  out += fmt::format(
+      "summary: {} volume(s), {} ok, {} degraded, {} with data lost{}; {} pass, {:.1f} s",
+      r.volumes.size(), ok, degraded, lost,
+      unchecked ? fmt::format(", {} not checked", unchecked) : "", r.deep ? "deep" : "quick",
+      r.seconds);
   if (r.deep) {
     out += fmt::format(", {:.1f} MiB read ({:.0f} MB/s)", r.bytes_read / 1048576.0,
                        r.seconds > 0 ? r.bytes_read / 1e6 / r.seconds : 0.0);
@@ -625,16 +671,19 @@ namespace {
 std::string FindingJson(const Finding& f) {
   std::string blocks;
   for (uint64_t b : f.blocks) blocks += fmt::format("{}{}", blocks.empty() ? "" : ",", b);
-  return fmt::format(R"({{"kind":{},"severity":{},"part":{},"chunk":{},"blocks":[{}],"where":{},"detail":{}}})",
-                     JsonString(f.kind), f.severity, f.part ? JsonString(std::string(1, f.part)) : "null",
-                     f.chunk ? std::to_string(f.chunk) : "null", blocks, JsonString(f.where), JsonString(f.detail));
+  return fmt::format(
+      R"({{"kind":{},"severity":{},"part":{},"chunk":{},"blocks":[{}],"where":{},"detail":{}}})",
+      JsonString(f.kind), f.severity, f.part ? JsonString(std::string(1, f.part)) : "null",
+      f.chunk ? std::to_string(f.chunk) : "null", blocks, JsonString(f.where),
+      JsonString(f.detail));
 }
 
 }  // namespace
 
 std::string FormatReportJson(const VerifyReport& r) {
-  std::string out = fmt::format(R"({{"mode":{},"exit":{},"seconds":{:.3f},"bytes_read":{},"findings":[)",
-                                JsonString(r.deep ? "deep" : "quick"), r.ExitCode(), r.seconds, r.bytes_read);
+  std::string out =
+      fmt::format(R"({{"mode":{},"exit":{},"seconds":{:.3f},"bytes_read":{},"findings":[)",
+                  JsonString(r.deep ? "deep" : "quick"), r.ExitCode(), r.seconds, r.bytes_read);
   for (size_t i = 0; i < r.findings.size(); ++i) out += (i ? "," : "") + FindingJson(r.findings[i]);
   out += "],\"volumes\":[";
   for (size_t k = 0; k < r.volumes.size(); ++k) {
@@ -642,9 +691,10 @@ std::string FormatReportJson(const VerifyReport& r) {
     out += fmt::format(
         R"({}{{"name":{},"number":{},"status":{},"replicas":{},"chunks":{},"written_chunks":{},"chunk_files":{},)"
         R"("degraded_chunks":{},"lost_chunks":{},"bytes_read":{},"findings":[)",
-        k ? "," : "", JsonString(v.name), v.number, JsonString(v.Status()), v.replicas, v.chunks, v.written_chunks,
-        v.chunk_files, v.degraded_chunks, v.lost_chunks, v.bytes_read);
-    for (size_t i = 0; i < v.findings.size(); ++i) out += (i ? "," : "") + FindingJson(v.findings[i]);
+        k ? "," : "", JsonString(v.name), v.number, JsonString(v.Status()), v.replicas, v.chunks,
+        v.written_chunks, v.chunk_files, v.degraded_chunks, v.lost_chunks, v.bytes_read);
+    for (size_t i = 0; i < v.findings.size(); ++i)
+      out += (i ? "," : "") + FindingJson(v.findings[i]);
     out += "]}";
   }
   return out + "]}\n";

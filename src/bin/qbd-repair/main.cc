@@ -2,6 +2,7 @@
 // healthy copies, chunk by chunk. With qbd-master running, each chunk is repaired by the daemon
 // (through its admin socket, under its region locks); without it, here, under the configuration's
 // lock so that the daemon cannot start meanwhile. A killed run resumes where it stopped.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -13,8 +14,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "qbd/admin.h"
 #include "qbd/catalog.h"
@@ -29,7 +28,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char kHelp[] = R"(Usage: qbd-repair --config FILE [--dry-run] [--volume NAME]... [--part P]... [--rate MB/s] [VOLUME...]
+const char kHelp[] =
+    R"(Usage: qbd-repair --config FILE [--dry-run] [--volume NAME]... [--part P]... [--rate MB/s] [VOLUME...]
 
 Rebuilds missing, short, corrupt and stale copies of chunk files and blocks from the newest good
 copy, and the metadata copies a part must hold. A block without a good copy anywhere is reported
@@ -80,38 +80,43 @@ std::string Blocks(const std::vector<uint64_t>& b) {
 }
 
 // Prints one chunk's outcome; adds it to `t`.
-void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t blocks_in_chunk, bool dry, bool quiet,
-            Totals& t) {
+void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t blocks_in_chunk,
+            bool dry, bool quiet, Totals& t) {
   t.bytes_read += r.bytes_read;
   t.bytes_written += r.bytes_written;
   for (const qbd::RepairAction& a : r.actions) {
     const std::string from = a.sources.empty() ? "-" : a.sources;
-    std::string what = a.whole_file ? fmt::format("{} the chunk file ({})", dry ? "rebuild" : "rebuilt", a.reason)
-                                    : fmt::format("{} {} ({})", dry ? "rewrite" : "rewrote", Blocks(a.blocks), a.reason);
+    std::string what =
+        a.whole_file
+            ? fmt::format("{} the chunk file ({})", dry ? "rebuild" : "rebuilt", a.reason)
+            : fmt::format("{} {} ({})", dry ? "rewrite" : "rewrote", Blocks(a.blocks), a.reason);
     if (!a.error.empty()) {
       ++t.failed;
-      std::cout << fmt::format("failed: volume {} chunk {}: part {} <- {}: {}: {}\n", vol, r.chunk, a.target, from,
-                               what, a.error);
+      std::cout << fmt::format("failed: volume {} chunk {}: part {} <- {}: {}: {}\n", vol, r.chunk,
+                               a.target, from, what, a.error);
       continue;
     }
     a.whole_file ? ++t.files : t.blocks += a.blocks.size();
     if (!quiet || dry) {
-      std::cout << fmt::format("{}: volume {} chunk {}: part {} <- {}: {}\n", dry ? "plan" : "repaired", vol, r.chunk,
-                               a.target, from, what);
+      std::cout << fmt::format("{}: volume {} chunk {}: part {} <- {}: {}\n",
+                               dry ? "plan" : "repaired", vol, r.chunk, a.target, from, what);
     }
   }
   if (!r.lost.empty()) {
     ++t.lost_chunks;
-    std::cout << fmt::format("data lost: volume {} chunk {}: {} without a good copy on any part; {}\n", vol, r.chunk,
-                             r.lost.size() == blocks_in_chunk ? "the whole chunk is" : Blocks(r.lost) + " are",
-                             "their copies are left as they are");
+    std::cout << fmt::format(
+        "data lost: volume {} chunk {}: {} without a good copy on any part; {}\n", vol, r.chunk,
+        r.lost.size() == blocks_in_chunk ? "the whole chunk is" : Blocks(r.lost) + " are",
+        "their copies are left as they are");
   }
   if (!r.unknown.empty()) {
     ++t.unknown;
-    std::cout << fmt::format("not repaired: volume {} chunk {}: {} without a good copy in reach (a part is down)\n", vol,
-                             r.chunk, Blocks(r.unknown));
+    std::cout << fmt::format(
+        "not repaired: volume {} chunk {}: {} without a good copy in reach (a part is down)\n", vol,
+        r.chunk, Blocks(r.unknown));
   }
-  for (const std::string& n : r.notes) std::cout << fmt::format("note: volume {} chunk {}: {}\n", vol, r.chunk, n);
+  for (const std::string& n : r.notes)
+    std::cout << fmt::format("note: volume {} chunk {}: {}\n", vol, r.chunk, n);
 }
 
 std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
@@ -120,9 +125,11 @@ std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
 
 int Run(int argc, char** argv) {
   po::options_description opts;
-  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("dry-run", "")("restart", "")("quiet", "")("rate", po::value<double>(), "")(
-      "volume", po::value<std::vector<std::string>>(), "")("part", po::value<std::vector<std::string>>(), "")(
-      "names", po::value<std::vector<std::string>>(), "");
+  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("dry-run", "")(
+      "restart", "")("quiet", "")("rate", po::value<double>(), "")(
+      "volume", po::value<std::vector<std::string>>(), "")(
+      "part", po::value<std::vector<std::string>>(), "")("names",
+                                                         po::value<std::vector<std::string>>(), "");
   po::positional_options_description pos;
   pos.add("names", -1);
   po::variables_map vm;
@@ -136,7 +143,8 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (!vm.count("config")) return Usage("--config FILE is required");
-  const bool dry = vm.count("dry-run") > 0, quiet = vm.count("quiet") > 0, restart = vm.count("restart") > 0;
+  const bool dry = vm.count("dry-run") > 0, quiet = vm.count("quiet") > 0,
+             restart = vm.count("restart") > 0;
   std::vector<std::string> names;
   for (const char* k : {"volume", "names"}) {
     if (vm.count(k)) {
@@ -153,12 +161,15 @@ int Run(int argc, char** argv) {
   if (vm.count("part")) {
     ro.targets = 0;
     for (const std::string& p : vm["part"].as<std::vector<std::string>>()) {
-      if (p.size() != 1 || p[0] < 'a' || p[0] > 'z') return Usage(fmt::format("--part {}: a part letter a..z", p));
+      if (p.size() != 1 || p[0] < 'a' || p[0] > 'z')
+        return Usage(fmt::format("--part {}: a part letter a..z", p));
       ro.targets |= 1u << (p[0] - 'a');
     }
   }
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok()) return config.status().IsInvalidArgument() ? Usage(config.status().message()) : Access(config.status().message());
+  if (!config.ok())
+    return config.status().IsInvalidArgument() ? Usage(config.status().message())
+                                               : Access(config.status().message());
   qbd::SetLogLevel(qbd::LogLevel::kError);
   auto catalog = qbd::Catalog::Open(*config);
   if (!catalog.ok()) return Access(catalog.status().message());
@@ -169,12 +180,14 @@ int Run(int argc, char** argv) {
   std::unique_ptr<qbd::ProcessLock> lock;
   if (auto c = qbd::AdminClient::Connect(config->admin_socket); c.ok() && (*c)->Call("ping").ok()) {
     admin = std::move(c).value();
-    std::cout << fmt::format("qbd-master is running: it repairs each chunk (admin socket {})\n", config->admin_socket);
+    std::cout << fmt::format("qbd-master is running: it repairs each chunk (admin socket {})\n",
+                             config->admin_socket);
   } else {
     auto l = qbd::ProcessLock::Acquire(config->admin_socket + ".lock", "qbd-repair");
     if (!l.ok()) {
-      return Access(fmt::format("{}, but nothing answers on the admin socket {}; is qbd-master starting or stopping?",
-                                l.status().message(), config->admin_socket));
+      return Access(fmt::format(
+          "{}, but nothing answers on the admin socket {}; is qbd-master starting or stopping?",
+          l.status().message(), config->admin_socket));
     }
     lock = std::move(l).value();
   }
@@ -188,7 +201,8 @@ int Run(int argc, char** argv) {
   }
   const bool tty = ::isatty(STDERR_FILENO) && !quiet;
   int exit_code = 0;
-  auto run_local = qbd::NewLocalDirBackend(std::filesystem::path(config->admin_socket).parent_path().string(), false);
+  auto run_local = qbd::NewLocalDirBackend(
+      std::filesystem::path(config->admin_socket).parent_path().string(), false);
   for (const std::string& name : names) {
     const auto start = Clock::now();
     auto meta = cat.LoadMeta(index->Find(name));
@@ -204,7 +218,8 @@ int Run(int argc, char** argv) {
     }
     std::vector<uint64_t> chunks = qbd::ChunksToVisit(*meta, backends);
     // Resume an interrupted run (same volume) unless told to start over.
-    const std::string progress = std::filesystem::path(ProgressPath(*config, meta->number)).filename().string();
+    const std::string progress =
+        std::filesystem::path(ProgressPath(*config, meta->number)).filename().string();
     uint64_t resume = 0;
     if (!dry && run_local.ok() && !restart) {
       auto text = qbd::ReadSmallFile(**run_local, progress);
@@ -216,8 +231,10 @@ int Run(int argc, char** argv) {
           }
         }
         if (resume > 0) {
-          std::cout << fmt::format("volume {}: resuming at chunk {} where an interrupted run stopped (--restart starts "
-                                   "over)\n", name, resume + 1);
+          std::cout << fmt::format(
+              "volume {}: resuming at chunk {} where an interrupted run stopped (--restart starts "
+              "over)\n",
+              name, resume + 1);
         }
       }
     }
@@ -248,12 +265,14 @@ int Run(int argc, char** argv) {
         std::string req = fmt::format("repair {} {}{}", name, c, dry ? " dry-run" : "");
         if (ro.targets != ~0u) req += fmt::format(" targets={}", ro.targets);
         auto reply = admin->Call(req);
-        r = reply.ok() ? qbd::DecodeRepairReport(*reply) : qbd::Result<qbd::ChunkRepairReport>(reply.status());
+        r = reply.ok() ? qbd::DecodeRepairReport(*reply)
+                       : qbd::Result<qbd::ChunkRepairReport>(reply.status());
       } else {
         r = vol->quorum().RepairChunk(c, ro);
       }
       if (!r.ok()) {
-        std::cerr << fmt::format("qbd-repair: volume {} chunk {}: {}\n", name, c + 1, r.status().ToString());
+        std::cerr << fmt::format("qbd-repair: volume {} chunk {}: {}\n", name, c + 1,
+                                 r.status().ToString());
         failed_call = true;
         break;
       }
@@ -261,22 +280,24 @@ int Run(int argc, char** argv) {
       if (rate > 0) {
         // Throttle: the bytes read so far may not run ahead of the rate.
         std::this_thread::sleep_until(start + std::chrono::microseconds(static_cast<uint64_t>(
-                                                   (t.bytes_read + r->bytes_read) / rate * 1e6)));
+                                                  (t.bytes_read + r->bytes_read) / rate * 1e6)));
       }
-      const uint64_t blocks_in_chunk = std::min<uint64_t>(g.BlocksPerChunk(), (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
+      const uint64_t blocks_in_chunk = std::min<uint64_t>(
+          g.BlocksPerChunk(), (g.size - c * g.chunk_size + g.block_size - 1) / g.block_size);
       if (tty) std::fprintf(stderr, "\r\033[K");
       Report(name, *r, blocks_in_chunk, dry, quiet, t);
       const auto now = Clock::now();
       if (!dry && run_local.ok() && now - last_save > std::chrono::seconds(1)) {
-        qbd::WriteFileAtomic(**run_local, progress,
-                             fmt::format("# qbd-repair progress of volume {} (number {})\nnext_chunk = {}\n", name,
-                                         meta->number, c + 1))
+        qbd::WriteFileAtomic(
+            **run_local, progress,
+            fmt::format("# qbd-repair progress of volume {} (number {})\nnext_chunk = {}\n", name,
+                        meta->number, c + 1))
             .IgnoreError();  // progress is a convenience: a rerun without it starts over
         last_save = now;
       }
       if (tty && now - last_tty > std::chrono::milliseconds(200)) {
-        std::fprintf(stderr, "repair %s: chunk %zu of %zu, %.1f MiB written", name.c_str(), i + 1, chunks.size(),
-                     t.bytes_written / 1048576.0);
+        std::fprintf(stderr, "repair %s: chunk %zu of %zu, %.1f MiB written", name.c_str(), i + 1,
+                     chunks.size(), t.bytes_written / 1048576.0);
         last_tty = now;
       }
     }
@@ -293,21 +314,28 @@ int Run(int argc, char** argv) {
       std::cout << fmt::format("volume {}: stopped; a rerun resumes\n", name);
       continue;
     }
-    if (!dry && run_local.ok()) (*run_local)->Remove(progress).IgnoreError();  // absent when it never saved
+    if (!dry && run_local.ok())
+      (*run_local)->Remove(progress).IgnoreError();  // absent when it never saved
     const double secs = std::chrono::duration<double>(Clock::now() - start).count();
     if (t.files + t.blocks + t.failed + t.unknown == 0) {
-      std::cout << fmt::format("volume {}: nothing to repair ({} chunks checked on {} parts, {:.1f} MiB read in {:.1f} s){}\n",
-                               name, t.chunks, meta->replicas, t.bytes_read / 1048576.0, secs,
-                               t.lost_chunks ? fmt::format("; {} chunk(s) with data lost, left as they are", t.lost_chunks)
-                                             : "");
+      std::cout << fmt::format(
+          "volume {}: nothing to repair ({} chunks checked on {} parts, {:.1f} MiB read in {:.1f} "
+          "s){}\n",
+          name, t.chunks, meta->replicas, t.bytes_read / 1048576.0, secs,
+          t.lost_chunks
+              ? fmt::format("; {} chunk(s) with data lost, left as they are", t.lost_chunks)
+              : "");
     } else {
-      std::cout << fmt::format("volume {}: {} {} chunk file(s) and {} block(s); {:.1f} MiB written, {:.1f} MiB read in {:.1f} s "
-                               "({:.0f} MB/s written){}{}{}\n",
-                               name, dry ? "would rebuild" : "rebuilt", t.files, t.blocks, t.bytes_written / 1048576.0,
-                               t.bytes_read / 1048576.0, secs, secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
-                               t.failed ? fmt::format("; {} failed", t.failed) : "",
-                               t.unknown ? fmt::format("; {} chunk(s) not repairable while a part is down", t.unknown) : "",
-                               t.lost_chunks ? fmt::format("; {} chunk(s) with data lost", t.lost_chunks) : "");
+      std::cout << fmt::format(
+          "volume {}: {} {} chunk file(s) and {} block(s); {:.1f} MiB written, {:.1f} MiB read in "
+          "{:.1f} s "
+          "({:.0f} MB/s written){}{}{}\n",
+          name, dry ? "would rebuild" : "rebuilt", t.files, t.blocks, t.bytes_written / 1048576.0,
+          t.bytes_read / 1048576.0, secs, secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
+          t.failed ? fmt::format("; {} failed", t.failed) : "",
+          t.unknown ? fmt::format("; {} chunk(s) not repairable while a part is down", t.unknown)
+                    : "",
+          t.lost_chunks ? fmt::format("; {} chunk(s) with data lost", t.lost_chunks) : "");
     }
     if (t.failed || t.unknown) exit_code = std::max(exit_code, 1);
     if (t.lost_chunks) exit_code = std::max(exit_code, 2);

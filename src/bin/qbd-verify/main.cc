@@ -1,6 +1,7 @@
 // qbd-verify: the cron job that tells the truth about redundancy. Walks every part of every volume
 // of a qbd.conf (or the volumes named) through the daemon's own backends and reports missing,
 // damaged, stale and lost copies. Read-only; safe beside a running qbd-master.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -8,8 +9,6 @@
 #include <iostream>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "qbd/catalog.h"
 #include "qbd/config.h"
@@ -52,8 +51,9 @@ int Usage(const std::string& msg) {
 
 int Run(int argc, char** argv) {
   po::options_description opts;
-  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("deep", "")("json", "")("quiet", "")(
-      "rate", po::value<double>(), "")("threads", po::value<int>(), "")("volume", po::value<std::vector<std::string>>(), "");
+  opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("deep", "")(
+      "json", "")("quiet", "")("rate", po::value<double>(), "")("threads", po::value<int>(), "")(
+      "volume", po::value<std::vector<std::string>>(), "");
   po::positional_options_description pos;
   pos.add("volume", -1);
   po::variables_map vm;
@@ -94,7 +94,8 @@ int Run(int argc, char** argv) {
   }
   if (o.deep && !json && ::isatty(STDERR_FILENO)) {
     o.progress = [](uint64_t done, uint64_t total) {
-      std::fprintf(stderr, "\rverify: %.1f of %.1f MiB read (%.0f%%)   ", done / 1048576.0, total / 1048576.0,
+      std::fprintf(stderr, "\rverify: %.1f of %.1f MiB read (%.0f%%)   ", done / 1048576.0,
+                   total / 1048576.0,
                    total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
     };
   }
