@@ -111,7 +111,7 @@ bench-nfs: all
 
 check-headers:
 	@for h in include/qbd/*.h; do \
-	  echo '#include "'$${h#include/}'"' | $(CXX) $(CPPFLAGS) -std=c++20 -fsyntax-only -x c++ - || exit 1; \
+	  echo '#include "'$${h#include/}'"' | $(CXX) -Iinclude -Isrc -std=c++20 -fsyntax-only -x c++ - || exit 1; \
 	done; echo "headers OK"
 
 format:
