@@ -46,6 +46,7 @@ struct PartCopy {
   std::vector<BlockMeta> metas;    // kPresent
   std::vector<uint8_t> good;       // kPresent: 1 when the block passes its check
   std::vector<uint8_t> dirty;      // per block: the part's dirty map marks the block's region
+                                   // (parts out of reach too: a clean one may hold the newest)
 };
 
 // Reads blocks [first, first + n) of 0-based `chunk` of part `part` as stored and checks each.

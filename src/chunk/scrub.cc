@@ -159,20 +159,28 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
     // the dirty parts' copies (a trim that a dirty part missed left it an older, written block
     // with a larger generation than the clean parts' unwritten one). With every part dirty here,
     // the newest good copy wins (the resync's reconcile rule).
-    bool clean_part = false, clean_good = false;
+    // A part out of reach that is clean here may hold the newest copy: then no reachable dirty
+    // copy may stand in for it.
+    bool clean_part = false, clean_good = false, clean_away = false;
     for (size_t p = 0; p < np; ++p) {
-      if (copies[p].state == CopyState::kUnreachable || dirty(p, b)) continue;
+      if (dirty(p, b)) continue;
+      if (copies[p].state == CopyState::kUnreachable) {
+        clean_away = true;
+        continue;
+      }
       clean_part = true;
       clean_good = clean_good || good(p, b);
     }
     int src = -1;
     for (size_t p = 0; p < np; ++p) {
-      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b)))
+      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b))) {
         continue;
-      if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation)
+      }
+      if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation) {
         src = static_cast<int>(p);
+      }
     }
-    if (src < 0 || (clean_part && !clean_good)) {
+    if (src < 0 || (!clean_good && (clean_part || clean_away))) {
       (any_unreachable ? v.unknown : v.lost)[b] = 1;
       src = -1;
     }

@@ -1188,12 +1188,9 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
   auto read_slice = [&](uint64_t first, uint64_t n) {
     std::vector<PartCopy> copies;
     for (size_t p = 0; p < np; ++p) {
-      if (!up[p]) {
-        copies.push_back(UnreachableCopy(Status::Unavailable("part down")));
-        continue;
-      }
-      copies.push_back(ReadCopy(parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk,
-                                first, n));
+      copies.push_back(up[p] ? ReadCopy(parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g,
+                                        chunk, first, n)
+                             : UnreachableCopy(Status::Unavailable("part down")));
       PartCopy& c = copies.back();
       report.bytes_read += c.records.size();
       c.dirty.resize(n);

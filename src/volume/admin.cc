@@ -87,8 +87,10 @@ Result<std::vector<uint64_t>> ParseRanges(std::string_view s) {
     if (dash != std::string_view::npos && !num(item.substr(dash + 1), &b)) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
-    if (b < a || b - a > (1ull << 30))
+    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no reply lists more.
+    if (b < a || b - a + out.size() >= (1ull << 21)) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
+    }
     for (uint64_t x = a; x <= b; ++x) out.push_back(x);
   }
   return out;

@@ -384,15 +384,13 @@ class DeepPass {
     const uint32_t rs = DirtyRegionSize(g);
     std::vector<PartCopy> copies;
     for (size_t p = 0; p < w.backends.size(); ++p) {
+      auto it = w.files[p].find(c);
       if (!w.Reachable(p)) {
         copies.push_back(UnreachableCopy(w.unreachable[p]));
-        continue;
+      } else {
+        if (it != w.files[p].end() && it->second == g.ChunkFileSize()) throttle_.Take(n * g.RecordSize());
+        copies.push_back(ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
       }
-      auto it = w.files[p].find(c);
-      if (it != w.files[p].end() && it->second == g.ChunkFileSize())
-        throttle_.Take(n * g.RecordSize());
-      copies.push_back(
-          ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
       PartCopy& cp = copies.back();
       if (cp.state == CopyState::kPresent) {
         done_.fetch_add(cp.records.size());
