@@ -82,6 +82,13 @@ class PartStore {
   // Drops every cached file handle (syncing written ones first).
   Status CloseAll();
 
+  // Drops the cached handle of `chunk` and its pending sync, after its file was replaced under its
+  // name by a synced rebuild (QuorumSet::RepairChunk): the next call opens the new file. A remote
+  // backend notices a replaced file only every so often, and a write through the old handle in
+  // between would land in the unlinked file. REQUIRES: no write to the chunk in flight (the
+  // caller holds its region locks).
+  void DropReplaced(uint64_t chunk);
+
  private:
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
   // size back. Either sets *created.

@@ -95,6 +95,12 @@ void PartStore::Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file) {
   if (it != open_.end() && it->second == file) open_.erase(it);
 }
 
+void PartStore::DropReplaced(uint64_t chunk) {
+  std::lock_guard<std::mutex> l(mu_);
+  open_.erase(chunk);
+  unsynced_.erase(chunk);  // the writes it covered are in the rebuilt file, which is synced
+}
+
 void PartStore::EvictLocked() {
   // Drop handles nobody is using; a handle with unsynced writes is synced first so that a later
   // Flush, which only syncs cached files, misses nothing.

@@ -1351,6 +1351,8 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
       if (tp.error.ok() && tp.whole) {
         StorageBackend& be = parts_[p]->store->backend();
         tp.error = be.Rename(tp.tmp, ChunkPath(options_.volnr, part, chunk));
+        // From now on the chunk's writes must reach the new file, not a cached handle of the old.
+        if (tp.error.ok()) parts_[p]->store->DropReplaced(chunk);
         if (tp.error.ok()) tp.error = be.SyncDir(PartDir(options_.volnr, part));
       }
     }
