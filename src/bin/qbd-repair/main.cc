@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,6 +74,7 @@ int Access(const std::string& msg) {
 struct Totals {
   uint64_t files = 0, blocks = 0, bytes_written = 0, bytes_read = 0, chunks = 0;
   uint64_t lost_chunks = 0, failed = 0, unknown = 0;
+  std::set<std::string> said;  // notes printed once per volume
 };
 
 std::string Blocks(const std::vector<uint64_t>& b) {
@@ -115,8 +117,14 @@ void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t bl
         "not repaired: volume {} chunk {}: {} without a good copy in reach (a part is down)\n", vol,
         r.chunk, Blocks(r.unknown));
   }
-  for (const std::string& n : r.notes)
+  for (const std::string& n : r.notes) {
+    // A note that holds for every chunk (a part down) is said once.
+    if (n.find("is down") != std::string::npos) {
+      if (t.said.insert(n).second) std::cout << fmt::format("note: volume {}: {}\n", vol, n);
+      continue;
+    }
     std::cout << fmt::format("note: volume {} chunk {}: {}\n", vol, r.chunk, n);
+  }
 }
 
 std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
