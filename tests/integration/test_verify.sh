@@ -251,3 +251,25 @@ check "part c's .volumesmeta, .meta, .epoch and .chunkmap are back" \
   test -s "$T/node-c/.volumesmeta" -a -s "$T/node-c/$nr/.meta" -a -s "$T/node-c/$nr/.epoch" -a -s "$T/node-c/$nr/.chunkmap"
 check "part c's 32 rebuilt chunk files are identical to part a's" \
   bash -c "for n in \$(seq 1 32); do cmp -s $T/node-a/$nr/a/\$n $T/node-c/$nr/c/\$n || exit 1; done"
+
+# The configuration's lock: while another process holds it (an offline qbd-repair), qbd-master does
+# not start, and qbd-repair without a daemon to talk to refuses too.
+flock -n "$T/qbd.sock.lock" sleep 30 &
+HOLDER=$!
+track $HOLDER
+sleep 0.3
+timeout 20 "$QBD_BIN/qbd-master" --config "$T/qbd.conf" >"$T/locked.out" 2>&1 </dev/null
+rc=$?
+if [ "$rc" != 0 ] && grep -q "another qbd-master or an offline qbd-repair" "$T/locked.out"; then
+  pass "qbd-master refuses to start while the configuration's lock is held (exit $rc)"
+else
+  fail "qbd-master refuses to start while the configuration's lock is held" "exit $rc"
+  show "$T/locked.out"
+fi
+repair >"$T/locked2.out" 2>&1
+rc=$?
+[ "$rc" = 4 ] && grep -q "is held by" "$T/locked2.out" && pass "qbd-repair exits 4 while the lock is held and no daemon answers" ||
+  { fail "qbd-repair exits 4 while the lock is held and no daemon answers" "exit $rc"; show "$T/locked2.out"; }
+kill $HOLDER
+wait_pid $HOLDER 5
+untrack $HOLDER
