@@ -53,6 +53,9 @@ struct PartCopy {
 // Never fails: the copy's state says what was found. `dirty` is left empty (all clean).
 PartCopy ReadCopy(StorageBackend& backend, uint32_t volnr, char part, const Geometry& g,
                   uint64_t chunk, uint64_t first, uint64_t n);
+// ReadCopy into `c`, reusing its buffers (for loops that read many slices).
+void ReadCopyInto(PartCopy& c, StorageBackend& backend, uint32_t volnr, char part, const Geometry& g,
+                  uint64_t chunk, uint64_t first, uint64_t n);
 // A copy of a part that is not asked.
 PartCopy UnreachableCopy(const Status& why);
 

@@ -1185,18 +1185,22 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
     up[p] = Reachable(p);
     if (!up[p]) report.notes.push_back(fmt::format("part {} is down: not checked", parts_[p]->store->part()));
   }
+  // The copies' buffers are reused from slice to slice and from call to call (a fresh 4 MiB
+  // buffer per read costs page faults).
+  thread_local std::vector<PartCopy> copies;
   auto read_slice = [&](uint64_t first, uint64_t n) {
-    std::vector<PartCopy> copies;
+    copies.resize(np);
     for (size_t p = 0; p < np; ++p) {
-      copies.push_back(up[p] ? ReadCopy(parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g,
-                                        chunk, first, n)
-                             : UnreachableCopy(Status::Unavailable("part down")));
-      PartCopy& c = copies.back();
+      PartCopy& c = copies[p];
+      if (up[p]) {
+        ReadCopyInto(c, parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk, first, n);
+      } else {
+        c = UnreachableCopy(Status::Unavailable("part down"));
+      }
       report.bytes_read += c.records.size();
       c.dirty.resize(n);
       for (uint64_t b = 0; b < n; ++b) c.dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
     }
-    return copies;
   };
   // Per part: the rebuilt file (when its copy is bad as a whole), the in-place rewrite, and the
   // actions by reason.
@@ -1215,7 +1219,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
   for (size_t p = 0; p < np; ++p) t[p].region_ok.assign(c1 - c0 + 1, 1);
   for (uint64_t first = 0; first < end_block; first += slice) {
     const uint64_t n = std::min<uint64_t>(slice, end_block - first);
-    std::vector<PartCopy> copies = read_slice(first, n);
+    read_slice(first, n);
     SliceVerdict v = JudgeCopies(copies, written);
     for (const PartCopy& c : copies) any_file = any_file || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
     if (first == 0) {
@@ -1240,7 +1244,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
       const bool may = o.targets & (1u << p);
       const char part = parts_[p]->store->part();
       // The records this part's copy gets, and which blocks change.
-      std::vector<std::byte> out;
+      thread_local std::vector<std::byte> out;  // the rebuilt file's records (reused)
       std::vector<char> change(n, 0);
       if (tp.whole) out.assign(n * rec, std::byte{0});
       for (uint64_t b = 0; b < n; ++b) {

@@ -397,19 +397,20 @@ class DeepPass {
     cv_.notify_all();
   }
 
-  std::vector<PartCopy> ReadAll(VolumeWork& w, uint64_t c, uint64_t first, uint64_t n) {
+  // Reads every part's copy of the slice into `copies` (its buffers are reused).
+  void ReadAll(VolumeWork& w, uint64_t c, uint64_t first, uint64_t n, std::vector<PartCopy>& copies) {
     const Geometry& g = w.meta.geometry;
     const uint32_t rs = DirtyRegionSize(g);
-    std::vector<PartCopy> copies;
+    copies.resize(w.backends.size());
     for (size_t p = 0; p < w.backends.size(); ++p) {
       auto it = w.files[p].find(c);
+      PartCopy& cp = copies[p];
       if (!w.Reachable(p)) {
-        copies.push_back(UnreachableCopy(w.unreachable[p]));
+        cp = UnreachableCopy(w.unreachable[p]);
       } else {
         if (it != w.files[p].end() && it->second == g.ChunkFileSize()) throttle_.Take(n * g.RecordSize());
-        copies.push_back(ReadCopy(*w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n));
+        ReadCopyInto(cp, *w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n);
       }
-      PartCopy& cp = copies.back();
       if (cp.state == CopyState::kPresent) {
         done_.fetch_add(cp.records.size());
         std::lock_guard<std::mutex> l(w.mu);
@@ -421,7 +422,6 @@ class DeepPass {
         cp.dirty[b] = region < w.dirty[p]->regions() && w.dirty[p]->Test(region);
       }
     }
-    return copies;
   }
 
   void Chunk(VolumeWork& w, uint64_t c) {
@@ -436,17 +436,18 @@ class DeepPass {
     std::vector<char> unreadable_reported(w.backends.size(), 0);
     for (uint64_t first = 0; first < end_block; first += slice) {
       const uint64_t n = std::min<uint64_t>(slice, end_block - first);
-      std::vector<PartCopy> copies = ReadAll(w, c, first, n);
+      thread_local std::vector<PartCopy> copies, again;  // buffers reused by every slice
+      ReadAll(w, c, first, n, copies);
       SliceVerdict v = JudgeCopies(copies, written);
       // A write of a running daemon can sit between two parts for a moment: damage stands once
       // two reads agree.
       for (int tries = 0; BlockDamage(v) && tries < 3; ++tries) {
         std::this_thread::sleep_for(std::chrono::milliseconds(o_.recheck_ms));
-        std::vector<PartCopy> again = ReadAll(w, c, first, n);
+        ReadAll(w, c, first, n, again);
         SliceVerdict v2 = JudgeCopies(again, written);
         const bool same = SameVerdict(v, v2);
         v = std::move(v2);
-        copies = std::move(again);
+        std::swap(copies, again);
         if (same) break;
       }
       std::lock_guard<std::mutex> l(w.mu);
