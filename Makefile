@@ -41,7 +41,7 @@ LIB := $(BUILD)/libqbd.a
 BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
 FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all deps test unit integration run bench bench-nfs asan fuzz clean format check-format check-headers
+.PHONY: all deps test unit integration run bench bench-nfs bench-verify asan fuzz clean format check-format check-headers
 .DEFAULT_GOAL := all
 
 all: deps $(BINS)
@@ -108,6 +108,10 @@ bench: all
 # qbd over three nfs-ganesha servers against qemu-nbd on nfs:// (BENCH_SECONDS, BENCH_SIZE as above).
 bench-nfs: all
 	QBD_BIN=$(BUILD)/bin scripts/bench-nfs.sh
+
+# qbd-verify (quick, 100k chunk files; --deep against cat) and qbd-repair against cp (BENCH_VERIFY_SIZE, default 1G).
+bench-verify: all
+	scripts/bench-verify.sh $(BUILD)
 
 check-headers:
 	@for h in include/qbd/*.h; do \
