@@ -294,6 +294,48 @@ xxh3() { # FILE -> the XXH3-64 of FILE as 16 hex digits (xxhsum -H3)
   xxhsum -H3 "$1" | grep -oE '\b[0-9a-f]{16}\b' | head -n 1
 }
 
+# ---------------------------------------------------------------------------------------------
+# qbd-verify and qbd-repair against the test config (a hung tool fails its check, never the run)
+
+verify() { timeout 120 "$QBD_BIN/qbd-verify" --config "$T/qbd.conf" "$@"; }
+repair() { timeout 300 "$QBD_BIN/qbd-repair" --config "$T/qbd.conf" "$@"; }
+
+# findings JSON_FILE: one line per finding of `qbd-verify --json` that is not a note,
+# "kind part chunk blocks", sorted (blocks as "1,5"; "-" for none).
+findings() {
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+out = [f"{f['kind']} {f['part'] or '-'} {f['chunk'] or '-'} {','.join(map(str, f['blocks'])) or '-'}"
+       for v in r["volumes"] for f in v["findings"] if f["severity"] > 0]
+out += [f"{f['kind']} - - -" for f in r["findings"] if f["severity"] > 0]
+print("\n".join(sorted(out)))
+EOF
+}
+
+# expect_findings NAME EXIT EXPECTED [VERIFY_ARGS...]: qbd-verify --json reports exactly EXPECTED
+# (lines as `findings` prints them) and exits with EXIT.
+expect_findings() {
+  local name=$1 want_rc=$2 want=$3 rc got
+  shift 3
+  verify --json "$@" >"$T/verify.json" 2>"$T/verify.err"
+  rc=$?
+  got=$(findings "$T/verify.json" 2>&1)
+  if [ "$rc" = "$want_rc" ] && [ "$got" = "$want" ]; then
+    pass "$name"
+  else
+    fail "$name" "exit $rc (want $want_rc); findings: $(echo "$got" | tr '\n' ';') want: $(echo "$want" | tr '\n' ';')"
+    show "$T/verify.err"
+  fi
+}
+
+flip_byte() { # FILE OFFSET: invert one byte in place
+  python3 -c "
+import sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xFF]))" "$1" "$2"
+}
+
 # pattern ARGS...: patterned writes and their verification, for crash and shutdown tests. Every
 # 4 KiB block written holds struct.pack("<QQ", block_number, iteration) repeated, so any block
 # read back tells which write put it there.

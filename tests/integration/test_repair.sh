@@ -12,16 +12,6 @@ qbdctl create hot --size 32M --replicas 3 >/dev/null || die setup "qbdctl create
 head -c 32M /dev/urandom >"$T/cold.bin"
 head -c 32M /dev/urandom >"$T/hot.bin"
 
-flip_byte() { # FILE OFFSET: invert one byte in place
-  python3 - "$1" "$2" <<'EOF'
-import sys
-with open(sys.argv[1], "r+b") as f:
-    f.seek(int(sys.argv[2]))
-    b = f.read(1)
-    f.seek(int(sys.argv[2]))
-    f.write(bytes([b[0] ^ 0xFF]))
-EOF
-}
 
 reads_right() { # VOLUME EXPECTED: three full reads through NBD (so every part gets asked)
   local i

@@ -8,44 +8,6 @@
 # wiped entirely and rebuilt.
 . "$(dirname "$0")/lib.sh"
 
-verify() { "$QBD_BIN/qbd-verify" --config "$T/qbd.conf" "$@"; }
-repair() { "$QBD_BIN/qbd-repair" --config "$T/qbd.conf" "$@"; }
-
-# findings JSON_FILE: one line per finding, "kind part chunk blocks", sorted (blocks as "1,5").
-findings() {
-  python3 - "$1" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-out = [f"{f['kind']} {f['part'] or '-'} {f['chunk'] or '-'} {','.join(map(str, f['blocks'])) or '-'}"
-       for v in r["volumes"] for f in v["findings"] if f["severity"] > 0]
-out += [f"{f['kind']} - - -" for f in r["findings"] if f["severity"] > 0]
-print("\n".join(sorted(out)))
-EOF
-}
-
-# expect_findings NAME EXIT EXPECTED [VERIFY_ARGS...]: qbd-verify --json reports exactly EXPECTED
-# (lines as `findings` prints them) and exits with EXIT.
-expect_findings() {
-  local name=$1 want_rc=$2 want=$3 rc got
-  shift 3
-  verify --json "$@" >"$T/verify.json" 2>"$T/verify.err"
-  rc=$?
-  got=$(findings "$T/verify.json" 2>&1)
-  if [ "$rc" = "$want_rc" ] && [ "$got" = "$want" ]; then
-    pass "$name"
-  else
-    fail "$name" "exit $rc (want $want_rc); findings: $(echo "$got" | tr '\n' ';') want: $(echo "$want" | tr '\n' ';')"
-    show "$T/verify.err"
-  fi
-}
-
-flip() { # FILE OFFSET: invert one byte in place
-  python3 -c "
-import sys
-with open(sys.argv[1], 'r+b') as f:
-    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xFF]))" "$1" "$2"
-}
-
 tree_sum() { # checksums of every file under the three parts' volume directories
   (cd "$T" && find node-a node-b node-c -type f ! -name '*.tmp.*' -print0 | sort -z | xargs -0 md5sum)
 }
@@ -79,8 +41,8 @@ expect_findings "clean volume: deep verify exits 0 with no finding" 0 "" --deep
 cp "$T/old-b6" "$T/node-b/1/b/6"
 rm "$T/node-b/1/b/2" "$T/node-b/1/b/7"
 truncate -s 1000 "$T/node-c/1/c/3"
-flip "$T/node-a/1/a/4" $((1 * REC + 10))
-flip "$T/node-a/1/a/4" $((5 * REC + 4000))
+flip_byte "$T/node-a/1/a/4" $((1 * REC + 10))
+flip_byte "$T/node-a/1/a/4" $((5 * REC + 4000))
 rm "$T/node-a/1/a/8" "$T/node-b/1/b/8" "$T/node-c/1/c/8"
 
 quick_want="lost-chunk - 8 -
@@ -174,8 +136,8 @@ sleep 1.5 # the volume poll exports it
 head -c 128M /dev/urandom | nbdcopy --flush - "$(uri live)" || die live "fill failed"
 nr=$(qbdctl info live | awk '/^number:/ {print $2}')
 rm -f "$T"/node-c/"$nr"/c/{3,9,17,25}
-flip "$T/node-a/$nr/a/5" $((7 * REC + 1))
-flip "$T/node-b/$nr/b/11" $((100 * REC + 2048))
+flip_byte "$T/node-a/$nr/a/5" $((7 * REC + 1))
+flip_byte "$T/node-b/$nr/b/11" $((100 * REC + 2048))
 fio --name=live --ioengine=nbd --uri="$(uri live)" --rw=randwrite --bs=4k --iodepth=8 --size=128M \
   --io_size=48M --verify=crc32c --verify_fatal=1 --output-format=json --output="$T/fio.json" >"$T/fio.out" 2>&1 &
 FIO=$!

@@ -11,45 +11,6 @@
 . "$(dirname "$0")/lib.sh"
 . "$IT_DIR/ganesha.sh" # lib.sh has cd-ed into $T: a relative $0 no longer leads here
 
-# A hung tool fails its check instead of hanging the test.
-verify() { timeout 120 "$QBD_BIN/qbd-verify" --config "$T/qbd.conf" "$@"; }
-repair() { timeout 120 "$QBD_BIN/qbd-repair" --config "$T/qbd.conf" "$@"; }
-
-# findings JSON_FILE: one line per finding, "kind part chunk blocks", sorted (blocks as "1,5").
-findings() {
-  python3 - "$1" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-out = [f"{f['kind']} {f['part'] or '-'} {f['chunk'] or '-'} {','.join(map(str, f['blocks'])) or '-'}"
-       for v in r["volumes"] for f in v["findings"] if f["severity"] > 0]
-out += [f"{f['kind']} - - -" for f in r["findings"] if f["severity"] > 0]
-print("\n".join(sorted(out)))
-EOF
-}
-
-# expect_findings NAME EXIT EXPECTED [VERIFY_ARGS...]: qbd-verify --json reports exactly EXPECTED
-# (lines as `findings` prints them) and exits with EXIT.
-expect_findings() {
-  local name=$1 want_rc=$2 want=$3 rc got
-  shift 3
-  verify --json "$@" >"$T/verify.json" 2>"$T/verify.err"
-  rc=$?
-  got=$(findings "$T/verify.json" 2>&1)
-  if [ "$rc" = "$want_rc" ] && [ "$got" = "$want" ]; then
-    pass "$name"
-  else
-    fail "$name" "exit $rc (want $want_rc); findings: $(echo "$got" | tr '\n' ';') want: $(echo "$want" | tr '\n' ';')"
-    show "$T/verify.err"
-  fi
-}
-
-flip() { # FILE OFFSET: invert one byte in place
-  python3 -c "
-import sys
-with open(sys.argv[1], 'r+b') as f:
-    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xFF]))" "$1" "$2"
-}
-
 volnr() { # NAME -> the volume's number, from .volumesmeta in n1's export
   sed -nE "s/^$1[[:space:]]*=[[:space:]]*([0-9]+)[[:space:]]*$/\1/p" "$(ganesha_export n1)/.volumesmeta"
 }
@@ -102,8 +63,8 @@ expect_findings "clean volume on NFS: deep verify exits 0 with no finding" 0 "" 
 cp "$T/old-b6" "$B/6"
 rm "$B/2" "$B/7"
 truncate -s 1000 "$C/3"
-flip "$A/4" $((1 * REC + 10))
-flip "$A/4" $((5 * REC + 4000))
+flip_byte "$A/4" $((1 * REC + 10))
+flip_byte "$A/4" $((5 * REC + 4000))
 rm "$A/8" "$B/8" "$C/8"
 
 quick_want="lost-chunk - 8 -
