@@ -41,7 +41,7 @@ LIB := $(BUILD)/libqbd.a
 BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
 FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all deps test unit integration run bench bench-nfs bench-verify asan fuzz clean format check-format check-headers
+.PHONY: all deps test unit integration run bench bench-nfs bench-verify bench-verify-nfs asan fuzz clean format check-format check-headers
 .DEFAULT_GOAL := all
 
 all: deps $(BINS)
@@ -112,6 +112,10 @@ bench-nfs: all
 # qbd-verify (quick, 100k chunk files; --deep against cat) and qbd-repair against cp (BENCH_VERIFY_SIZE, default 1G).
 bench-verify: all
 	scripts/bench-verify.sh $(BUILD)
+
+# The same with parts a, b, c on three nfs-ganesha servers on 127.0.0.1 (BENCH_VERIFY_SIZE, default 512M).
+bench-verify-nfs: all
+	BENCH_VERIFY_NFS=1 scripts/bench-verify.sh $(BUILD)
 
 check-headers:
 	@for h in include/qbd/*.h; do \

@@ -12,9 +12,20 @@
 # table, appended to bench/results/history.txt and written to bench/results/latest-verify.json.
 # Everything runs on 127.0.0.1 and in one scratch directory on one file system.
 #
+# Two modes:
+#   local (default)     parts a, b, c are three local directories (path = backends)
+#   BENCH_VERIFY_NFS=1  parts a, b, c are on three nfs-ganesha servers (FSAL VFS, NFSv3 over TCP on
+#                       127.0.0.1, one export each; url = nfs:// backends, reached through libnfs),
+#                       started with tests/integration/ganesha.sh and stopped by PID on exit. The
+#                       chunk files of big are made in the export directories as in local mode
+#                       (FSAL VFS serves plain directories); qbd-verify and qbd-repair go through
+#                       the servers, cat and cp -r read the export directories locally. Results
+#                       go to bench/results/latest-verify-nfs.json (same keys).
+#
 # usage: scripts/bench-verify.sh [BUILD_DIR]   (make bench-verify; BUILD_DIR default build/release)
-#   BENCH_VERIFY_SIZE=S  size of volume deep (default 1G); BENCH_DIR=D  scratch directory under D
-#   (default /tmp): it needs about 7 GB plus 5 x BENCH_VERIFY_SIZE
+#        BENCH_VERIFY_NFS=1 scripts/bench-verify.sh [BUILD_DIR]   (make bench-verify-nfs)
+#   BENCH_VERIFY_SIZE=S  size of volume deep (default 1G, 512M in NFS mode); BENCH_DIR=D  scratch
+#   directory under D (default /tmp): it needs about 7 GB plus 5 x BENCH_VERIFY_SIZE
 set -uo pipefail
 # Debian's python3 first: nbdsh (python3-libnbd) does not work with a pyenv python.
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
@@ -22,7 +33,12 @@ export LC_ALL=C
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-build/release}
-SIZE=${BENCH_VERIFY_SIZE:-1G}
+NFS=${BENCH_VERIFY_NFS:-0}
+[ "$NFS" = 0 ] || [ "$NFS" = 1 ] || {
+  echo "bench-verify: BENCH_VERIFY_NFS must be 0 or 1, not '$NFS'" >&2
+  exit 1
+}
+if [ "$NFS" = 1 ]; then SIZE=${BENCH_VERIFY_SIZE:-512M}; else SIZE=${BENCH_VERIFY_SIZE:-1G}; fi
 RUNS=3
 QUICK_CHUNKS=33334 # x 3 parts = 100,002 chunk files
 QUICK_CHUNK_SIZE_K=64
@@ -42,31 +58,32 @@ for tool in nbdsh nbdcopy nbdinfo python3; do
   command -v $tool >/dev/null || die "$tool is missing (make deps installs it)"
 done
 
-S=$(mktemp -d "${BENCH_DIR:-/tmp}/qbd-bench-verify.XXXXXX") || die "mktemp -d failed"
-MASTER_PID=""
-cleanup() {
-  local i
-  trap - EXIT INT TERM
-  if [ -n "$MASTER_PID" ] && kill -0 "$MASTER_PID" 2>/dev/null; then
-    kill -TERM "$MASTER_PID" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$MASTER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$MASTER_PID" 2>/dev/null
-    wait "$MASTER_PID" 2>/dev/null
-  fi
-  note "remove $S"
-  rm -rf --one-file-system "$S"
-  note "done"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-cd "$S" || die "cd $S"
+if [ "$NFS" = 0 ]; then
+  S=$(mktemp -d "${BENCH_DIR:-/tmp}/qbd-bench-verify.XXXXXX") || die "mktemp -d failed"
+  MASTER_PID=""
+  cleanup() {
+    local i
+    trap - EXIT INT TERM
+    if [ -n "$MASTER_PID" ] && kill -0 "$MASTER_PID" 2>/dev/null; then
+      kill -TERM "$MASTER_PID" 2>/dev/null
+      for ((i = 0; i < 100; i++)); do
+        kill -0 "$MASTER_PID" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -KILL "$MASTER_PID" 2>/dev/null
+      wait "$MASTER_PID" 2>/dev/null
+    fi
+    note "remove $S"
+    rm -rf --one-file-system "$S"
+    note "done"
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  cd "$S" || die "cd $S"
 
-free_port() { # a free TCP port on 127.0.0.1, never 10809 (the default NBD port)
-  python3 - <<'EOF'
+  free_port() { # a free TCP port on 127.0.0.1, never 10809 (the default NBD port)
+    python3 - <<'EOF'
 import socket
 while True:
     s = socket.socket()
@@ -77,12 +94,13 @@ while True:
         print(port)
         break
 EOF
-}
+  }
 
-# Three local parts on one file system (the demo's layout): part a on node-a, b on node-b, c on node-c.
-PORT=$(free_port)
-CONF=$S/qbd.conf
-cat >"$CONF" <<EOF
+  # Three local parts on one file system (the demo's layout): part a on node-a, b on node-b, c on
+  # node-c.
+  PORT=$(free_port)
+  CONF=$S/qbd.conf
+  cat >"$CONF" <<EOF
 # qbd-verify / qbd-repair benchmark (scripts/bench-verify.sh)
 listen = 127.0.0.1:$PORT
 parts = node-a node-b node-c
@@ -94,15 +112,65 @@ path = node-b
 [backend node-c]
 path = node-c
 EOF
-mkdir -p node-a node-b node-c
+  mkdir -p node-a node-b node-c
+  declare -A ROOT=([a]=node-a [b]=node-b [c]=node-c) # part -> the directory holding its backend
+else
+  # lib.sh makes the scratch directory $T (moved under BENCH_DIR here, before anything is in it)
+  # and the EXIT trap that stops by PID what it tracks: the servers, rpcbind if it started one, and
+  # qbd-master. Its die and show are replaced by this script's.
+  export QBD_BIN=$BIN
+  . "$root/tests/integration/lib.sh"
+  die() { # MESSAGE, or NAME REASON (ganesha.sh's calls)
+    if [ $# -ge 2 ]; then echo "bench-verify: $1: $2"; else echo "bench-verify: $*"; fi >&2
+    exit 1
+  }
+  show() { # FILE: its last lines, indented
+    [ -f "$1" ] && tail -n 30 "$1" | sed 's/^/    | /' >&2
+    return 0
+  }
+  cd / || die "cd /"
+  rmdir "$T" || die "rmdir $T"
+  T=$(mktemp -d "${BENCH_DIR:-/tmp}/qbd-bench-verify-nfs.XXXXXX") || die "mktemp -d failed"
+  S=$T
+  cd "$S" || die "cd $S"
+  . "$IT_DIR/ganesha.sh"
+  nfs_exit() { # the EXIT trap: ganesha.sh's (SIGKILL the servers), then lib.sh's (the rest, rm $T)
+    local rc=$?
+    note "stop the servers and qbd-master by PID, remove $S"
+    (exit $rc)
+    _ganesha_exit
+  }
+  trap nfs_exit EXIT
+
+  # Three nfs-ganesha servers, one export each: part a on node-a, b on node-b, c on node-c.
+  for p in a b c; do
+    ganesha_start "node-$p"
+    note "nfs-ganesha node-$p: $(ganesha_url "node-$p") (pid $(ganesha_pid "node-$p"))"
+  done
+  PORT=$(free_port)
+  CONF=$S/qbd.conf
+  cat >"$CONF" <<EOF
+# qbd-verify / qbd-repair benchmark over NFS (scripts/bench-verify.sh, BENCH_VERIFY_NFS=1)
+listen = 127.0.0.1:$PORT
+parts = node-a node-b node-c
+[backend node-a]
+url = $(ganesha_url node-a)
+[backend node-b]
+url = $(ganesha_url node-b)
+[backend node-c]
+url = $(ganesha_url node-c)
+EOF
+  declare -A ROOT=([a]="$(ganesha_export node-a)" [b]="$(ganesha_export node-b)" [c]="$(ganesha_export node-c)")
+fi
+
 qbdctl() { "$BIN/qbdctl" --config "$CONF" "$@"; }
 qbdctl create big --size "$((QUICK_CHUNKS * QUICK_CHUNK_SIZE_K))K" --replicas 3 \
   --chunk-size "${QUICK_CHUNK_SIZE_K}K" >/dev/null || die "qbdctl create big failed"
 qbdctl create deep --size "$SIZE" --replicas 3 >/dev/null || die "qbdctl create deep --size $SIZE failed"
-volnr() { sed -nE "s/^$1[[:space:]]*=[[:space:]]*([0-9]+)[[:space:]]*$/\1/p" node-a/.volumesmeta; }
+volnr() { sed -nE "s/^$1[[:space:]]*=[[:space:]]*([0-9]+)[[:space:]]*$/\1/p" "${ROOT[a]}/.volumesmeta"; }
 VB=$(volnr big)
 VD=$(volnr deep)
-if [ -z "$VB" ] || [ -z "$VD" ]; then die "no volume numbers for big and deep in node-a/.volumesmeta"; fi
+if [ -z "$VB" ] || [ -z "$VD" ]; then die "no volume numbers for big and deep in ${ROOT[a]}/.volumesmeta"; fi
 
 # ---------------------------------------------------------------------------------------------
 # Data through qbd-master: one chunk of big, all of deep.
@@ -110,6 +178,7 @@ if [ -z "$VB" ] || [ -z "$VD" ]; then die "no volume numbers for big and deep in
 note "write chunk 1 of big and all of deep ($SIZE) through qbd-master"
 "$BIN/qbd-master" --config "$CONF" </dev/null >"$S/master.log" 2>&1 &
 MASTER_PID=$!
+[ "$NFS" = 0 ] || track "$MASTER_PID"
 for ((i = 0; ; i++)); do
   kill -0 "$MASTER_PID" 2>/dev/null || { show "$S/master.log"; die "qbd-master exited during start-up"; }
   timeout 5 nbdinfo --list "nbd://127.0.0.1:$PORT" >/dev/null 2>&1 && break
@@ -125,6 +194,7 @@ rm -f "$S/random.img"
 kill -TERM "$MASTER_PID"
 wait "$MASTER_PID"
 rc=$?
+[ "$NFS" = 0 ] || untrack "$MASTER_PID"
 MASTER_PID=""
 [ $rc -eq 0 ] || { show "$S/master.log"; die "qbd-master exited with status $rc after SIGTERM"; }
 
@@ -152,10 +222,10 @@ EOF
   rmdir "$S/stage"
 }
 for p in a b c; do
-  populate "node-$p/$VB/$p" "$QUICK_CHUNKS"
+  populate "${ROOT[$p]}/$VB/$p" "$QUICK_CHUNKS"
   note "part $p: $QUICK_CHUNKS chunk files"
 done
-python3 - "$QUICK_CHUNKS" node-{a,b,c}/"$VB"/.chunkmap <<'EOF' || die "writing the chunk maps of big failed"
+python3 - "$QUICK_CHUNKS" "${ROOT[a]}/$VB/.chunkmap" "${ROOT[b]}/$VB/.chunkmap" "${ROOT[c]}/$VB/.chunkmap" <<'EOF' || die "writing the chunk maps of big failed"
 # layout-spec section 6: 32-byte header, then one bit per chunk (least significant first); 1 = written
 import sys
 n = int(sys.argv[1])
@@ -208,7 +278,7 @@ QUICK_S=$(printf '%.3f' "$(median "${QUICK[@]}")")
 # ---------------------------------------------------------------------------------------------
 # 2. Deep verify of deep against cat, both from the page cache.
 
-DEEP_FILES=(node-a/"$VD"/a/[0-9]* node-b/"$VD"/b/[0-9]* node-c/"$VD"/c/[0-9]*)
+DEEP_FILES=("${ROOT[a]}/$VD"/a/[0-9]* "${ROOT[b]}/$VD"/b/[0-9]* "${ROOT[c]}/$VD"/c/[0-9]*)
 [ -f "${DEEP_FILES[0]}" ] || die "volume deep has no chunk files"
 DEEP_BYTES=$(bytes_of "${DEEP_FILES[@]}")
 cat_files "${DEEP_FILES[@]}" # warm the page cache
@@ -228,17 +298,17 @@ DEEP_C=$(median "${DC[@]}")
 # ---------------------------------------------------------------------------------------------
 # 3. Repair part c of deep (offline) against cp -r of part a.
 
-A_FILES=(node-a/"$VD"/a/[0-9]*)
+A_FILES=("${ROOT[a]}/$VD"/a/[0-9]*)
 A_BYTES=$(bytes_of "${A_FILES[@]}")
 RV=() CV=()
 for ((r = 1; r <= RUNS; r++)); do
-  rm -rf "node-c/$VD/c"
+  rm -rf "${ROOT[c]}/$VD/c"
   timed "$S/repair.out" "$BIN/qbd-repair" --config "$CONF" deep
   [ $RC -eq 0 ] || { show "$S/repair.out"; die "qbd-repair deep exited with status $RC (0 expected)"; }
   RV+=("$(mbps "$A_BYTES" "$ELAPSED")")
   timed "$S/verify-repaired.out" "$BIN/qbd-verify" --deep --config "$CONF" deep
   [ $RC -eq 0 ] || { show "$S/verify-repaired.out"; die "qbd-verify --deep deep exited with status $RC after qbd-repair (0 expected)"; }
-  timed "$S/cp.out" cp -r --reflink=never "node-a/$VD/a" "$S/copy"
+  timed "$S/cp.out" cp -r --reflink=never "${ROOT[a]}/$VD/a" "$S/copy"
   [ $RC -eq 0 ] || { show "$S/cp.out"; die "cp -r of part a failed"; }
   CV+=("$(mbps "$A_BYTES" "$ELAPSED")")
   rm -rf "$S/copy"
@@ -262,19 +332,36 @@ table=$(
   echo "| deep verify, $(gb "$DEEP_BYTES") of chunk files, 3 parts (MB/s) | $DEEP_V | cat | $DEEP_C | $(ratio "$DEEP_V" "$DEEP_C") |"
   echo "| repair part c, $(gb "$A_BYTES") of chunk files (MB/s) | $REP_V | cp -r | $REP_C | $(ratio "$REP_V" "$REP_C") |"
   echo
-  echo "Medians of $RUNS runs. Deep verify and cat read from a warm page cache (one cat first);"
-  echo "qbd-repair reads parts a and b from the page cache and syncs every rebuilt file (fdatasync,"
-  echo "directory sync), cp does not sync. MB/s = bytes of the chunk files (data + 16 bytes per block) / s."
+  if [ "$NFS" = 0 ]; then
+    echo "Medians of $RUNS runs. Deep verify and cat read from a warm page cache (one cat first);"
+    echo "qbd-repair reads parts a and b from the page cache and syncs every rebuilt file (fdatasync,"
+    echo "directory sync), cp does not sync. MB/s = bytes of the chunk files (data + 16 bytes per block) / s."
+  else
+    echo "Medians of $RUNS runs. Parts a, b, c on three nfs-ganesha servers (FSAL VFS, NFSv3 over TCP on"
+    echo "127.0.0.1, one export each), reached by qbd-verify and qbd-repair through libnfs; the quick pass"
+    echo "lists each part directory with READDIRPLUS. cat and cp -r read the same chunk files in the export"
+    echo "directories locally, not over NFS. Deep verify (through the servers) and cat read from a warm"
+    echo "page cache (one cat first); qbd-repair reads parts a and b through their servers and writes part"
+    echo "c through its server (UNSTABLE WRITEs, a COMMIT per rebuilt file), cp does not sync."
+    echo "MB/s = bytes of the chunk files (data + 16 bytes per block) / s."
+  fi
 )
 echo "$table"
 mem=$(awk '/^MemTotal:/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)
+if [ "$NFS" = 0 ]; then
+  title="qbd-verify/qbd-repair (local parts)"
+  json=latest-verify.json
+else
+  title="qbd-verify/qbd-repair, parts on NFS (nfs-ganesha on 127.0.0.1)"
+  json=latest-verify-nfs.json
+fi
 mkdir -p "$root/bench/results"
 {
   echo
-  echo "## $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git -C "$root" rev-parse --short HEAD), qbd-verify/qbd-repair (local parts), $SIZE volume deep; $(hostname) $(nproc) cores, $mem, $(uname -sr)"
+  echo "## $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git -C "$root" rev-parse --short HEAD), $title, $SIZE volume deep; $(hostname) $(nproc) cores, $mem, $(uname -sr)"
   echo "$table"
 } >>"$root/bench/results/history.txt"
-python3 - "$root/bench/results/latest-verify.json" "$QUICK_S" "$DEEP_V" "$DEEP_C" "$REP_V" "$REP_C" <<'EOF'
+python3 - "$root/bench/results/$json" "$QUICK_S" "$DEEP_V" "$DEEP_C" "$REP_V" "$REP_C" <<'EOF'
 import json, sys
 q, dv, dc, rv, rc = (float(x) for x in sys.argv[2:])
 json.dump({"quick verify 100k chunk files (s)": {"qbd-verify": q},

@@ -36,7 +36,7 @@ with open(sys.argv[2], "r+b") as f:
     f.seek(5 * 4194304 + 3 * 4096); f.write(buf)
 EOF
 qbd_stop
-expect_findings "clean volume: deep verify exits 0 with no finding" 0 "" --deep
+expect_findings "clean volume: deep verify (at --rate 400 MB/s) exits 0 with no finding" 0 "" --deep --rate 400
 
 cp "$T/old-b6" "$T/node-b/1/b/6"
 rm "$T/node-b/1/b/2" "$T/node-b/1/b/7"
