@@ -943,6 +943,24 @@ TEST_CASE(
   CHECK(c.ReadBack(0, kBs) == v2);
   CHECK(c.q().DirtyRegions(1) >= 1);
 }
+TEST_CASE("the chunk map gets a chunk only once its files exist when its first write fails everywhere") {
+  QuietLog quiet;
+  Cluster c;
+  for (int i = 0; i < kParts; ++i) c.faulty(i).FailMatching("7/", FaultyBackend::kCreate);
+  std::vector<std::byte> block = Data(1, kBs);
+  CHECK_FALSE(c.q().Write(2 * kChunk, block, /*fua=*/false).ok());
+  // Regression: the bit used to be set before the files were created, so a write that created
+  // none (or a crash right after the map update) left a chunk "written" with no file anywhere:
+  // reads failed as data lost although no write had been acknowledged.
+  CHECK_FALSE(c.q().ChunkWritten(2));
+  for (int i = 0; i < kParts; ++i) c.faulty(i).ClearFaults();
+  for (int i = 0; i < kParts; ++i) c.q().TEST_SetPartUp(i, true);
+  std::vector<std::byte> got(kBs);
+  CHECK(c.q().Read(2 * kChunk, got).ok());
+  CHECK(AllZero(got));
+  REQUIRE(c.q().Write(2 * kChunk, block, /*fua=*/false).ok());
+  CHECK(c.q().ChunkWritten(2));
+}
 }  // TEST_SUITE("quorum")
 
 }  // namespace qbd::test

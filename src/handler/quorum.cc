@@ -552,10 +552,6 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   std::unique_lock<std::mutex> create_lock;
   if (!known || !chunk_map_->Test(chunk)) {
     create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
-    // The chunk map learns of a chunk before its files exist, under the create lock that a read
-    // finding no file takes before it calls the chunk lost: a chunk lost on every part is never
-    // taken for an unwritten one, and a chunk being created is never taken for a lost one.
-    if (!chunk_map_->Test(chunk)) QBD_RETURN_IF_ERROR(RecordChunkWritten(chunk));
     known = ChunkKnown(chunk);
     if (!known) CheckChunkPresence(chunk, live);
     // Waiting for the lock may have taken a while: a part marked down meanwhile is skipped.
@@ -607,7 +603,16 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       }
     }
   }
-  return CheckQuorum(ok, missed, r0, r1, "write");
+  Status result = CheckQuorum(ok, missed, r0, r1, "write");
+  if (create_lock.owns_lock() && (ok > 0 || some_existed) && !chunk_map_->Test(chunk)) {
+    // The chunk map learns of the chunk once its files exist and before the write is
+    // acknowledged, still under the create lock that a read finding no file takes before it
+    // calls the chunk lost. A crash in between leaves files the map lacks (added when the volume
+    // is opened), never a chunk the map calls written with no file anywhere.
+    Status m = RecordChunkWritten(chunk);
+    if (!m.ok() && result.ok()) result = m;
+  }
+  return result;
 }
 
 Status QuorumSet::RecordChunkWritten(uint64_t chunk) {

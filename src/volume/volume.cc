@@ -84,21 +84,29 @@ Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std
     texts[i] = std::move(text).value();
     ++found;
   }
-  if (found == 0) {
-    for (size_t i = 0; i < backends.size(); ++i) {
-      if (!down[i].ok()) continue;
-      auto names = backends[i]->List(PartDir(meta.number, static_cast<char>('a' + i)));
-      if (!names.ok()) continue;
-      for (const std::string& n : *names) {
-        uint64_t file = 0;
-        auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
-        if (ec == std::errc() && end == n.data() + n.size() && file >= 1 && file <= g.ChunkCount()) {
-          map->Set(file - 1, file - 1);
-        }
+  // Chunk files the map lacks: a volume made before the chunk map existed, or a crash between a
+  // chunk's first write and its map update (that write was never acknowledged).
+  uint64_t added = 0;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (!down[i].ok()) continue;
+    auto names = backends[i]->List(PartDir(meta.number, static_cast<char>('a' + i)));
+    if (!names.ok()) continue;
+    for (const std::string& n : *names) {
+      uint64_t file = 0;
+      auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
+      if (ec == std::errc() && end == n.data() + n.size() && n[0] != '0' && file >= 1 && file <= g.ChunkCount() &&
+          !map->Test(file - 1)) {
+        map->Set(file - 1, file - 1);
+        ++added;
       }
     }
+  }
+  if (found == 0) {
     QBD_LOG_INFO("volume {}: no chunk map yet: built one from the {} chunks found on the parts", meta.name,
                  map->CountSet());
+  } else if (added > 0) {
+    QBD_LOG_INFO("volume {}: {} chunk(s) with files were missing from the chunk map (a first write cut short): "
+                 "added", meta.name, added);
   }
   const std::string encoded = map->Encode(kChunkMapMagic);
   for (size_t i = 0; i < backends.size(); ++i) {
