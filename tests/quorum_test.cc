@@ -107,9 +107,18 @@ class Cluster {
     o.append_only = append_only_;
     o.region_size = kRegion;
     o.start_resync_thread = false;
-    q_ = std::make_unique<QuorumSet>(o, std::move(stores), std::move(dirty));
+    o.reconcile_after_crash = reconcile_after_crash;
+    // The chunk map as persisted on part a (written chunks survive the reopen).
+    std::unique_ptr<DirtyMap> chunk_map;
+    if (auto text = ReadSmallFile(*mem_[0], DirtyMap::ChunkMapPath(kVol)); text.ok()) {
+      auto m = DirtyMap::Decode(std::as_bytes(std::span<const char>(*text)), kChunk, kSize / kChunk, "chunkmap",
+                                kChunkMapMagic);
+      if (m.ok()) chunk_map = std::move(m).value();
+    }
+    q_ = std::make_unique<QuorumSet>(o, std::move(stores), std::move(dirty), std::move(chunk_map));
     REQUIRE(q_->region_size() == kRegion);
   }
+  bool reconcile_after_crash = false;  // for the next Open()
 
   // A crash of the machine: every backend loses what was not made durable, then the daemon
   // restarts. The old QuorumSet is dropped after the loss, so its last syncs change nothing.
@@ -960,6 +969,36 @@ TEST_CASE("the chunk map gets a chunk only once its files exist when its first w
   CHECK(AllZero(got));
   REQUIRE(c.q().Write(2 * kChunk, block, /*fua=*/false).ok());
   CHECK(c.q().ChunkWritten(2));
+}
+TEST_CASE("reads are repeatable after an unclean shutdown when a write in flight reached one part only") {
+  QuietLog quiet;
+  Cluster c;
+  const uint64_t block = kChunk / kBs + 5;  // chunk 1, block 5
+  std::vector<std::byte> old_data = Data(10, kBs), new_data = Data(11, kBs);
+  REQUIRE(c.q().Write(block * kBs, old_data, /*fua=*/false).ok());
+  REQUIRE(c.q().Flush().ok());
+  // The daemon dies while a newer write has reached part a only: no part is dirty for it.
+  {
+    PartStore a(c.mem(0), kVol, 'a', Geo());
+    BlockMeta m{c.StoredMeta(0, block).generation + 1, BlockChecksum(new_data)};
+    bool created = false;
+    REQUIRE(a.Write(1, 5, new_data, std::span(&m, 1), /*sync=*/true, &created).ok());
+  }
+  c.reconcile_after_crash = true;
+  c.Open();
+  CHECK(c.q().ChunksToReconcile() == 1);
+  // The first access compares the chunk's copies: the newest (part a's) is copied to b and c.
+  std::vector<std::byte> got(kBs);
+  REQUIRE(c.q().Read(block * kBs, got).ok());
+  CHECK(got == new_data);
+  CHECK(c.q().ChunksToReconcile() == 0);
+  for (int p = 1; p < kParts; ++p) CHECK(c.StoredMeta(p, block) == c.StoredMeta(0, block));
+  // Any part now serves the same data.
+  for (int only = 0; only < kParts; ++only) {
+    for (int p = 0; p < kParts; ++p) c.q().TEST_SetPartUp(p, p == only);
+    REQUIRE(c.q().Read(block * kBs, got).ok());
+    CHECK(got == new_data);
+  }
 }
 }  // TEST_SUITE("quorum")
 

@@ -59,6 +59,11 @@ struct QuorumOptions {
   // is found and repaired too.
   bool verify_on_first_read = true;
   int resync_interval_ms = 1000;
+  // The volume was not closed cleanly (a crash): writes in flight then may have reached only some
+  // parts, and no dirty map records an unacknowledged write. The first access to each written
+  // chunk compares the parts' copies and makes them agree (RepairChunk) before it is served, so
+  // that reads are repeatable whichever part serves them.
+  bool reconcile_after_crash = false;
 };
 
 struct QuorumCounters {
@@ -127,6 +132,8 @@ class QuorumSet : public BlockHandler {
   // copy are reported and their copies left as they are. Dirty regions whose copy is now good are
   // cleared. InvalidArgument for a chunk past the end.
   Result<ChunkRepairReport> RepairChunk(uint64_t chunk, const RepairOptions& options);
+  // Chunks still to be compared after an unclean shutdown (reconcile_after_crash).
+  uint64_t ChunksToReconcile() const;
   // Stops the resync thread (idempotent).
   void StopResync();
 
@@ -203,9 +210,15 @@ class QuorumSet : public BlockHandler {
   void VerifyChunk(uint64_t chunk);
   void WakeResync();
   uint64_t NextGeneration();
-  // Sets the chunk's bit in the chunk map, durably on at least one up part, before the first write
-  // creates its files (layout-spec.md §6). Unavailable when no copy could be written.
+  // Sets the chunk's bit in the chunk map, durably on at least one up part, once the first write
+  // has created its files and before it is acknowledged (layout-spec.md §6). Unavailable when no
+  // copy could be written.
   Status RecordChunkWritten(uint64_t chunk);
+  // RepairChunk. REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
+  Result<ChunkRepairReport> RepairChunkLocked(uint64_t chunk, const RepairOptions& options);
+  // With reconcile_after_crash: the first access to `chunk` reconciles its copies.
+  // REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
+  void EnsureReconciled(uint64_t chunk);
   bool ChunkKnown(uint64_t chunk) const;
   void SetChunkKnown(uint64_t chunk);
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
@@ -228,6 +241,8 @@ class QuorumSet : public BlockHandler {
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;
   std::vector<std::atomic<uint8_t>> chunk_verified_;  // queued for the first-read check
+  std::vector<std::atomic<uint8_t>> chunk_reconciled_;  // reconcile_after_crash: done (1) per chunk
+  std::atomic<uint64_t> to_reconcile_{0};
 
   std::mutex verify_mu_;
   std::vector<uint64_t> verify_queue_;  // GUARDED_BY(verify_mu_)

@@ -50,6 +50,7 @@ class Volume {
  private:
   Volume() = default;
   VolumeMeta meta_;
+  std::vector<StorageBackend*> backends_;  // where "<volnr>/.running" was written (none: no_writes)
   QuorumSet* quorum_ = nullptr;   // owned through handler_
   StatsLayer* stats_ = nullptr;  // owned through handler_; the head of the chain
   std::shared_ptr<BlockHandler> handler_;

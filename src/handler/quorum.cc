@@ -97,6 +97,16 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   chunk_map_files_.resize(parts_.size());
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_verified_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
+  if (options_.reconcile_after_crash) {
+    chunk_reconciled_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
+    for (size_t c = 0; c < chunk_reconciled_.size(); ++c) {
+      if (chunk_map_->Test(c)) {
+        to_reconcile_.fetch_add(1);
+      } else {
+        chunk_reconciled_[c].store(1);  // never written: nothing can differ
+      }
+    }
+  }
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
 }
@@ -394,6 +404,7 @@ Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
     const uint64_t first = in_chunk / bs;
     const uint64_t last = (in_chunk + len - 1) / bs;
     const uint64_t n = last - first + 1;
+    EnsureReconciled(chunk);
     std::vector<BlockMeta>& metas = MetaScratch(n);
     if (in_chunk % bs == 0 && len % bs == 0) {
       QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, out.subspan(done, len), std::span(metas.data(), n), false));
@@ -452,6 +463,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   const bool partial_head = head != 0;
   const bool partial_tail = (in_chunk + len) % bs != 0;
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, last);
+  EnsureReconciled(chunk);
   RegionGuard guard(*this, r0, r1);
 
   std::vector<BlockMeta>& metas = MetaScratch(n);
@@ -937,6 +949,13 @@ void QuorumSet::SetSize(uint64_t size) {
   std::vector<std::atomic<uint8_t>> verified(g.ChunkCount());
   for (size_t c = 0; c < chunk_verified_.size(); ++c) verified[c].store(chunk_verified_[c].load());
   chunk_verified_.swap(verified);
+  if (!chunk_reconciled_.empty()) {
+    std::vector<std::atomic<uint8_t>> reconciled(g.ChunkCount());
+    for (size_t c = 0; c < reconciled.size(); ++c) {
+      reconciled[c].store(c < chunk_reconciled_.size() ? chunk_reconciled_[c].load() : 1);
+    }
+    chunk_reconciled_.swap(reconciled);
+  }
   size_.store(size, std::memory_order_release);
 }
 
@@ -1170,6 +1189,27 @@ namespace qbd {
 // file replaces the old one under its name, so no client write may land in between.
 Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOptions& o) {
   std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  return RepairChunkLocked(chunk, o);
+}
+
+uint64_t QuorumSet::ChunksToReconcile() const { return to_reconcile_.load(); }
+
+void QuorumSet::EnsureReconciled(uint64_t chunk) {
+  if (chunk >= chunk_reconciled_.size() || chunk_reconciled_[chunk].load(std::memory_order_acquire)) return;
+  auto r = RepairChunkLocked(chunk, RepairOptions{});
+  if (!r.ok()) {
+    QBD_LOG_WARN("volume {} chunk {}: comparing the copies after an unclean shutdown failed: {}", options_.volume,
+                 chunk + 1, r.status().ToString());
+  } else if (!r->actions.empty()) {
+    QBD_LOG_INFO("volume {} chunk {}: copies made to agree after an unclean shutdown ({} action(s))",
+                 options_.volume, chunk + 1, r->actions.size());
+  }
+  if (chunk_reconciled_[chunk].exchange(1) == 0 && to_reconcile_.fetch_sub(1) == 1) {
+    QBD_LOG_INFO("volume {}: every written chunk compared since the unclean shutdown", options_.volume);
+  }
+}
+
+Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const RepairOptions& o) {
   const Geometry& g = options_.geometry;
   if (chunk >= g.ChunkCount()) {
     return Status::InvalidArgument(fmt::format("volume {}: no chunk {} (it has {})", options_.volume, chunk + 1,

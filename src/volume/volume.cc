@@ -117,6 +117,8 @@ Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std
   return map;
 }
 
+std::string RunningPath(uint32_t volnr) { return std::to_string(volnr) + "/.running"; }
+
 }  // namespace
 
 Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector<StorageBackend*> backends,
@@ -127,6 +129,20 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   }
   std::vector<Status> down;
   QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends, &down, options.no_writes));
+  // "<volnr>/.running" is on the parts while qbd-master has the volume open (layout-spec.md
+  // §4.5): found at open, it says the last run did not close the volume.
+  const std::string running = RunningPath(meta.number);
+  bool unclean = false;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (down[i].ok() && backends[i]->Stat(running).ok()) unclean = true;
+  }
+  if (!options.no_writes) {
+    for (size_t i = 0; i < backends.size(); ++i) {
+      if (!down[i].ok()) continue;
+      Status s = WriteFileAtomic(*backends[i], running, "# qbd-master has this volume open (layout-spec.md 4.5)\n");
+      if (!s.ok()) QBD_LOG_WARN("volume {}: cannot write {} on {}: {}", meta.name, running, backends[i]->Describe(), s.ToString());
+    }
+  }
   const uint32_t rs = DirtyRegionSize(meta.geometry);
   const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
   std::vector<std::unique_ptr<PartStore>> parts;
@@ -180,9 +196,15 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.region_size = rs;
   q.start_resync_thread = options.start_resync_thread;
   q.resync_bytes_per_sec = options.resync_bytes_per_sec;
+  q.reconcile_after_crash = unclean && !options.no_writes;
+  if (q.reconcile_after_crash) {
+    QBD_LOG_WARN("volume {}: it was not closed cleanly (a crash?): each written chunk's copies are compared "
+                 "and made to agree at its first access", meta.name);
+  }
   for (StorageBackend* b : backends) q.parallel_io = q.parallel_io || b->IsRemote();
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
+  if (!options.no_writes) v->backends_ = backends;
   // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
   QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down, options.no_writes));
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
@@ -214,6 +236,14 @@ Status Volume::Close() {
   if (!quorum_) return Status::OK();
   quorum_->StopResync();
   Status s = quorum_->Flush();
+  if (s.ok()) {
+    // Closed cleanly: the next open has nothing to reconcile.
+    for (StorageBackend* b : backends_) {
+      Status r = b->Remove(RunningPath(meta_.number));
+      if (r.ok()) r = b->SyncDir(std::to_string(meta_.number));
+      if (!r.ok() && !r.IsNotFound()) QBD_LOG_WARN("volume {}: {}: {}", meta_.name, b->Describe(), r.ToString());
+    }
+  }
   QBD_LOG_INFO("volume {}: closed: {}", meta_.name, stats_->Summary());
   quorum_ = nullptr;
   return s;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SIGKILL of qbd-master in the middle of a stream of writes: after a restart every block flushed
 # before the kill reads back exactly; every other block is zero or holds one whole write that was
-# sent to it; the volume reads the same twice; and the next run works normally.
+# sent to it; qbd-master sees the unclean shutdown and makes the copies agree, so the volume reads
+# the same twice; and the next run works normally.
 . "$(dirname "$0")/lib.sh"
 
 BS=4096
@@ -41,6 +42,9 @@ crash_round() { # ROUND ITERATION KILL_DELAY
     pattern verify "$T/image.bin" "$T/all-writes.log" --flushed $FLUSHED --iter "$iter"
   check "round $round: a second read after the crash gives the same data" \
     bash -c 'nbdcopy "$1" "$2" && cmp "$3" "$2"' _ "$(uri crash)" "$T/image2.bin" "$T/image.bin"
+  check "round $round: qbd-master saw the unclean shutdown and compared every written chunk" \
+    bash -c "grep -c 'volume crash: it was not closed cleanly' '$T/master.log' | grep -qx $round &&
+             grep -c 'volume crash: every written chunk compared since the unclean shutdown' '$T/master.log' | grep -qx $round"
   qbd_stop
 }
 
@@ -53,6 +57,8 @@ head -c 64M /dev/urandom >"$T/final.bin"
 check "after two crashes nbdcopy --flush of 64 MiB works" \
   nbdcopy --flush "$T/final.bin" "$(uri crash)"
 qbd_stop
+check "a clean stop removes <volnr>/.running from every part (layout-spec.md 4.5)" \
+  bash -c "! ls '$T'/node-*/1/.running 2>/dev/null | grep -q ."
 qbd_start
 check "and reads back identical after a clean restart" \
   bash -c 'rm -f "$2"; nbdcopy "$1" "$2" && cmp "$3" "$2"' _ \
