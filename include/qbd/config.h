@@ -60,6 +60,9 @@ struct Config {
   // qbd-master's local admin socket (qbd-repair talks to the running daemon through it); default
   // "<config dir>/<config name without .conf>.sock". Its lock file is "<admin_socket>.lock".
   std::string admin_socket;
+  // Bytes of block data the memory cache holds for all volumes together (write-through, S3-FIFO
+  // eviction; include/qbd/cache.h). 0: no cache.
+  uint64_t cache_size = 0;
 
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "qbd/admin.h"
+#include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/nbd_server.h"
@@ -56,6 +57,7 @@ class Master {
   Config config_;
   std::unique_ptr<ProcessLock> lock_;  // held from the start to the end
   std::unique_ptr<Catalog> catalog_;
+  std::unique_ptr<BlockCache> cache_;  // cache_size > 0; outlives the volumes (declared first)
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<NbdServer> server_;
   // volumes_ changes only on the main thread, under volumes_mu_; admin requests read it under it.

@@ -18,6 +18,8 @@
 
 namespace qbd {
 
+class BlockCache;
+
 struct VolumeOpenOptions {
   size_t max_open_files_per_part = 256;
   bool start_resync_thread = true;
@@ -25,6 +27,8 @@ struct VolumeOpenOptions {
   // Opens without writing anything (qbd-repair --dry-run): the epoch is not bumped on disk, and
   // missing dirty map and chunk map copies are not created.
   bool no_writes = false;
+  // The memory cache shared by the volumes (nullptr: none); must outlive the volume.
+  BlockCache* cache = nullptr;
 };
 
 class StatsLayer;

@@ -187,6 +187,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");
         c.nfs_timeout_ms = static_cast<int>(*n);
+      } else if (l.key == "cache_size") {
+        auto n = ParseSize(l.value);
+        if (!n.ok()) return bad_value(n.status());
+        c.cache_size = *n;
       } else if (l.key == "admin_socket") {
         std::filesystem::path p(l.value);
         if (p.is_relative()) p = std::filesystem::path(base_dir) / p;

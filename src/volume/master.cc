@@ -62,6 +62,10 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
                                            "configuration ({})", config.file, lock.status().message()));
   }
   m->lock_ = std::move(lock).value();
+  if (config.cache_size > 0) {
+    m->cache_ = std::make_unique<BlockCache>(config.cache_size);
+    QBD_LOG_INFO("memory cache: {} (write-through)", FormatSize(config.cache_size));
+  }
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config, /*create_missing=*/!options.create_volume.empty()));
   // Two parts on one disk or one NFS export die together: refused unless the config says so.
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
@@ -123,6 +127,7 @@ std::vector<std::string> Master::BoundAddresses() const { return server_->BoundA
 Status Master::OpenVolume(const VolumeMeta& meta) {
   VolumeOpenOptions vo;
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
+  vo.cache = cache_.get();
   QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
   PublishExport(meta.name, *vol);
   std::lock_guard<std::mutex> l(volumes_mu_);
@@ -216,6 +221,7 @@ Status Master::Stop() {
     std::lock_guard<std::mutex> l(volumes_mu_);
     volumes_.clear();
   }
+  if (cache_) QBD_LOG_INFO("{}", cache_->Summary());
   return result;
 }
 

@@ -4,6 +4,7 @@
 
 #include <charconv>
 
+#include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
@@ -205,14 +206,19 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
   if (!options.no_writes) v->backends_ = backends;
-  // The request chain (the only place it is assembled): Stats -> QuorumSet -> PartStores.
+  // The request chain (the only place it is assembled): Stats -> [Cache] -> QuorumSet -> PartStores.
   QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down, options.no_writes));
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
     if (!down[i].ok()) quorum->MarkPartDown(i, down[i]);
   }
   v->quorum_ = quorum.get();
-  auto stats = std::make_shared<StatsLayer>(std::move(quorum));
+  std::unique_ptr<BlockHandler> below = std::move(quorum);
+  if (options.cache != nullptr) {
+    // The cache sits above the fan-out: it only ever holds quorum-confirmed data.
+    below = std::make_unique<CacheLayer>(std::move(below), *options.cache, meta.number, meta.geometry.block_size);
+  }
+  auto stats = std::make_shared<StatsLayer>(std::move(below));
   v->stats_ = stats.get();
   v->handler_ = stats;
   QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,

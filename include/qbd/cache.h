@@ -1,0 +1,143 @@
+// Cache: qbd-master's memory cache of blocks, in front of QuorumSet (handler.h's chain:
+// Stats -> CacheLayer -> QuorumSet), so that it only ever holds data the quorum returned or
+// confirmed.
+//
+// BlockCache is one pool of memory shared by every volume (its capacity is `cache_size` in
+// qbd.conf), keyed by (volume number, block). Eviction is S3-FIFO: a new block enters a small
+// probation FIFO; a block used again there moves to the main FIFO, where used blocks are
+// reinserted and unused ones evicted; a ghost list remembers recently evicted probation blocks so
+// that their return goes straight to main. A long sequential scan therefore passes through the
+// small FIFO without pushing out the working set.
+//
+// CacheLayer is write-through: a write goes down first, and only once it succeeded are its whole
+// blocks cached (a failed write, a partial block, TRIM and WRITE_ZEROES drop the blocks instead).
+// Coherence with concurrent requests: a read fills the cache only if no write touched its blocks
+// while it read, and a write caches its data only if no other write to those blocks overlapped it
+// (per-block counters of writes in flight and finished), so a fill never puts back older data.
+//
+// Thread-safety: BlockCache is sharded, one mutex per shard; CacheLayer is safe for concurrent use.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "qbd/handler.h"
+
+namespace qbd {
+
+struct CacheCounters {
+  std::atomic<uint64_t> hits{0};       // blocks served from the cache
+  std::atomic<uint64_t> misses{0};     // blocks read from below
+  std::atomic<uint64_t> fills{0};      // blocks inserted
+  std::atomic<uint64_t> evictions{0};  // blocks evicted to make room
+  std::atomic<uint64_t> skipped{0};    // fills left out because a write overlapped them
+};
+
+class BlockCache {
+ public:
+  // `capacity_bytes`: the block data it may hold (bookkeeping comes on top, about 3%).
+  explicit BlockCache(uint64_t capacity_bytes, int shards = 16);
+  BlockCache(const BlockCache&) = delete;
+  BlockCache& operator=(const BlockCache&) = delete;
+
+  uint64_t capacity() const { return capacity_; }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  const CacheCounters& counters() const { return counters_; }
+  CacheCounters& counters() { return counters_; }
+  // "cache: 12.0 MiB of 256 MiB, hits 1234 (91.2%), ..." for the log.
+  std::string Summary() const;
+
+  // Copies the block into `out` (its size is the block size) and counts a use. False on a miss.
+  bool Lookup(uint32_t volnr, uint64_t block, std::span<std::byte> out);
+  // Inserts or replaces the block's data.
+  void Insert(uint32_t volnr, uint64_t block, std::span<const std::byte> data);
+  void Erase(uint32_t volnr, uint64_t block);
+  // Drops every block of the volume (it was closed or deleted).
+  void EraseVolume(uint32_t volnr);
+  // Drops the volume's blocks in [b0, b1] (a scan of the cache, for ranges wider than it).
+  void EraseRange(uint32_t volnr, uint64_t b0, uint64_t b1);
+
+  // Runs `fn` under the lock of the shard holding (volnr, block): coherence checks and the
+  // insertion they guard happen atomically with respect to Erase and Insert.
+  template <typename Fn>
+  void WithShardLocked(uint32_t volnr, uint64_t block, Fn&& fn) {
+    Shard& s = ShardOf(volnr, block);
+    std::lock_guard<std::mutex> l(s.mu);
+    fn(s);
+  }
+
+  struct Entry {
+    uint64_t key = 0;
+    uint8_t freq = 0;
+    bool main = false;
+    std::vector<std::byte> data;
+  };
+  struct Shard {
+    std::mutex mu;
+    std::list<Entry> small, main;  // front: newest
+    std::unordered_map<uint64_t, std::list<Entry>::iterator> index;
+    std::list<uint64_t> ghost;  // front: newest
+    std::unordered_set<uint64_t> ghost_index;
+    uint64_t small_bytes = 0, main_bytes = 0;
+  };
+  // REQUIRES: the shard's lock.
+  void InsertLocked(Shard& s, uint64_t key, std::span<const std::byte> data);
+  void EraseLocked(Shard& s, uint64_t key);
+
+ private:
+  static uint64_t Key(uint32_t volnr, uint64_t block) { return (uint64_t{volnr} << 44) ^ block; }
+  Shard& ShardOf(uint32_t volnr, uint64_t block);
+  void EvictLocked(Shard& s);
+
+  const uint64_t capacity_;
+  uint64_t shard_capacity_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::atomic<uint64_t> used_{0};
+  CacheCounters counters_;
+};
+
+class CacheLayer : public BlockHandler {
+ public:
+  // `cache` must outlive the layer; `volnr` keys this volume's blocks in it.
+  CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size);
+  ~CacheLayer() override;  // drops the volume's blocks from the cache
+
+  uint64_t Size() const override { return next_->Size(); }
+  Status Read(uint64_t off, std::span<std::byte> out) override;
+  Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;
+  Status Flush() override { return next_->Flush(); }
+  Status Trim(uint64_t off, uint64_t len, bool fua) override;
+  Status WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) override;
+  Result<std::vector<Extent>> BlockStatus(uint64_t off, uint64_t len) override {
+    return next_->BlockStatus(off, len);
+  }
+
+ private:
+  static constexpr size_t kSlots = 1u << 16;
+  size_t Slot(uint64_t block) const { return block % kSlots; }
+  // Marks writes to blocks [b0, b1] in flight and drops them from the cache; returns the
+  // finished-write versions seen at the start.
+  std::vector<uint64_t> BeginWrite(uint64_t b0, uint64_t b1);
+  // Ends them; with `data` (the written blocks, whole-block aligned at b0) caches the blocks that
+  // no other write overlapped.
+  void EndWrite(uint64_t b0, uint64_t b1, const std::vector<uint64_t>& versions, const std::byte* data);
+
+  std::unique_ptr<BlockHandler> next_;
+  BlockCache& cache_;
+  const uint32_t volnr_;
+  const uint32_t bs_;
+  // Per slot (blocks hashed): writes in flight, and writes finished so far.
+  std::unique_ptr<std::atomic<uint32_t>[]> inflight_;
+  std::unique_ptr<std::atomic<uint64_t>[]> version_;
+};
+
+}  // namespace qbd

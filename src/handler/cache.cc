@@ -1,0 +1,286 @@
+// Implements include/qbd/cache.h.
+#include "qbd/cache.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace qbd {
+
+// ---------------------------------------------------------------------------------------------
+// BlockCache
+
+BlockCache::BlockCache(uint64_t capacity_bytes, int shards) : capacity_(capacity_bytes) {
+  const int n = std::max(1, shards);
+  shard_capacity_ = std::max<uint64_t>(1, capacity_ / static_cast<uint64_t>(n));
+  for (int i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>());
+}
+
+BlockCache::Shard& BlockCache::ShardOf(uint32_t volnr, uint64_t block) {
+  // Neighbouring blocks go to different shards, so a sequential request spreads its locks.
+  return *shards_[(Key(volnr, block) * 0x9E3779B97F4A7C15ull >> 32) % shards_.size()];
+}
+
+bool BlockCache::Lookup(uint32_t volnr, uint64_t block, std::span<std::byte> out) {
+  Shard& s = ShardOf(volnr, block);
+  std::lock_guard<std::mutex> l(s.mu);
+  auto it = s.index.find(Key(volnr, block));
+  if (it == s.index.end() || it->second->data.size() != out.size()) return false;
+  Entry& e = *it->second;
+  std::memcpy(out.data(), e.data.data(), out.size());
+  if (e.freq < 3) ++e.freq;
+  return true;
+}
+
+void BlockCache::Insert(uint32_t volnr, uint64_t block, std::span<const std::byte> data) {
+  Shard& s = ShardOf(volnr, block);
+  std::lock_guard<std::mutex> l(s.mu);
+  InsertLocked(s, Key(volnr, block), data);
+}
+
+void BlockCache::Erase(uint32_t volnr, uint64_t block) {
+  Shard& s = ShardOf(volnr, block);
+  std::lock_guard<std::mutex> l(s.mu);
+  EraseLocked(s, Key(volnr, block));
+}
+
+void BlockCache::EraseVolume(uint32_t volnr) { EraseRange(volnr, 0, (uint64_t{1} << 44) - 1); }
+
+void BlockCache::EraseRange(uint32_t volnr, uint64_t b0, uint64_t b1) {
+  for (auto& sp : shards_) {
+    Shard& s = *sp;
+    std::lock_guard<std::mutex> l(s.mu);
+    std::vector<uint64_t> keys;
+    for (const auto& [key, it] : s.index) {
+      const uint64_t block = key ^ (uint64_t{volnr} << 44);
+      if ((key >> 44) == volnr && block >= b0 && block <= b1) keys.push_back(key);
+    }
+    for (uint64_t k : keys) EraseLocked(s, k);
+  }
+}
+
+void BlockCache::InsertLocked(Shard& s, uint64_t key, std::span<const std::byte> data) {
+  auto found = s.index.find(key);
+  if (found != s.index.end()) {
+    Entry& e = *found->second;
+    const int64_t delta = static_cast<int64_t>(data.size()) - static_cast<int64_t>(e.data.size());
+    (e.main ? s.main_bytes : s.small_bytes) += delta;
+    used_.fetch_add(static_cast<uint64_t>(delta));
+    e.data.assign(data.begin(), data.end());
+  } else {
+    // A block evicted from probation not long ago comes back: it is part of the working set.
+    const bool to_main = s.ghost_index.erase(key) > 0;
+    std::list<Entry>& q = to_main ? s.main : s.small;
+    q.push_front(Entry{key, 0, to_main, std::vector<std::byte>(data.begin(), data.end())});
+    s.index[key] = q.begin();
+    (to_main ? s.main_bytes : s.small_bytes) += data.size();
+    used_.fetch_add(data.size());
+  }
+  counters_.fills.fetch_add(1, std::memory_order_relaxed);
+  while (s.small_bytes + s.main_bytes > shard_capacity_ && !s.index.empty()) EvictLocked(s);
+}
+
+void BlockCache::EraseLocked(Shard& s, uint64_t key) {
+  auto found = s.index.find(key);
+  if (found == s.index.end()) return;
+  auto it = found->second;
+  const uint64_t size = it->data.size();
+  if (it->main) {
+    s.main_bytes -= size;
+    s.main.erase(it);
+  } else {
+    s.small_bytes -= size;
+    s.small.erase(it);
+  }
+  used_.fetch_sub(size);
+  s.index.erase(found);
+}
+
+void BlockCache::EvictLocked(Shard& s) {
+  if (!s.small.empty() && (s.small_bytes > shard_capacity_ / 10 || s.main.empty())) {
+    auto last = std::prev(s.small.end());
+    if (last->freq > 0) {
+      // Used while on probation: promoted to main.
+      last->freq = 0;
+      last->main = true;
+      s.small_bytes -= last->data.size();
+      s.main_bytes += last->data.size();
+      s.main.splice(s.main.begin(), s.small, last);
+      return;
+    }
+    const uint64_t key = last->key;
+    EraseLocked(s, key);
+    counters_.evictions.fetch_add(1, std::memory_order_relaxed);
+    s.ghost.push_front(key);
+    s.ghost_index.insert(key);
+    while (s.ghost.size() > std::max<size_t>(16, s.index.size())) {
+      s.ghost_index.erase(s.ghost.back());
+      s.ghost.pop_back();
+    }
+    return;
+  }
+  auto last = std::prev(s.main.end());
+  if (last->freq > 0) {
+    --last->freq;
+    s.main.splice(s.main.begin(), s.main, last);
+    return;
+  }
+  EraseLocked(s, last->key);
+  counters_.evictions.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::string BlockCache::Summary() const {
+  const uint64_t h = counters_.hits.load(), m = counters_.misses.load();
+  return fmt::format("cache: {:.1f} MiB of {:.1f} MiB, hits {} ({:.1f}%), misses {}, fills {}, evictions {}, "
+                     "fills skipped for overlapping writes {}",
+                     used() / 1048576.0, capacity_ / 1048576.0, h, h + m ? 100.0 * h / (h + m) : 0.0, m,
+                     counters_.fills.load(), counters_.evictions.load(), counters_.skipped.load());
+}
+
+// ---------------------------------------------------------------------------------------------
+// CacheLayer
+
+CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size)
+    : next_(std::move(next)),
+      cache_(cache),
+      volnr_(volnr),
+      bs_(block_size),
+      inflight_(new std::atomic<uint32_t>[kSlots]),
+      version_(new std::atomic<uint64_t>[kSlots]) {
+  for (size_t i = 0; i < kSlots; ++i) {
+    inflight_[i].store(0);
+    version_[i].store(0);
+  }
+}
+
+CacheLayer::~CacheLayer() { cache_.EraseVolume(volnr_); }
+
+Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
+  if (out.empty()) return next_->Read(off, out);
+  const uint64_t b0 = off / bs_, b1 = (off + out.size() - 1) / bs_;
+  thread_local std::vector<std::byte> block;
+  block.resize(bs_);
+  bool all = true;
+  for (uint64_t b = b0; b <= b1 && all; ++b) {
+    if (!cache_.Lookup(volnr_, b, block)) {
+      all = false;
+      break;
+    }
+    const uint64_t start = std::max(off, b * bs_), end = std::min(off + out.size(), (b + 1) * bs_);
+    std::memcpy(out.data() + (start - off), block.data() + (start - b * bs_), end - start);
+  }
+  CacheCounters& c = cache_.counters();
+  if (all) {
+    c.hits.fetch_add(b1 - b0 + 1, std::memory_order_relaxed);
+    return Status::OK();
+  }
+  c.misses.fetch_add(b1 - b0 + 1, std::memory_order_relaxed);
+  // What the cache may take afterwards: blocks that no write touched while this read ran.
+  std::vector<uint64_t> seen(b1 - b0 + 1);
+  for (uint64_t b = b0; b <= b1; ++b) {
+    const size_t slot = Slot(b);
+    seen[b - b0] = inflight_[slot].load(std::memory_order_acquire) == 0
+                       ? version_[slot].load(std::memory_order_acquire)
+                       : ~uint64_t{0};
+  }
+  const uint64_t aligned_off = b0 * bs_;
+  const uint64_t aligned_len = std::min<uint64_t>((b1 + 1) * bs_, next_->Size()) - aligned_off;
+  const bool aligned = aligned_off == off && aligned_len == out.size();
+  thread_local std::vector<std::byte> buf;
+  std::span<std::byte> whole = out;
+  if (!aligned) {
+    buf.resize(aligned_len);
+    whole = std::span(buf.data(), aligned_len);
+  }
+  QBD_RETURN_IF_ERROR(next_->Read(aligned_off, whole));
+  if (!aligned) std::memcpy(out.data(), buf.data() + (off - aligned_off), out.size());
+  for (uint64_t b = b0; b <= b1; ++b) {
+    if ((b - b0 + 1) * bs_ > whole.size()) break;  // a last block past the end (cannot happen: size is whole blocks)
+    const size_t slot = Slot(b);
+    const uint64_t v = seen[b - b0];
+    cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
+      if (v == ~uint64_t{0} || inflight_[slot].load(std::memory_order_acquire) != 0 ||
+          version_[slot].load(std::memory_order_acquire) != v) {
+        c.skipped.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      cache_.InsertLocked(s, (uint64_t{volnr_} << 44) ^ b, whole.subspan((b - b0) * bs_, bs_));
+    });
+  }
+  return Status::OK();
+}
+
+std::vector<uint64_t> CacheLayer::BeginWrite(uint64_t b0, uint64_t b1) {
+  if (b1 - b0 + 1 >= kSlots) {
+    // Wider than the slots (a trim of a large range): every slot is marked, and the cache is
+    // scanned rather than the range.
+    for (size_t slot = 0; slot < kSlots; ++slot) inflight_[slot].fetch_add(1, std::memory_order_acq_rel);
+    cache_.EraseRange(volnr_, b0, b1);
+    return {};
+  }
+  std::vector<uint64_t> versions(b1 - b0 + 1);
+  for (uint64_t b = b0; b <= b1; ++b) {
+    const size_t slot = Slot(b);
+    cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
+      inflight_[slot].fetch_add(1, std::memory_order_acq_rel);
+      versions[b - b0] = version_[slot].load(std::memory_order_acquire);
+      cache_.EraseLocked(s, (uint64_t{volnr_} << 44) ^ b);
+    });
+  }
+  return versions;
+}
+
+void CacheLayer::EndWrite(uint64_t b0, uint64_t b1, const std::vector<uint64_t>& versions, const std::byte* data) {
+  if (versions.empty()) {  // the wide form of BeginWrite
+    for (size_t slot = 0; slot < kSlots; ++slot) {
+      version_[slot].fetch_add(1, std::memory_order_acq_rel);
+      inflight_[slot].fetch_sub(1, std::memory_order_acq_rel);
+    }
+    return;
+  }
+  for (uint64_t b = b0; b <= b1; ++b) {
+    const size_t slot = Slot(b);
+    cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
+      // Cached only when this was the one write to the block from its start to its end: else
+      // the order in which overlapping writes landed below is unknown here.
+      if (data != nullptr && inflight_[slot].load(std::memory_order_acquire) == 1 &&
+          version_[slot].load(std::memory_order_acquire) == versions[b - b0]) {
+        cache_.InsertLocked(s, (uint64_t{volnr_} << 44) ^ b, std::span(data + (b - b0) * bs_, bs_));
+      }
+      version_[slot].fetch_add(1, std::memory_order_acq_rel);
+      inflight_[slot].fetch_sub(1, std::memory_order_acq_rel);
+    });
+  }
+}
+
+Status CacheLayer::Write(uint64_t off, std::span<const std::byte> in, bool fua) {
+  if (in.empty()) return next_->Write(off, in, fua);
+  const uint64_t b0 = off / bs_, b1 = (off + in.size() - 1) / bs_;
+  std::vector<uint64_t> versions = BeginWrite(b0, b1);
+  Status s = next_->Write(off, in, fua);
+  // Whole blocks of a successful write are cached; a partial edge block only loses its copy.
+  const bool whole = off % bs_ == 0 && in.size() % bs_ == 0;
+  EndWrite(b0, b1, versions, s.ok() && whole ? in.data() : nullptr);
+  return s;
+}
+
+Status CacheLayer::Trim(uint64_t off, uint64_t len, bool fua) {
+  if (len == 0) return next_->Trim(off, len, fua);
+  const uint64_t b0 = off / bs_, b1 = (off + len - 1) / bs_;
+  std::vector<uint64_t> versions = BeginWrite(b0, b1);
+  Status s = next_->Trim(off, len, fua);
+  EndWrite(b0, b1, versions, nullptr);
+  return s;
+}
+
+Status CacheLayer::WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) {
+  if (len == 0) return next_->WriteZeroes(off, len, may_trim, fua);
+  const uint64_t b0 = off / bs_, b1 = (off + len - 1) / bs_;
+  std::vector<uint64_t> versions = BeginWrite(b0, b1);
+  Status s = next_->WriteZeroes(off, len, may_trim, fua);
+  EndWrite(b0, b1, versions, nullptr);
+  return s;
+}
+
+}  // namespace qbd
