@@ -6,6 +6,7 @@
 // "error MESSAGE". qbd-repair uses it to have the running daemon repair chunks under its own
 // region locks rather than race it. Requests:
 //   ping                                   -> "ok qbd-master pid=N" "end"
+//   stats                                  -> one line per volume, then the cache's line
 //   repair VOLUME CHUNK [dry-run] [targets=MASK]
 //                                          -> EncodeRepairReport(...)  (CHUNK is 0-based)
 //

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "qbd/log.h"
+#include "qbd/stats.h"
 
 namespace qbd {
 
@@ -228,6 +229,14 @@ Status Master::Stop() {
 Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
   const std::string& cmd = words[0];
   if (cmd == "ping") return fmt::format("ok qbd-master pid={}", ::getpid());
+  if (cmd == "stats") {
+    // One line per volume (its request counters), then the cache's sizes and hit ratio.
+    std::string out;
+    std::lock_guard<std::mutex> l(volumes_mu_);
+    for (const auto& [name, vol] : volumes_) out += fmt::format("volume {}: {}\n", name, vol->stats().Summary());
+    out += cache_ ? cache_->Summary() : std::string("cache: off");
+    return out;
+  }
   if (cmd == "repair") {
     // repair VOLUME CHUNK [dry-run] [targets=MASK]
     if (words.size() < 3) return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK]");
@@ -252,7 +261,7 @@ Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
     QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, it->second->quorum().RepairChunk(chunk, o));
     return EncodeRepairReport(r);
   }
-  return Status::InvalidArgument(fmt::format("unknown request '{}' (ping, repair)", cmd));
+  return Status::InvalidArgument(fmt::format("unknown request '{}' (ping, stats, repair)", cmd));
 }
 
 }  // namespace qbd
