@@ -1,124 +1,514 @@
 #!/usr/bin/env python3
-"""qbd benchmark: the same fio jobs (nbd ioengine) against qbd-master and peer NBD servers on
-loopback, interleaved in one run, printed as a table (rows = workloads, columns = servers) with
-the ratio qbd/peer, appended to bench/results/history.txt and written to bench/results/latest.json.
+"""qbd benchmark (`make bench`): qbd-master against plain NBD servers on the same machine, same disk,
+same run.
 
-usage: scripts/bench.py BUILD_DIR      (BENCH_SECONDS=N sets each job's length, default 30)
+Every server listens on 127.0.0.1 (a free port, never 10809) and serves its own export in one scratch
+directory (BENCH_DIR, default the system temporary directory):
+  qbd 1 part                  qbd-master, volume "one": 1 replica
+  qbd 3 parts                 the same qbd-master, volume "three": 3 replicas on three directories of
+                              the same disk (allow_shared_failure_domain: this measures the cost of
+                              replication and checksums, not its safety)
+  nbdkit file                 nbdkit's file plugin on a raw file
+  qemu-nbd --cache=writeback  qemu-nbd -t -e 16 on a raw file
+  nbd-server                  nbd-server (config file; flush and fua on, otherwise its defaults)
+  nbdkit memory               nbdkit's memory plugin: no disk at all, the protocol ceiling
+Each export is max(BENCH_SIZE, BENCH_COPY_SIZE) bytes (default 2 GiB, so that the nbdcopy row fits);
+its first BENCH_SIZE bytes (default 1 GiB) are written once through NBD with the same fio job on
+every server, so that reads hit real data, and the fio jobs use that region. For every workload
+(row), every server (column) in turn runs the same job; with BENCH_ROUNDS=N (default 1) the whole
+sequence runs N times and each cell is the median. `sync` runs before every job so that none starts
+with another's dirty pages. Workloads: fio with ioengine=nbd, one connection, BENCH_SECONDS (default
+30) per job; the last row is `nbdcopy --flush` of a BENCH_COPY_SIZE file of random data (read once
+just before each copy, so it comes from the page cache) into the export.
+
+Printed: the table with the ratios qbd/peer per row, qbd-master's CPU seconds (user + system, from
+/proc/PID/stat) per GiB moved by each qbd job and its peak RSS (VmHWM). Appended to
+bench/results/history.txt with the machine, date (UTC) and commit; the run also goes to
+bench/results/latest.json as {"workload (unit)": {"server": value}}, plus rows
+"qbd-master CPU, <workload> (s/GiB)" and "qbd-master peak RSS (MiB)" of the same shape.
+
+usage: scripts/bench.py BUILD_DIR   (make bench)
+  BENCH_SECONDS=N  each fio job's length (default 30)   BENCH_SIZE=S  fio region (default 1G)
+  BENCH_COPY_SIZE=S  nbdcopy size (default 2G)   BENCH_ROUNDS=N  rounds, medians (default 1)
+  BENCH_DIR=DIR  where the scratch directory is created
 """
-import json, os, platform, shutil, signal, socket, subprocess, sys, tempfile, time
+import ctypes, json, os, platform, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-BUILD = sys.argv[1] if len(sys.argv) > 1 else "build/release"
-SECONDS = int(os.environ.get("BENCH_SECONDS", "30"))
-SIZE = os.environ.get("BENCH_SIZE", "1G")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = sys.argv[1] if len(sys.argv) > 1 else "build/release"
 
-WORKLOADS = [
-    ("4k randread iodepth32 (IOPS)", dict(rw="randread", bs="4k", iodepth=32), "iops"),
-    ("4k randwrite iodepth32 (IOPS)", dict(rw="randwrite", bs="4k", iodepth=32), "iops"),
-    ("1m read iodepth8 (MB/s)", dict(rw="read", bs="1m", iodepth=8), "mbps"),
-    ("1m write iodepth8 (MB/s)", dict(rw="write", bs="1m", iodepth=8), "mbps"),
+
+def parse_size(text):
+    m = re.fullmatch(r"(\d+)([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
+    if not m:
+        sys.exit(f"bench: bad size {text!r} (a number with K, M, G or T)")
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def env_int(name, default):
+    text = os.environ.get(name, "") or default
+    if not text.isdigit() or int(text) < 1:
+        sys.exit(f"bench: {name}={text!r}: a whole number >= 1")
+    return int(text)
+
+
+SECONDS = env_int("BENCH_SECONDS", "30")
+SIZE = parse_size(os.environ.get("BENCH_SIZE", "") or "1G")
+COPY_SIZE = parse_size(os.environ.get("BENCH_COPY_SIZE", "") or "2G")
+ROUNDS = env_int("BENCH_ROUNDS", "1")
+EXPORT_SIZE = max(SIZE, COPY_SIZE)
+GIB = 1 << 30
+
+# qbd-master daemons: label -> extra qbd.conf lines. Each runs over its own three part directories
+# and serves volume "one" (1 replica) and volume "three" (3 replicas).
+QBD_CACHE_CONF = None  # qbd.conf line(s) that turn qbd's cache on; set it to add the cache columns
+QBD_DAEMONS = {"qbd-master": ""}
+if QBD_CACHE_CONF:
+    QBD_DAEMONS["qbd-master cache"] = QBD_CACHE_CONF
+
+# Columns, in order: (name, kind, argument). For kind "qbd" the argument is (daemon, volume).
+SERVERS = [
+    ("qbd 1 part", "qbd", ("qbd-master", "one")),
+    ("qbd 3 parts", "qbd", ("qbd-master", "three")),
+    *([("qbd 1 part cache", "qbd", ("qbd-master cache", "one")),
+       ("qbd 3 parts cache", "qbd", ("qbd-master cache", "three"))] if QBD_CACHE_CONF else []),
+    ("nbdkit file", "nbdkit-file", None),
+    ("qemu-nbd --cache=writeback", "qemu-nbd", None),
+    ("nbd-server", "nbd-server", None),
+    ("nbdkit memory", "nbdkit-memory", None),
 ]
 
+# Ratio columns: (header, numerator column, denominator column). > 1 means qbd is faster.
+RATIOS = [
+    ("1p/nbdkit", "qbd 1 part", "nbdkit file"),
+    ("3p/nbdkit", "qbd 3 parts", "nbdkit file"),
+    *([("1pc/nbdkit", "qbd 1 part cache", "nbdkit file"),
+       ("3pc/nbdkit", "qbd 3 parts cache", "nbdkit file")] if QBD_CACHE_CONF else []),
+    ("1p/qemu", "qbd 1 part", "qemu-nbd --cache=writeback"),
+    ("1p/nbd-srv", "qbd 1 part", "nbd-server"),
+]
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+# Rows: (name with its unit, fio options or "nbdcopy", what is reported).
+WORKLOADS = [
+    ("4k randread iodepth1 (IOPS)", dict(rw="randread", bs="4k", iodepth=1), "iops"),
+    ("4k randread iodepth32 (IOPS)", dict(rw="randread", bs="4k", iodepth=32), "iops"),
+    ("4k randwrite iodepth1 (IOPS)", dict(rw="randwrite", bs="4k", iodepth=1), "iops"),
+    ("4k randwrite iodepth32 (IOPS)", dict(rw="randwrite", bs="4k", iodepth=32), "iops"),
+    ("1m seq read iodepth8 (MB/s)", dict(rw="read", bs="1m", iodepth=8), "mbps"),
+    ("1m seq write iodepth8 (MB/s)", dict(rw="write", bs="1m", iodepth=8), "mbps"),
+    # A database's log: sequential 4 KiB writes, each followed by a flush (fio --fsync=1).
+    ("4k write+fsync iodepth1 (IOPS)", dict(rw="write", bs="4k", iodepth=1, fsync=1), "iops"),
+    (f"nbdcopy {COPY_SIZE / GIB:g} GiB in (MB/s)", "nbdcopy", "mbps"),
+]
+
+TOOLS = {  # command -> Debian package (scripts/install-deps.sh installs them all)
+    "fio": "fio", "nbdcopy": "libnbd-bin", "nbdinfo": "libnbd-bin", "nbdkit": "nbdkit",
+    "qemu-nbd": "qemu-utils", "nbd-server": "nbd-server",
+}
 
 
-def wait_port(port, timeout=15):
+class BenchError(Exception):
+    pass
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent():
+    # A server started here gets SIGTERM if this script dies without its cleanup (SIGKILL).
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Procs:
+    """Every process started here, stopped by its PID (SIGTERM, then SIGKILL after 20 s). This script
+    is a child subreaper, so a server that forks into the background (nbd-server) stays its child: its
+    PID cannot go to another process before it is stopped and reaped here."""
+
+    def __init__(self):
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.items = []  # (name, Popen or the PID of a child that was not started as a Popen)
+
+    def start(self, name, args, logfile):
+        with open(logfile, "w") as out:
+            p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, preexec_fn=_die_with_parent)
+        self.items.append((name, p))
+        return p
+
+    def adopt(self, name, pid):
+        self.items.append((name, pid))
+
+    @staticmethod
+    def _stat(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # [state, ppid, ...]
+
+    @classmethod
+    def running(cls, pid):
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == 0  # reaps it once it has exited
+        except ChildProcessError:  # not (or no longer) a child of this script
+            try:
+                return cls._stat(pid)[0] != "Z"
+            except OSError:
+                return False
+
+    @classmethod
+    def _children(cls, pid):
+        kids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if int(cls._stat(d)[1]) == pid:
+                        kids.append(int(d))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return kids
+
+    def stop_all(self):
+        pids = []
+        for name, p in reversed(self.items):
+            if isinstance(p, subprocess.Popen):
+                if p.poll() is None:
+                    pids.append((name, p.pid, p))
+            elif self.running(p):
+                pids += [(f"{name} child", k, None) for k in self._children(p)]
+                pids.append((name, p, None))
+        for _, pid, _ in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        end = time.time() + 20
+        for name, pid, p in pids:
+            while (p.poll() is None) if p else self.running(pid):
+                if time.time() > end:
+                    log(f"bench: {name} (pid {pid}) ignores SIGTERM, killing it")
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    if p:
+                        p.wait()
+                    break
+                time.sleep(0.05)
+        self.items = []
+        while True:  # orphans handed to this subreaper (nbd-server's connection processes)
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+def free_port(taken):
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port != 10809 and port not in taken:
+            taken.add(port)
+            return port
+
+
+def tail(path, n=20):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def wait_ready(name, uri, proc, logfile, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        if isinstance(proc, subprocess.Popen) and proc.poll() is not None:
+            raise BenchError(f"{name} exited with status {proc.returncode} at start:\n{tail(logfile)}")
+        if isinstance(proc, int) and not Procs.running(proc):
+            raise BenchError(f"{name} (pid {proc}) exited at start; it logs only to syslog")
+        if subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode == 0:
             return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+        time.sleep(0.1)
+    raise BenchError(f"{name} does not answer on {uri} after {timeout} s:\n{tail(logfile)}")
 
 
-def fio(uri, job):
-    args = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--size={SIZE}", f"--runtime={SECONDS}",
-            "--time_based", "--output-format=json", f"--rw={job['rw']}", f"--bs={job['bs']}",
-            f"--iodepth={job['iodepth']}"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    data = json.loads(out[out.index("{"):])["jobs"][0]
-    iops = data["read"]["iops"] + data["write"]["iops"]
-    mbps = (data["read"]["bw_bytes"] + data["write"]["bw_bytes"]) / 1e6
-    return iops, mbps
+def run(args, what):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"{what} failed (exit {r.returncode}): {' '.join(args)}\n{(r.stderr or r.stdout)[-3000:]}")
+    return r.stdout
+
+
+class Bench:
+    def __init__(self, tmp, procs):
+        self.tmp, self.procs, self.ports = tmp, procs, set()
+        self.qbd = {}  # daemon label -> (port, Popen)
+
+    def image(self, name):
+        path = f"{self.tmp}/{name}.img"
+        with open(path, "wb") as f:
+            f.truncate(EXPORT_SIZE)
+        return path
+
+    def start_qbd(self, label, extra):
+        d = f"{self.tmp}/{label.replace(' ', '-')}"
+        os.makedirs(d)
+        port = free_port(self.ports)
+        conf = f"{d}/qbd.conf"
+        with open(conf, "w") as f:
+            f.write(f"listen = 127.0.0.1:{port}\nparts = a b c\nallow_shared_failure_domain = true\n")
+            if extra:
+                f.write(extra.rstrip("\n") + "\n")
+            for p in "abc":
+                f.write(f"[backend {p}]\npath = node-{p}\n")
+        ctl = [f"{BUILD}/bin/qbdctl", "--config", conf]
+        run(ctl + ["create", "one", "--size", str(EXPORT_SIZE), "--replicas", "1"], "qbdctl create one")
+        run(ctl + ["create", "three", "--size", str(EXPORT_SIZE), "--replicas", "3"], "qbdctl create three")
+        p = self.procs.start(label, [f"{BUILD}/bin/qbd-master", "--config", conf], f"{d}/master.log")
+        wait_ready(label, f"nbd://127.0.0.1:{port}/one", p, f"{d}/master.log")
+        self.qbd[label] = (port, p)
+
+    def start(self, name, kind, arg):
+        """Starts the server of column `name` (qbd daemons are already running); returns its URI."""
+        if kind == "qbd":
+            return f"nbd://127.0.0.1:{self.qbd[arg[0]][0]}/{arg[1]}"
+        port = free_port(self.ports)
+        logfile = f"{self.tmp}/{kind}.log"
+        uri = f"nbd://127.0.0.1:{port}/"
+        if kind == "nbdkit-file":
+            p = self.procs.start(name, ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "file",
+                                        self.image("nbdkit-file")], logfile)
+        elif kind == "nbdkit-memory":
+            p = self.procs.start(name, ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "memory",
+                                        str(EXPORT_SIZE)], logfile)
+        elif kind == "qemu-nbd":
+            p = self.procs.start(name, ["qemu-nbd", "-f", "raw", "-t", "-e", "16", "--cache=writeback",
+                                        "-b", "127.0.0.1", "-p", str(port), self.image("qemu-nbd")], logfile)
+        elif kind == "nbd-server":
+            # It forks into the background (its -d mode serves one connection, then exits) and logs
+            # only to syslog: its PID comes from -p, its start-up errors from stderr.
+            conf, pidfile = f"{self.tmp}/nbd-server.conf", f"{self.tmp}/nbd-server.pid"
+            with open(conf, "w") as f:
+                f.write(f"[generic]\nlistenaddr = 127.0.0.1\nport = {port}\n"
+                        f"[bench]\nexportname = {self.image('nbd-server')}\nflush = true\nfua = true\n")
+            r = subprocess.run(["nbd-server", "-C", conf, "-p", pidfile], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True)
+            deadline, p = time.time() + 10, None
+            while r.returncode == 0 and p is None and time.time() < deadline:
+                try:
+                    with open(pidfile) as f:
+                        p = int(f.read())
+                except (OSError, ValueError):  # not written yet
+                    time.sleep(0.05)
+            if p is None:
+                raise BenchError(f"nbd-server did not start (exit {r.returncode}):\n{r.stderr}{r.stdout}")
+            self.procs.adopt(name, p)
+            uri += "bench"
+        else:
+            raise BenchError(f"unknown server kind {kind}")
+        wait_ready(name, uri, p, logfile)
+        return uri
+
+
+def fio(uri, job, name="b", size=SIZE, seconds=SECONDS):
+    args = ["fio", f"--name={name}", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+            "--output-format=json"] + [f"--{k}={v}" for k, v in job.items()]
+    if seconds:
+        args += [f"--runtime={seconds}", "--time_based"]
+    out = run(args, f"fio {name} on {uri}")
+    # fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+    data = json.JSONDecoder().raw_decode(out[out.index("\n{") + 1 if not out.startswith("{") else 0:])[0]
+    j = data["jobs"][0]
+    if j.get("error"):
+        raise BenchError(f"fio {name} on {uri}: error {j['error']}")
+    return (j["read"]["iops"] + j["write"]["iops"], (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1e6,
+            j["read"]["io_bytes"] + j["write"]["io_bytes"])
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine():
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / (1 << 20)
+    return f"{platform.node()} {len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def versions():
+    out = []
+    for args in (["nbdkit", "--version"], ["qemu-nbd", "--version"], ["nbd-server", "-V"], ["fio", "--version"],
+                 ["nbdcopy", "--version"]):
+        r = subprocess.run(args, capture_output=True, text=True)
+        line = (r.stdout or r.stderr).strip().splitlines()
+        m = re.search(r"\d+\.\d+(\.\d+)?", line[0] if line else "")
+        out.append(f"{args[0]} {m.group(0) if m else '?'}")
+    return ", ".join(out)
+
+
+def fmt(v):
+    return "-" if v is None else f"{v:.0f}"
+
+
+def table(results):
+    cols = [s[0] for s in SERVERS]
+    wl = max(len(w[0]) for w in WORKLOADS) + 2
+    widths = [max(len(c), 8) + 2 for c in cols]
+    rw = [max(len(r[0]), 5) + 2 for r in RATIOS]
+    head = f"{'workload':{wl}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths)) + \
+        "".join(f"{r[0]:>{w}}" for r, w in zip(RATIOS, rw))
+    lines = [head, "-" * len(head)]
+    for name, _, _ in WORKLOADS:
+        row = results[name]
+        line = f"{name:{wl}}" + "".join(f"{fmt(row.get(c)):>{w}}" for c, w in zip(cols, widths))
+        for (_, num, den), w in zip(RATIOS, rw):
+            a, b = row.get(num), row.get(den)
+            line += f"{(f'{a / b:.2f}' if a is not None and b else '-'):>{w}}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="qbd-bench.")
-    procs = []
+    t0 = time.time()
+    missing = [f"{t} (package {pkg})" for t, pkg in TOOLS.items() if not shutil.which(t)]
+    if missing:
+        raise BenchError("missing: " + ", ".join(missing) + "; scripts/install-deps.sh (make deps) installs them")
+    for b in ("qbd-master", "qbdctl"):
+        if not os.access(f"{BUILD}/bin/{b}", os.X_OK):
+            raise BenchError(f"{BUILD}/bin/{b} is missing: build it first (make)")
+    if SIZE < (1 << 20) or COPY_SIZE < (1 << 20):
+        raise BenchError("BENCH_SIZE and BENCH_COPY_SIZE must be at least 1M")
+
+    fio_rows = sum(1 for w in WORKLOADS if w[1] != "nbdcopy")
+    est = ROUNDS * len(SERVERS) * fio_rows * (SECONDS + 1) / 60 + 1.5  # + set-up, fill and nbdcopy
+    log(f"bench: {len(WORKLOADS)} workloads x {len(SERVERS)} servers x {ROUNDS} round(s), {SECONDS} s per fio job: "
+        f"about {est:.0f} min")
+
+    def on_sigterm(signum, frame):
+        raise Interrupted(f"signal {signum}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)
+
+    tmp = tempfile.mkdtemp(prefix="qbd-bench.", dir=os.environ.get("BENCH_DIR") or None)
+    procs = Procs()
     try:
-        servers = {}
-        # qbd-master with a 1-part and a 3-part volume.
-        qport = free_port()
-        with open(f"{tmp}/qbd.conf", "w") as f:
-            # Three directories on one disk: the point is the cost of replication, not its safety.
-            f.write(f"listen = 127.0.0.1:{qport}\nparts = a b c\nallow_shared_failure_domain = true\n")
-            for p in "abc":
-                f.write(f"[backend {p}]\npath = node-{p}\n")
-        ctl = [f"{BUILD}/bin/qbdctl", "--config", f"{tmp}/qbd.conf"]
-        subprocess.run(ctl + ["create", "one", "--size", SIZE, "--replicas", "1"], check=True, capture_output=True)
-        subprocess.run(ctl + ["create", "three", "--size", SIZE, "--replicas", "3"], check=True, capture_output=True)
-        log = open(f"{tmp}/master.log", "w")
-        procs.append(subprocess.Popen([f"{BUILD}/bin/qbd-master", "--config", f"{tmp}/qbd.conf"], stderr=log))
-        wait_port(qport)
-        servers["qbd 1 part"] = f"nbd://127.0.0.1:{qport}/one"
-        servers["qbd 3 parts"] = f"nbd://127.0.0.1:{qport}/three"
-        # nbdkit file plugin on one file of the same size, same disk.
-        kport = free_port()
-        subprocess.run(["truncate", "-s", SIZE, f"{tmp}/nbdkit.img"], check=True)
-        procs.append(subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(kport), "file",
-                                       f"{tmp}/nbdkit.img"], stderr=subprocess.DEVNULL))
-        wait_port(kport)
-        servers["nbdkit file"] = f"nbd://127.0.0.1:{kport}/"
+        log(f"bench: scratch directory {tmp}; writing {COPY_SIZE / GIB:g} GiB of random data for nbdcopy")
+        src = f"{tmp}/random.img"
+        with open(src, "wb") as f:
+            left = COPY_SIZE
+            while left:
+                n = min(left, 64 << 20)
+                f.write(os.urandom(n))
+                left -= n
 
-        # Fill every device once so reads hit data, not holes.
-        for uri in servers.values():
-            subprocess.run(["fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}", f"--size={SIZE}", "--rw=write",
-                            "--bs=1m", "--iodepth=8"], check=True, capture_output=True)
+        bench = Bench(tmp, procs)
+        for label, extra in QBD_DAEMONS.items():
+            bench.start_qbd(label, extra)
+        uris = {name: bench.start(name, kind, arg) for name, kind, arg in SERVERS}
+        qbd_pid = {name: bench.qbd[arg[0]][1].pid for name, kind, arg in SERVERS if kind == "qbd"}
 
-        results = {}
-        for name, job, unit in WORKLOADS:
-            results[name] = {}
-            for server, uri in servers.items():  # interleaved: every server per workload, in turn
-                iops, mbps = fio(uri, job)
-                results[name][server] = round(iops if unit == "iops" else mbps, 1)
-                print(f"  {name:32} {server:12} {results[name][server]:>10}", file=sys.stderr)
+        # The same fill everywhere: the fio region written once, 1 MiB at a time, through NBD.
+        for name, uri in uris.items():
+            log(f"  fill {name}")
+            fio(uri, dict(rw="write", bs="1m", iodepth=8), name="fill", seconds=0)
+        os.sync()
 
-        cols = list(servers)
-        head = f"{'workload':34}" + "".join(f"{c:>14}" for c in cols) + f"{'1p/nbdkit':>11}{'3p/nbdkit':>11}"
-        lines = [head, "-" * len(head)]
-        for name, row in results.items():
-            base = row["nbdkit file"] or 1
-            lines.append(f"{name:34}" + "".join(f"{row[c]:>14}" for c in cols) +
-                         f"{row['qbd 1 part'] / base:>11.2f}{row['qbd 3 parts'] / base:>11.2f}")
-        table = "\n".join(lines)
-        print(table)
+        samples = {w[0]: {s: [] for s in uris} for w in WORKLOADS}
+        cpu = {w[0]: {s: [] for s in qbd_pid} for w in WORKLOADS}
+        for rnd in range(ROUNDS):
+            for wname, job, unit in WORKLOADS:
+                for name, uri in uris.items():  # interleaved: every server per workload, in turn
+                    if job == "nbdcopy":
+                        with open(src, "rb") as f:  # from the page cache, like the fio data
+                            while f.read(16 << 20):
+                                pass
+                    os.sync()
+                    c0 = cpu_seconds(qbd_pid[name]) if name in qbd_pid else None
+                    if job == "nbdcopy":
+                        t = time.monotonic()
+                        run(["nbdcopy", "--flush", src, uri], f"nbdcopy into {name}")
+                        moved = COPY_SIZE
+                        value = moved / 1e6 / (time.monotonic() - t)
+                    else:
+                        iops, mbps, moved = fio(uri, job)
+                        value = iops if unit == "iops" else mbps
+                    if c0 is not None:
+                        cpu[wname][name].append((cpu_seconds(qbd_pid[name]) - c0) / (moved / GIB))
+                    samples[wname][name].append(value)
+                    log(f"  {f'round {rnd + 1} ' if ROUNDS > 1 else ''}{wname:32} {name:28} {value:>10.0f}")
+
+        rss = {label: peak_rss_mib(p.pid) for label, (_, p) in bench.qbd.items()}
+        results = {w: {s: round(statistics.median(v), 1) for s, v in row.items()} for w, row in samples.items()}
+        cpu_med = {w: {s: round(statistics.median(v), 3) for s, v in row.items()} for w, row in cpu.items()}
+
+        out = table(results)
+        qcols = list(qbd_pid)
+        cw = max(len(c) for c in qcols) + 2
+        wl = max(len(w[0]) for w in WORKLOADS) + 2
+        cpu_lines = [f"{'qbd-master CPU s per GiB moved':{wl}}" + "".join(f"{c:>{cw}}" for c in qcols)]
+        for w in cpu_med:
+            cpu_lines.append(f"{w.rsplit(' (', 1)[0]:{wl}}" + "".join(f"{cpu_med[w][c]:>{cw}.2f}" for c in qcols))
+        rss_line = "qbd-master peak RSS (VmHWM): " + ", ".join(
+            f"{label} {v:.0f} MiB" + (f" ({extra.strip()})" if extra else "")
+            for (label, extra), v in zip(QBD_DAEMONS.items(), rss.values()))
+        wall = (time.time() - t0) / 60
+        notes = (f"{'Medians of ' + str(ROUNDS) + ' rounds; ' if ROUNDS > 1 else ''}fio ioengine=nbd, one connection, "
+                 f"{SECONDS} s per job over the first {SIZE / GIB:g} GiB (written once through NBD) of "
+                 f"{EXPORT_SIZE / GIB:g} GiB exports on one disk; nbdcopy --flush of {COPY_SIZE / GIB:g} GiB of "
+                 f"random data from the page cache. Ratios: qbd / peer (1p = qbd 1 part, 3p = qbd 3 parts).")
+        report = "\n".join([out, "", *cpu_lines, rss_line])
+        print(report)
+        print(f"\nwall time {wall:.1f} min")
+
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        machine = f"{platform.node()} {os.cpu_count()} cores, {platform.platform()}"
+                                text=True).stdout.strip() or "?"
+        if subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                          text=True).stdout.strip():
+            commit += " (with uncommitted changes)"
         os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
         with open(f"{ROOT}/bench/results/history.txt", "a") as f:
-            f.write(f"\n## {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} commit {commit}, "
-                    f"{SECONDS}s per job, {SIZE} devices; {machine}\n{table}\n")
+            f.write(f"\n## {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} commit {commit}, NBD peers, "
+                    f"{SECONDS}s per job, {SIZE / GIB:g} GiB fio region; {machine()}; {versions()}; "
+                    f"wall {wall:.1f} min\n{report}\n\n{notes}\n")
+        doc = dict(results)
+        for w, row in cpu_med.items():
+            doc[f"qbd-master CPU, {w.rsplit(' (', 1)[0]} (s/GiB)"] = row
+        doc["qbd-master peak RSS (MiB)"] = {label: round(v, 1) for label, v in rss.items()}
         with open(f"{ROOT}/bench/results/latest.json", "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(doc, f, indent=1)
+            f.write("\n")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BenchError as e:
+        sys.exit(f"bench: {e}")
+    except (KeyboardInterrupt, Interrupted):
+        sys.exit("bench: interrupted; every server it started is stopped")
