@@ -201,6 +201,15 @@ TEST_CASE(
       std::byte{0xd6}, std::byte{0x40}, std::byte{0xd7}, std::byte{0x98}};
   CHECK(meta == want);
 }
+TEST_CASE("ChunkFileNumber reads back what ChunkPath names and rejects anything else") {
+  CHECK(ChunkFileNumber("1") == 1);
+  CHECK(ChunkFileNumber("123") == 123);
+  CHECK(ChunkPath(11, 'b', 122).ends_with("/" + std::to_string(ChunkFileNumber("123"))));
+  for (const char* bad : {"", "0", "01", "-1", "+1", "1a", ".1.tmp", "1.tmp.7", " 1"}) {
+    CAPTURE(bad);
+    CHECK(ChunkFileNumber(bad) == 0);
+  }
+}
 }  // TEST_SUITE("chunk_format")
 
 }  // namespace qbd::test

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "qbd/status.h"
 
@@ -62,6 +63,9 @@ struct Geometry {
 
 // "<volnr>/<part>/<chunk+1>", the chunk file of 0-based chunk index `chunk` (§3).
 std::string ChunkPath(uint32_t volnr, char part, uint64_t chunk);
+// The number <n> of a chunk file name ("1".."N": decimal, no sign, no leading zero), the inverse
+// of ChunkPath's last component; 0 for any other name.
+uint64_t ChunkFileNumber(std::string_view name);
 // "<volnr>/<part>".
 std::string PartDir(uint32_t volnr, char part);
 

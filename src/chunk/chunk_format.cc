@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+
 #include <algorithm>
 
 #include "common/coding.h"
@@ -57,5 +59,12 @@ std::string ChunkPath(uint32_t volnr, char part, uint64_t chunk) {
 }
 
 std::string PartDir(uint32_t volnr, char part) { return fmt::format("{}/{}", volnr, part); }
+
+uint64_t ChunkFileNumber(std::string_view name) {
+  if (name.empty() || name[0] == '0') return 0;
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), v);
+  return ec == std::errc() && end == name.data() + name.size() ? v : 0;
+}
 
 }  // namespace qbd

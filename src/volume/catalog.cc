@@ -1,6 +1,8 @@
 #include "qbd/catalog.h"
 
 #include <fmt/format.h>
+
+#include <charconv>
 #include <fmt/ranges.h>
 
 #include <chrono>
@@ -73,6 +75,21 @@ std::vector<StorageBackend*> Catalog::BackendsFor(const VolumeMeta& meta) {
 }
 
 std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch", volnr); }
+
+Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view file) {
+  QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(text, file));
+  uint64_t epoch = 0;
+  for (const KvLine& l : lines) {
+    if (l.key != "epoch") continue;
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
+    if (ec != std::errc() || end != l.value.data() + l.value.size()) {
+      return Status::InvalidArgument(fmt::format("{}:{}: epoch is not a number", file, l.line));
+    }
+    epoch = std::max(epoch, v);
+  }
+  return epoch;
+}
 
 // A copy that could not be read at all (as opposed to a missing one, serial -1).
 static constexpr int64_t kUnreadable = -2;

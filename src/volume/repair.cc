@@ -63,12 +63,8 @@ std::vector<uint64_t> ChunksToVisit(const VolumeMeta& meta,
     auto names = backends[p]->List(PartDir(meta.number, static_cast<char>('a' + p)));
     if (!names.ok()) continue;
     for (const std::string& n : *names) {
-      uint64_t file = 0;
-      auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
-      if (ec == std::errc() && end == n.data() + n.size() && n[0] != '0' && file >= 1 &&
-          file <= g.ChunkCount()) {
-        chunks.insert(file - 1);
-      }
+      const uint64_t file = ChunkFileNumber(n);
+      if (file >= 1 && file <= g.ChunkCount()) chunks.insert(file - 1);
     }
   }
   return {chunks.begin(), chunks.end()};
@@ -126,18 +122,12 @@ std::vector<std::string> RepairMetadata(Catalog& catalog, const VolumeMeta& meta
         continue;
       }
       if (!text.ok()) continue;
-      auto lines = ParseKvText(*text, path);
-      if (!lines.ok()) {
-        missing[p] = 1;
+      auto v = Catalog::ParseEpoch(*text, path);
+      if (!v.ok()) {
+        missing[p] = 1;  // malformed: rewritten like a missing one
         continue;
       }
-      for (const KvLine& l : *lines) {
-        uint64_t v = 0;
-        if (l.key == "epoch" &&
-            std::from_chars(l.value.data(), l.value.data() + l.value.size(), v).ec == std::errc()) {
-          epoch = std::max(epoch, v);
-        }
-      }
+      epoch = std::max(epoch, *v);
     }
     for (size_t p = 0; p < bs.size(); ++p) {
       if (missing[p] && epoch > 0) {

@@ -49,14 +49,6 @@ class Throttle {
   Clock::time_point next_;
 };
 
-// A decimal chunk file name "1".."N" (no sign, no leading zero): its number, else 0.
-uint64_t ChunkFileNumber(const std::string& name) {
-  if (name.empty() || name[0] == '0') return 0;
-  uint64_t v = 0;
-  auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), v);
-  return ec == std::errc() && end == name.data() + name.size() ? v : 0;
-}
-
 struct VolumeWork {
   VolumeMeta meta;
   std::vector<StorageBackend*> backends;
@@ -138,14 +130,11 @@ void CheckVolumeMetadata(VolumeWork& w) {
       }
     }
     if (auto text = read(Catalog::EpochPath(nr), ".epoch")) {
-      auto lines = ParseKvText(*text, w.Where(p, Catalog::EpochPath(nr)));
-      if (!lines.ok()) {
-        bad(Catalog::EpochPath(nr), lines.status());
+      auto epoch = Catalog::ParseEpoch(*text, w.Where(p, Catalog::EpochPath(nr)));
+      if (!epoch.ok()) {
+        bad(Catalog::EpochPath(nr), epoch.status());
       } else {
-        for (const KvLine& l : *lines) {
-          if (l.key == "epoch")
-            std::from_chars(l.value.data(), l.value.data() + l.value.size(), epochs[p]);
-        }
+        epochs[p] = *epoch;
         max_epoch = std::max(max_epoch, epochs[p]);
       }
     }

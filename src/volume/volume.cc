@@ -27,16 +27,8 @@ Result<uint64_t> BumpEpoch(uint32_t volnr, const std::vector<StorageBackend*>& b
       if (!text.status().IsNotFound()) (*down)[i] = text.status();
       continue;
     }
-    QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(*text, b->Describe() + "/" + path));
-    for (const KvLine& l : lines) {
-      if (l.key != "epoch") continue;
-      uint64_t v = 0;
-      auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
-      if (ec != std::errc() || end != l.value.data() + l.value.size()) {
-        return Status::InvalidArgument(fmt::format("{}/{}:{}: epoch is not a number", b->Describe(), path, l.line));
-      }
-      epoch = std::max(epoch, v);
-    }
+    QBD_ASSIGN_OR_RETURN(uint64_t v, Catalog::ParseEpoch(*text, b->Describe() + "/" + path));
+    epoch = std::max(epoch, v);
   }
   ++epoch;
   if (no_writes) return epoch;
@@ -93,10 +85,8 @@ Result<std::unique_ptr<DirtyMap>> LoadChunkMap(const VolumeMeta& meta, const std
     auto names = backends[i]->List(PartDir(meta.number, static_cast<char>('a' + i)));
     if (!names.ok()) continue;
     for (const std::string& n : *names) {
-      uint64_t file = 0;
-      auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), file);
-      if (ec == std::errc() && end == n.data() + n.size() && n[0] != '0' && file >= 1 && file <= g.ChunkCount() &&
-          !map->Test(file - 1)) {
+      const uint64_t file = ChunkFileNumber(n);
+      if (file >= 1 && file <= g.ChunkCount() && !map->Test(file - 1)) {
         map->Set(file - 1, file - 1);
         ++added;
       }
