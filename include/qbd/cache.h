@@ -105,6 +105,41 @@ class BlockCache {
   CacheCounters counters_;
 };
 
+// Per-block counters of writes in flight and writes finished, hashed into a fixed table of slots
+// (blocks sharing a slot share counters, which only makes a cache skip more). A cache fills a block
+// only if no write touched it while the data was read, and caches a write's data only if no other
+// write overlapped it, so older data is never put back. The caller serializes each check with the
+// insertion it guards (a lock it also holds around Begin).
+//
+// Thread-safety: safe for concurrent use (atomics).
+class WriteTracker {
+ public:
+  static constexpr uint64_t kBusy = ~uint64_t{0};
+  WriteTracker();
+
+  // A write to `block` starts; returns the count of finished writes, for Sole.
+  uint64_t Begin(uint64_t block);
+  // ... and ends.
+  void End(uint64_t block);
+  // Every slot at once: a write wider than the table (a trim of a large range).
+  void BeginAll();
+  void EndAll();
+  static bool Wide(uint64_t b0, uint64_t b1) { return b1 - b0 + 1 >= kSlots; }
+
+  // Before a read: the finished-write count, or kBusy while a write is in flight.
+  uint64_t Seen(uint64_t block) const;
+  // After it: true if no write touched the block since Seen returned `seen`.
+  bool Unchanged(uint64_t block, uint64_t seen) const;
+  // Before End: true if the write that Begin returned `begun` for was the only one to the block.
+  bool Sole(uint64_t block, uint64_t begun) const;
+
+ private:
+  static constexpr size_t kSlots = 1u << 16;
+  static size_t Slot(uint64_t block) { return block % kSlots; }
+  std::unique_ptr<std::atomic<uint32_t>[]> inflight_;
+  std::unique_ptr<std::atomic<uint64_t>[]> version_;
+};
+
 class CacheLayer : public BlockHandler {
  public:
   // `cache` must outlive the layer; `volnr` keys this volume's blocks in it.
@@ -122,8 +157,6 @@ class CacheLayer : public BlockHandler {
   }
 
  private:
-  static constexpr size_t kSlots = 1u << 16;
-  size_t Slot(uint64_t block) const { return block % kSlots; }
   // Marks writes to blocks [b0, b1] in flight and drops them from the cache; returns the
   // finished-write versions seen at the start.
   std::vector<uint64_t> BeginWrite(uint64_t b0, uint64_t b1);
@@ -135,9 +168,7 @@ class CacheLayer : public BlockHandler {
   BlockCache& cache_;
   const uint32_t volnr_;
   const uint32_t bs_;
-  // Per slot (blocks hashed): writes in flight, and writes finished so far.
-  std::unique_ptr<std::atomic<uint32_t>[]> inflight_;
-  std::unique_ptr<std::atomic<uint64_t>[]> version_;
+  WriteTracker writes_;
 };
 
 }  // namespace qbd

@@ -139,20 +139,56 @@ std::string BlockCache::Summary() const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CacheLayer
+// WriteTracker
 
-CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size)
-    : next_(std::move(next)),
-      cache_(cache),
-      volnr_(volnr),
-      bs_(block_size),
-      inflight_(new std::atomic<uint32_t>[kSlots]),
-      version_(new std::atomic<uint64_t>[kSlots]) {
+WriteTracker::WriteTracker() : inflight_(new std::atomic<uint32_t>[kSlots]), version_(new std::atomic<uint64_t>[kSlots]) {
   for (size_t i = 0; i < kSlots; ++i) {
     inflight_[i].store(0);
     version_[i].store(0);
   }
 }
+
+uint64_t WriteTracker::Begin(uint64_t block) {
+  inflight_[Slot(block)].fetch_add(1, std::memory_order_acq_rel);
+  return version_[Slot(block)].load(std::memory_order_acquire);
+}
+
+void WriteTracker::End(uint64_t block) {
+  version_[Slot(block)].fetch_add(1, std::memory_order_acq_rel);
+  inflight_[Slot(block)].fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void WriteTracker::BeginAll() {
+  for (size_t slot = 0; slot < kSlots; ++slot) inflight_[slot].fetch_add(1, std::memory_order_acq_rel);
+}
+
+void WriteTracker::EndAll() {
+  for (size_t slot = 0; slot < kSlots; ++slot) {
+    version_[slot].fetch_add(1, std::memory_order_acq_rel);
+    inflight_[slot].fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+uint64_t WriteTracker::Seen(uint64_t block) const {
+  return inflight_[Slot(block)].load(std::memory_order_acquire) == 0 ? version_[Slot(block)].load(std::memory_order_acquire)
+                                                                      : kBusy;
+}
+
+bool WriteTracker::Unchanged(uint64_t block, uint64_t seen) const {
+  return seen != kBusy && inflight_[Slot(block)].load(std::memory_order_acquire) == 0 &&
+         version_[Slot(block)].load(std::memory_order_acquire) == seen;
+}
+
+bool WriteTracker::Sole(uint64_t block, uint64_t begun) const {
+  return inflight_[Slot(block)].load(std::memory_order_acquire) == 1 &&
+         version_[Slot(block)].load(std::memory_order_acquire) == begun;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CacheLayer
+
+CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size)
+    : next_(std::move(next)), cache_(cache), volnr_(volnr), bs_(block_size) {}
 
 CacheLayer::~CacheLayer() { cache_.EraseVolume(volnr_); }
 
@@ -178,12 +214,7 @@ Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
   c.misses.fetch_add(b1 - b0 + 1, std::memory_order_relaxed);
   // What the cache may take afterwards: blocks that no write touched while this read ran.
   std::vector<uint64_t> seen(b1 - b0 + 1);
-  for (uint64_t b = b0; b <= b1; ++b) {
-    const size_t slot = Slot(b);
-    seen[b - b0] = inflight_[slot].load(std::memory_order_acquire) == 0
-                       ? version_[slot].load(std::memory_order_acquire)
-                       : ~uint64_t{0};
-  }
+  for (uint64_t b = b0; b <= b1; ++b) seen[b - b0] = writes_.Seen(b);
   const uint64_t aligned_off = b0 * bs_;
   const uint64_t aligned_len = std::min<uint64_t>((b1 + 1) * bs_, next_->Size()) - aligned_off;
   const bool aligned = aligned_off == off && aligned_len == out.size();
@@ -197,11 +228,8 @@ Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
   if (!aligned) std::memcpy(out.data(), buf.data() + (off - aligned_off), out.size());
   for (uint64_t b = b0; b <= b1; ++b) {
     if ((b - b0 + 1) * bs_ > whole.size()) break;  // a last block past the end (cannot happen: size is whole blocks)
-    const size_t slot = Slot(b);
-    const uint64_t v = seen[b - b0];
     cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
-      if (v == ~uint64_t{0} || inflight_[slot].load(std::memory_order_acquire) != 0 ||
-          version_[slot].load(std::memory_order_acquire) != v) {
+      if (!writes_.Unchanged(b, seen[b - b0])) {
         c.skipped.fetch_add(1, std::memory_order_relaxed);
         return;
       }
@@ -212,19 +240,17 @@ Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
 }
 
 std::vector<uint64_t> CacheLayer::BeginWrite(uint64_t b0, uint64_t b1) {
-  if (b1 - b0 + 1 >= kSlots) {
-    // Wider than the slots (a trim of a large range): every slot is marked, and the cache is
+  if (WriteTracker::Wide(b0, b1)) {
+    // Wider than the tracker (a trim of a large range): every slot is marked, and the cache is
     // scanned rather than the range.
-    for (size_t slot = 0; slot < kSlots; ++slot) inflight_[slot].fetch_add(1, std::memory_order_acq_rel);
+    writes_.BeginAll();
     cache_.EraseRange(volnr_, b0, b1);
     return {};
   }
   std::vector<uint64_t> versions(b1 - b0 + 1);
   for (uint64_t b = b0; b <= b1; ++b) {
-    const size_t slot = Slot(b);
     cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
-      inflight_[slot].fetch_add(1, std::memory_order_acq_rel);
-      versions[b - b0] = version_[slot].load(std::memory_order_acquire);
+      versions[b - b0] = writes_.Begin(b);
       cache_.EraseLocked(s, (uint64_t{volnr_} << 44) ^ b);
     });
   }
@@ -233,23 +259,17 @@ std::vector<uint64_t> CacheLayer::BeginWrite(uint64_t b0, uint64_t b1) {
 
 void CacheLayer::EndWrite(uint64_t b0, uint64_t b1, const std::vector<uint64_t>& versions, const std::byte* data) {
   if (versions.empty()) {  // the wide form of BeginWrite
-    for (size_t slot = 0; slot < kSlots; ++slot) {
-      version_[slot].fetch_add(1, std::memory_order_acq_rel);
-      inflight_[slot].fetch_sub(1, std::memory_order_acq_rel);
-    }
+    writes_.EndAll();
     return;
   }
   for (uint64_t b = b0; b <= b1; ++b) {
-    const size_t slot = Slot(b);
     cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
       // Cached only when this was the one write to the block from its start to its end: else
       // the order in which overlapping writes landed below is unknown here.
-      if (data != nullptr && inflight_[slot].load(std::memory_order_acquire) == 1 &&
-          version_[slot].load(std::memory_order_acquire) == versions[b - b0]) {
+      if (data != nullptr && writes_.Sole(b, versions[b - b0])) {
         cache_.InsertLocked(s, (uint64_t{volnr_} << 44) ^ b, std::span(data + (b - b0) * bs_, bs_));
       }
-      version_[slot].fetch_add(1, std::memory_order_acq_rel);
-      inflight_[slot].fetch_sub(1, std::memory_order_acq_rel);
+      writes_.End(b);
     });
   }
 }
