@@ -306,6 +306,33 @@ TEST_CASE("ParseConfig reads resync_mb_per_s and rejects a value out of range") 
   CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
 }
 
+TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the backends") {
+  auto c = ParseConfig("parts = a\ncache_dir = ssd\ncache_dir_size = 2G\ncache_mode = writeback\n"
+                       "cache_dirty_max = 64M\ncache_destage_delay_ms = 0\n[backend a]\npath = /srv/a\n",
+                       kFile, "/etc/qbd");
+  REQUIRE(c.ok());
+  CHECK(c->cache_dir == "/etc/qbd/ssd");
+  CHECK(c->cache_dir_size == (uint64_t{2} << 30));
+  CHECK(c->cache_write_back);
+  CHECK(c->cache_dirty_max == (uint64_t{64} << 20));
+  CHECK(c->cache_destage_delay_ms == 0);
+  auto d = Parse("parts = a\n[backend a]\npath = /srv/a\n");
+  REQUIRE(d.ok());
+  CHECK(d->cache_dir.empty());
+  CHECK_FALSE(d->cache_write_back);
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_mode = back\n" + kBackends, 2, "writethrough or writeback");
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_dir_size = 10K\n" + kBackends, 2, "at least 1M");
+  // Inside a backend, or holding one: refused, naming the cache_dir line.
+  for (const char* dir : {"/srv/a/cache", "/srv"}) {
+    CAPTURE(dir);
+    auto bad = ParseConfig(std::string("parts = a\n\ncache_dir = ") + dir + "\n[backend a]\npath = /srv/a\n", kFile, "/");
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.status().message().rfind(std::string(kFile) + ":3: ", 0) == 0);
+    CHECK(bad.status().message().find("overlaps backend 'a'") != std::string::npos);
+  }
+  CHECK(ParseConfig("parts = a\ncache_dir = /srv/ab\n[backend a]\npath = /srv/a\n", kFile, "/").ok());
+}
+
 TEST_CASE("ParseConfig accepts every option of qbd.conf.example") {
   auto c = LoadConfig(std::string(QBD_SOURCE_DIR) + "/qbd.conf.example");
   REQUIRE_MESSAGE(c.ok(), c.status().ToString());

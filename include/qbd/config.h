@@ -63,6 +63,13 @@ struct Config {
   // Bytes of block data the memory cache holds for all volumes together (write-through, S3-FIFO
   // eviction; include/qbd/cache.h). 0: no cache.
   uint64_t cache_size = 0;
+  // The SSD cache (include/qbd/ssd_cache.h): a local directory on a fast device, never inside a
+  // backend; each volume gets "<cache_dir>/<volnr>/log" of cache_dir_size bytes. "": none.
+  std::string cache_dir;
+  uint64_t cache_dir_size = uint64_t{1} << 30;
+  bool cache_write_back = false;                // cache_mode = writeback
+  uint64_t cache_dirty_max = uint64_t{32} << 20;  // write-back bytes per volume not yet on the parts
+  uint32_t cache_destage_delay_ms = 200;
 
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;

@@ -58,6 +58,7 @@ class Master {
   std::unique_ptr<ProcessLock> lock_;  // held from the start to the end
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<BlockCache> cache_;  // cache_size > 0; outlives the volumes (declared first)
+  std::unique_ptr<StorageBackend> ssd_dir_;  // cache_dir; outlives the volumes
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<NbdServer> server_;
   // volumes_ changes only on the main thread, under volumes_mu_; admin requests read it under it.

@@ -14,6 +14,7 @@
 #include "qbd/backend.h"
 #include "qbd/handler.h"
 #include "qbd/quorum.h"
+#include "qbd/ssd_cache.h"
 #include "qbd/volume_meta.h"
 
 namespace qbd {
@@ -29,6 +30,10 @@ struct VolumeOpenOptions {
   bool no_writes = false;
   // The memory cache shared by the volumes (nullptr: none); must outlive the volume.
   BlockCache* cache = nullptr;
+  // The SSD cache directory (nullptr: none); must outlive the volume. Its log is replayed onto the
+  // parts at open (a crash in write-back mode); Open fails if that fails.
+  StorageBackend* ssd_dir = nullptr;
+  SsdCacheOptions ssd;
 };
 
 class StatsLayer;
@@ -45,10 +50,12 @@ class Volume {
   std::shared_ptr<BlockHandler> handler() const { return handler_; }
   QuorumSet& quorum() { return *quorum_; }
   const StatsLayer& stats() const { return *stats_; }
+  // The SSD cache layer; nullptr without one.
+  const SsdCacheLayer* ssd_cache() const { return ssd_; }
   // Applies a changed .meta: growth and append-only take effect at once; read-only applies to
   // new connections (the caller re-advertises the export).
   void ApplyMeta(const VolumeMeta& meta);
-  // Stops resync and flushes every part.
+  // Destages the SSD cache, stops resync and flushes every part.
   Status Close();
 
  private:
@@ -57,6 +64,7 @@ class Volume {
   std::vector<StorageBackend*> backends_;  // where "<volnr>/.running" was written (none: no_writes)
   QuorumSet* quorum_ = nullptr;   // owned through handler_
   StatsLayer* stats_ = nullptr;  // owned through handler_; the head of the chain
+  SsdCacheLayer* ssd_ = nullptr;  // owned through handler_
   std::shared_ptr<BlockHandler> handler_;
 };
 

@@ -142,6 +142,7 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
   Config c;
   c.file = file;
   int parts_line = 0;
+  int cache_dir_line = 0;
   std::set<std::string> seen_global;
   for (const KvLine& l : lines) {
     auto err = [&](std::string_view msg) { return LineError(file, l.line, msg); };
@@ -191,6 +192,29 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseSize(l.value);
         if (!n.ok()) return bad_value(n.status());
         c.cache_size = *n;
+      } else if (l.key == "cache_dir") {
+        std::filesystem::path p(l.value);
+        if (l.value.empty()) return err("cache_dir: empty path");
+        if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
+        c.cache_dir = p.lexically_normal().string();
+        cache_dir_line = l.line;
+      } else if (l.key == "cache_dir_size") {
+        auto n = ParseSize(l.value);
+        if (!n.ok()) return bad_value(n.status());
+        if (*n < (uint64_t{1} << 20)) return err("cache_dir_size must be at least 1M");
+        c.cache_dir_size = *n;
+      } else if (l.key == "cache_mode") {
+        if (l.value != "writethrough" && l.value != "writeback") return err("cache_mode must be writethrough or writeback");
+        c.cache_write_back = l.value == "writeback";
+      } else if (l.key == "cache_dirty_max") {
+        auto n = ParseSize(l.value);
+        if (!n.ok()) return bad_value(n.status());
+        if (*n < (uint64_t{1} << 20)) return err("cache_dirty_max must be at least 1M");
+        c.cache_dirty_max = *n;
+      } else if (l.key == "cache_destage_delay_ms") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n > 3600000) return err("cache_destage_delay_ms must be 0..3600000");
+        c.cache_destage_delay_ms = static_cast<uint32_t>(*n);
       } else if (l.key == "admin_socket") {
         std::filesystem::path p(l.value);
         if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
@@ -235,6 +259,21 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
     return Status::InvalidArgument(fmt::format("{}: 'parts = BACKEND...' is missing", file));
   }
   for (auto& b : c.backends) b.nfs_timeout_ms = c.nfs_timeout_ms;
+  if (!c.cache_dir.empty()) {
+    // The cache directory sits in front of the parts, never on them (layout-spec.md 7).
+    const std::filesystem::path cd(c.cache_dir);
+    auto inside = [](const std::filesystem::path& a, const std::filesystem::path& b) {
+      auto [ai, bi] = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
+      return bi == b.end();  // every element of b is a prefix of a
+    };
+    for (const auto& b : c.backends) {
+      if (b.location.rfind("nfs://", 0) == 0) continue;
+      const std::filesystem::path bp(b.location);
+      if (inside(cd, bp) || inside(bp, cd)) {
+        return LineError(file, cache_dir_line, fmt::format("cache_dir {} overlaps backend '{}' ({})", c.cache_dir, b.name, b.location));
+      }
+    }
+  }
   if (c.admin_socket.empty()) {
     std::filesystem::path f(file);
     c.admin_socket = (std::filesystem::path(base_dir) / (f.stem().string() + ".sock")).lexically_normal().string();

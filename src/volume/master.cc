@@ -67,6 +67,15 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
     m->cache_ = std::make_unique<BlockCache>(config.cache_size);
     QBD_LOG_INFO("memory cache: {} (write-through)", FormatSize(config.cache_size));
   }
+  if (!config.cache_dir.empty()) {
+    auto dir = NewLocalDirBackend(config.cache_dir, /*create_if_missing=*/true);
+    if (!dir.ok()) {
+      return dir.status().WithContext(fmt::format("{}: cache_dir {}", config.file, config.cache_dir));
+    }
+    m->ssd_dir_ = std::move(dir).value();
+    QBD_LOG_INFO("SSD cache: {}, {} per volume, {}", config.cache_dir, FormatSize(config.cache_dir_size),
+                 config.cache_write_back ? "write-back" : "write-through");
+  }
   QBD_ASSIGN_OR_RETURN(m->catalog_, Catalog::Open(config, /*create_missing=*/!options.create_volume.empty()));
   // Two parts on one disk or one NFS export die together: refused unless the config says so.
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
@@ -129,6 +138,11 @@ Status Master::OpenVolume(const VolumeMeta& meta) {
   VolumeOpenOptions vo;
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
+  vo.ssd_dir = ssd_dir_.get();
+  vo.ssd.log_size = config_.cache_dir_size;
+  vo.ssd.write_back = config_.cache_write_back;
+  vo.ssd.dirty_max = config_.cache_dirty_max;
+  vo.ssd.destage_delay_ms = config_.cache_destage_delay_ms;
   QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
   PublishExport(meta.name, *vol);
   std::lock_guard<std::mutex> l(volumes_mu_);
@@ -233,7 +247,10 @@ Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
     // One line per volume (its request counters), then the cache's sizes and hit ratio.
     std::string out;
     std::lock_guard<std::mutex> l(volumes_mu_);
-    for (const auto& [name, vol] : volumes_) out += fmt::format("volume {}: {}\n", name, vol->stats().Summary());
+    for (const auto& [name, vol] : volumes_) {
+      out += fmt::format("volume {}: {}\n", name, vol->stats().Summary());
+      if (vol->ssd_cache() != nullptr) out += fmt::format("volume {}: {}\n", name, vol->ssd_cache()->Summary());
+    }
     out += cache_ ? cache_->Summary() : std::string("cache: off");
     return out;
   }

@@ -196,7 +196,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
   if (!options.no_writes) v->backends_ = backends;
-  // The request chain (the only place it is assembled): Stats -> [Cache] -> QuorumSet -> PartStores.
+  // The request chain (the only place it is assembled):
+  //   Stats -> [Cache] -> [SsdCache] -> QuorumSet -> PartStores.
   QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down, options.no_writes));
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
@@ -204,6 +205,23 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   }
   v->quorum_ = quorum.get();
   std::unique_ptr<BlockHandler> below = std::move(quorum);
+  if (options.ssd_dir != nullptr && !options.no_writes) {
+    // What a crash left in a write-back log goes to the parts before anything is served.
+    auto replay = SsdCacheLayer::Recover(*options.ssd_dir, meta.number, meta.geometry.block_size, *below);
+    if (!replay.ok()) {
+      return replay.status().WithContext(fmt::format("volume {}: replaying its SSD cache log {}/{}/log", meta.name,
+                                                     options.ssd_dir->Describe(), meta.number));
+    }
+    if (replay->blocks > 0 || replay->skipped > 0) {
+      QBD_LOG_WARN("volume {}: replayed {} blocks of write-back data from the SSD cache after a crash ({} torn "
+                   "copies of unflushed writes skipped)",
+                   meta.name, replay->blocks, replay->skipped);
+    }
+    auto ssd = std::make_unique<SsdCacheLayer>(std::move(below), *options.ssd_dir, meta.number,
+                                               meta.geometry.block_size, options.ssd, *replay);
+    v->ssd_ = ssd.get();
+    below = std::move(ssd);
+  }
   if (options.cache != nullptr) {
     // The cache sits above the fan-out: it only ever holds quorum-confirmed data.
     below = std::make_unique<CacheLayer>(std::move(below), *options.cache, meta.number, meta.geometry.block_size);
@@ -230,8 +248,10 @@ void Volume::ApplyMeta(const VolumeMeta& meta) {
 
 Status Volume::Close() {
   if (!quorum_) return Status::OK();
+  Status s = ssd_ != nullptr ? ssd_->Drain() : Status::OK();
+  if (ssd_ != nullptr) QBD_LOG_INFO("volume {}: {}", meta_.name, ssd_->Summary());
   quorum_->StopResync();
-  Status s = quorum_->Flush();
+  if (s.ok()) s = quorum_->Flush();
   if (s.ok()) {
     // Closed cleanly: the next open has nothing to reconcile.
     for (StorageBackend* b : backends_) {

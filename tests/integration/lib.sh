@@ -457,6 +457,32 @@ write(a) if a.mode == "write" else verify(a)
 EOF
 }
 
+# check_multi_conn NAME URI OFFSET: two connections; what one writes, trims, zeroes or partly writes
+# at OFFSET (8 KiB there), the other reads at once (CAN_MULTI_CONN semantics, through any cache).
+check_multi_conn() {
+  python3 - "$2" "$3" >"$T/multi.out" 2>&1 <<'EOF'
+import nbd, sys
+a, b = nbd.NBD(), nbd.NBD()
+a.connect_uri(sys.argv[1]); b.connect_uri(sys.argv[1])
+assert a.can_multi_conn(), "the export does not advertise multi-conn"
+off = int(sys.argv[2])
+b.pread(8192, off)                       # b caches the old blocks
+a.pwrite(b"\x42" * 8192, off)
+assert b.pread(8192, off) == b"\x42" * 8192, "b reads stale data after a's write"
+a.trim(4096, off)
+assert b.pread(4096, off) == b"\0" * 4096, "b reads stale data after a's trim"
+a.pwrite(b"\x43" * 4096, off + 4096)
+b.pread(4096, off + 4096)
+a.zero(4096, off + 4096)
+assert b.pread(4096, off + 4096) == b"\0" * 4096, "b reads stale data after a's write_zeroes"
+a.pwrite(b"\x44" * 100, off + 10)        # a partial block
+assert b.pread(4096, off)[10:110] == b"\x44" * 100
+print("ok")
+EOF
+  local rc=$?
+  [ $rc = 0 ] && pass "$1" || { fail "$1" "see below"; show "$T/multi.out"; }
+}
+
 wait_for_line() { # FILE REGEX SECONDS: wait until FILE has a line matching REGEX
   local deadline=$(($(date +%s%N) + $3 * 1000000000))
   until grep -qE -- "$2" "$1" 2>/dev/null; do

@@ -15,29 +15,8 @@ check "two reads of the volume give the written data" \
   bash -c 'for i in 1 2; do rm -f "$2"; nbdcopy "$1" "$2" && cmp -n 33554432 "$3" "$2" || exit 1; done' _ \
   "$(uri c)" "$T/out.bin" "$T/in.bin"
 
-# Two connections: what one writes, trims or zeroes, the other reads at once.
-python3 - "$(uri c)" >"$T/multi.out" 2>&1 <<'EOF'
-import nbd, sys
-a, b = nbd.NBD(), nbd.NBD()
-a.connect_uri(sys.argv[1]); b.connect_uri(sys.argv[1])
-assert a.can_multi_conn(), "the export does not advertise multi-conn"
-off = 40 * 1048576 + 5 * 4096  # past the 32 MiB the other checks compare
-b.pread(8192, off)                       # b caches the old blocks
-a.pwrite(b"\x42" * 8192, off)
-assert b.pread(8192, off) == b"\x42" * 8192, "b reads stale data after a's write"
-a.trim(4096, off)
-assert b.pread(4096, off) == b"\0" * 4096, "b reads stale data after a's trim"
-a.pwrite(b"\x43" * 4096, off + 4096)
-b.pread(4096, off + 4096)
-a.zero(4096, off + 4096)
-assert b.pread(4096, off + 4096) == b"\0" * 4096, "b reads stale data after a's write_zeroes"
-a.pwrite(b"\x44" * 100, off + 10)        # a partial block
-assert b.pread(4096, off)[10:110] == b"\x44" * 100
-print("ok")
-EOF
-rc=$?
-[ $rc = 0 ] && pass "a write, trim, write_zeroes and partial write on one connection are read at once on another" ||
-  { fail "a write, trim, write_zeroes and partial write on one connection are read at once on another" "see below"; show "$T/multi.out"; }
+check_multi_conn "a write, trim, write_zeroes and partial write on one connection are read at once on another" \
+  "$(uri c)" $((40 * 1048576 + 5 * 4096))
 
 # Read-repair under the cache: damaged copies of a chunk not read yet.
 flip_byte "$(chunk_path node-a 1 a 6)" $((3 * 4112 + 7))
