@@ -26,9 +26,9 @@ bool BlockCache::Lookup(uint32_t volnr, uint64_t block, std::span<std::byte> out
   Shard& s = ShardOf(volnr, block);
   std::lock_guard<std::mutex> l(s.mu);
   auto it = s.index.find(Key(volnr, block));
-  if (it == s.index.end() || it->second->data.size() != out.size()) return false;
+  if (it == s.index.end() || it->second->size != out.size()) return false;
   Entry& e = *it->second;
-  std::memcpy(out.data(), e.data.data(), out.size());
+  std::memcpy(out.data(), e.data, out.size());
   if (e.freq < 3) ++e.freq;
   return true;
 }
@@ -60,22 +60,37 @@ void BlockCache::EraseRange(uint32_t volnr, uint64_t b0, uint64_t b1) {
   }
 }
 
+std::byte* BlockCache::AllocLocked(Shard& s, uint32_t size) {
+  std::vector<std::byte*>& free = s.free_blocks[size];
+  if (free.empty()) {
+    constexpr size_t kSlabBytes = 256 * 1024;
+    const size_t n = std::max<size_t>(1, kSlabBytes / size);
+    // Not zeroed: pages are touched only when blocks are used.
+    s.slabs.push_back(std::unique_ptr<std::byte[]>(new std::byte[n * size]));
+    for (size_t i = n; i > 0; --i) free.push_back(s.slabs.back().get() + (i - 1) * size);
+  }
+  std::byte* p = free.back();
+  free.pop_back();
+  return p;
+}
+
 void BlockCache::InsertLocked(Shard& s, uint64_t key, std::span<const std::byte> data) {
   auto found = s.index.find(key);
+  if (found != s.index.end() && found->second->size != data.size()) EraseLocked(s, key);
+  found = s.index.find(key);
   if (found != s.index.end()) {
-    Entry& e = *found->second;
-    const int64_t delta = static_cast<int64_t>(data.size()) - static_cast<int64_t>(e.data.size());
-    (e.main ? s.main_bytes : s.small_bytes) += delta;
-    used_.fetch_add(static_cast<uint64_t>(delta));
-    e.data.assign(data.begin(), data.end());
+    std::memcpy(found->second->data, data.data(), data.size());
   } else {
     // A block evicted from probation not long ago comes back: it is part of the working set.
     const bool to_main = s.ghost_index.erase(key) > 0;
     std::list<Entry>& q = to_main ? s.main : s.small;
-    q.push_front(Entry{key, 0, to_main, std::vector<std::byte>(data.begin(), data.end())});
+    const auto size = static_cast<uint32_t>(data.size());
+    std::byte* p = AllocLocked(s, size);
+    std::memcpy(p, data.data(), size);
+    q.push_front(Entry{key, 0, to_main, size, p});
     s.index[key] = q.begin();
-    (to_main ? s.main_bytes : s.small_bytes) += data.size();
-    used_.fetch_add(data.size());
+    (to_main ? s.main_bytes : s.small_bytes) += Charge(size);
+    used_.fetch_add(Charge(size));
   }
   counters_.fills.fetch_add(1, std::memory_order_relaxed);
   while (s.small_bytes + s.main_bytes > shard_capacity_ && !s.index.empty()) EvictLocked(s);
@@ -85,7 +100,8 @@ void BlockCache::EraseLocked(Shard& s, uint64_t key) {
   auto found = s.index.find(key);
   if (found == s.index.end()) return;
   auto it = found->second;
-  const uint64_t size = it->data.size();
+  const uint64_t size = Charge(it->size);
+  FreeLocked(s, it->data, it->size);
   if (it->main) {
     s.main_bytes -= size;
     s.main.erase(it);
@@ -104,8 +120,8 @@ void BlockCache::EvictLocked(Shard& s) {
       // Used while on probation: promoted to main.
       last->freq = 0;
       last->main = true;
-      s.small_bytes -= last->data.size();
-      s.main_bytes += last->data.size();
+      s.small_bytes -= Charge(last->size);
+      s.main_bytes += Charge(last->size);
       s.main.splice(s.main.begin(), s.small, last);
       return;
     }
