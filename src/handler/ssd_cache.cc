@@ -625,6 +625,7 @@ Status SsdCacheLayer::DestageRound() {
     if (!dirty_.empty()) oldest_dirty_ms_ = NowMs();
   }
   counters_.destaged.fetch_add(batch.size(), std::memory_order_relaxed);
+  if (!bypass_.load(std::memory_order_acquire) && log_->Detached()) Fail("the log was removed");
   if (!bypass_.load(std::memory_order_acquire)) {
     Status s = WriteCheckpoint(checkpoint);
     if (!s.ok()) Fail(fmt::format("writing the checkpoint: {}", s.ToString()));
