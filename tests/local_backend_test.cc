@@ -137,6 +137,47 @@ TEST_CASE_TEMPLATE("ReadAt returns Corruption when it runs past the end of the f
   CHECK((*f)->ReadAt(3, std::span(got).first(0)).ok());
 }
 
+TEST_CASE_TEMPLATE("WriteAtV and ReadAtV move many buffers as one run of file bytes", E, MemEnv,
+                   LocalEnv) {
+  // More buffers than one preadv/pwritev takes (IOV_MAX 1024), of odd sizes, some empty: the
+  // interleaved data and metadata of a chunk file's records.
+  E env;
+  auto f = env.backend().Create("f");
+  REQUIRE(f.ok());
+  std::vector<std::vector<std::byte>> bufs;
+  std::mt19937 rng(7);
+  size_t total = 0;
+  for (int i = 0; i < 2500; ++i) {
+    std::vector<std::byte> b(i % 5 == 0 ? 0 : 1 + rng() % 40);
+    for (auto& x : b) x = std::byte(rng());
+    total += b.size();
+    bufs.push_back(std::move(b));
+  }
+  std::vector<std::span<const std::byte>> in(bufs.begin(), bufs.end());
+  REQUIRE((*f)->WriteAtV(3, in).ok());
+  std::vector<std::byte> flat(total), got(total);
+  size_t at = 0;
+  for (const auto& b : bufs) {
+    std::copy(b.begin(), b.end(), flat.begin() + at);
+    at += b.size();
+  }
+  REQUIRE((*f)->ReadAt(3, got).ok());
+  CHECK(got == flat);
+
+  std::vector<std::vector<std::byte>> back;
+  for (const auto& b : bufs) back.emplace_back(b.size());
+  std::vector<std::span<std::byte>> out(back.begin(), back.end());
+  REQUIRE((*f)->ReadAtV(3, out).ok());
+  CHECK(back == bufs);
+  SUBCASE("and ReadAtV returns Corruption when it runs past the end of the file") {
+    std::vector<std::byte> one(10), two(10);
+    std::vector<std::span<std::byte>> past = {one, two};
+    Status s = (*f)->ReadAtV(3 + total - 15, past);
+    CHECK(s.IsCorruption());
+    CHECK(s.message().find("short read") != std::string::npos);
+  }
+}
+
 TEST_CASE_TEMPLATE("Open returns NotFound with ENOENT when the file is absent", E, MemEnv,
                    LocalEnv) {
   E env;

@@ -92,8 +92,8 @@ class Parts {
                   uint64_t tag, uint64_t gen) {
     std::vector<std::byte> data = Blocks(tag, n);
     std::vector<BlockMeta> metas = MetasFor(data, gen);
-    std::vector<std::byte> records(n * Geo().RecordSize());
-    PartStore::EncodeRecords(Geo(), data, metas, records);
+    RecordPieces records;
+    records.Assign(Geo(), data, metas);
     for (int p : parts) {
       bool created = false;
       REQUIRE(store_[p]->WriteRecords(chunk, first, records, /*sync=*/true, &created).ok());

@@ -7,6 +7,7 @@
 // I/O failures are IOError with the errno; an absent file is NotFound.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,6 +28,13 @@ class ChunkFile {
   virtual Status ReadAt(uint64_t offset, std::span<std::byte> out) = 0;
   // Writes all of `in`. Durable only after Sync() returns OK.
   virtual Status WriteAt(uint64_t offset, std::span<const std::byte> in) = 0;
+  // ReadAt of the bytes [offset, offset + total size of `out`) into the buffers of `out` in turn
+  // (preadv), so that interleaved records land in separate buffers without a copy. Same results
+  // as ReadAt. The default reads into one buffer and copies out.
+  virtual Status ReadAtV(uint64_t offset, std::span<const std::span<std::byte>> out);
+  // WriteAt of the buffers of `in` one after the other from `offset` (pwritev). The default
+  // copies them into one buffer.
+  virtual Status WriteAtV(uint64_t offset, std::span<const std::span<const std::byte>> in);
   // Makes every completed WriteAt/PunchHole/Truncate durable (fsync, NFS COMMIT).
   virtual Status Sync() = 0;
   // Sets the file size; new bytes read as zeros.
@@ -39,6 +47,33 @@ class ChunkFile {
   // handle no longer reaches the named file and must be dropped.
   virtual bool Detached() = 0;
 };
+
+inline Status ChunkFile::ReadAtV(uint64_t offset, std::span<const std::span<std::byte>> out) {
+  thread_local std::vector<std::byte> buf;
+  size_t total = 0;
+  for (const auto& o : out) total += o.size();
+  if (buf.size() < total) buf.resize(total);
+  QBD_RETURN_IF_ERROR(ReadAt(offset, std::span(buf.data(), total)));
+  size_t at = 0;
+  for (const auto& o : out) {
+    std::copy_n(buf.data() + at, o.size(), o.data());
+    at += o.size();
+  }
+  return Status::OK();
+}
+
+inline Status ChunkFile::WriteAtV(uint64_t offset, std::span<const std::span<const std::byte>> in) {
+  thread_local std::vector<std::byte> buf;
+  size_t total = 0;
+  for (const auto& i : in) total += i.size();
+  if (buf.size() < total) buf.resize(total);
+  size_t at = 0;
+  for (const auto& i : in) {
+    std::copy_n(i.data(), i.size(), buf.data() + at);
+    at += i.size();
+  }
+  return WriteAt(offset, std::span<const std::byte>(buf.data(), total));
+}
 
 struct FileInfo {
   uint64_t size = 0;

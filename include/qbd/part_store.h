@@ -28,6 +28,26 @@
 
 namespace qbd {
 
+// The records of blocks as they lie on disk (layout-spec.md §4.2), laid out for one vectored
+// write without copying the data: each block's bytes from the caller's buffer, then its encoded
+// BlockMeta. Built once per write and shared by every part (QuorumSet). The data buffer must
+// outlive its use; Assign reuses the capacity, so a thread-local instance never allocates again.
+class RecordPieces {
+ public:
+  RecordPieces() = default;
+  RecordPieces(const RecordPieces&) = delete;
+  RecordPieces& operator=(const RecordPieces&) = delete;
+
+  // REQUIRES: data.size() == metas.size() * g.block_size.
+  void Assign(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas);
+  uint64_t blocks() const { return pieces_.size() / 2; }
+  std::span<const std::span<const std::byte>> pieces() const { return pieces_; }
+
+ private:
+  std::vector<std::byte> meta_bytes_;  // kBlockMetaSize per block
+  std::vector<std::span<const std::byte>> pieces_;  // data, meta, data, meta...
+};
+
 class PartStore {
  public:
   // `backend` must outlive the store.
@@ -57,13 +77,9 @@ class PartStore {
   Status Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
                std::span<const BlockMeta> metas, bool sync, bool* created);
 
-  // Write() of records already laid out by EncodeRecords (records.size() is a multiple of the
-  // record size), so that one encoding serves every part.
-  Status WriteRecords(uint64_t chunk, uint64_t first, std::span<const std::byte> records, bool sync,
-                      bool* created);
-  // Lays out blocks and metas as on disk (layout-spec.md §4.2): out.size() == metas.size() * record size.
-  static void EncodeRecords(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas,
-                            std::span<std::byte> out);
+  // Write() of records already laid out (records.blocks() blocks from `first`), so that one
+  // encoding serves every part. One positional vectored write: the data is not copied.
+  Status WriteRecords(uint64_t chunk, uint64_t first, const RecordPieces& records, bool sync, bool* created);
 
   // Marks blocks never written (all-zero metas, zero data) and gives their space back where the
   // backend can. A missing chunk file is already all unwritten: OK. A short file gets its full

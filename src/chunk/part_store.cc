@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cassert>
 #include <cstring>
 
 #include "qbd/log.h"
@@ -10,8 +11,8 @@
 namespace qbd {
 namespace {
 
-// Per-thread scratch for interleaved records; reused so that no request allocates
-// (a large buffer per request costs an mmap/munmap pair in glibc).
+// Per-thread scratch, reused so that no request allocates (a large buffer per request costs an
+// mmap/munmap pair in glibc).
 std::vector<std::byte>& Scratch(size_t size) {
   thread_local std::vector<std::byte> buf;
   if (buf.size() < size) buf.resize(size);
@@ -19,6 +20,19 @@ std::vector<std::byte>& Scratch(size_t size) {
 }
 
 }  // namespace
+
+void RecordPieces::Assign(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas) {
+  const uint64_t n = metas.size(), bs = g.block_size;
+  assert(data.size() == n * bs);
+  if (meta_bytes_.size() < n * kBlockMetaSize) meta_bytes_.resize(n * kBlockMetaSize);
+  pieces_.resize(2 * n);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::byte* m = meta_bytes_.data() + i * kBlockMetaSize;
+    EncodeBlockMeta(metas[i], m);
+    pieces_[2 * i] = data.subspan(i * bs, bs);
+    pieces_[2 * i + 1] = std::span<const std::byte>(m, kBlockMetaSize);
+  }
+}
 
 PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometry geometry,
                      size_t max_open_files)
@@ -130,9 +144,16 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
     return Status::InvalidArgument(fmt::format("read of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
   QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
-  const uint64_t rec = geometry_.RecordSize();
-  std::vector<std::byte>& buf = Scratch(n * rec);
-  Status s = file->ReadAt(geometry_.RecordOffset(first), std::span(buf.data(), n * rec));
+  // Data straight into `data`, metas into a scratch buffer: one preadv, no copy.
+  thread_local std::vector<std::byte> meta_bytes;
+  thread_local std::vector<std::span<std::byte>> pieces;
+  if (meta_bytes.size() < n * kBlockMetaSize) meta_bytes.resize(n * kBlockMetaSize);
+  pieces.resize(2 * n);
+  for (uint64_t i = 0; i < n; ++i) {
+    pieces[2 * i] = data.subspan(i * bs, bs);
+    pieces[2 * i + 1] = std::span(meta_bytes.data() + i * kBlockMetaSize, kBlockMetaSize);
+  }
+  Status s = file->ReadAtV(geometry_.RecordOffset(first), pieces);
   if (!s.ok()) {
     // A short file (Corruption) is looked at afresh by the next call, which restores its size
     // before writing into it.
@@ -141,10 +162,8 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   }
   bool any_bad = false;
   for (uint64_t i = 0; i < n; ++i) {
-    const std::byte* r = buf.data() + i * rec;
-    metas[i] = DecodeBlockMeta(r + bs);
-    std::memcpy(data.data() + i * bs, r, bs);
-    if (!VerifyBlock(std::span(r, bs), metas[i]).ok()) {
+    metas[i] = DecodeBlockMeta(meta_bytes.data() + i * kBlockMetaSize);
+    if (!VerifyBlock(data.subspan(i * bs, bs), metas[i]).ok()) {
       any_bad = true;
       if (bad) bad->push_back(first + i);
     }
@@ -155,38 +174,26 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   return Status::OK();
 }
 
-void PartStore::EncodeRecords(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas,
-                              std::span<std::byte> out) {
-  const uint64_t bs = g.block_size, rec = g.RecordSize();
-  for (uint64_t i = 0; i < metas.size(); ++i) {
-    std::byte* r = out.data() + i * rec;
-    std::memcpy(r, data.data() + i * bs, bs);
-    EncodeBlockMeta(metas[i], r + bs);
-  }
-}
-
 Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
                         std::span<const BlockMeta> metas, bool sync, bool* created) {
   const uint64_t n = metas.size();
   if (data.size() != n * geometry_.block_size) {
     return Status::InvalidArgument(fmt::format("write of {} bytes for {} blocks", data.size(), n));
   }
-  std::vector<std::byte>& buf = Scratch(n * geometry_.RecordSize());
-  std::span<std::byte> records(buf.data(), n * geometry_.RecordSize());
-  EncodeRecords(geometry_, data, metas, records);
+  thread_local RecordPieces records;
+  records.Assign(geometry_, data, metas);
   return WriteRecords(chunk, first, records, sync, created);
 }
 
-Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, std::span<const std::byte> records, bool sync,
+Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPieces& records, bool sync,
                                bool* created) {
-  const uint64_t rec = geometry_.RecordSize();
-  const uint64_t n = records.size() / rec;
+  const uint64_t n = records.blocks();
   if (n == 0) return Status::OK();
-  if (records.size() % rec != 0 || first + n > geometry_.BlocksPerChunk()) {
+  if (first + n > geometry_.BlocksPerChunk()) {
     return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
   QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
-  Status s = file->WriteAt(geometry_.RecordOffset(first), records);
+  Status s = file->WriteAtV(geometry_.RecordOffset(first), records.pieces());
   if (s.ok() && sync) s = file->Sync();
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(chunk);

@@ -541,12 +541,11 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + metas.size() - 1);
   std::vector<Status> results(np);
   std::vector<char> created(np, 0), attempted(np, 0);
-  // One encoding of the records serves every part.
-  thread_local std::vector<std::byte> records_buf;
-  const uint64_t rec_bytes = metas.size() * options_.geometry.RecordSize();
-  if (records_buf.size() < rec_bytes) records_buf.resize(rec_bytes);
-  std::span<std::byte> records(records_buf.data(), rec_bytes);
-  PartStore::EncodeRecords(options_.geometry, data, metas, records);
+  // One layout of the records serves every part; the data is written from the caller's buffer.
+  // (A reference, so that the pool threads' tasks see this thread's instance.)
+  thread_local RecordPieces tls_records;
+  RecordPieces& records = tls_records;
+  records.Assign(options_.geometry, data, metas);
   auto write_one = [&](size_t i) {
     bool c = false;
     results[i] = parts_[i]->store->WriteRecords(chunk, first, records, fua, &c);

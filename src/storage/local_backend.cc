@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,6 +59,14 @@ class LocalFile final : public ChunkFile {
     return Status::OK();
   }
 
+  Status ReadAtV(uint64_t offset, std::span<const std::span<std::byte>> out) override {
+    return Vectored(offset, out.data(), out.size(), /*write=*/false);
+  }
+
+  Status WriteAtV(uint64_t offset, std::span<const std::span<const std::byte>> in) override {
+    return Vectored(offset, in.data(), in.size(), /*write=*/true);
+  }
+
   Status Sync() override {
     if (::fdatasync(fd_) != 0) return Status::FromErrno("fdatasync " + name_, errno);
     return Status::OK();
@@ -82,6 +91,48 @@ class LocalFile final : public ChunkFile {
                     static_cast<off_t>(len)) != 0) {
       if (errno == EOPNOTSUPP) return Status::NotSupported("punch hole " + name_);
       return Status::FromErrno("punch hole " + name_, errno);
+    }
+    return Status::OK();
+  }
+
+  // preadv/pwritev of `count` buffers in batches of at most kMaxIov, resuming after short
+  // transfers. A read that meets the end of the file is Corruption, as in ReadAt.
+  template <typename Span>
+  Status Vectored(uint64_t offset, const Span* bufs, size_t count, bool write) {
+    constexpr size_t kMaxIov = 1024;  // IOV_MAX on Linux
+    iovec iov[kMaxIov];
+    size_t next = 0;     // the first buffer not yet in `iov`
+    size_t skip = 0;     // bytes of bufs[next] already transferred (after a short transfer)
+    uint64_t pos = offset;
+    while (next < count) {
+      int n = 0;
+      size_t want = 0;
+      for (size_t i = next; i < count && n < static_cast<int>(kMaxIov); ++i) {
+        const size_t from = i == next ? skip : 0;
+        iov[n].iov_base = const_cast<std::byte*>(bufs[i].data()) + from;
+        iov[n].iov_len = bufs[i].size() - from;
+        want += iov[n].iov_len;
+        ++n;
+      }
+      ssize_t got = write ? ::pwritev(fd_, iov, n, static_cast<off_t>(pos))
+                          : ::preadv(fd_, iov, n, static_cast<off_t>(pos));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno((write ? "pwritev " : "preadv ") + name_, errno);
+      }
+      if (got == 0 && want > 0) {
+        if (write) return Status::IOError("pwritev " + name_ + ": no progress", EIO);
+        return Status::Corruption("short read " + name_ + " at " + std::to_string(pos));
+      }
+      pos += static_cast<uint64_t>(got);
+      // Advance past what was transferred.
+      auto left = static_cast<size_t>(got);
+      while (next < count && left >= bufs[next].size() - skip) {
+        left -= bufs[next].size() - skip;
+        skip = 0;
+        ++next;
+      }
+      skip += left;
     }
     return Status::OK();
   }
