@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -23,6 +24,9 @@ constexpr uint32_t kVol = 7;
 constexpr uint32_t kBs = 4096;
 
 Geometry Geo() { return Geometry{4ull << 20, kBs, 1ull << 20}; }  // 4 chunks of 256 blocks
+// Asks ChunkFile::Detached() at every call, so that a file removed behind the store is noticed
+// at once.
+constexpr std::chrono::milliseconds kRecheckEveryCall{0};
 
 // Blocks whose every byte depends on `tag` and the position, so that no two blocks match.
 std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
@@ -330,6 +334,51 @@ TEST_CASE("Flush syncs handles evicted from the open-file cache") {
   }
 }
 
+TEST_CASE("Flush syncs only the files written since the last Flush") {
+  MemBackend mem;
+  PartStore store(mem, kVol, 'a', Geo());
+  for (uint64_t c = 0; c < 4; ++c) WriteTagged(store, c, 0, 1, c + 20, 1);
+  REQUIRE(store.Flush().ok());
+  const uint64_t before = mem.file_syncs();
+  WriteTagged(store, 2, 3, 1, 30, 2);
+  WriteTagged(store, 2, 4, 1, 31, 2);  // the same file again: still one sync
+  REQUIRE(store.Flush().ok());
+  CHECK(mem.file_syncs() == before + 1);
+  SUBCASE("and nothing when nothing was written") {
+    REQUIRE(store.Flush().ok());
+    CHECK(mem.file_syncs() == before + 1);
+  }
+  SUBCASE("and a write after that Flush is synced by the next one") {
+    std::vector<std::byte> v = WriteTagged(store, 2, 5, 1, 32, 3);
+    REQUIRE(store.Flush().ok());
+    CHECK(mem.file_syncs() == before + 2);
+    mem.DropUnsynced();
+    PartStore reopened(mem, kVol, 'a', Geo());
+    std::vector<std::byte> got(kBs);
+    std::vector<BlockMeta> metas(1);
+    REQUIRE(reopened.Read(2, 5, got, metas, nullptr).ok());
+    CHECK(got == v);
+  }
+}
+
+TEST_CASE_TEMPLATE("A cached chunk file is looked up again by name only once the recheck interval passed",
+                   E, MemEnv, LocalEnv) {
+  // The lookup costs a path walk per request and part; between two of them a removed file is
+  // still served from its open handle (the bytes are intact), as on an NFS backend.
+  E env;
+  PartStore store(env.backend(), kVol, 'a', Geo(), 256, std::chrono::hours(1));
+  std::vector<std::byte> v = WriteTagged(store, 0, 0, 1, 1, 1);
+  std::vector<std::byte> got(kBs);
+  std::vector<BlockMeta> metas(1);
+  REQUIRE(env.backend().Remove("7/a/1").ok());
+  REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
+  CHECK(got == v);
+  SUBCASE("and DropReplaced makes the next call open the name again") {
+    store.DropReplaced(0);
+    CHECK(store.Read(0, 0, got, metas, nullptr).IsNotFound());
+  }
+}
+
 TEST_CASE("Flush returns the IOError and retries the chunk at the next Flush when a sync fails") {
   MemBackend mem;
   FaultyBackend faulty(mem);
@@ -398,7 +447,7 @@ TEST_CASE("Read reports Corruption for the block whose bits flip on the way back
 TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file was deleted behind the store", E,
                    MemEnv, LocalEnv) {
   E env;
-  PartStore store(env.backend(), kVol, 'a', Geo());
+  PartStore store(env.backend(), kVol, 'a', Geo(), 256, kRecheckEveryCall);
   WriteTagged(store, 0, 0, 1, 1, 1);
   std::vector<std::byte> got(kBs);
   std::vector<BlockMeta> metas(1);
@@ -424,7 +473,7 @@ TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file was deleted behind
 TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was replaced by a rename", E, MemEnv,
                    LocalEnv) {
   E env;
-  PartStore store(env.backend(), kVol, 'a', Geo());
+  PartStore store(env.backend(), kVol, 'a', Geo(), 256, kRecheckEveryCall);
   WriteTagged(store, 0, 0, 1, 1, 1);
   REQUIRE(store.Flush().ok());
   std::vector<std::byte> got(kBs);
@@ -446,7 +495,7 @@ TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was replaced by a
 TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was moved aside and replaced", E,
                    MemEnv, LocalEnv) {
   E env;
-  PartStore store(env.backend(), kVol, 'a', Geo());
+  PartStore store(env.backend(), kVol, 'a', Geo(), 256, kRecheckEveryCall);
   WriteTagged(store, 0, 0, 1, 1, 1);
   REQUIRE(store.Flush().ok());
   std::vector<std::byte> got(kBs);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -95,7 +96,10 @@ class Cluster {
     std::vector<std::unique_ptr<PartStore>> stores;
     std::vector<std::unique_ptr<DirtyMap>> dirty;
     for (int i = 0; i < kParts; ++i) {
-      stores.push_back(std::make_unique<PartStore>(*faulty_[i], kVol, Letter(i), Geo()));
+      // Recheck interval 0: the tests remove chunk files behind the stores and expect the next
+      // call to notice.
+      stores.push_back(std::make_unique<PartStore>(*faulty_[i], kVol, Letter(i), Geo(), 256,
+                                                   std::chrono::milliseconds(0)));
       dirty.push_back(LoadDirty(i));
     }
     QuorumOptions o;

@@ -13,10 +13,11 @@
 // caller (QuorumSet's region locks).
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -50,9 +51,14 @@ class RecordPieces {
 
 class PartStore {
  public:
+  // Whether a cached chunk file is still the file under its name (ChunkFile::Detached(), a path
+  // lookup) is asked at most this often; 0 asks at every call.
+  static constexpr std::chrono::milliseconds kDefaultRecheckInterval{1000};
+
   // `backend` must outlive the store.
   PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometry geometry,
-            size_t max_open_files = 256);
+            size_t max_open_files = 256,
+            std::chrono::milliseconds recheck_interval = kDefaultRecheckInterval);
   ~PartStore();
 
   char part() const { return part_; }
@@ -106,12 +112,24 @@ class PartStore {
   void DropReplaced(uint64_t chunk);
 
  private:
+  // A cached open chunk file.
+  struct Handle {
+    Handle(uint64_t c, std::unique_ptr<ChunkFile> f, int64_t now_ns)
+        : chunk(c), file(std::move(f)), checked_ns(now_ns) {}
+    const uint64_t chunk;
+    const std::unique_ptr<ChunkFile> file;
+    std::atomic<int64_t> checked_ns;    // when it was opened or Detached() last said no
+    std::atomic<bool> unsynced{false};  // written since its last sync (see MarkUnsynced)
+    bool listed = false;                // GUARDED_BY(mu_): in unsynced_
+  };
+
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
   // size back. Either sets *created.
-  Result<std::shared_ptr<ChunkFile>> GetFile(uint64_t chunk, bool create, bool complete, bool* created);
-  void Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file);
+  Result<std::shared_ptr<Handle>> GetFile(uint64_t chunk, bool create, bool complete, bool* created);
+  void Forget(const std::shared_ptr<Handle>& h);
   void EvictLocked();
-  void MarkUnsynced(uint64_t chunk);
+  // Records a completed unsynced write for the next Flush.
+  void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;
 
   StorageBackend& backend_;
@@ -119,10 +137,12 @@ class PartStore {
   const char part_;
   Geometry geometry_;
   const size_t max_open_files_;
+  const int64_t recheck_ns_;
 
-  std::mutex mu_;  // guards open_, unsynced_, dir_ready_
-  std::unordered_map<uint64_t, std::shared_ptr<ChunkFile>> open_;
-  std::set<uint64_t> unsynced_;  // chunks written since the last Flush
+  std::mutex mu_;  // guards open_, unsynced_, Handle::listed, dir_ready_
+  std::unordered_map<uint64_t, std::shared_ptr<Handle>> open_;
+  // Handles written since the last Flush (Handle::unsynced went from false to true), each once.
+  std::vector<std::shared_ptr<Handle>> unsynced_;
   bool dir_ready_ = false;
 };
 

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cassert>
+#include <chrono>
 #include <cstring>
 
 #include "qbd/log.h"
@@ -34,30 +35,49 @@ void RecordPieces::Assign(const Geometry& g, std::span<const std::byte> data, st
   }
 }
 
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
 PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometry geometry,
-                     size_t max_open_files)
-    : backend_(backend), volnr_(volnr), part_(part), geometry_(geometry), max_open_files_(max_open_files) {}
+                     size_t max_open_files, std::chrono::milliseconds recheck_interval)
+    : backend_(backend),
+      volnr_(volnr),
+      part_(part),
+      geometry_(geometry),
+      max_open_files_(max_open_files),
+      recheck_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(recheck_interval).count()) {}
 
 PartStore::~PartStore() { CloseAll().IgnoreError(); }
 
 std::string PartStore::Name(uint64_t chunk) const { return ChunkPath(volnr_, part_, chunk); }
 
-Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool create, bool complete, bool* created) {
+Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bool create, bool complete,
+                                                              bool* created) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    std::shared_ptr<ChunkFile> file;
+    std::shared_ptr<Handle> h;
     {
       std::lock_guard<std::mutex> l(mu_);
       auto it = open_.find(chunk);
-      if (it != open_.end()) file = it->second;
+      if (it != open_.end()) h = it->second;
     }
-    if (file) {
-      if (!file->Detached()) return file;
-      QBD_LOG_WARN("volume {} part {}: chunk file {} was removed or replaced under the daemon",
-                   volnr_, part_, Name(chunk));
-      Forget(chunk, file);
-      continue;
+    if (!h) break;
+    // Whether the name still leads to this file is asked at most every recheck_ns_ (a path
+    // lookup per request and part cost more than the write itself).
+    const int64_t now = recheck_ns_ > 0 ? NowNs() : 0;
+    if (recheck_ns_ > 0 && now - h->checked_ns.load(std::memory_order_relaxed) < recheck_ns_) return h;
+    if (!h->file->Detached()) {
+      h->checked_ns.store(now, std::memory_order_relaxed);
+      return h;
     }
-    break;
+    QBD_LOG_WARN("volume {} part {}: chunk file {} was removed or replaced under the daemon",
+                 volnr_, part_, Name(chunk));
+    Forget(h);
   }
   std::lock_guard<std::mutex> l(mu_);
   auto it = open_.find(chunk);
@@ -85,53 +105,63 @@ Result<std::shared_ptr<ChunkFile>> PartStore::GetFile(uint64_t chunk, bool creat
     opened = backend_.Open(path);
     if (!opened.ok()) return opened.status();
   }
-  std::shared_ptr<ChunkFile> file(std::move(opened).value());
-  QBD_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  auto h = std::make_shared<Handle>(chunk, std::move(opened).value(), recheck_ns_ > 0 ? NowNs() : 0);
+  QBD_ASSIGN_OR_RETURN(uint64_t size, h->file->Size());
   if (size < geometry_.ChunkFileSize()) {
     // §4.1: a short file is damage. Readers see Corruption past its end; a writer first restores
     // the full size (the lost tail reads as unwritten) and reports the copy as rebuilt, so that
     // the caller re-copies the whole chunk into it.
-    if (!complete) return file;  // not cached: the next call looks again
+    if (!complete) return h;  // not cached: the next call looks again
     QBD_LOG_WARN("volume {} part {}: chunk file {} is short ({} of {} bytes): restoring its size", volnr_, part_,
                  path, size, geometry_.ChunkFileSize());
-    QBD_RETURN_IF_ERROR(file->Truncate(geometry_.ChunkFileSize()));
-    QBD_RETURN_IF_ERROR(file->Sync());
+    QBD_RETURN_IF_ERROR(h->file->Truncate(geometry_.ChunkFileSize()));
+    QBD_RETURN_IF_ERROR(h->file->Sync());
     if (created) *created = true;
   }
   if (open_.size() >= max_open_files_) EvictLocked();
-  open_[chunk] = file;
-  return file;
+  open_[chunk] = h;
+  return h;
 }
 
-void PartStore::Forget(uint64_t chunk, const std::shared_ptr<ChunkFile>& file) {
+void PartStore::Forget(const std::shared_ptr<Handle>& h) {
   std::lock_guard<std::mutex> l(mu_);
-  auto it = open_.find(chunk);
-  if (it != open_.end() && it->second == file) open_.erase(it);
+  auto it = open_.find(h->chunk);
+  if (it != open_.end() && it->second == h) open_.erase(it);
 }
 
 void PartStore::DropReplaced(uint64_t chunk) {
   std::lock_guard<std::mutex> l(mu_);
   open_.erase(chunk);
-  unsynced_.erase(chunk);  // the writes it covered are in the rebuilt file, which is synced
+  // The writes the old handles took are in the rebuilt file, which is synced.
+  std::erase_if(unsynced_, [chunk](const std::shared_ptr<Handle>& h) {
+    if (h->chunk != chunk) return false;
+    h->listed = false;
+    h->unsynced.store(false);
+    return true;
+  });
 }
 
 void PartStore::EvictLocked() {
-  // Drop handles nobody is using; a handle with unsynced writes is synced first so that a later
-  // Flush, which only syncs cached files, misses nothing.
+  // Drop handles no request is using (the map holds one reference, the unsynced list one more);
+  // a handle with unsynced writes is synced first, so that the number of open files stays
+  // bounded when no Flush comes.
   for (auto it = open_.begin(); it != open_.end() && open_.size() >= max_open_files_ / 2;) {
-    if (it->second.use_count() == 1) {
-      if (unsynced_.count(it->first)) {
-        Status s = it->second->Sync();
-        if (!s.ok()) {
-          ++it;
-          continue;
-        }
-        unsynced_.erase(it->first);
-      }
-      it = open_.erase(it);
-    } else {
+    const std::shared_ptr<Handle>& h = it->second;
+    if (h.use_count() != (h->listed ? 2 : 1)) {
       ++it;
+      continue;
     }
+    if (h->listed) {
+      h->unsynced.store(false);
+      if (!h->file->Sync().ok()) {
+        h->unsynced.store(true);
+        ++it;
+        continue;
+      }
+      h->listed = false;
+      std::erase(unsynced_, h);
+    }
+    it = open_.erase(it);
   }
 }
 
@@ -143,7 +173,7 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   if (first + n > geometry_.BlocksPerChunk() || data.size() != n * bs) {
     return Status::InvalidArgument(fmt::format("read of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
-  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
+  QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
   // Data straight into `data`, metas into a scratch buffer: one preadv, no copy.
   thread_local std::vector<std::byte> meta_bytes;
   thread_local std::vector<std::span<std::byte>> pieces;
@@ -153,11 +183,11 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
     pieces[2 * i] = data.subspan(i * bs, bs);
     pieces[2 * i + 1] = std::span(meta_bytes.data() + i * kBlockMetaSize, kBlockMetaSize);
   }
-  Status s = file->ReadAtV(geometry_.RecordOffset(first), pieces);
+  Status s = h->file->ReadAtV(geometry_.RecordOffset(first), pieces);
   if (!s.ok()) {
     // A short file (Corruption) is looked at afresh by the next call, which restores its size
     // before writing into it.
-    if (s.IsCorruption()) Forget(chunk, file);
+    if (s.IsCorruption()) Forget(h);
     return s.WithContext(fmt::format("part {}", part_));
   }
   bool any_bad = false;
@@ -192,11 +222,11 @@ Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPiece
   if (first + n > geometry_.BlocksPerChunk()) {
     return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
-  QBD_ASSIGN_OR_RETURN(auto file, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
-  Status s = file->WriteAtV(geometry_.RecordOffset(first), records.pieces());
-  if (s.ok() && sync) s = file->Sync();
+  QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
+  Status s = h->file->WriteAtV(geometry_.RecordOffset(first), records.pieces());
+  if (s.ok() && sync) s = h->file->Sync();
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
-  if (!sync) MarkUnsynced(chunk);
+  if (!sync) MarkUnsynced(h);
   return Status::OK();
 }
 
@@ -207,7 +237,7 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
   }
   auto got = GetFile(chunk, /*create=*/false, /*complete=*/true, rebuilt);
   if (!got.ok()) return got.status().IsNotFound() ? Status::OK() : got.status();
-  auto file = got.value();
+  ChunkFile* file = (*got)->file.get();
   const uint64_t off = geometry_.RecordOffset(first);
   const uint64_t len = n * geometry_.RecordSize();
   Status s = file->PunchHole(off, len);
@@ -224,15 +254,21 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
   }
   if (s.ok() && sync) s = file->Sync();
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
-  if (!sync) MarkUnsynced(chunk);
+  if (!sync) MarkUnsynced(*got);
   return Status::OK();
 }
 
-void PartStore::MarkUnsynced(uint64_t chunk) {
-  // Invariant: recorded only after the write completed, so that a Flush that swaps the set out
-  // while this write is in flight cannot drop it from the next Flush.
+void PartStore::MarkUnsynced(const std::shared_ptr<Handle>& h) {
+  // Invariant: called only after the write completed. The flag orders it against Flush, which
+  // clears the flag before it syncs: a write that finds the flag set completed before that clear
+  // (the sync covers it); one that finds it clear lists the handle for the next Flush. Only that
+  // first write after a sync takes the lock.
+  if (h->unsynced.exchange(true, std::memory_order_acq_rel)) return;
   std::lock_guard<std::mutex> l(mu_);
-  unsynced_.insert(chunk);
+  if (!h->listed) {
+    h->listed = true;
+    unsynced_.push_back(h);
+  }
 }
 
 Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
@@ -241,28 +277,35 @@ Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
     if (got.status().IsNotFound()) return ChunkState::kAbsent;
     return got.status();
   }
-  QBD_ASSIGN_OR_RETURN(uint64_t size, (*got)->Size());
+  QBD_ASSIGN_OR_RETURN(uint64_t size, (*got)->file->Size());
   return size < geometry_.ChunkFileSize() ? ChunkState::kShort : ChunkState::kComplete;
 }
 
 Status PartStore::Flush(std::vector<uint64_t>* failed) {
-  std::set<uint64_t> todo;
-  std::vector<std::pair<uint64_t, std::shared_ptr<ChunkFile>>> files;
+  // Only files written since their last sync: a flush after a write to one chunk is one
+  // fdatasync, however many files are open.
+  std::vector<std::shared_ptr<Handle>> todo;
   {
     std::lock_guard<std::mutex> l(mu_);
     todo.swap(unsynced_);
-    for (uint64_t c : todo) {
-      auto it = open_.find(c);
-      if (it != open_.end()) files.emplace_back(c, it->second);
-    }
+    for (const auto& h : todo) h->listed = false;
   }
   Status first_error;
-  for (auto& [chunk, file] : files) {
-    Status s = file->Sync();
+  for (const auto& h : todo) {
+    h->unsynced.store(false, std::memory_order_release);
+    // A handle dropped from the cache meanwhile (evicted, detached) is synced all the same:
+    // its writes were acknowledged.
+    Status s = h->file->Sync();
     if (!s.ok()) {
-      std::lock_guard<std::mutex> l(mu_);
-      unsynced_.insert(chunk);
-      if (failed != nullptr) failed->push_back(chunk);
+      h->unsynced.store(true, std::memory_order_release);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (!h->listed) {
+          h->listed = true;
+          unsynced_.push_back(h);
+        }
+      }
+      if (failed != nullptr) failed->push_back(h->chunk);
       if (first_error.ok()) first_error = s.WithContext(fmt::format("flush part {}", part_));
     }
   }
