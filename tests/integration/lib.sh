@@ -457,6 +457,19 @@ write(a) if a.mode == "write" else verify(a)
 EOF
 }
 
+admin_stats() { # the running qbd-master's answer to the admin socket's "stats" request
+  python3 - "$T/qbd.sock" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.sendall(b"stats\n")
+data = b""
+while not data.endswith(b"end\n") and not data.startswith(b"error"):
+    chunk = s.recv(65536)
+    if not chunk: break
+    data += chunk
+print(data.decode())
+EOF
+}
+
 # check_multi_conn NAME URI OFFSET: two connections; what one writes, trims, zeroes or partly writes
 # at OFFSET (8 KiB there), the other reads at once (CAN_MULTI_CONN semantics, through any cache).
 check_multi_conn() {

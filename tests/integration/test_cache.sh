@@ -28,16 +28,7 @@ fio --name=c --ioengine=nbd --uri="$(uri c)" --rw=randrw --bs=4k --iodepth=16 --
   --verify=crc32c --verify_fatal=1 --output-format=json --output="$T/fio.json" >"$T/fio.out" 2>&1
 rc=$?
 [ $rc = 0 ] && pass "fio randrw --verify=crc32c passes with the cache" || { fail "fio randrw --verify=crc32c passes with the cache" "exit $rc"; show "$T/fio.out"; }
-python3 - "$T/qbd.sock" >"$T/stats.out" 2>&1 <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.sendall(b"stats\n")
-data = b""
-while not data.endswith(b"end\n") and not data.startswith(b"error"):
-    chunk = s.recv(65536)
-    if not chunk: break
-    data += chunk
-print(data.decode())
-EOF
+admin_stats >"$T/stats.out" 2>&1
 check "the admin socket's stats request gives the volume's counters and the cache's hit ratio" \
   bash -c "grep -q '^volume c: reads' '$T/stats.out' && grep -qE '^cache: .* of 64.0 MiB, hits [1-9]' '$T/stats.out'"
 qbd_stop

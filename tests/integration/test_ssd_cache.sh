@@ -43,16 +43,7 @@ check "every acknowledged write is there (flushed or not), others zero or one wh
 check_multi_conn "write-back: a write, trim, write_zeroes and partial write on one connection are read at once on another" \
   "$(uri wb)" $((48 * 1048576))
 
-python3 - "$T/qbd.sock" >"$T/stats.out" 2>&1 <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.sendall(b"stats\n")
-data = b""
-while not data.endswith(b"end\n") and not data.startswith(b"error"):
-    chunk = s.recv(65536)
-    if not chunk: break
-    data += chunk
-print(data.decode())
-EOF
+admin_stats >"$T/stats.out" 2>&1
 check "the admin socket's stats request gives the SSD cache's state" \
   grep -qE "^volume wb: ssd cache .*/ssd/1/log: 256 MiB write-back, [0-9.]+ [KMG]?i?B used, hits [0-9]+" "$T/stats.out"
 qbd_stop
