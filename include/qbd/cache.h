@@ -168,6 +168,8 @@ class CacheLayer : public BlockHandler {
   }
 
  private:
+  // Requests larger than this bypass the cache (reads) or only invalidate it (writes).
+  static constexpr size_t kStreamBytes = 128 * 1024;
   // Marks writes to blocks [b0, b1] in flight and drops them from the cache; returns the
   // finished-write versions seen at the start.
   std::vector<uint64_t> BeginWrite(uint64_t b0, uint64_t b1);

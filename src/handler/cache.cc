@@ -209,7 +209,9 @@ CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, ui
 CacheLayer::~CacheLayer() { cache_.EraseVolume(volnr_); }
 
 Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
-  if (out.empty()) return next_->Read(off, out);
+  // A large request is a stream (a backup, a copy): served from below without filling, as the
+  // page cache does it cheaper than 4 KiB lookups, and the working set stays.
+  if (out.empty() || out.size() > kStreamBytes) return next_->Read(off, out);
   const uint64_t b0 = off / bs_, b1 = (off + out.size() - 1) / bs_;
   thread_local std::vector<std::byte> block;
   block.resize(bs_);
@@ -295,8 +297,9 @@ Status CacheLayer::Write(uint64_t off, std::span<const std::byte> in, bool fua) 
   const uint64_t b0 = off / bs_, b1 = (off + in.size() - 1) / bs_;
   std::vector<uint64_t> versions = BeginWrite(b0, b1);
   Status s = next_->Write(off, in, fua);
-  // Whole blocks of a successful write are cached; a partial edge block only loses its copy.
-  const bool whole = off % bs_ == 0 && in.size() % bs_ == 0;
+  // Whole blocks of a successful write are cached (a large one only drops them: a stream); a
+  // partial edge block only loses its copy.
+  const bool whole = off % bs_ == 0 && in.size() % bs_ == 0 && in.size() <= kStreamBytes;
   EndWrite(b0, b1, versions, s.ok() && whole ? in.data() : nullptr);
   return s;
 }
