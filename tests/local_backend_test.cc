@@ -169,6 +169,21 @@ TEST_CASE_TEMPLATE("WriteAtV and ReadAtV move many buffers as one run of file by
   std::vector<std::span<std::byte>> out(back.begin(), back.end());
   REQUIRE((*f)->ReadAtV(3, out).ok());
   CHECK(back == bufs);
+  SUBCASE("and a write that spans several aligned write windows lands whole") {
+    // LocalDirBackend cuts writes at 256 KiB boundaries of the file.
+    std::vector<std::byte> big(700 << 10), mid(4112), back_big(big.size()), back_mid(mid.size());
+    for (size_t i = 0; i < big.size(); ++i) big[i] = std::byte(i * 7 + i / 4096);
+    for (size_t i = 0; i < mid.size(); ++i) mid[i] = std::byte(i * 13);
+    std::vector<std::span<const std::byte>> pieces = {big, mid, big};
+    const uint64_t where = (256 << 10) - 5;
+    REQUIRE((*f)->WriteAtV(where, pieces).ok());
+    std::vector<std::span<std::byte>> into = {back_big, back_mid};
+    REQUIRE((*f)->ReadAtV(where, into).ok());
+    CHECK(back_big == big);
+    CHECK(back_mid == mid);
+    REQUIRE((*f)->ReadAt(where + big.size() + mid.size(), back_big).ok());
+    CHECK(back_big == big);
+  }
   SUBCASE("and ReadAtV returns Corruption when it runs past the end of the file") {
     std::vector<std::byte> one(10), two(10);
     std::vector<std::span<std::byte>> past = {one, two};

@@ -8,7 +8,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -95,6 +97,14 @@ class LocalFile final : public ChunkFile {
     return Status::OK();
   }
 
+  // The page cache sizes a new folio after the write that creates it (up to 2 MiB on Linux 6.x
+  // ext4), and ext4 walks every block of a folio on each buffered write into it: after a file
+  // was filled with 1 MiB writes, a 4 KiB write cost 3x more than after 64 KiB ones (fio on this
+  // file system), for qbd three times per request with three parts. Writes are therefore cut at
+  // aligned windows of this many file bytes, which bounds the folios they create; 256 KiB took
+  // 20-30% off the CPU of random 4 KiB writes and cost little on 1 MiB ones (4 syscalls more).
+  static constexpr size_t kWriteWindow = 256 << 10;
+
   // preadv/pwritev of `count` buffers in batches of at most kMaxIov, resuming after short
   // transfers. A read that meets the end of the file is Corruption, as in ReadAt.
   template <typename Span>
@@ -107,10 +117,12 @@ class LocalFile final : public ChunkFile {
     while (next < count) {
       int n = 0;
       size_t want = 0;
-      for (size_t i = next; i < count && n < static_cast<int>(kMaxIov); ++i) {
+      // A write stops at the next kWriteWindow boundary of the file (see there).
+      const size_t room = write ? kWriteWindow - pos % kWriteWindow : SIZE_MAX;
+      for (size_t i = next; i < count && n < static_cast<int>(kMaxIov) && want < room; ++i) {
         const size_t from = i == next ? skip : 0;
         iov[n].iov_base = const_cast<std::byte*>(bufs[i].data()) + from;
-        iov[n].iov_len = bufs[i].size() - from;
+        iov[n].iov_len = std::min(bufs[i].size() - from, room - want);
         want += iov[n].iov_len;
         ++n;
       }
