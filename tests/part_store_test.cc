@@ -361,8 +361,9 @@ TEST_CASE("Flush syncs only the files written since the last Flush") {
   }
 }
 
-TEST_CASE_TEMPLATE("A cached chunk file is looked up again by name only once the recheck interval passed",
-                   E, MemEnv, LocalEnv) {
+TEST_CASE_TEMPLATE(
+    "A cached chunk file is looked up again by name only once the recheck interval passed", E,
+    MemEnv, LocalEnv) {
   // The lookup costs a path walk per request and part; between two of them a removed file is
   // still served from its open handle (the bytes are intact), as on an NFS backend.
   E env;

@@ -46,8 +46,9 @@ XXH_TARGET_AVX2 uint64_t LongHashAvx2(const void* data, size_t len) {
 }
 
 XXH_TARGET_AVX512 uint64_t LongHashAvx512(const void* data, size_t len) {
-  const uint64_t h = XXH3_hashLong_64b_internal(data, len, XXH3_kSecret, sizeof(XXH3_kSecret),
-                                                XXH3_accumulate_512_avx512, XXH3_scrambleAcc_avx512);
+  const uint64_t h =
+      XXH3_hashLong_64b_internal(data, len, XXH3_kSecret, sizeof(XXH3_kSecret),
+                                 XXH3_accumulate_512_avx512, XXH3_scrambleAcc_avx512);
   _mm256_zeroupper();
   return h;
 }

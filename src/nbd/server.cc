@@ -12,11 +12,17 @@
 //
 // A worker loop: take the connection's read mutex, read one whole request (header and WRITE
 // payload) into the worker's own buffer, release it, run the request through the export's
-// BlockHandler, and send the reply with one sendmsg() under the write mutex. Replies may thus leave
-// out of order, which the protocol allows.
+// BlockHandler, and send the reply (SendReply). Replies may thus leave out of order, which the
+// protocol allows.
+//
+// Replies are combined: one worker at a time sends, and a worker that finds another one sending
+// copies a small reply (a header, a write's acknowledgement, a read of up to kCoalesceMax bytes)
+// into the connection's outbox and goes back to reading; the sending worker sends the outbox with
+// its own reply in one sendmsg() before it stops sending. At queue depth 32 one syscall then
+// carries several replies (each sendmsg on TCP also runs the receiver's softirq work).
 //
 // Lock order: Impl::mu_ before nothing (never held while calling into a connection); a
-// connection's read_mu and write_mu are never held together.
+// connection's read_mu and write_mu are never held together; write_mu before log_mu.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -58,6 +64,9 @@ constexpr size_t kReadBufferSize = 64 * 1024;
 // allocate; a buffer grown past it for a rare huge request is freed afterwards, which bounds
 // what idle connections hold (threads_per_connection x this) whatever max_payload is.
 constexpr size_t kKeptBufferSize = 4 << 20;
+// Replies up to this size are copied into the outbox when another worker is sending (see the top
+// of the file); larger ones wait for their turn rather than be copied.
+constexpr size_t kCoalesceMax = 64 * 1024;
 // Rejected-request warnings per connection and second; the rest are counted and summarized.
 constexpr int kWarningsPerSecond = 5;
 // The meta context id of base:allocation after NBD_OPT_SET_META_CONTEXT.
@@ -216,7 +225,12 @@ struct NbdServer::Impl {
     bool closing = false;  // guarded by read_mu: no further request is read
 
     std::mutex write_mu;
-    bool send_failed = false;  // guarded by write_mu
+    bool send_failed = false;         // guarded by write_mu
+    bool sending = false;             // guarded by write_mu: a worker is in SendReply's send loop
+    std::vector<std::byte> outbox;    // guarded by write_mu: replies for the sending worker to send
+    std::vector<std::byte> sendbuf;   // owned by the sending worker: the outbox being sent
+    std::condition_variable send_cv;  // signalled when `sending` ends
+    int big_waiters = 0;  // guarded by write_mu: workers waiting in SendReply with a large reply
 
     std::mutex log_mu;
     int64_t log_second = 0;   // guarded by log_mu
@@ -238,6 +252,9 @@ struct NbdServer::Impl {
   // Returns true when the client entered transmission.
   bool Handshake(Conn* c);
   void Worker(Conn* c);
+  // Sends the reply made of `a` then `b`, or leaves it in the outbox for the worker that is
+  // sending (see the top of this file).
+  void SendReply(Conn* c, std::span<const std::byte> a, std::span<const std::byte> b);
   void Warn(Conn* c, std::string_view what);
 
   const ExportRegistry& registry;
@@ -1007,18 +1024,56 @@ void NbdServer::Impl::Worker(Conn* c) {
       first = std::span(head.data(), r.size());
       if (data_len > 0) second = std::span(buf.data(), data_len);
     }
-    {
-      std::lock_guard lk(c->write_mu);
-      if (!c->send_failed && !SendAll(c->fd, first, second)) {
-        const int send_err = errno;
-        c->send_failed = true;
-        Warn(c, fmt::format("sending reply: {}; closing", std::strerror(send_err)));
-        ::shutdown(c->fd, SHUT_RDWR);  // the reader sees EOF and the connection winds down
-      }
-    }
+    SendReply(c, first, second);
     if (next == Next::kRejectAndStop) return;
     if (buf.size() > kKeptBufferSize) std::vector<std::byte>().swap(buf);
   }
+}
+
+void NbdServer::Impl::SendReply(Conn* c, std::span<const std::byte> a,
+                                std::span<const std::byte> b) {
+  std::unique_lock lk(c->write_mu);
+  if (c->sending) {
+    if (a.size() + b.size() <= kCoalesceMax) {
+      c->outbox.insert(c->outbox.end(), a.begin(), a.end());
+      c->outbox.insert(c->outbox.end(), b.begin(), b.end());
+      return;  // Invariant: the sending worker sends the outbox before `sending` ends.
+    }
+    // Too big to copy: wait and send it ourselves. The sending worker stops after its current
+    // batch and leaves the outbox to us, so a stream of small replies cannot hold us back.
+    ++c->big_waiters;
+    c->send_cv.wait(lk, [c] { return !c->sending; });
+    --c->big_waiters;
+  }
+  c->sending = true;
+  bool mine = true;  // our own reply still to send
+  for (;;) {
+    c->sendbuf.clear();
+    c->sendbuf.swap(c->outbox);
+    if (!mine && (c->sendbuf.empty() || c->big_waiters > 0)) {
+      c->outbox.swap(c->sendbuf);  // what is left goes out with the next sender's reply
+      break;
+    }
+    const bool failed = c->send_failed;
+    lk.unlock();
+    iovec iov[3];
+    int n = 0;
+    if (!c->sendbuf.empty()) iov[n++] = {c->sendbuf.data(), c->sendbuf.size()};
+    if (mine && !a.empty()) iov[n++] = {const_cast<std::byte*>(a.data()), a.size()};
+    if (mine && !b.empty()) iov[n++] = {const_cast<std::byte*>(b.data()), b.size()};
+    const bool ok = failed || SendAll(c->fd, iov, n);
+    const int send_err = errno;
+    lk.lock();
+    if (!ok && !c->send_failed) {
+      c->send_failed = true;
+      Warn(c, fmt::format("sending reply: {}; closing", std::strerror(send_err)));
+      ::shutdown(c->fd, SHUT_RDWR);  // the reader sees EOF and the connection winds down
+    }
+    mine = false;
+  }
+  c->sending = false;
+  lk.unlock();
+  c->send_cv.notify_all();
 }
 
 // ---------------------------------------------------------------------------------------------

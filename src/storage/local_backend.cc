@@ -111,8 +111,8 @@ class LocalFile final : public ChunkFile {
   Status Vectored(uint64_t offset, const Span* bufs, size_t count, bool write) {
     constexpr size_t kMaxIov = 1024;  // IOV_MAX on Linux
     iovec iov[kMaxIov];
-    size_t next = 0;     // the first buffer not yet in `iov`
-    size_t skip = 0;     // bytes of bufs[next] already transferred (after a short transfer)
+    size_t next = 0;  // the first buffer not yet in `iov`
+    size_t skip = 0;  // bytes of bufs[next] already transferred (after a short transfer)
     uint64_t pos = offset;
     while (next < count) {
       int n = 0;
