@@ -6,8 +6,9 @@
 // serves whatever name the client asks for (the per-volume port of the design).
 //
 // Per connection, `threads_per_connection` threads take turns reading one request each (under a
-// read lock, payload included), run it through the export's BlockHandler and send the reply (under
-// a write lock), so many requests are in flight and replies may be out of order.
+// read lock, payload included), run it through the export's BlockHandler and send the reply (one
+// thread sends at a time and takes the small replies of the others along in the same sendmsg), so
+// many requests are in flight and replies may be out of order.
 //
 // Thread-safety: Listen* and Stop may be called from any thread; Stop is idempotent.
 #pragma once
