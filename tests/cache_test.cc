@@ -13,19 +13,13 @@
 #include <thread>
 #include <vector>
 
+#include "testutil/random_bytes.h"
 #include "testutil/mem_disk.h"
 
 namespace qbd::test {
 namespace {
 
 constexpr uint32_t kBs = 4096;
-
-std::vector<std::byte> Pattern(uint64_t seed, size_t n) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> out(n);
-  for (auto& b : out) b = std::byte(rng());
-  return out;
-}
 
 // Lets other threads run before and after each call reaches the disk, so that overlapping
 // requests interleave in every order (no sleeps: yields).
@@ -112,17 +106,17 @@ TEST_CASE("BlockCache keeps a used working set when a long scan passes through")
   std::vector<std::byte> block(kBs), got(kBs);
   // A working set of 100 blocks, each used again after it was cached.
   for (uint64_t b = 0; b < 100; ++b) {
-    block = Pattern(b, kBs);
+    block = RandomBytes(b, kBs);
     cache.Insert(1, b, block);
   }
   for (uint64_t b = 0; b < 100; ++b) REQUIRE(cache.Lookup(1, b, got));
   // A scan of 10x the capacity, each block seen once.
-  for (uint64_t b = 1000; b < 1000 + 2560; ++b) cache.Insert(1, b, Pattern(b, kBs));
+  for (uint64_t b = 1000; b < 1000 + 2560; ++b) cache.Insert(1, b, RandomBytes(b, kBs));
   int kept = 0;
   for (uint64_t b = 0; b < 100; ++b) {
     if (cache.Lookup(1, b, got)) {
       ++kept;
-      CHECK(got == Pattern(b, kBs));
+      CHECK(got == RandomBytes(b, kBs));
     }
   }
   CHECK(kept == 100);
@@ -133,7 +127,7 @@ TEST_CASE("BlockCache keeps a used working set when a long scan passes through")
 TEST_CASE("BlockCache never holds more than its capacity and drops a volume's blocks on EraseVolume") {
   BlockCache cache(64 * kBs, /*shards=*/4);
   for (uint64_t b = 0; b < 1000; ++b) {
-    cache.Insert(b % 2 ? 1 : 2, b, Pattern(b, kBs));
+    cache.Insert(b % 2 ? 1 : 2, b, RandomBytes(b, kBs));
     CHECK(cache.used() <= cache.capacity());
   }
   cache.EraseVolume(1);
@@ -160,7 +154,7 @@ TEST_CASE("CacheLayer reads what a plain vector holds under random reads, writes
         break;
       }
       case 2: {
-        std::vector<std::byte> data = Pattern(rng(), len);
+        std::vector<std::byte> data = RandomBytes(rng(), len);
         REQUIRE(s.layer->Write(off, data, false).ok());
         std::copy(data.begin(), data.end(), oracle.begin() + off);
         break;
@@ -180,7 +174,7 @@ TEST_CASE("CacheLayer reads what a plain vector holds under random reads, writes
 
 TEST_CASE("CacheLayer serves repeated reads from memory and keeps the data when a write fails") {
   Stack s(1 << 20, 64 * kBs);
-  std::vector<std::byte> data = Pattern(7, 8 * kBs), got(8 * kBs);
+  std::vector<std::byte> data = RandomBytes(7, 8 * kBs), got(8 * kBs);
   REQUIRE(s.layer->Write(0, data, false).ok());
   const uint64_t reads = s.disk->reads();
   REQUIRE(s.layer->Read(0, got).ok());
@@ -188,7 +182,7 @@ TEST_CASE("CacheLayer serves repeated reads from memory and keeps the data when 
   CHECK(s.disk->reads() == reads);  // the write's whole blocks were cached
   // A failed write leaves the old data below; the cache must not serve the new.
   s.disk->FailNext(Status::IOError("test: write fails"));
-  std::vector<std::byte> other = Pattern(8, kBs);
+  std::vector<std::byte> other = RandomBytes(8, kBs);
   CHECK_FALSE(s.layer->Write(0, other, false).ok());
   REQUIRE(s.layer->Read(0, got).ok());
   CHECK(got == data);
@@ -246,7 +240,7 @@ TEST_CASE("CacheLayer does not cache a read's old data when a write lands while 
   auto g = std::make_unique<Gate>(std::move(d));
   Gate* gate = g.get();
   CacheLayer layer(std::move(g), cache, 3, kBs);
-  std::vector<std::byte> old_data = Pattern(1, kBs), new_data = Pattern(2, kBs), got(kBs);
+  std::vector<std::byte> old_data = RandomBytes(1, kBs), new_data = RandomBytes(2, kBs), got(kBs);
   REQUIRE(disk->Write(0, old_data, false).ok());  // below the cache: nothing cached yet
   gate->HoldNext(Gate::What::kRead);
   std::thread reader([&] { CHECK(layer.Read(0, got).ok()); });
@@ -266,7 +260,7 @@ TEST_CASE("CacheLayer does not cache a write that an overlapping write may have 
   auto g = std::make_unique<Gate>(std::move(d));
   Gate* gate = g.get();
   CacheLayer layer(std::move(g), cache, 3, kBs);
-  std::vector<std::byte> first = Pattern(3, kBs), second = Pattern(4, kBs), got(kBs);
+  std::vector<std::byte> first = RandomBytes(3, kBs), second = RandomBytes(4, kBs), got(kBs);
   gate->HoldNext(Gate::What::kWrite);
   std::thread w1([&] { CHECK(layer.Write(0, first, false).ok()); });
   gate->WaitHeld();  // the first write is on the disk, not yet answered

@@ -23,6 +23,7 @@
 #include "qbd/dirty_map.h"
 #include "qbd/log.h"
 #include "qbd/part_store.h"
+#include "testutil/random_bytes.h"
 #include "testutil/mem_backend.h"
 
 namespace qbd::test {
@@ -37,18 +38,6 @@ constexpr uint64_t kRegions = kSize / kRegion;
 constexpr int kParts = 3;
 
 Geometry Geo() { return Geometry{kSize, kBs, kChunk}; }
-
-// Bytes that depend on `seed` and the position.
-std::vector<std::byte> Data(uint64_t seed, size_t n) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> out(n);
-  uint64_t word = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (i % 8 == 0) word = rng();
-    out[i] = std::byte(word >> (8 * (i % 8)));
-  }
-  return out;
-}
 
 bool AllZero(std::span<const std::byte> b) {
   return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
@@ -233,7 +222,7 @@ TEST_CASE("Read returns what Write stored when offsets and lengths are unaligned
     const bool fua = rng() % 4 == 0;
     CAPTURE(off);
     CAPTURE(len);
-    std::vector<std::byte> data = Data(rng(), len);
+    std::vector<std::byte> data = RandomBytes(rng(), len);
     REQUIRE(c.q().Write(off, data, fua).ok());
     std::copy(data.begin(), data.end(), ref.begin() + static_cast<ptrdiff_t>(off));
     // A read of an overlapping random range.
@@ -253,7 +242,7 @@ TEST_CASE("Read returns what Write stored when offsets and lengths are unaligned
 TEST_CASE("Write straddling a chunk boundary lands in both chunk files") {
   Cluster c;
   const uint64_t off = kChunk - 1000;
-  std::vector<std::byte> data = Data(1, 5000);
+  std::vector<std::byte> data = RandomBytes(1, 5000);
   REQUIRE(c.q().Write(off, data, /*fua=*/false).ok());
   CHECK(c.ReadBack(off, data.size()) == data);
   for (int p = 0; p < kParts; ++p) {
@@ -291,7 +280,7 @@ TEST_CASE("Read and Write return InvalidArgument when the range passes the end")
 TEST_CASE("Write succeeds when 2 of 3 replicas acknowledge and records the miss durably") {
   Cluster c(/*write_quorum=*/2);
   c.faulty(1).FailMatching("7/b", kFailPartWrites);
-  std::vector<std::byte> data = Data(2, 3 * kBs);
+  std::vector<std::byte> data = RandomBytes(2, 3 * kBs);
   const uint64_t off = 5 * kChunk + 70 * 1024;  // region 81
   const uint64_t region = off / kRegion;
   REQUIRE(c.q().Write(off, data, /*fua=*/false).ok());
@@ -313,7 +302,7 @@ TEST_CASE("Write fails with Unavailable when the write quorum is lost") {
   SUBCASE("write_quorum 3 and one failing part") {
     Cluster c(/*write_quorum=*/3);
     c.faulty(2).FailMatching("", kFailPartWrites);
-    std::vector<std::byte> data = Data(3, kBs);
+    std::vector<std::byte> data = RandomBytes(3, kBs);
     Status s = c.q().Write(0, data, false);
     CHECK(s.IsUnavailable());
     CHECK(s.Errno() == EIO);
@@ -322,7 +311,7 @@ TEST_CASE("Write fails with Unavailable when the write quorum is lost") {
     Cluster c(/*write_quorum=*/2);
     c.q().TEST_SetPartUp(0, false);
     c.q().TEST_SetPartUp(2, false);
-    std::vector<std::byte> data = Data(3, kBs);
+    std::vector<std::byte> data = RandomBytes(3, kBs);
     CHECK(c.q().Write(0, data, true).IsUnavailable());
     CHECK(c.q().Trim(0, kBs, false).IsUnavailable());
   }
@@ -333,7 +322,7 @@ TEST_CASE("Write fails with Unavailable when the miss cannot be recorded on any 
   REQUIRE(c.mem(0).Remove(DirtyMap::PathFor(kVol, 'b')).ok());
   REQUIRE(c.mem(2).Remove(DirtyMap::PathFor(kVol, 'b')).ok());
   c.faulty(1).FailMatching("7/b", kFailPartWrites);
-  std::vector<std::byte> data = Data(4, kBs);
+  std::vector<std::byte> data = RandomBytes(4, kBs);
   CHECK(c.q().Write(0, data, false).IsUnavailable());
 }
 
@@ -352,7 +341,7 @@ void MakeBStale(Cluster& c, uint64_t off, const std::vector<std::byte>& v1,
 TEST_CASE("Read avoids a part whose region is dirty") {
   Cluster c;
   const uint64_t off = 3 * kChunk;
-  std::vector<std::byte> v1 = Data(10, 2 * kBs), v2 = Data(11, 2 * kBs);
+  std::vector<std::byte> v1 = RandomBytes(10, 2 * kBs), v2 = RandomBytes(11, 2 * kBs);
   MakeBStale(c, off, v1, v2);
   c.q().TEST_SetPartUp(0, false);  // b would be first in line now
   CHECK(c.ReadBack(off, v2.size()) == v2);
@@ -363,7 +352,7 @@ TEST_CASE(
     "Read fails with Unavailable rather than serve a stale copy when every clean part is down") {
   Cluster c;
   const uint64_t off = 3 * kChunk;
-  std::vector<std::byte> v1 = Data(10, 2 * kBs), v2 = Data(11, 2 * kBs);
+  std::vector<std::byte> v1 = RandomBytes(10, 2 * kBs), v2 = RandomBytes(11, 2 * kBs);
   MakeBStale(c, off, v1, v2);
   c.q().TEST_SetPartUp(0, false);
   c.q().TEST_SetPartUp(2, false);  // only b, dirty, is up
@@ -382,7 +371,7 @@ TEST_CASE(
 TEST_CASE("ResyncOnce keeps a part dirty when the only clean copies are on parts that are down") {
   Cluster c;
   const uint64_t off = 3 * kChunk;
-  std::vector<std::byte> v1 = Data(12, 2 * kBs), v2 = Data(13, 2 * kBs);
+  std::vector<std::byte> v1 = RandomBytes(12, 2 * kBs), v2 = RandomBytes(13, 2 * kBs);
   MakeBStale(c, off, v1, v2);
   // a and c are unreachable: their probes fail, so they stay down.
   c.faulty(0).FailMatching("", FaultyBackend::kAllOps);
@@ -405,8 +394,8 @@ TEST_CASE("ResyncOnce keeps a part dirty when the only clean copies are on parts
 
 TEST_CASE("ResyncOnce reconciles a region dirty on every part to the newest generation") {
   Cluster c;
-  std::vector<std::byte> v1 = Data(14, kBs), v2 = Data(15, kBs), v3 = Data(16, kBs),
-                         v4 = Data(17, kBs);
+  std::vector<std::byte> v1 = RandomBytes(14, kBs), v2 = RandomBytes(15, kBs), v3 = RandomBytes(16, kBs),
+                         v4 = RandomBytes(17, kBs);
   REQUIRE(c.q().Write(0, v1, true).ok());
   c.q().TEST_SetPartUp(1, false);
   REQUIRE(c.q().Write(0, v2, true).ok());  // a, c: v2; b dirty
@@ -428,7 +417,7 @@ TEST_CASE("ResyncOnce reconciles a region dirty on every part to the newest gene
 
 TEST_CASE("ResyncOnce copies dirty regions back to a part that returned") {
   Cluster c;
-  std::vector<std::byte> v1 = Data(20, 100000), v2 = Data(21, 50000);
+  std::vector<std::byte> v1 = RandomBytes(20, 100000), v2 = RandomBytes(21, 50000);
   REQUIRE(c.q().Write(kChunk - 30000, v1, false).ok());
   c.faulty(1).FailMatching("7/b", kFailPartWrites);
   REQUIRE(c.q().Write(kChunk - 10000, v2, false).ok());
@@ -457,7 +446,7 @@ TEST_CASE("ResyncOnce copies dirty regions back to a part that returned") {
 TEST_CASE("ResyncOnce leaves a part dirty while its backend still fails") {
   Cluster c;
   c.faulty(1).FailMatching("", FaultyBackend::kAllOps);
-  std::vector<std::byte> v = Data(22, kBs);
+  std::vector<std::byte> v = RandomBytes(22, kBs);
   REQUIRE(c.q().Write(0, v, false).ok());
   CHECK(c.q().ResyncOnce() == 0);
   CHECK_FALSE(c.q().PartUp(1));
@@ -467,7 +456,7 @@ TEST_CASE("ResyncOnce leaves a part dirty while its backend still fails") {
 TEST_CASE("Read returns the right data and repairs a part whose chunk has a flipped byte") {
   Cluster c;
   const uint64_t off = 2 * kChunk + 8 * kBs;
-  std::vector<std::byte> v = Data(30, 4 * kBs);
+  std::vector<std::byte> v = RandomBytes(30, 4 * kBs);
   REQUIRE(c.q().Write(off, v, true).ok());
   // Bit rot in the third block of the write, on part b.
   REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 2), Geo().RecordOffset(10) + 77).ok());
@@ -490,7 +479,7 @@ TEST_CASE("Read returns the right data and repairs a part whose chunk has a flip
 TEST_CASE("VerifyQueued finds and resync repairs damage on the parts a read did not touch") {
   Cluster c;
   const uint64_t off = 3 * kChunk;
-  std::vector<std::byte> v = Data(33, 8 * kBs);
+  std::vector<std::byte> v = RandomBytes(33, 8 * kBs);
   REQUIRE(c.q().Write(off, v, true).ok());
   // Bit rot on part b and a lost file on part c; reads are served by part a.
   REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().RecordOffset(5) + 3).ok());
@@ -514,7 +503,7 @@ TEST_CASE("VerifyQueued finds and resync repairs damage on the parts a read did 
 
 TEST_CASE("A part back from an outage counts for the write quorum only once it is in sync") {
   Cluster c(/*write_quorum=*/2);
-  std::vector<std::byte> v = Data(34, 4 * kBs);
+  std::vector<std::byte> v = RandomBytes(34, 4 * kBs);
   c.q().TEST_SetPartUp(1, false);
   REQUIRE(c.q().Write(0, v, false).ok());  // on a and c; b is recorded dirty
   REQUIRE(c.q().DirtyRegions(1) == 1);
@@ -537,7 +526,7 @@ TEST_CASE("A part back from an outage counts for the write quorum only once it i
 
 TEST_CASE("Read returns Corruption when every copy of a block is damaged") {
   Cluster c;
-  std::vector<std::byte> v = Data(31, kBs);
+  std::vector<std::byte> v = RandomBytes(31, kBs);
   REQUIRE(c.q().Write(0, v, true).ok());
   for (int p = 0; p < kParts; ++p) REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p, 0), 5).ok());
   std::vector<std::byte> got(kBs);
@@ -546,7 +535,7 @@ TEST_CASE("Read returns Corruption when every copy of a block is damaged") {
 
 TEST_CASE("Read returns the right data from another part when one part's reads fail") {
   Cluster c;
-  std::vector<std::byte> v = Data(32, 2 * kBs);
+  std::vector<std::byte> v = RandomBytes(32, 2 * kBs);
   REQUIRE(c.q().Write(kChunk, v, true).ok());
   c.faulty(0).FailMatching("7/a/2", FaultyBackend::kRead);
   CHECK(c.ReadBack(kChunk, v.size()) == v);
@@ -556,7 +545,7 @@ TEST_CASE("Read returns the right data from another part when one part's reads f
 
 TEST_CASE("Read returns the right data and ResyncOnce recreates a deleted chunk file") {
   Cluster c;
-  std::vector<std::byte> v = Data(40, 200000);
+  std::vector<std::byte> v = RandomBytes(40, 200000);
   const uint64_t off = 4 * kChunk + 300000;
   REQUIRE(c.q().Write(off, v, true).ok());
   REQUIRE(c.ReadBack(off, v.size()) == v);  // part a's handle is cached now
@@ -567,7 +556,7 @@ TEST_CASE("Read returns the right data and ResyncOnce recreates a deleted chunk 
     CHECK(c.q().counters().read_repairs.load() > 0);
   }
   SUBCASE("noticed by a write") {
-    std::vector<std::byte> w = Data(41, kBs);
+    std::vector<std::byte> w = RandomBytes(41, kBs);
     REQUIRE(c.q().Write(off, w, false).ok());
     std::copy(w.begin(), w.end(), v.begin());
     CHECK(c.q().counters().read_repairs.load() > 0);
@@ -588,7 +577,7 @@ TEST_CASE("Read returns the right data and ResyncOnce recreates a deleted chunk 
 
 TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncated") {
   Cluster c;
-  std::vector<std::byte> v = Data(42, kBs);
+  std::vector<std::byte> v = RandomBytes(42, kBs);
   REQUIRE(c.q().Write(0, v, true).ok());  // block 0 only: the rest of chunk 0 is unwritten
   {
     auto f = c.mem(0).Open(c.ChunkFile(0, 0));
@@ -615,7 +604,7 @@ TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncate
 
 TEST_CASE("Trim and WriteZeroes read back as zeros") {
   Cluster c;
-  std::vector<std::byte> v = Data(50, 300000);
+  std::vector<std::byte> v = RandomBytes(50, 300000);
   REQUIRE(c.q().Write(0, v, false).ok());
   const uint64_t zoff = 5000, zlen = 200000;  // unaligned at both ends
   bool may_trim = true;
@@ -652,7 +641,7 @@ TEST_CASE("Trim and WriteZeroes read back as zeros") {
 
 TEST_CASE("Trim of a part that is down is replayed by resync") {
   Cluster c;
-  std::vector<std::byte> v = Data(51, 4 * kRegion);
+  std::vector<std::byte> v = RandomBytes(51, 4 * kRegion);
   REQUIRE(c.q().Write(0, v, true).ok());
   c.q().TEST_SetPartUp(2, false);
   REQUIRE(c.q().Trim(kRegion, 2 * kRegion, false).ok());
@@ -668,7 +657,7 @@ TEST_CASE("Flush returns OK to many threads flushing at once and covers every ea
   constexpr int kThreads = 8;
   std::vector<Status> results(kThreads);
   std::vector<std::vector<std::byte>> data;
-  for (int t = 0; t < kThreads; ++t) data.push_back(Data(60 + t, kBs));
+  for (int t = 0; t < kThreads; ++t) data.push_back(RandomBytes(60 + t, kBs));
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -689,7 +678,7 @@ TEST_CASE("Flush returns OK to many threads flushing at once and covers every ea
 
 TEST_CASE("Flush fails with Unavailable when fewer than the quorum can sync") {
   Cluster c(/*write_quorum=*/2);
-  std::vector<std::byte> v = Data(70, kBs);
+  std::vector<std::byte> v = RandomBytes(70, kBs);
   REQUIRE(c.q().Write(0, v, false).ok());
   c.faulty(0).FailMatching("", FaultyBackend::kSync);
   c.faulty(1).FailMatching("", FaultyBackend::kSync);
@@ -702,7 +691,7 @@ TEST_CASE("Flush fails with Unavailable when fewer than the quorum can sync") {
 TEST_CASE("Resync syncs in batches, not once per region, and leaves the parts identical") {
   Cluster c;
   c.q().TEST_SetPartUp(2, false);
-  std::vector<std::byte> v = Data(73, 8 * kChunk);  // 128 regions, chunks 0-7
+  std::vector<std::byte> v = RandomBytes(73, 8 * kChunk);  // 128 regions, chunks 0-7
   REQUIRE(c.q().Write(0, v, false).ok());
   REQUIRE(c.q().DirtyRegions(2) == 8 * kChunk / kRegion);
   c.q().TEST_SetPartUp(2, true);
@@ -722,9 +711,9 @@ TEST_CASE("Resync syncs in batches, not once per region, and leaves the parts id
 TEST_CASE("A resync batch whose sync fails leaves the batch and the unsynced client chunk dirty") {
   Cluster c;
   c.q().TEST_SetPartUp(2, false);
-  REQUIRE(c.q().Write(0, Data(74, kBs), false).ok());  // missed by part c: region 0 dirty
+  REQUIRE(c.q().Write(0, RandomBytes(74, kBs), false).ok());  // missed by part c: region 0 dirty
   c.q().TEST_SetPartUp(2, true);
-  REQUIRE(c.q().Write(5 * kChunk, Data(75, kBs), false).ok());  // on part c too, not yet synced
+  REQUIRE(c.q().Write(5 * kChunk, RandomBytes(75, kBs), false).ok());  // on part c too, not yet synced
   c.faulty(2).FailMatching(c.ChunkFile(2, 5), FaultyBackend::kSync);
   CHECK(c.q().ResyncOnce() == 0);
   CHECK_FALSE(c.q().PartUp(2));
@@ -738,7 +727,7 @@ TEST_CASE("A resync batch whose sync fails leaves the batch and the unsynced cli
 
 TEST_CASE("Flush failing on one chunk of one part resyncs that chunk only, not the whole part") {
   Cluster c;
-  std::vector<std::byte> v0 = Data(71, kBs), v3 = Data(72, 3 * kBs);
+  std::vector<std::byte> v0 = RandomBytes(71, kBs), v3 = RandomBytes(72, 3 * kBs);
   REQUIRE(c.q().Write(0, v0, false).ok());
   REQUIRE(c.q().Write(3 * kChunk + kRegion, v3, false).ok());
   c.faulty(1).FailMatching(c.ChunkFile(1, 3), FaultyBackend::kSync);  // chunk 3 of part b
@@ -768,7 +757,7 @@ TEST_CASE("Write leaves every part byte-identical when threads write overlapping
         // All threads in the same 300 KiB around a chunk boundary.
         const uint64_t len = 1 + rng() % 20000;
         const uint64_t off = kChunk - 150000 + rng() % 300000;
-        std::vector<std::byte> d = Data(rng(), len);
+        std::vector<std::byte> d = RandomBytes(rng(), len);
         Status s = rng() % 5 == 0 ? c.q().WriteZeroes(off, len, rng() % 2 == 0, false)
                                   : c.q().Write(off, d, rng() % 3 == 0);
         if (!s.ok()) {
@@ -805,7 +794,7 @@ TEST_CASE("Read marks no part for repair when it races the first write of a chun
       t2 = std::thread([&] { r2 = c.q().Read(kChunk + 9 * kRegion, got2); });
     }
   });
-  std::vector<std::byte> v = Data(130, kBs);
+  std::vector<std::byte> v = RandomBytes(130, kBs);
   REQUIRE(c.q().Write(kChunk, v, /*fua=*/false).ok());
   t1.join();
   if (t2.joinable()) t2.join();
@@ -824,7 +813,7 @@ TEST_CASE("Read marks no part for repair when it races the first write of a chun
 
 TEST_CASE("Write on an append-only volume rejects an overwrite with EPERM") {
   Cluster c(/*write_quorum=*/2, /*append_only=*/true);
-  std::vector<std::byte> v1 = Data(80, kBs), v2 = Data(81, kBs);
+  std::vector<std::byte> v1 = RandomBytes(80, kBs), v2 = RandomBytes(81, kBs);
   REQUIRE(c.q().Write(0, v1, false).ok());  // the first write of a block is allowed
   Status s = c.q().Write(0, v2, false);
   CHECK(s.IsInvalidArgument());
@@ -843,7 +832,7 @@ TEST_CASE("Write on an append-only volume rejects an overwrite with EPERM") {
 
 TEST_CASE("Write marks a part dirty when it is down, and ResyncOnce brings it back in sync") {
   Cluster c;
-  std::vector<std::byte> v1 = Data(90, 200000), v2 = Data(91, 70000);
+  std::vector<std::byte> v1 = RandomBytes(90, 200000), v2 = RandomBytes(91, 70000);
   REQUIRE(c.q().Write(0, v1, false).ok());
   c.q().TEST_SetPartUp(1, false);
   REQUIRE(c.q().Write(100000, v2, false).ok());
@@ -863,7 +852,7 @@ TEST_CASE("Write marks a part dirty when it is down, and ResyncOnce brings it ba
 
 TEST_CASE("BlockStatus reports a never-written chunk as a zero hole") {
   Cluster c;
-  std::vector<std::byte> v = Data(95, kBs);
+  std::vector<std::byte> v = RandomBytes(95, kBs);
   REQUIRE(c.q().Write(kChunk, v, false).ok());
   auto hole = c.q().BlockStatus(0, 3 * kChunk);
   REQUIRE(hole.ok());
@@ -882,7 +871,7 @@ TEST_CASE("BlockStatus reports data when the first part in line lost the chunk f
   // A client that trusts a "zero hole" answer (nbdcopy, qemu-img convert) skips the range, so
   // a hole reported from one damaged part loses the data the other parts still hold.
   Cluster c;
-  std::vector<std::byte> v = Data(96, kBs);
+  std::vector<std::byte> v = RandomBytes(96, kBs);
   REQUIRE(c.q().Write(4 * kChunk, v, true).ok());
   c.CrashAndReopen();  // a fresh process: nothing cached
   REQUIRE(c.mem(0).Remove(c.ChunkFile(0, 4)).ok());
@@ -899,7 +888,7 @@ TEST_CASE("BlockStatus reports data when the first part in line lost the chunk f
 
 TEST_CASE("Read returns flushed data through a new QuorumSet when the machine crashed") {
   Cluster c;
-  std::vector<std::byte> v1 = Data(100, 300000), v2 = Data(101, 5000), v3 = Data(102, 5000);
+  std::vector<std::byte> v1 = RandomBytes(100, 300000), v2 = RandomBytes(101, 5000), v3 = RandomBytes(102, 5000);
   REQUIRE(c.q().Write(kChunk - 1000, v1, false).ok());
   REQUIRE(c.q().Write(10 * kChunk + 3, v3, /*fua=*/true).ok());
   REQUIRE(c.q().Flush().ok());
@@ -918,7 +907,7 @@ TEST_CASE(
   // that misses b must still make the bit durable before it is acknowledged, or after a crash
   // b's stale copy counts as clean again.
   Cluster c;
-  std::vector<std::byte> v1 = Data(110, kBs), v2 = Data(111, kBs);
+  std::vector<std::byte> v1 = RandomBytes(110, kBs), v2 = RandomBytes(111, kBs);
   REQUIRE(c.q().Write(0, v1, true).ok());
   c.q().TEST_SetPartUp(0, false);  // the read goes to b first
   c.faulty(1).FailNth(1, FaultyBackend::kRead);
@@ -944,7 +933,7 @@ TEST_CASE(
   // Flush still succeeds on a and c, but b's copy of those writes is not durable: b must be
   // marked dirty for them, or after a crash it serves the old data as if it were current.
   Cluster c;
-  std::vector<std::byte> v1 = Data(120, kBs), v2 = Data(121, kBs);
+  std::vector<std::byte> v1 = RandomBytes(120, kBs), v2 = RandomBytes(121, kBs);
   REQUIRE(c.q().Write(0, v1, /*fua=*/true).ok());
   REQUIRE(c.q().Write(0, v2, /*fua=*/false).ok());
   c.faulty(1).FailNth(1, FaultyBackend::kSync);
@@ -960,7 +949,7 @@ TEST_CASE("the chunk map gets a chunk only once its files exist when its first w
   QuietLog quiet;
   Cluster c;
   for (int i = 0; i < kParts; ++i) c.faulty(i).FailMatching("7/", FaultyBackend::kCreate);
-  std::vector<std::byte> block = Data(1, kBs);
+  std::vector<std::byte> block = RandomBytes(1, kBs);
   CHECK_FALSE(c.q().Write(2 * kChunk, block, /*fua=*/false).ok());
   // Regression: the bit used to be set before the files were created, so a write that created
   // none (or a crash right after the map update) left a chunk "written" with no file anywhere:
@@ -978,7 +967,7 @@ TEST_CASE("reads are repeatable after an unclean shutdown when a write in flight
   QuietLog quiet;
   Cluster c;
   const uint64_t block = kChunk / kBs + 5;  // chunk 1, block 5
-  std::vector<std::byte> old_data = Data(10, kBs), new_data = Data(11, kBs);
+  std::vector<std::byte> old_data = RandomBytes(10, kBs), new_data = RandomBytes(11, kBs);
   REQUIRE(c.q().Write(block * kBs, old_data, /*fua=*/false).ok());
   REQUIRE(c.q().Flush().ok());
   // The daemon dies while a newer write has reached part a only: no part is dirty for it.

@@ -30,6 +30,7 @@
 #include "qbd/log.h"
 #include "qbd/part_store.h"
 #include "qbd/quorum.h"
+#include "testutil/random_bytes.h"
 #include "testutil/mem_backend.h"
 #include "testutil/temp_dir.h"
 
@@ -48,18 +49,6 @@ constexpr int kParts = 3;
 constexpr uint64_t kC = 1;  // the chunk under test (file "7/<part>/2")
 
 Geometry Geo() { return Geometry{kSize, kBs, kChunk}; }
-
-// Bytes that depend on `seed` and the position.
-std::vector<std::byte> Data(uint64_t seed, size_t n) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> out(n);
-  uint64_t word = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (i % 8 == 0) word = rng();
-    out[i] = std::byte(word >> (8 * (i % 8)));
-  }
-  return out;
-}
 
 // Device offset of block `block` of chunk `chunk`.
 uint64_t Off(uint64_t chunk, uint64_t block) { return chunk * kChunk + block * kBs; }
@@ -118,10 +107,10 @@ class Cluster {
     Open();
     // Chunk kC: blocks 0-11, then 4-5 again (a newer generation); 12-15 unwritten. One block of
     // chunk 0 and of chunk 2 too, so that other chunks' files exist.
-    Write(Off(kC, 0), Data(1, 12 * kBs));
-    Write(Off(kC, 4), Data(2, 2 * kBs));
-    Write(Off(0, 3), Data(3, kBs));
-    Write(Off(2, 9), Data(4, kBs));
+    Write(Off(kC, 0), RandomBytes(1, 12 * kBs));
+    Write(Off(kC, 4), RandomBytes(2, 2 * kBs));
+    Write(Off(0, 3), RandomBytes(3, kBs));
+    Write(Off(2, 9), RandomBytes(4, kBs));
     REQUIRE(q().Flush().ok());
     REQUIRE(q().ChunkWritten(kC));
     for (int p = 1; p < kParts; ++p) REQUIRE(Raw(p, kC) == Raw(0, kC));
@@ -371,7 +360,7 @@ TEST_CASE("RepairChunk rewrites exactly the corrupt blocks in place when data by
 TEST_CASE("RepairChunk rewrites the old blocks when a part's copy is stale") {
   Cluster c;
   const std::vector<std::byte> old_b = c.Raw(1);
-  const std::vector<std::byte> fresh = Data(9, 2 * kBs);
+  const std::vector<std::byte> fresh = RandomBytes(9, 2 * kBs);
   c.Write(Off(kC, 3), fresh);
   REQUIRE(c.q().Flush().ok());
   REQUIRE(WriteWholeFile(c.mem(1), c.ChunkFile(1), old_b).ok());  // b's copy goes back in time
@@ -523,7 +512,7 @@ TEST_CASE("RepairChunk adds the chunk to the chunk map when files exist but the 
 TEST_CASE(
     "RepairChunk rewrites the blocks a part missed and clears its dirty region when it was down") {
   Cluster c;
-  const std::vector<std::byte> fresh = Data(11, 2 * kBs);
+  const std::vector<std::byte> fresh = RandomBytes(11, 2 * kBs);
   std::string reason;
   SUBCASE("while it had the chunk file") { reason = "stale"; }
   SUBCASE("before it had the chunk file") {
@@ -560,7 +549,7 @@ TEST_CASE(
 TEST_CASE("RepairChunk keeps a dirty region when the dry_run leaves the copy as it is") {
   Cluster c;
   c.q().MarkPartDown(2, Status::IOError("test: part c down"));
-  c.Write(Off(kC, 5), Data(12, kBs));
+  c.Write(Off(kC, 5), RandomBytes(12, kBs));
   c.q().TEST_SetPartUp(2, true);
   RepairOptions dry;
   dry.dry_run = true;
@@ -647,7 +636,7 @@ TEST_CASE(
     REQUIRE(c.q().Trim(Off(kC, 2), kBs, /*fua=*/false).ok());  // a and c: block 2 unwritten
     c.q().TEST_SetPartUp(1, true);
     c.q().MarkPartDown(2, Status::IOError("test: c down"));
-    c.Write(Off(kC, 1), Data(20, kBs));  // a and b; same region as block 2
+    c.Write(Off(kC, 1), RandomBytes(20, kBs));  // a and b; same region as block 2
     c.q().TEST_SetPartUp(2, true);
     REQUIRE(c.StoredMeta(0, 2).IsUnwritten());
     REQUIRE(c.StoredMeta(2, 2).IsUnwritten());
@@ -657,9 +646,9 @@ TEST_CASE(
     cl = std::make_unique<Cluster>(/*write_quorum=*/1);
     Cluster& c = *cl;
     c.q().MarkPartDown(2, Status::IOError("test: c down"));
-    c.Write(Off(kC, 2), Data(21, kBs));  // a and b
+    c.Write(Off(kC, 2), RandomBytes(21, kBs));  // a and b
     c.q().MarkPartDown(1, Status::IOError("test: b down"));
-    c.Write(Off(kC, 2), Data(22, kBs));  // a only: the newest acknowledged data
+    c.Write(Off(kC, 2), RandomBytes(22, kBs));  // a only: the newest acknowledged data
     c.q().TEST_SetPartUp(1, true);
     c.q().TEST_SetPartUp(2, true);
   }

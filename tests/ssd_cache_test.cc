@@ -11,10 +11,13 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "testutil/random_bytes.h"
 #include "testutil/mem_backend.h"
 #include "testutil/mem_disk.h"
 #include "testutil/temp_dir.h"
@@ -27,20 +30,17 @@ constexpr uint32_t kVol = 7;
 // Slots per segment for 4 KiB blocks: one header block of 128 entries, the first for the segment.
 constexpr uint64_t kSpp = kBs / 32 - 1;
 
-std::vector<std::byte> Pattern(uint64_t seed, size_t n) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> out(n);
-  for (auto& b : out) b = std::byte(rng());
-  return out;
-}
-
 // Forwards to a disk that outlives the layer, so that a test can "crash" the layer and recover
 // onto the same disk.
 class Borrowed : public BlockHandler {
  public:
   explicit Borrowed(MemDisk& d) : d_(d) {}
   uint64_t Size() const override { return d_.Size(); }
-  Status Read(uint64_t off, std::span<std::byte> out) override { return d_.Read(off, out); }
+  Status Read(uint64_t off, std::span<std::byte> out) override {
+    Status s = d_.Read(off, out);
+    if (after_read) after_read();
+    return s;
+  }
   Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override { return d_.Write(off, in, fua); }
   Status Flush() override { return d_.Flush(); }
   Status Trim(uint64_t off, uint64_t len, bool fua) override { return d_.Trim(off, len, fua); }
@@ -48,6 +48,9 @@ class Borrowed : public BlockHandler {
     return d_.WriteZeroes(off, len, may_trim, fua);
   }
   Result<std::vector<Extent>> BlockStatus(uint64_t off, uint64_t len) override { return d_.BlockStatus(off, len); }
+
+  // Runs after each read reached the disk (a test holds a read there).
+  std::function<void()> after_read;
 
  private:
   MemDisk& d_;
@@ -79,7 +82,7 @@ std::vector<std::byte> ReadBack(BlockHandler& h, uint64_t off, size_t len) {
 TEST_CASE("SSD cache, write-through: a read fills the log, the next read is served from it") {
   MemBackend dir("cache");
   MemDisk disk(1 << 20);
-  const auto data = Pattern(1, 64 * 1024);
+  const auto data = RandomBytes(1, 64 * 1024);
   REQUIRE(disk.Write(0, data, false).ok());
   SsdCacheOptions o;
   o.log_size = 8 * (kSpp + 1) * kBs;
@@ -91,7 +94,7 @@ TEST_CASE("SSD cache, write-through: a read fills the log, the next read is serv
   CHECK(disk.reads() == reads);
   CHECK(c->counters().hits.load() >= 16);
   // A write goes to the disk and replaces the cached copy.
-  const auto w = Pattern(2, 8192);
+  const auto w = RandomBytes(2, 8192);
   REQUIRE(c->Write(4096, w, false).ok());
   std::vector<std::byte> on_disk(8192);
   REQUIRE(disk.Read(4096, on_disk).ok());
@@ -109,7 +112,7 @@ TEST_CASE("SSD cache, write-back: writes wait in the log and memory until destag
   MemBackend dir("cache");
   MemDisk disk(1 << 20);
   auto c = Open(dir, disk, WriteBack());
-  const auto w = Pattern(3, 32 * 1024);
+  const auto w = RandomBytes(3, 32 * 1024);
   REQUIRE(c->Write(65536, w, false).ok());
   CHECK(disk.writes() == 0);
   CHECK(ReadBack(*c, 65536, w.size()) == w);
@@ -136,7 +139,7 @@ TEST_CASE("SSD cache, write-back: writes wait in the log and memory until destag
 TEST_CASE("SSD cache, write-back: a crash after FLUSH loses no write; unflushed ones may go") {
   MemBackend mem("cache");
   MemDisk disk(1 << 20);
-  const auto a = Pattern(4, 3 * kBs), b = Pattern(5, kBs), f = Pattern(6, kBs);
+  const auto a = RandomBytes(4, 3 * kBs), b = RandomBytes(5, kBs), f = RandomBytes(6, kBs);
   {
     auto c = Open(mem, disk, WriteBack());
     REQUIRE(c->Write(0, a, false).ok());
@@ -169,7 +172,7 @@ TEST_CASE("SSD cache, write-back: a crash after FLUSH loses no write; unflushed 
 TEST_CASE("SSD cache, write-back: a process kill (no power cut) loses nothing written") {
   MemBackend mem("cache");
   MemDisk disk(1 << 20);
-  const auto w = Pattern(7, 16 * kBs);
+  const auto w = RandomBytes(7, 16 * kBs);
   {
     auto c = Open(mem, disk, WriteBack());
     REQUIRE(c->Write(4 * kBs, w, false).ok());
@@ -186,7 +189,7 @@ TEST_CASE("SSD cache, write-back: a process kill (no power cut) loses nothing wr
 TEST_CASE("SSD cache, write-back: destaged copies are not replayed over a later partial write or trim") {
   MemBackend mem("cache");
   MemDisk disk(1 << 20);
-  const auto old = Pattern(8, 2 * kBs), patch = Pattern(9, 100);
+  const auto old = RandomBytes(8, 2 * kBs), patch = RandomBytes(9, 100);
   std::vector<std::byte> expect = old;
   std::memcpy(expect.data() + 10, patch.data(), patch.size());
   std::fill(expect.begin() + kBs, expect.end(), std::byte{0});
@@ -210,7 +213,7 @@ TEST_CASE("SSD cache, write-back: a torn newest copy in the log gives way to the
   MemBackend mem("cache");
   FaultyBackend dir(mem);
   MemDisk disk(1 << 20);
-  const auto v1 = Pattern(10, kBs), v2 = Pattern(11, kBs);
+  const auto v1 = RandomBytes(10, kBs), v2 = RandomBytes(11, kBs);
   {
     auto c = Open(dir, disk, WriteBack());
     REQUIRE(c->Write(0, v1, true).ok());  // slot 0
@@ -231,7 +234,7 @@ TEST_CASE("SSD cache, write-back: a malformed checkpoint stops recovery and name
   MemDisk disk(1 << 20);
   {
     auto c = Open(mem, disk, WriteBack());
-    REQUIRE(c->Write(0, Pattern(12, kBs), true).ok());
+    REQUIRE(c->Write(0, RandomBytes(12, kBs), true).ok());
     c->AbandonForTest();
   }
   REQUIRE(WriteFileAtomic(mem, std::to_string(kVol) + "/checkpoint", "# x\nseq twelve\n").ok());
@@ -263,7 +266,7 @@ TEST_CASE("SSD cache: random operations read back exactly what a plain vector ho
       }
       len = std::min(len, kSize - off);
       if (op < 40) {
-        const auto d = Pattern(rng(), len);
+        const auto d = RandomBytes(rng(), len);
         REQUIRE(c->Write(off, d, rng() % 10 == 0).ok());
         std::memcpy(model.data() + off, d.data(), len);
       } else if (op < 80) {
@@ -317,7 +320,7 @@ TEST_CASE("SSD cache: concurrent overlapping reads and writes leave no stale blo
         for (int i = 0; i < 2000; ++i) {
           const uint64_t b = rng() % (kBlocks - 1);
           if (t % 2 == 0) {
-            const auto d = Pattern(seed++, 2 * kBs);
+            const auto d = RandomBytes(seed++, 2 * kBs);
             REQUIRE(c->Write(b * kBs, d, false).ok());
           } else {
             REQUIRE(c->Read(b * kBs, buf).ok());
@@ -337,12 +340,39 @@ TEST_CASE("SSD cache: concurrent overlapping reads and writes leave no stale blo
   }
 }
 
+TEST_CASE("SSD cache: a read's fill does not put back data that a TRIM replaced while it read") {
+  MemBackend dir("cache");
+  MemDisk disk(1 << 20);
+  const auto d = RandomBytes(20, kBs);
+  REQUIRE(disk.Write(0, d, false).ok());
+  auto below = std::make_unique<Borrowed>(disk);
+  Borrowed* gate = below.get();
+  SsdCacheOptions o;
+  o.log_size = 8 * (kSpp + 1) * kBs;
+  SsdCacheLayer c(std::move(below), dir, kVol, kBs, o, SsdReplay{});
+  std::promise<void> read_done, go;
+  std::atomic<bool> armed{true};
+  gate->after_read = [&] {
+    if (!armed.exchange(false)) return;
+    read_done.set_value();
+    go.get_future().wait();
+  };
+  std::vector<std::byte> got(kBs);
+  std::thread reader([&] { REQUIRE(c.Read(0, got).ok()); });
+  read_done.get_future().wait();  // the read has the old data and has not filled the log yet
+  REQUIRE(c.Trim(0, kBs, false).ok());
+  go.set_value();
+  reader.join();
+  CHECK(got == d);
+  CHECK(ReadBack(c, 0, kBs) == std::vector<std::byte>(kBs));
+}
+
 TEST_CASE("SSD cache: a failing log turns the cache off without a client error") {
   MemBackend mem("cache");
   FaultyBackend dir(mem);
   MemDisk disk(1 << 20);
   auto c = Open(dir, disk, WriteBack());
-  const auto a = Pattern(13, 4 * kBs), b = Pattern(14, 4 * kBs);
+  const auto a = RandomBytes(13, 4 * kBs), b = RandomBytes(14, 4 * kBs);
   REQUIRE(c->Write(0, a, false).ok());
   dir.FailMatching("/log", FaultyBackend::kWrite | FaultyBackend::kRead | FaultyBackend::kSync);
   CHECK(c->Write(8 * kBs, b, false).ok());  // the log fails: destaged, then written to the disk
@@ -363,12 +393,12 @@ TEST_CASE("SSD cache: its directory removed while running: writes and reads go o
   REQUIRE(dir.ok());
   MemDisk disk(1 << 20);
   auto c = Open(**dir, disk, WriteBack());
-  const auto a = Pattern(15, 8 * kBs);
+  const auto a = RandomBytes(15, 8 * kBs);
   REQUIRE(c->Write(0, a, false).ok());
   std::filesystem::remove_all(tmp.path() + "/" + std::to_string(kVol));
   for (int i = 0; i < 100 && c->healthy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK_FALSE(c->healthy());
-  const auto b = Pattern(16, 8 * kBs);
+  const auto b = RandomBytes(16, 8 * kBs);
   REQUIRE(c->Write(8 * kBs, b, true).ok());
   REQUIRE(c->Flush().ok());
   std::vector<std::byte> got(8 * kBs);

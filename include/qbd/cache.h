@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -149,6 +150,34 @@ class WriteTracker {
   static size_t Slot(uint64_t block) { return block % kSlots; }
   std::unique_ptr<std::atomic<uint32_t>[]> inflight_;
   std::unique_ptr<std::atomic<uint64_t>[]> version_;
+};
+
+// The whole blocks under a read of `out` at `off`, for the layers that cache whole blocks: they
+// read `whole` from below (the caller's buffer itself when the read is block-aligned, else
+// `scratch`, the caller's per-thread buffer) and CopyOut() puts the requested bytes into `out`.
+class WholeBlocks {
+ public:
+  WholeBlocks(uint64_t off, std::span<std::byte> out, uint32_t block_size, std::vector<std::byte>& scratch)
+      : b0(off / block_size), b1((off + out.size() - 1) / block_size), offset(b0 * block_size), out_(out), off_(off) {
+    const uint64_t len = (b1 + 1) * block_size - offset;
+    if (offset == off && len == out.size()) {
+      whole = out;
+    } else {
+      scratch.resize(len);
+      whole = std::span(scratch.data(), len);
+    }
+  }
+  void CopyOut() const {
+    if (whole.data() != out_.data()) std::memcpy(out_.data(), whole.data() + (off_ - offset), out_.size());
+  }
+
+  const uint64_t b0, b1;  // REQUIRES: out is not empty
+  const uint64_t offset;  // of block b0
+  std::span<std::byte> whole;
+
+ private:
+  const std::span<std::byte> out_;
+  const uint64_t off_;
 };
 
 class CacheLayer : public BlockHandler {

@@ -140,7 +140,6 @@ class SsdCacheLayer : public BlockHandler {
   void DestageLoop();
   // Turns the log off for good (logged once); the destage thread still empties memory.
   void Fail(const std::string& why);
-  Status WriteCheckpoint(uint64_t seq);
 
   std::unique_ptr<BlockHandler> next_;
   StorageBackend& dir_;

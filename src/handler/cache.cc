@@ -211,12 +211,14 @@ CacheLayer::~CacheLayer() { cache_.EraseVolume(volnr_); }
 Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
   // A large request is a stream (a backup, a copy): served from below without filling, as the
   // page cache does it cheaper than 4 KiB lookups, and the working set stays.
-  if (out.empty() || out.size() > kStreamBytes) return next_->Read(off, out);
-  const uint64_t b0 = off / bs_, b1 = (off + out.size() - 1) / bs_;
+  // A read past the end is the layer below's to refuse.
+  if (out.empty() || out.size() > kStreamBytes || off + out.size() > next_->Size()) return next_->Read(off, out);
+  thread_local std::vector<std::byte> scratch;
+  const WholeBlocks w(off, out, bs_, scratch);
   thread_local std::vector<std::byte> block;
   block.resize(bs_);
   bool all = true;
-  for (uint64_t b = b0; b <= b1 && all; ++b) {
+  for (uint64_t b = w.b0; b <= w.b1 && all; ++b) {
     if (!cache_.Lookup(volnr_, b, block)) {
       all = false;
       break;
@@ -225,33 +227,24 @@ Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
     std::memcpy(out.data() + (start - off), block.data() + (start - b * bs_), end - start);
   }
   CacheCounters& c = cache_.counters();
+  const uint64_t n = w.b1 - w.b0 + 1;
   if (all) {
-    c.hits.fetch_add(b1 - b0 + 1, std::memory_order_relaxed);
+    c.hits.fetch_add(n, std::memory_order_relaxed);
     return Status::OK();
   }
-  c.misses.fetch_add(b1 - b0 + 1, std::memory_order_relaxed);
+  c.misses.fetch_add(n, std::memory_order_relaxed);
   // What the cache may take afterwards: blocks that no write touched while this read ran.
-  std::vector<uint64_t> seen(b1 - b0 + 1);
-  for (uint64_t b = b0; b <= b1; ++b) seen[b - b0] = writes_.Seen(b);
-  const uint64_t aligned_off = b0 * bs_;
-  const uint64_t aligned_len = std::min<uint64_t>((b1 + 1) * bs_, next_->Size()) - aligned_off;
-  const bool aligned = aligned_off == off && aligned_len == out.size();
-  thread_local std::vector<std::byte> buf;
-  std::span<std::byte> whole = out;
-  if (!aligned) {
-    buf.resize(aligned_len);
-    whole = std::span(buf.data(), aligned_len);
-  }
-  QBD_RETURN_IF_ERROR(next_->Read(aligned_off, whole));
-  if (!aligned) std::memcpy(out.data(), buf.data() + (off - aligned_off), out.size());
-  for (uint64_t b = b0; b <= b1; ++b) {
-    if ((b - b0 + 1) * bs_ > whole.size()) break;  // a last block past the end (cannot happen: size is whole blocks)
+  std::vector<uint64_t> seen(n);
+  for (uint64_t b = w.b0; b <= w.b1; ++b) seen[b - w.b0] = writes_.Seen(b);
+  QBD_RETURN_IF_ERROR(next_->Read(w.offset, w.whole));
+  w.CopyOut();
+  for (uint64_t b = w.b0; b <= w.b1; ++b) {
     cache_.WithShardLocked(volnr_, b, [&](BlockCache::Shard& s) {
-      if (!writes_.Unchanged(b, seen[b - b0])) {
+      if (!writes_.Unchanged(b, seen[b - w.b0])) {
         c.skipped.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      cache_.InsertLocked(s, (uint64_t{volnr_} << 44) ^ b, whole.subspan((b - b0) * bs_, bs_));
+      cache_.InsertLocked(s, (uint64_t{volnr_} << 44) ^ b, w.whole.subspan((b - w.b0) * bs_, bs_));
     });
   }
   return Status::OK();

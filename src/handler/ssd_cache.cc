@@ -55,6 +55,10 @@ bool SegmentHeaderValid(const std::byte* p, uint32_t volnr, uint32_t block_size)
 // Data slots per segment (one header block of entries, the first describing the segment).
 uint64_t SlotsPerSegment(uint32_t block_size) { return block_size / kEntry - 1; }
 
+Status WriteCheckpoint(StorageBackend& dir, uint32_t volnr, uint64_t seq) {
+  return WriteFileAtomic(dir, CheckpointPath(volnr), fmt::format("# qbd SSD cache (layout-spec.md 7)\nseq {}\n", seq));
+}
+
 Result<uint64_t> ReadCheckpoint(StorageBackend& dir, uint32_t volnr) {
   auto text = ReadSmallFile(dir, CheckpointPath(volnr));
   if (text.status().IsNotFound()) return uint64_t{0};
@@ -137,7 +141,7 @@ Result<SsdReplay> SsdCacheLayer::Recover(StorageBackend& dir, uint32_t volnr, ui
     QBD_RETURN_IF_ERROR(below.Flush().WithContext("flushing the blocks replayed from the SSD cache log"));
   }
   if (r.last_seq > checkpoint) {
-    QBD_RETURN_IF_ERROR(WriteFileAtomic(dir, CheckpointPath(volnr), fmt::format("# qbd SSD cache (layout-spec.md 7)\nseq {}\n", r.last_seq)));
+    QBD_RETURN_IF_ERROR(WriteCheckpoint(dir, volnr, r.last_seq));
   }
   return r;
 }
@@ -333,62 +337,58 @@ void SsdCacheLayer::InvalidateLocked(uint64_t b0, uint64_t b1) {
   }
 }
 
-Status SsdCacheLayer::WriteCheckpoint(uint64_t seq) {
-  return WriteFileAtomic(dir_, CheckpointPath(volnr_), fmt::format("# qbd SSD cache (layout-spec.md 7)\nseq {}\n", seq));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Requests
 
 Status SsdCacheLayer::Read(uint64_t off, std::span<std::byte> out) {
-  if (out.empty()) return next_->Read(off, out);
-  const uint64_t b0 = off / bs_, b1 = (off + out.size() - 1) / bs_, n = b1 - b0 + 1;
-  const uint64_t aligned_off = b0 * bs_;
-  const uint64_t aligned_len = std::min<uint64_t>((b1 + 1) * bs_, next_->Size()) - aligned_off;
-  if (aligned_len != n * bs_) return next_->Read(off, out);  // past the end: the parts say so
-  const bool aligned = aligned_off == off && aligned_len == out.size();
-  thread_local std::vector<std::byte> buf;
-  std::span<std::byte> whole = out;
-  if (!aligned) {
-    buf.resize(aligned_len);
-    whole = std::span(buf.data(), aligned_len);
-  }
+  // A read past the end is the parts' to refuse.
+  if (out.empty() || off + out.size() > next_->Size()) return next_->Read(off, out);
+  thread_local std::vector<std::byte> scratch;
+  const WholeBlocks w(off, out, bs_, scratch);
+  const uint64_t n = w.b1 - w.b0 + 1;
   // Where each block is: memory (not yet destaged), the log, or only the parts.
   enum class Where : uint8_t { kParts, kMemory, kLog };
-  std::vector<Where> where(n, Where::kParts);
-  std::vector<Dirty> mem(n);
-  std::vector<SlotInfo> at(n);
-  std::vector<uint64_t> slot_of(n);
-  std::vector<uint64_t> seen(n);
+  struct Found {
+    Where where = Where::kParts;
+    Dirty mem;          // kMemory
+    SlotInfo at;        // kLog: what the slot held when looked up
+    uint64_t slot = 0;  // kLog
+    uint64_t seen = 0;  // WriteTracker::Seen before the read
+  };
+  std::vector<Found> found(n);
   bool all_cached = true;
   {
     std::lock_guard<std::mutex> l(mu_);
     const bool log_on = !bypass_.load(std::memory_order_acquire);
     for (uint64_t i = 0; i < n; ++i) {
-      const uint64_t b = b0 + i;
-      seen[i] = writes_.Seen(b);
+      const uint64_t b = w.b0 + i;
+      Found& f = found[i];
+      f.seen = writes_.Seen(b);
       if (auto d = dirty_.find(b); d != dirty_.end()) {
-        where[i] = Where::kMemory;
-        mem[i] = d->second;
+        f.where = Where::kMemory;
+        f.mem = d->second;
       } else if (auto x = log_on ? index_.find(b) : index_.end(); x != index_.end()) {
-        where[i] = Where::kLog;
-        at[i] = slots_[x->second];
-        slot_of[i] = x->second;
+        f.where = Where::kLog;
+        f.slot = x->second;
+        f.at = slots_[x->second];
       } else {
         all_cached = false;
       }
     }
   }
-  auto from_memory = [&](uint64_t i) { std::memcpy(whole.data() + i * bs_, mem[i].data->data() + mem[i].offset, bs_); };
+  auto from_memory = [&](uint64_t i) {
+    std::memcpy(w.whole.data() + i * bs_, found[i].mem.data->data() + found[i].mem.offset, bs_);
+  };
   if (all_cached) {
     bool good = true;
     for (uint64_t i = 0; i < n && good; ++i) {
-      if (where[i] == Where::kMemory) {
+      const Found& f = found[i];
+      if (f.where == Where::kMemory) {
         from_memory(i);
         continue;
       }
-      std::span<std::byte> dst = whole.subspan(i * bs_, bs_);
-      Status s = log_->ReadAt(DataOffset(slot_of[i]), dst);
+      std::span<std::byte> dst = w.whole.subspan(i * bs_, bs_);
+      Status s = log_->ReadAt(DataOffset(f.slot), dst);
       if (!s.ok()) {
         Fail(fmt::format("reading the log: {}", s.ToString()));
         good = false;
@@ -396,27 +396,28 @@ Status SsdCacheLayer::Read(uint64_t off, std::span<std::byte> out) {
       }
       std::lock_guard<std::mutex> l(mu_);
       // The slot may have been reused while it was read; then the block is read from the parts.
-      const SlotInfo& now = slots_[slot_of[i]];
-      good = now.block == b0 + i && now.seq == at[i].seq && BlockChecksum(dst) == at[i].checksum;
+      const SlotInfo& now = slots_[f.slot];
+      good = now.block == w.b0 + i && now.seq == f.at.seq && BlockChecksum(dst) == f.at.checksum;
     }
     if (good) {
       counters_.hits.fetch_add(n, std::memory_order_relaxed);
-      if (!aligned) std::memcpy(out.data(), whole.data() + (off - aligned_off), out.size());
+      w.CopyOut();
       return Status::OK();
     }
   }
   counters_.misses.fetch_add(n, std::memory_order_relaxed);
-  QBD_RETURN_IF_ERROR(next_->Read(aligned_off, whole));
+  QBD_RETURN_IF_ERROR(next_->Read(w.offset, w.whole));
   // Blocks not yet destaged are newer than what the parts returned.
   bool any_parts = false;
   for (uint64_t i = 0; i < n; ++i) {
-    if (where[i] == Where::kMemory) from_memory(i);
-    any_parts = any_parts || where[i] == Where::kParts;
+    if (found[i].where == Where::kMemory) from_memory(i);
+    any_parts = any_parts || found[i].where == Where::kParts;
   }
-  if (!aligned) std::memcpy(out.data(), whole.data() + (off - aligned_off), out.size());
+  w.CopyOut();
   if (any_parts && !bypass_.load(std::memory_order_acquire)) {
-    AppendClean(b0, whole, [&](uint64_t b) {
-      return where[b - b0] == Where::kParts && writes_.Unchanged(b, seen[b - b0]) && index_.count(b) == 0;
+    AppendClean(w.b0, w.whole, [&](uint64_t b) {
+      const Found& f = found[b - w.b0];
+      return f.where == Where::kParts && writes_.Unchanged(b, f.seen) && index_.count(b) == 0;
     });
   }
   return Status::OK();
@@ -627,7 +628,7 @@ Status SsdCacheLayer::DestageRound() {
   counters_.destaged.fetch_add(batch.size(), std::memory_order_relaxed);
   if (!bypass_.load(std::memory_order_acquire) && log_->Detached()) Fail("the log was removed");
   if (!bypass_.load(std::memory_order_acquire)) {
-    Status s = WriteCheckpoint(checkpoint);
+    Status s = WriteCheckpoint(dir_, volnr_, checkpoint);
     if (!s.ok()) Fail(fmt::format("writing the checkpoint: {}", s.ToString()));
   }
   {
