@@ -135,6 +135,28 @@ TEST_CASE("BlockCache never holds more than its capacity and drops a volume's bl
   for (uint64_t b = 1; b < 1000; b += 2) CHECK_FALSE(cache.Lookup(1, b, got));
 }
 
+TEST_CASE("BlockCache with huge-page slabs keeps every block's own bytes as blocks of two sizes come and go") {
+  // 32 MiB in one shard: block memory comes in 2 MiB huge slabs, reused as blocks are evicted.
+  BlockCache cache(32 << 20, /*shards=*/1);
+  const uint64_t n = 3 * (32 << 20) / kBs;  // three times the capacity
+  std::vector<std::byte> got4(kBs), got1(1024);
+  for (uint64_t b = 0; b < n; ++b) {
+    // Volume 1 has 4 KiB blocks, volume 2 1 KiB ones (each size has its own free list).
+    const bool small = b % 5 == 0;
+    cache.Insert(small ? 2 : 1, b, RandomBytes(b, small ? 1024 : kBs));
+    REQUIRE(cache.Lookup(small ? 2 : 1, b, small ? std::span(got1) : std::span(got4)));
+    REQUIRE((small ? got1 : got4) == RandomBytes(b, small ? 1024 : kBs));
+    REQUIRE(cache.used() <= cache.capacity());
+  }
+  // The newest blocks (a probation queue's worth) are all still there, with their own data.
+  for (uint64_t b = n - 500; b < n; ++b) {
+    const bool small = b % 5 == 0;
+    REQUIRE(cache.Lookup(small ? 2 : 1, b, small ? std::span(got1) : std::span(got4)));
+    CHECK((small ? got1 : got4) == RandomBytes(b, small ? 1024 : kBs));
+  }
+  CHECK(cache.counters().evictions.load() > n / 2);
+}
+
 TEST_CASE("CacheLayer reads what a plain vector holds under random reads, writes, trims and zeroes") {
   const uint64_t size = 1 << 20;
   const uint64_t seed = std::random_device{}();

@@ -1,10 +1,13 @@
 // Implements include/qbd/cache.h.
 #include "qbd/cache.h"
 
-#include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstring>
+#include <new>
+
+#include <fmt/format.h>
 
 namespace qbd {
 
@@ -14,8 +17,13 @@ namespace qbd {
 BlockCache::BlockCache(uint64_t capacity_bytes, int shards) : capacity_(capacity_bytes) {
   const int n = std::max(1, shards);
   shard_capacity_ = std::max<uint64_t>(1, capacity_ / static_cast<uint64_t>(n));
-  for (int i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>());
+  for (int i = 0; i < n; ++i) {
+    shards_.push_back(std::make_unique<Shard>());
+    shards_.back()->slab_bytes = shard_capacity_ >= 8 * kHugeSlab ? kHugeSlab : kSmallSlab;
+  }
 }
+
+void BlockCache::SlabUnmap::operator()(std::byte* p) const { munmap(p, bytes); }
 
 BlockCache::Shard& BlockCache::ShardOf(uint32_t volnr, uint64_t block) {
   // Neighbouring blocks go to different shards, so a sequential request spreads its locks.
@@ -63,11 +71,24 @@ void BlockCache::EraseRange(uint32_t volnr, uint64_t b0, uint64_t b1) {
 std::byte* BlockCache::AllocLocked(Shard& s, uint32_t size) {
   std::vector<std::byte*>& free = s.free_blocks[size];
   if (free.empty()) {
-    constexpr size_t kSlabBytes = 256 * 1024;
-    const size_t n = std::max<size_t>(1, kSlabBytes / size);
-    // Not zeroed: pages are touched only when blocks are used.
-    s.slabs.push_back(std::unique_ptr<std::byte[]>(new std::byte[n * size]));
-    for (size_t i = n; i > 0; --i) free.push_back(s.slabs.back().get() + (i - 1) * size);
+    const size_t n = std::max<size_t>(1, s.slab_bytes / size);
+    const size_t bytes = n * size;
+    // Huge slabs: map one huge page more than needed and trim to a 2 MiB boundary, then advise
+    // huge pages. Pages are touched (faulted in) only when blocks are used.
+    const bool huge = bytes % kHugeSlab == 0;
+    const size_t map_bytes = huge ? bytes + kHugeSlab : bytes;
+    void* m = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    auto* base = static_cast<std::byte*>(m);
+    if (huge) {
+      const size_t lead = (kHugeSlab - reinterpret_cast<uintptr_t>(base) % kHugeSlab) % kHugeSlab;
+      if (lead > 0) munmap(base, lead);
+      munmap(base + lead + bytes, kHugeSlab - lead);
+      base += lead;
+      madvise(base, bytes, MADV_HUGEPAGE);  // advice only: without THP the slab is small pages
+    }
+    s.slabs.push_back(std::unique_ptr<std::byte[], SlabUnmap>(base, SlabUnmap{bytes}));
+    for (size_t i = n; i > 0; --i) free.push_back(base + (i - 1) * size);
   }
   std::byte* p = free.back();
   free.pop_back();
