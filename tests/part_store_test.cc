@@ -292,11 +292,10 @@ TEST_CASE("Flush makes written blocks survive a crash while unflushed ones rever
   REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
   CHECK(got == v1);  // block 1 is back at the flushed version
   CHECK(metas[1].generation == 1);
-  SUBCASE("and a chunk created but not flushed exists with no data") {
-    // The file was published durably (full size, synced, dir synced); its data was not.
-    REQUIRE(store.Read(1, 0, std::span(got).first(kBs), std::span(metas).first(1), nullptr).ok());
-    CHECK(AllZero(std::span(got).first(kBs)));
-    CHECK(metas[0].IsUnwritten());
+  SUBCASE("and a chunk created but not flushed is absent, as never written") {
+    // Its name, like its data, becomes durable at the next Flush: never a short file.
+    CHECK(store.Read(1, 0, std::span(got).first(kBs), std::span(metas).first(1), nullptr).IsNotFound());
+    CHECK(mem.List("7/a").value().size() == 1);  // 7/a/1 only: no temporary file left either
   }
 }
 

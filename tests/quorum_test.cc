@@ -963,6 +963,49 @@ TEST_CASE("the chunk map gets a chunk only once its files exist when its first w
   REQUIRE(c.q().Write(2 * kChunk, block, /*fua=*/false).ok());
   CHECK(c.q().ChunkWritten(2));
 }
+TEST_CASE("the chunk map on disk names a chunk only once the names of its files are durable") {
+  Cluster c;
+  const std::vector<std::byte> a = RandomBytes(1, kBs), b = RandomBytes(2, kBs), f = RandomBytes(3, kBs);
+  std::vector<std::byte> got(kBs);
+  // A first write not flushed: after a crash neither its files nor its bit are there, so the
+  // chunk reads as never written, not as lost.
+  REQUIRE(c.q().Write(1 * kChunk, a, /*fua=*/false).ok());
+  CHECK(c.q().ChunkWritten(1));
+  c.CrashAndReopen();
+  CHECK_FALSE(c.q().ChunkWritten(1));
+  for (int p = 0; p < kParts; ++p) CHECK(c.mem(p).Stat(c.ChunkFile(p, 1)).status().IsNotFound());
+  REQUIRE(c.q().Read(1 * kChunk, got).ok());
+  CHECK(AllZero(got));
+
+  REQUIRE(c.q().Write(1 * kChunk, a, /*fua=*/false).ok());
+  REQUIRE(c.q().Flush().ok());                               // flushed
+  REQUIRE(c.q().Write(2 * kChunk, f, /*fua=*/true).ok());    // durable without a flush
+  REQUIRE(c.q().Write(3 * kChunk, b, /*fua=*/false).ok());   // neither
+  REQUIRE(c.q().Write(4 * kChunk, b, /*fua=*/false).ok());   // first write not durable...
+  REQUIRE(c.q().Write(4 * kChunk + kBs, f, /*fua=*/true).ok());  // ...a durable one into it is
+  REQUIRE(c.q().Write(5 * kChunk, b, /*fua=*/false).ok());
+  REQUIRE(c.q().Write(6 * kChunk, b, /*fua=*/false).ok());
+  // The volume poll's call: the names and bits of chunks 3 to 6 become durable, not their data.
+  REQUIRE(c.q().PersistChunkMap().ok());
+  c.CrashAndReopen();
+  CHECK(c.q().ChunkWritten(1));
+  CHECK(c.ReadBack(1 * kChunk, kBs) == a);
+  CHECK(c.q().ChunkWritten(2));
+  CHECK(c.ReadBack(2 * kChunk, kBs) == f);
+  CHECK(c.q().ChunkWritten(4));
+  CHECK(c.ReadBack(4 * kChunk + kBs, kBs) == f);
+  for (uint64_t chunk : {3, 5, 6}) {
+    CHECK(c.q().ChunkWritten(chunk));
+    for (int p = 0; p < kParts; ++p) CHECK(c.mem(p).Stat(c.ChunkFile(p, chunk)).ok());
+    REQUIRE(c.q().Read(chunk * kChunk, got).ok());  // the file survived, unflushed data did not
+    CHECK(AllZero(got));
+  }
+  // Every chunk the map names has its files: none is lost.
+  for (uint64_t chunk = 0; chunk < kSize / kChunk; ++chunk) {
+    if (!c.q().ChunkWritten(chunk)) continue;
+    for (int p = 0; p < kParts; ++p) CHECK(c.mem(p).Stat(c.ChunkFile(p, chunk)).ok());
+  }
+}
 TEST_CASE("reads are repeatable after an unclean shutdown when a write in flight reached one part only") {
   QuietLog quiet;
   Cluster c;

@@ -79,7 +79,8 @@ class PartStore {
   // Writes blocks with the given metas (an all-zero meta with zero data stores "never written").
   // Creates the chunk file at full size when absent, or restores the full size of a short one,
   // and then sets *created: this part's copy of the rest of the chunk is missing. With `sync`
-  // the blocks are durable when it returns.
+  // the blocks, and the name of a file it created, are durable when it returns; without, they
+  // are at the next Flush (the name also at the next SyncCreated).
   Status Write(uint64_t chunk, uint64_t first, std::span<const std::byte> data,
                std::span<const BlockMeta> metas, bool sync, bool* created);
 
@@ -96,7 +97,12 @@ class PartStore {
   // Whether the chunk file exists, and at its full size (layout-spec.md §4.1).
   Result<ChunkState> CheckChunk(uint64_t chunk);
 
-  // Makes every write since the previous Flush durable. On failure, `failed` (if given) gets the
+  // Makes the names of the chunk files created since the last call durable (a directory sync;
+  // nothing when none was). Flush and durable writes call it; QuorumSet calls it before it records
+  // new chunks in the chunk map, which must never name a chunk whose file could vanish.
+  Status SyncCreated();
+
+  // Makes every write since the previous Flush durable, and the names of new chunk files. On failure, `failed` (if given) gets the
   // chunks whose sync failed: writes to them since their last good sync may be lost (they stay
   // queued for the next Flush).
   Status Flush(std::vector<uint64_t>* failed = nullptr);
@@ -127,7 +133,9 @@ class PartStore {
   // size back. Either sets *created.
   Result<std::shared_ptr<Handle>> GetFile(uint64_t chunk, bool create, bool complete, bool* created);
   void Forget(const std::shared_ptr<Handle>& h);
-  void EvictLocked();
+  // Drops unused handles from open_; returns those with unsynced writes, for SyncEvicted.
+  std::vector<std::shared_ptr<Handle>> EvictLocked();
+  void SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;
@@ -139,11 +147,14 @@ class PartStore {
   const size_t max_open_files_;
   const int64_t recheck_ns_;
 
-  std::mutex mu_;  // guards open_, unsynced_, Handle::listed, dir_ready_
+  std::mutex open_mu_;  // serializes opening and creating files; guards dir_ready_
+  std::mutex mu_;       // guards open_, unsynced_, Handle::listed
   std::unordered_map<uint64_t, std::shared_ptr<Handle>> open_;
   // Handles written since the last Flush (Handle::unsynced went from false to true), each once.
   std::vector<std::shared_ptr<Handle>> unsynced_;
   bool dir_ready_ = false;
+  std::mutex sync_mu_;  // serializes SyncCreated
+  std::atomic<bool> created_unsynced_{false};  // a chunk file was created since the last SyncCreated
 };
 
 }  // namespace qbd

@@ -140,6 +140,12 @@ class QuorumSet : public BlockHandler {
   size_t part_count() const { return parts_.size(); }
   // True when chunk `chunk` (0-based) has ever been written (its chunk map bit is set).
   bool ChunkWritten(uint64_t chunk) const { return chunk_map_->Test(chunk); }
+  // Writes the chunk map bits of chunks first written since the last call to the chunk map copy
+  // of every up part, after syncing the names of their files (PartStore::SyncCreated): a bit on
+  // disk never names a chunk whose files could still vanish in a crash. Flush and durable writes
+  // call it, and qbd-master's volume poll, so that the copies on disk trail by at most that
+  // interval. Unavailable when no copy could be written (the bits stay queued).
+  Status PersistChunkMap();
   // Up or resyncing: the part takes reads (where clean) and writes.
   bool PartUp(size_t i) const { return Reachable(i); }
   // Up and in sync: the part counts for the write quorum.
@@ -210,10 +216,10 @@ class QuorumSet : public BlockHandler {
   void VerifyChunk(uint64_t chunk);
   void WakeResync();
   uint64_t NextGeneration();
-  // Sets the chunk's bit in the chunk map, durably on at least one up part, once the first write
-  // has created its files and before it is acknowledged (layout-spec.md §6). Unavailable when no
-  // copy could be written.
-  Status RecordChunkWritten(uint64_t chunk);
+  // Sets the chunk's bit in the chunk map once the first write has created its files, before it
+  // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
+  // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
+  Status RecordChunkWritten(uint64_t chunk, bool durable);
   // RepairChunk. REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
   Result<ChunkRepairReport> RepairChunkLocked(uint64_t chunk, const RepairOptions& options);
   // With reconcile_after_crash: the first access to `chunk` reconciles its copies.
@@ -234,9 +240,16 @@ class QuorumSet : public BlockHandler {
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
-  std::unique_ptr<DirtyMap> chunk_map_;  // bits set only once durable (under chunk_map_mu_)
+  // The chunk map: chunk_map_ in memory (bits set under chunk_map_mu_ by RecordChunkWritten),
+  // chunk_map_durable_ as written to the copies on disk; the chunks in between are queued in
+  // chunk_map_pending_ for PersistChunkMap.
+  std::unique_ptr<DirtyMap> chunk_map_;
   std::mutex chunk_map_mu_;
-  std::vector<std::unique_ptr<ChunkFile>> chunk_map_files_;  // GUARDED_BY(chunk_map_mu_), by part
+  std::unique_ptr<DirtyMap> chunk_map_durable_;    // GUARDED_BY(chunk_map_persist_mu_)
+  std::vector<uint64_t> chunk_map_pending_;        // GUARDED_BY(chunk_map_mu_)
+  std::atomic<bool> chunk_map_any_pending_{false};
+  std::mutex chunk_map_persist_mu_;                // serializes PersistChunkMap
+  std::vector<std::unique_ptr<ChunkFile>> chunk_map_files_;  // GUARDED_BY(chunk_map_persist_mu_), by part
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;

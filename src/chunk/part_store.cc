@@ -79,9 +79,15 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
                  volnr_, part_, Name(chunk));
     Forget(h);
   }
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = open_.find(chunk);
-  if (it != open_.end()) return it->second;
+  // Opening and creating files are serialized per part (two creators of one chunk would share its
+  // temporary name), but not under mu_: a creation waits on a sync, and requests to open files
+  // must not wait for it.
+  std::lock_guard<std::mutex> cl(open_mu_);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = open_.find(chunk);
+    if (it != open_.end()) return it->second;
+  }
   std::string path = Name(chunk);
   auto opened = backend_.Open(path);
   if (!opened.ok()) {
@@ -100,7 +106,9 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
       QBD_RETURN_IF_ERROR(f->Sync());
     }
     QBD_RETURN_IF_ERROR(backend_.Rename(tmp, path));
-    QBD_RETURN_IF_ERROR(backend_.SyncDir(PartDir(volnr_, part_)));
+    // The new name becomes durable with the next SyncCreated (Flush, or a durable write): like
+    // the data written into the file, it need not outlive a crash before then.
+    created_unsynced_.store(true, std::memory_order_release);
     if (created) *created = true;
     opened = backend_.Open(path);
     if (!opened.ok()) return opened.status();
@@ -118,9 +126,25 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
     QBD_RETURN_IF_ERROR(h->file->Sync());
     if (created) *created = true;
   }
-  if (open_.size() >= max_open_files_) EvictLocked();
-  open_[chunk] = h;
+  std::vector<std::shared_ptr<Handle>> victims;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (open_.size() >= max_open_files_) victims = EvictLocked();
+    open_[chunk] = h;
+  }
+  SyncEvicted(victims);
   return h;
+}
+
+Status PartStore::SyncCreated() {
+  // Under sync_mu_, so that a call that finds the flag clear returns only after the directory
+  // sync of a concurrent call, which may cover its creations, has finished.
+  std::lock_guard<std::mutex> l(sync_mu_);
+  if (!created_unsynced_.exchange(false, std::memory_order_acq_rel)) return Status::OK();
+  // Covers every rename done before the exchange: each sets the flag after it renamed.
+  Status s = backend_.SyncDir(PartDir(volnr_, part_));
+  if (!s.ok()) created_unsynced_.store(true, std::memory_order_release);
+  return s;
 }
 
 void PartStore::Forget(const std::shared_ptr<Handle>& h) {
@@ -141,27 +165,36 @@ void PartStore::DropReplaced(uint64_t chunk) {
   });
 }
 
-void PartStore::EvictLocked() {
-  // Drop handles no request is using (the map holds one reference, the unsynced list one more);
-  // a handle with unsynced writes is synced first, so that the number of open files stays
-  // bounded when no Flush comes.
+std::vector<std::shared_ptr<PartStore::Handle>> PartStore::EvictLocked() {
+  // Drop handles no request is using (the map holds one reference, the unsynced list one more).
+  // A handle with unsynced writes is synced by SyncEvicted, outside mu_, so that the number of
+  // open files stays bounded when no Flush comes.
+  std::vector<std::shared_ptr<Handle>> victims;
   for (auto it = open_.begin(); it != open_.end() && open_.size() >= max_open_files_ / 2;) {
     const std::shared_ptr<Handle>& h = it->second;
     if (h.use_count() != (h->listed ? 2 : 1)) {
       ++it;
       continue;
     }
-    if (h->listed) {
-      h->unsynced.store(false);
-      if (!h->file->Sync().ok()) {
-        h->unsynced.store(true);
-        ++it;
-        continue;
-      }
+    if (h->listed) victims.push_back(h);
+    it = open_.erase(it);
+  }
+  return victims;
+}
+
+void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims) {
+  for (const auto& h : victims) {
+    // A failed sync leaves the handle listed: the next Flush tries again and reports it.
+    h->unsynced.store(false);
+    if (!h->file->Sync().ok()) {
+      h->unsynced.store(true);
+      continue;
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    if (h->listed && !h->unsynced.load()) {
       h->listed = false;
       std::erase(unsynced_, h);
     }
-    it = open_.erase(it);
   }
 }
 
@@ -225,6 +258,7 @@ Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPiece
   QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
   Status s = h->file->WriteAtV(geometry_.RecordOffset(first), records.pieces());
   if (s.ok() && sync) s = h->file->Sync();
+  if (s.ok() && sync) s = SyncCreated();
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(h);
   return Status::OK();
@@ -253,6 +287,7 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
     }
   }
   if (s.ok() && sync) s = file->Sync();
+  if (s.ok() && sync) s = SyncCreated();
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(*got);
   return Status::OK();
@@ -284,13 +319,14 @@ Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
 Status PartStore::Flush(std::vector<uint64_t>* failed) {
   // Only files written since their last sync: a flush after a write to one chunk is one
   // fdatasync, however many files are open.
+  Status first_error = SyncCreated();
+  if (!first_error.ok()) first_error = first_error.WithContext(fmt::format("flush part {}", part_));
   std::vector<std::shared_ptr<Handle>> todo;
   {
     std::lock_guard<std::mutex> l(mu_);
     todo.swap(unsynced_);
     for (const auto& h : todo) h->listed = false;
   }
-  Status first_error;
   for (const auto& h : todo) {
     h->unsynced.store(false, std::memory_order_release);
     // A handle dropped from the cache meanwhile (evicted, detached) is synced all the same:

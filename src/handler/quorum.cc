@@ -94,6 +94,8 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   chunk_map_ = std::make_unique<DirtyMap>(static_cast<uint32_t>(options_.geometry.chunk_size),
                                           options_.geometry.ChunkCount());
   if (chunk_map) chunk_map_->Merge(*chunk_map);
+  chunk_map_durable_ = std::make_unique<DirtyMap>(chunk_map_->region_size(), chunk_map_->regions());
+  chunk_map_durable_->Merge(*chunk_map_);
   chunk_map_files_.resize(parts_.size());
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_verified_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
@@ -620,41 +622,84 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     // acknowledged, still under the create lock that a read finding no file takes before it
     // calls the chunk lost. A crash in between leaves files the map lacks (added when the volume
     // is opened), never a chunk the map calls written with no file anywhere.
-    Status m = RecordChunkWritten(chunk);
+    Status m = RecordChunkWritten(chunk, fua);
     if (!m.ok() && result.ok()) result = m;
+  } else if (fua && result.ok() && chunk_map_any_pending_.load(std::memory_order_acquire)) {
+    // A durable write into a chunk whose bit may not be on disk yet.
+    result = PersistChunkMap();
   }
   return result;
 }
 
-Status QuorumSet::RecordChunkWritten(uint64_t chunk) {
-  std::lock_guard<std::mutex> l(chunk_map_mu_);
-  if (chunk_map_->Test(chunk)) return Status::OK();
-  const std::string path = DirtyMap::ChunkMapPath(options_.volnr);
-  const uint64_t index = chunk / 8;
-  const std::byte value{static_cast<uint8_t>(chunk_map_->Byte(index) | (1u << (chunk % 8)))};
-  int durable = 0;
+Status QuorumSet::RecordChunkWritten(uint64_t chunk, bool durable) {
+  {
+    std::lock_guard<std::mutex> l(chunk_map_mu_);
+    if (!chunk_map_->Test(chunk)) {
+      chunk_map_->Set(chunk, chunk);
+      chunk_map_pending_.push_back(chunk);
+      chunk_map_any_pending_.store(true, std::memory_order_release);
+    }
+  }
+  return durable ? PersistChunkMap() : Status::OK();
+}
+
+Status QuorumSet::PersistChunkMap() {
+  if (!chunk_map_any_pending_.load(std::memory_order_acquire)) return Status::OK();
+  std::lock_guard<std::mutex> pl(chunk_map_persist_mu_);
+  std::vector<uint64_t> todo;
+  {
+    std::lock_guard<std::mutex> l(chunk_map_mu_);
+    todo.swap(chunk_map_pending_);
+    chunk_map_any_pending_.store(false, std::memory_order_release);
+  }
+  if (todo.empty()) return Status::OK();
+  // Every chunk in `todo` was queued after its files were renamed into place: the syncs below
+  // make those names durable before any bit naming them is.
+  std::vector<char> names_ok(parts_.size(), 0);
   Status last;
   for (size_t i = 0; i < parts_.size(); ++i) {
     if (!Reachable(i)) continue;
+    Status s = parts_[i]->store->SyncCreated();
+    if (s.ok()) {
+      names_ok[i] = 1;
+    } else {
+      last = s;
+      QBD_LOG_WARN("volume {} part {}: new chunk files not synced, chunk map not written there: {}",
+                   options_.volume, parts_[i]->store->part(), s.ToString());
+    }
+  }
+  DirtyMap next(chunk_map_durable_->region_size(), chunk_map_durable_->regions());
+  next.Merge(*chunk_map_durable_);
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (uint64_t c : todo) {
+    next.Set(c, c);
+    lo = std::min(lo, c / 8);
+    hi = std::max(hi, c / 8);
+  }
+  std::vector<std::byte> bytes(hi - lo + 1);
+  for (uint64_t i = lo; i <= hi; ++i) bytes[i - lo] = std::byte{next.Byte(i)};
+  const std::string path = DirtyMap::ChunkMapPath(options_.volnr);
+  int durable = 0;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    if (!names_ok[i]) continue;
     StorageBackend& b = parts_[i]->store->backend();
     auto& file = chunk_map_files_[i];
     if (file && file->Detached()) file.reset();
     Status s;
+    bool whole = false;
     if (!file) {
       auto opened = b.Open(path);
       if (opened.status().IsNotFound()) {
-        // No copy here (a replaced disk): a whole one, with this chunk's bit.
-        DirtyMap copy(chunk_map_->region_size(), chunk_map_->regions());
-        copy.Merge(*chunk_map_);
-        copy.Set(chunk, chunk);
-        s = WriteFileAtomic(b, path, copy.Encode(kChunkMapMagic));
+        // No copy here (a replaced disk): a whole one.
+        s = WriteFileAtomic(b, path, next.Encode(kChunkMapMagic));
+        whole = s.ok();
         if (s.ok()) opened = b.Open(path);
       }
       if (s.ok() && opened.ok()) file = std::move(opened).value();
       if (s.ok() && !opened.ok()) s = opened.status();
     }
-    if (s.ok()) s = file->WriteAt(kDirtyHeaderSize + index, std::span(&value, 1));
-    if (s.ok()) s = file->Sync();
+    if (s.ok() && !whole) s = file->WriteAt(kDirtyHeaderSize + lo, bytes);
+    if (s.ok() && !whole) s = file->Sync();
     if (s.ok()) {
       ++durable;
     } else {
@@ -665,10 +710,13 @@ Status QuorumSet::RecordChunkWritten(uint64_t chunk) {
     }
   }
   if (durable == 0) {
-    return Status::Unavailable(fmt::format("volume {} chunk {}: the chunk map could not be written on any part: {}",
-                                           options_.volume, chunk + 1, last.ToString()));
+    std::lock_guard<std::mutex> l(chunk_map_mu_);
+    chunk_map_pending_.insert(chunk_map_pending_.end(), todo.begin(), todo.end());
+    chunk_map_any_pending_.store(true, std::memory_order_release);
+    return Status::Unavailable(fmt::format("volume {}: the chunk map could not be written on any part: {}",
+                                           options_.volume, last.ToString()));
   }
-  chunk_map_->Set(chunk, chunk);
+  chunk_map_durable_->Merge(next);
   return Status::OK();
 }
 
@@ -888,6 +936,7 @@ Status QuorumSet::Flush() {
                    ? Status::OK()
                    : Status::Unavailable(fmt::format("volume {}: flush reached {} of {} parts, write quorum is {}",
                                                      options_.volume, ok, parts_.size(), options_.write_quorum));
+    if (s.ok()) s = PersistChunkMap();
     l.lock();
     flush_running_ = false;
     flush_completed_ = target;
@@ -937,10 +986,14 @@ void QuorumSet::SetSize(uint64_t size) {
   Geometry g = options_.geometry;
   g.size = size;
   {
+    std::lock_guard<std::mutex> pl(chunk_map_persist_mu_);
     std::lock_guard<std::mutex> l(chunk_map_mu_);
     auto grown = std::make_unique<DirtyMap>(static_cast<uint32_t>(g.chunk_size), g.ChunkCount());
     grown->Merge(*chunk_map_);
     chunk_map_ = std::move(grown);
+    auto grown_durable = std::make_unique<DirtyMap>(static_cast<uint32_t>(g.chunk_size), g.ChunkCount());
+    grown_durable->Merge(*chunk_map_durable_);
+    chunk_map_durable_ = std::move(grown_durable);
   }
   std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
   for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
@@ -1437,7 +1490,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
     if (o.dry_run) {
       report.notes.push_back("the chunk map lacks this chunk: it would be added");
     } else {
-      Status s = RecordChunkWritten(chunk);
+      Status s = RecordChunkWritten(chunk, /*durable=*/true);
       report.notes.push_back(s.ok() ? "added to the chunk map" : "chunk map not updated: " + s.ToString());
     }
   }

@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 
@@ -134,8 +136,22 @@ Master::~Master() { Stop().IgnoreError(); }
 
 std::vector<std::string> Master::BoundAddresses() const { return server_->BoundAddresses(); }
 
+namespace {
+
+// Chunk files each part keeps open: a sixteenth of the file limit (qbd-master raises its soft
+// limit to the hard one), from 64 to 1024. A part that has to close files syncs them first, so a
+// stream wider than this (4 GiB at the default chunk size) pays a sync per chunk.
+size_t OpenFilesPerPart() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 1024;
+  return std::clamp<size_t>(rl.rlim_cur / 16, 64, 1024);
+}
+
+}  // namespace
+
 Status Master::OpenVolume(const VolumeMeta& meta) {
   VolumeOpenOptions vo;
+  vo.max_open_files_per_part = OpenFilesPerPart();
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
   vo.ssd_dir = ssd_dir_.get();
@@ -215,6 +231,9 @@ Status Master::Poll() {
       }
       PublishExport(name, v);
     }
+    // Chunks first written since the last poll reach the chunk map copies on disk even when no
+    // client flushes (logged by the call when it fails).
+    v.quorum().PersistChunkMap().IgnoreError();
   }
   return Status::OK();
 }
