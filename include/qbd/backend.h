@@ -37,6 +37,10 @@ class ChunkFile {
   virtual Status WriteAtV(uint64_t offset, std::span<const std::span<const std::byte>> in);
   // Makes every completed WriteAt/PunchHole/Truncate durable (fsync, NFS COMMIT).
   virtual Status Sync() = 0;
+  // Starts writing the file's dirty data back without waiting (a hint, no result): a caller
+  // about to Sync() many files starts them all first, so that their writeback overlaps and the
+  // file system can commit their metadata together. Nothing by default.
+  virtual void StartSync() {}
   // Sets the file size; new bytes read as zeros.
   virtual Status Truncate(uint64_t size) = 0;
   virtual Result<uint64_t> Size() = 0;

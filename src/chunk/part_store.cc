@@ -183,6 +183,9 @@ std::vector<std::shared_ptr<PartStore::Handle>> PartStore::EvictLocked() {
 }
 
 void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims) {
+  if (victims.size() > 1) {
+    for (const auto& h : victims) h->file->StartSync();  // as in Flush
+  }
   for (const auto& h : victims) {
     // A failed sync leaves the handle listed: the next Flush tries again and reports it.
     h->unsynced.store(false);
@@ -326,6 +329,11 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
     std::lock_guard<std::mutex> l(mu_);
     todo.swap(unsynced_);
     for (const auto& h : todo) h->listed = false;
+  }
+  // Many files (a stream that created chunk after chunk): their writeback runs side by side
+  // before the syncs wait on each in turn, and one journal commit serves the metadata of many.
+  if (todo.size() > 1) {
+    for (const auto& h : todo) h->file->StartSync();
   }
   for (const auto& h : todo) {
     h->unsynced.store(false, std::memory_order_release);

@@ -74,6 +74,8 @@ class LocalFile final : public ChunkFile {
     return Status::OK();
   }
 
+  void StartSync() override { ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE); }
+
   Status Truncate(uint64_t size) override {
     if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno("ftruncate " + name_, errno);

@@ -419,6 +419,7 @@ class FaultyFile final : public ChunkFile {
     QBD_RETURN_IF_ERROR(faults_->Check(FaultyBackend::kSync, path_));
     return inner_->Sync();
   }
+  void StartSync() override { inner_->StartSync(); }
   Status Truncate(uint64_t size) override {
     QBD_RETURN_IF_ERROR(faults_->Check(FaultyBackend::kTruncate, path_));
     return inner_->Truncate(size);
