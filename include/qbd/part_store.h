@@ -136,6 +136,8 @@ class PartStore {
   // Drops unused handles from open_; returns those with unsynced writes, for SyncEvicted.
   std::vector<std::shared_ptr<Handle>> EvictLocked();
   void SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims);
+  // Before syncing several handles in turn: starts the writeback of all of them.
+  static void StartSyncs(const std::vector<std::shared_ptr<Handle>>& handles);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;

@@ -182,10 +182,15 @@ std::vector<std::shared_ptr<PartStore::Handle>> PartStore::EvictLocked() {
   return victims;
 }
 
+void PartStore::StartSyncs(const std::vector<std::shared_ptr<Handle>>& handles) {
+  // Many files (a stream that created chunk after chunk): their writeback runs side by side
+  // before the syncs wait on each in turn, and one journal commit serves the metadata of many.
+  if (handles.size() < 2) return;
+  for (const auto& h : handles) h->file->StartSync();
+}
+
 void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims) {
-  if (victims.size() > 1) {
-    for (const auto& h : victims) h->file->StartSync();  // as in Flush
-  }
+  StartSyncs(victims);
   for (const auto& h : victims) {
     // A failed sync leaves the handle listed: the next Flush tries again and reports it.
     h->unsynced.store(false);
@@ -330,11 +335,7 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
     todo.swap(unsynced_);
     for (const auto& h : todo) h->listed = false;
   }
-  // Many files (a stream that created chunk after chunk): their writeback runs side by side
-  // before the syncs wait on each in turn, and one journal commit serves the metadata of many.
-  if (todo.size() > 1) {
-    for (const auto& h : todo) h->file->StartSync();
-  }
+  StartSyncs(todo);
   for (const auto& h : todo) {
     h->unsynced.store(false, std::memory_order_release);
     // A handle dropped from the cache meanwhile (evicted, detached) is synced all the same:
