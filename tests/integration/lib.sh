@@ -339,10 +339,11 @@ with open(sys.argv[1], 'r+b') as f:
 # pattern ARGS...: patterned writes and their verification, for crash and shutdown tests. Every
 # 4 KiB block written holds struct.pack("<QQ", block_number, iteration) repeated, so any block
 # read back tells which write put it there.
-#   pattern write URI LOG --flushed N --iter K [--depth D]
+#   pattern write URI LOG --flushed N --iter K [--depth D] [--max M]
 #     writes blocks [0, N) with iteration K, flushes, logs "FLUSHED", then writes 64 KiB extents
 #     at random beyond block N until the connection fails (D requests in flight, never two on the
 #     same block), logging "S first count iter" on submit and "A first count iter" on completion.
+#     With --max, it stops after M such writes have completed, logs "DONE" and disconnects.
 #   pattern verify IMAGE LOG --flushed N --iter K [--acked]
 #     blocks [0, N) must hold iteration K; every later block must be zero or hold an iteration
 #     submitted for it; with --acked, it must hold its last acknowledged iteration (or zero if none)
@@ -370,9 +371,10 @@ def write(a):
     busy = {}  # cookie -> (first, n, iter)
     inflight = set()
     extents = (total - a.flushed) // EXT
+    submitted = 0
     try:
-        while True:
-            while len(busy) < a.depth:
+        while busy or a.max is None or submitted < a.max:
+            while len(busy) < a.depth and (a.max is None or submitted < a.max):
                 first = a.flushed + random.randrange(extents) * EXT
                 if first in inflight:
                     continue
@@ -383,12 +385,14 @@ def write(a):
                 busy[c] = (first, EXT, it, buf)
                 inflight.add(first)
                 it += 1
+                submitted += 1
             h.poll(-1)
             for c in list(busy):
                 if h.aio_command_completed(c):
                     first, n, i, _ = busy.pop(c)
                     inflight.discard(first)
                     log.write(f"A {first} {n} {i}\n")
+        log.write("DONE\n")
     except Exception as e:  # the server went away: that is how this ends
         log.write(f"END {type(e).__name__}: {e}\n")
     log.close()
@@ -452,6 +456,7 @@ ap.add_argument("--flushed", type=int, required=True)
 ap.add_argument("--iter", type=int, required=True)
 ap.add_argument("--depth", type=int, default=8)
 ap.add_argument("--acked", action="store_true")
+ap.add_argument("--max", type=int, help="writes after the flush (default: until the server goes away)")
 a = ap.parse_args()
 write(a) if a.mode == "write" else verify(a)
 EOF
@@ -499,6 +504,15 @@ EOF
 wait_for_line() { # FILE REGEX SECONDS: wait until FILE has a line matching REGEX
   local deadline=$(($(date +%s%N) + $3 * 1000000000))
   until grep -qE -- "$2" "$1" 2>/dev/null; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+
+wait_until() { # SECONDS CMD...: run CMD every 50 ms until it exits 0; 1 if it never did in time
+  local deadline=$(($(date +%s%N) + $1 * 1000000000))
+  shift
+  until "$@" >/dev/null 2>&1; do
     [ "$(date +%s%N)" -lt "$deadline" ] || return 1
     sleep 0.05
   done

@@ -21,6 +21,8 @@ crash_round() { # ROUND ITERATION KILL_DELAY
     show "$T/writer$round.out"
     die "round $round: writer" "the writer did not flush 16 MiB within 60 s"
   fi
+  wait_for_line "$T/writes$round.log" '^A ' 60 ||
+    { show "$T/writer$round.out"; die "round $round: writer" "no write acknowledged within 60 s"; }
   sleep "$delay"
   local acked
   acked=$(grep -c '^A ' "$T/writes$round.log")

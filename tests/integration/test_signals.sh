@@ -21,7 +21,9 @@ signal_round() { # SIGNAL VOLUME ITERATION
     show "$T/writer-$sig.out"
     die "SIG$sig: writer" "the writer did not flush 8 MiB within 60 s"
   fi
-  sleep 1
+  # At least one write after the flush is acknowledged before the signal, however slow the machine.
+  wait_for_line "$log" '^A ' 60 || { show "$T/writer-$sig.out"; die "SIG$sig: writer" "no write acknowledged within 60 s"; }
+  sleep 0.5
   t0=$(date +%s%N)
   if qbd_stop "$sig" 5; then
     t1=$(date +%s%N)

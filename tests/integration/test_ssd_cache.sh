@@ -19,18 +19,24 @@ qbdctl create wb --size 64M --replicas 3 >/dev/null || die setup "qbdctl create 
 qbd_start
 check "qbd-master says it has a write-back SSD cache" grep -q "SSD cache: $T/ssd, 256 MiB per volume, write-back" "$T/master.log"
 
-pattern write "$(uri wb)" "$T/writes.log" --flushed $FLUSHED --iter 7 --depth 16 >"$T/writer.out" 2>&1 &
+# At most 1536 writes of 64 KiB after the flush: with the 8 MiB flushed that is 104 MiB of log,
+# well under its 256 MiB, so the log never wraps (a wrap destages its oldest segment) however fast
+# the machine is. The kill comes after 256 of them are acknowledged, while the rest may be in flight.
+POST_FLUSH=1536
+pattern write "$(uri wb)" "$T/writes.log" --flushed $FLUSHED --iter 7 --depth 16 --max $POST_FLUSH \
+  >"$T/writer.out" 2>&1 &
 wpid=$!
 track $wpid
 wait_for_line "$T/writes.log" '^FLUSHED' 60 || { show "$T/writer.out"; die writer "no flush within 60 s"; }
-sleep 1
+wait_until 60 bash -c '[ "$(grep -c "^A " "$1")" -ge 256 ] || grep -q "^END" "$1"' _ "$T/writes.log" ||
+  { show "$T/writer.out"; die writer "256 writes after the flush not acknowledged within 60 s"; }
 acked=$(grep -c '^A ' "$T/writes.log")
 check "the parts do not hold the flushed writes yet (they wait in the SSD log)" \
   bash -c "! cmp -s -n 4096 <(python3 -c 'import struct,sys; sys.stdout.buffer.write(struct.pack(\"<QQ\", 0, 7) * 256)') '$(chunk_path node-a 1 a 0)'"
 qbd_kill
 wait_pid $wpid 30 || { kill -KILL $wpid; fail writer "the writer did not notice the kill within 30 s"; }
 untrack $wpid
-echo "    | killed qbd-master 1 s after the flush, $acked writes acknowledged since"
+echo "    | killed qbd-master after $acked writes acknowledged since the flush"
 [ "$acked" -gt 0 ] || fail writer "no write acknowledged after the flush"
 
 qbd_start
@@ -60,8 +66,11 @@ qbd_stop
 # The cache directory removed while fio writes and then verifies, with background destaging.
 sed -i 's/^cache_destage_delay_ms = .*/cache_destage_delay_ms = 50/; s/^cache_dirty_max = .*/cache_dirty_max = 8M/' "$T/qbd.conf"
 qbd_start
+# --rate_iops bounds how fast fio can go on any machine: 8 loops of 12288 writes take at least
+# 4.9 s, so it is still writing when the directory goes 1 s after the start.
 fio --name=wb --ioengine=nbd --uri="$(uri wb)" --rw=randwrite --bs=4k --iodepth=16 --size=48M --loops=8 \
-  --verify=crc32c --verify_fatal=1 --output-format=json --output="$T/fio.json" >"$T/fio.out" 2>&1 &
+  --rate_iops=20000 --verify=crc32c --verify_fatal=1 --output-format=json --output="$T/fio.json" \
+  >"$T/fio.out" 2>&1 &
 fpid=$!
 track $fpid
 sleep 1

@@ -132,7 +132,7 @@ qbdctl delete v >/dev/null
 # Repair beside production I/O: qbd-master serves fio --verify while qbd-repair has it repair the
 # damage chunk by chunk under its region locks.
 qbdctl create live --size 128M --replicas 3 >/dev/null || die live "create failed"
-sleep 1.5 # the volume poll exports it
+wait_until 30 nbdinfo "$(uri live)" || die live "the volume poll did not export it within 30 s"
 head -c 128M /dev/urandom | nbdcopy --flush - "$(uri live)" || die live "fill failed"
 nr=$(qbdctl info live | awk '/^number:/ {print $2}')
 rm -f "$T"/node-c/"$nr"/c/{3,9,17,25}
@@ -219,7 +219,7 @@ check "part c's 32 rebuilt chunk files are identical to part a's" \
 flock -n "$T/qbd.sock.lock" sleep 30 &
 HOLDER=$!
 track $HOLDER
-sleep 0.3
+wait_until 10 bash -c '! flock -n "$1" true' _ "$T/qbd.sock.lock" || die lock "flock did not take the lock"
 timeout 20 "$QBD_BIN/qbd-master" --config "$T/qbd.conf" >"$T/locked.out" 2>&1 </dev/null
 rc=$?
 if [ "$rc" != 0 ] && grep -q "another qbd-master or an offline qbd-repair" "$T/locked.out"; then
