@@ -137,7 +137,6 @@ class Cluster {
     o.epoch = ++epoch_;
     o.region_size = kRegion;
     o.start_resync_thread = false;
-    o.verify_on_first_read = false;
     q_ = std::make_unique<QuorumSet>(o, std::move(stores), std::move(dirty));
     REQUIRE(q_->region_size() == kRegion);
   }

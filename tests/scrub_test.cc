@@ -466,6 +466,80 @@ TEST_CASE("FormatRanges joins consecutive block numbers into ranges") {
   CHECK(FormatRanges({4}) == "4");
   CHECK(FormatRanges({0, 1}) == "0-1");
 }
+// The judge's table (scrub.h): one case per row of copy states, the same rule for every caller.
+TEST_CASE("JudgeCopies table: each row of copy states elects the copy the rules name") {
+  constexpr uint64_t kGen3 = (1ull << 40) + 3;
+  constexpr uint64_t kNextEpoch = (2ull << 40) + 1;  // a generation of an epoch not yet begun
+  Parts parts;
+  parts.WriteAll(0, 0, kN, /*tag=*/1, kGen1);
+  SUBCASE("a dirty part with a newer generation is stale, the clean parts' copy wins") {
+    parts.WriteParts({0}, 0, 2, 1, /*tag=*/2, kGen3);
+    std::vector<PartCopy> copies = parts.Copies(0);
+    copies[0].dirty[2] = 1;
+    SliceVerdict v = JudgeCopies(copies, true, kGen3);
+    CHECK(v.source[2] >= 1);
+    CHECK(v.issue[0][2] == BlockIssue::kStale);
+    CHECK(Set(v.lost).empty());
+  }
+  SUBCASE("a lone newer copy within the issued generations wins over agreeing clean parts") {
+    // A write that reached part a only before a crash, or older copies put back on b and c.
+    parts.WriteParts({0}, 0, 2, 1, /*tag=*/2, kGen3);
+    SliceVerdict v = JudgeCopies(parts.Copies(0), true, kGen3);
+    CHECK(v.source[2] == 0);
+    CHECK(v.issue[1][2] == BlockIssue::kStale);
+    CHECK(v.issue[2][2] == BlockIssue::kStale);
+  }
+  SUBCASE("a lone newer copy with a generation never issued is the suspect, not the agreeing parts") {
+    parts.WriteParts({0}, 0, 2, 1, /*tag=*/2, kNextEpoch);
+    SliceVerdict v = JudgeCopies(parts.Copies(0), true, kGen3);
+    REQUIRE(v.source[2] >= 1);
+    CHECK(parts.Copies(0)[v.source[2]].metas[2].generation == kGen1);
+    CHECK(v.issue[0][2] == BlockIssue::kConflict);
+    CHECK(v.issue[1][2] == BlockIssue::kNone);
+    CHECK(Set(v.lost).empty());
+  }
+  SUBCASE("every part dirty after a crash: the newest good copy wins") {
+    parts.WriteParts({1}, 0, 5, 1, /*tag=*/3, kGen2);
+    parts.WriteParts({2}, 0, 5, 1, /*tag=*/4, kGen3);
+    std::vector<PartCopy> copies = parts.Copies(0);
+    for (auto& c : copies) c.dirty.assign(kN, 1);
+    SliceVerdict v = JudgeCopies(copies, true, kGen3);
+    CHECK(v.source[5] == 2);
+    CHECK(v.issue[0][5] == BlockIssue::kStale);
+    CHECK(v.issue[1][5] == BlockIssue::kStale);
+  }
+  SUBCASE("every copy fails its checksum: lost, no source") {
+    for (int p = 0; p < kParts; ++p) {
+      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().RecordOffset(7) + 9).ok());
+    }
+    SliceVerdict v = JudgeCopies(parts.Copies(0), true, kGen3);
+    CHECK(v.source[7] == -1);
+    CHECK(v.lost[7] == 1);
+    for (int p = 0; p < kParts; ++p) CHECK(v.issue[p][7] == BlockIssue::kCorrupt);
+  }
+  SUBCASE("the only good copy is on a dirty part while clean parts are corrupt: lost, never the stale copy") {
+    for (int p = 1; p < kParts; ++p) {
+      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().RecordOffset(3) + 9).ok());
+    }
+    std::vector<PartCopy> copies = parts.Copies(0);
+    copies[0].dirty[3] = 1;
+    SliceVerdict v = JudgeCopies(copies, true, kGen3);
+    CHECK(v.source[3] == -1);
+    CHECK(v.lost[3] == 1);
+  }
+  SUBCASE("the clean part holding the newest copy is out of reach: unknown, not lost") {
+    std::vector<PartCopy> copies = parts.Copies(0);
+    copies[0].dirty[3] = 1;
+    copies[1].dirty[3] = 1;
+    copies[2] = UnreachableCopy(Status::Unavailable("down"));
+    copies[2].dirty.assign(kN, 0);
+    SliceVerdict v = JudgeCopies(copies, true, kGen3);
+    CHECK(v.source[3] == -1);
+    CHECK(v.unknown[3] == 1);
+    CHECK(v.lost[3] == 0);
+  }
+}
+
 }  // TEST_SUITE("scrub")
 
 }  // namespace qbd::test

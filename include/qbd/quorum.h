@@ -11,10 +11,19 @@
 // Reads: from the least loaded part that is up and clean for the range, checksum verified. On a bad
 // checksum, a short or missing chunk file or an I/O error, another part serves the data and the
 // bad copy is marked for repair; the resync thread rewrites it from a good copy (read-repair),
-// logging volume, part, chunk and block.
+// logging volume, part, chunk and block. A block with no good copy fails (EIO) and stays as it is.
+//
+// First access: after every start, the first access to a written chunk compares its copies on
+// every part in reach (JudgeCopies, scrub.h) and repairs the stale or damaged ones before it is
+// served (RepairChunk), so a copy that changed while the daemon was down is never served. A part
+// that was out of reach then is compared when it is back.
 //
 // Resync: a background thread copies every dirty region from a clean part and clears its bit;
-// it also probes parts marked down and brings them back.
+// it also probes parts marked down and brings them back. A region whose source has no good copy
+// of some block stays dirty (the loss stays visible) until an admin acts (qbd-repair).
+//
+// Judging copies: one rule for every caller (scrub.h JudgeCopies). The read and resync paths use
+// its fast form: a good copy on a part that is up and clean there is the newest acknowledged data.
 //
 // Lock order: resize_mu_ (shared) -> region locks (ascending stripe) -> PartStore internals.
 // Thread-safety: all public methods are safe for concurrent use.
@@ -26,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -54,16 +64,15 @@ struct QuorumOptions {
   bool parallel_io = false;
   // Resync copies at most this many bytes per second (0: no limit).
   uint64_t resync_bytes_per_sec = 0;
-  // The first read of a chunk since the start queues a background check of that chunk on every
-  // part (checksums, missing or short files), so that damage to the copies reads did not touch
-  // is found and repaired too.
-  bool verify_on_first_read = true;
   int resync_interval_ms = 1000;
-  // The volume was not closed cleanly (a crash): writes in flight then may have reached only some
-  // parts, and no dirty map records an unacknowledged write. The first access to each written
-  // chunk compares the parts' copies and makes them agree (RepairChunk) before it is served, so
-  // that reads are repeatable whichever part serves them.
-  bool reconcile_after_crash = false;
+  // The first access to each written chunk compares the parts' copies and makes them agree
+  // (RepairChunk) before it is served: after a crash writes in flight may have reached only some
+  // parts, and while the daemon was down a copy may have been damaged, replaced by an older one
+  // (a restored backup, an NFS server that lost writes) or removed, none of which a dirty map
+  // records. Off only for read-only uses (qbd-verify's own opens).
+  bool compare_on_first_access = true;
+  // The volume was not closed cleanly (for log lines: the comparisons are the same).
+  bool after_crash = false;
 };
 
 struct QuorumCounters {
@@ -86,12 +95,16 @@ struct RepairAction {
 struct RepairOptions {
   bool dry_run = false;       // plan only: read and judge, write nothing
   uint32_t targets = ~0u;     // bit p: part 'a' + p may be rewritten
+  // The admin's explicit act: blocks with no good copy anywhere (lost, not unknown) become
+  // unwritten (read as zeros) on every part in reach, each one logged. Never done otherwise.
+  bool accept_loss = false;
 };
 
 struct ChunkRepairReport {
   uint64_t chunk = 0;  // file number (chunk index + 1)
   std::vector<RepairAction> actions;
   std::vector<uint64_t> lost;     // blocks without a good copy: data lost, copies left as they are
+  std::vector<uint64_t> accepted;  // lost blocks made unwritten by accept_loss
   std::vector<uint64_t> unknown;  // blocks without a good copy in reach (a part is down)
   std::vector<std::string> notes;
   uint64_t bytes_read = 0;
@@ -122,18 +135,17 @@ class QuorumSet : public BlockHandler {
   // Copies every dirty region of every up part from a clean copy; returns the regions repaired.
   // The resync thread calls it; tests call it directly.
   uint64_t ResyncOnce();
-  // Checks the chunks queued by first reads on every part, marking damaged copies for resync;
-  // returns the chunks checked. The resync thread calls it; tests call it directly.
-  uint64_t VerifyQueued();
   // Reads every up part's copy of 0-based `chunk`, judges them (scrub.h) and rewrites the copies
   // that are missing, short, corrupt, stale or conflicting from the newest good copy, under the
   // chunk's region locks (no client write interleaves). A chunk file is rebuilt whole (temp
   // file, sync, rename); single blocks are rewritten in place and synced. Blocks without a good
-  // copy are reported and their copies left as they are. Dirty regions whose copy is now good are
-  // cleared. InvalidArgument for a chunk past the end.
+  // copy are reported and their copies left as they are, unless `options.accept_loss`. Dirty
+  // regions whose copy is now good are cleared. InvalidArgument for a chunk past the end.
   Result<ChunkRepairReport> RepairChunk(uint64_t chunk, const RepairOptions& options);
-  // Chunks still to be compared after an unclean shutdown (reconcile_after_crash).
+  // Written chunks not yet compared since the start (compare_on_first_access).
   uint64_t ChunksToReconcile() const;
+  // The largest generation any write of this volume can have made: larger ones are suspect.
+  uint64_t MaxGeneration() const { return next_gen_.load(std::memory_order_acquire) - 1; }
   // Stops the resync thread (idempotent).
   void StopResync();
 
@@ -212,8 +224,6 @@ class QuorumSet : public BlockHandler {
   uint64_t SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>& pending);
   bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
-  void QueueVerify(uint64_t chunk);
-  void VerifyChunk(uint64_t chunk);
   void WakeResync();
   uint64_t NextGeneration();
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
@@ -222,9 +232,12 @@ class QuorumSet : public BlockHandler {
   Status RecordChunkWritten(uint64_t chunk, bool durable);
   // RepairChunk. REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
   Result<ChunkRepairReport> RepairChunkLocked(uint64_t chunk, const RepairOptions& options);
-  // With reconcile_after_crash: the first access to `chunk` reconciles its copies.
-  // REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
+  // With compare_on_first_access: the first access to `chunk` compares its copies on every part in
+  // reach that has not been compared since the start. REQUIRES: resize_mu_ held (shared), none of
+  // the chunk's region locks.
   void EnsureReconciled(uint64_t chunk);
+  // The parts that are reachable now, as a bit mask.
+  uint32_t ReachableMask() const;
   bool ChunkKnown(uint64_t chunk) const;
   void SetChunkKnown(uint64_t chunk);
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
@@ -253,12 +266,15 @@ class QuorumSet : public BlockHandler {
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;
-  std::vector<std::atomic<uint8_t>> chunk_verified_;  // queued for the first-read check
-  std::vector<std::atomic<uint8_t>> chunk_reconciled_;  // reconcile_after_crash: done (1) per chunk
+  // Per chunk, the parts whose copies were compared since the start (bit p: part 'a' + p);
+  // all bits for a chunk not written at the start. compare_on_first_access only.
+  std::vector<std::atomic<uint32_t>> chunk_compared_;
+  std::array<std::mutex, 64> compare_locks_;  // one comparison of a chunk at a time
   std::atomic<uint64_t> to_reconcile_{0};
-
-  std::mutex verify_mu_;
-  std::vector<uint64_t> verify_queue_;  // GUARDED_BY(verify_mu_)
+  // Per part, regions resync found without a good source copy: they stay dirty (the loss stays
+  // visible) and are not retried until an admin's repair. GUARDED_BY(lost_mu_).
+  std::mutex lost_mu_;
+  std::vector<std::set<uint64_t>> lost_regions_;
   static constexpr size_t kStripes = 1024;
   std::array<std::mutex, kStripes> region_locks_;
 

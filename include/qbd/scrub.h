@@ -10,6 +10,12 @@
 // crash between parts), the newest good copy wins. A block is lost when no good copy is left on a
 // clean part (only copies on parts known to have missed writes, or none at all); it is unknown
 // when such a copy may be on a part out of reach.
+// A copy whose generation is larger than any the volume has issued (max_generation: the current
+// epoch's last one, layout-spec.md §4.2) is explained by no write, no crash and no dirty map: it is
+// suspect (kConflict), never a source, even when it is the newest. Older copies that agree on clean
+// parts are then the newest good ones. (A lone newer copy within the issued range is a write the
+// others missed — a crash between parts, or older copies put back while the daemon was down — and
+// wins.)
 //
 // Thread-safety: pure functions and values; ReadCopy uses the backend's own thread-safety.
 #pragma once
@@ -65,7 +71,8 @@ enum class BlockIssue : uint8_t {
   kMissing,   // the chunk file is absent, short, long or unreadable on this part
   kCorrupt,   // the block fails its check
   kStale,     // good, but an older generation than the newest
-  kConflict,  // good and of the newest generation, but other data (never made by qbd)
+  kConflict,  // good and of the newest generation, but other data (never made by qbd), or a
+              // generation never issued (suspect)
 };
 const char* BlockIssueName(BlockIssue i);
 
@@ -85,8 +92,10 @@ struct SliceVerdict {
 };
 
 // Judges the parts' copies of one run of blocks (copies[p] is part 'a' + p, all with the same n).
-// `chunk_written`: the chunk map has the chunk, or some part has its file.
-SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written);
+// `chunk_written`: the chunk map has the chunk, or some part has its file. `max_generation`: the
+// largest generation the volume has issued (larger ones are suspect).
+SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written,
+                         uint64_t max_generation = UINT64_MAX);
 
 // "3-5, 9, 12-40": sorted block numbers as ranges.
 std::string FormatRanges(const std::vector<uint64_t>& sorted);

@@ -138,7 +138,7 @@ bool SliceVerdict::Clean() const {
   return true;
 }
 
-SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written) {
+SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written, uint64_t max_generation) {
   const size_t np = copies.size();
   SliceVerdict v;
   for (const PartCopy& c : copies) {
@@ -169,6 +169,9 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
   auto good = [&](size_t p, uint64_t b) {
     return copies[p].state == CopyState::kPresent && copies[p].good[b];
   };
+  // A good copy whose generation no write of this volume can have made (a file from elsewhere,
+  // a forged or misdirected record) is suspect: never the source, whatever the others hold.
+  auto trusted = [&](size_t p, uint64_t b) { return good(p, b) && copies[p].metas[b].generation <= max_generation; };
   for (uint64_t b = 0; b < n; ++b) {
     // Every acknowledged write reached each part that is clean here: with such a part in reach,
     // only a good copy on a clean part is known to be the newest, whatever the generations of
@@ -185,11 +188,11 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
         continue;
       }
       clean_part = true;
-      clean_good = clean_good || good(p, b);
+      clean_good = clean_good || trusted(p, b);
     }
     int src = -1;
     for (size_t p = 0; p < np; ++p) {
-      if (copies[p].state == CopyState::kUnreachable || !good(p, b) || (clean_good && dirty(p, b))) {
+      if (copies[p].state == CopyState::kUnreachable || !trusted(p, b) || (clean_good && dirty(p, b))) {
         continue;
       }
       if (src < 0 || copies[p].metas[b].generation > copies[src].metas[b].generation) {
@@ -213,6 +216,10 @@ SliceVerdict JudgeCopies(const std::vector<PartCopy>& copies, bool chunk_written
       }
       if (!c.good[b]) {
         v.issue[p][b] = BlockIssue::kCorrupt;
+        continue;
+      }
+      if (!trusted(p, b)) {
+        v.issue[p][b] = BlockIssue::kConflict;  // suspect: a generation never issued
         continue;
       }
       if (src < 0) continue;  // a good copy, but not known to be the newest

@@ -98,17 +98,15 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   chunk_map_durable_->Merge(*chunk_map_);
   chunk_map_files_.resize(parts_.size());
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
-  chunk_verified_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
-  if (options_.reconcile_after_crash) {
-    chunk_reconciled_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
-    for (size_t c = 0; c < chunk_reconciled_.size(); ++c) {
-      if (chunk_map_->Test(c)) {
-        to_reconcile_.fetch_add(1);
-      } else {
-        chunk_reconciled_[c].store(1);  // never written: nothing can differ
-      }
+  chunk_compared_ = std::vector<std::atomic<uint32_t>>(options_.geometry.ChunkCount());
+  for (size_t c = 0; c < chunk_compared_.size(); ++c) {
+    if (options_.compare_on_first_access && chunk_map_->Test(c)) {
+      to_reconcile_.fetch_add(1);
+    } else {
+      chunk_compared_[c].store(~0u);  // never written: nothing can differ
     }
   }
+  lost_regions_.resize(parts_.size());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
 }
@@ -193,6 +191,17 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       missing.push_back(p);
       continue;
     }
+    if (s.ok() || s.IsCorruption()) {
+      // A good checksum with a generation this volume never issued is a suspect copy (scrub.h).
+      const uint64_t max_gen = MaxGeneration();
+      const size_t had = bad.size();
+      for (uint64_t i = 0; i < n; ++i) {
+        if (metas[i].generation > max_gen && std::find(bad.begin(), bad.begin() + had, first + i) == bad.begin() + had) {
+          bad.push_back(first + i);
+        }
+      }
+      if (s.ok() && !bad.empty()) s = Status::Corruption("a generation never issued");
+    }
     if (!s.ok() && !(s.IsCorruption() && !bad.empty())) {
       counters_.read_repairs.fetch_add(1);
       QBD_LOG_WARN("read-repair: volume {} part {} chunk {} blocks {}-{}: {}; reading another part",
@@ -207,7 +216,8 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     // `part` served everything but the blocks in `bad`.
     for (uint64_t b : bad) {
       counters_.read_repairs.fetch_add(1);
-      QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: checksum mismatch; repairing from another part",
+      QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: bad copy (checksum mismatch or a generation "
+                   "never issued); repairing from another part",
                    options_.volume, part.store->part(), chunk + 1, b);
       const uint64_t i = b - first;
       bool fixed = false;
@@ -215,7 +225,7 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
         if (q == p) continue;
         std::vector<uint64_t> bad1;
         Status s1 = parts_[q]->store->Read(chunk, b, data.subspan(i * bs, bs), metas.subspan(i, 1), &bad1);
-        if (s1.ok()) {
+        if (s1.ok() && metas[i].generation <= MaxGeneration()) {
           fixed = true;
           break;
         }
@@ -304,92 +314,7 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     }
     order = ReadOrder(r0, r1, -1);
   }
-  Status s = ReadBlocks(order, chunk, first, data, metas, locked);
-  if (s.ok()) QueueVerify(chunk);
-  return s;
-}
-
-void QuorumSet::QueueVerify(uint64_t chunk) {
-  if (!options_.verify_on_first_read || chunk >= chunk_verified_.size()) return;
-  if (chunk_verified_[chunk].load(std::memory_order_relaxed) || chunk_verified_[chunk].exchange(1)) return;
-  {
-    std::lock_guard<std::mutex> l(verify_mu_);
-    verify_queue_.push_back(chunk);
-  }
-  WakeResync();
-}
-
-uint64_t QuorumSet::VerifyQueued() {
-  std::shared_lock<std::shared_mutex> rl(resize_mu_);
-  uint64_t done = 0;
-  for (;;) {
-    std::vector<uint64_t> batch;
-    {
-      std::lock_guard<std::mutex> l(verify_mu_);
-      batch.swap(verify_queue_);
-    }
-    if (batch.empty()) return done;
-    for (uint64_t chunk : batch) {
-      {
-        std::lock_guard<std::mutex> l(resync_mu_);
-        if (resync_stop_) return done;
-      }
-      VerifyChunk(chunk);
-      ++done;
-    }
-  }
-}
-
-// Reads one chunk on every up part that is clean for it and marks what is damaged: a missing or
-// short file (the whole chunk), blocks that fail their checksum (their region). Resync repairs.
-void QuorumSet::VerifyChunk(uint64_t chunk) {
-  const Geometry& g = options_.geometry;
-  const uint64_t bs = g.block_size;
-  const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, g.BlocksPerChunk() - 1);
-  std::vector<int> order = ReadOrder(c0, c1, -1);
-  std::vector<int> have, lacking;
-  for (int p : order) {
-    auto st = parts_[p]->store->CheckChunk(chunk);
-    if (!st.ok()) continue;
-    (*st == PartStore::ChunkState::kComplete ? have : lacking).push_back(p);
-  }
-  if (have.empty()) return;  // never written, or nothing to compare with
-  for (int p : lacking) {
-    counters_.read_repairs.fetch_add(1);
-    QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: chunk file missing or short; repairing from part {}",
-                 options_.volume, parts_[p]->store->part(), chunk + 1, parts_[have[0]]->store->part());
-    MarkDirty(p, c0, c1, /*durable=*/false, "chunk file missing").IgnoreError();  // repaired by resync
-  }
-  const uint64_t end = std::min<uint64_t>((chunk + 1) * g.chunk_size, Size());
-  std::vector<std::byte> data;
-  std::vector<BlockMeta> metas;
-  std::vector<uint64_t> bad;
-  for (uint64_t r = c0; r <= c1 && r * region_size_ < end; ++r) {
-    const uint64_t start = r * region_size_;
-    const uint64_t first = (start % g.chunk_size) / bs;
-    const uint64_t n = (std::min<uint64_t>(start + region_size_, end) - start + bs - 1) / bs;
-    data.resize(n * bs);
-    metas.resize(n);
-    RegionGuard guard(*this, r, r);
-    for (int p : have) {
-      if (!Reachable(p) || parts_[p]->dirty->Test(r)) continue;
-      bad.clear();
-      Status s = parts_[p]->store->Read(chunk, first, data, metas, &bad);
-      if (s.ok()) continue;
-      counters_.read_repairs.fetch_add(1);
-      if (bad.empty()) {
-        QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: {}; repairing from another part", options_.volume,
-                     parts_[p]->store->part(), chunk + 1, s.ToString());
-        MarkDirty(p, c0, c1, /*durable=*/false, "chunk file damaged").IgnoreError();  // repaired by resync
-        break;
-      }
-      for (uint64_t b : bad) {
-        QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: checksum mismatch; repairing from another part",
-                     options_.volume, parts_[p]->store->part(), chunk + 1, b);
-      }
-      MarkDirty(p, r, r, /*durable=*/false, "checksum mismatch").IgnoreError();  // repaired by resync
-    }
-  }
+  return ReadBlocks(order, chunk, first, data, metas, locked);
 }
 
 Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
@@ -836,31 +761,47 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
   const std::string path = DirtyMap::PathFor(options_.volnr, part);
   int durable = 0;
   Status last;
+  const DirtyMap& map = *parts_[p]->dirty;
+  std::vector<uint64_t> all;  // every byte of the map, for a rewrite through a new handle
   for (size_t h = 0; h < parts_.size(); ++h) {
     if (static_cast<int>(h) == p || !Reachable(h)) continue;
     Part& holder = *parts_[h];
     std::lock_guard<std::mutex> l(holder.dirty_files_mu);
     auto& file = holder.dirty_files[p];
     if (file && file->Detached()) file.reset();
-    if (!file) {
-      auto opened = holder.store->backend().Open(path);
-      if (!opened.ok()) {
-        last = opened.status();
-        continue;
+    // Writes the map bytes `which` (contiguous ones in one write) through `file`, then syncs.
+    auto put = [&](const std::vector<uint64_t>& which) {
+      Status s;
+      for (size_t i = 0; i < which.size() && s.ok();) {
+        size_t j = i + 1;
+        while (j < which.size() && which[j] == which[j - 1] + 1) ++j;
+        std::vector<std::byte> run(j - i);
+        for (size_t k = i; k < j; ++k) run[k - i] = std::byte{map.Byte(which[k])};
+        s = file->WriteAt(kDirtyHeaderSize + which[i], run);
+        i = j;
       }
-      file = std::move(opened).value();
+      if (s.ok() && sync) s = file->Sync();
+      return s;
+    };
+    auto open = [&] {
+      auto opened = holder.store->backend().Open(path);
+      if (opened.ok()) file = std::move(opened).value();
+      return opened.status();
+    };
+    const bool cached = file != nullptr;
+    Status s = cached ? Status::OK() : open();
+    if (s.ok()) s = put(bytes);
+    if (!s.ok() && cached) {
+      // A cached handle can fail where a new one works: an NFS server that restarted changed its
+      // write verifier, and the writes made through the old handle since its last sync may be
+      // gone. A new handle gets the whole map, so nothing lost there is missed.
+      file.reset();
+      if (all.empty()) {
+        for (uint64_t i = 0; i < (map.regions() + 7) / 8; ++i) all.push_back(i);
+      }
+      s = open();
+      if (s.ok()) s = put(all);
     }
-    Status s;
-    // Contiguous bytes go out in one write.
-    for (size_t i = 0; i < bytes.size() && s.ok();) {
-      size_t j = i + 1;
-      while (j < bytes.size() && bytes[j] == bytes[j - 1] + 1) ++j;
-      std::vector<std::byte> run(j - i);
-      for (size_t k = i; k < j; ++k) run[k - i] = std::byte{parts_[p]->dirty->Byte(bytes[k])};
-      s = file->WriteAt(kDirtyHeaderSize + bytes[i], run);
-      i = j;
-    }
-    if (s.ok() && sync) s = file->Sync();
     if (s.ok()) {
       ++durable;
     } else {
@@ -998,16 +939,11 @@ void QuorumSet::SetSize(uint64_t size) {
   std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
   for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
   chunk_known_.swap(known);
-  std::vector<std::atomic<uint8_t>> verified(g.ChunkCount());
-  for (size_t c = 0; c < chunk_verified_.size(); ++c) verified[c].store(chunk_verified_[c].load());
-  chunk_verified_.swap(verified);
-  if (!chunk_reconciled_.empty()) {
-    std::vector<std::atomic<uint8_t>> reconciled(g.ChunkCount());
-    for (size_t c = 0; c < reconciled.size(); ++c) {
-      reconciled[c].store(c < chunk_reconciled_.size() ? chunk_reconciled_[c].load() : 1);
-    }
-    chunk_reconciled_.swap(reconciled);
+  std::vector<std::atomic<uint32_t>> compared(g.ChunkCount());
+  for (size_t c = 0; c < compared.size(); ++c) {
+    compared[c].store(c < chunk_compared_.size() ? chunk_compared_[c].load() : ~0u);  // new: unwritten
   }
+  chunk_compared_.swap(compared);
   size_.store(size, std::memory_order_release);
 }
 
@@ -1028,7 +964,6 @@ void QuorumSet::ResyncLoop() {
     resync_wake_ = false;
     l.unlock();
     ResyncOnce();
-    if (VerifyQueued() > 0) ResyncOnce();
     l.lock();
   }
 }
@@ -1061,6 +996,10 @@ uint64_t QuorumSet::ResyncOnce() {
       {
         std::lock_guard<std::mutex> l(resync_mu_);
         if (resync_stop_) break;
+      }
+      {
+        std::lock_guard<std::mutex> l(lost_mu_);
+        if (lost_regions_[i].count(*r)) continue;
       }
       if (ResyncRegion(static_cast<int>(i), *r, pending)) ++done;  // reconciled in place
       if (pending.size() >= kResyncBatch) {
@@ -1113,9 +1052,14 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pend
   Status s = ReadBlocks(order, chunk, first, data, metas, /*locked=*/true);
   Part& target = *parts_[p];
   if (!s.ok()) {
-    QBD_LOG_ERROR("resync: volume {} part {} chunk {} region {}: no good source copy: {}", options_.volume,
+    // The region stays dirty on this part: its copy is stale and must never be served. Without a
+    // good source anywhere it is not retried until a repair of the chunk (the admin's act).
+    if (s.IsCorruption()) {
+      std::lock_guard<std::mutex> l(lost_mu_);
+      lost_regions_[p].insert(region);
+    }
+    QBD_LOG_ERROR("resync: volume {} part {} chunk {} region {}: no good source copy: {}; left dirty", options_.volume,
                   target.store->part(), chunk + 1, region, s.ToString());
-    ClearDirty(p, region);  // nothing better exists; verify reports the loss
     return false;
   }
   bool all_unwritten = std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
@@ -1175,62 +1119,84 @@ uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uin
 namespace qbd {
 
 // Every up part is dirty in the region (several outages, or a crash between parts): no copy is
-// known good, so each block takes the valid copy with the newest generation, written to every
-// part that differs. REQUIRES: the region lock is held.
+// known good, so the judge (JudgeCopies, every part dirty) takes each block's newest trusted good
+// copy, written to every part that differs. A block with no good copy is left as it is on every
+// part (its reads keep failing, verify keeps reporting it). The bits are cleared where the copies
+// now agree; with a part out of reach they stay. REQUIRES: the region lock is held.
 bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n) {
   const uint64_t bs = options_.geometry.block_size;
   const size_t np = parts_.size();
   std::vector<std::vector<std::byte>> data(np, std::vector<std::byte>(n * bs));
-  std::vector<std::vector<BlockMeta>> metas(np, std::vector<BlockMeta>(n));
-  std::vector<std::vector<char>> valid(np, std::vector<char>(n, 0));
+  std::vector<PartCopy> copies(np);
   for (size_t i = 0; i < np; ++i) {
-    if (!Reachable(i)) continue;
-    std::vector<uint64_t> bad;
-    Status s = parts_[i]->store->Read(chunk, first, data[i], metas[i], &bad);
-    if (s.IsNotFound()) {
-      std::fill(valid[i].begin(), valid[i].end(), 1);  // all unwritten (metas are zero)
+    PartCopy& c = copies[i];
+    c.dirty.assign(n, 1);
+    if (!Reachable(i)) {
+      c = UnreachableCopy(Status::Unavailable("part down"));
+      c.dirty.assign(n, 1);
       continue;
     }
-    if (!s.ok() && bad.empty()) continue;
-    std::fill(valid[i].begin(), valid[i].end(), 1);
-    for (uint64_t b : bad) valid[i][b - first] = 0;
+    c.metas.resize(n);
+    std::vector<uint64_t> bad;
+    Status s = parts_[i]->store->Read(chunk, first, data[i], c.metas, &bad);
+    if (s.IsNotFound()) {
+      c.state = CopyState::kAbsent;
+      continue;
+    }
+    if (!s.ok() && bad.empty()) {
+      c.state = CopyState::kUnreadable;
+      c.error = s;
+      continue;
+    }
+    c.state = CopyState::kPresent;
+    c.good.assign(n, 1);
+    for (uint64_t b : bad) c.good[b - first] = 0;
   }
+  const SliceVerdict v = JudgeCopies(copies, ChunkWritten(chunk), MaxGeneration());
   std::vector<std::byte> best(n * bs);
   std::vector<BlockMeta> best_meta(n);
+  bool undecided = false;
   for (uint64_t b = 0; b < n; ++b) {
-    int winner = -1;
-    for (size_t i = 0; i < np; ++i) {
-      if (valid[i][b] && (winner < 0 || metas[i][b].generation > metas[winner][b].generation)) winner = static_cast<int>(i);
+    const int src = v.source[b];
+    if (src < 0) {
+      undecided = undecided || v.unknown[b];
+      if (v.lost[b]) {
+        QBD_LOG_ERROR("resync: volume {} chunk {} block {}: no good copy on any part: data lost, left as it is",
+                      options_.volume, chunk + 1, first + b);
+      }
+      continue;
     }
-    if (winner < 0) {
-      QBD_LOG_ERROR("resync: volume {} chunk {} block {}: no valid copy on any part: data lost", options_.volume,
-                    chunk + 1, first + b);
-      continue;  // left as it is; verify reports it
-    }
-    std::memcpy(best.data() + b * bs, data[winner].data() + b * bs, bs);
-    best_meta[b] = metas[winner][b];
+    std::memcpy(best.data() + b * bs, data[src].data() + b * bs, bs);
+    best_meta[b] = copies[src].metas[b];
   }
   bool all_ok = true;
   for (size_t i = 0; i < np; ++i) {
     if (!Reachable(i)) continue;
-    bool same = true;
-    for (uint64_t b = 0; b < n && same; ++b) same = valid[i][b] && metas[i][b] == best_meta[b];
     Status w;
-    if (!same) {
+    // Runs of blocks that this part gets from the judged source.
+    for (uint64_t b = 0; b < n && w.ok();) {
+      if (v.source[b] < 0 || v.issue[i][b] == BlockIssue::kNone) {
+        ++b;
+        continue;
+      }
+      uint64_t e = b + 1;
+      while (e < n && v.source[e] >= 0 && v.issue[i][e] != BlockIssue::kNone) ++e;
       bool created = false;
-      w = parts_[i]->store->Write(chunk, first, best, best_meta, /*sync=*/true, &created);
+      w = parts_[i]->store->Write(chunk, first + b, std::span(best).subspan(b * bs, (e - b) * bs),
+                                  std::span(best_meta).subspan(b, e - b), /*sync=*/true, &created);
+      b = e;
     }
     if (!w.ok()) {
       MarkDown(static_cast<int>(i), w);
       all_ok = false;
       continue;
     }
-    ClearDirty(static_cast<int>(i), region);
+    if (!undecided) ClearDirty(static_cast<int>(i), region);
   }
-  QBD_LOG_INFO("resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by newest generation",
+  QBD_LOG_INFO("resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by the newest good copy",
                options_.volume, region, chunk + 1);
   counters_.resynced_regions.fetch_add(1);
-  return all_ok;
+  return all_ok && !undecided;
 }
 
 }  // namespace qbd
@@ -1246,26 +1212,47 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
 
 uint64_t QuorumSet::ChunksToReconcile() const { return to_reconcile_.load(); }
 
+uint32_t QuorumSet::ReachableMask() const {
+  uint32_t m = 0;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    if (Reachable(i)) m |= 1u << i;
+  }
+  return m;
+}
+
 void QuorumSet::EnsureReconciled(uint64_t chunk) {
-  if (chunk >= chunk_reconciled_.size() || chunk_reconciled_[chunk].load(std::memory_order_acquire)) return;
+  if (chunk >= chunk_compared_.size()) return;
+  auto missing = [&] { return ReachableMask() & ~chunk_compared_[chunk].load(std::memory_order_acquire); };
+  if (missing() == 0) return;
+  std::lock_guard<std::mutex> cl(compare_locks_[chunk % compare_locks_.size()]);
+  const uint32_t want = ReachableMask();
+  if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0) return;  // another thread did it
   auto r = RepairChunkLocked(chunk, RepairOptions{});
   if (!r.ok()) {
-    QBD_LOG_WARN("volume {} chunk {}: comparing the copies after an unclean shutdown failed: {}", options_.volume,
-                 chunk + 1, r.status().ToString());
-  } else if (!r->actions.empty()) {
-    QBD_LOG_INFO("volume {} chunk {}: copies made to agree after an unclean shutdown ({} action(s))",
-                 options_.volume, chunk + 1, r->actions.size());
+    QBD_LOG_WARN("volume {} chunk {}: comparing the copies at first access failed: {}", options_.volume, chunk + 1,
+                 r.status().ToString());
+    return;  // compared again at the next access
   }
-  if (chunk_reconciled_[chunk].exchange(1) == 0 && to_reconcile_.fetch_sub(1) == 1) {
-    QBD_LOG_INFO("volume {}: every written chunk compared since the unclean shutdown", options_.volume);
+  if (!r->actions.empty()) {
+    QBD_LOG_WARN("volume {} chunk {}: copies made to agree at first access{} ({} action(s))", options_.volume,
+                 chunk + 1, options_.after_crash ? " after an unclean shutdown" : "", r->actions.size());
+  }
+  uint32_t done = want;
+  for (const RepairAction& a : r->actions) {
+    if (!a.error.empty()) done &= ~(1u << (a.target - 'a'));  // that copy is compared again later
+  }
+  const uint32_t before = chunk_compared_[chunk].fetch_or(done);
+  if (before == 0 && done != 0 && to_reconcile_.fetch_sub(1) == 1) {
+    QBD_LOG_INFO("volume {}: every written chunk compared since the start", options_.volume);
   }
 }
 
 Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const RepairOptions& o) {
-  const Geometry& g = options_.geometry;
-  if (chunk >= g.ChunkCount()) {
+  const Geometry& g = options_.geometry;  // block and chunk size; the size is Size()
+  const uint64_t chunks = (Size() + g.chunk_size - 1) / g.chunk_size;
+  if (chunk >= chunks) {
     return Status::InvalidArgument(fmt::format("volume {}: no chunk {} (it has {})", options_.volume, chunk + 1,
-                                               g.ChunkCount()));
+                                               chunks));
   }
   const size_t np = parts_.size();
   const uint64_t bs = g.block_size, rec = g.RecordSize();
@@ -1274,6 +1261,11 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   const uint64_t slice = std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / bs));
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, end_block - 1);
   RegionGuard guard(*this, c0, c1);
+  {
+    // Resync tries these regions again after the repair.
+    std::lock_guard<std::mutex> l(lost_mu_);
+    for (auto& lost : lost_regions_) lost.erase(lost.lower_bound(c0), lost.upper_bound(c1));
+  }
   ChunkRepairReport report;
   report.chunk = chunk + 1;
   const bool written = ChunkWritten(chunk);
@@ -1317,7 +1309,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   for (uint64_t first = 0; first < end_block; first += slice) {
     const uint64_t n = std::min<uint64_t>(slice, end_block - first);
     read_slice(first, n);
-    SliceVerdict v = JudgeCopies(copies, written);
+    SliceVerdict v = JudgeCopies(copies, written, MaxGeneration());
     for (const PartCopy& c : copies) any_file = any_file || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
     if (first == 0) {
       bool any_present = false;
@@ -1325,16 +1317,20 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
       if (!any_present && written) report.notes.push_back("no readable copy of the chunk file on any part in reach");
       for (size_t p = 0; p < np; ++p) {
         // A file is rebuilt only from some copy: with none, a new file would turn lost data into
-        // unwritten blocks.
-        if (!any_present || !up[p] || !v.bad_file[p] || !(o.targets & (1u << p))) continue;
+        // unwritten blocks (which only the admin's accept_loss may do).
+        if ((!any_present && !o.accept_loss) || !up[p] || !v.bad_file[p] || !(o.targets & (1u << p))) continue;
         t[p].whole = true;
         t[p].reason = CopyStateName(copies[p].state);
       }
     }
+    // accept_loss: a lost block becomes unwritten on every part (the zero record, §4.3).
+    const bool accept = o.accept_loss && !o.dry_run;
     for (uint64_t b = 0; b < n; ++b) {
-      if (v.lost[b]) report.lost.push_back(first + b);
+      if (v.lost[b]) (accept ? report.accepted : report.lost).push_back(first + b);
       if (v.unknown[b]) report.unknown.push_back(first + b);
     }
+    thread_local std::vector<std::byte> zero_record;
+    zero_record.assign(rec, std::byte{0});
     for (size_t p = 0; p < np; ++p) {
       if (!up[p]) continue;
       Target& tp = t[p];
@@ -1348,6 +1344,17 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
         const int src = v.source[b];
         const BlockIssue issue = v.issue[p][b];
         const uint64_t region = RegionOf(chunk, first + b) - c0;
+        if (src < 0 && v.lost[b] && accept) {
+          // The rebuilt file keeps it a hole; an existing copy gets the zero record.
+          if (!tp.whole && copies[p].state == CopyState::kPresent && may) {
+            change[b] = 1;
+            RepairAction& a = tp.actions["loss accepted"];
+            a.blocks.push_back(first + b);
+          } else if (!tp.whole && copies[p].state == CopyState::kPresent) {
+            tp.region_ok[region] = 0;
+          }
+          continue;
+        }
         if (src < 0) {
           if (v.lost[b] || v.unknown[b]) tp.region_ok[region] = 0;
           if (tp.whole) {
@@ -1434,7 +1441,12 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
           }
           tp.file = std::move(f).value();
         }
-        tp.error = tp.file->WriteAt((first + b) * rec, std::span(copies[v.source[b]].records.data() + b * rec, (e - b) * rec));
+        if (v.source[b] < 0) {
+          for (uint64_t k = b; k < e && tp.error.ok(); ++k) tp.error = tp.file->WriteAt((first + k) * rec, zero_record);
+        } else {
+          tp.error = tp.file->WriteAt((first + b) * rec,
+                                      std::span(copies[v.source[b]].records.data() + b * rec, (e - b) * rec));
+        }
         report.bytes_written += (e - b) * rec;
         tp.blocks_written += e - b;
         b = e;
@@ -1485,6 +1497,11 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   if (!report.lost.empty()) {
     QBD_LOG_ERROR("repair: volume {} chunk {}: {} block(s) have no good copy on any part: data lost ({})",
                   options_.volume, chunk + 1, report.lost.size(), FormatRanges(report.lost));
+  }
+  if (!report.accepted.empty()) {
+    QBD_LOG_WARN("repair: volume {} chunk {}: loss accepted by the admin: block(s) {} had no good copy on any part "
+                 "and now read as zeros",
+                 options_.volume, chunk + 1, FormatRanges(report.accepted));
   }
   if (!written && any_file) {
     if (o.dry_run) {

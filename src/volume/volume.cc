@@ -187,10 +187,12 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.region_size = rs;
   q.start_resync_thread = options.start_resync_thread;
   q.resync_bytes_per_sec = options.resync_bytes_per_sec;
-  q.reconcile_after_crash = unclean && !options.no_writes;
-  if (q.reconcile_after_crash) {
-    QBD_LOG_WARN("volume {}: it was not closed cleanly (a crash?): each written chunk's copies are compared "
-                 "and made to agree at its first access", meta.name);
+  // After every start, each written chunk's copies are compared at its first access (quorum.h).
+  q.compare_on_first_access = !options.no_writes;
+  q.after_crash = unclean;
+  if (unclean && !options.no_writes) {
+    QBD_LOG_WARN("volume {}: it was not closed cleanly (a crash?): writes in flight may have reached only some "
+                 "parts; the first-access comparison of each written chunk makes its copies agree", meta.name);
   }
   for (StorageBackend* b : backends) q.parallel_io = q.parallel_io || b->IsRemote();
   std::unique_ptr<Volume> v(new Volume());
