@@ -7,7 +7,7 @@
 // region locks rather than race it. Requests:
 //   ping                                   -> "ok qbd-master pid=N" "end"
 //   stats                                  -> one line per volume, then the cache's line
-//   repair VOLUME CHUNK [dry-run] [targets=MASK]
+//   repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]
 //                                          -> EncodeRepairReport(...)  (CHUNK is 0-based)
 //
 // ProcessLock: an exclusive flock on "<admin_socket>.lock" holding the owner's pid. qbd-master

@@ -1348,7 +1348,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
           // The rebuilt file keeps it a hole; an existing copy gets the zero record.
           if (!tp.whole && copies[p].state == CopyState::kPresent && may) {
             change[b] = 1;
-            RepairAction& a = tp.actions["loss accepted"];
+            RepairAction& a = tp.actions["loss-accepted"];
             a.blocks.push_back(first + b);
           } else if (!tp.whole && copies[p].state == CopyState::kPresent) {
             tp.region_ok[region] = 0;

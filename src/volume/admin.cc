@@ -250,7 +250,7 @@ Result<std::string> AdminClient::Call(const std::string& request) {
 // Repair reports on the wire:
 //   chunk N read=R written=W
 //   action TARGET SOURCES WHOLE REASON BLOCKS [ERROR...]
-//   lost BLOCKS / unknown BLOCKS / note TEXT
+//   lost BLOCKS / unknown BLOCKS / accepted BLOCKS / note TEXT
 
 std::string EncodeRepairReport(const ChunkRepairReport& r) {
   std::string out =
@@ -264,6 +264,7 @@ std::string EncodeRepairReport(const ChunkRepairReport& r) {
   }
   if (!r.lost.empty()) out += "lost " + WireRanges(r.lost) + "\n";
   if (!r.unknown.empty()) out += "unknown " + WireRanges(r.unknown) + "\n";
+  if (!r.accepted.empty()) out += "accepted " + WireRanges(r.accepted) + "\n";
   for (const std::string& n : r.notes) out += "note " + n + "\n";
   return out;
 }
@@ -302,11 +303,11 @@ Result<ChunkRepairReport> DecodeRepairReport(const std::string& text) {
       QBD_ASSIGN_OR_RETURN(a.blocks, ParseRanges(blocks));
       std::getline(ls >> std::ws, a.error);
       r.actions.push_back(std::move(a));
-    } else if (kind == "lost" || kind == "unknown") {
+    } else if (kind == "lost" || kind == "unknown" || kind == "accepted") {
       std::string blocks;
       if (!(ls >> blocks)) return bad();
       QBD_ASSIGN_OR_RETURN(auto v, ParseRanges(blocks));
-      (kind == "lost" ? r.lost : r.unknown) = std::move(v);
+      (kind == "lost" ? r.lost : kind == "unknown" ? r.unknown : r.accepted) = std::move(v);
     } else if (kind == "note") {
       std::string note;
       std::getline(ls >> std::ws, note);

@@ -274,8 +274,10 @@ Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
     return out;
   }
   if (cmd == "repair") {
-    // repair VOLUME CHUNK [dry-run] [targets=MASK]
-    if (words.size() < 3) return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK]");
+    // repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]
+    if (words.size() < 3) {
+      return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]");
+    }
     uint64_t chunk = 0;
     auto [end, ec] = std::from_chars(words[2].data(), words[2].data() + words[2].size(), chunk);
     if (ec != std::errc() || end != words[2].data() + words[2].size()) {
@@ -285,6 +287,8 @@ Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
     for (size_t i = 3; i < words.size(); ++i) {
       if (words[i] == "dry-run") {
         o.dry_run = true;
+      } else if (words[i] == "accept-loss") {
+        o.accept_loss = true;
       } else if (words[i].rfind("targets=", 0) == 0) {
         o.targets = static_cast<uint32_t>(std::strtoul(words[i].c_str() + 8, nullptr, 10));
       } else {

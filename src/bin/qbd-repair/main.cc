@@ -31,11 +31,13 @@ namespace {
 
 const char kHelp[] =
     R"(Usage: qbd-repair --config FILE [--dry-run] [--volume NAME]... [--part P]... [--rate MB/s] [VOLUME...]
+       qbd-repair --config FILE --accept-loss VOLUME...
 
 Rebuilds missing, short, corrupt and stale copies of chunk files and blocks from the newest good
 copy, and the metadata copies a part must hold. A block without a good copy anywhere is reported
-as data lost and its copies are left as they are. Works on local and NFS parts; a whole part can
-be rebuilt from an empty directory (a replaced disk or server).
+as data lost and its copies are left as they are: its reads keep failing and qbd-verify keeps
+reporting it, until the admin accepts the loss (--accept-loss). Works on local and NFS parts; a
+whole part can be rebuilt from an empty directory (a replaced disk or server).
 
 With qbd-master running on the same configuration, every chunk is repaired by the daemon through
 its admin socket (admin_socket in qbd.conf), under the locks of its request path, so no
@@ -51,14 +53,17 @@ Options:
   --rate MB/s         read at most this fast (beside production I/O); 0: no limit
   --restart           ignore the progress of an interrupted run and start over
   --quiet             no line per repaired chunk, only problems and the summary
+  --accept-loss       also make every block without a good copy on any part unwritten (it reads
+                      as zeros from then on), each one listed; the volumes must be named. A block
+                      whose good copy may be on a part that is down is never touched.
   -h, --help          this help
 
 A killed run resumes at the chunk where it stopped (progress in <admin_socket>.repair-<volnr>);
 a run with nothing left to do says so and changes nothing.
 
-Exit status: 0 everything repaired (or nothing to do); 1 some copies could not be repaired (a
-part out of reach, a write failed); 2 data lost (blocks without a good copy remain); 3 usage
-error; 4 access error (config, lock, a volume's metadata).
+Exit status: 0 everything repaired (or nothing to do); 1 some copies could not be repaired or
+checked (a part out of reach, a write failed); 2 data lost (blocks without a good copy remain); 3
+usage error; 4 access error (config, lock, a volume's metadata).
 )";
 
 int Usage(const std::string& msg) {
@@ -73,7 +78,8 @@ int Access(const std::string& msg) {
 
 struct Totals {
   uint64_t files = 0, blocks = 0, bytes_written = 0, bytes_read = 0, chunks = 0;
-  uint64_t lost_chunks = 0, failed = 0, unknown = 0;
+  uint64_t lost_chunks = 0, failed = 0, unknown = 0, accepted = 0;
+  std::set<std::string> down;  // parts out of reach: not checked
   std::set<std::string> said;  // notes printed once per volume
 };
 
@@ -111,6 +117,12 @@ void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t bl
         r.lost.size() == blocks_in_chunk ? "the whole chunk is" : Blocks(r.lost) + " are",
         "their copies are left as they are");
   }
+  if (!r.accepted.empty()) {
+    t.accepted += r.accepted.size();
+    std::cout << fmt::format(
+        "loss accepted: volume {} chunk {}: {} had no good copy on any part and now read as zeros\n",
+        vol, r.chunk, Blocks(r.accepted));
+  }
   if (!r.unknown.empty()) {
     ++t.unknown;
     std::cout << fmt::format(
@@ -120,6 +132,7 @@ void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t bl
   for (const std::string& n : r.notes) {
     // A note that holds for every chunk (a part down) is said once.
     if (n.find("is down") != std::string::npos) {
+      t.down.insert(n);
       if (t.said.insert(n).second) std::cout << fmt::format("note: volume {}: {}\n", vol, n);
       continue;
     }
@@ -134,7 +147,7 @@ std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
 int Run(int argc, char** argv) {
   po::options_description opts;
   opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("dry-run", "")(
-      "restart", "")("quiet", "")("rate", po::value<double>(), "")(
+      "accept-loss", "")("restart", "")("quiet", "")("rate", po::value<double>(), "")(
       "volume", po::value<std::vector<std::string>>(), "")(
       "part", po::value<std::vector<std::string>>(), "")("names",
                                                          po::value<std::vector<std::string>>(), "");
@@ -166,6 +179,7 @@ int Run(int argc, char** argv) {
   }
   qbd::RepairOptions ro;
   ro.dry_run = dry;
+  ro.accept_loss = vm.count("accept-loss") > 0;
   if (vm.count("part")) {
     ro.targets = 0;
     for (const std::string& p : vm["part"].as<std::vector<std::string>>()) {
@@ -173,6 +187,9 @@ int Run(int argc, char** argv) {
         return Usage(fmt::format("--part {}: a part letter a..z", p));
       ro.targets |= 1u << (p[0] - 'a');
     }
+  }
+  if (ro.accept_loss && names.empty()) {
+    return Usage("--accept-loss needs the volumes named: it changes what they read");
   }
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
   if (!config.ok())
@@ -272,6 +289,7 @@ int Run(int argc, char** argv) {
       if (admin) {
         std::string req = fmt::format("repair {} {}{}", name, c, dry ? " dry-run" : "");
         if (ro.targets != ~0u) req += fmt::format(" targets={}", ro.targets);
+        if (ro.accept_loss) req += " accept-loss";
         auto reply = admin->Call(req);
         r = reply.ok() ? qbd::DecodeRepairReport(*reply)
                        : qbd::Result<qbd::ChunkRepairReport>(reply.status());
@@ -325,7 +343,16 @@ int Run(int argc, char** argv) {
     if (!dry && run_local.ok())
       (*run_local)->Remove(progress).IgnoreError();  // absent when it never saved
     const double secs = std::chrono::duration<double>(Clock::now() - start).count();
-    if (t.files + t.blocks + t.failed + t.unknown == 0) {
+    if (!t.down.empty()) {
+      std::cout << fmt::format(
+          "volume {}: {} part(s) out of reach were not checked; run qbd-repair again once they are back\n",
+          name, t.down.size());
+    }
+    if (t.accepted) {
+      std::cout << fmt::format("volume {}: loss accepted for {} block(s): they read as zeros\n", name,
+                               t.accepted);
+    }
+    if (t.files + t.blocks + t.failed + t.unknown == 0 && t.down.empty()) {
       std::cout << fmt::format(
           "volume {}: nothing to repair ({} chunks checked on {} parts, {:.1f} MiB read in {:.1f} "
           "s){}\n",
@@ -345,7 +372,7 @@ int Run(int argc, char** argv) {
                     : "",
           t.lost_chunks ? fmt::format("; {} chunk(s) with data lost", t.lost_chunks) : "");
     }
-    if (t.failed || t.unknown) exit_code = std::max(exit_code, 1);
+    if (t.failed || t.unknown || !t.down.empty()) exit_code = std::max(exit_code, 1);
     if (t.lost_chunks) exit_code = std::max(exit_code, 2);
   }
   return exit_code;
