@@ -19,7 +19,9 @@ every server, so that reads hit real data, and the fio jobs use that region. For
 sequence runs N times and each cell is the median. `sync` runs before every job so that none starts
 with another's dirty pages. Workloads: fio with ioengine=nbd, one connection, BENCH_SECONDS (default
 30) per job; the last row is `nbdcopy --flush` of a BENCH_COPY_SIZE file of random data (read once
-just before each copy, so it comes from the page cache) into the export.
+just before each copy, so it comes from the page cache) into the export. Last, the cost of the
+first access to a chunk after a start (scripts/bench-first-access.py: qbd-master compares a chunk's
+copies before it serves it the first time), on 3 parts with the page cache dropped.
 
 Printed: the table with the ratios qbd/peer per row, qbd-master's CPU seconds (user + system, from
 /proc/PID/stat) per GiB moved by each qbd job and its peak RSS (VmHWM). Appended to
@@ -480,7 +482,16 @@ def main():
                  f"{SECONDS} s per job over the first {SIZE / GIB:g} GiB (written once through NBD) of "
                  f"{EXPORT_SIZE / GIB:g} GiB exports on one disk; nbdcopy --flush of {COPY_SIZE / GIB:g} GiB of "
                  f"random data from the page cache. Ratios: qbd / peer (1p = qbd 1 part, 3p = qbd 3 parts).")
-        report = "\n".join([out, "", *cpu_lines, rss_line])
+        # The first access to each chunk after a start compares its copies (layout-spec.md §4.6):
+        # its cost on cold chunks, beside a cold 4 KiB read of nbdkit's file plugin.
+        log("  first access after a start (3 parts, cold page cache)")
+        first_json = f"{tmp}/first-access.json"
+        first = subprocess.run(["/usr/bin/python3", f"{ROOT}/scripts/bench-first-access.py", f"{BUILD}/bin",
+                                "--json", first_json], capture_output=True, text=True)
+        if first.returncode != 0:
+            raise BenchError(f"bench-first-access.py failed:\n{first.stdout}{first.stderr}")
+        first_lines = ["first access to a chunk after a start, 4 KiB reads:", *first.stdout.strip().splitlines()]
+        report = "\n".join([out, "", *cpu_lines, rss_line, "", *first_lines])
         print(report)
         print(f"\nwall time {wall:.1f} min")
 
@@ -498,6 +509,8 @@ def main():
         for w, row in cpu_med.items():
             doc[f"qbd-master CPU, {w.rsplit(' (', 1)[0]} (s/GiB)"] = row
         doc["qbd-master peak RSS (MiB)"] = {label: round(v, 1) for label, v in rss.items()}
+        with open(first_json) as f:
+            doc["first access after a start, 3 parts, cold (ms)"] = json.load(f)
         with open(f"{ROOT}/bench/results/latest.json", "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")

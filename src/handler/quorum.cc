@@ -100,7 +100,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_compared_ = std::vector<std::atomic<uint32_t>>(options_.geometry.ChunkCount());
   for (size_t c = 0; c < chunk_compared_.size(); ++c) {
-    if (options_.compare_on_first_access && chunk_map_->Test(c)) {
+    if (options_.compare_on_first_access && parts_.size() > 1 && chunk_map_->Test(c)) {
       to_reconcile_.fetch_add(1);
     } else {
       chunk_compared_[c].store(~0u);  // never written: nothing can differ
@@ -1221,7 +1221,8 @@ uint32_t QuorumSet::ReachableMask() const {
 }
 
 void QuorumSet::EnsureReconciled(uint64_t chunk) {
-  if (chunk >= chunk_compared_.size()) return;
+  // One copy has nothing to be compared with (its blocks are checked as they are read).
+  if (chunk >= chunk_compared_.size() || parts_.size() == 1) return;
   auto missing = [&] { return ReachableMask() & ~chunk_compared_[chunk].load(std::memory_order_acquire); };
   if (missing() == 0) return;
   std::lock_guard<std::mutex> cl(compare_locks_[chunk % compare_locks_.size()]);
@@ -1276,16 +1277,25 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   }
   // The copies' buffers are reused from slice to slice and from call to call (a fresh 4 MiB
   // buffer per read costs page faults).
-  thread_local std::vector<PartCopy> copies;
+  thread_local std::vector<PartCopy> tls_copies;
+  std::vector<PartCopy>& copies = tls_copies;  // a reference: the pool's tasks fill this thread's
   auto read_slice = [&](uint64_t first, uint64_t n) {
     copies.resize(np);
+    // The parts' copies are read side by side: a cold chunk costs one read's time, not np.
+    std::vector<std::function<void()>> reads;
+    for (size_t p = 0; p < np; ++p) {
+      if (up[p]) {
+        reads.emplace_back([&, p] {
+          ReadCopyInto(copies[p], parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk,
+                       first, n);
+        });
+      } else {
+        copies[p] = UnreachableCopy(Status::Unavailable("part down"));
+      }
+    }
+    pool_->RunAll(reads);
     for (size_t p = 0; p < np; ++p) {
       PartCopy& c = copies[p];
-      if (up[p]) {
-        ReadCopyInto(c, parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk, first, n);
-      } else {
-        c = UnreachableCopy(Status::Unavailable("part down"));
-      }
       report.bytes_read += c.records.size();
       c.dirty.resize(n);
       for (uint64_t b = 0; b < n; ++b) c.dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
