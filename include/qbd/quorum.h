@@ -225,6 +225,9 @@ class QuorumSet : public BlockHandler {
   bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
   void ResyncLoop();
   void WakeResync();
+  // A part that is down whose backend holds its part directory again becomes resyncing; true when
+  // the part is reachable (now or already).
+  bool ProbePart(size_t i);
   uint64_t NextGeneration();
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next

@@ -947,6 +947,21 @@ void QuorumSet::SetSize(uint64_t size) {
   size_.store(size, std::memory_order_release);
 }
 
+bool QuorumSet::ProbePart(size_t i) {
+  Part& p = *parts_[i];
+  if (Reachable(i)) return true;
+  // The part's directory must be there: a replaced disk or server (an empty export) comes back
+  // once qbd-repair has recreated it, never by writes into a bare mount point.
+  if (!p.store->backend().Stat(PartDir(options_.volnr, p.store->part())).ok()) return false;
+  int expected = kDown;
+  if (p.state.compare_exchange_strong(expected, kResyncing)) {
+    QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
+                 options_.volume, p.store->part(), p.dirty->CountSet(), p.dirty->CountSet() * region_size_);
+    WakeResync();
+  }
+  return Reachable(i);
+}
+
 void QuorumSet::WakeResync() {
   {
     std::lock_guard<std::mutex> l(resync_mu_);
@@ -974,15 +989,7 @@ uint64_t QuorumSet::ResyncOnce() {
   for (size_t i = 0; i < parts_.size(); ++i) {
     Part& p = *parts_[i];
     if (!Reachable(i)) {
-      // Probe a part that is down: when its backend answers again, it takes writes again and
-      // its dirty regions are copied below; it counts for the quorum once they are.
-      if (p.store->backend().Stat(std::to_string(options_.volnr)).ok()) {
-        int expected = kDown;
-        if (p.state.compare_exchange_strong(expected, kResyncing)) {
-          QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
-                       options_.volume, p.store->part(), p.dirty->CountSet(), p.dirty->CountSet() * region_size_);
-        }
-      }
+      ProbePart(i);  // back: its dirty regions are copied from the next round on
       continue;
     }
     // Copies go out unsynced, in batches of kResyncBatch regions that share one sync (a sync
@@ -1207,6 +1214,9 @@ namespace qbd {
 // file replaces the old one under its name, so no client write may land in between.
 Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOptions& o) {
   std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  // A part that is down may be back (qbd-repair has just recreated a replaced part's directory):
+  // look now rather than at the next resync round, so that it is repaired too.
+  for (size_t i = 0; i < parts_.size(); ++i) ProbePart(i);
   return RepairChunkLocked(chunk, o);
 }
 

@@ -547,3 +547,49 @@ for off in range(16, 64, 16):
 qbd_stop
 check "mixed volume: chunk files 1..16 on node-a, m2, m3, identical" \
   parts_agree "$NR_mixed" 16 local:node-a m2 m3
+
+# =================================================================================================
+# Restarts one after the other, quorum never lost: part c's server down and back, then a's and b's
+# servers restarted in turn (their write verifiers change under the daemon's open handles of the
+# dirty map copies); when c's server dies again, the next write still succeeds on a and b.
+ganesha_start r1
+ganesha_start r2
+ganesha_start r3
+qbd_conf_nfs r1 r2 r3
+qbdctl create roll --size 32M >"$T/create.out" 2>&1 || { show "$T/create.out"; die setup "qbdctl create roll failed"; }
+NR_roll=$(volnr r1 roll)
+head -c 8M /dev/urandom >"$T/roll.bin"
+qbd_start
+tcheck "nbdcopy --flush of 8 MiB to volume roll" nbdcopy --flush "$T/roll.bin" "$(uri roll)"
+since=$(($(log_lines) + 1))
+ganesha_kill r3
+check "with r3 SIGKILLed a write and flush succeed on parts a and b" try_write roll $((8 * MiB))
+wait_log "$since" "volume ($NR_roll|roll) part c: state down" 20 || fail "roll: part c marked down" "no line within 20 s"
+sleep 1.1 # ganesha's write verifier is its start time in seconds
+ganesha_restart r3
+check "part c of roll is back in sync after r3's restart" part_up "$NR_roll" roll c 30
+for s in r1 r2; do
+  ganesha_kill $s
+  sleep 1.1
+  ganesha_restart $s
+  check "a write and flush succeed after $s restarted" try_write roll $((9 * MiB))
+done
+check "part a of roll is up" part_up "$NR_roll" roll a 30
+check "part b of roll is up" part_up "$NR_roll" roll b 30
+ganesha_kill r3
+check "with r3 SIGKILLed again, a write and flush succeed on parts a and b (the dirty map is persisted)" \
+  try_write roll $((10 * MiB))
+
+# A replaced server: r3 comes back with an empty export (a new disk). The daemon does not write
+# into it on its own; an online qbd-repair recreates the part and rebuilds it, and part c is up.
+rm -rf "$(ganesha_export r3)"/* "$(ganesha_export r3)"/.[!.]*
+ganesha_restart r3
+repair roll >"$T/replaced.out" 2>&1
+rc=$?
+[ $rc = 0 ] && pass "online qbd-repair of a replaced (empty) NFS server exits 0" ||
+  { fail "online qbd-repair of a replaced (empty) NFS server exits 0" "exit $rc"; show "$T/replaced.out"; }
+check "part c of roll is up again after the repair" part_up "$NR_roll" roll c 30
+check "a write and flush succeed with all three parts" try_write roll $((11 * MiB))
+qbd_stop
+check "after the replaced server was rebuilt online, parts a, b, c of roll are identical" \
+  parts_agree "$NR_roll" any r1 r2 r3

@@ -140,6 +140,35 @@ void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t bl
   }
 }
 
+// With the daemon doing the work: a part it has marked down may be back (a replaced server whose
+// directory RepairMetadata just recreated, a server restarted a moment ago); its backend retries a
+// dead server after a backoff of up to 10 s. Waits up to `seconds` for the daemon to report no
+// part down for `chunk` (a dry run), so that the part is repaired in this run.
+void WaitForDownParts(qbd::AdminClient& admin, const std::string& vol, uint64_t chunk, int seconds) {
+  const auto deadline = Clock::now() + std::chrono::seconds(seconds);
+  bool said = false;
+  for (;;) {
+    auto reply = admin.Call(fmt::format("repair {} {} dry-run", vol, chunk));
+    if (!reply.ok()) return;
+    auto r = qbd::DecodeRepairReport(*reply);
+    if (!r.ok()) return;
+    std::string down;
+    for (const std::string& n : r->notes) {
+      if (n.find("is down") != std::string::npos) down = n;
+    }
+    if (down.empty() || Clock::now() >= deadline) {
+      if (said && down.empty()) std::cout << fmt::format("volume {}: qbd-master reaches every part\n", vol);
+      return;
+    }
+    if (!said) {
+      std::cout << fmt::format("volume {}: {}; waiting up to {} s for qbd-master to reach it again\n", vol, down,
+                               seconds);
+      said = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+}
+
 std::string ProgressPath(const qbd::Config& c, uint32_t volnr) {
   return fmt::format("{}.repair-{}", c.admin_socket, volnr);
 }
@@ -279,6 +308,7 @@ int Run(int argc, char** argv) {
       }
       vol = std::move(v).value();
     }
+    if (admin && !chunks.empty()) WaitForDownParts(*admin, name, chunks.front(), 15);
     Totals t;
     auto last_save = Clock::now(), last_tty = Clock::now();
     bool failed_call = false;
