@@ -135,6 +135,8 @@ class VolumeLease {
 
   const LeaseOptions& options() const { return options_; }
   const LeaseIdentity& self() const { return self_; }
+  // The clock valid_until() is a time of.
+  const Clock& clock() const { return clock_; }
 
  private:
   class PartThreads;

@@ -322,7 +322,9 @@ VolumeLease::Written VolumeLease::WriteWhere(const std::vector<bool>& want, cons
              auto c = ReadOwner(*parts[i], path);
              bool wrote = false;
              if (c && allowed(i, *c)) {
-               Status s = WriteFileAtomic(*parts[i], path, text);
+               // A part whose volume directory is gone (a replaced disk) gets it back, as at open.
+               Status s = c->empty() ? parts[i]->MkDirs(DirName(path)) : Status::OK();
+               if (s.ok()) s = WriteFileAtomic(*parts[i], path, text);
                wrote = s.ok();
                if (!s.ok()) QBD_LOG_DEBUG("{} on {}: {}", path, parts[i]->Describe(), s.ToString());
              }

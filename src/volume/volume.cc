@@ -233,7 +233,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   }
   if (options.lease) {
     // Above the caches: nothing is answered from them once the lease may have run out.
-    below = std::make_unique<FenceLayer>(std::move(below), meta.name, options.lease->valid_until(), SteadyClock());
+    below = std::make_unique<FenceLayer>(std::move(below), meta.name, options.lease->valid_until(),
+                                         options.lease->clock());
     v->lease_ = options.lease;
   }
   auto stats = std::make_shared<StatsLayer>(std::move(below));
