@@ -92,10 +92,13 @@ TEST_CASE("LeaseRecord encodes to the text of layout-spec.md 8 and parses back")
   auto bad = LeaseRecord::Parse("format = 1\nowner = xyz\n", "7/.owner");
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message().find("7/.owner:2: owner") != std::string::npos);
-  CHECK_FALSE(LeaseRecord::Parse("format = 1\nowner = 12\n", "7/.owner").ok());  // counter... missing
+  CHECK_FALSE(
+      LeaseRecord::Parse("format = 1\nowner = 12\n", "7/.owner").ok());  // counter... missing
 }
 
-TEST_CASE("Acquire takes free parts after reading its record back, and sets the deadline from the write's start") {
+TEST_CASE(
+    "Acquire takes free parts after reading its record back, and sets the deadline from the "
+    "write's start") {
   Parts p;
   ManualClock clock;
   auto a = NewLease(p, Who(1, "node1"), clock);
@@ -131,7 +134,9 @@ TEST_CASE("Acquire refuses, naming the holder, for as long as the holder renews"
   for (MemBackend* m : p.mem()) CHECK(OwnerOn(*m) == 1);
 }
 
-TEST_CASE("Acquire takes over only after the holder's record stayed unchanged for lease_ms + lease_renew_ms") {
+TEST_CASE(
+    "Acquire takes over only after the holder's record stayed unchanged for lease_ms + "
+    "lease_renew_ms") {
   Parts p;
   ManualClock clock;
   auto a = NewLease(p, Who(1, "node1"), clock);
@@ -219,7 +224,8 @@ TEST_CASE("Acquire backs off when another master's record replaced ours before t
   other.counter = 1;
   other.lease_ms = kL;
   other.renew_ms = kR;
-  for (MemBackend* m : {&p.a, &p.b}) REQUIRE(WriteFileAtomic(*m, LeasePath(kVol), other.Encode()).ok());
+  for (MemBackend* m : {&p.a, &p.b})
+    REQUIRE(WriteFileAtomic(*m, LeasePath(kVol), other.Encode()).ok());
   clock.Advance(kR / 2);
   VolumeLease::Progress s = a->Acquire();
   CHECK(s.phase == VolumeLease::Phase::kObserving);
@@ -266,7 +272,9 @@ TEST_CASE("Renew keeps the deadline at the start of the last renewal that reache
   }
 }
 
-TEST_CASE("A holder that renews on a minority only is fenced at its deadline and recovers after a read-back") {
+TEST_CASE(
+    "A holder that renews on a minority only is fenced at its deadline and recovers after a "
+    "read-back") {
   Parts p;
   ManualClock clock;
   auto a = NewLease(p, Who(1, "node1"), clock);
@@ -358,12 +366,14 @@ TEST_CASE("ForeignLease names another master's record and ignores this configura
   auto f = ForeignLease(kVol, p.all(), Who(2, "node2"));
   REQUIRE(f.has_value());
   CHECK(f->who.host == "node1");
-  CHECK_FALSE(ForeignLease(kVol, p.all(), Who(5, "node1")).has_value());  // a later run of node1's config
+  CHECK_FALSE(
+      ForeignLease(kVol, p.all(), Who(5, "node1")).has_value());  // a later run of node1's config
 }
 }  // TEST_SUITE("lease")
 
 TEST_SUITE("fence") {
-TEST_CASE("FenceLayer passes requests while the lease is valid and refuses them with ESHUTDOWN after") {
+TEST_CASE(
+    "FenceLayer passes requests while the lease is valid and refuses them with ESHUTDOWN after") {
   ManualClock clock;
   std::atomic<uint64_t> until{clock.NowMs() + 100};
   auto disk = std::make_unique<MemDisk>(1 << 20);
@@ -399,7 +409,8 @@ TEST_CASE("FenceLayer does not acknowledge a write that completes after the dead
     }
     ManualClock& c_;
   };
-  FenceLayer f(std::make_unique<Slow>(std::make_unique<MemDisk>(1 << 20), clock), "v", until, clock);
+  FenceLayer f(std::make_unique<Slow>(std::make_unique<MemDisk>(1 << 20), clock), "v", until,
+               clock);
   std::vector<std::byte> buf(4096);
   Status s = f.Write(0, buf, false);
   CHECK(s.Errno() == ESHUTDOWN);

@@ -25,8 +25,8 @@ namespace qbd {
 class FenceLayer : public Layer {
  public:
   // `valid_until` (a time of `clock`, 0: never valid) and `clock` must outlive the layer.
-  FenceLayer(std::unique_ptr<BlockHandler> next, std::string volume, const std::atomic<uint64_t>& valid_until,
-             const Clock& clock);
+  FenceLayer(std::unique_ptr<BlockHandler> next, std::string volume,
+             const std::atomic<uint64_t>& valid_until, const Clock& clock);
 
   Status Read(uint64_t off, std::span<std::byte> out) override;
   Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;

@@ -45,7 +45,7 @@ namespace qbd {
 struct LeaseIdentity {
   uint64_t owner = 0;
   std::string host;
-  std::string boot_id;       // /proc/sys/kernel/random/boot_id ("" when unknown)
+  std::string boot_id;  // /proc/sys/kernel/random/boot_id ("" when unknown)
   int64_t pid = 0;
   std::string config;        // the qbd.conf path (informational)
   std::string admin_socket;  // its ProcessLock is "<admin_socket>.lock"
@@ -84,8 +84,8 @@ struct LeaseOptions {
 class VolumeLease {
  public:
   // `parts[i]` is the backend of part 'a' + i; the backends and `clock` must outlive the lease.
-  VolumeLease(uint32_t volnr, std::string volume, std::vector<StorageBackend*> parts, LeaseIdentity self,
-              LeaseOptions options, Clock& clock);
+  VolumeLease(uint32_t volnr, std::string volume, std::vector<StorageBackend*> parts,
+              LeaseIdentity self, LeaseOptions options, Clock& clock);
   ~VolumeLease();  // stops the renewal thread and the part threads; removes nothing
   VolumeLease(const VolumeLease&) = delete;
   VolumeLease& operator=(const VolumeLease&) = delete;
@@ -102,7 +102,7 @@ class VolumeLease {
     // kHeld after a takeover: how long the previous holder's record stayed unchanged on the
     // majority we took (our clock; >= its lease_ms + renew_ms); 0 when the parts were free.
     uint64_t waited_ms = 0;
-    std::string previous;  // kHeld: the holder we took over from ("" when the parts were free)
+    std::string previous;      // kHeld: the holder we took over from ("" when the parts were free)
     uint64_t retry_at_ms = 0;  // kObserving, kVerifying: when to call Acquire again (clock time)
   };
   // One step of acquisition: reads (and maybe writes) `.owner` on the parts, never sleeps.
@@ -143,7 +143,7 @@ class VolumeLease {
   // What one part held when read: nullopt when it could not be read, "" when absent.
   using Content = std::optional<std::string>;
   struct Observation {
-    std::string content;  // "" = no `.owner`
+    std::string content;    // "" = no `.owner`
     uint64_t since_ms = 0;  // when a read that ended saw it first (clock)
     bool valid = false;
   };
@@ -183,9 +183,9 @@ class VolumeLease {
   // Acquisition (the managing thread).
   Phase phase_ = Phase::kObserving;
   std::vector<Observation> seen_;
-  uint64_t verify_at_ms_ = 0;      // kVerifying
-  uint64_t take_start_ms_ = 0;     // kVerifying: when our takeover write round started
-  std::vector<bool> taken_;        // kVerifying: where our record was written
+  uint64_t verify_at_ms_ = 0;   // kVerifying
+  uint64_t take_start_ms_ = 0;  // kVerifying: when our takeover write round started
+  std::vector<bool> taken_;     // kVerifying: where our record was written
   uint64_t take_waited_ms_ = 0;
   std::string take_previous_;
 

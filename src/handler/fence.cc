@@ -8,15 +8,18 @@ namespace qbd {
 
 FenceLayer::FenceLayer(std::unique_ptr<BlockHandler> next, std::string volume,
                        const std::atomic<uint64_t>& valid_until, const Clock& clock)
-    : Layer(std::move(next)), volume_(std::move(volume)), valid_until_(valid_until), clock_(clock) {}
+    : Layer(std::move(next)),
+      volume_(std::move(volume)),
+      valid_until_(valid_until),
+      clock_(clock) {}
 
 Status FenceLayer::Check(const char* op) {
   if (clock_.NowMs() < valid_until_.load(std::memory_order_acquire)) return Status::OK();
   refused_.fetch_add(1, std::memory_order_relaxed);
-  return Status::Unavailable(
-      fmt::format("{} volume {}: refused: this master's lease on the volume is not known valid (self-fenced)",
-                  op, volume_),
-      ESHUTDOWN);
+  return Status::Unavailable(fmt::format("{} volume {}: refused: this master's lease on the volume "
+                                         "is not known valid (self-fenced)",
+                                         op, volume_),
+                             ESHUTDOWN);
 }
 
 Status FenceLayer::After(const char* op, Status s) {

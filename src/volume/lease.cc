@@ -75,7 +75,8 @@ Clock& SteadyClock() {
 
 std::string LeasePath(uint32_t volnr) { return std::to_string(volnr) + "/.owner"; }
 
-LeaseIdentity LeaseIdentity::ForThisProcess(const std::string& config, const std::string& admin_socket) {
+LeaseIdentity LeaseIdentity::ForThisProcess(const std::string& config,
+                                            const std::string& admin_socket) {
   LeaseIdentity id;
   std::random_device rd;
   while (id.owner == 0) id.owner = (uint64_t{rd()} << 32) ^ rd();
@@ -102,8 +103,8 @@ std::string LeaseRecord::Encode() const {
       "lease_renew_ms\n"
       "format = 1\nvolume = {}\nowner = {:016x}\ncounter = {}\nhost = {}\nboot_id = {}\npid = {}\n"
       "config = {}\nadmin_socket = {}\nstarted = {}\nlease_ms = {}\nlease_renew_ms = {}\n",
-      volnr, who.owner, counter, who.host, who.boot_id, who.pid, who.config, who.admin_socket, who.started,
-      lease_ms, renew_ms);
+      volnr, who.owner, counter, who.host, who.boot_id, who.pid, who.config, who.admin_socket,
+      who.started, lease_ms, renew_ms);
 }
 
 Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view file) {
@@ -112,11 +113,13 @@ Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view f
   bool format = false, owner = false, counter = false, lease = false, renew = false;
   for (const KvLine& l : lines) {
     auto bad = [&](const Status& s) {
-      return Status::InvalidArgument(fmt::format("{}:{}: {}: {}", file, l.line, l.key, s.message()));
+      return Status::InvalidArgument(
+          fmt::format("{}:{}: {}: {}", file, l.line, l.key, s.message()));
     };
     auto num = [&](int base = 10) { return ParseU64(l.value, base); };
     if (l.key == "format") {
-      if (l.value != "1") return bad(Status::InvalidArgument(fmt::format("format {} is not 1", l.value)));
+      if (l.value != "1")
+        return bad(Status::InvalidArgument(fmt::format("format {} is not 1", l.value)));
       format = true;
     } else if (l.key == "owner") {
       auto n = num(16);
@@ -128,9 +131,11 @@ Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view f
       if (!n.ok()) return bad(n.status());
       r.counter = *n;
       counter = true;
-    } else if (l.key == "lease_ms" || l.key == "lease_renew_ms" || l.key == "volume" || l.key == "pid") {
+    } else if (l.key == "lease_ms" || l.key == "lease_renew_ms" || l.key == "volume" ||
+               l.key == "pid") {
       auto n = num();
-      if (!n.ok() || *n > UINT32_MAX) return bad(n.ok() ? Status::InvalidArgument("too large") : n.status());
+      if (!n.ok() || *n > UINT32_MAX)
+        return bad(n.ok() ? Status::InvalidArgument("too large") : n.status());
       if (l.key == "lease_ms") {
         r.lease_ms = static_cast<uint32_t>(*n);
         lease = true;
@@ -162,8 +167,9 @@ Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view f
 }
 
 std::string LeaseRecord::Describe() const {
-  return fmt::format("qbd-master on host {} (pid {}, config {}, started {}, owner {:016x})", who.host, who.pid,
-                     who.config.empty() ? "?" : who.config, who.started.empty() ? "?" : who.started, who.owner);
+  return fmt::format("qbd-master on host {} (pid {}, config {}, started {}, owner {:016x})",
+                     who.host, who.pid, who.config.empty() ? "?" : who.config,
+                     who.started.empty() ? "?" : who.started, who.owner);
 }
 
 // One worker thread per part, each running at most one task at a time: a part that hangs keeps
@@ -248,8 +254,8 @@ std::string DescribeContent(const std::string& content, const std::string& path)
 
 }  // namespace
 
-VolumeLease::VolumeLease(uint32_t volnr, std::string volume, std::vector<StorageBackend*> parts, LeaseIdentity self,
-                         LeaseOptions options, Clock& clock)
+VolumeLease::VolumeLease(uint32_t volnr, std::string volume, std::vector<StorageBackend*> parts,
+                         LeaseIdentity self, LeaseOptions options, Clock& clock)
     : volnr_(volnr),
       volume_(std::move(volume)),
       path_(LeasePath(volnr)),
@@ -266,7 +272,8 @@ VolumeLease::~VolumeLease() {
   threads_.reset();  // joins the part threads before the members they use go
 }
 
-void VolumeLease::RunRound(const std::vector<bool>& which, const std::function<void(size_t, Round&)>& fn,
+void VolumeLease::RunRound(const std::vector<bool>& which,
+                           const std::function<void(size_t, Round&)>& fn,
                            const std::shared_ptr<Round>& round, size_t enough) {
   if (!threads_) {
     for (size_t i = 0; i < parts_.size(); ++i) {
@@ -295,15 +302,16 @@ std::vector<VolumeLease::Content> VolumeLease::ReadAll() {
   auto round = std::make_shared<Round>(parts_.size());
   const std::string path = path_;
   const std::vector<StorageBackend*> parts = parts_;
-  RunRound(std::vector<bool>(parts_.size(), true),
-           [path, parts](size_t i, Round& r) {
-             auto c = ReadOwner(*parts[i], path);
-             std::lock_guard<std::mutex> l(r.mu);
-             r.content[i] = std::move(c);
-             r.done[i] = true;
-             r.cv.notify_all();
-           },
-           round, parts_.size() + 1);
+  RunRound(
+      std::vector<bool>(parts_.size(), true),
+      [path, parts](size_t i, Round& r) {
+        auto c = ReadOwner(*parts[i], path);
+        std::lock_guard<std::mutex> l(r.mu);
+        r.content[i] = std::move(c);
+        r.done[i] = true;
+        r.cv.notify_all();
+      },
+      round, parts_.size() + 1);
   std::lock_guard<std::mutex> l(round->mu);
   std::vector<Content> out(parts_.size());
   for (size_t i = 0; i < parts_.size(); ++i) {
@@ -312,29 +320,31 @@ std::vector<VolumeLease::Content> VolumeLease::ReadAll() {
   return out;
 }
 
-VolumeLease::Written VolumeLease::WriteWhere(const std::vector<bool>& want, const std::string& text,
-                                             std::function<bool(size_t, const std::string&)> allowed) {
+VolumeLease::Written VolumeLease::WriteWhere(
+    const std::vector<bool>& want, const std::string& text,
+    std::function<bool(size_t, const std::string&)> allowed) {
   auto round = std::make_shared<Round>(parts_.size());
   const std::string path = path_;
   const std::vector<StorageBackend*> parts = parts_;
-  RunRound(want,
-           [path, parts, text, allowed](size_t i, Round& r) {
-             auto c = ReadOwner(*parts[i], path);
-             bool wrote = false;
-             if (c && allowed(i, *c)) {
-               // A part whose volume directory is gone (a replaced disk) gets it back, as at open.
-               Status s = c->empty() ? parts[i]->MkDirs(DirName(path)) : Status::OK();
-               if (s.ok()) s = WriteFileAtomic(*parts[i], path, text);
-               wrote = s.ok();
-               if (!s.ok()) QBD_LOG_DEBUG("{} on {}: {}", path, parts[i]->Describe(), s.ToString());
-             }
-             std::lock_guard<std::mutex> l(r.mu);
-             r.content[i] = std::move(c);
-             r.wrote[i] = wrote;
-             r.done[i] = true;
-             r.cv.notify_all();
-           },
-           round, Majority());
+  RunRound(
+      want,
+      [path, parts, text, allowed](size_t i, Round& r) {
+        auto c = ReadOwner(*parts[i], path);
+        bool wrote = false;
+        if (c && allowed(i, *c)) {
+          // A part whose volume directory is gone (a replaced disk) gets it back, as at open.
+          Status s = c->empty() ? parts[i]->MkDirs(DirName(path)) : Status::OK();
+          if (s.ok()) s = WriteFileAtomic(*parts[i], path, text);
+          wrote = s.ok();
+          if (!s.ok()) QBD_LOG_DEBUG("{} on {}: {}", path, parts[i]->Describe(), s.ToString());
+        }
+        std::lock_guard<std::mutex> l(r.mu);
+        r.content[i] = std::move(c);
+        r.wrote[i] = wrote;
+        r.done[i] = true;
+        r.cv.notify_all();
+      },
+      round, Majority());
   std::lock_guard<std::mutex> l(round->mu);
   Written w;
   w.wrote = round->wrote;
@@ -374,7 +384,8 @@ void VolumeLease::RemoveWhereOurs(const std::vector<bool>& where) {
     Status s = parts_[i]->Remove(path_);
     if (s.ok()) s = parts_[i]->SyncDir(std::to_string(volnr_));
     if (!s.ok() && !s.IsNotFound()) {
-      QBD_LOG_WARN("volume {}: cannot remove {} on {}: {}", volume_, path_, parts_[i]->Describe(), s.ToString());
+      QBD_LOG_WARN("volume {}: cannot remove {} on {}: {}", volume_, path_, parts_[i]->Describe(),
+                   s.ToString());
     }
   }
 }
@@ -415,9 +426,10 @@ VolumeLease::Progress VolumeLease::Acquire() {
       return p;
     }
     // Another master wrote between our write and this read: it may have won; step back.
-    QBD_LOG_WARN("volume {}: {} of {} parts still name us after taking the lease ({} wrote meanwhile): "
-                 "not served, observing again",
-                 volume_, mine, parts_.size(), other.empty() ? "another master" : other);
+    QBD_LOG_WARN(
+        "volume {}: {} of {} parts still name us after taking the lease ({} wrote meanwhile): "
+        "not served, observing again",
+        volume_, mine, parts_.size(), other.empty() ? "another master" : other);
     RemoveWhereOurs(taken_);
     phase_ = Phase::kObserving;
     seen_.assign(parts_.size(), Observation{});
@@ -469,7 +481,8 @@ VolumeLease::Progress VolumeLease::Acquire() {
   p.retry_at_ms = retry;
   if (takeable < Majority()) {
     p.holder = !holder.empty() ? holder
-                               : fmt::format("unknown: only {} of {} parts could be read", readable, parts_.size());
+                               : fmt::format("unknown: only {} of {} parts could be read", readable,
+                                             parts_.size());
     return p;
   }
   // Take it: our record goes where each part still holds exactly what we observed there.
@@ -477,16 +490,19 @@ VolumeLease::Progress VolumeLease::Acquire() {
   counter_ = 1;
   text_ = MyRecord(counter_);
   std::vector<Observation> seen = seen_;
-  Written w = WriteWhere(take, text_, [seen](size_t i, const std::string& c) { return seen[i].content == c; });
+  Written w = WriteWhere(take, text_,
+                         [seen](size_t i, const std::string& c) { return seen[i].content == c; });
   const uint64_t end = clock_.NowMs();
   const size_t wrote = static_cast<size_t>(std::count(w.wrote.begin(), w.wrote.end(), true));
   if (wrote < Majority() || end - start > RoundLimitMs()) {
-    QBD_LOG_WARN("volume {}: taking the lease reached {} of {} parts in {} ms (a majority within {} ms is "
-                 "needed): not served, trying again",
-                 volume_, wrote, parts_.size(), end - start, RoundLimitMs());
+    QBD_LOG_WARN(
+        "volume {}: taking the lease reached {} of {} parts in {} ms (a majority within {} ms is "
+        "needed): not served, trying again",
+        volume_, wrote, parts_.size(), end - start, RoundLimitMs());
     RemoveWhereOurs(w.wrote);
     seen_.assign(parts_.size(), Observation{});
-    p.holder = fmt::format("nobody (the lease could be written on only {} of {} parts)", wrote, parts_.size());
+    p.holder = fmt::format("nobody (the lease could be written on only {} of {} parts)", wrote,
+                           parts_.size());
     p.retry_at_ms = end + options_.renew_ms;
     return p;
   }
@@ -512,9 +528,10 @@ uint64_t VolumeLease::Renew() {
       lost_to_ = to;
     }
     lost_ = true;
-    QBD_LOG_ERROR("volume {}: a majority of its parts name another master ({}): lease lost, it stops serving "
-                  "the volume",
-                  volume_, to);
+    QBD_LOG_ERROR(
+        "volume {}: a majority of its parts name another master ({}): lease lost, it stops serving "
+        "the volume",
+        volume_, to);
   };
   auto foreign = [&](const std::vector<Content>& found, std::string* who) {
     size_t n = 0;
@@ -537,8 +554,8 @@ uint64_t VolumeLease::Renew() {
     if (mine >= Majority()) {
       valid_until_ = recover_start_ms_ + L - R;
       fenced_logged_ = false;
-      QBD_LOG_WARN("volume {}: lease renewed on {} of {} parts: no longer fenced, serving again", volume_, mine,
-                   parts_.size());
+      QBD_LOG_WARN("volume {}: lease renewed on {} of {} parts: no longer fenced, serving again",
+                   volume_, mine, parts_.size());
     } else if (foreign(found, &who) >= Majority()) {
       lose(who);
     }
@@ -551,9 +568,9 @@ uint64_t VolumeLease::Renew() {
   const std::string path = path_;
   const uint64_t me = self_.owner;
   // A part is rewritten only while it names us (or nobody): never over another master's record.
-  Written w = WriteWhere(std::vector<bool>(parts_.size(), true), text_, [path, me](size_t, const std::string& c) {
-    return c.empty() || OwnerOf(c, path) == me;
-  });
+  Written w = WriteWhere(
+      std::vector<bool>(parts_.size(), true), text_,
+      [path, me](size_t, const std::string& c) { return c.empty() || OwnerOf(c, path) == me; });
   const uint64_t end = clock_.NowMs();
   const size_t wrote = static_cast<size_t>(std::count(w.wrote.begin(), w.wrote.end(), true));
   if (wrote >= Majority() && end - start <= RoundLimitMs()) {
@@ -569,8 +586,8 @@ uint64_t VolumeLease::Renew() {
   if (foreign(w.found, &who) >= Majority()) {
     lose(who);
   } else {
-    QBD_LOG_DEBUG("volume {}: lease renewal reached {} of {} parts in {} ms", volume_, wrote, parts_.size(),
-                  end - start);
+    QBD_LOG_DEBUG("volume {}: lease renewal reached {} of {} parts in {} ms", volume_, wrote,
+                  parts_.size(), end - start);
   }
   return start + R;
 }
@@ -583,10 +600,13 @@ void VolumeLease::RenewLoop() {
     const uint64_t until = valid_until_.load();
     if (now >= until && !fenced_logged_ && !lost_) {
       fenced_logged_ = true;
-      QBD_LOG_ERROR("volume {}: self-fenced: its lease was not renewed on a majority of parts within {} ms of "
-                    "the last renewal's start (lease_ms {} - lease_renew_ms {}): requests fail with ESHUTDOWN "
-                    "until it is renewed",
-                    volume_, options_.lease_ms - options_.renew_ms, options_.lease_ms, options_.renew_ms);
+      QBD_LOG_ERROR(
+          "volume {}: self-fenced: its lease was not renewed on a majority of parts within {} ms "
+          "of "
+          "the last renewal's start (lease_ms {} - lease_renew_ms {}): requests fail with "
+          "ESHUTDOWN "
+          "until it is renewed",
+          volume_, options_.lease_ms - options_.renew_ms, options_.lease_ms, options_.renew_ms);
     }
     if (now >= next) {
       l.unlock();
@@ -638,7 +658,8 @@ void VolumeLease::Reset() {
 std::vector<bool> VolumeLease::PartsNamingUs() {
   std::vector<Content> found = ReadAll();
   std::vector<bool> out(parts_.size(), false);
-  for (size_t i = 0; i < parts_.size(); ++i) out[i] = found[i] && OwnerOf(*found[i], path_) == self_.owner;
+  for (size_t i = 0; i < parts_.size(); ++i)
+    out[i] = found[i] && OwnerOf(*found[i], path_) == self_.owner;
   return out;
 }
 
@@ -670,7 +691,8 @@ std::optional<LeaseRecord> ForeignLease(uint32_t volnr, const std::vector<Storag
       unknown.who.host = fmt::format("unknown ({})", r.status().message());
       return unknown;
     }
-    const bool previous_run = !self.boot_id.empty() && r->who.host == self.host && r->who.boot_id == self.boot_id &&
+    const bool previous_run = !self.boot_id.empty() && r->who.host == self.host &&
+                              r->who.boot_id == self.boot_id &&
                               r->who.admin_socket == self.admin_socket;
     if (r->who.owner != self.owner && !previous_run) return std::move(r).value();
   }

@@ -273,7 +273,10 @@ Status Volume::Close() {
   if (s.ok()) s = quorum_->Flush();
   // With a lease, only parts whose `.owner` still names us are ours to mark closed.
   std::vector<bool> ours(backends_.size(), true);
-  if (lease_) ours = lease_->PartsNamingUs();
+  if (lease_) {
+    lease_->StopRenewing();  // flushed: nothing more to acknowledge (and its reads would compete)
+    ours = lease_->PartsNamingUs();
+  }
   if (s.ok()) {
     // Closed cleanly: the next open has nothing to reconcile.
     for (size_t i = 0; i < backends_.size(); ++i) {
