@@ -333,6 +333,22 @@ TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the back
   CHECK(ParseConfig("parts = a\ncache_dir = /srv/ab\n[backend a]\npath = /srv/a\n", kFile, "/").ok());
 }
 
+TEST_CASE("ParseConfig reads the lease keys and refuses a renewal interval above a third of the lease") {
+  auto d = Parse("parts = a\n[backend a]\npath = /srv/a\n");
+  REQUIRE(d.ok());
+  CHECK(d->lease_ms == 10000);
+  CHECK(d->lease_renew_ms == 2000);
+  auto c = Parse("parts = a\nlease_ms = 3000\nlease_renew_ms = 500\n[backend a]\npath = /srv/a\n");
+  REQUIRE(c.ok());
+  CHECK(c->lease_ms == 3000);
+  CHECK(c->lease_renew_ms == 500);
+  CheckFailsAtLine("parts = n1 n2 n3\nlease_ms = soon\n" + kBackends, 2, "lease_ms must be 300..600000");
+  CheckFailsAtLine("parts = n1 n2 n3\nlease_renew_ms = 10\n" + kBackends, 2, "lease_renew_ms must be 100..200000");
+  // The later of the two lines is named: lease_ms = 3000 with the default renewal of 2000.
+  CheckFailsAtLine("parts = n1 n2 n3\n\nlease_ms = 3000\n" + kBackends, 3, "must be at most lease_ms / 3 (1000)");
+  CheckFailsAtLine("parts = n1 n2 n3\nlease_ms = 3000\nlease_renew_ms = 1001\n" + kBackends, 3, "at most lease_ms / 3");
+}
+
 TEST_CASE("ParseConfig accepts every option of qbd.conf.example") {
   auto c = LoadConfig(std::string(QBD_SOURCE_DIR) + "/qbd.conf.example");
   REQUIRE_MESSAGE(c.ok(), c.status().ToString());

@@ -70,6 +70,12 @@ struct Config {
   bool cache_write_back = false;                // cache_mode = writeback
   uint64_t cache_dirty_max = uint64_t{32} << 20;  // write-back bytes per volume not yet on the parts
   uint32_t cache_destage_delay_ms = 200;
+  // The volume lease (layout-spec.md §8): another master may take a volume whose `.owner` stayed
+  // unchanged for lease_ms + lease_renew_ms; the holder rewrites it every lease_renew_ms and stops
+  // acknowledging requests lease_ms - lease_renew_ms after the start of its last renewal that
+  // reached a majority of the parts. lease_renew_ms <= lease_ms / 3.
+  uint32_t lease_ms = 10000;
+  uint32_t lease_renew_ms = 2000;
 
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;

@@ -5,6 +5,10 @@
 // deleted ones are unexported and closed, grown ones get their new size, and read-only changes
 // apply to new connections.
 //
+// A volume is opened only under its lease (lease.h, layout-spec.md §8): one that another master
+// holds is not served; Poll watches it and opens it once its lease can be taken over, and closes
+// (unexports) a volume whose lease went to another master.
+//
 // It holds the configuration's ProcessLock and serves the admin socket (admin.h): qbd-repair has
 // chunks repaired by the running daemon, under its region locks.
 //
@@ -20,6 +24,7 @@
 #include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
+#include "qbd/lease.h"
 #include "qbd/nbd_server.h"
 #include "qbd/volume.h"
 
@@ -49,7 +54,11 @@ class Master {
  private:
   class Registry;
   Master() = default;
-  Status OpenVolume(const VolumeMeta& meta);
+  // Takes the volume's lease and opens it: true when it is served, false when another master
+  // holds it (logged once per holder; Poll tries again).
+  Result<bool> OpenVolume(const VolumeMeta& meta);
+  // Unexports and closes the open volumes whose lease went to another master.
+  void DropLostVolumes();
   void PublishExport(const std::string& name, Volume& volume);
   // The admin socket's requests (admin.h), from its connection threads.
   Result<std::string> HandleAdmin(const std::vector<std::string>& words);
@@ -66,6 +75,9 @@ class Master {
   std::map<std::string, std::unique_ptr<Volume>> volumes_;  // by name
   std::unique_ptr<AdminServer> admin_;  // stopped before the volumes close
   std::map<std::string, bool> listening_;                   // volumes with their own listener
+  LeaseIdentity identity_;                                  // written into every `.owner`
+  std::map<std::string, std::shared_ptr<VolumeLease>> leases_;  // by volume name: held or awaited
+  std::map<std::string, std::string> refused_;              // volume -> the holder last logged
   bool stopped_ = false;
 };
 

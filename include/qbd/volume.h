@@ -1,6 +1,11 @@
 // Volume: one open volume of qbd-master — its metadata, its parts and the request chain that
 // serves it (built here, the one place where layers are assembled).
 //
+// With a lease (qbd-master), Open requires that it is held: nothing is written to the parts before
+// (layout-spec.md §8). The chain then fails requests whenever the lease is not known valid
+// (FenceLayer), and Close removes `.running` and `.owner` only from parts whose `.owner` still
+// names this master.
+//
 // Open bumps the volume's epoch on every part (so generations keep growing across restarts),
 // loads the dirty maps (the union of the copies on every part) and starts resync.
 //
@@ -20,6 +25,7 @@
 namespace qbd {
 
 class BlockCache;
+class VolumeLease;
 
 struct VolumeOpenOptions {
   size_t max_open_files_per_part = 256;
@@ -34,6 +40,9 @@ struct VolumeOpenOptions {
   // parts at open (a crash in write-back mode); Open fails if that fails.
   StorageBackend* ssd_dir = nullptr;
   SsdCacheOptions ssd;
+  // The volume's lease, held (qbd-master); nullptr: no fencing (offline tools, tests). The volume
+  // shares it and releases it at Close.
+  std::shared_ptr<VolumeLease> lease;
 };
 
 class StatsLayer;
@@ -55,8 +64,11 @@ class Volume {
   // Applies a changed .meta: growth and append-only take effect at once; read-only applies to
   // new connections (the caller re-advertises the export).
   void ApplyMeta(const VolumeMeta& meta);
-  // Destages the SSD cache, stops resync and flushes every part.
+  // Destages the SSD cache, stops resync and flushes every part; then, with a lease, removes
+  // `.running` where `.owner` still names us and releases the lease.
   Status Close();
+  // The lease given to Open (nullptr without one).
+  VolumeLease* lease() const { return lease_.get(); }
 
  private:
   Volume() = default;
@@ -66,6 +78,7 @@ class Volume {
   StatsLayer* stats_ = nullptr;  // owned through handler_; the head of the chain
   SsdCacheLayer* ssd_ = nullptr;  // owned through handler_
   std::shared_ptr<BlockHandler> handler_;
+  std::shared_ptr<VolumeLease> lease_;
 };
 
 }  // namespace qbd

@@ -143,6 +143,7 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
   c.file = file;
   int parts_line = 0;
   int cache_dir_line = 0;
+  int lease_line = 0;
   std::set<std::string> seen_global;
   for (const KvLine& l : lines) {
     auto err = [&](std::string_view msg) { return LineError(file, l.line, msg); };
@@ -215,6 +216,16 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n > 3600000) return err("cache_destage_delay_ms must be 0..3600000");
         c.cache_destage_delay_ms = static_cast<uint32_t>(*n);
+      } else if (l.key == "lease_ms") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n < 300 || *n > 600000) return err("lease_ms must be 300..600000");
+        c.lease_ms = static_cast<uint32_t>(*n);
+        lease_line = std::max(lease_line, l.line);
+      } else if (l.key == "lease_renew_ms") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n < 100 || *n > 200000) return err("lease_renew_ms must be 100..200000");
+        c.lease_renew_ms = static_cast<uint32_t>(*n);
+        lease_line = std::max(lease_line, l.line);
       } else if (l.key == "admin_socket") {
         std::filesystem::path p(l.value);
         if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
@@ -259,6 +270,12 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
     return Status::InvalidArgument(fmt::format("{}: 'parts = BACKEND...' is missing", file));
   }
   for (auto& b : c.backends) b.nfs_timeout_ms = c.nfs_timeout_ms;
+  if (uint64_t{c.lease_renew_ms} * 3 > c.lease_ms) {
+    // The holder needs time for more than one renewal before its lease_ms - lease_renew_ms run
+    // out (layout-spec.md 8).
+    return LineError(file, lease_line, fmt::format("lease_renew_ms ({}) must be at most lease_ms / 3 ({})",
+                                                   c.lease_renew_ms, c.lease_ms / 3));
+  }
   if (!c.cache_dir.empty()) {
     // The cache directory sits in front of the parts, never on them (layout-spec.md 7).
     const std::filesystem::path cd(c.cache_dir);

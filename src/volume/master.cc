@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <filesystem>
+#include <thread>
 
 #include "qbd/log.h"
 #include "qbd/stats.h"
@@ -65,6 +67,10 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
                                            "configuration ({})", config.file, lock.status().message()));
   }
   m->lock_ = std::move(lock).value();
+  std::error_code ec;
+  const auto config_path = std::filesystem::absolute(config.file, ec);
+  m->identity_ = LeaseIdentity::ForThisProcess(ec ? config.file : config_path.lexically_normal().string(),
+                                               config.admin_socket);
   if (config.cache_size > 0) {
     m->cache_ = std::make_unique<BlockCache>(config.cache_size);
     QBD_LOG_INFO("memory cache: {} (write-through)", FormatSize(config.cache_size));
@@ -111,7 +117,8 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
       return Status::Corruption(fmt::format("volume number {} is '{}' in .volumesmeta but '{}' in its .meta", nr, name,
                                             meta.name));
     }
-    QBD_RETURN_IF_ERROR(m->OpenVolume(meta));
+    QBD_ASSIGN_OR_RETURN(bool served, m->OpenVolume(meta));
+    (void)served;  // a volume another master holds is watched by Poll
   }
   NbdServerOptions so;
   so.threads_per_connection = config.threads_per_connection;
@@ -149,8 +156,40 @@ size_t OpenFilesPerPart() {
 
 }  // namespace
 
-Status Master::OpenVolume(const VolumeMeta& meta) {
+Result<bool> Master::OpenVolume(const VolumeMeta& meta) {
+  std::shared_ptr<VolumeLease>& lease = leases_[meta.name];
+  if (!lease) {
+    LeaseOptions lo;
+    lo.lease_ms = config_.lease_ms;
+    lo.renew_ms = config_.lease_renew_ms;
+    lease = std::make_shared<VolumeLease>(meta.number, meta.name, catalog_->BackendsFor(meta), identity_, lo,
+                                          SteadyClock());
+  }
+  VolumeLease::Progress p = lease->Acquire();
+  while (p.phase == VolumeLease::Phase::kVerifying) {
+    // Our record is written: it is read back lease_renew_ms / 2 later.
+    const uint64_t now = SteadyClock().NowMs();
+    if (p.retry_at_ms > now) std::this_thread::sleep_for(std::chrono::milliseconds(p.retry_at_ms - now));
+    p = lease->Acquire();
+  }
+  if (p.phase != VolumeLease::Phase::kHeld) {
+    if (refused_[meta.name] != p.holder) {
+      QBD_LOG_WARN("volume {}: not served: its lease is held by {}; it is taken over once that lease stays "
+                   "unchanged on a majority of the parts for lease_ms + lease_renew_ms",
+                   meta.name, p.holder);
+      refused_[meta.name] = p.holder;
+    }
+    return false;
+  }
+  refused_.erase(meta.name);
+  if (!p.previous.empty()) {
+    QBD_LOG_WARN("volume {}: lease taken over from {} after it stayed unchanged for {} ms by our clock (lease_ms {}, "
+                 "lease_renew_ms {}); the epoch is bumped",
+                 meta.name, p.previous, p.waited_ms, config_.lease_ms, config_.lease_renew_ms);
+  }
+  lease->StartRenewing();
   VolumeOpenOptions vo;
+  vo.lease = lease;
   vo.max_open_files_per_part = OpenFilesPerPart();
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
@@ -159,11 +198,32 @@ Status Master::OpenVolume(const VolumeMeta& meta) {
   vo.ssd.write_back = config_.cache_write_back;
   vo.ssd.dirty_max = config_.cache_dirty_max;
   vo.ssd.destage_delay_ms = config_.cache_destage_delay_ms;
-  QBD_ASSIGN_OR_RETURN(auto vol, Volume::Open(meta, catalog_->BackendsFor(meta), vo));
-  PublishExport(meta.name, *vol);
+  auto vol = Volume::Open(meta, catalog_->BackendsFor(meta), vo);
+  if (!vol.ok()) {
+    lease->Release().IgnoreError();  // the open's error is what matters
+    leases_.erase(meta.name);
+    return vol.status();
+  }
+  PublishExport(meta.name, **vol);
   std::lock_guard<std::mutex> l(volumes_mu_);
-  volumes_[meta.name] = std::move(vol);
-  return Status::OK();
+  volumes_[meta.name] = std::move(vol).value();
+  return true;
+}
+
+void Master::DropLostVolumes() {
+  for (auto it = volumes_.begin(); it != volumes_.end();) {
+    VolumeLease* lease = it->second->lease();
+    if (lease == nullptr || !lease->lost()) {
+      ++it;
+      continue;
+    }
+    QBD_LOG_ERROR("volume {}: unexported: its lease went to {}", it->first, lease->lost_to());
+    registry_->Remove(it->first);
+    std::lock_guard<std::mutex> l(volumes_mu_);
+    it->second->Close().IgnoreError();  // writes nothing: the volume is another master's now
+    leases_.erase(it->first);
+    it = volumes_.erase(it);
+  }
 }
 
 void Master::PublishExport(const std::string& name, Volume& volume) {
@@ -180,6 +240,7 @@ void Master::PublishExport(const std::string& name, Volume& volume) {
 
 Status Master::Poll() {
   if (stopped_) return Status::OK();
+  DropLostVolumes();
   auto idx = catalog_->LoadIndex(/*reconcile=*/true);
   if (!idx.ok()) {
     QBD_LOG_WARN("volume poll: {}", idx.status().ToString());
@@ -197,6 +258,15 @@ Status Master::Poll() {
     it->second->Close().IgnoreError();  // its files are being deleted
     it = volumes_.erase(it);
   }
+  // Volumes awaited and no longer listed: nothing of ours is on their parts.
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (idx->Find(it->first) == 0 && volumes_.count(it->first) == 0) {
+      refused_.erase(it->first);
+      it = leases_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   for (const auto& [name, nr] : idx->volumes) {
     auto meta = catalog_->LoadMeta(nr, /*reconcile=*/true);
     if (!meta.ok()) {
@@ -205,12 +275,13 @@ Status Master::Poll() {
     }
     auto it = volumes_.find(name);
     if (it == volumes_.end()) {
-      Status s = OpenVolume(*meta);
-      if (!s.ok()) {
-        QBD_LOG_ERROR("volume {}: cannot open: {}", name, s.ToString());
+      auto served = OpenVolume(*meta);
+      if (!served.ok()) {
+        QBD_LOG_ERROR("volume {}: cannot open: {}", name, served.status().ToString());
         continue;
       }
-      QBD_LOG_INFO("volume {}: new volume exported", name);
+      if (!*served) continue;  // another master holds it
+      QBD_LOG_INFO("volume {}: exported", name);
       auto l = config_.volume_listen.find(name);
       if (l != config_.volume_listen.end() && !listening_[name]) {
         Status ls = server_->Listen(l->second, name);
@@ -255,6 +326,7 @@ Status Master::Stop() {
     std::lock_guard<std::mutex> l(volumes_mu_);
     volumes_.clear();
   }
+  leases_.clear();
   if (cache_) QBD_LOG_INFO("{}", cache_->Summary());
   return result;
 }

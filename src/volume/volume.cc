@@ -7,6 +7,8 @@
 #include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
+#include "qbd/fence.h"
+#include "qbd/lease.h"
 #include "qbd/log.h"
 #include "qbd/stats.h"
 
@@ -118,6 +120,9 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
     return Status::InvalidArgument(fmt::format("volume {}: {} backends for {} replicas", meta.name, backends.size(),
                                                meta.replicas));
   }
+  if (options.lease && !options.lease->held()) {
+    return Status::Unavailable(fmt::format("volume {}: its lease is not held: not opened", meta.name));
+  }
   std::vector<Status> down;
   QBD_ASSIGN_OR_RETURN(uint64_t epoch, BumpEpoch(meta.number, backends, &down, options.no_writes));
   // "<volnr>/.running" is on the parts while qbd-master has the volume open (layout-spec.md
@@ -199,7 +204,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   v->meta_ = meta;
   if (!options.no_writes) v->backends_ = backends;
   // The request chain (the only place it is assembled):
-  //   Stats -> [Cache] -> [SsdCache] -> QuorumSet -> PartStores.
+  //   Stats -> [Fence] -> [Cache] -> [SsdCache] -> QuorumSet -> PartStores.
   QBD_ASSIGN_OR_RETURN(auto chunk_map, LoadChunkMap(meta, backends, down, options.no_writes));
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
@@ -228,6 +233,12 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
     // The cache sits above the fan-out: it only ever holds quorum-confirmed data.
     below = std::make_unique<CacheLayer>(std::move(below), *options.cache, meta.number, meta.geometry.block_size);
   }
+  if (options.lease) {
+    // Above the caches: nothing is answered from them once the lease may have run out.
+    below = std::make_unique<FenceLayer>(std::move(below), meta.name, options.lease->valid_until(),
+                                         options.lease->clock());
+    v->lease_ = options.lease;
+  }
   auto stats = std::make_shared<StatsLayer>(std::move(below));
   v->stats_ = stats.get();
   v->handler_ = stats;
@@ -250,17 +261,37 @@ void Volume::ApplyMeta(const VolumeMeta& meta) {
 
 Status Volume::Close() {
   if (!quorum_) return Status::OK();
+  if (lease_ && lease_->lost()) {
+    // Another master serves the volume now: nothing more goes to the parts from here.
+    QBD_LOG_WARN("volume {}: closed without flushing: its lease went to {}", meta_.name, lease_->lost_to());
+    quorum_->StopResync();
+    lease_->StopRenewing();
+    quorum_ = nullptr;
+    return Status::OK();
+  }
   Status s = ssd_ != nullptr ? ssd_->Drain() : Status::OK();
   if (ssd_ != nullptr) QBD_LOG_INFO("volume {}: {}", meta_.name, ssd_->Summary());
   quorum_->StopResync();
   if (s.ok()) s = quorum_->Flush();
+  // With a lease, only parts whose `.owner` still names us are ours to mark closed.
+  std::vector<bool> ours(backends_.size(), true);
+  if (lease_) {
+    lease_->StopRenewing();  // flushed: nothing more to acknowledge (and its reads would compete)
+    ours = lease_->PartsNamingUs();
+  }
   if (s.ok()) {
     // Closed cleanly: the next open has nothing to reconcile.
-    for (StorageBackend* b : backends_) {
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      StorageBackend* b = backends_[i];
+      if (!ours[i]) continue;
       Status r = b->Remove(RunningPath(meta_.number));
       if (r.ok()) r = b->SyncDir(std::to_string(meta_.number));
       if (!r.ok() && !r.IsNotFound()) QBD_LOG_WARN("volume {}: {}: {}", meta_.name, b->Describe(), r.ToString());
     }
+  }
+  if (lease_) {
+    Status r = lease_->Release();
+    if (!r.ok()) QBD_LOG_WARN("volume {}: releasing its lease: {}", meta_.name, r.ToString());
   }
   QBD_LOG_INFO("volume {}: closed: {}", meta_.name, stats_->Summary());
   quorum_ = nullptr;

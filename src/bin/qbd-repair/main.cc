@@ -19,6 +19,7 @@
 #include "qbd/admin.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
+#include "qbd/lease.h"
 #include "qbd/log.h"
 #include "qbd/repair.h"
 #include "qbd/scrub.h"
@@ -42,7 +43,9 @@ whole part can be rebuilt from an empty directory (a replaced disk or server).
 With qbd-master running on the same configuration, every chunk is repaired by the daemon through
 its admin socket (admin_socket in qbd.conf), under the locks of its request path, so no
 acknowledged write is lost or overwritten. Without it, qbd-repair works on the files itself and
-holds the configuration's lock (<admin_socket>.lock): qbd-master does not start meanwhile.
+holds the configuration's lock (<admin_socket>.lock): qbd-master does not start meanwhile. It
+refuses a volume whose parts hold another master's lease (<volnr>/.owner, layout-spec.md 8: a
+master of another configuration or host serves it, or stopped without closing it).
 
 Options:
   -c, --config FILE   qbd.conf (the daemon's)
@@ -254,6 +257,8 @@ int Run(int argc, char** argv) {
     if (index->Find(n) == 0) return Usage(fmt::format("no volume named '{}'", n));
   }
   const bool tty = ::isatty(STDERR_FILENO) && !quiet;
+  const qbd::LeaseIdentity self =
+      qbd::LeaseIdentity::ForThisProcess(vm["config"].as<std::string>(), config->admin_socket);
   int exit_code = 0;
   auto run_local = qbd::NewLocalDirBackend(
       std::filesystem::path(config->admin_socket).parent_path().string(), false);
@@ -267,6 +272,24 @@ int Run(int argc, char** argv) {
     }
     const qbd::Geometry& g = meta->geometry;
     std::vector<qbd::StorageBackend*> backends = cat.BackendsFor(*meta);
+    if (!admin) {
+      // Another master's lease on the parts (layout-spec.md 8): it serves the volume, or stopped
+      // without closing it. Offline repair would write under it: refused (a plan is still shown).
+      auto holder = qbd::ForeignLease(meta->number, backends, self);
+      if (holder && !dry) {
+        std::cerr << fmt::format(
+            "qbd-repair: volume {}: not repaired: {} holds its lease ({}/.owner on the parts); repair it "
+            "through that master's configuration, or stop it (a clean stop removes .owner; after a crash "
+            "remove {}/.owner on every part once that master is surely gone)\n",
+            name, holder->Describe(), meta->number, meta->number);
+        exit_code = std::max(exit_code, 4);
+        continue;
+      }
+      if (holder) {
+        std::cout << fmt::format("note: volume {}: {} holds its lease: a real run would refuse\n", name,
+                                 holder->Describe());
+      }
+    }
     for (const std::string& line : qbd::RepairMetadata(cat, *meta, dry)) {
       std::cout << fmt::format("{}: volume {}: {}\n", dry ? "plan" : "metadata", name, line);
     }
