@@ -566,6 +566,7 @@ TEST_CASE(
   REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), RecordAt(3, 2)).ok());
   const auto before = c.Files();
   c.q().TEST_SetPartUp(2, false);
+  c.faulty(2).FailMatching("", FaultyBackend::kStat);  // still out of reach when repair looks
   ChunkRepairReport r = c.Repair();
   INFO(Show(r));
   CHECK(r.unknown == std::vector<uint64_t>{3});
@@ -657,6 +658,7 @@ TEST_CASE(
   REQUIRE(c.q().DirtyRegions(1) == 1);
   REQUIRE(c.q().DirtyRegions(2) == 1);
   c.q().TEST_SetPartUp(0, false);  // the only clean copy of the region is out of reach
+  c.faulty(0).FailMatching("", FaultyBackend::kStat);  // and still when repair looks
   before_c = c.Raw(2);
   ChunkRepairReport r = c.Repair();
   INFO(Show(r));

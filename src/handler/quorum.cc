@@ -950,9 +950,9 @@ void QuorumSet::SetSize(uint64_t size) {
 bool QuorumSet::ProbePart(size_t i) {
   Part& p = *parts_[i];
   if (Reachable(i)) return true;
-  // The part's directory must be there: a replaced disk or server (an empty export) comes back
+  // The volume's directory must be there: a replaced disk or server (an empty export) comes back
   // once qbd-repair has recreated it, never by writes into a bare mount point.
-  if (!p.store->backend().Stat(PartDir(options_.volnr, p.store->part())).ok()) return false;
+  if (!p.store->backend().Stat(std::to_string(options_.volnr)).ok()) return false;
   int expected = kDown;
   if (p.state.compare_exchange_strong(expected, kResyncing)) {
     QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
