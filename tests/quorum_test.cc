@@ -487,9 +487,11 @@ TEST_CASE("the first access after a start repairs damage on the parts a read did
   REQUIRE(c.mem(2).Remove(c.ChunkFile(2, 3)).ok());
   c.Open();
   CHECK(c.q().ChunksToReconcile() == 1);
-  // Only part a serves reads: the comparison repairs b and c anyway, before the read.
-  c.q().TEST_SetPartUp(1, true);
+  // The first read is judged over every part, and queues the chunk's comparison, which repairs b
+  // and c (the resync thread runs it).
   CHECK(c.ReadBack(off + 7 * kBs, kBs) == std::vector<std::byte>(v.begin() + 7 * kBs, v.end()));
+  CHECK(c.q().ChunksToReconcile() == 1);
+  CHECK(c.q().CompareQueued() == 1);
   CHECK(c.q().ChunksToReconcile() == 0);
   c.CheckPartsIdentical();
   SUBCASE("and a later access compares nothing again") {
@@ -941,8 +943,9 @@ TEST_CASE(
 
   c.CrashAndReopen();
   c.q().TEST_SetPartUp(0, false);  // b and c remain
-  CHECK(c.ReadBack(0, kBs) == v2);
-  // b was dirty there, so the first access's comparison took c's copy and rewrote b's.
+  CHECK(c.ReadBack(0, kBs) == v2);  // judged: b is dirty there, c's copy is served
+  // The first access queued the chunk's comparison: it takes c's copy and rewrites b's.
+  CHECK(c.q().CompareQueued() == 1);
   CHECK(c.q().DirtyRegions(1) == 0);
   c.q().TEST_SetPartUp(2, false);  // b alone
   CHECK(c.ReadBack(0, kBs) == v2);
@@ -1029,6 +1032,7 @@ TEST_CASE("reads are repeatable after an unclean shutdown when a write in flight
   std::vector<std::byte> got(kBs);
   REQUIRE(c.q().Read(block * kBs, got).ok());
   CHECK(got == new_data);
+  CHECK(c.q().CompareQueued() == 1);
   CHECK(c.q().ChunksToReconcile() == 0);
   for (int p = 1; p < kParts; ++p) CHECK(c.StoredMeta(p, block) == c.StoredMeta(0, block));
   // Any part now serves the same data.
@@ -1058,6 +1062,7 @@ TEST_CASE("a block bad on every copy stays an error: no background work rewrites
     c.Open();
     CHECK(c.ReadBack(chunk * kChunk, kBs) == std::vector<std::byte>(v.begin(), v.begin() + kBs));
     CHECK_FALSE(read_block().ok());
+    CHECK(c.q().CompareQueued() == 1);
     c.q().ResyncOnce();
     CHECK_FALSE(read_block().ok());
     for (int p = 0; p < kParts; ++p) CHECK((c.Raw(p, chunk).value() == damaged[p]));
@@ -1073,7 +1078,8 @@ TEST_CASE("a block bad on every copy stays an error: no background work rewrites
     }
     c.Open();
     CHECK_FALSE(read_block().ok());
-    CHECK(c.q().ResyncOnce() == 0);
+    CHECK(c.q().CompareQueued() == 1);
+    c.q().ResyncOnce();  // the region's other blocks are reconciled, block 10 left as it is
     CHECK_FALSE(read_block().ok());
     // The other blocks of the region are served from the newest copies.
     CHECK(c.ReadBack((block + 1) * kBs, kBs) == std::vector<std::byte>(v.begin() + 11 * kBs, v.begin() + 12 * kBs));
@@ -1122,6 +1128,12 @@ TEST_CASE("a stale copy put back while the daemon was down is never served") {
   c.Open();
   CHECK(c.ReadBack(chunk * kChunk + kChunk / 2, kBs) ==
         std::vector<std::byte>(new_data.begin() + kChunk / 2, new_data.begin() + kChunk / 2 + kBs));
+  // Before the comparison, every read is judged: with part a (stale) out of reach, a stale b and
+  // the new c still give the new data.
+  c.q().TEST_SetPartUp(0, false);
+  CHECK(c.ReadBack(chunk * kChunk, kChunk) == new_data);
+  c.q().TEST_SetPartUp(0, true);
+  CHECK(c.q().CompareQueued() == 1);
   // Every part alone now serves the new data.
   for (int only = 0; only < kParts; ++only) {
     for (int p = 0; p < kParts; ++p) c.q().TEST_SetPartUp(p, p == only);
@@ -1140,10 +1152,12 @@ TEST_CASE("a copy that is compared while a part is down is compared again when i
   REQUIRE(WriteFileAtomic(c.mem(2), c.ChunkFile(2, chunk), saved).ok());
   c.Open();
   c.q().MarkPartDown(2, Status::Unavailable("test"));
-  CHECK(c.ReadBack(chunk * kChunk, kBs) == new_data);  // a and b compared
+  CHECK(c.ReadBack(chunk * kChunk, kBs) == new_data);
+  CHECK(c.q().CompareQueued() == 1);  // a and b compared
   CHECK(c.q().ChunksToReconcile() == 0);
   c.q().TEST_SetPartUp(2, true);
-  CHECK(c.ReadBack(chunk * kChunk, kBs) == new_data);  // c compared now, and repaired
+  CHECK(c.ReadBack(chunk * kChunk, kBs) == new_data);  // judged with c
+  CHECK(c.q().CompareQueued() == 1);                   // c compared now, and repaired
   for (int p = 0; p < 2; ++p) c.q().TEST_SetPartUp(p, false);
   CHECK(c.ReadBack(chunk * kChunk, kBs) == new_data);
 }

@@ -144,6 +144,10 @@ class QuorumSet : public BlockHandler {
   Result<ChunkRepairReport> RepairChunk(uint64_t chunk, const RepairOptions& options);
   // Written chunks not yet compared since the start (compare_on_first_access).
   uint64_t ChunksToReconcile() const;
+  // Compares the chunks queued by first accesses (their copies on every part, repaired where stale
+  // or damaged); returns how many. The resync thread calls it; tests call it directly. Until a
+  // chunk is compared, its reads judge every part's copy of the blocks they read.
+  uint64_t CompareQueued();
   // The largest generation any write of this volume can have made: larger ones are suspect.
   uint64_t MaxGeneration() const { return next_gen_.load(std::memory_order_acquire) - 1; }
   // Stops the resync thread (idempotent).
@@ -235,10 +239,16 @@ class QuorumSet : public BlockHandler {
   Status RecordChunkWritten(uint64_t chunk, bool durable);
   // RepairChunk. REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
   Result<ChunkRepairReport> RepairChunkLocked(uint64_t chunk, const RepairOptions& options);
-  // With compare_on_first_access: the first access to `chunk` compares its copies on every part in
-  // reach that has not been compared since the start. REQUIRES: resize_mu_ held (shared), none of
-  // the chunk's region locks.
-  void EnsureReconciled(uint64_t chunk);
+  // compare_on_first_access: true once `chunk`'s copies on every part in reach have been compared
+  // since the start (or it was not written then).
+  bool Compared(uint64_t chunk) const;
+  // Queues `chunk` for CompareQueued (once); wakes the resync thread.
+  void QueueCompare(uint64_t chunk);
+  // Compares the copies of `chunk` on every part in reach not compared yet and repairs them.
+  // REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
+  void CompareChunk(uint64_t chunk);
+  // Reads blocks of a chunk not compared yet, judging every part's copy (see the .cc).
+  Status ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas);
   // The parts that are reachable now, as a bit mask.
   uint32_t ReachableMask() const;
   bool ChunkKnown(uint64_t chunk) const;
@@ -273,6 +283,9 @@ class QuorumSet : public BlockHandler {
   // all bits for a chunk not written at the start. compare_on_first_access only.
   std::vector<std::atomic<uint32_t>> chunk_compared_;
   std::array<std::mutex, 64> compare_locks_;  // one comparison of a chunk at a time
+  std::vector<std::atomic<uint8_t>> chunk_compare_queued_;  // in compare_queue_
+  std::mutex compare_mu_;
+  std::vector<uint64_t> compare_queue_;  // GUARDED_BY(compare_mu_)
   std::atomic<uint64_t> to_reconcile_{0};
   // Per part, regions resync found without a good source copy: they stay dirty (the loss stays
   // visible) and are not retried until an admin's repair. GUARDED_BY(lost_mu_).

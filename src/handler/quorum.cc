@@ -99,6 +99,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   chunk_map_files_.resize(parts_.size());
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_compared_ = std::vector<std::atomic<uint32_t>>(options_.geometry.ChunkCount());
+  chunk_compare_queued_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   for (size_t c = 0; c < chunk_compared_.size(); ++c) {
     if (options_.compare_on_first_access && parts_.size() > 1 && chunk_map_->Test(c)) {
       to_reconcile_.fetch_add(1);
@@ -296,6 +297,14 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
                                  std::span<BlockMeta> metas, bool locked) {
   const uint64_t n = metas.size();
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  if (!Compared(chunk)) {
+    QueueCompare(chunk);
+    Status s = ReadJudged(chunk, first, data, metas);
+    if (s.ok() || locked || s.IsInvalidArgument()) return s;
+    // A write in flight may have been caught between parts: once more under the region locks.
+    RegionGuard g(*this, r0, r1);
+    return ReadJudged(chunk, first, data, metas);
+  }
   std::vector<int> order = ReadOrder(r0, r1, -1);
   if (order.empty()) {
     // No part is clean for the whole range: reconcile the regions dirty everywhere, then retry.
@@ -331,7 +340,6 @@ Status QuorumSet::Read(uint64_t off, std::span<std::byte> out) {
     const uint64_t first = in_chunk / bs;
     const uint64_t last = (in_chunk + len - 1) / bs;
     const uint64_t n = last - first + 1;
-    EnsureReconciled(chunk);
     std::vector<BlockMeta>& metas = MetaScratch(n);
     if (in_chunk % bs == 0 && len % bs == 0) {
       QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, out.subspan(done, len), std::span(metas.data(), n), false));
@@ -390,7 +398,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   const bool partial_head = head != 0;
   const bool partial_tail = (in_chunk + len) % bs != 0;
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, last);
-  EnsureReconciled(chunk);
+  if (!Compared(chunk)) QueueCompare(chunk);  // until then its reads are judged (ReadJudged)
   RegionGuard guard(*this, r0, r1);
 
   std::vector<BlockMeta>& metas = MetaScratch(n);
@@ -944,6 +952,9 @@ void QuorumSet::SetSize(uint64_t size) {
     compared[c].store(c < chunk_compared_.size() ? chunk_compared_[c].load() : ~0u);  // new: unwritten
   }
   chunk_compared_.swap(compared);
+  std::vector<std::atomic<uint8_t>> queued(g.ChunkCount());
+  for (size_t c = 0; c < chunk_compare_queued_.size(); ++c) queued[c].store(chunk_compare_queued_[c].load());
+  chunk_compare_queued_.swap(queued);
   size_.store(size, std::memory_order_release);
 }
 
@@ -979,6 +990,7 @@ void QuorumSet::ResyncLoop() {
     resync_wake_ = false;
     l.unlock();
     ResyncOnce();
+    CompareQueued();
     l.lock();
   }
 }
@@ -1230,11 +1242,54 @@ uint32_t QuorumSet::ReachableMask() const {
   return m;
 }
 
-void QuorumSet::EnsureReconciled(uint64_t chunk) {
-  // One copy has nothing to be compared with (its blocks are checked as they are read).
-  if (chunk >= chunk_compared_.size() || parts_.size() == 1) return;
-  auto missing = [&] { return ReachableMask() & ~chunk_compared_[chunk].load(std::memory_order_acquire); };
-  if (missing() == 0) return;
+bool QuorumSet::Compared(uint64_t chunk) const {
+  return chunk >= chunk_compared_.size() ||
+         (ReachableMask() & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0;
+}
+
+void QuorumSet::QueueCompare(uint64_t chunk) {
+  if (chunk >= chunk_compare_queued_.size() || chunk_compare_queued_[chunk].exchange(1)) return;
+  {
+    std::lock_guard<std::mutex> l(compare_mu_);
+    compare_queue_.push_back(chunk);
+  }
+  WakeResync();
+}
+
+uint64_t QuorumSet::CompareQueued() {
+  std::shared_lock<std::shared_mutex> rl(resize_mu_);
+  uint64_t done = 0;
+  for (;;) {
+    std::vector<uint64_t> batch;
+    {
+      std::lock_guard<std::mutex> l(compare_mu_);
+      batch.swap(compare_queue_);
+    }
+    if (batch.empty()) return done;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const uint64_t chunk = batch[i];
+      bool stop;
+      {
+        std::lock_guard<std::mutex> l(resync_mu_);
+        stop = resync_stop_;
+      }
+      if (stop) {
+        // Not compared: queued again (reads stay judged).
+        std::lock_guard<std::mutex> l(compare_mu_);
+        compare_queue_.insert(compare_queue_.end(), batch.begin() + i, batch.end());
+        return done;
+      }
+      if (chunk < chunk_compare_queued_.size()) chunk_compare_queued_[chunk].store(0);
+      CompareChunk(chunk);
+      ++done;
+    }
+  }
+}
+
+// One chunk's copies on every part in reach, judged (JudgeCopies) and repaired where stale or
+// damaged: what the first access after a start sets off. REQUIRES: resize_mu_ held (shared).
+void QuorumSet::CompareChunk(uint64_t chunk) {
+  if (chunk >= chunk_compared_.size()) return;
   std::lock_guard<std::mutex> cl(compare_locks_[chunk % compare_locks_.size()]);
   const uint32_t want = ReachableMask();
   if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0) return;  // another thread did it
@@ -1256,6 +1311,66 @@ void QuorumSet::EnsureReconciled(uint64_t chunk) {
   if (before == 0 && done != 0 && to_reconcile_.fetch_sub(1) == 1) {
     QBD_LOG_INFO("volume {}: every written chunk compared since the start", options_.volume);
   }
+}
+
+// Blocks [first, first + n) of a chunk not compared yet: every part in reach is read (side by
+// side) and the judge picks each block's copy, so a stale or damaged copy is never served
+// while the whole chunk waits for its comparison. Lost blocks: Corruption; unknown: Unavailable.
+Status QuorumSet::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas) {
+  const Geometry& g = options_.geometry;
+  const uint64_t n = metas.size(), bs = g.block_size, rec = g.RecordSize();
+  const size_t np = parts_.size();
+  thread_local std::vector<PartCopy> tls_copies;
+  std::vector<PartCopy>& copies = tls_copies;  // a reference: the pool's tasks fill this thread's
+  copies.resize(np);
+  std::vector<std::function<void()>> reads;
+  for (size_t p = 0; p < np; ++p) {
+    if (Reachable(p)) {
+      reads.emplace_back([&, p] {
+        ReadCopyInto(copies[p], parts_[p]->store->backend(), options_.volnr, parts_[p]->store->part(), g, chunk,
+                     first, n);
+      });
+    } else {
+      copies[p] = UnreachableCopy(Status::Unavailable("part down"));
+    }
+  }
+  pool_->RunAll(reads);
+  for (size_t p = 0; p < np; ++p) {
+    copies[p].dirty.resize(n);
+    for (uint64_t b = 0; b < n; ++b) copies[p].dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
+  }
+  const bool written = ChunkWritten(chunk);
+  if (written && std::none_of(copies.begin(), copies.end(), [](const PartCopy& c) {
+        return c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable;
+      })) {
+    QBD_LOG_ERROR("volume {} chunk {}: written (chunk map) but its file is missing on every part in reach: data lost",
+                  options_.volume, chunk + 1);
+    return Status::IOError(
+        fmt::format("volume {} chunk {}: chunk file missing on every part in reach", options_.volume, chunk + 1), EIO);
+  }
+  const SliceVerdict v = JudgeCopies(copies, written, MaxGeneration());
+  for (uint64_t b = 0; b < n; ++b) {
+    const int src = v.source[b];
+    if (src >= 0) {
+      std::memcpy(data.data() + b * bs, copies[src].records.data() + b * rec, bs);
+      metas[b] = copies[src].metas[b];
+      continue;
+    }
+    if (v.lost[b]) {
+      QBD_LOG_ERROR("volume {} chunk {} block {}: no good copy on any part: data lost", options_.volume, chunk + 1,
+                    first + b);
+      return Status::Corruption(
+          fmt::format("volume {} chunk {} block {}: no good copy on any part", options_.volume, chunk + 1, first + b));
+    }
+    if (v.unknown[b]) {
+      return Status::Unavailable(fmt::format("volume {} chunk {} block {}: no good copy on a part in reach",
+                                             options_.volume, chunk + 1, first + b));
+    }
+    // Never written (no file anywhere): zeros.
+    std::memset(data.data() + b * bs, 0, bs);
+    metas[b] = BlockMeta{};
+  }
+  return Status::OK();
 }
 
 Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const RepairOptions& o) {
