@@ -305,6 +305,15 @@ TEST_CASE("ParseConfig reads resync_mb_per_s and rejects a value out of range") 
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
 }
+TEST_CASE("ParseConfig reads compare_mb_per_s and rejects a value out of range") {
+  const std::string base = "parts = a\n[backend a]\npath = /x\n";
+  auto ok = ParseConfig("compare_mb_per_s = 40\n" + base, "q.conf", "/");
+  REQUIRE(ok.ok());
+  CHECK(ok->compare_mb_per_s == 40);
+  auto bad = ParseConfig("compare_mb_per_s = lots\n" + base, "q.conf", "/");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
+}
 
 TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the backends") {
   auto c = ParseConfig("parts = a\ncache_dir = ssd\ncache_dir_size = 2G\ncache_mode = writeback\n"

@@ -57,6 +57,9 @@ struct Config {
   bool allow_shared_failure_domain = false;
   int nfs_timeout_ms = 5000;  // an RPC to an NFS backend fails after this long
   uint32_t resync_mb_per_s = 0;  // resync copies at most this many MB/s per volume; 0: no limit
+  // The comparisons of chunks first accessed since the start read at most this many MB/s per
+  // volume (layout-spec.md §4.6); 0: no limit.
+  uint32_t compare_mb_per_s = 64;
   // qbd-master's local admin socket (qbd-repair talks to the running daemon through it); default
   // "<config dir>/<config name without .conf>.sock". Its lock file is "<admin_socket>.lock".
   std::string admin_socket;

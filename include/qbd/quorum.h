@@ -64,6 +64,10 @@ struct QuorumOptions {
   bool parallel_io = false;
   // Resync copies at most this many bytes per second (0: no limit).
   uint64_t resync_bytes_per_sec = 0;
+  // The background comparisons of chunks first accessed since the start read at most this many
+  // bytes per second (0: no limit): they share the disks with the client, whose reads of chunks
+  // not compared yet are judged meanwhile.
+  uint64_t compare_bytes_per_sec = 0;
   int resync_interval_ms = 1000;
   // The first access to each written chunk compares the parts' copies and makes them agree
   // (RepairChunk) before it is served: after a crash writes in flight may have reached only some
@@ -246,7 +250,8 @@ class QuorumSet : public BlockHandler {
   void QueueCompare(uint64_t chunk);
   // Compares the copies of `chunk` on every part in reach not compared yet and repairs them.
   // REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
-  void CompareChunk(uint64_t chunk);
+  // Returns the bytes it read.
+  uint64_t CompareChunk(uint64_t chunk);
   // Reads blocks of a chunk not compared yet, judging every part's copy (see the .cc).
   Status ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas);
   // The parts that are reachable now, as a bit mask.
@@ -262,7 +267,8 @@ class QuorumSet : public BlockHandler {
   std::atomic<bool> append_only_;
   std::atomic<uint64_t> next_gen_;
   std::vector<std::unique_ptr<Part>> parts_;
-  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ThreadPool> pool_;       // the request path's fan-out
+  std::unique_ptr<ThreadPool> scan_pool_;  // whole-chunk reads of comparisons and repairs
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing

@@ -31,6 +31,7 @@ struct VolumeOpenOptions {
   size_t max_open_files_per_part = 256;
   bool start_resync_thread = true;
   uint64_t resync_bytes_per_sec = 0;  // 0: no limit
+  uint64_t compare_bytes_per_sec = 0;  // first-access comparisons (QuorumOptions); 0: no limit
   // Opens without writing anything (qbd-repair --dry-run): the epoch is not bumped on disk, and
   // missing dirty map and chunk map copies are not created.
   bool no_writes = false;

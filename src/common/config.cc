@@ -185,6 +185,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n > 100000) return err("resync_mb_per_s must be 0 (no limit) to 100000");
         c.resync_mb_per_s = static_cast<uint32_t>(*n);
+      } else if (l.key == "compare_mb_per_s") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n > 100000) return err("compare_mb_per_s must be 0 (no limit) to 100000");
+        c.compare_mb_per_s = static_cast<uint32_t>(*n);
       } else if (l.key == "nfs_timeout_ms") {
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");

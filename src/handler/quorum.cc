@@ -109,12 +109,14 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   }
   lost_regions_.resize(parts_.size());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
+  scan_pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
 }
 
 QuorumSet::~QuorumSet() {
   StopResync();
   pool_.reset();
+  scan_pool_.reset();
 }
 
 void QuorumSet::StopResync() {
@@ -1280,24 +1282,30 @@ uint64_t QuorumSet::CompareQueued() {
         return done;
       }
       if (chunk < chunk_compare_queued_.size()) chunk_compare_queued_[chunk].store(0);
-      CompareChunk(chunk);
+      const uint64_t read = CompareChunk(chunk);
       ++done;
+      if (options_.compare_bytes_per_sec > 0 && read > 0) {
+        // Throttle: this chunk's share of a second, without holding any lock.
+        std::unique_lock<std::mutex> l(resync_mu_);
+        resync_cv_.wait_for(l, std::chrono::microseconds(read * 1000000 / options_.compare_bytes_per_sec),
+                            [this] { return resync_stop_; });
+      }
     }
   }
 }
 
 // One chunk's copies on every part in reach, judged (JudgeCopies) and repaired where stale or
 // damaged: what the first access after a start sets off. REQUIRES: resize_mu_ held (shared).
-void QuorumSet::CompareChunk(uint64_t chunk) {
-  if (chunk >= chunk_compared_.size()) return;
+uint64_t QuorumSet::CompareChunk(uint64_t chunk) {
+  if (chunk >= chunk_compared_.size()) return 0;
   std::lock_guard<std::mutex> cl(compare_locks_[chunk % compare_locks_.size()]);
   const uint32_t want = ReachableMask();
-  if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0) return;  // another thread did it
+  if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0) return 0;  // another thread did it
   auto r = RepairChunkLocked(chunk, RepairOptions{});
   if (!r.ok()) {
     QBD_LOG_WARN("volume {} chunk {}: comparing the copies at first access failed: {}", options_.volume, chunk + 1,
                  r.status().ToString());
-    return;  // compared again at the next access
+    return 0;  // compared again at the next access
   }
   if (!r->actions.empty()) {
     QBD_LOG_WARN("volume {} chunk {}: copies made to agree at first access{} ({} action(s))", options_.volume,
@@ -1311,6 +1319,7 @@ void QuorumSet::CompareChunk(uint64_t chunk) {
   if (before == 0 && done != 0 && to_reconcile_.fetch_sub(1) == 1) {
     QBD_LOG_INFO("volume {}: every written chunk compared since the start", options_.volume);
   }
+  return r->bytes_read;
 }
 
 // Blocks [first, first + n) of a chunk not compared yet: every part in reach is read (side by
@@ -1418,7 +1427,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
         copies[p] = UnreachableCopy(Status::Unavailable("part down"));
       }
     }
-    pool_->RunAll(reads);
+    scan_pool_->RunAll(reads);  // never queued behind (or ahead of) requests
     for (size_t p = 0; p < np; ++p) {
       PartCopy& c = copies[p];
       report.bytes_read += c.records.size();

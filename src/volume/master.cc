@@ -192,6 +192,7 @@ Result<bool> Master::OpenVolume(const VolumeMeta& meta) {
   vo.lease = lease;
   vo.max_open_files_per_part = OpenFilesPerPart();
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
+  vo.compare_bytes_per_sec = uint64_t{config_.compare_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
   vo.ssd_dir = ssd_dir_.get();
   vo.ssd.log_size = config_.cache_dir_size;

@@ -192,6 +192,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.region_size = rs;
   q.start_resync_thread = options.start_resync_thread;
   q.resync_bytes_per_sec = options.resync_bytes_per_sec;
+  q.compare_bytes_per_sec = options.compare_bytes_per_sec;
   // After every start, each written chunk's copies are compared at its first access (quorum.h).
   q.compare_on_first_access = !options.no_writes;
   q.after_crash = unclean;

@@ -46,8 +46,11 @@ crash_round() { # ROUND ITERATION KILL_DELAY
     bash -c 'nbdcopy "$1" "$2" && cmp "$3" "$2"' _ "$(uri crash)" "$T/image2.bin" "$T/image.bin"
   check "round $round: qbd-master saw the unclean shutdown and compared every written chunk" \
     bash -c "grep -c 'volume crash: it was not closed cleanly' '$T/master.log' | grep -qx $round &&
-             tail -n +\$(grep -n 'volume crash: it was not closed cleanly' '$T/master.log' | tail -n 1 | cut -d: -f1) '$T/master.log' |
-               grep -q 'volume crash: every written chunk compared since the start'"
+             for i in \$(seq 600); do
+               tail -n +\$(grep -n 'volume crash: it was not closed cleanly' '$T/master.log' | tail -n 1 | cut -d: -f1) '$T/master.log' |
+                 grep -q 'volume crash: every written chunk compared since the start' && exit 0
+               sleep 0.1
+             done; exit 1"
   qbd_stop
 }
 

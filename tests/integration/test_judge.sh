@@ -109,11 +109,15 @@ stale_round() { # PARTS...: these parts get the old copy of chunk file 6 back
   nbdcopy --flush "$T/stale-new.bin" "$(uri stale)" || die stale "write failed"
   qbd_stop
   for p in "$@"; do cp "$T/old-$p" "$(chunk_path node-$p "$NR_stale" $p 5)"; done
+  local agreed
+  agreed=$(grep -c "volume stale chunk 6: copies made to agree at first access" "$T/master.log")
   qbd_start
   check "old copies on part(s) $*: the volume reads the new data" \
     bash -c 'rm -f "$2"; nbdcopy "$1" "$2" && cmp "$2" "$3"' _ "$(uri stale)" "$T/stale.out" "$T/stale-new.bin"
-  check "old copies on part(s) $*: master.log says the first access made the copies agree" \
-    grep -q "volume stale chunk 6: copies made to agree at first access" "$T/master.log"
+  # The first access queued the chunk's comparison, which runs in the background.
+  check "old copies on part(s) $*: master.log says the comparison after the first access made the copies agree" \
+    wait_until 60 bash -c '[ "$(grep -c "volume stale chunk 6: copies made to agree at first access" "$1")" -gt "$2" ]' \
+    _ "$T/master.log" "$agreed"
   for p in "$@"; do
     check "old copies on part(s) $*: part $p's chunk file 6 is rewritten (identical to part c's)" \
       cmp "$(chunk_path node-$p "$NR_stale" $p 5)" "$(chunk_path node-c "$NR_stale" c 5)"
