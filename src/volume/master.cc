@@ -11,6 +11,7 @@
 
 #include "qbd/log.h"
 #include "qbd/stats.h"
+#include "qbd/volume_files.h"
 
 namespace qbd {
 
@@ -103,7 +104,9 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
     }
   }
   m->registry_ = std::make_unique<Registry>(config.default_export);
-  // Every volume is checked and opened before the first client is accepted.
+  // Every volume is checked and opened before the first client is accepted; a refusal (no good
+  // majority of a metadata file) comes before anything is written.
+  QBD_RETURN_IF_ERROR(CheckVolumeFiles(*m->catalog_));
   QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex(/*reconcile=*/true));
   for (const auto& [name, nr] : idx.volumes) {
     QBD_ASSIGN_OR_RETURN(VolumeMeta meta, m->catalog_->LoadMeta(nr, /*reconcile=*/true));
