@@ -49,6 +49,9 @@ class ReplicatedBitmap {
   bool AllMissing() const;
   // The file as Rewrite writes it: the merged map.
   std::string Encoded() const;
+  // Copy i is missing, malformed, or good but lacking bits of the merged map: it does not hold
+  // what it should (qbd-verify reports it, qbd-repair rewrites it).
+  bool Damaged(size_t i) const;
   // Copy i is a holder in reach whose bytes differ from Encoded(): missing, malformed, lacking
   // bits, or written for a smaller volume.
   bool NeedsRewrite(size_t i) const;

@@ -68,6 +68,10 @@ Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what)
 std::vector<FileCopy> ReadCopies(const std::vector<StorageBackend*>& holders, std::string_view path,
                                  const std::vector<Status>& down = {});
 
+// The length of the well-formed UTF-8 sequence starting at s[i] (1 for ASCII), 0 when s[i] does not
+// start one (no overlong forms, surrogates or code points above U+10FFFF).
+size_t Utf8SequenceAt(std::string_view s, size_t i);
+
 // `bytes` as printable UTF-8: valid UTF-8 and tabs pass, other control characters and invalid
 // bytes become "\xNN", and at most `max` bytes of the input are shown ("..." after).
 std::string Printable(std::string_view bytes, size_t max = 200);

@@ -30,8 +30,10 @@ class ReplicatedText {
   using Parser = std::function<Result<uint64_t>(std::string_view text, const std::string& where)>;
 
   // Reads and judges `path` on every non-null entry of `holders` (entry i: backend i).
+  // `version_name` names the version in reasons ("older copy (serial 3, newest 4)").
   static ReplicatedText Load(const std::vector<StorageBackend*>& holders, std::string path,
-                             const Parser& parse, bool same_text = true);
+                             const Parser& parse, bool same_text = true,
+                             std::string version_name = "serial");
 
   const std::string& path() const { return path_; }
   const std::vector<FileCopy>& copies() const { return copies_; }
@@ -58,6 +60,7 @@ class ReplicatedText {
   void Judge();
 
   std::string path_;
+  std::string version_name_ = "serial";
   bool same_text_ = true;
   std::vector<FileCopy> copies_;
   std::vector<uint64_t> versions_;  // per copy, kGood only

@@ -63,6 +63,11 @@ bool ReplicatedBitmap::AllMissing() const {
 
 std::string ReplicatedBitmap::Encoded() const { return merged_->Encode(magic_); }
 
+bool ReplicatedBitmap::Damaged(size_t i) const {
+  const FileCopy& c = copies_[i];
+  return c.state == MetaCopyState::kMissing || c.state == MetaCopyState::kMalformed || Lacking(i) > 0;
+}
+
 bool ReplicatedBitmap::NeedsRewrite(size_t i) const {
   const FileCopy& c = copies_[i];
   switch (c.state) {

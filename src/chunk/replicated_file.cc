@@ -107,48 +107,46 @@ std::vector<FileCopy> ReadCopies(const std::vector<StorageBackend*>& holders, st
   return out;
 }
 
+size_t Utf8SequenceAt(std::string_view s, size_t i) {
+  const auto u = static_cast<unsigned char>(s[i]);
+  if (u < 0x80) return 1;
+  size_t len = 0;
+  uint32_t cp = 0;
+  if (u >= 0xc2 && u <= 0xdf) {
+    len = 2, cp = u & 0x1f;
+  } else if (u >= 0xe0 && u <= 0xef) {
+    len = 3, cp = u & 0x0f;
+  } else if (u >= 0xf0 && u <= 0xf4) {
+    len = 4, cp = u & 0x07;
+  }
+  if (len == 0 || i + len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    const auto c = static_cast<unsigned char>(s[i + k]);
+    if ((c & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (c & 0x3f);
+  }
+  if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)) {
+    return 0;
+  }
+  return len;
+}
+
 std::string Printable(std::string_view s, size_t max) {
   std::string out;
-  const size_t n = std::min(s.size(), max);
-  for (size_t i = 0; i < n;) {
-    const auto u = static_cast<unsigned char>(s[i]);
-    if (u < 0x80) {
-      if (u >= 0x20 && u != 0x7f) {
-        out += static_cast<char>(u);
-      } else if (u == '\t') {
-        out += ' ';
-      } else {
-        out += fmt::format("\\x{:02x}", u);
-      }
-      ++i;
+  const std::string_view shown = s.substr(0, max);
+  for (size_t i = 0; i < shown.size();) {
+    const auto u = static_cast<unsigned char>(shown[i]);
+    const size_t len = Utf8SequenceAt(shown, i);
+    if (u == '\t') {
+      out += ' ';
+    } else if (len == 0 || u < 0x20 || u == 0x7f) {
+      out += fmt::format("\\x{:02x}", u);
+    } else {
+      out.append(shown.substr(i, len));
+      i += len;
       continue;
     }
-    // A UTF-8 sequence passes whole when it is well-formed (no overlong forms, no surrogates,
-    // nothing above U+10FFFF); any other byte is escaped on its own.
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (u >= 0xc2 && u <= 0xdf) {
-      len = 2, cp = u & 0x1f;
-    } else if (u >= 0xe0 && u <= 0xef) {
-      len = 3, cp = u & 0x0f;
-    } else if (u >= 0xf0 && u <= 0xf4) {
-      len = 4, cp = u & 0x07;
-    }
-    bool ok = len > 0 && i + len <= n;
-    for (size_t k = 1; ok && k < len; ++k) {
-      const auto c = static_cast<unsigned char>(s[i + k]);
-      ok = (c & 0xc0) == 0x80;
-      cp = (cp << 6) | (c & 0x3f);
-    }
-    ok = ok && !(len == 3 && cp < 0x800) && !(len == 4 && (cp < 0x10000 || cp > 0x10ffff)) &&
-         !(cp >= 0xd800 && cp <= 0xdfff);
-    if (ok) {
-      out.append(s.substr(i, len));
-      i += len;
-    } else {
-      out += fmt::format("\\x{:02x}", u);
-      ++i;
-    }
+    ++i;
   }
   if (s.size() > max) out += "...";
   return out;
@@ -158,9 +156,10 @@ std::string Printable(std::string_view s, size_t max) {
 // ReplicatedText
 
 ReplicatedText ReplicatedText::Load(const std::vector<StorageBackend*>& holders, std::string path,
-                                    const Parser& parse, bool same_text) {
+                                    const Parser& parse, bool same_text, std::string version_name) {
   ReplicatedText t;
   t.path_ = std::move(path);
+  t.version_name_ = std::move(version_name);
   t.same_text_ = same_text;
   t.copies_ = ReadCopies(holders, t.path_);
   t.versions_.assign(t.copies_.size(), 0);
@@ -221,8 +220,8 @@ void ReplicatedText::Judge() {
   if (tie) {
     if (verdict_.ok()) {
       verdict_ = Status::Corruption(fmt::format(
-          "{} and {} hold different texts of version {}, each as many copies as the other: no good majority",
-          copies_[(*best)[0]].where, copies_[(*tie)[0]].where, newest));
+          "{} and {} hold different texts of {} {}, each as many copies as the other: no good majority",
+          copies_[(*best)[0]].where, copies_[(*tie)[0]].where, version_name_, newest));
     }
     return;
   }
@@ -234,10 +233,10 @@ void ReplicatedText::Judge() {
     c.reason.clear();
     if (versions_[i] < newest) {
       c.rewrite = true;
-      c.reason = fmt::format("older copy (version {}, newest {})", versions_[i], newest);
+      c.reason = fmt::format("older copy ({} {}, newest {})", version_name_, versions_[i], newest);
     } else if (same_text_ && c.bytes != copies_[chosen_].bytes) {
       c.rewrite = true;
-      c.reason = fmt::format("differs from the other copies of version {}", newest);
+      c.reason = fmt::format("differs from the other copies of {} {}", version_name_, newest);
     }
   }
 }

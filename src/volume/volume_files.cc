@@ -16,7 +16,7 @@ ReplicatedText LoadEpochCopies(const std::vector<StorageBackend*>& parts, uint32
   return ReplicatedText::Load(
       parts, Catalog::EpochPath(volnr),
       [](std::string_view text, const std::string& where) { return Catalog::ParseEpoch(text, where); },
-      /*same_text=*/false);
+      /*same_text=*/false, "epoch");
 }
 
 std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta, const std::vector<StorageBackend*>& parts,
