@@ -82,8 +82,9 @@ class Catalog {
 
   // The epoch file of a volume: "<volnr>/.epoch" (layout-spec.md §4.2).
   static std::string EpochPath(uint32_t volnr);
-  // The epoch an epoch file's text holds (0 when it has no `epoch` line). InvalidArgument naming
-  // `file` and the line when the file or the number is malformed.
+  // The epoch an epoch file's text holds. InvalidArgument naming `file` and the line when the
+  // file or the number is malformed, a key other than `epoch` appears, or `epoch` is missing (a
+  // copy cut short).
   static Result<uint64_t> ParseEpoch(std::string_view text, std::string_view file);
 
  private:

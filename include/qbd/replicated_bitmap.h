@@ -26,10 +26,12 @@ class ReplicatedBitmap {
   // Reads and decodes `path` on every non-null entry of `holders` (entry i: backend i), as a map
   // of `bits` bits of `bytes_per_bit` each, with `magic` (kDirtyMagic or kChunkMapMagic). A
   // holder whose entry in `down` is not OK is out of reach and not read.
+  // `backends`: as CopiesVerdict's (0: the holders).
   static ReplicatedBitmap Load(const std::vector<StorageBackend*>& holders, std::string path,
                                uint32_t bytes_per_bit, uint64_t bits, const char* magic,
-                               const std::vector<Status>& down = {});
-  // The dirty map of `part` (on every other part's backend) and the chunk map of a volume.
+                               const std::vector<Status>& down = {}, size_t backends = 0);
+  // The dirty map of `part` (on every other part's backend; its malformed copies must be a
+  // minority of all the parts) and the chunk map of a volume.
   static ReplicatedBitmap LoadDirtyMap(const std::vector<StorageBackend*>& parts, uint32_t volnr,
                                        char part, uint32_t region_size, uint64_t regions,
                                        const std::vector<Status>& down = {});

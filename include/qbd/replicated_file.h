@@ -4,8 +4,8 @@
 // good copies are enough to go on:
 //
 //   a file is usable when at least one copy is good and the malformed copies sit on fewer than
-//   half of the backends that should hold one ("a bad minority"); otherwise it is refused,
-//   naming the first malformed copy's file and line.
+//   half of the backends concerned ("a bad minority": the holders, or for a dirty map the
+//   volume's parts); otherwise it is refused, naming the first malformed copy's file and line.
 //
 // Missing and out-of-reach copies do not count against the file (a replaced disk, a server
 // down): they are rewritten from the good copies, or once the backend is back. The two kinds of
@@ -57,10 +57,12 @@ struct CopyCounts {
 CopyCounts CountCopies(const std::vector<FileCopy>& copies);
 
 // The verdict on one file's copies (the rule above). `what` names the file in the message
-// ("1/.meta"). OK when usable; else the first malformed copy's status (its code, message naming
-// the file and line) with what was counted, or NotFound / Unavailable when there is no copy to
-// judge at all (none found, none in reach).
-Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what);
+// ("1/.meta"). `backends`: the backends the malformed copies must be a minority of (0: the
+// holders; a dirty map, kept on every part but its own, counts all of the volume's parts). OK when
+// usable; else the first malformed copy's status (its code, message naming the file and line)
+// with what was counted, or NotFound / Unavailable when there is no copy to judge at all (none
+// found, none in reach).
+Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what, size_t backends = 0);
 
 // Reads `path` on each non-null backend of `holders` (an entry per backend; nullptr: not a
 // holder): kGood copies are left for the caller's parser to confirm, an empty file is kMalformed.

@@ -9,7 +9,7 @@ namespace qbd {
 
 ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& holders, std::string path,
                                         uint32_t bytes_per_bit, uint64_t bits, const char* magic,
-                                        const std::vector<Status>& down) {
+                                        const std::vector<Status>& down, size_t backends) {
   ReplicatedBitmap m;
   m.path_ = std::move(path);
   m.magic_ = magic;
@@ -31,7 +31,7 @@ ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& hold
     m.merged_->Merge(**map);
     m.counts_[i] = (*map)->CountSet();
   }
-  m.verdict_ = CopiesVerdict(m.copies_, m.path_);
+  m.verdict_ = CopiesVerdict(m.copies_, m.path_, backends);
   return m;
 }
 
@@ -41,7 +41,7 @@ ReplicatedBitmap ReplicatedBitmap::LoadDirtyMap(const std::vector<StorageBackend
   std::vector<StorageBackend*> holders = parts;
   const size_t self = static_cast<size_t>(part - 'a');
   if (self < holders.size()) holders[self] = nullptr;  // a part's map lives on the *other* parts
-  return Load(holders, DirtyMap::PathFor(volnr, part), region_size, regions, kDirtyMagic, down);
+  return Load(holders, DirtyMap::PathFor(volnr, part), region_size, regions, kDirtyMagic, down, parts.size());
 }
 
 ReplicatedBitmap ReplicatedBitmap::LoadChunkMap(const std::vector<StorageBackend*>& parts, uint32_t volnr,

@@ -39,11 +39,11 @@ CopyCounts CountCopies(const std::vector<FileCopy>& copies) {
   return n;
 }
 
-Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what) {
+Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what, size_t backends) {
   const CopyCounts n = CountCopies(copies);
-  // Invariant: a malformed copy on fewer than half of the holders is outvoted by the others; a
+  // Invariant: malformed copies on fewer than half of the backends are outvoted by the others; a
   // missing or unreachable copy is no vote against the good ones (a replaced disk, a server down).
-  if (n.good > 0 && 2 * n.malformed < n.holders) return Status::OK();
+  if (n.good > 0 && 2 * n.malformed < std::max(backends, n.holders)) return Status::OK();
   const FileCopy* first_bad = nullptr;
   const FileCopy* first_unreachable = nullptr;
   for (const FileCopy& c : copies) {

@@ -79,8 +79,12 @@ std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch",
 Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view file) {
   QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(text, file));
   uint64_t epoch = 0;
+  bool found = false;
   for (const KvLine& l : lines) {
-    if (l.key != "epoch") continue;
+    if (l.key != "epoch") {
+      return Status::InvalidArgument(fmt::format("{}:{}: unknown key '{}' (epoch)", file, l.line, l.key));
+    }
+    found = true;
     uint64_t v = 0;
     auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
     if (ec != std::errc() || end != l.value.data() + l.value.size()) {
@@ -88,6 +92,7 @@ Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view fil
     }
     epoch = std::max(epoch, v);
   }
+  if (!found) return Status::InvalidArgument(fmt::format("{}: 'epoch' is missing", file));
   return epoch;
 }
 

@@ -135,7 +135,7 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
     ReplicatedBitmap& m = dirty_[p];
     const bool first = m.AllMissing();
     for (size_t h = 0; h < np; ++h) {
-      const FileCopy& c = m.copies()[h];
+      const FileCopy c = m.copies()[h];  // as it was: Rewrite changes it
       if (h == p || !down_[h].ok() || !m.NeedsRewrite(h)) continue;
       const bool bad = c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && !first);
       Status s = no_writes ? Status::OK() : m.Rewrite(h);
@@ -156,7 +156,7 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
                  "added", name, chunks_added_);
   }
   for (size_t i = 0; i < np; ++i) {
-    const FileCopy& c = chunk_map_.copies()[i];
+    const FileCopy c = chunk_map_.copies()[i];  // as it was: Rewrite changes it
     if (!down_[i].ok() || !chunk_map_.NeedsRewrite(i)) continue;
     const bool bad = c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && cn.good > 0);
     Status s = no_writes ? Status::OK() : chunk_map_.Rewrite(i);
