@@ -30,7 +30,9 @@ void PutMap(StorageBackend& b, const std::string& path, std::initializer_list<ui
   REQUIRE(WriteFileAtomic(b, path, m.Encode(magic)).ok());
 }
 
-ReplicatedBitmap Chunks(Three& t) { return ReplicatedBitmap::LoadChunkMap(t.all(), kVol, kChunk, kChunks); }
+ReplicatedBitmap Chunks(Three& t) {
+  return ReplicatedBitmap::LoadChunkMap(t.all(), kVol, kChunk, kChunks);
+}
 
 }  // namespace
 
@@ -51,7 +53,8 @@ TEST_CASE("LoadChunkMap merges the good copies: a bit set on any copy counts") {
   CHECK_FALSE(m.Damaged(2));
 }
 
-TEST_CASE("LoadChunkMap uses the good copies and names the bad one when one copy of three is damaged") {
+TEST_CASE(
+    "LoadChunkMap uses the good copies and names the bad one when one copy of three is damaged") {
   Three t;
   const std::string path = DirtyMap::ChunkMapPath(kVol);
   for (StorageBackend* b : t.all()) PutMap(*b, path, {2, 3});
@@ -148,8 +151,8 @@ TEST_CASE("LoadDirtyMap reads a part's map on the other parts and survives one b
     CHECK(none.verdict().message().find("mem:b/" + path) != std::string::npos);
   }
   SUBCASE("a copy out of reach is not read") {
-    ReplicatedBitmap down = ReplicatedBitmap::LoadDirtyMap(t.all(), kVol, 'a', rs, regions,
-                                                          {Status::OK(), Status::IOError("down"), Status::OK()});
+    ReplicatedBitmap down = ReplicatedBitmap::LoadDirtyMap(
+        t.all(), kVol, 'a', rs, regions, {Status::OK(), Status::IOError("down"), Status::OK()});
     CHECK(down.copies()[1].state == MetaCopyState::kUnreachable);
     CHECK_FALSE(down.NeedsRewrite(1));
     CHECK(down.merged().CountSet() == 2);

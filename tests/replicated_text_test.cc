@@ -27,13 +27,16 @@ std::string Index(uint64_t serial, uint32_t volumes = 2) {
 }
 
 ReplicatedText LoadIndex(Three& t) {
-  return ReplicatedText::Load(t.all(), kVolumesMetaPath, [](std::string_view text, const std::string& where) {
-    auto idx = ParseVolumesIndex(text, where);
-    return idx.ok() ? Result<uint64_t>(idx->serial) : Result<uint64_t>(idx.status());
-  });
+  return ReplicatedText::Load(
+      t.all(), kVolumesMetaPath, [](std::string_view text, const std::string& where) {
+        auto idx = ParseVolumesIndex(text, where);
+        return idx.ok() ? Result<uint64_t>(idx->serial) : Result<uint64_t>(idx.status());
+      });
 }
 
-void Put(StorageBackend& b, const std::string& text) { REQUIRE(WriteFileAtomic(b, kVolumesMetaPath, text).ok()); }
+void Put(StorageBackend& b, const std::string& text) {
+  REQUIRE(WriteFileAtomic(b, kVolumesMetaPath, text).ok());
+}
 
 }  // namespace
 
@@ -45,10 +48,11 @@ TEST_CASE("Load uses the good copies and names the bad one when one copy of thre
     std::string bytes;  // "-": the copy is removed
     std::string line;   // the line the reason names ("" for a missing copy)
   };
-  for (const Damage& d : {Damage{"garbage", std::string("\xff\xfe garbage\x01\n", 12), ":1: "},
-                          Damage{"cut short in a line", good.substr(0, good.size() - 4), ":5: "},
-                          Damage{"cut short at a line end", good.substr(0, good.find("format")), ":2: "},
-                          Damage{"empty", "", ":1: "}, Damage{"missing", "-", ""}}) {
+  for (const Damage& d :
+       {Damage{"garbage", std::string("\xff\xfe garbage\x01\n", 12), ":1: "},
+        Damage{"cut short in a line", good.substr(0, good.size() - 4), ":5: "},
+        Damage{"cut short at a line end", good.substr(0, good.find("format")), ":2: "},
+        Damage{"empty", "", ":1: "}, Damage{"missing", "-", ""}}) {
     CAPTURE(d.name);
     Three t;
     for (StorageBackend* b : t.all()) Put(*b, good);
@@ -152,12 +156,11 @@ TEST_CASE("Load counts a copy out of reach neither for nor against the file") {
   FaultyBackend fb(t.b);
   fb.FailMatching(".volumesmeta", FaultyBackend::kReadOps);
   Put(t.c, "garbage\n");
-  ReplicatedText r = ReplicatedText::Load({&t.a, &fb, &t.c}, kVolumesMetaPath,
-                                          [](std::string_view text, const std::string& where) {
-                                            auto idx = ParseVolumesIndex(text, where);
-                                            return idx.ok() ? Result<uint64_t>(idx->serial)
-                                                            : Result<uint64_t>(idx.status());
-                                          });
+  ReplicatedText r = ReplicatedText::Load(
+      {&t.a, &fb, &t.c}, kVolumesMetaPath, [](std::string_view text, const std::string& where) {
+        auto idx = ParseVolumesIndex(text, where);
+        return idx.ok() ? Result<uint64_t>(idx->serial) : Result<uint64_t>(idx.status());
+      });
   CHECK(r.copies()[1].state == MetaCopyState::kUnreachable);
   CHECK_FALSE(r.NeedsRewrite(1));
   CHECK(r.copies()[2].state == MetaCopyState::kMalformed);
@@ -180,7 +183,7 @@ TEST_CASE("Printable escapes invalid UTF-8 and control bytes and keeps valid UTF
   CHECK(Printable("plain") == "plain");
   CHECK(Printable("caf\xc3\xa9") == "caf\xc3\xa9");
   CHECK(Printable(std::string("a\xff\x00z", 4)) == "a\\xff\\x00z");
-  CHECK(Printable("\xc0\xaf") == "\\xc0\\xaf");      // overlong
+  CHECK(Printable("\xc0\xaf") == "\\xc0\\xaf");           // overlong
   CHECK(Printable("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // a surrogate
   CHECK(Printable("abcdef", 3) == "abc...");
 }

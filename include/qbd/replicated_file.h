@@ -45,9 +45,10 @@ struct FileCopy {
   // for binary ones; kUnreachable: the read error; kGood with `rewrite`: why it is rewritten
   // (older, different, lacking bits). Printable: bytes from the damaged file are escaped.
   std::string reason;
-  Status error;          // kMalformed, kUnreachable: the status behind `reason`
-  bool rewrite = false;  // the copy must be rewritten from the good ones (missing, malformed, stale)
-  std::string bytes;     // the copy as read (kGood, kMalformed)
+  Status error;  // kMalformed, kUnreachable: the status behind `reason`
+  bool rewrite =
+      false;          // the copy must be rewritten from the good ones (missing, malformed, stale)
+  std::string bytes;  // the copy as read (kGood, kMalformed)
 };
 
 // Counts of the copies of one file by state.
@@ -62,7 +63,8 @@ CopyCounts CountCopies(const std::vector<FileCopy>& copies);
 // usable; else the first malformed copy's status (its code, message naming the file and line)
 // with what was counted, or NotFound / Unavailable when there is no copy to judge at all (none
 // found, none in reach).
-Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what, size_t backends = 0);
+Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what,
+                     size_t backends = 0);
 
 // Reads `path` on each non-null backend of `holders` (an entry per backend; nullptr: not a
 // holder): kGood copies are left for the caller's parser to confirm, an empty file is kMalformed.

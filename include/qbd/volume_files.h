@@ -34,7 +34,8 @@ std::string EncodeEpoch(uint64_t epoch);
 ReplicatedText LoadEpochCopies(const std::vector<StorageBackend*>& parts, uint32_t volnr);
 // The 0-based chunks that have a chunk file on some part (part 'a' + i on parts[i]); parts that
 // cannot be listed (or whose `down` entry is not OK) are skipped.
-std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta, const std::vector<StorageBackend*>& parts,
+std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta,
+                                   const std::vector<StorageBackend*>& parts,
                                    const std::vector<Status>& down = {});
 
 class VolumeFiles {

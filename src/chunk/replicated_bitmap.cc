@@ -7,9 +7,10 @@
 
 namespace qbd {
 
-ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& holders, std::string path,
-                                        uint32_t bytes_per_bit, uint64_t bits, const char* magic,
-                                        const std::vector<Status>& down, size_t backends) {
+ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& holders,
+                                        std::string path, uint32_t bytes_per_bit, uint64_t bits,
+                                        const char* magic, const std::vector<Status>& down,
+                                        size_t backends) {
   ReplicatedBitmap m;
   m.path_ = std::move(path);
   m.magic_ = magic;
@@ -19,8 +20,8 @@ ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& hold
   for (size_t i = 0; i < m.copies_.size(); ++i) {
     FileCopy& c = m.copies_[i];
     if (c.state != MetaCopyState::kGood) continue;
-    auto map = DirtyMap::Decode(std::as_bytes(std::span(c.bytes.data(), c.bytes.size())), bytes_per_bit, bits,
-                                c.where, magic);
+    auto map = DirtyMap::Decode(std::as_bytes(std::span(c.bytes.data(), c.bytes.size())),
+                                bytes_per_bit, bits, c.where, magic);
     if (!map.ok()) {
       c.state = MetaCopyState::kMalformed;
       c.error = map.status();
@@ -35,20 +36,21 @@ ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& hold
   return m;
 }
 
-ReplicatedBitmap ReplicatedBitmap::LoadDirtyMap(const std::vector<StorageBackend*>& parts, uint32_t volnr,
-                                                char part, uint32_t region_size, uint64_t regions,
-                                                const std::vector<Status>& down) {
+ReplicatedBitmap ReplicatedBitmap::LoadDirtyMap(const std::vector<StorageBackend*>& parts,
+                                                uint32_t volnr, char part, uint32_t region_size,
+                                                uint64_t regions, const std::vector<Status>& down) {
   std::vector<StorageBackend*> holders = parts;
   const size_t self = static_cast<size_t>(part - 'a');
   if (self < holders.size()) holders[self] = nullptr;  // a part's map lives on the *other* parts
-  return Load(holders, DirtyMap::PathFor(volnr, part), region_size, regions, kDirtyMagic, down, parts.size());
+  return Load(holders, DirtyMap::PathFor(volnr, part), region_size, regions, kDirtyMagic, down,
+              parts.size());
 }
 
-ReplicatedBitmap ReplicatedBitmap::LoadChunkMap(const std::vector<StorageBackend*>& parts, uint32_t volnr,
-                                                uint64_t chunk_size, uint64_t chunks,
-                                                const std::vector<Status>& down) {
-  return Load(parts, DirtyMap::ChunkMapPath(volnr), static_cast<uint32_t>(chunk_size), chunks, kChunkMapMagic,
-              down);
+ReplicatedBitmap ReplicatedBitmap::LoadChunkMap(const std::vector<StorageBackend*>& parts,
+                                                uint32_t volnr, uint64_t chunk_size,
+                                                uint64_t chunks, const std::vector<Status>& down) {
+  return Load(parts, DirtyMap::ChunkMapPath(volnr), static_cast<uint32_t>(chunk_size), chunks,
+              kChunkMapMagic, down);
 }
 
 uint64_t ReplicatedBitmap::Lacking(size_t i) const {
@@ -65,7 +67,8 @@ std::string ReplicatedBitmap::Encoded() const { return merged_->Encode(magic_); 
 
 bool ReplicatedBitmap::Damaged(size_t i) const {
   const FileCopy& c = copies_[i];
-  return c.state == MetaCopyState::kMissing || c.state == MetaCopyState::kMalformed || Lacking(i) > 0;
+  return c.state == MetaCopyState::kMissing || c.state == MetaCopyState::kMalformed ||
+         Lacking(i) > 0;
 }
 
 bool ReplicatedBitmap::NeedsRewrite(size_t i) const {

@@ -51,14 +51,17 @@ Status CopiesVerdict(const std::vector<FileCopy>& copies, std::string_view what,
     if (c.state == MetaCopyState::kUnreachable && !first_unreachable) first_unreachable = &c;
   }
   if (first_bad) {
-    const std::string counted =
-        fmt::format("{} of {} copies of {} are malformed, {} good, {} missing, {} out of reach: no good majority",
-                    n.malformed, n.holders, what, n.good, n.missing, n.unreachable);
+    const std::string counted = fmt::format(
+        "{} of {} copies of {} are malformed, {} good, {} missing, {} out of reach: no good "
+        "majority",
+        n.malformed, n.holders, what, n.good, n.missing, n.unreachable);
     const std::string msg = fmt::format("{} ({})", first_bad->reason, counted);
-    return first_bad->error.IsInvalidArgument() ? Status::InvalidArgument(msg) : Status::Corruption(msg);
+    return first_bad->error.IsInvalidArgument() ? Status::InvalidArgument(msg)
+                                                : Status::Corruption(msg);
   }
   if (first_unreachable) {
-    return Status::Unavailable(fmt::format("no copy of {} can be read: {}", what, first_unreachable->reason));
+    return Status::Unavailable(
+        fmt::format("no copy of {} can be read: {}", what, first_unreachable->reason));
   }
   return Status::NotFound(fmt::format("no copy of {} on any backend", what));
 }
@@ -95,7 +98,8 @@ std::vector<FileCopy> ReadCopies(const std::vector<StorageBackend*>& holders, st
     } else if (bytes.status().IsCorruption()) {
       // Too large for a metadata file, or cut short while it was read.
       c.state = MetaCopyState::kMalformed;
-      c.error = Status::Corruption(fmt::format("{}: {}", c.where, Printable(bytes.status().message())));
+      c.error =
+          Status::Corruption(fmt::format("{}: {}", c.where, Printable(bytes.status().message())));
       c.reason = c.error.message();
       c.rewrite = true;
     } else {
@@ -125,7 +129,8 @@ size_t Utf8SequenceAt(std::string_view s, size_t i) {
     if ((c & 0xc0) != 0x80) return 0;
     cp = (cp << 6) | (c & 0x3f);
   }
-  if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)) {
+  if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+      (cp >= 0xd800 && cp <= 0xdfff)) {
     return 0;
   }
   return len;
@@ -183,7 +188,8 @@ ReplicatedText ReplicatedText::Load(const std::vector<StorageBackend*>& holders,
                            (c.bytes.ends_with('\n') ? 0 : 1);
       c.reason = fmt::format("{}:{}: {} (the file ends at line {}: cut short?)", c.where, lines + 1,
                              c.reason.substr(prefix.size()), lines);
-      c.error = c.error.IsInvalidArgument() ? Status::InvalidArgument(c.reason) : Status::Corruption(c.reason);
+      c.error = c.error.IsInvalidArgument() ? Status::InvalidArgument(c.reason)
+                                            : Status::Corruption(c.reason);
     }
   }
   t.Judge();
@@ -219,9 +225,10 @@ void ReplicatedText::Judge() {
   }
   if (tie) {
     if (verdict_.ok()) {
-      verdict_ = Status::Corruption(fmt::format(
-          "{} and {} hold different texts of {} {}, each as many copies as the other: no good majority",
-          copies_[(*best)[0]].where, copies_[(*tie)[0]].where, version_name_, newest));
+      verdict_ = Status::Corruption(
+          fmt::format("{} and {} hold different texts of {} {}, each as many copies as the other: "
+                      "no good majority",
+                      copies_[(*best)[0]].where, copies_[(*tie)[0]].where, version_name_, newest));
     }
     return;
   }
@@ -255,7 +262,8 @@ void ReplicatedText::LimitHolders(size_t n) {
 
 bool ReplicatedText::NeedsRewrite(size_t i) const {
   const FileCopy& c = copies_[i];
-  return c.rewrite && c.backend && c.state != MetaCopyState::kUnreachable && c.state != MetaCopyState::kAbsent;
+  return c.rewrite && c.backend && c.state != MetaCopyState::kUnreachable &&
+         c.state != MetaCopyState::kAbsent;
 }
 
 Status ReplicatedText::Rewrite(size_t i, std::string_view text) {

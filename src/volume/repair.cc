@@ -51,8 +51,9 @@ class MetadataWriter {
     (s.ok() ? out_.written : out_.failed)++;
   }
   void Refuse(const std::string& path, const Status& verdict) {
-    out_.lines.push_back(fmt::format("not repaired: {}: {} (copy the right one over the others by hand)", path,
-                                     verdict.message()));
+    out_.lines.push_back(
+        fmt::format("not repaired: {}: {} (copy the right one over the others by hand)", path,
+                    verdict.message()));
     ++out_.failed;
   }
 
@@ -99,15 +100,17 @@ MetadataRepair RepairMetadata(Catalog& catalog, const VolumeMeta& meta, bool dry
   const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
   std::vector<ReplicatedBitmap> dirty;
   for (size_t x = 0; x < np; ++x) {
-    dirty.push_back(ReplicatedBitmap::LoadDirtyMap(reach, nr, static_cast<char>('a' + x), rs, regions));
+    dirty.push_back(
+        ReplicatedBitmap::LoadDirtyMap(reach, nr, static_cast<char>('a' + x), rs, regions));
   }
   // Then written.
   for (size_t p = 0; p < np; ++p) {
     const std::string dir = PartDir(nr, static_cast<char>('a' + p));
     if (!reach[p] || !bs[p]->Stat(dir).status().IsNotFound()) continue;
     Status s = dry_run ? Status::OK() : bs[p]->MkDirs(dir);
-    out.lines.push_back(fmt::format("{}{}/{}: part directory{}", dry_run ? "would create " : "created ",
-                                    bs[p]->Describe(), dir, s.ok() ? "" : " - failed: " + s.ToString()));
+    out.lines.push_back(fmt::format("{}{}/{}: part directory{}",
+                                    dry_run ? "would create " : "created ", bs[p]->Describe(), dir,
+                                    s.ok() ? "" : " - failed: " + s.ToString()));
     (s.ok() ? out.written : out.failed)++;
   }
   // .volumesmeta and .meta: from the newest good copy, on the backends in reach.
@@ -129,16 +132,20 @@ MetadataRepair RepairMetadata(Catalog& catalog, const VolumeMeta& meta, bool dry
   {
     const CopyCounts n = CountCopies(chunks.copies());
     for (uint64_t c : ChunksWithFiles(meta, reach)) chunks.merged().Set(c, c);
-    const std::string why = n.good == 0 && n.malformed > 0
-                                ? fmt::format("no good copy: rebuilt from the chunk files present on the parts "
-                                              "({} chunks)", chunks.merged().CountSet())
-                                : "";
+    const std::string why =
+        n.good == 0 && n.malformed > 0
+            ? fmt::format(
+                  "no good copy: rebuilt from the chunk files present on the parts "
+                  "({} chunks)",
+                  chunks.merged().CountSet())
+            : "";
     for (size_t p = 0; p < np; ++p) {
       if (!chunks.Damaged(p)) continue;
       const FileCopy& c = chunks.copies()[p];
       std::string reason = !why.empty() ? Why(c, "chunk map") + "; " + why
-                           : c.state == MetaCopyState::kGood ? "chunk map copy lacked written chunks"
-                                                             : Why(c, "chunk map");
+                           : c.state == MetaCopyState::kGood
+                               ? "chunk map copy lacked written chunks"
+                               : Why(c, "chunk map");
       w.Write(c, reason, [&] { return chunks.Rewrite(p); });
     }
   }
@@ -150,13 +157,17 @@ MetadataRepair RepairMetadata(Catalog& catalog, const VolumeMeta& meta, bool dry
     if (n.malformed > 0 && !m.verdict().ok()) {
       // A bit only the damaged copies held is unknown: the whole part is resynced.
       if (regions > 0) m.merged().Set(0, regions - 1);
-      why = fmt::format("; no good majority: every region of part {} marked for resync", static_cast<char>('a' + x));
+      why = fmt::format("; no good majority: every region of part {} marked for resync",
+                        static_cast<char>('a' + x));
     }
     for (size_t p = 0; p < np; ++p) {
       if (p == x || !(m.Damaged(p) || (!why.empty() && m.NeedsRewrite(p)))) continue;
       const FileCopy& c = m.copies()[p];
       const std::string what = fmt::format("dirty map of part {}", static_cast<char>('a' + x));
-      w.Write(c, (c.state == MetaCopyState::kGood && why.empty() ? what + " copy lacked dirty regions" : Why(c, what)) + why,
+      w.Write(c,
+              (c.state == MetaCopyState::kGood && why.empty() ? what + " copy lacked dirty regions"
+                                                              : Why(c, what)) +
+                  why,
               [&] { return m.Rewrite(p); });
     }
   }

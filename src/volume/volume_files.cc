@@ -8,18 +8,22 @@
 namespace qbd {
 
 std::string EncodeEpoch(uint64_t epoch) {
-  return fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n", epoch);
+  return fmt::format("# generation epoch of this volume (layout-spec.md section 4.2)\nepoch = {}\n",
+                     epoch);
 }
 
 ReplicatedText LoadEpochCopies(const std::vector<StorageBackend*>& parts, uint32_t volnr) {
   // The epoch only grows: the largest good copy wins, whatever its comments say.
   return ReplicatedText::Load(
       parts, Catalog::EpochPath(volnr),
-      [](std::string_view text, const std::string& where) { return Catalog::ParseEpoch(text, where); },
+      [](std::string_view text, const std::string& where) {
+        return Catalog::ParseEpoch(text, where);
+      },
       /*same_text=*/false, "epoch");
 }
 
-std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta, const std::vector<StorageBackend*>& parts,
+std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta,
+                                   const std::vector<StorageBackend*>& parts,
                                    const std::vector<Status>& down) {
   std::set<uint64_t> chunks;
   const uint64_t count = meta.geometry.ChunkCount();
@@ -35,7 +39,8 @@ std::set<uint64_t> ChunksWithFiles(const VolumeMeta& meta, const std::vector<Sto
   return chunks;
 }
 
-Result<std::unique_ptr<VolumeFiles>> VolumeFiles::Load(const VolumeMeta& meta, std::vector<StorageBackend*> backends) {
+Result<std::unique_ptr<VolumeFiles>> VolumeFiles::Load(const VolumeMeta& meta,
+                                                       std::vector<StorageBackend*> backends) {
   std::unique_ptr<VolumeFiles> f(new VolumeFiles());
   f->meta_ = meta;
   f->backends_ = std::move(backends);
@@ -55,8 +60,8 @@ Result<std::unique_ptr<VolumeFiles>> VolumeFiles::Load(const VolumeMeta& meta, s
   const uint64_t regions = (meta.geometry.size + rs - 1) / rs;
   f->dirty_unknown_.assign(np, 0);
   for (size_t p = 0; p < np; ++p) {
-    ReplicatedBitmap m =
-        ReplicatedBitmap::LoadDirtyMap(f->backends_, nr, static_cast<char>('a' + p), rs, regions, f->down_);
+    ReplicatedBitmap m = ReplicatedBitmap::LoadDirtyMap(
+        f->backends_, nr, static_cast<char>('a' + p), rs, regions, f->down_);
     const Status& v = m.verdict();
     if (!v.ok() && !v.IsNotFound() && !v.IsUnavailable()) return v;
     // No copy in reach at all (not even a missing one): what the part missed is unknown.
@@ -84,7 +89,8 @@ namespace {
 // One line about copy `c` of a file that is rewritten (or would be, with `no_writes`).
 void SayCopy(const std::string& volume, const FileCopy& c, const std::string& fixed, bool no_writes,
              const Status& written) {
-  std::string what = c.state == MetaCopyState::kMalformed ? c.reason + ": ignored" : c.where + ": " + c.reason;
+  std::string what =
+      c.state == MetaCopyState::kMalformed ? c.reason + ": ignored" : c.where + ": " + c.reason;
   if (no_writes) {
     QBD_LOG_WARN("volume {}: {}; the good copies are used", volume, what);
   } else if (written.ok()) {
@@ -108,7 +114,8 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
   for (size_t i = 0; i < np; ++i) {
     const FileCopy& c = epoch_.copies()[i];
     if (!down_[i].ok()) continue;
-    const bool bad = c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && !first_epoch);
+    const bool bad = c.state == MetaCopyState::kMalformed ||
+                     (c.state == MetaCopyState::kMissing && !first_epoch);
     Status s;
     if (!no_writes) {
       // A part whose volume directory is gone (a replaced disk) gets it back; its chunks come
@@ -124,7 +131,8 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
     if (bad) {
       SayCopy(name, c, fmt::format("written with the new epoch {}", epoch), no_writes, s);
     } else if (!s.ok()) {
-      QBD_LOG_WARN("volume {}: epoch not written on {}: {}", nr, backends_[i]->Describe(), s.ToString());
+      QBD_LOG_WARN("volume {}: epoch not written on {}: {}", nr, backends_[i]->Describe(),
+                   s.ToString());
     }
   }
   if (!no_writes && written == 0) {
@@ -137,7 +145,8 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
     for (size_t h = 0; h < np; ++h) {
       const FileCopy c = m.copies()[h];  // as it was: Rewrite changes it
       if (h == p || !down_[h].ok() || !m.NeedsRewrite(h)) continue;
-      const bool bad = c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && !first);
+      const bool bad =
+          c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && !first);
       Status s = no_writes ? Status::OK() : m.Rewrite(h);
       if (bad) {
         SayCopy(name, c, "rewritten from the good copies", no_writes, s);
@@ -149,16 +158,20 @@ Result<uint64_t> VolumeFiles::Commit(bool no_writes) {
   // The chunk map likewise.
   const CopyCounts cn = CountCopies(chunk_map_.copies());
   if (cn.good == 0 && cn.malformed == 0) {
-    QBD_LOG_INFO("volume {}: no chunk map yet: built one from the {} chunks found on the parts", name,
-                 chunk_map_.merged().CountSet());
+    QBD_LOG_INFO("volume {}: no chunk map yet: built one from the {} chunks found on the parts",
+                 name, chunk_map_.merged().CountSet());
   } else if (chunks_added_ > 0) {
-    QBD_LOG_INFO("volume {}: {} chunk(s) with files were missing from the chunk map (a first write cut short): "
-                 "added", name, chunks_added_);
+    QBD_LOG_INFO(
+        "volume {}: {} chunk(s) with files were missing from the chunk map (a first write cut "
+        "short): "
+        "added",
+        name, chunks_added_);
   }
   for (size_t i = 0; i < np; ++i) {
     const FileCopy c = chunk_map_.copies()[i];  // as it was: Rewrite changes it
     if (!down_[i].ok() || !chunk_map_.NeedsRewrite(i)) continue;
-    const bool bad = c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && cn.good > 0);
+    const bool bad =
+        c.state == MetaCopyState::kMalformed || (c.state == MetaCopyState::kMissing && cn.good > 0);
     Status s = no_writes ? Status::OK() : chunk_map_.Rewrite(i);
     if (bad) {
       SayCopy(name, c, "rewritten from the good copies", no_writes, s);
@@ -176,8 +189,10 @@ std::vector<std::unique_ptr<DirtyMap>> VolumeFiles::TakeDirtyMaps() {
     if (dirty_unknown_[p] && map->regions() > 0) {
       // No copy of this part's dirty map is in reach: what it missed is unknown, so all of it
       // is resynced before it counts again.
-      QBD_LOG_WARN("volume {} part {}: no copy of its dirty map can be read: the whole part will be resynced",
-                   meta_.name, static_cast<char>('a' + p));
+      QBD_LOG_WARN(
+          "volume {} part {}: no copy of its dirty map can be read: the whole part will be "
+          "resynced",
+          meta_.name, static_cast<char>('a' + p));
       map->Set(0, map->regions() - 1);
     }
     out.push_back(std::move(map));
@@ -191,7 +206,8 @@ Status CheckVolumeFiles(Catalog& catalog) {
   ReplicatedText index = catalog.ReadIndexCopies();
   if (index.verdict().IsNotFound()) return Status::OK();
   QBD_RETURN_IF_ERROR(index.verdict());
-  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(index.text(), index.copies()[index.chosen()].where));
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx,
+                       ParseVolumesIndex(index.text(), index.copies()[index.chosen()].where));
   for (const auto& [name, nr] : idx.volumes) {
     ReplicatedText copies = catalog.ReadMetaCopies(nr);
     // A volume without a .meta is the catalog's to report.

@@ -260,8 +260,9 @@ int Run(int argc, char** argv) {
       if (!v.ok() && dry && md.written > 0) {
         // The damage the plan above repairs keeps the volume from opening: its chunks are
         // planned once that is done.
-        std::cout << fmt::format("plan: volume {}: chunks are checked once the metadata above is repaired ({})\n",
-                                 name, v.status().message());
+        std::cout << fmt::format(
+            "plan: volume {}: chunks are checked once the metadata above is repaired ({})\n", name,
+            v.status().message());
         continue;
       }
       if (!v.ok()) {
@@ -344,16 +345,18 @@ int Run(int argc, char** argv) {
               : "");
     } else {
       std::cout << fmt::format(
-          "volume {}: {} {} chunk file(s) and {} block(s){}; {:.1f} MiB written, {:.1f} MiB read in "
+          "volume {}: {} {} chunk file(s) and {} block(s){}; {:.1f} MiB written, {:.1f} MiB read "
+          "in "
           "{:.1f} s "
           "({:.0f} MB/s written){}{}{}\n",
           name, dry ? "would rebuild" : "rebuilt", t.files, t.blocks,
-          md.written + md.failed > 0 ? fmt::format(", {} metadata cop{} {}{}", md.written,
-                                                   md.written == 1 ? "y" : "ies", dry ? "to write" : "written",
-                                                   md.failed ? fmt::format(" ({} not repaired)", md.failed) : "")
-                                     : "",
-          t.bytes_written / 1048576.0,
-          t.bytes_read / 1048576.0, secs, secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
+          md.written + md.failed > 0
+              ? fmt::format(", {} metadata cop{} {}{}", md.written, md.written == 1 ? "y" : "ies",
+                            dry ? "to write" : "written",
+                            md.failed ? fmt::format(" ({} not repaired)", md.failed) : "")
+              : "",
+          t.bytes_written / 1048576.0, t.bytes_read / 1048576.0, secs,
+          secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
           t.failed ? fmt::format("; {} failed", t.failed) : "",
           t.unknown ? fmt::format("; {} chunk(s) not repairable while a part is down", t.unknown)
                     : "",

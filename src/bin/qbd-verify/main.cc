@@ -56,9 +56,11 @@ bool g_json = false;
 int Fail(int code, const std::string& msg) {
   std::cerr << "qbd-verify: " << msg << "\n";
   if (g_json) {
-    std::cout << fmt::format(R"({{"mode":null,"exit":{},"error":{},"seconds":0,"bytes_read":0,"findings":[],)"
-                             R"("volumes":[]}})" "\n",
-                             code, qbd::JsonString(msg));
+    std::cout << fmt::format(
+        R"({{"mode":null,"exit":{},"error":{},"seconds":0,"bytes_read":0,"findings":[],)"
+        R"("volumes":[]}})"
+        "\n",
+        code, qbd::JsonString(msg));
   }
   return code;
 }
@@ -97,7 +99,8 @@ int Run(int argc, char** argv) {
   g_json = json;
   const bool quiet = vm.count("quiet") > 0;
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok()) return Fail(config.status().IsInvalidArgument() ? 3 : 4, config.status().message());
+  if (!config.ok())
+    return Fail(config.status().IsInvalidArgument() ? 3 : 4, config.status().message());
   qbd::SetLogLevel(qbd::LogLevel::kError);
   auto catalog = qbd::Catalog::Open(*config);
   if (!catalog.ok()) return Fail(4, catalog.status().message());
