@@ -20,6 +20,7 @@
 #include "qbd/chunk_format.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
+#include "qbd/replicated_file.h"
 #include "qbd/volume.h"
 #include "testutil/mem_backend.h"
 #include "testutil/temp_dir.h"
@@ -363,6 +364,52 @@ TEST_CASE("FormatReportJson lists a finding's part, chunk and blocks") {
 TEST_CASE("JsonString escapes quotes, backslashes and control characters") {
   CHECK(JsonString("a\"b\\c\n") == "\"a\\\"b\\\\c\\u000a\"");
   CHECK(JsonString("") == "\"\"");
+}
+
+TEST_CASE("JsonString keeps valid UTF-8 and escapes bytes that are not") {
+  CHECK(JsonString("caf\xc3\xa9") == "\"caf\xc3\xa9\"");
+  CHECK(JsonString("a\xff\xfe") == "\"a\\\\xff\\\\xfe\"");
+  CHECK(JsonString("\xc3") == "\"\\\\xc3\"");  // a sequence cut short
+}
+
+// Writes `text` over the file at `path`.
+void Overwrite(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  f.close();
+  REQUIRE_FALSE(f.fail());
+}
+
+TEST_CASE("Verify reports a malformed .meta copy of one part as a metadata finding naming file and line") {
+  Setup s;
+  Overwrite(s.Root('b') + "/" + MetaPath(s.meta().number), "format = 1\nname = v\n@@@\n");
+  VerifyReport r = s.Run(/*deep=*/false);
+  const Finding& f = Only(r);
+  CHECK(f.kind == "metadata");
+  CHECK(f.part == 'b');
+  CHECK(f.where.ends_with("/b/" + MetaPath(s.meta().number)));
+  CHECK(f.detail.find("/.meta:3: ") != std::string::npos);
+  CHECK(r.ExitCode() == 1);
+}
+
+TEST_CASE("Verify reports a malformed .volumesmeta copy and its JSON stays valid UTF-8") {
+  Setup s;
+  Overwrite(s.Root('c') + "/.volumesmeta", std::string("\xff\xfe\x00garbage\x80\n", 12));
+  VerifyOptions o;
+  o.recheck_ms = 0;
+  auto r = Verify(s.catalog(), o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  REQUIRE(r->findings.size() == 1);
+  CHECK(r->findings[0].kind == "metadata");
+  CHECK(r->findings[0].where.ends_with("/c/.volumesmeta"));
+  CHECK(r->findings[0].detail.find(".volumesmeta:1: ") != std::string::npos);
+  REQUIRE(r->volumes.size() == 1);  // the good copies still list the volume
+  CHECK(r->ExitCode() == 1);
+  const std::string json = FormatReportJson(*r);
+  for (size_t i = 0; i < json.size(); i += std::max<size_t>(1, Utf8SequenceAt(json, i))) {
+    CAPTURE(i);
+    REQUIRE(Utf8SequenceAt(json, i) > 0);
+  }
 }
 
 TEST_CASE("Verify fails with NotFound when a named volume does not exist") {

@@ -71,7 +71,8 @@ TEST_CASE("Open raises the epoch on every part so that generations grow across r
   CHECK(epoch->find("epoch = 2") != std::string::npos);
 }
 
-TEST_CASE("Open fails naming the file when a dirty map copy is damaged") {
+TEST_CASE("Open fails naming the file when the only copy of a dirty map is damaged") {
+  // Part a's map lives on b and c; c has none (missing), b's is garbage: no good copy.
   Parts p;
   REQUIRE(p.b.MkDirs("3").ok());
   REQUIRE(WriteFileAtomic(p.b, "3/.dirty-a", "not a dirty map").ok());
@@ -81,6 +82,78 @@ TEST_CASE("Open fails naming the file when a dirty map copy is damaged") {
   REQUIRE_FALSE(v.ok());
   CHECK(v.status().IsCorruption());
   CHECK(v.status().message().find("3/.dirty-a") != std::string::npos);
+}
+
+TEST_CASE("Open serves from the good copies and rewrites a bad copy when one backend's copy is damaged") {
+  struct Damage {
+    const char* name;
+    const char* bytes;  // nullptr: the copy is removed
+  };
+  for (const char* path : {"3/.epoch", "3/.chunkmap", "3/.dirty-a"}) {
+    for (const Damage& d : {Damage{"garbage", "epoch = x\n\xff garbage"}, Damage{"empty", ""},
+                            Damage{"cut short", "# gen"}, Damage{"missing", nullptr}}) {
+      CAPTURE(path);
+      CAPTURE(d.name);
+      Parts p;
+      VolumeOpenOptions o;
+      o.start_resync_thread = false;
+      std::vector<std::byte> buf(4096, std::byte{0x42});
+      {
+        auto v = Volume::Open(Meta(), p.all(), o);
+        REQUIRE(v.ok());
+        REQUIRE((*v)->handler()->Write(1 << 20, buf, /*fua=*/true).ok());
+        REQUIRE((*v)->Close().ok());
+      }
+      // Part a's dirty map lives on b and c only.
+      MemBackend& good = std::string(path) == "3/.dirty-a" ? p.c : p.a;
+      if (d.bytes) {
+        REQUIRE(WriteFileAtomic(p.b, path, d.bytes).ok());
+      } else {
+        REQUIRE(p.b.Remove(path).ok());
+      }
+      auto v = Volume::Open(Meta(), p.all(), o);
+      REQUIRE_MESSAGE(v.ok(), v.status().ToString());
+      std::vector<std::byte> got(4096);
+      REQUIRE((*v)->handler()->Read(1 << 20, got).ok());
+      CHECK(got == buf);
+      CHECK((*v)->quorum().ChunkWritten(1));
+      // The bad copy was rewritten at open: it equals a good one again.
+      auto fixed = ReadWholeFile(p.b, path);
+      auto other = ReadWholeFile(good, path);
+      REQUIRE(fixed.ok());
+      REQUIRE(other.ok());
+      CHECK(*fixed == *other);
+      CHECK((*v)->Close().ok());
+    }
+  }
+}
+
+TEST_CASE("Open fails naming the file and writes nothing when two of three copies are malformed") {
+  Parts p;
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  {
+    auto v = Volume::Open(Meta(), p.all(), o);
+    REQUIRE(v.ok());
+    REQUIRE((*v)->Close().ok());
+  }
+  std::string path = "3/.chunkmap", where = "mem:a/3/.chunkmap: ";
+  SUBCASE(".epoch") {
+    path = "3/.epoch";
+    where = "mem:a/3/.epoch:1: ";
+  }
+  SUBCASE(".chunkmap") {}
+  CAPTURE(path);
+  REQUIRE(WriteFileAtomic(p.a, path, "garbage\n").ok());
+  REQUIRE(WriteFileAtomic(p.b, path, "garbage\n").ok());
+  const auto epoch_before = ReadWholeFile(p.c, "3/.epoch");
+  auto v = Volume::Open(Meta(), p.all(), o);
+  REQUIRE_FALSE(v.ok());
+  CAPTURE(v.status().message());
+  CHECK(v.status().message().rfind(where, 0) == 0);
+  CHECK(v.status().message().find("no good majority") != std::string::npos);
+  CHECK(ReadWholeFile(p.c, "3/.epoch").value() == epoch_before.value());
+  CHECK_FALSE(p.a.Exists("3/.running"));
 }
 }  // TEST_SUITE("volume")
 

@@ -2,9 +2,10 @@
 // `.meta` on the backends of its parts (layout-spec.md §1-§2). qbdctl's offline mode and
 // qbd-master use it; the REST API will too.
 //
-// Copies are written to every backend (atomically: temp, sync, rename, sync dir). Reads take the
-// copy with the largest serial and report backends that disagree or lack a copy; a malformed
-// copy is an error naming the file and line.
+// Copies are written to every backend (atomically: temp, sync, rename, sync dir). Reads judge
+// every copy (replicated_text.h): the newest good copy wins; missing, older and malformed copies
+// are reported (one log line each, once); a malformed copy is an error naming the file and line
+// only when the malformed copies are not a minority (replicated_file.h).
 //
 // Thread-safety: not for concurrent mutation from several processes at once (qbdctl is run by
 // one admin); reads are safe alongside the daemon.
@@ -20,6 +21,7 @@
 
 #include "qbd/backend.h"
 #include "qbd/config.h"
+#include "qbd/replicated_text.h"
 #include "qbd/volume_meta.h"
 
 namespace qbd {
@@ -56,11 +58,18 @@ class Catalog {
   std::vector<std::string> SharedFailureDomains() const;
 
   // The newest `.volumesmeta`; an empty index when no backend has one yet. Copies that are
-  // missing or older are reported (once per change); with `reconcile` they are rewritten.
+  // missing, older or malformed are reported (once per change); with `reconcile` the missing
+  // and older ones are rewritten (a malformed copy is left as it is for the admin to see, until
+  // qbd-repair rewrites it). Fails naming the file and line when the good copies are not enough
+  // (replicated_file.h).
   Result<VolumesIndex> LoadIndex(bool reconcile = false);
   // The newest `<volnr>/.meta` among the volume's parts, reported and reconciled likewise.
   // NotFound when none has it.
   Result<VolumeMeta> LoadMeta(uint32_t volnr, bool reconcile = false);
+  // Every backend's copy of `.volumesmeta`, judged; and of `<volnr>/.meta` on the backends of the
+  // volume's parts (all backends when no copy can be parsed). Nothing is logged or written.
+  ReplicatedText ReadIndexCopies();
+  ReplicatedText ReadMetaCopies(uint32_t volnr);
   Result<VolumeMeta> Find(const std::string& name);
 
   Result<VolumeMeta> Create(const CreateVolumeOptions& options);
@@ -73,8 +82,9 @@ class Catalog {
 
   // The epoch file of a volume: "<volnr>/.epoch" (layout-spec.md §4.2).
   static std::string EpochPath(uint32_t volnr);
-  // The epoch an epoch file's text holds (0 when it has no `epoch` line). InvalidArgument naming
-  // `file` and the line when the file or the number is malformed.
+  // The epoch an epoch file's text holds. InvalidArgument naming `file` and the line when the
+  // file or the number is malformed, a key other than `epoch` appears, or `epoch` is missing (a
+  // copy cut short).
   static Result<uint64_t> ParseEpoch(std::string_view text, std::string_view file);
 
  private:
@@ -82,22 +92,16 @@ class Catalog {
   Status WriteIndex(const VolumesIndex& index);
   Status WriteMeta(const VolumeMeta& meta);
 
-  // Every backend's copy of one metadata file: its text (absent when missing or unreadable) and,
-  // once parsed, its serial (-1 missing, kUnreadable when it could not be read).
-  struct Copies {
-    std::vector<std::optional<std::string>> texts;
-    std::vector<int64_t> serials;
-    Status unreadable;  // the last read error, OK when every copy was read or missing
-  };
-  Copies ReadCopies(const std::string& path);
-  // serials[i] is backend i's copy; `best` the newest.
-  void SettleCopies(const std::string& path, const std::vector<int64_t>& serials, size_t best,
-                    const std::string& best_text, bool reconcile);
+  std::vector<StorageBackend*> AllBackends() const;
+  // Reports each copy that is not good (once per change of what is wrong with it) and, with
+  // `reconcile`, rewrites the missing and older ones with the chosen text.
+  // REQUIRES: copies.chosen() >= 0.
+  void SettleCopies(ReplicatedText& copies, bool reconcile);
 
   Config config_;
   std::vector<std::unique_ptr<StorageBackend>> backends_;
   std::mutex report_mu_;
-  std::map<std::string, std::string> last_report_;  // GUARDED_BY(report_mu_): path -> last divergence
+  std::map<std::string, std::string> last_report_;  // GUARDED_BY(report_mu_): copy -> what was said
 };
 
 }  // namespace qbd

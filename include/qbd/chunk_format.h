@@ -20,6 +20,11 @@
 namespace qbd {
 
 inline constexpr uint32_t kBlockMetaSize = 16;
+// A generation is (epoch << kGenerationBits) + n, n counting writes from 1 within the epoch (§4.2).
+inline constexpr uint64_t kGenerationBits = 40;
+// The largest generation a volume whose .epoch says `epoch` can have written (§4.6: larger ones
+// are suspect).
+inline constexpr uint64_t MaxGenerationOfEpoch(uint64_t epoch) { return ((epoch + 1) << kGenerationBits) - 1; }
 inline constexpr uint32_t kMinBlockSize = 512;
 inline constexpr uint32_t kMaxBlockSize = 64 * 1024;
 inline constexpr uint64_t kMaxChunkSize = 1ull << 30;

@@ -54,9 +54,12 @@ class Master {
  private:
   class Registry;
   Master() = default;
-  // Takes the volume's lease and opens it: true when it is served, false when another master
-  // holds it (logged once per holder; Poll tries again).
-  Result<bool> OpenVolume(const VolumeMeta& meta);
+  // Takes the volumes' leases and opens them: per volume, true when it is served, false when
+  // another master holds it (logged once per holder; Poll tries again). The leases are taken side
+  // by side, so their read-back waits overlap: one lease_renew_ms / 2 for them all.
+  std::vector<Result<bool>> OpenVolumes(const std::vector<VolumeMeta>& metas);
+  // The rest of OpenVolumes for one volume whose lease attempt ended in `p`.
+  Result<bool> FinishOpen(const VolumeMeta& meta, std::shared_ptr<VolumeLease> lease, const VolumeLease::Progress& p);
   // Unexports and closes the open volumes whose lease went to another master.
   void DropLostVolumes();
   void PublishExport(const std::string& name, Volume& volume);

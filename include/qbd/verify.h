@@ -74,8 +74,8 @@ struct VerifyReport {
   int ExitCode() const;
 };
 
-// Verifies the volumes of `catalog`. Fails only when nothing can be checked (no .volumesmeta can
-// be read, or a named volume does not exist: NotFound).
+// Verifies the volumes of `catalog`. Fails only when a named volume does not exist (NotFound); a
+// `.volumesmeta` without a good majority is a finding of severity kSevNotChecked and no volume.
 Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options);
 
 // The report for people: per volume its status and what is wrong where, then a summary. With

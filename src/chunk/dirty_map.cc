@@ -107,14 +107,30 @@ std::string DirtyMap::Encode(const char* magic) const {
 Result<std::unique_ptr<DirtyMap>> DirtyMap::Decode(std::span<const std::byte> bytes, uint32_t region_size,
                                                    uint64_t regions, std::string_view file, const char* magic) {
   const char* what = std::memcmp(magic, kChunkMapMagic, 8) == 0 ? "chunk map" : "dirty map";
-  if (bytes.size() < kDirtyHeaderSize || std::memcmp(bytes.data(), magic, 8) != 0) {
-    return Status::Corruption(fmt::format("{}: not a {} (bad magic)", file, what));
+  if (bytes.empty()) return Status::Corruption(fmt::format("{}: empty file (0 bytes)", file));
+  if (bytes.size() < kDirtyHeaderSize) {
+    return Status::Corruption(fmt::format("{}: cut short: {} bytes, less than the {}-byte header of a {}", file,
+                                          bytes.size(), kDirtyHeaderSize, what));
+  }
+  if (std::memcmp(bytes.data(), magic, 8) != 0) {
+    return Status::Corruption(fmt::format("{}: bytes 0-7: not a {} (bad magic)", file, what));
   }
   uint32_t format = DecodeLE32(bytes.data() + 8);
   uint32_t rs = DecodeLE32(bytes.data() + 12);
-  if (format != 1) return Status::Corruption(fmt::format("{}: {} format {} unsupported", file, what, format));
+  if (format != 1) return Status::Corruption(fmt::format("{}: bytes 8-11: {} format {} unsupported", file, what, format));
   if (rs != region_size) {
-    return Status::Corruption(fmt::format("{}: region size {} where {} was expected", file, rs, region_size));
+    return Status::Corruption(
+        fmt::format("{}: bytes 12-15: region size {} where {} was expected", file, rs, region_size));
+  }
+  if (DecodeLE64(bytes.data() + 24) != 0) {
+    return Status::Corruption(fmt::format("{}: bytes 24-31: not zero", file));
+  }
+  // Every copy is first written whole (layout-spec.md §5, §6) and never shrinks: a bitmap shorter
+  // than its header's count was cut short.
+  const uint64_t count = DecodeLE64(bytes.data() + 16);
+  if (count > (bytes.size() - kDirtyHeaderSize) * 8) {
+    return Status::Corruption(fmt::format("{}: cut short: {} bytes of bitmap for the {} bits its header counts",
+                                          file, bytes.size() - kDirtyHeaderSize, count));
   }
   auto map = std::make_unique<DirtyMap>(region_size, regions);
   size_t have = bytes.size() - kDirtyHeaderSize;

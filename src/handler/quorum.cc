@@ -16,8 +16,6 @@
 namespace qbd {
 namespace {
 
-constexpr uint64_t kGenerationBits = 40;
-
 // Per-thread scratch buffers, reused so requests do not allocate.
 std::vector<std::byte>& BlockScratch(size_t size) {
   thread_local std::vector<std::byte> buf;

@@ -79,8 +79,12 @@ std::string Catalog::EpochPath(uint32_t volnr) { return fmt::format("{}/.epoch",
 Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view file) {
   QBD_ASSIGN_OR_RETURN(auto lines, ParseKvText(text, file));
   uint64_t epoch = 0;
+  bool found = false;
   for (const KvLine& l : lines) {
-    if (l.key != "epoch") continue;
+    if (l.key != "epoch") {
+      return Status::InvalidArgument(fmt::format("{}:{}: unknown key '{}' (epoch)", file, l.line, l.key));
+    }
+    found = true;
     uint64_t v = 0;
     auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
     if (ec != std::errc() || end != l.value.data() + l.value.size()) {
@@ -88,125 +92,112 @@ Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view fil
     }
     epoch = std::max(epoch, v);
   }
+  if (!found) return Status::InvalidArgument(fmt::format("{}: 'epoch' is missing", file));
   return epoch;
 }
 
-// A copy that could not be read at all (as opposed to a missing one, serial -1).
-static constexpr int64_t kUnreadable = -2;
+std::vector<StorageBackend*> Catalog::AllBackends() const {
+  std::vector<StorageBackend*> all;
+  for (const auto& b : backends_) all.push_back(b.get());
+  return all;
+}
 
-// Reports how the copies of one metadata file differ (once per change, not at every poll) and,
-// with `reconcile`, rewrites the missing and older copies with the newest text.
-void Catalog::SettleCopies(const std::string& path, const std::vector<int64_t>& serials, size_t best,
-                           const std::string& best_text, bool reconcile) {
-  std::string report, unreadable;
-  std::vector<size_t> stale;
-  for (size_t k = 0; k < serials.size(); ++k) {
-    if (serials[k] == serials[best]) continue;
-    const std::string where = backends_[k]->Describe() + "/" + path;
-    if (serials[k] == kUnreadable) {
-      unreadable += fmt::format("{}{}", unreadable.empty() ? "" : ", ", where);
-      continue;  // nothing can be written there either; reconciled once it is back
+// One log line per copy that is not good, when what is wrong with it changes (not at every poll).
+void Catalog::SettleCopies(ReplicatedText& t, bool reconcile) {
+  const std::string newest = fmt::format("serial {}", t.version());
+  for (size_t i = 0; i < t.copies().size(); ++i) {
+    const FileCopy& c = t.copies()[i];
+    if (c.state == MetaCopyState::kAbsent) continue;
+    std::string line;
+    LogLevel level = LogLevel::kWarn;
+    if (c.state == MetaCopyState::kMalformed) {
+      line = fmt::format("{}: copy ignored, the good copies ({}) are used; qbd-repair rewrites it", c.reason, newest);
+    } else if (c.state == MetaCopyState::kUnreachable) {
+      line = fmt::format("{}: cannot be read ({}): the newest readable copy ({}) is used", c.where, c.reason, newest);
+    } else if (t.NeedsRewrite(i)) {
+      const std::string what = c.state == MetaCopyState::kMissing ? "copy missing" : c.reason;
+      if (reconcile) {
+        Status s = t.Rewrite(i, t.text());
+        line = s.ok() ? fmt::format("{}: {}: rewritten from the newest copy ({})", c.where, what, newest)
+                      : fmt::format("{}: {}: cannot rewrite it: {}", c.where, what, s.ToString());
+        if (s.ok()) level = LogLevel::kInfo;
+      } else {
+        line = fmt::format("{}: {}: the newest copy ({}) is used", c.where, what, newest);
+      }
     }
-    stale.push_back(k);
-    report += serials[k] < 0 ? fmt::format("; {} is missing", where)
-                             : fmt::format("; {} has serial {}", where, serials[k]);
-  }
-  {
     std::lock_guard<std::mutex> l(report_mu_);
-    std::string& last = last_report_[path];
-    const std::string now = report + "|" + unreadable;
-    if (now != last) {
-      if (!report.empty()) {
-        QBD_LOG_WARN("{}: copies differ, the newest (serial {}) is used{}", path, serials[best], report);
-      }
-      if (!unreadable.empty()) {
-        QBD_LOG_WARN("{}: a copy cannot be read (backend unreachable?), the newest readable one (serial {}) is "
-                     "used: {}", path, serials[best], unreadable);
-      }
+    if (line.empty()) {
+      last_report_.erase(c.where);
+      continue;
     }
-    last = now;
-  }
-  if (!reconcile) return;
-  for (size_t h : stale) {
-    Status s = WriteFileAtomic(*backends_[h], path, best_text);
-    if (s.ok()) {
-      QBD_LOG_INFO("{}/{}: rewritten from the newest copy (serial {})", backends_[h]->Describe(), path, serials[best]);
+    // A rewritten copy is good from now on: its line is said once, and again only if it breaks.
+    const bool settled = level == LogLevel::kInfo;
+    std::string& last = last_report_[c.where];
+    if (last != line) Log(level, "{}", line);
+    if (settled) {
+      last_report_.erase(c.where);
     } else {
-      QBD_LOG_WARN("{}/{}: cannot rewrite: {}", backends_[h]->Describe(), path, s.ToString());
+      last = line;
     }
   }
 }
 
-Catalog::Copies Catalog::ReadCopies(const std::string& path) {
-  Copies c;
-  c.texts.resize(backends_.size());
-  c.serials.assign(backends_.size(), -1);
-  for (size_t i = 0; i < backends_.size(); ++i) {
-    auto text = ReadSmallFile(*backends_[i], path);
-    if (text.ok()) {
-      c.texts[i] = std::move(text).value();
-    } else if (!text.status().IsNotFound()) {
-      // A backend that cannot be read (a server down) is one copy short, not a reason to stop.
-      c.serials[i] = kUnreadable;
-      c.unreadable = text.status();
+ReplicatedText Catalog::ReadIndexCopies() {
+  return ReplicatedText::Load(AllBackends(), kVolumesMetaPath,
+                              [](std::string_view text, const std::string& where) -> Result<uint64_t> {
+                                QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(text, where));
+                                return idx.serial;
+                              });
+}
+
+namespace {
+
+ReplicatedText::Parser MetaParser(uint32_t volnr) {
+  return [volnr](std::string_view text, const std::string& where) -> Result<uint64_t> {
+    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(text, where));
+    if (m.number != volnr) {
+      return Status::Corruption(fmt::format("{}: number {} where {} was expected", where, m.number, volnr));
     }
+    return m.serial;
+  };
+}
+
+}  // namespace
+
+ReplicatedText Catalog::ReadMetaCopies(uint32_t volnr) {
+  ReplicatedText t = ReplicatedText::Load(AllBackends(), MetaPath(volnr), MetaParser(volnr));
+  if (t.chosen() >= 0) {
+    // Only the backends of the volume's parts keep a copy.
+    auto m = ParseVolumeMeta(t.text(), t.copies()[t.chosen()].where);
+    if (m.ok() && m->replicas <= backends_.size()) t.LimitHolders(m->replicas);
   }
-  return c;
+  return t;
 }
 
 Result<VolumesIndex> Catalog::LoadIndex(bool reconcile) {
-  Copies c = ReadCopies(kVolumesMetaPath);
-  VolumesIndex best;
-  int best_k = -1;
-  for (size_t i = 0; i < backends_.size(); ++i) {
-    if (!c.texts[i]) continue;
-    QBD_ASSIGN_OR_RETURN(VolumesIndex idx,
-                         ParseVolumesIndex(*c.texts[i], backends_[i]->Describe() + "/" + kVolumesMetaPath));
-    c.serials[i] = static_cast<int64_t>(idx.serial);
-    if (best_k < 0 || idx.serial > best.serial) {
-      best = std::move(idx);
-      best_k = static_cast<int>(i);
-    }
-  }
-  if (best_k < 0 && !c.unreadable.ok()) {
-    return Status::Unavailable(fmt::format("no copy of {} can be read: {}", kVolumesMetaPath, c.unreadable.ToString()));
-  }
-  if (best_k >= 0) SettleCopies(kVolumesMetaPath, c.serials, best_k, *c.texts[best_k], reconcile);
-  return best;
+  ReplicatedText t = ReadIndexCopies();
+  if (t.verdict().IsNotFound()) return VolumesIndex{};  // no backend has one yet
+  QBD_RETURN_IF_ERROR(t.verdict());
+  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, ParseVolumesIndex(t.text(), t.copies()[t.chosen()].where));
+  SettleCopies(t, reconcile);
+  return idx;
 }
 
 Result<VolumeMeta> Catalog::LoadMeta(uint32_t volnr, bool reconcile) {
-  const std::string path = MetaPath(volnr);
-  Copies c = ReadCopies(path);
-  VolumeMeta best;
-  int best_k = -1;
-  for (size_t i = 0; i < backends_.size(); ++i) {
-    if (!c.texts[i]) continue;
-    const std::string file = backends_[i]->Describe() + "/" + path;
-    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(*c.texts[i], file));
-    if (m.number != volnr) {
-      return Status::Corruption(fmt::format("{}: number {} where {} was expected", file, m.number, volnr));
-    }
-    c.serials[i] = static_cast<int64_t>(m.serial);
-    if (best_k < 0 || m.serial > best.serial) {
-      best = std::move(m);
-      best_k = static_cast<int>(i);
-    }
+  ReplicatedText t = ReadMetaCopies(volnr);
+  if (t.verdict().IsNotFound()) {
+    return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
   }
-  if (best_k < 0 && !c.unreadable.ok()) {
-    return Status::Unavailable(
-        fmt::format("volume number {}: no copy of .meta can be read: {}", volnr, c.unreadable.ToString()));
+  if (t.verdict().IsUnavailable()) {
+    return Status::Unavailable(fmt::format("volume number {}: {}", volnr, t.verdict().message()));
   }
-  if (best_k < 0) return Status::NotFound(fmt::format("volume number {}: no .meta on any backend", volnr));
+  QBD_RETURN_IF_ERROR(t.verdict());
+  QBD_ASSIGN_OR_RETURN(VolumeMeta best, ParseVolumeMeta(t.text(), t.copies()[t.chosen()].where));
   if (best.replicas > backends_.size()) {
     return Status::InvalidArgument(fmt::format("volume {} has {} replicas but {} lists {} parts", best.name,
                                                best.replicas, config_.file, backends_.size()));
   }
-  // Only the backends of the volume's parts keep a copy.
-  c.serials.resize(best.replicas);
-  if (static_cast<size_t>(best_k) < c.serials.size()) {
-    SettleCopies(path, c.serials, best_k, *c.texts[best_k], reconcile);
-  }
+  SettleCopies(t, reconcile);
   return best;
 }
 

@@ -190,8 +190,13 @@ class VolumeLease::PartThreads {
   // Starts `task` on part i's thread; false when that thread is still busy.
   bool Start(size_t i, std::function<void()> task) {
     {
-      std::lock_guard<std::mutex> l(mu_);
-      if (slots_[i]) return false;
+      std::unique_lock<std::mutex> l(mu_);
+      // The part's previous task may have reported its result a moment before its thread freed
+      // the slot: wait for that briefly. A task still busy after that is hung (a dead NFS server):
+      // the part sits this round out.
+      if (!cv_.wait_for(l, std::chrono::milliseconds(200), [&] { return stop_ || !slots_[i]; }) || stop_) {
+        return false;
+      }
       slots_[i] = std::move(task);
     }
     cv_.notify_all();
@@ -209,6 +214,7 @@ class VolumeLease::PartThreads {
       task();
       l.lock();
       slots_[i] = nullptr;
+      cv_.notify_all();  // Start may wait for the slot
     }
   }
   std::mutex mu_;

@@ -13,6 +13,7 @@
 
 #include "qbd/log.h"
 #include "qbd/stats.h"
+#include "qbd/volume_files.h"
 
 namespace qbd {
 
@@ -109,16 +110,21 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
     }
   }
   m->registry_ = std::make_unique<Registry>(config.default_export);
-  // Every volume is checked and opened before the first client is accepted.
+  // Every volume is checked and opened before the first client is accepted; a refusal (no good
+  // majority of a metadata file) comes before anything is written.
+  QBD_RETURN_IF_ERROR(CheckVolumeFiles(*m->catalog_));
   QBD_ASSIGN_OR_RETURN(VolumesIndex idx, m->catalog_->LoadIndex(/*reconcile=*/true));
+  std::vector<VolumeMeta> metas;
   for (const auto& [name, nr] : idx.volumes) {
     QBD_ASSIGN_OR_RETURN(VolumeMeta meta, m->catalog_->LoadMeta(nr, /*reconcile=*/true));
     if (meta.name != name) {
       return Status::Corruption(fmt::format("volume number {} is '{}' in .volumesmeta but '{}' in its .meta", nr, name,
                                             meta.name));
     }
-    QBD_ASSIGN_OR_RETURN(bool served, m->OpenVolume(meta));
-    (void)served;  // a volume another master holds is watched by Poll
+    metas.push_back(std::move(meta));
+  }
+  for (auto& served : m->OpenVolumes(metas)) {
+    QBD_RETURN_IF_ERROR(served.status());  // false: another master holds it; Poll watches it
   }
   NbdServerOptions so;
   so.threads_per_connection = config.threads_per_connection;
@@ -156,22 +162,41 @@ size_t OpenFilesPerPart() {
 
 }  // namespace
 
-Result<bool> Master::OpenVolume(const VolumeMeta& meta) {
-  std::shared_ptr<VolumeLease>& lease = leases_[meta.name];
-  if (!lease) {
-    LeaseOptions lo;
-    lo.lease_ms = config_.lease_ms;
-    lo.renew_ms = config_.lease_renew_ms;
-    lease = std::make_shared<VolumeLease>(meta.number, meta.name, catalog_->BackendsFor(meta), identity_, lo,
-                                          SteadyClock());
+std::vector<Result<bool>> Master::OpenVolumes(const std::vector<VolumeMeta>& metas) {
+  std::vector<std::shared_ptr<VolumeLease>> leases;
+  std::vector<VolumeLease::Progress> progress;
+  for (const VolumeMeta& meta : metas) {
+    std::shared_ptr<VolumeLease>& lease = leases_[meta.name];
+    if (!lease) {
+      LeaseOptions lo;
+      lo.lease_ms = config_.lease_ms;
+      lo.renew_ms = config_.lease_renew_ms;
+      lease = std::make_shared<VolumeLease>(meta.number, meta.name, catalog_->BackendsFor(meta), identity_, lo,
+                                            SteadyClock());
+    }
+    leases.push_back(lease);
+    progress.push_back(lease->Acquire());
   }
-  VolumeLease::Progress p = lease->Acquire();
-  while (p.phase == VolumeLease::Phase::kVerifying) {
-    // Our record is written: it is read back lease_renew_ms / 2 later.
+  for (;;) {
+    // Our records are written: each is read back lease_renew_ms / 2 later, all in one wait.
+    uint64_t until = 0;
+    for (const auto& p : progress) {
+      if (p.phase == VolumeLease::Phase::kVerifying) until = std::max(until, p.retry_at_ms);
+    }
+    if (until == 0) break;
     const uint64_t now = SteadyClock().NowMs();
-    if (p.retry_at_ms > now) std::this_thread::sleep_for(std::chrono::milliseconds(p.retry_at_ms - now));
-    p = lease->Acquire();
+    if (until > now) std::this_thread::sleep_for(std::chrono::milliseconds(until - now));
+    for (size_t i = 0; i < metas.size(); ++i) {
+      if (progress[i].phase == VolumeLease::Phase::kVerifying) progress[i] = leases[i]->Acquire();
+    }
   }
+  std::vector<Result<bool>> out;
+  for (size_t i = 0; i < metas.size(); ++i) out.push_back(FinishOpen(metas[i], leases[i], progress[i]));
+  return out;
+}
+
+Result<bool> Master::FinishOpen(const VolumeMeta& meta, std::shared_ptr<VolumeLease> lease,
+                                 const VolumeLease::Progress& p) {
   if (p.phase != VolumeLease::Phase::kHeld) {
     if (refused_[meta.name] != p.holder) {
       QBD_LOG_WARN("volume {}: not served: its lease is held by {}; it is taken over once that lease stays "
@@ -268,6 +293,7 @@ Status Master::Poll() {
       ++it;
     }
   }
+  std::vector<VolumeMeta> to_open;
   for (const auto& [name, nr] : idx->volumes) {
     auto meta = catalog_->LoadMeta(nr, /*reconcile=*/true);
     if (!meta.ok()) {
@@ -276,22 +302,7 @@ Status Master::Poll() {
     }
     auto it = volumes_.find(name);
     if (it == volumes_.end()) {
-      auto served = OpenVolume(*meta);
-      if (!served.ok()) {
-        QBD_LOG_ERROR("volume {}: cannot open: {}", name, served.status().ToString());
-        continue;
-      }
-      if (!*served) continue;  // another master holds it
-      QBD_LOG_INFO("volume {}: exported", name);
-      auto l = config_.volume_listen.find(name);
-      if (l != config_.volume_listen.end() && !listening_[name]) {
-        Status ls = server_->Listen(l->second, name);
-        if (ls.ok()) {
-          listening_[name] = true;
-        } else {
-          QBD_LOG_ERROR("volume {}: listen {}: {}", name, l->second, ls.ToString());
-        }
-      }
+      to_open.push_back(std::move(*meta));  // opened together below
       continue;
     }
     Volume& v = *it->second;
@@ -306,6 +317,25 @@ Status Master::Poll() {
     // Chunks first written since the last poll reach the chunk map copies on disk even when no
     // client flushes (logged by the call when it fails).
     v.quorum().PersistChunkMap().IgnoreError();
+  }
+  std::vector<Result<bool>> served = OpenVolumes(to_open);
+  for (size_t i = 0; i < to_open.size(); ++i) {
+    const std::string& name = to_open[i].name;
+    if (!served[i].ok()) {
+      QBD_LOG_ERROR("volume {}: cannot open: {}", name, served[i].status().ToString());
+      continue;
+    }
+    if (!*served[i]) continue;  // another master holds it
+    QBD_LOG_INFO("volume {}: exported", name);
+    auto l = config_.volume_listen.find(name);
+    if (l != config_.volume_listen.end() && !listening_[name]) {
+      Status ls = server_->Listen(l->second, name);
+      if (ls.ok()) {
+        listening_[name] = true;
+      } else {
+        QBD_LOG_ERROR("volume {}: listen {}: {}", name, l->second, ls.ToString());
+      }
+    }
   }
   return Status::OK();
 }

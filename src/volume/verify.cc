@@ -18,7 +18,10 @@
 
 #include "qbd/config.h"
 #include "qbd/dirty_map.h"
+#include "qbd/replicated_bitmap.h"
+#include "qbd/replicated_text.h"
 #include "qbd/scrub.h"
+#include "qbd/volume_files.h"
 #include "qbd/volume_meta.h"
 
 namespace qbd {
@@ -51,6 +54,7 @@ class Throttle {
 
 struct VolumeWork {
   VolumeMeta meta;
+  ReplicatedText meta_copies;  // every part's copy of .meta, judged
   std::vector<StorageBackend*> backends;
   std::vector<Status> unreachable;  // per part: not OK when the part cannot be listed
   std::vector<std::map<uint64_t, uint64_t>> files;  // per part: chunk index -> file size
@@ -58,6 +62,8 @@ struct VolumeWork {
   bool have_chunk_map = false;
   std::vector<std::unique_ptr<DirtyMap>> dirty;  // per part: union of the copies
   std::vector<uint64_t> chunks;                  // written or present somewhere, ascending
+  // The largest generation the volume can have written (its epoch, layout-spec.md §4.6).
+  uint64_t max_generation = UINT64_MAX;
   VolumeReport report;
 
   std::mutex mu;  // guards what the deep pass adds below
@@ -85,116 +91,109 @@ Finding Make(std::string kind, int severity, char part, uint64_t chunk, std::str
   return f;
 }
 
+// A finding about copy `c` of a metadata file held by part `part` (0: the configuration's
+// .volumesmeta), when it is not what it should be; `what` names the file for people.
+void ReportCopy(std::vector<Finding>& out, char part, const FileCopy& c, const std::string& what,
+                std::string lacking = "") {
+  switch (c.state) {
+    case MetaCopyState::kMissing:
+      out.push_back(Make("metadata", kSevDegraded, part, 0, c.where, fmt::format("{} copy missing", what)));
+      break;
+    case MetaCopyState::kMalformed:
+      out.push_back(Make("metadata", kSevDegraded, part, 0, c.where, c.reason));
+      break;
+    case MetaCopyState::kUnreachable:
+      // The part itself is reported out of reach; a lone configuration file is reported here.
+      if (part == 0) out.push_back(Make("unreachable", kSevDegraded, 0, 0, c.backend->Describe(), c.reason));
+      break;
+    case MetaCopyState::kGood:
+      if (!lacking.empty()) {
+        out.push_back(Make("metadata", kSevDegraded, part, 0, c.where, std::move(lacking)));
+      } else if (c.rewrite) {
+        out.push_back(Make("metadata", kSevDegraded, part, 0, c.where, c.reason));
+      }
+      break;
+    case MetaCopyState::kAbsent:
+      break;
+  }
+}
+
+// A file without a good majority: qbd-master refuses the volume until it is repaired.
+void ReportVerdict(VolumeWork& w, const Status& verdict, const std::string& path, const std::string& fix) {
+  if (verdict.ok() || verdict.IsNotFound() || verdict.IsUnavailable()) return;
+  w.Add(Make("metadata", kSevDegraded, 0, 0, path,
+             fmt::format("{}: qbd-master refuses to open the volume; {}", verdict.message(), fix)));
+}
+
 // The copies of the volume's own metadata files on each reachable part (.meta, .epoch, .chunkmap,
-// the dirty maps), and the union of the bitmaps.
+// the dirty maps), through the loaders qbd-master uses, and the union of the bitmaps.
 void CheckVolumeMetadata(VolumeWork& w) {
   const VolumeMeta& m = w.meta;
   const size_t np = w.backends.size();
   const uint32_t nr = m.number;
   const uint32_t rs = DirtyRegionSize(m.geometry);
   const uint64_t regions = (m.geometry.size + rs - 1) / rs;
-  w.chunk_map = std::make_unique<DirtyMap>(static_cast<uint32_t>(m.geometry.chunk_size),
-                                           m.geometry.ChunkCount());
-  for (size_t p = 0; p < np; ++p) w.dirty.push_back(std::make_unique<DirtyMap>(rs, regions));
-  std::vector<std::unique_ptr<DirtyMap>> map_copies(np);
-  uint64_t max_epoch = 0;
-  std::vector<uint64_t> epochs(np, 0);
+  std::vector<StorageBackend*> reach(np, nullptr);
   for (size_t p = 0; p < np; ++p) {
-    if (!w.Reachable(p)) continue;
-    const char part = static_cast<char>('a' + p);
-    StorageBackend& b = *w.backends[p];
-    auto bad = [&](const std::string& path, const Status& s) {
-      w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path), s.message()));
-    };
-    // The copy's text; a missing or unreadable copy is reported and gives nothing.
-    auto read = [&](const std::string& path,
-                    const std::string& what) -> std::optional<std::string> {
-      auto text = ReadSmallFile(b, path);
-      if (text.ok()) return std::move(text).value();
-      if (text.status().IsNotFound()) {
-        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, path),
-                   fmt::format("{} copy missing", what)));
-      } else {
-        bad(path, text.status());
-      }
-      return std::nullopt;
-    };
-    // .meta: the newest copy is what the catalog returned; older copies are reported.
-    if (auto text = read(MetaPath(nr), ".meta")) {
-      auto parsed = ParseVolumeMeta(*text, w.Where(p, MetaPath(nr)));
-      if (!parsed.ok()) {
-        bad(MetaPath(nr), parsed.status());
-      } else if (parsed->serial < m.serial) {
-        w.Add(Make("metadata", kSevDegraded, part, 0, w.Where(p, MetaPath(nr)),
-                   fmt::format("older copy (serial {}, newest {})", parsed->serial, m.serial)));
-      }
-    }
-    if (auto text = read(Catalog::EpochPath(nr), ".epoch")) {
-      auto epoch = Catalog::ParseEpoch(*text, w.Where(p, Catalog::EpochPath(nr)));
-      if (!epoch.ok()) {
-        bad(Catalog::EpochPath(nr), epoch.status());
-      } else {
-        epochs[p] = *epoch;
-        max_epoch = std::max(max_epoch, epochs[p]);
-      }
-    }
-    const std::string map_path = DirtyMap::ChunkMapPath(nr);
-    if (auto text = read(map_path, "chunk map")) {
-      auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())),
-                                  static_cast<uint32_t>(m.geometry.chunk_size),
-                                  m.geometry.ChunkCount(), w.Where(p, map_path), kChunkMapMagic);
-      if (!map.ok()) {
-        bad(map_path, map.status());
-      } else {
-        w.chunk_map->Merge(**map);
-        map_copies[p] = std::move(map).value();
-        w.have_chunk_map = true;
-      }
-    }
-    for (size_t x = 0; x < np; ++x) {
-      if (x == p) continue;
-      const std::string path = DirtyMap::PathFor(nr, static_cast<char>('a' + x));
-      if (auto text =
-              read(path, fmt::format("dirty map of part {}:", static_cast<char>('a' + x)))) {
-        auto map = DirtyMap::Decode(std::as_bytes(std::span(text->data(), text->size())), rs,
-                                    regions, w.Where(p, path));
-        if (!map.ok()) {
-          bad(path, map.status());
-        } else {
-          w.dirty[x]->Merge(**map);
-        }
-      }
+    if (w.Reachable(p)) reach[p] = w.backends[p];
+  }
+  auto part = [](size_t p) { return static_cast<char>('a' + p); };
+  // .meta: judged when the catalog read it.
+  for (size_t p = 0; p < np && p < w.meta_copies.copies().size(); ++p) {
+    if (reach[p]) ReportCopy(w.report.findings, part(p), w.meta_copies.copies()[p], ".meta");
+  }
+  // .epoch: a good copy older than the newest is a note (the part was out of reach at a start).
+  ReplicatedText epoch = LoadEpochCopies(reach, nr);
+  for (size_t p = 0; p < np; ++p) {
+    const FileCopy& c = epoch.copies()[p];
+    if (c.state == MetaCopyState::kGood && c.rewrite) {
+      w.Add(Make("metadata", kSevNote, part(p), 0, c.where,
+                 fmt::format("{}: the part was out of reach when qbd-master last started", c.reason)));
+    } else {
+      ReportCopy(w.report.findings, part(p), c, ".epoch");
     }
   }
+  ReportVerdict(w, epoch.verdict(), Catalog::EpochPath(nr),
+                "set every copy to the largest epoch of the good ones by hand (layout-spec.md 4.2)");
+  if (epoch.verdict().ok() && epoch.chosen() >= 0) w.max_generation = MaxGenerationOfEpoch(epoch.version());
+  // The chunk map.
+  ReplicatedBitmap chunks = ReplicatedBitmap::LoadChunkMap(reach, nr, m.geometry.chunk_size, m.geometry.ChunkCount());
   for (size_t p = 0; p < np; ++p) {
-    if (!map_copies[p]) continue;
-    uint64_t lacking = w.chunk_map->CountSet() - map_copies[p]->CountSet();
-    if (lacking > 0) {
-      w.Add(Make(
-          "metadata", kSevDegraded, static_cast<char>('a' + p), 0,
-          w.Where(p, DirtyMap::ChunkMapPath(nr)),
-          fmt::format("chunk map copy lacks {} written chunk(s) the other copies list", lacking)));
-    }
+    const uint64_t lacking = chunks.Lacking(p);
+    ReportCopy(w.report.findings, part(p), chunks.copies()[p], "chunk map",
+               lacking == 0 ? "" : fmt::format("chunk map copy lacks {} written chunk(s) the other copies list", lacking));
   }
-  for (size_t p = 0; p < np; ++p) {
-    if (epochs[p] != 0 && epochs[p] != max_epoch) {
-      w.Add(Make("metadata", kSevNote, static_cast<char>('a' + p), 0,
-                 w.Where(p, Catalog::EpochPath(nr)),
-                 fmt::format(
-                     "epoch {} (newest {}): the part was out of reach when qbd-master last started",
-                     epochs[p], max_epoch)));
-    }
-  }
-  if (!w.have_chunk_map) {
+  const CopyCounts cn = CountCopies(chunks.copies());
+  w.have_chunk_map = cn.good > 0;
+  if (cn.good == 0 && cn.malformed > 0) {
     w.Add(Make("metadata", kSevDegraded, 0, 0, DirtyMap::ChunkMapPath(nr),
-               "no chunk map on any part (qbd-master writes one when it opens the volume): a chunk "
-               "lost on every "
+               "no good copy of the chunk map: qbd-master refuses to open the volume; qbd-repair rebuilds it "
+               "from the chunk files present on the parts"));
+  } else if (cn.good == 0 && cn.missing > 0) {
+    w.Add(Make("metadata", kSevDegraded, 0, 0, DirtyMap::ChunkMapPath(nr),
+               "no chunk map on any part (qbd-master writes one when it opens the volume): a chunk lost on every "
                "part cannot be told from an unwritten one"));
+  } else {
+    ReportVerdict(w, chunks.verdict(), DirtyMap::ChunkMapPath(nr), "qbd-repair rewrites the chunk map");
+  }
+  w.chunk_map = chunks.TakeMerged();
+  // Each part's dirty map, on the other parts.
+  for (size_t x = 0; x < np; ++x) {
+    ReplicatedBitmap dirty = ReplicatedBitmap::LoadDirtyMap(reach, nr, part(x), rs, regions);
+    const std::string what = fmt::format("dirty map of part {}:", part(x));
+    for (size_t p = 0; p < np; ++p) {
+      const uint64_t lacking = dirty.Lacking(p);
+      ReportCopy(w.report.findings, part(p), dirty.copies()[p], what,
+                 lacking == 0 ? "" : fmt::format("{} copy lacks {} dirty region(s) the other copies mark", what, lacking));
+    }
+    ReportVerdict(w, dirty.verdict(), DirtyMap::PathFor(nr, part(x)),
+                  "qbd-repair rewrites it (from the good copies, or all regions dirty when there is none)");
+    w.dirty.push_back(dirty.TakeMerged());
   }
   for (size_t p = 0; p < np; ++p) {
     const uint64_t n = w.dirty[p]->CountSet();
     if (n == 0 || !w.Reachable(p)) continue;
-    w.Add(Make("dirty", kSevDegraded, static_cast<char>('a' + p), 0, w.backends[p]->Describe(),
+    w.Add(Make("dirty", kSevDegraded, part(p), 0, w.backends[p]->Describe(),
                fmt::format("{} region(s) ({} bytes) missed writes and await resync", n, n * rs)));
   }
 }
@@ -427,13 +426,13 @@ class DeepPass {
       const uint64_t n = std::min<uint64_t>(slice, end_block - first);
       thread_local std::vector<PartCopy> copies, again;  // buffers reused by every slice
       ReadAll(w, c, first, n, copies);
-      SliceVerdict v = JudgeCopies(copies, written);
+      SliceVerdict v = JudgeCopies(copies, written, w.max_generation);
       // A write of a running daemon can sit between two parts for a moment: damage stands once
       // two reads agree.
       for (int tries = 0; BlockDamage(v) && tries < 3; ++tries) {
         std::this_thread::sleep_for(std::chrono::milliseconds(o_.recheck_ms));
         ReadAll(w, c, first, n, again);
-        SliceVerdict v2 = JudgeCopies(again, written);
+        SliceVerdict v2 = JudgeCopies(again, written, w.max_generation);
         const bool same = SameVerdict(v, v2);
         v = std::move(v2);
         std::swap(copies, again);
@@ -543,29 +542,22 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
   const auto start = Clock::now();
   VerifyReport report;
   report.deep = options.deep;
-  // .volumesmeta on every backend.
-  QBD_ASSIGN_OR_RETURN(VolumesIndex idx, catalog.LoadIndex());
-  for (size_t i = 0; i < catalog.part_count(); ++i) {
-    StorageBackend& b = catalog.part_backend(i);
-    const std::string where = b.Describe() + "/" + kVolumesMetaPath;
-    auto text = ReadSmallFile(b, kVolumesMetaPath);
-    if (text.status().IsNotFound()) {
-      report.findings.push_back(
-          Make("metadata", kSevDegraded, 0, 0, where, ".volumesmeta copy missing"));
-    } else if (!text.ok()) {
-      report.findings.push_back(
-          Make("unreachable", kSevDegraded, 0, 0, b.Describe(), text.status().message()));
-    } else {
-      auto parsed = ParseVolumesIndex(*text, where);
-      if (!parsed.ok()) {
-        report.findings.push_back(
-            Make("metadata", kSevDegraded, 0, 0, where, parsed.status().message()));
-      } else if (parsed->serial < idx.serial) {
-        report.findings.push_back(
-            Make("metadata", kSevDegraded, 0, 0, where,
-                 fmt::format("older copy (serial {}, newest {})", parsed->serial, idx.serial)));
-      }
-    }
+  // .volumesmeta on every backend, judged as qbd-master judges it.
+  ReplicatedText index_copies = catalog.ReadIndexCopies();
+  for (const FileCopy& c : index_copies.copies()) ReportCopy(report.findings, 0, c, ".volumesmeta");
+  VolumesIndex idx;
+  const Status& iv = index_copies.verdict();
+  if (!iv.ok() && !iv.IsNotFound()) {
+    // Without a good majority there is no list of volumes to check.
+    report.findings.push_back(Make("metadata", kSevNotChecked, 0, 0, kVolumesMetaPath,
+                                   fmt::format("{}: qbd-master refuses to start; no volume was checked",
+                                               Printable(iv.message(), 600))));
+    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return report;
+  }
+  if (iv.ok()) {
+    QBD_ASSIGN_OR_RETURN(idx, ParseVolumesIndex(index_copies.text(),
+                                                index_copies.copies()[index_copies.chosen()].where));
   }
   std::vector<std::pair<std::string, uint32_t>> wanted;
   if (options.volumes.empty()) {
@@ -582,10 +574,14 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
     auto w = std::make_unique<VolumeWork>();
     w->report.name = name;
     w->report.number = nr;
+    w->meta_copies = catalog.ReadMetaCopies(nr);
     auto meta = catalog.LoadMeta(nr);
     if (!meta.ok()) {
-      w->report.findings.push_back(
-          Make("metadata", kSevNotChecked, 0, 0, MetaPath(nr), meta.status().message()));
+      for (size_t p = 0; p < w->meta_copies.copies().size(); ++p) {
+        ReportCopy(w->report.findings, static_cast<char>('a' + p), w->meta_copies.copies()[p], ".meta");
+      }
+      w->report.findings.push_back(Make("metadata", kSevNotChecked, 0, 0, MetaPath(nr),
+                                        Printable(meta.status().message(), 600)));
       report.volumes.push_back(std::move(w->report));
       continue;
     }
@@ -657,17 +653,24 @@ std::string FormatReportText(const VerifyReport& r, bool only_problems) {
 }
 
 std::string JsonString(std::string_view s) {
+  // Valid UTF-8 always: bytes from damaged files that are not well-formed UTF-8 become "\\xNN".
   std::string out = "\"";
-  for (char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (ch == '"' || ch == '\\') {
+  for (size_t i = 0; i < s.size();) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    const size_t len = Utf8SequenceAt(s, i);
+    if (u == '"' || u == '\\') {
       out += '\\';
-      out += ch;
-    } else if (u < 0x20) {
+      out += static_cast<char>(u);
+    } else if (u < 0x20 || u == 0x7f) {
       out += fmt::format("\\u{:04x}", u);
+    } else if (len == 0) {
+      out += fmt::format("\\\\x{:02x}", u);
     } else {
-      out += ch;
+      out.append(s.substr(i, len));
+      i += len;
+      continue;
     }
+    ++i;
   }
   return out + "\"";
 }

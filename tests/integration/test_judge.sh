@@ -153,3 +153,45 @@ rc=$?
 check "part c's chunk file 4 (past the old end) is rebuilt" \
   cmp "$(chunk_path node-a "$NR_grown" a 3)" "$(chunk_path node-c "$NR_grown" c 3)"
 qbd_stop
+
+# ---------------------------------------------------------------------------------------------
+# A lone copy that claims a generation no write of this volume made (a later epoch, with a valid
+# checksum: a file from elsewhere or a forged record) is the suspect, not the agreeing parts.
+qbdctl create forged --size 8M --replicas 3 >/dev/null || die setup "qbdctl create forged failed"
+NR_forged=$(nr forged)
+head -c 8M /dev/urandom >"$T/forged.bin"
+qbd_start
+check "8 MiB written to volume forged" nbdcopy --flush "$T/forged.bin" "$(uri forged)"
+qbd_stop
+forge() { # a valid block with a generation 5 epochs ahead on part a, block 3 of chunk file 1
+  local epoch sum
+  epoch=$(sed -nE 's/^epoch = ([0-9]+)$/\1/p' "$T/node-a/$NR_forged/.epoch")
+  head -c $BS /dev/urandom >"$T/forged-block.bin"
+  sum=$(xxh3 "$T/forged-block.bin")
+  python3 - "$(chunk_path node-a "$NR_forged" a 0)" $((3 * REC)) "$T/forged-block.bin" $(((epoch + 5) << 40 | 7)) "$sum" <<'PY'
+import struct, sys
+path, off, data, gen, csum = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), int(sys.argv[4]), int(sys.argv[5], 16)
+with open(path, "r+b") as f:
+    f.seek(off)
+    f.write(data + struct.pack("<QQ", gen, csum))
+PY
+}
+forge
+expect_findings "deep verify calls part a's copy with a generation of a later epoch a conflict (exit 1)" 1 "conflict a 1 3" --deep forged
+repair forged >"$T/forged.out" 2>&1
+rc=$?
+[ $rc = 0 ] && grep -q "part a <- .*: rewrote 1 block: 3 (conflict)" "$T/forged.out" &&
+  pass "offline qbd-repair rewrites the suspect copy from the agreeing parts" ||
+  { fail "offline qbd-repair rewrites the suspect copy" "exit $rc"; show "$T/forged.out"; }
+expect_findings "deep verify of volume forged is clean after the repair" 0 "" --deep forged
+forge
+agreed=$(grep -c "volume forged chunk 1: copies made to agree at first access" "$T/master.log")
+qbd_start
+expected_at "$T/forged.bin" $((3 * BS)) $BS "$T/want.bin"
+check "NBD reads the agreeing copies' data, not the suspect copy's" \
+  bash -c 'read_at "$1" $2 4096 "$3" && cmp "$3" "$4"' _ "$(uri forged)" $((3 * BS)) "$T/r.bin" "$T/want.bin"
+check "the daemon's comparison after the first access rewrites the suspect copy" \
+  wait_until 60 bash -c '[ "$(grep -c "volume forged chunk 1: copies made to agree at first access" "$1")" -gt "$2" ]' \
+  _ "$T/master.log" "$agreed"
+qbd_stop
+expect_findings "deep verify of volume forged is clean after the daemon's comparison" 0 "" --deep forged

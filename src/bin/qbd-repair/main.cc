@@ -290,9 +290,11 @@ int Run(int argc, char** argv) {
                                  holder->Describe());
       }
     }
-    for (const std::string& line : qbd::RepairMetadata(cat, *meta, dry)) {
+    const qbd::MetadataRepair md = qbd::RepairMetadata(cat, *meta, dry);
+    for (const std::string& line : md.lines) {
       std::cout << fmt::format("{}: volume {}: {}\n", dry ? "plan" : "metadata", name, line);
     }
+    if (md.failed > 0) exit_code = std::max(exit_code, 1);
     std::vector<uint64_t> chunks = qbd::ChunksToVisit(*meta, backends);
     // Resume an interrupted run (same volume) unless told to start over.
     const std::string progress =
@@ -324,6 +326,14 @@ int Run(int argc, char** argv) {
       // changes no file.
       vo.no_writes = true;
       auto v = qbd::Volume::Open(*meta, backends, vo);
+      if (!v.ok() && dry && md.written > 0) {
+        // The damage the plan above repairs keeps the volume from opening: its chunks are
+        // planned once that is done.
+        std::cout << fmt::format(
+            "plan: volume {}: chunks are checked once the metadata above is repaired ({})\n", name,
+            v.status().message());
+        continue;
+      }
       if (!v.ok()) {
         std::cerr << fmt::format("qbd-repair: volume {}: {}\n", name, v.status().message());
         exit_code = std::max(exit_code, 4);
@@ -405,7 +415,7 @@ int Run(int argc, char** argv) {
       std::cout << fmt::format("volume {}: loss accepted for {} block(s): they read as zeros\n", name,
                                t.accepted);
     }
-    if (t.files + t.blocks + t.failed + t.unknown == 0 && t.down.empty()) {
+    if (t.files + t.blocks + t.failed + t.unknown == 0 && t.down.empty() && md.written + md.failed == 0) {
       std::cout << fmt::format(
           "volume {}: nothing to repair ({} chunks checked on {} parts, {:.1f} MiB read in {:.1f} "
           "s){}\n",
@@ -415,11 +425,18 @@ int Run(int argc, char** argv) {
               : "");
     } else {
       std::cout << fmt::format(
-          "volume {}: {} {} chunk file(s) and {} block(s); {:.1f} MiB written, {:.1f} MiB read in "
+          "volume {}: {} {} chunk file(s) and {} block(s){}; {:.1f} MiB written, {:.1f} MiB read "
+          "in "
           "{:.1f} s "
           "({:.0f} MB/s written){}{}{}\n",
-          name, dry ? "would rebuild" : "rebuilt", t.files, t.blocks, t.bytes_written / 1048576.0,
-          t.bytes_read / 1048576.0, secs, secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
+          name, dry ? "would rebuild" : "rebuilt", t.files, t.blocks,
+          md.written + md.failed > 0
+              ? fmt::format(", {} metadata cop{} {}{}", md.written, md.written == 1 ? "y" : "ies",
+                            dry ? "to write" : "written",
+                            md.failed ? fmt::format(" ({} not repaired)", md.failed) : "")
+              : "",
+          t.bytes_written / 1048576.0, t.bytes_read / 1048576.0, secs,
+          secs > 0 ? t.bytes_written / 1e6 / secs : 0.0,
           t.failed ? fmt::format("; {} failed", t.failed) : "",
           t.unknown ? fmt::format("; {} chunk(s) not repairable while a part is down", t.unknown)
                     : "",

@@ -49,6 +49,22 @@ int Usage(const std::string& msg) {
   return 3;
 }
 
+// With --json, stdout holds one JSON document whatever happens: a failure is a report without
+// volumes, its exit status and the error.
+bool g_json = false;
+
+int Fail(int code, const std::string& msg) {
+  std::cerr << "qbd-verify: " << msg << "\n";
+  if (g_json) {
+    std::cout << fmt::format(
+        R"({{"mode":null,"exit":{},"error":{},"seconds":0,"bytes_read":0,"findings":[],)"
+        R"("volumes":[]}})"
+        "\n",
+        code, qbd::JsonString(msg));
+  }
+  return code;
+}
+
 int Run(int argc, char** argv) {
   po::options_description opts;
   opts.add_options()("help,h", "")("config,c", po::value<std::string>(), "")("deep", "")(
@@ -80,18 +96,14 @@ int Run(int argc, char** argv) {
     if (o.threads < 1 || o.threads > 256) return Usage("--threads must be 1..256");
   }
   const bool json = vm.count("json") > 0;
+  g_json = json;
   const bool quiet = vm.count("quiet") > 0;
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok()) {
-    std::cerr << "qbd-verify: " << config.status().message() << "\n";
-    return config.status().IsInvalidArgument() ? 3 : 4;
-  }
+  if (!config.ok())
+    return Fail(config.status().IsInvalidArgument() ? 3 : 4, config.status().message());
   qbd::SetLogLevel(qbd::LogLevel::kError);
   auto catalog = qbd::Catalog::Open(*config);
-  if (!catalog.ok()) {
-    std::cerr << "qbd-verify: " << catalog.status().message() << "\n";
-    return 4;
-  }
+  if (!catalog.ok()) return Fail(4, catalog.status().message());
   if (o.deep && !json && ::isatty(STDERR_FILENO)) {
     o.progress = [](uint64_t done, uint64_t total) {
       std::fprintf(stderr, "\rverify: %.1f of %.1f MiB read (%.0f%%)   ", done / 1048576.0,
@@ -101,10 +113,7 @@ int Run(int argc, char** argv) {
   }
   auto report = qbd::Verify(**catalog, o);
   if (o.progress) std::fprintf(stderr, "\n");
-  if (!report.ok()) {
-    std::cerr << "qbd-verify: " << report.status().message() << "\n";
-    return report.status().IsNotFound() ? 3 : 4;
-  }
+  if (!report.ok()) return Fail(report.status().IsNotFound() ? 3 : 4, report.status().message());
   if (json) {
     std::cout << qbd::FormatReportJson(*report);
   } else {
@@ -119,7 +128,6 @@ int main(int argc, char** argv) {
   try {
     return Run(argc, argv);
   } catch (const std::exception& e) {
-    std::cerr << "qbd-verify: " << e.what() << "\n";
-    return 4;
+    return Fail(4, e.what());
   }
 }
