@@ -33,6 +33,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -77,6 +78,9 @@ struct QuorumOptions {
   bool compare_on_first_access = true;
   // The volume was not closed cleanly (for log lines: the comparisons are the same).
   bool after_crash = false;
+  // Background work (resync, comparisons) writes to the parts only while this says so (the
+  // volume's lease is valid: a fenced master writes nothing). Null: always.
+  std::function<bool()> background_writes_allowed;
 };
 
 struct QuorumCounters {

@@ -989,8 +989,10 @@ void QuorumSet::ResyncLoop() {
     if (resync_stop_) break;
     resync_wake_ = false;
     l.unlock();
-    ResyncOnce();
-    CompareQueued();
+    if (!options_.background_writes_allowed || options_.background_writes_allowed()) {
+      ResyncOnce();
+      CompareQueued();
+    }
     l.lock();
   }
 }

@@ -315,8 +315,11 @@ Status Master::Poll() {
       PublishExport(name, v);
     }
     // Chunks first written since the last poll reach the chunk map copies on disk even when no
-    // client flushes (logged by the call when it fails).
-    v.quorum().PersistChunkMap().IgnoreError();
+    // client flushes (logged by the call when it fails); not while fenced.
+    const VolumeLease* lease = v.lease();
+    if (lease == nullptr || lease->clock().NowMs() < lease->valid_until().load(std::memory_order_acquire)) {
+      v.quorum().PersistChunkMap().IgnoreError();
+    }
   }
   std::vector<Result<bool>> served = OpenVolumes(to_open);
   for (size_t i = 0; i < to_open.size(); ++i) {

@@ -65,6 +65,12 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   q.start_resync_thread = options.start_resync_thread;
   q.resync_bytes_per_sec = options.resync_bytes_per_sec;
   q.compare_bytes_per_sec = options.compare_bytes_per_sec;
+  if (options.lease) {
+    // A fenced master (its lease not known valid) leaves the parts alone in the background too.
+    q.background_writes_allowed = [lease = options.lease] {
+      return lease->clock().NowMs() < lease->valid_until().load(std::memory_order_acquire);
+    };
+  }
   // After every start, each written chunk's copies are compared at its first access (quorum.h).
   q.compare_on_first_access = !options.no_writes;
   q.after_crash = unclean;
