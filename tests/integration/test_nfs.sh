@@ -392,7 +392,9 @@ ganesha_restart n2
 back_re="volume ($NR_kill|kill) part b: state resyncing"
 if wait_log "$since" "$back_re" 30; then
   back_ms=$(($(now_ms) - t_restart))
-  todo=$(bytes_logged "$since" "$back_re")
+  # The amount dirty when it came back: the first such line (a flush that fails right after, on a
+  # file written before the outage, brings the part down and back once more with the same regions).
+  todo=$(tail -n +"$since" "$T/master.log" | grep -E -- "$back_re" | head -n 1 | sed -nE 's/.*\(([0-9]+) bytes\).*/\1/p')
   # Outage writes: fio's 16 MiB range (what it wrote after the kill) plus the 8 MiB; never the
   # 128 MiB volume.
   if [ "$todo" -gt $((8 * MiB)) ] && [ "$todo" -le $((24 * MiB)) ]; then
