@@ -23,9 +23,8 @@ Result<Chain> BuildChain(std::unique_ptr<BlockHandler> bottom, const ChainOption
     }
     if (replay->blocks > 0 || replay->skipped > 0) {
       QBD_LOG_WARN(
-          "volume {}: replayed {} blocks of write-back data from the SSD cache after a crash ({} "
-          "torn "
-          "copies of unflushed writes skipped)",
+          "volume {}: replayed {} blocks of write-back data from the SSD cache after a crash "
+          "({} torn copies of unflushed writes skipped)",
           options.volume, replay->blocks, replay->skipped);
     }
     auto ssd = std::make_unique<SsdCacheLayer>(std::move(below), *options.ssd_dir, options.volnr,
