@@ -1,6 +1,6 @@
 // StorageBackend: the only path from qbd to persistent storage (leveldb's Env).
 //
-// Production code uses LocalDirBackend (one directory) and, later, NfsBackend (one libnfs export);
+// Production code uses LocalDirBackend (one directory) and NfsBackend (one libnfs export);
 // tests use MemBackend and FaultyBackend (tests/testutil). Paths are relative to the backend root,
 // '/'-separated, never "..". A backend is safe for concurrent use; a ChunkFile is safe for
 // concurrent ReadAt/WriteAt/Sync from several threads (positional I/O, no shared cursor).

@@ -26,7 +26,7 @@
 
 namespace qbd {
 
-// Opens the backend at `location` (a directory, later nfs:// URLs). A missing local directory
+// Opens the backend at `location` (a directory or an nfs:// URL). A missing local directory
 // is created only with `create_missing`, else NotFound.
 Result<std::unique_ptr<StorageBackend>> OpenBackend(const BackendConfig& config, bool create_missing);
 

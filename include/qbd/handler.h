@@ -1,8 +1,9 @@
 // BlockHandler: qbd-master's request path, in device byte offsets.
 //
-// The NBD server calls one BlockHandler per export. Handlers form a tree (see chain.cc):
-//   NbdServer -> Stats -> QuorumSet -+-> PartStore(part a) -> StorageBackend
-//                                    +-> PartStore(part b) ...
+// The NBD server calls one BlockHandler per export. Handlers form a tree, assembled by BuildChain
+// (qbd/chain.h; [optional] layers):
+//   NbdServer -> Stats -> [Fence] -> [Cache] -> [SsdCache] -> QuorumSet -+-> PartStore(part a)
+//                                                                         +-> PartStore(part b) ...
 // Stateless layers (stats, logging, fault injection) derive from Layer, which forwards every call,
 // and override what they observe. Stateful layers (cache, quorum) derive from BlockHandler directly,
 // so that adding an operation is a compile error until each of them handles it.

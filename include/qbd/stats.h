@@ -1,5 +1,5 @@
 // StatsLayer: the outermost layer of a volume's request chain; counts what the client sees
-// (operations, bytes, errors, time spent) for logs now and metrics later.
+// (operations, bytes, errors, time spent) for the log and the admin socket's `stats` request.
 //
 // Thread-safety: counters are atomics; safe from any thread.
 #pragma once

@@ -1,5 +1,5 @@
 // Volume: one open volume of qbd-master — its metadata, its parts and the request chain that
-// serves it (built here, the one place where layers are assembled).
+// serves it (assembled by BuildChain, qbd/chain.h).
 //
 // With a lease (qbd-master), Open requires that it is held: nothing is written to the parts before
 // (layout-spec.md §8). The chain then fails requests whenever the lease is not known valid

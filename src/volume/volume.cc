@@ -4,10 +4,9 @@
 
 #include <charconv>
 
-#include "qbd/cache.h"
 #include "qbd/catalog.h"
+#include "qbd/chain.h"
 #include "qbd/config.h"
-#include "qbd/fence.h"
 #include "qbd/lease.h"
 #include "qbd/log.h"
 #include "qbd/stats.h"
@@ -83,48 +82,32 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
                  "finds what it may have marked", meta.name);
   }
   for (StorageBackend* b : backends) q.parallel_io = q.parallel_io || b->IsRemote();
-  std::unique_ptr<Volume> v(new Volume());
-  v->meta_ = meta;
-  if (!options.no_writes) v->backends_ = backends;
-  // The request chain (the only place it is assembled):
-  //   Stats -> [Fence] -> [Cache] -> [SsdCache] -> QuorumSet -> PartStores.
   std::unique_ptr<DirtyMap> chunk_map = files->TakeChunkMap();
   auto quorum = std::make_unique<QuorumSet>(std::move(q), std::move(parts), std::move(dirty), std::move(chunk_map));
   for (size_t i = 0; i < down.size(); ++i) {
     if (!down[i].ok()) quorum->MarkPartDown(i, down[i]);
   }
-  v->quorum_ = quorum.get();
-  std::unique_ptr<BlockHandler> below = std::move(quorum);
-  if (options.ssd_dir != nullptr && !options.no_writes) {
-    // What a crash left in a write-back log goes to the parts before anything is served.
-    auto replay = SsdCacheLayer::Recover(*options.ssd_dir, meta.number, meta.geometry.block_size, *below);
-    if (!replay.ok()) {
-      return replay.status().WithContext(fmt::format("volume {}: replaying its SSD cache log {}/{}/log", meta.name,
-                                                     options.ssd_dir->Describe(), meta.number));
-    }
-    if (replay->blocks > 0 || replay->skipped > 0) {
-      QBD_LOG_WARN("volume {}: replayed {} blocks of write-back data from the SSD cache after a crash ({} torn "
-                   "copies of unflushed writes skipped)",
-                   meta.name, replay->blocks, replay->skipped);
-    }
-    auto ssd = std::make_unique<SsdCacheLayer>(std::move(below), *options.ssd_dir, meta.number,
-                                               meta.geometry.block_size, options.ssd, *replay);
-    v->ssd_ = ssd.get();
-    below = std::move(ssd);
-  }
-  if (options.cache != nullptr) {
-    // The cache sits above the fan-out: it only ever holds quorum-confirmed data.
-    below = std::make_unique<CacheLayer>(std::move(below), *options.cache, meta.number, meta.geometry.block_size);
-  }
+  QuorumSet* quorum_ptr = quorum.get();
+  ChainOptions c;
+  c.volume = meta.name;
+  c.volnr = meta.number;
+  c.block_size = meta.geometry.block_size;
   if (options.lease) {
-    // Above the caches: nothing is answered from them once the lease may have run out.
-    below = std::make_unique<FenceLayer>(std::move(below), meta.name, options.lease->valid_until(),
-                                         options.lease->clock());
-    v->lease_ = options.lease;
+    c.lease_valid_until = &options.lease->valid_until();
+    c.clock = &options.lease->clock();
   }
-  auto stats = std::make_shared<StatsLayer>(std::move(below));
-  v->stats_ = stats.get();
-  v->handler_ = stats;
+  c.cache = options.cache;
+  if (!options.no_writes) c.ssd_dir = options.ssd_dir;  // its replay writes to the parts
+  c.ssd = options.ssd;
+  QBD_ASSIGN_OR_RETURN(Chain chain, BuildChain(std::move(quorum), c));
+  std::unique_ptr<Volume> v(new Volume());
+  v->meta_ = meta;
+  if (!options.no_writes) v->backends_ = backends;
+  v->quorum_ = quorum_ptr;
+  v->stats_ = chain.stats;
+  v->ssd_ = chain.ssd_cache;
+  v->handler_ = std::move(chain.top);
+  v->lease_ = options.lease;
   QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,
                meta.number, meta.geometry.size, meta.replicas, meta.EffectiveWriteQuorum(), meta.geometry.block_size,
                meta.geometry.chunk_size, epoch);
