@@ -296,23 +296,19 @@ TEST_CASE("ParseBool accepts the usual spellings and nothing else") {
 
 namespace qbd::test {
 TEST_SUITE("config") {
-TEST_CASE("ParseConfig reads resync_mb_per_s and rejects a value out of range") {
+TEST_CASE("ParseConfig reads resync_mb_per_s and compare_mb_per_s and rejects a value out of range") {
   const std::string base = "parts = a\n[backend a]\npath = /x\n";
-  auto ok = ParseConfig("resync_mb_per_s = 40\n" + base, "q.conf", "/");
-  REQUIRE(ok.ok());
-  CHECK(ok->resync_mb_per_s == 40);
-  auto bad = ParseConfig("resync_mb_per_s = lots\n" + base, "q.conf", "/");
-  REQUIRE_FALSE(bad.ok());
-  CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
-}
-TEST_CASE("ParseConfig reads compare_mb_per_s and rejects a value out of range") {
-  const std::string base = "parts = a\n[backend a]\npath = /x\n";
-  auto ok = ParseConfig("compare_mb_per_s = 40\n" + base, "q.conf", "/");
-  REQUIRE(ok.ok());
-  CHECK(ok->compare_mb_per_s == 40);
-  auto bad = ParseConfig("compare_mb_per_s = lots\n" + base, "q.conf", "/");
-  REQUIRE_FALSE(bad.ok());
-  CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
+  for (const std::string key : {"resync_mb_per_s", "compare_mb_per_s"}) {
+    CAPTURE(key);
+    auto ok = ParseConfig(key + " = 40\n" + base, "q.conf", "/");
+    REQUIRE(ok.ok());
+    CHECK((key == "resync_mb_per_s" ? ok->resync_mb_per_s : ok->compare_mb_per_s) == 40);
+    for (const std::string bad_value : {"lots", "100001"}) {
+      auto bad = ParseConfig(key + " = " + bad_value + "\n" + base, "q.conf", "/");
+      REQUIRE_FALSE(bad.ok());
+      CHECK(bad.status().message().find("q.conf:1") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the backends") {

@@ -517,3 +517,29 @@ wait_until() { # SECONDS CMD...: run CMD every 50 ms until it exits 0; 1 if it n
     sleep 0.05
   done
 }
+
+# try_write_uri URI OFFSET: one 64 KiB write and a flush through libnbd, at most 30 s (timeout).
+# Exit 0 if both succeed, 3 if the server answers with an error (printed), 4 if the connection
+# fails, 124 if it hangs; prints how long it took.
+try_write_uri() {
+  [ -f "$T/try_write.py" ] || cat >"$T/try_write.py" <<'EOF'
+import sys, time
+import nbd
+uri, off = sys.argv[1], int(sys.argv[2])
+h = nbd.NBD()
+try:
+    h.connect_uri(uri)
+except nbd.Error as e:
+    print(f"connect failed: {e}")
+    sys.exit(4)
+t = time.monotonic()
+try:
+    h.pwrite(bytes([0xA5]) * 65536, off)
+    h.flush()
+except nbd.Error as e:
+    print(f"write failed after {time.monotonic() - t:.2f} s: {e}")
+    sys.exit(3)
+print(f"write and flush succeeded in {time.monotonic() - t:.2f} s")
+EOF
+  timeout 30 python3 "$T/try_write.py" "$1" "$2"
+}

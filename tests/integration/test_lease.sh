@@ -14,28 +14,7 @@ LEASE_MS=3000
 RENEW_MS=500
 LEASE_LINES=("lease_ms = $LEASE_MS" "lease_renew_ms = $RENEW_MS")
 
-# try_write URI OFFSET: one 64 KiB write and a flush, at most 30 s. Exit 0 if both succeed, 3 if
-# the server answers with an error (printed), 4 if the connection fails, 124 if it hangs.
-cat >"$T/try_write.py" <<'PY'
-import sys, time
-import nbd
-uri, off = sys.argv[1], int(sys.argv[2])
-h = nbd.NBD()
-try:
-    h.connect_uri(uri)
-except nbd.Error as e:
-    print(f"connect failed: {e}")
-    sys.exit(4)
-t = time.monotonic()
-try:
-    h.pwrite(bytes([0xA5]) * 65536, off)
-    h.flush()
-except nbd.Error as e:
-    print(f"write failed after {time.monotonic() - t:.2f} s: {e}")
-    sys.exit(3)
-print(f"write and flush succeeded in {time.monotonic() - t:.2f} s")
-PY
-try_write() { timeout 30 python3 "$T/try_write.py" "$1" "$2"; }
+try_write() { try_write_uri "$1" "$2"; } # URI OFFSET (lib.sh)
 
 owner_pid() { # DIR: the pid named by DIR/.owner ("" when absent)
   sed -nE 's/^pid = ([0-9]+)$/\1/p' "$1/.owner" 2>/dev/null

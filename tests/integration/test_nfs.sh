@@ -100,29 +100,7 @@ reads_back() { # VOLUME EXPECTED [LENGTH]: the volume (or its first LENGTH bytes
   fi
 }
 
-# try_write VOLUME OFFSET: one 64 KiB write and a flush through libnbd, at most 30 s (timeout).
-# Exit 0 if both succeed, 3 if the server answers with an error, 4 if the connection fails, 124 if
-# it hangs; prints how long it took.
-cat >"$T/try_write.py" <<'EOF'
-import sys, time
-import nbd
-uri, off = sys.argv[1], int(sys.argv[2])
-h = nbd.NBD()
-try:
-    h.connect_uri(uri)
-except nbd.Error as e:
-    print(f"connect failed: {e}")
-    sys.exit(4)
-t = time.monotonic()
-try:
-    h.pwrite(bytes([0xA5]) * 65536, off)
-    h.flush()
-except nbd.Error as e:
-    print(f"write failed after {time.monotonic() - t:.2f} s: {e}")
-    sys.exit(3)
-print(f"write and flush succeeded in {time.monotonic() - t:.2f} s")
-EOF
-try_write() { timeout 30 python3 "$T/try_write.py" "$(uri "$1")" "$2"; }
+try_write() { try_write_uri "$(uri "$1")" "$2"; } # VOLUME OFFSET (lib.sh)
 
 # run_fio JSON FIO_ARGS...: fio with JSON output into JSON (fio's nbd engine prints a line before
 # the JSON); checks exit 0, no job error, bytes moved.
