@@ -48,6 +48,9 @@
 
 namespace qbd {
 
+class FlushCoalescer;
+class PartHealth;
+class Sequencer;
 class ThreadPool;
 
 struct QuorumOptions {
@@ -157,7 +160,7 @@ class QuorumSet : public BlockHandler {
   // chunk is compared, its reads judge every part's copy of the blocks they read.
   uint64_t CompareQueued();
   // The largest generation any write of this volume can have made: larger ones are suspect.
-  uint64_t MaxGeneration() const { return next_gen_.load(std::memory_order_acquire) - 1; }
+  uint64_t MaxGeneration() const;
   // Stops the resync thread (idempotent).
   void StopResync();
 
@@ -181,26 +184,20 @@ class QuorumSet : public BlockHandler {
   // are recorded; the resync thread probes it and brings it back.
   void MarkPartDown(size_t i, const Status& why) { MarkDown(static_cast<int>(i), why); }
   // Marks part i down (reads and writes skip it, writes are recorded dirty) or up.
-  void TEST_SetPartUp(size_t i, bool up) { parts_[i]->state.store(up ? kUp : kDown); }
+  void TEST_SetPartUp(size_t i, bool up);
 
  private:
   struct Part {
     std::unique_ptr<PartStore> store;
     std::unique_ptr<DirtyMap> dirty;   // regions this part may hold stale
     std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
-    std::atomic<int> state{kUp};  // kUp, kResyncing or kDown
-    std::atomic<int> inflight{0};
     std::atomic<uint64_t> marks{0};  // MarkDirty calls so far: resync's batches check it
     // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
     std::mutex dirty_files_mu;
     std::vector<std::unique_ptr<ChunkFile>> dirty_files;
   };
-  class RegionGuard;
-  // Part states: up (in sync, counts for the quorum), resyncing (back after an outage: takes
-  // writes, reads where clean, does not count until its dirty regions are copied), down.
-  static constexpr int kUp = 0, kResyncing = 1, kDown = 2;
-  bool Reachable(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) != kDown; }
-  bool InSync(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) == kUp; }
+  bool Reachable(size_t i) const;
+  bool InSync(size_t i) const;
 
   uint64_t RegionOf(uint64_t chunk, uint64_t block_in_chunk) const;
   // Parts that are up and clean for regions [r0, r1], least loaded first, minus `exclude`.
@@ -240,7 +237,6 @@ class QuorumSet : public BlockHandler {
   // A part that is down whose backend holds its part directory again becomes resyncing; true when
   // the part is reachable (now or already).
   bool ProbePart(size_t i);
-  uint64_t NextGeneration();
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
   // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
@@ -269,7 +265,9 @@ class QuorumSet : public BlockHandler {
   const uint32_t region_size_;
   std::atomic<uint64_t> size_;
   std::atomic<bool> append_only_;
-  std::atomic<uint64_t> next_gen_;
+  std::unique_ptr<Sequencer> seq_;      // generations and region locks
+  std::unique_ptr<PartHealth> health_;  // part states and load
+  std::unique_ptr<FlushCoalescer> flusher_;
   std::vector<std::unique_ptr<Part>> parts_;
   std::unique_ptr<ThreadPool> pool_;       // the request path's fan-out
   std::unique_ptr<ThreadPool> scan_pool_;  // whole-chunk reads of comparisons and repairs
@@ -301,15 +299,6 @@ class QuorumSet : public BlockHandler {
   // visible) and are not retried until an admin's repair. GUARDED_BY(lost_mu_).
   std::mutex lost_mu_;
   std::vector<std::set<uint64_t>> lost_regions_;
-  static constexpr size_t kStripes = 1024;
-  std::array<std::mutex, kStripes> region_locks_;
-
-  std::mutex flush_mu_;  // guards the flush coalescing state below
-  std::condition_variable flush_cv_;
-  uint64_t flush_requested_ = 0;
-  uint64_t flush_completed_ = 0;
-  bool flush_running_ = false;
-  Status last_flush_status_;
 
   std::mutex resync_mu_;
   std::condition_variable resync_cv_;

@@ -10,6 +10,9 @@
 #include <optional>
 
 #include "common/thread_pool.h"
+#include "engine/flush_coalescer.h"
+#include "engine/part_health.h"
+#include "engine/sequencer.h"
 #include "qbd/log.h"
 #include "qbd/scrub.h"
 
@@ -32,30 +35,7 @@ bool RangeOk(uint64_t off, uint64_t len, uint64_t size) { return off <= size && 
 
 }  // namespace
 
-// Holds the region-lock stripes of regions [r0, r1] in ascending stripe order.
-class QuorumSet::RegionGuard {
- public:
-  RegionGuard(QuorumSet& q, uint64_t r0, uint64_t r1) : q_(q) {
-    uint64_t n = r1 - r0 + 1;
-    if (n >= kStripes) {
-      for (size_t s = 0; s < kStripes; ++s) stripes_.push_back(s);
-    } else {
-      for (uint64_t r = r0; r <= r1; ++r) stripes_.push_back(r % kStripes);
-      std::sort(stripes_.begin(), stripes_.end());
-      stripes_.erase(std::unique(stripes_.begin(), stripes_.end()), stripes_.end());
-    }
-    for (size_t s : stripes_) q_.region_locks_[s].lock();
-  }
-  ~RegionGuard() {
-    for (auto it = stripes_.rbegin(); it != stripes_.rend(); ++it) q_.region_locks_[*it].unlock();
-  }
-  RegionGuard(const RegionGuard&) = delete;
-  RegionGuard& operator=(const RegionGuard&) = delete;
-
- private:
-  QuorumSet& q_;
-  std::vector<size_t> stripes_;
-};
+using RegionGuard = Sequencer::RegionGuard;
 
 QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStore>> parts,
                      std::vector<std::unique_ptr<DirtyMap>> dirty, std::unique_ptr<DirtyMap> chunk_map)
@@ -64,9 +44,16 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
           std::max<uint64_t>(options_.region_size, options_.geometry.block_size), options_.geometry.chunk_size))),
       size_(options_.geometry.size),
       append_only_(options_.append_only),
-      next_gen_((options_.epoch << kGenerationBits) + 1) {
+      seq_(std::make_unique<Sequencer>(options_.volume, options_.epoch)),
+      flusher_(std::make_unique<FlushCoalescer>()) {
   QBD_CHECK(!parts.empty() && parts.size() <= 26, "volume {}: {} parts", options_.volume, parts.size());
-  QBD_CHECK(options_.epoch > 0 && options_.epoch < (1ull << (64 - kGenerationBits)), "epoch {}", options_.epoch);
+  std::vector<char> names;
+  std::vector<StorageBackend*> backends;
+  for (const auto& s : parts) {
+    names.push_back(s->part());
+    backends.push_back(&s->backend());
+  }
+  health_ = std::make_unique<PartHealth>(options_.volume, options_.volnr, names, backends);
   const uint64_t regions = (options_.geometry.size + region_size_ - 1) / region_size_;
   for (size_t i = 0; i < parts.size(); ++i) {
     auto p = std::make_unique<Part>();
@@ -82,7 +69,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     p->synced->Merge(*p->dirty);
     p->dirty_files.resize(parts.size());
     uint64_t n = p->dirty->CountSet();
-    p->state.store(n > 0 ? kResyncing : kUp);
+    health_->SetInitial(i, n > 0 ? PartHealth::State::kResyncing : PartHealth::State::kUp);
     if (n > 0) {
       QBD_LOG_WARN("volume {} part {}: {} dirty regions ({}) to resync", options_.volume, p->store->part(), n,
                    n * region_size_);
@@ -128,11 +115,11 @@ void QuorumSet::StopResync() {
 
 uint64_t QuorumSet::DirtyRegions(size_t i) const { return parts_[i]->dirty->CountSet(); }
 
-uint64_t QuorumSet::NextGeneration() {
-  uint64_t g = next_gen_.fetch_add(1, std::memory_order_relaxed);
-  QBD_CHECK((g >> kGenerationBits) == options_.epoch, "volume {}: generations of epoch {} exhausted",
-            options_.volume, options_.epoch);
-  return g;
+uint64_t QuorumSet::MaxGeneration() const { return seq_->MaxGeneration(); }
+bool QuorumSet::Reachable(size_t i) const { return health_->Reachable(i); }
+bool QuorumSet::InSync(size_t i) const { return health_->InSync(i); }
+void QuorumSet::TEST_SetPartUp(size_t i, bool up) {
+  health_->SetInitial(i, up ? PartHealth::State::kUp : PartHealth::State::kDown);
 }
 
 uint64_t QuorumSet::RegionOf(uint64_t chunk, uint64_t block_in_chunk) const {
@@ -148,12 +135,7 @@ std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) con
     if (p.dirty->AnyIn(r0, r1)) continue;
     order.push_back(static_cast<int>(i));
   }
-  // Sort on a snapshot: the live counters change under the sort, and a comparator that is not
-  // consistent makes std::sort read out of bounds.
-  std::array<int, 26> load{};
-  for (int i : order) load[i] = parts_[i]->inflight.load(std::memory_order_relaxed);
-  std::stable_sort(order.begin(), order.end(), [&load](int a, int b) { return load[a] < load[b]; });
-  return order;
+  return health_->LeastLoadedFirst(std::move(order));
 }
 
 // Reads blocks [first, first + n) of `chunk`, trying the parts of `order` in turn.
@@ -180,11 +162,11 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
   for (int p : order) {
     Part& part = *parts_[p];
     bad.clear();
-    part.inflight.fetch_add(1, std::memory_order_relaxed);
+    health_->BeginIo(p);
     Status s = part.store->Read(chunk, first, data, metas, &bad);
-    part.inflight.fetch_sub(1, std::memory_order_relaxed);
+    health_->EndIo(p);
     if (s.IsCorruption() && !locked) {
-      RegionGuard g(*this, r0, r1);
+      RegionGuard g(*seq_, r0, r1);
       bad.clear();
       s = part.store->Read(chunk, first, data, metas, &bad);
     }
@@ -302,14 +284,14 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     Status s = ReadJudged(chunk, first, data, metas);
     if (s.ok() || locked || s.IsInvalidArgument()) return s;
     // A write in flight may have been caught between parts: once more under the region locks.
-    RegionGuard g(*this, r0, r1);
+    RegionGuard g(*seq_, r0, r1);
     return ReadJudged(chunk, first, data, metas);
   }
   std::vector<int> order = ReadOrder(r0, r1, -1);
   if (order.empty()) {
     // No part is clean for the whole range: reconcile the regions dirty everywhere, then retry.
     std::optional<RegionGuard> guard;
-    if (!locked) guard.emplace(*this, r0, r1);
+    if (!locked) guard.emplace(*seq_, r0, r1);
     const Geometry& g = options_.geometry;
     for (uint64_t r = r0; r <= r1; ++r) {
       if (!ReadOrder(r, r, -1).empty()) continue;
@@ -399,7 +381,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   const bool partial_tail = (in_chunk + len) % bs != 0;
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, last);
   if (!Compared(chunk)) QueueCompare(chunk);  // until then its reads are judged (ReadJudged)
-  RegionGuard guard(*this, r0, r1);
+  RegionGuard guard(*seq_, r0, r1);
 
   std::vector<BlockMeta>& metas = MetaScratch(n);
   if (append_only_.load()) {
@@ -430,7 +412,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
       BlockMeta m;
       QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, first, edge, std::span(&m, 1), true));
       std::memset(edge.data() + head, 0, end_in_block - head);
-      m = BlockMeta{NextGeneration(), BlockChecksum(edge)};
+      m = BlockMeta{seq_->NextGeneration(), BlockChecksum(edge)};
       QBD_RETURN_IF_ERROR(WriteToParts(chunk, first, edge, std::span(&m, 1), fua));
     }
     if (partial_tail && (last != first || !partial_head)) {
@@ -438,7 +420,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
       BlockMeta m;
       QBD_RETURN_IF_ERROR(ReadChunkPiece(chunk, last, edge, std::span(&m, 1), true));
       std::memset(edge.data(), 0, tail_len);
-      m = BlockMeta{NextGeneration(), BlockChecksum(edge)};
+      m = BlockMeta{seq_->NextGeneration(), BlockChecksum(edge)};
       QBD_RETURN_IF_ERROR(WriteToParts(chunk, last, edge, std::span(&m, 1), fua));
     }
     return Status::OK();
@@ -447,7 +429,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   if (!zero && !partial_head && !partial_tail) {
     // Whole blocks: checksum and encode straight from the client's buffer.
     std::span<const std::byte> blocks(src, len);
-    const uint64_t gen = NextGeneration();
+    const uint64_t gen = seq_->NextGeneration();
     for (uint64_t i = 0; i < n; ++i) metas[i] = BlockMeta{gen, BlockChecksum(blocks.subspan(i * bs, bs))};
     return WriteToParts(chunk, first, blocks, std::span(metas.data(), n), fua);
   }
@@ -465,7 +447,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   } else {
     std::memcpy(blocks.data() + head, src, len);
   }
-  const uint64_t gen = NextGeneration();
+  const uint64_t gen = seq_->NextGeneration();
   for (uint64_t i = 0; i < n; ++i) metas[i] = BlockMeta{gen, BlockChecksum(blocks.subspan(i * bs, bs))};
   return WriteToParts(chunk, first, blocks, std::span(metas.data(), n), fua);
 }
@@ -823,11 +805,7 @@ void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, boo
   }
 }
 
-void QuorumSet::MarkDown(int p, const Status& why) {
-  if (parts_[p]->state.exchange(kDown) != kDown) {
-    QBD_LOG_WARN("volume {} part {}: state down: {}", options_.volume, parts_[p]->store->part(), why.ToString());
-  }
-}
+void QuorumSet::MarkDown(int p, const Status& why) { health_->MarkDown(static_cast<size_t>(p), why); }
 
 void QuorumSet::FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks) {
   // A failed sync may have lost any write to those chunks since their last good sync (an NFS
@@ -851,17 +829,8 @@ void QuorumSet::FlushFailed(int p, const Status& why, const std::vector<uint64_t
 }
 
 Status QuorumSet::Flush() {
-  std::unique_lock<std::mutex> l(flush_mu_);
-  const uint64_t ticket = ++flush_requested_;
-  // Concurrent flushes coalesce: one that starts after this ticket was taken covers it.
-  while (flush_completed_ < ticket) {
-    if (flush_running_) {
-      flush_cv_.wait(l);
-      continue;
-    }
-    flush_running_ = true;
-    const uint64_t target = flush_requested_;
-    l.unlock();
+  // Concurrent flushes coalesce: one that starts after this call covers it.
+  return flusher_->Run([this] {
     std::vector<Status> results(parts_.size());
     std::vector<std::vector<uint64_t>> failed(parts_.size());
     std::vector<std::function<void()>> tasks;
@@ -886,13 +855,8 @@ Status QuorumSet::Flush() {
                    : Status::Unavailable(fmt::format("volume {}: flush reached {} of {} parts, write quorum is {}",
                                                      options_.volume, ok, parts_.size(), options_.write_quorum));
     if (s.ok()) s = PersistChunkMap();
-    l.lock();
-    flush_running_ = false;
-    flush_completed_ = target;
-    last_flush_status_ = s;
-    flush_cv_.notify_all();
-  }
-  return last_flush_status_;
+    return s;
+  });
 }
 
 Result<std::vector<Extent>> QuorumSet::BlockStatus(uint64_t off, uint64_t len) {
@@ -959,18 +923,12 @@ void QuorumSet::SetSize(uint64_t size) {
 }
 
 bool QuorumSet::ProbePart(size_t i) {
-  Part& p = *parts_[i];
-  if (Reachable(i)) return true;
-  // The volume's directory must be there: a replaced disk or server (an empty export) comes back
-  // once qbd-repair has recreated it, never by writes into a bare mount point.
-  if (!p.store->backend().Stat(std::to_string(options_.volnr)).ok()) return false;
-  int expected = kDown;
-  if (p.state.compare_exchange_strong(expected, kResyncing)) {
+  return health_->ProbePart(i, [this, i] {
+    const Part& p = *parts_[i];
     QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
                  options_.volume, p.store->part(), p.dirty->CountSet(), p.dirty->CountSet() * region_size_);
     WakeResync();
-  }
-  return Reachable(i);
+  });
 }
 
 void QuorumSet::WakeResync() {
@@ -1038,8 +996,7 @@ uint64_t QuorumSet::ResyncOnce() {
       QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty", options_.volume,
                    p.store->part(), done, done * region_size_, p.dirty->CountSet());
     }
-    int expected = kResyncing;
-    if (p.dirty->CountSet() == 0 && p.state.compare_exchange_strong(expected, kUp)) {
+    if (p.dirty->CountSet() == 0 && health_->MarkInSync(i)) {
       QBD_LOG_INFO("volume {} part {}: state up: in sync ({} regions copied since it came back)", options_.volume,
                    p.store->part(), before);
     }
@@ -1060,7 +1017,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pend
   const uint64_t chunk = start / g.chunk_size;
   const uint64_t first = (start % g.chunk_size) / bs;
   const uint64_t n = (end - start + bs - 1) / bs;
-  std::optional<RegionGuard> guard(std::in_place, *this, region, region);
+  std::optional<RegionGuard> guard(std::in_place, *seq_, region, region);
   std::vector<int> order = ReadOrder(region, region, p);
   if (order.empty()) {
     bool all_dirty = true;
@@ -1123,7 +1080,7 @@ uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uin
   for (uint64_t region : pending) {
     // Under the region's lock no write is in flight there; a region marked dirty again since the
     // batch began (a write that missed this part, a repair) stays dirty and is copied again.
-    RegionGuard guard(*this, region, region);
+    RegionGuard guard(*seq_, region, region);
     if (part.marks.load() != marks_before) break;
     ClearDirty(p, region);
     ++cleared;
@@ -1236,13 +1193,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOpt
 
 uint64_t QuorumSet::ChunksToReconcile() const { return to_reconcile_.load(); }
 
-uint32_t QuorumSet::ReachableMask() const {
-  uint32_t m = 0;
-  for (size_t i = 0; i < parts_.size(); ++i) {
-    if (Reachable(i)) m |= 1u << i;
-  }
-  return m;
-}
+uint32_t QuorumSet::ReachableMask() const { return health_->ReachableMask(); }
 
 bool QuorumSet::Compared(uint64_t chunk) const {
   return chunk >= chunk_compared_.size() ||
@@ -1395,7 +1346,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   const uint64_t end_block = std::min<uint64_t>(per_chunk, (Size() - chunk * g.chunk_size + bs - 1) / bs);
   const uint64_t slice = std::min<uint64_t>(per_chunk, std::max<uint64_t>(1, (4u << 20) / bs));
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, end_block - 1);
-  RegionGuard guard(*this, c0, c1);
+  RegionGuard guard(*seq_, c0, c1);
   {
     // Resync tries these regions again after the repair.
     std::lock_guard<std::mutex> l(lost_mu_);
