@@ -50,6 +50,7 @@ namespace qbd {
 
 class FlushCoalescer;
 class PartHealth;
+class ReplicatedMaps;
 class Sequencer;
 class ThreadPool;
 
@@ -166,7 +167,7 @@ class QuorumSet : public BlockHandler {
 
   size_t part_count() const { return parts_.size(); }
   // True when chunk `chunk` (0-based) has ever been written (its chunk map bit is set).
-  bool ChunkWritten(uint64_t chunk) const { return chunk_map_->Test(chunk); }
+  bool ChunkWritten(uint64_t chunk) const;
   // Writes the chunk map bits of chunks first written since the last call to the chunk map copy
   // of every up part, after syncing the names of their files (PartStore::SyncCreated): a bit on
   // disk never names a chunk whose files could still vanish in a crash. Flush and durable writes
@@ -189,12 +190,6 @@ class QuorumSet : public BlockHandler {
  private:
   struct Part {
     std::unique_ptr<PartStore> store;
-    std::unique_ptr<DirtyMap> dirty;   // regions this part may hold stale
-    std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
-    std::atomic<uint64_t> marks{0};  // MarkDirty calls so far: resync's batches check it
-    // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
-    std::mutex dirty_files_mu;
-    std::vector<std::unique_ptr<ChunkFile>> dirty_files;
   };
   bool Reachable(size_t i) const;
   bool InSync(size_t i) const;
@@ -220,7 +215,6 @@ class QuorumSet : public BlockHandler {
   Status MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why);
   // Clears region in part p's dirty map, in memory and (without sync) on disk.
   void ClearDirty(int p, uint64_t region);
-  void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
   // Part p failed to sync `chunks` (none known: all of it): marks it down and them dirty.
   void FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks);
@@ -274,16 +268,8 @@ class QuorumSet : public BlockHandler {
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
-  // The chunk map: chunk_map_ in memory (bits set under chunk_map_mu_ by RecordChunkWritten),
-  // chunk_map_durable_ as written to the copies on disk; the chunks in between are queued in
-  // chunk_map_pending_ for PersistChunkMap.
-  std::unique_ptr<DirtyMap> chunk_map_;
-  std::mutex chunk_map_mu_;
-  std::unique_ptr<DirtyMap> chunk_map_durable_;    // GUARDED_BY(chunk_map_persist_mu_)
-  std::vector<uint64_t> chunk_map_pending_;        // GUARDED_BY(chunk_map_mu_)
-  std::atomic<bool> chunk_map_any_pending_{false};
-  std::mutex chunk_map_persist_mu_;                // serializes PersistChunkMap
-  std::vector<std::unique_ptr<ChunkFile>> chunk_map_files_;  // GUARDED_BY(chunk_map_persist_mu_), by part
+  // The dirty maps and the chunk map, and their copies on the parts.
+  std::unique_ptr<ReplicatedMaps> maps_;
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;

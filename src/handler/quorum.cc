@@ -12,6 +12,7 @@
 #include "common/thread_pool.h"
 #include "engine/flush_coalescer.h"
 #include "engine/part_health.h"
+#include "engine/replicated_maps.h"
 #include "engine/sequencer.h"
 #include "qbd/log.h"
 #include "qbd/scrub.h"
@@ -55,38 +56,30 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   }
   health_ = std::make_unique<PartHealth>(options_.volume, options_.volnr, names, backends);
   const uint64_t regions = (options_.geometry.size + region_size_ - 1) / region_size_;
+  std::vector<PartStore*> stores;
   for (size_t i = 0; i < parts.size(); ++i) {
     auto p = std::make_unique<Part>();
     p->store = std::move(parts[i]);
-    if (i < dirty.size() && dirty[i] && dirty[i]->region_size() == region_size_ && dirty[i]->regions() >= regions) {
-      p->dirty = std::move(dirty[i]);
-    } else {
-      p->dirty = std::make_unique<DirtyMap>(region_size_, regions);
-      if (i < dirty.size() && dirty[i]) p->dirty->Merge(*dirty[i]);
-    }
-    // Bits loaded from disk are durable by definition.
-    p->synced = std::make_unique<DirtyMap>(region_size_, regions);
-    p->synced->Merge(*p->dirty);
-    p->dirty_files.resize(parts.size());
-    uint64_t n = p->dirty->CountSet();
-    health_->SetInitial(i, n > 0 ? PartHealth::State::kResyncing : PartHealth::State::kUp);
-    if (n > 0) {
-      QBD_LOG_WARN("volume {} part {}: {} dirty regions ({}) to resync", options_.volume, p->store->part(), n,
-                   n * region_size_);
-    }
+    stores.push_back(p->store.get());
     parts_.push_back(std::move(p));
   }
-  chunk_map_ = std::make_unique<DirtyMap>(static_cast<uint32_t>(options_.geometry.chunk_size),
-                                          options_.geometry.ChunkCount());
-  if (chunk_map) chunk_map_->Merge(*chunk_map);
-  chunk_map_durable_ = std::make_unique<DirtyMap>(chunk_map_->region_size(), chunk_map_->regions());
-  chunk_map_durable_->Merge(*chunk_map_);
-  chunk_map_files_.resize(parts_.size());
+  maps_ = std::make_unique<ReplicatedMaps>(options_.volume, options_.volnr, stores, *health_, region_size_, regions,
+                                           std::move(dirty), options_.geometry.chunk_size,
+                                           options_.geometry.ChunkCount(), std::move(chunk_map),
+                                           [this] { WakeResync(); });
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    uint64_t n = maps_->dirty(i).CountSet();
+    health_->SetInitial(i, n > 0 ? PartHealth::State::kResyncing : PartHealth::State::kUp);
+    if (n > 0) {
+      QBD_LOG_WARN("volume {} part {}: {} dirty regions ({}) to resync", options_.volume, parts_[i]->store->part(), n,
+                   n * region_size_);
+    }
+  }
   chunk_known_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   chunk_compared_ = std::vector<std::atomic<uint32_t>>(options_.geometry.ChunkCount());
   chunk_compare_queued_ = std::vector<std::atomic<uint8_t>>(options_.geometry.ChunkCount());
   for (size_t c = 0; c < chunk_compared_.size(); ++c) {
-    if (options_.compare_on_first_access && parts_.size() > 1 && chunk_map_->Test(c)) {
+    if (options_.compare_on_first_access && parts_.size() > 1 && maps_->ChunkWritten(c)) {
       to_reconcile_.fetch_add(1);
     } else {
       chunk_compared_[c].store(~0u);  // never written: nothing can differ
@@ -113,7 +106,7 @@ void QuorumSet::StopResync() {
   if (resync_thread_.joinable()) resync_thread_.join();
 }
 
-uint64_t QuorumSet::DirtyRegions(size_t i) const { return parts_[i]->dirty->CountSet(); }
+uint64_t QuorumSet::DirtyRegions(size_t i) const { return maps_->dirty(i).CountSet(); }
 
 uint64_t QuorumSet::MaxGeneration() const { return seq_->MaxGeneration(); }
 bool QuorumSet::Reachable(size_t i) const { return health_->Reachable(i); }
@@ -130,9 +123,8 @@ std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) con
   std::vector<int> order;
   order.reserve(parts_.size());
   for (size_t i = 0; i < parts_.size(); ++i) {
-    const Part& p = *parts_[i];
     if (static_cast<int>(i) == exclude || !Reachable(i)) continue;
-    if (p.dirty->AnyIn(r0, r1)) continue;
+    if (maps_->dirty(i).AnyIn(r0, r1)) continue;
     order.push_back(static_cast<int>(i));
   }
   return health_->LeastLoadedFirst(std::move(order));
@@ -296,7 +288,7 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     for (uint64_t r = r0; r <= r1; ++r) {
       if (!ReadOrder(r, r, -1).empty()) continue;
       bool all_dirty = true;
-      for (const auto& q : parts_) all_dirty = all_dirty && q->dirty->Test(r);
+      for (size_t q = 0; q < parts_.size(); ++q) all_dirty = all_dirty && maps_->dirty(q).Test(r);
       if (!all_dirty) continue;  // a clean copy is on a part that is down: Unavailable below
       const uint64_t start = r * region_size_;
       const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
@@ -478,7 +470,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   // part that has to create the file has lost it.
   bool known = ChunkKnown(chunk);
   std::unique_lock<std::mutex> create_lock;
-  if (!known || !chunk_map_->Test(chunk)) {
+  if (!known || !maps_->ChunkWritten(chunk)) {
     create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
     known = ChunkKnown(chunk);
     if (!known) CheckChunkPresence(chunk, live);
@@ -532,108 +524,25 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     }
   }
   Status result = CheckQuorum(ok, missed, r0, r1, "write");
-  if (create_lock.owns_lock() && (ok > 0 || some_existed) && !chunk_map_->Test(chunk)) {
+  if (create_lock.owns_lock() && (ok > 0 || some_existed) && !maps_->ChunkWritten(chunk)) {
     // The chunk map learns of the chunk once its files exist and before the write is
     // acknowledged, still under the create lock that a read finding no file takes before it
     // calls the chunk lost. A crash in between leaves files the map lacks (added when the volume
     // is opened), never a chunk the map calls written with no file anywhere.
     Status m = RecordChunkWritten(chunk, fua);
     if (!m.ok() && result.ok()) result = m;
-  } else if (fua && result.ok() && chunk_map_any_pending_.load(std::memory_order_acquire)) {
+  } else if (fua && result.ok() && maps_->ChunkMapPending()) {
     // A durable write into a chunk whose bit may not be on disk yet.
     result = PersistChunkMap();
   }
   return result;
 }
 
-Status QuorumSet::RecordChunkWritten(uint64_t chunk, bool durable) {
-  {
-    std::lock_guard<std::mutex> l(chunk_map_mu_);
-    if (!chunk_map_->Test(chunk)) {
-      chunk_map_->Set(chunk, chunk);
-      chunk_map_pending_.push_back(chunk);
-      chunk_map_any_pending_.store(true, std::memory_order_release);
-    }
-  }
-  return durable ? PersistChunkMap() : Status::OK();
-}
+Status QuorumSet::RecordChunkWritten(uint64_t chunk, bool durable) { return maps_->RecordChunkWritten(chunk, durable); }
 
-Status QuorumSet::PersistChunkMap() {
-  if (!chunk_map_any_pending_.load(std::memory_order_acquire)) return Status::OK();
-  std::lock_guard<std::mutex> pl(chunk_map_persist_mu_);
-  std::vector<uint64_t> todo;
-  {
-    std::lock_guard<std::mutex> l(chunk_map_mu_);
-    todo.swap(chunk_map_pending_);
-    chunk_map_any_pending_.store(false, std::memory_order_release);
-  }
-  if (todo.empty()) return Status::OK();
-  // Every chunk in `todo` was queued after its files were renamed into place: the syncs below
-  // make those names durable before any bit naming them is.
-  std::vector<char> names_ok(parts_.size(), 0);
-  Status last;
-  for (size_t i = 0; i < parts_.size(); ++i) {
-    if (!Reachable(i)) continue;
-    Status s = parts_[i]->store->SyncCreated();
-    if (s.ok()) {
-      names_ok[i] = 1;
-    } else {
-      last = s;
-      QBD_LOG_WARN("volume {} part {}: new chunk files not synced, chunk map not written there: {}",
-                   options_.volume, parts_[i]->store->part(), s.ToString());
-    }
-  }
-  DirtyMap next(chunk_map_durable_->region_size(), chunk_map_durable_->regions());
-  next.Merge(*chunk_map_durable_);
-  uint64_t lo = UINT64_MAX, hi = 0;
-  for (uint64_t c : todo) {
-    next.Set(c, c);
-    lo = std::min(lo, c / 8);
-    hi = std::max(hi, c / 8);
-  }
-  std::vector<std::byte> bytes(hi - lo + 1);
-  for (uint64_t i = lo; i <= hi; ++i) bytes[i - lo] = std::byte{next.Byte(i)};
-  const std::string path = DirtyMap::ChunkMapPath(options_.volnr);
-  int durable = 0;
-  for (size_t i = 0; i < parts_.size(); ++i) {
-    if (!names_ok[i]) continue;
-    StorageBackend& b = parts_[i]->store->backend();
-    auto& file = chunk_map_files_[i];
-    if (file && file->Detached()) file.reset();
-    Status s;
-    bool whole = false;
-    if (!file) {
-      auto opened = b.Open(path);
-      if (opened.status().IsNotFound()) {
-        // No copy here (a replaced disk): a whole one.
-        s = WriteFileAtomic(b, path, next.Encode(kChunkMapMagic));
-        whole = s.ok();
-        if (s.ok()) opened = b.Open(path);
-      }
-      if (s.ok() && opened.ok()) file = std::move(opened).value();
-      if (s.ok() && !opened.ok()) s = opened.status();
-    }
-    if (s.ok() && !whole) s = file->WriteAt(kDirtyHeaderSize + lo, bytes);
-    if (s.ok() && !whole) s = file->Sync();
-    if (s.ok()) {
-      ++durable;
-    } else {
-      file.reset();
-      last = s;
-      QBD_LOG_WARN("volume {} part {}: chunk map not written: {}", options_.volume, parts_[i]->store->part(),
-                   s.ToString());
-    }
-  }
-  if (durable == 0) {
-    std::lock_guard<std::mutex> l(chunk_map_mu_);
-    chunk_map_pending_.insert(chunk_map_pending_.end(), todo.begin(), todo.end());
-    chunk_map_any_pending_.store(true, std::memory_order_release);
-    return Status::Unavailable(fmt::format("volume {}: the chunk map could not be written on any part: {}",
-                                           options_.volume, last.ToString()));
-  }
-  chunk_map_durable_->Merge(next);
-  return Status::OK();
-}
+Status QuorumSet::PersistChunkMap() { return maps_->PersistChunkMap(); }
+
+bool QuorumSet::ChunkWritten(uint64_t chunk) const { return maps_->ChunkWritten(chunk); }
 
 bool QuorumSet::ChunkKnown(uint64_t chunk) const {
   return chunk < chunk_known_.size() && chunk_known_[chunk].load(std::memory_order_acquire);
@@ -711,99 +620,10 @@ Status QuorumSet::CheckQuorum(int ok_parts, const std::vector<int>& missed, uint
 }
 
 Status QuorumSet::MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why) {
-  Part& part = *parts_[p];
-  part.marks.fetch_add(1);
-  std::vector<uint64_t> changed = part.dirty->Set(r0, r1);
-  WakeResync();
-  if (!changed.empty()) {
-    QBD_LOG_DEBUG("volume {} part {}: regions {}-{} dirty ({})", options_.volume, part.store->part(), r0, r1, why);
-  }
-  if (!durable) {
-    Status ignored;
-    if (!changed.empty()) PersistDirtyBytes(p, changed, /*sync=*/false, &ignored);  // best effort: a hint
-    return Status::OK();
-  }
-  // A bit may already be set in memory by a read-repair without being durable: `synced` tells
-  // which bits are, and the write's acknowledgement waits for the rest.
-  std::vector<uint64_t> unsynced = part.synced->Set(r0, r1);
-  if (unsynced.empty()) return Status::OK();
-  Status result;
-  PersistDirtyBytes(p, unsynced, /*sync=*/true, &result);
-  if (!result.ok()) {
-    for (uint64_t r = r0; r <= r1; ++r) part.synced->Clear(r);  // not durable after all
-  }
-  return result;
+  return maps_->MarkDirty(static_cast<size_t>(p), r0, r1, durable, why);
 }
 
-void QuorumSet::ClearDirty(int p, uint64_t region) {
-  Part& part = *parts_[p];
-  part.synced->Clear(region);
-  if (part.dirty->Clear(region)) {
-    Status ignored;
-    PersistDirtyBytes(p, {region / 8}, /*sync=*/false, &ignored);  // a stale set bit only costs a recopy
-  }
-}
-
-// Writes the given bitmap bytes of part p's dirty map into its copies on the other parts. With
-// `sync` at least one copy must be durable (else *result is an error).
-void QuorumSet::PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result) {
-  const char part = parts_[p]->store->part();
-  const std::string path = DirtyMap::PathFor(options_.volnr, part);
-  int durable = 0;
-  Status last;
-  const DirtyMap& map = *parts_[p]->dirty;
-  std::vector<uint64_t> all;  // every byte of the map, for a rewrite through a new handle
-  for (size_t h = 0; h < parts_.size(); ++h) {
-    if (static_cast<int>(h) == p || !Reachable(h)) continue;
-    Part& holder = *parts_[h];
-    std::lock_guard<std::mutex> l(holder.dirty_files_mu);
-    auto& file = holder.dirty_files[p];
-    if (file && file->Detached()) file.reset();
-    // Writes the map bytes `which` (contiguous ones in one write) through `file`, then syncs.
-    auto put = [&](const std::vector<uint64_t>& which) {
-      Status s;
-      for (size_t i = 0; i < which.size() && s.ok();) {
-        size_t j = i + 1;
-        while (j < which.size() && which[j] == which[j - 1] + 1) ++j;
-        std::vector<std::byte> run(j - i);
-        for (size_t k = i; k < j; ++k) run[k - i] = std::byte{map.Byte(which[k])};
-        s = file->WriteAt(kDirtyHeaderSize + which[i], run);
-        i = j;
-      }
-      if (s.ok() && sync) s = file->Sync();
-      return s;
-    };
-    auto open = [&] {
-      auto opened = holder.store->backend().Open(path);
-      if (opened.ok()) file = std::move(opened).value();
-      return opened.status();
-    };
-    const bool cached = file != nullptr;
-    Status s = cached ? Status::OK() : open();
-    if (s.ok()) s = put(bytes);
-    if (!s.ok() && cached) {
-      // A cached handle can fail where a new one works: an NFS server that restarted changed its
-      // write verifier, and the writes made through the old handle since its last sync may be
-      // gone. A new handle gets the whole map, so nothing lost there is missed.
-      file.reset();
-      if (all.empty()) {
-        for (uint64_t i = 0; i < (map.regions() + 7) / 8; ++i) all.push_back(i);
-      }
-      s = open();
-      if (s.ok()) s = put(all);
-    }
-    if (s.ok()) {
-      ++durable;
-    } else {
-      last = s;
-      file.reset();
-    }
-  }
-  if (sync && durable == 0) {
-    *result = Status::Unavailable(fmt::format("volume {} part {}: dirty map could not be persisted on any part: {}",
-                                              options_.volume, part, last.ToString()));
-  }
-}
+void QuorumSet::ClearDirty(int p, uint64_t region) { maps_->ClearDirty(static_cast<size_t>(p), region); }
 
 void QuorumSet::MarkDown(int p, const Status& why) { health_->MarkDown(static_cast<size_t>(p), why); }
 
@@ -888,26 +708,9 @@ void QuorumSet::SetSize(uint64_t size) {
   std::unique_lock<std::shared_mutex> wl(resize_mu_);
   if (size <= Size()) return;
   const uint64_t regions = (size + region_size_ - 1) / region_size_;
-  for (auto& p : parts_) {
-    auto grown = std::make_unique<DirtyMap>(region_size_, regions);
-    grown->Merge(*p->dirty);
-    p->dirty = std::move(grown);
-    auto grown_synced = std::make_unique<DirtyMap>(region_size_, regions);
-    grown_synced->Merge(*p->synced);
-    p->synced = std::move(grown_synced);
-  }
   Geometry g = options_.geometry;
   g.size = size;
-  {
-    std::lock_guard<std::mutex> pl(chunk_map_persist_mu_);
-    std::lock_guard<std::mutex> l(chunk_map_mu_);
-    auto grown = std::make_unique<DirtyMap>(static_cast<uint32_t>(g.chunk_size), g.ChunkCount());
-    grown->Merge(*chunk_map_);
-    chunk_map_ = std::move(grown);
-    auto grown_durable = std::make_unique<DirtyMap>(static_cast<uint32_t>(g.chunk_size), g.ChunkCount());
-    grown_durable->Merge(*chunk_map_durable_);
-    chunk_map_durable_ = std::move(grown_durable);
-  }
+  maps_->Grow(regions, g.ChunkCount());
   std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
   for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
   chunk_known_.swap(known);
@@ -926,7 +729,7 @@ bool QuorumSet::ProbePart(size_t i) {
   return health_->ProbePart(i, [this, i] {
     const Part& p = *parts_[i];
     QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
-                 options_.volume, p.store->part(), p.dirty->CountSet(), p.dirty->CountSet() * region_size_);
+                 options_.volume, p.store->part(), maps_->dirty(i).CountSet(), maps_->dirty(i).CountSet() * region_size_);
     WakeResync();
   });
 }
@@ -967,11 +770,11 @@ uint64_t QuorumSet::ResyncOnce() {
     // Copies go out unsynced, in batches of kResyncBatch regions that share one sync (a sync
     // per 64 KiB region made NFS resync ten times slower); a batch is cleared after its sync.
     constexpr size_t kResyncBatch = 64;
-    uint64_t before = p.dirty->CountSet();
+    uint64_t before = maps_->dirty(i).CountSet();
     uint64_t done = 0;
     std::vector<uint64_t> pending;
-    uint64_t marks = p.marks.load();
-    for (auto r = p.dirty->NextSet(0); r && Reachable(i); r = p.dirty->NextSet(*r + 1)) {
+    uint64_t marks = maps_->marks(i);
+    for (auto r = maps_->dirty(i).NextSet(0); r && Reachable(i); r = maps_->dirty(i).NextSet(*r + 1)) {
       {
         std::lock_guard<std::mutex> l(resync_mu_);
         if (resync_stop_) break;
@@ -983,7 +786,7 @@ uint64_t QuorumSet::ResyncOnce() {
       if (ResyncRegion(static_cast<int>(i), *r, pending)) ++done;  // reconciled in place
       if (pending.size() >= kResyncBatch) {
         done += SettleResynced(static_cast<int>(i), marks, pending);
-        marks = p.marks.load();
+        marks = maps_->marks(i);
       }
     }
     if (!pending.empty()) done += SettleResynced(static_cast<int>(i), marks, pending);
@@ -994,9 +797,9 @@ uint64_t QuorumSet::ResyncOnce() {
     repaired += done;
     if (done > 0) {
       QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty", options_.volume,
-                   p.store->part(), done, done * region_size_, p.dirty->CountSet());
+                   p.store->part(), done, done * region_size_, maps_->dirty(i).CountSet());
     }
-    if (p.dirty->CountSet() == 0 && health_->MarkInSync(i)) {
+    if (maps_->dirty(i).CountSet() == 0 && health_->MarkInSync(i)) {
       QBD_LOG_INFO("volume {} part {}: state up: in sync ({} regions copied since it came back)", options_.volume,
                    p.store->part(), before);
     }
@@ -1021,7 +824,7 @@ bool QuorumSet::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pend
   std::vector<int> order = ReadOrder(region, region, p);
   if (order.empty()) {
     bool all_dirty = true;
-    for (const auto& q : parts_) all_dirty = all_dirty && q->dirty->Test(region);
+    for (size_t q = 0; q < parts_.size(); ++q) all_dirty = all_dirty && maps_->dirty(q).Test(region);
     if (!all_dirty) return false;  // a clean copy is on a part that is down: wait for it
     return ReconcileRegion(region, chunk, first, n);
   }
@@ -1081,7 +884,7 @@ uint64_t QuorumSet::SettleResynced(int p, uint64_t marks_before, std::vector<uin
     // Under the region's lock no write is in flight there; a region marked dirty again since the
     // batch began (a write that missed this part, a repair) stays dirty and is copied again.
     RegionGuard guard(*seq_, region, region);
-    if (part.marks.load() != marks_before) break;
+    if (maps_->marks(p) != marks_before) break;
     ClearDirty(p, region);
     ++cleared;
     const uint64_t start = region * region_size_;
@@ -1297,7 +1100,7 @@ Status QuorumSet::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte
   pool_->RunAll(reads);
   for (size_t p = 0; p < np; ++p) {
     copies[p].dirty.resize(n);
-    for (uint64_t b = 0; b < n; ++b) copies[p].dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
+    for (uint64_t b = 0; b < n; ++b) copies[p].dirty[b] = maps_->dirty(p).Test(RegionOf(chunk, first + b));
   }
   const bool written = ChunkWritten(chunk);
   if (written && std::none_of(copies.begin(), copies.end(), [](const PartCopy& c) {
@@ -1383,7 +1186,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
       PartCopy& c = copies[p];
       report.bytes_read += c.records.size();
       c.dirty.resize(n);
-      for (uint64_t b = 0; b < n; ++b) c.dirty[b] = parts_[p]->dirty->Test(RegionOf(chunk, first + b));
+      for (uint64_t b = 0; b < n; ++b) c.dirty[b] = maps_->dirty(p).Test(RegionOf(chunk, first + b));
     }
   };
   // Per part: the rebuilt file (when its copy is bad as a whole), the in-place rewrite, and the
@@ -1586,7 +1389,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
     }
     // The copy is good now wherever a good copy existed: its dirty regions there are done.
     for (uint64_t r = c0; r <= c1; ++r) {
-      if (tp.region_ok[r - c0] && parts_[p]->dirty->Test(r)) ClearDirty(static_cast<int>(p), r);
+      if (tp.region_ok[r - c0] && maps_->dirty(p).Test(r)) ClearDirty(static_cast<int>(p), r);
     }
   }
   if (!report.lost.empty()) {
