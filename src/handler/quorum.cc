@@ -1194,8 +1194,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   struct Target {
     bool whole = false;
     std::string reason;
-    std::string tmp;
-    std::unique_ptr<ChunkFile> file;
+    std::unique_ptr<PartStore::ChunkRewrite> rw;  // through the part's store, the chunk files' one writer
     std::map<std::string, RepairAction> actions;
     Status error;
     std::vector<char> region_ok;  // by region of the chunk: the copy is good there afterwards
@@ -1233,7 +1232,6 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
       if (!up[p]) continue;
       Target& tp = t[p];
       const bool may = o.targets & (1u << p);
-      const char part = parts_[p]->store->part();
       // The records this part's copy gets, and which blocks change.
       thread_local std::vector<std::byte> out;  // the rebuilt file's records (reused)
       std::vector<char> change(n, 0);
@@ -1289,21 +1287,13 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
       }
       if (o.dry_run || !tp.error.ok()) continue;
       if (tp.whole) {
-        if (!tp.file) {
-          const std::string name = ChunkPath(options_.volnr, part, chunk);
-          tp.tmp = fmt::format("{}/.{}.tmp", PartDir(options_.volnr, part), chunk + 1);
-          StorageBackend& be = parts_[p]->store->backend();
-          tp.error = be.MkDirs(PartDir(options_.volnr, part));
-          if (tp.error.ok()) {
-            auto f = be.Create(tp.tmp);
-            if (f.ok()) {
-              tp.file = std::move(f).value();
-              tp.error = tp.file->Truncate(g.ChunkFileSize());
-            } else {
-              tp.error = f.status();
-            }
+        if (!tp.rw) {
+          auto rw = parts_[p]->store->BuildReplacement(chunk);
+          if (!rw.ok()) {
+            tp.error = rw.status();
+            continue;
           }
-          if (!tp.error.ok()) continue;
+          tp.rw = std::move(rw).value();
         }
         // Runs of non-zero records go out; zero ones stay holes (sparse, read as unwritten).
         for (uint64_t b = 0; b < n && tp.error.ok();) {
@@ -1317,7 +1307,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
           }
           uint64_t e = b + 1;
           while (e < n && !zero(e)) ++e;
-          tp.error = tp.file->WriteAt((first + b) * rec, std::span(out.data() + b * rec, (e - b) * rec));
+          tp.error = tp.rw->WriteRecords(first + b, std::span(out.data() + b * rec, (e - b) * rec));
           report.bytes_written += (e - b) * rec;
           b = e;
         }
@@ -1331,19 +1321,18 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
         // A run of blocks from one source goes out in one write.
         uint64_t e = b + 1;
         while (e < n && change[e] && v.source[e] == v.source[b]) ++e;
-        if (!tp.file) {
-          auto f = parts_[p]->store->backend().Open(ChunkPath(options_.volnr, part, chunk));
-          if (!f.ok()) {
-            tp.error = f.status();
+        if (!tp.rw) {
+          auto rw = parts_[p]->store->RewriteInPlace(chunk);
+          if (!rw.ok()) {
+            tp.error = rw.status();
             break;
           }
-          tp.file = std::move(f).value();
+          tp.rw = std::move(rw).value();
         }
         if (v.source[b] < 0) {
-          for (uint64_t k = b; k < e && tp.error.ok(); ++k) tp.error = tp.file->WriteAt((first + k) * rec, zero_record);
+          for (uint64_t k = b; k < e && tp.error.ok(); ++k) tp.error = tp.rw->WriteRecords(first + k, zero_record);
         } else {
-          tp.error = tp.file->WriteAt((first + b) * rec,
-                                      std::span(copies[v.source[b]].records.data() + b * rec, (e - b) * rec));
+          tp.error = tp.rw->WriteRecords(first + b, std::span(copies[v.source[b]].records.data() + b * rec, (e - b) * rec));
         }
         report.bytes_written += (e - b) * rec;
         tp.blocks_written += e - b;
@@ -1357,19 +1346,9 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
     if (!up[p]) continue;
     const char part = parts_[p]->store->part();
     if (tp.whole && tp.actions.empty()) tp.actions[tp.reason];  // a file of unwritten blocks only
-    if (!o.dry_run && tp.error.ok() && tp.file) {
-      tp.error = tp.file->Sync();
-      if (tp.error.ok() && tp.whole) {
-        StorageBackend& be = parts_[p]->store->backend();
-        tp.error = be.Rename(tp.tmp, ChunkPath(options_.volnr, part, chunk));
-        // From now on the chunk's writes must reach the new file, not a cached handle of the old.
-        if (tp.error.ok()) parts_[p]->store->DropReplaced(chunk);
-        if (tp.error.ok()) tp.error = be.SyncDir(PartDir(options_.volnr, part));
-      }
-    }
-    if (!tp.error.ok() && tp.whole && !tp.tmp.empty()) {
-      parts_[p]->store->backend().Remove(tp.tmp).IgnoreError();  // best effort: an unfinished temp file
-    }
+    // Syncs; a rebuilt file is published under the chunk's name (an unfinished one is removed).
+    if (!o.dry_run && tp.error.ok() && tp.rw) tp.error = tp.rw->Commit();
+    tp.rw.reset();
     for (auto& [reason, a] : tp.actions) {
       a.target = part;
       a.whole_file = tp.whole;
