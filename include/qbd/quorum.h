@@ -25,6 +25,12 @@
 // Judging copies: one rule for every caller (scrub.h JudgeCopies). The read and resync paths use
 // its fast form: a good copy on a part that is up and clean there is the newest acknowledged data.
 //
+// The pieces (src/engine/): Sequencer (generations, region locks), PartHealth (part states, load),
+// ReplicatedMaps (dirty maps, chunk map and their copies on the parts), FlushCoalescer; this
+// class composes them: the request path in volume_engine.cc, resync in resync.cc, chunk repair
+// and the first-access comparison in chunk_repair.cc. Chunk files are written only through
+// PartStore.
+//
 // Lock order: resize_mu_ (shared) -> region locks (ascending stripe) -> PartStore internals.
 // Thread-safety: all public methods are safe for concurrent use.
 #pragma once
@@ -133,6 +139,8 @@ class QuorumSet : public BlockHandler {
   ~QuorumSet() override;  // stops the resync thread; does not flush
 
   uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
+  // Chunks of the volume at its current size.
+  uint64_t ChunkCount() const;
   Status Read(uint64_t off, std::span<std::byte> out) override;
   Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;
   Status Flush() override;
@@ -255,9 +263,11 @@ class QuorumSet : public BlockHandler {
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
   void CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live);
 
+  // The volume's size: the one copy of that fact (options_.geometry keeps block and chunk size
+  // only; its size is zeroed). Grows under resize_mu_ held exclusive.
+  std::atomic<uint64_t> size_;
   const QuorumOptions options_;
   const uint32_t region_size_;
-  std::atomic<uint64_t> size_;
   std::atomic<bool> append_only_;
   std::unique_ptr<Sequencer> seq_;      // generations and region locks
   std::unique_ptr<PartHealth> health_;  // part states and load
@@ -292,5 +302,8 @@ class QuorumSet : public BlockHandler {
   bool resync_wake_ = false;
   std::thread resync_thread_;
 };
+
+// The replication engine's name for it (src/engine/).
+using VolumeEngine = QuorumSet;
 
 }  // namespace qbd
