@@ -3,6 +3,7 @@
 #include "qbd/part_store.h"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
@@ -514,6 +515,50 @@ TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was moved aside a
   REQUIRE(store.Read(0, 0, got, metas, nullptr).ok());
   CHECK(got == data);
   CHECK(metas[0].generation == 9);
+}
+
+TEST_CASE("a replacement chunk file appears under its name only when committed") {
+  MemBackend mem;
+  PartStore store(mem, kVol, 'a', Geo(), 256, kRecheckEveryCall);
+  std::vector<std::byte> data(kBs, std::byte{0x5A});
+  BlockMeta m{7, BlockChecksum(data)};
+  bool created = false;
+  REQUIRE(store.Write(0, 3, data, std::span(&m, 1), /*sync=*/true, &created).ok());
+  // The replacement holds block 3 at generation 8, the old file generation 7.
+  std::vector<std::byte> record(Geo().RecordSize());
+  std::copy(data.begin(), data.end(), record.begin());
+  EncodeBlockMeta(BlockMeta{8, m.checksum}, record.data() + kBs);
+  uint64_t want = 0;  // the generation read back
+  {
+    auto rw = store.BuildReplacement(0);
+    REQUIRE(rw.ok());
+    REQUIRE((*rw)->WriteRecords(3, record).ok());
+    SUBCASE("an abandoned one is removed and the old file stays") {
+      rw->reset();
+      CHECK(mem.Stat(fmt::format("{}/a/.1.tmp", kVol)).status().IsNotFound());
+      want = 7;
+    }
+    SUBCASE("a committed one replaces the old file, and the store reads the new one") {
+      REQUIRE((*rw)->Commit().ok());
+      rw->reset();
+      CHECK(mem.Stat(fmt::format("{}/a/.1.tmp", kVol)).status().IsNotFound());
+      want = 8;
+    }
+  }
+  std::vector<std::byte> got(kBs);
+  BlockMeta gm;
+  REQUIRE(store.Read(0, 3, got, std::span(&gm, 1), nullptr).ok());
+  CHECK(got == data);
+  CHECK(gm.generation == want);
+  auto st = store.CheckChunk(0);
+  REQUIRE(st.ok());
+  CHECK(*st == PartStore::ChunkState::kComplete);
+}
+
+TEST_CASE("a rewrite in place fails with NotFound when the chunk file is absent") {
+  MemBackend mem;
+  PartStore store(mem, kVol, 'a', Geo(), 256, kRecheckEveryCall);
+  CHECK(store.RewriteInPlace(2).status().IsNotFound());
 }
 }  // TEST_SUITE("part_store")
 

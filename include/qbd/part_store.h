@@ -111,11 +111,42 @@ class PartStore {
   Status CloseAll();
 
   // Drops the cached handle of `chunk` and its pending sync, after its file was replaced under its
-  // name by a synced rebuild (QuorumSet::RepairChunk): the next call opens the new file. A remote
-  // backend notices a replaced file only every so often, and a write through the old handle in
-  // between would land in the unlinked file. REQUIRES: no write to the chunk in flight (the
-  // caller holds its region locks).
+  // name by a synced rebuild (ChunkRewrite::Commit of a replacement): the next call opens the new
+  // file. A remote backend notices a replaced file only every so often, and a write through the
+  // old handle in between would land in the unlinked file. REQUIRES: no write to the chunk in
+  // flight (the caller holds its region locks).
   void DropReplaced(uint64_t chunk);
+
+  // A rewrite of one chunk's records exactly as stored (layout-spec.md §4.2), for repairs
+  // (QuorumSet::RepairChunk): either in place, in the existing file, or as a replacement file
+  // built under a temporary name and published over the chunk's name (§4.1). Used by one thread.
+  class ChunkRewrite {
+   public:
+    ~ChunkRewrite();  // a replacement not committed is removed (best effort)
+    ChunkRewrite(const ChunkRewrite&) = delete;
+    ChunkRewrite& operator=(const ChunkRewrite&) = delete;
+    // Writes whole records (block data and metadata as stored) from block `first` of the chunk.
+    // Durable only after Commit.
+    Status WriteRecords(uint64_t first, std::span<const std::byte> records);
+    // In place: syncs the file. A replacement: syncs it, renames it over the chunk's name, drops
+    // the store's cached handle of the old file (DropReplaced) and syncs the directory; on failure
+    // the temporary file is removed. REQUIRES: no write to the chunk in flight (region locks).
+    Status Commit();
+
+   private:
+    friend class PartStore;
+    ChunkRewrite(PartStore& store, uint64_t chunk, std::unique_ptr<ChunkFile> file, std::string tmp);
+    PartStore& store_;
+    const uint64_t chunk_;
+    std::unique_ptr<ChunkFile> file_;
+    const std::string tmp_;  // a replacement's temporary name; empty in place
+    bool committed_ = false;
+  };
+  // Opens the chunk's file for a rewrite in place (NotFound when absent). Its records bypass the
+  // cached handles: the caller holds the chunk's region locks.
+  Result<std::unique_ptr<ChunkRewrite>> RewriteInPlace(uint64_t chunk);
+  // Creates `<part>/.<n>.tmp` at full size (sparse: unwritten records), the directory if needed.
+  Result<std::unique_ptr<ChunkRewrite>> BuildReplacement(uint64_t chunk);
 
  private:
   // A cached open chunk file.

@@ -25,6 +25,12 @@
 // Judging copies: one rule for every caller (scrub.h JudgeCopies). The read and resync paths use
 // its fast form: a good copy on a part that is up and clean there is the newest acknowledged data.
 //
+// The pieces (src/engine/): Sequencer (generations, region locks), PartHealth (part states, load),
+// ReplicatedMaps (dirty maps, chunk map and their copies on the parts), FlushCoalescer; this
+// class composes them: the request path in volume_engine.cc, resync in resync.cc, chunk repair
+// and the first-access comparison in chunk_repair.cc. Chunk files are written only through
+// PartStore.
+//
 // Lock order: resize_mu_ (shared) -> region locks (ascending stripe) -> PartStore internals.
 // Thread-safety: all public methods are safe for concurrent use.
 #pragma once
@@ -48,6 +54,10 @@
 
 namespace qbd {
 
+class FlushCoalescer;
+class PartHealth;
+class ReplicatedMaps;
+class Sequencer;
 class ThreadPool;
 
 struct QuorumOptions {
@@ -129,6 +139,8 @@ class QuorumSet : public BlockHandler {
   ~QuorumSet() override;  // stops the resync thread; does not flush
 
   uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
+  // Chunks of the volume at its current size.
+  uint64_t ChunkCount() const;
   Status Read(uint64_t off, std::span<std::byte> out) override;
   Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;
   Status Flush() override;
@@ -157,13 +169,13 @@ class QuorumSet : public BlockHandler {
   // chunk is compared, its reads judge every part's copy of the blocks they read.
   uint64_t CompareQueued();
   // The largest generation any write of this volume can have made: larger ones are suspect.
-  uint64_t MaxGeneration() const { return next_gen_.load(std::memory_order_acquire) - 1; }
+  uint64_t MaxGeneration() const;
   // Stops the resync thread (idempotent).
   void StopResync();
 
   size_t part_count() const { return parts_.size(); }
   // True when chunk `chunk` (0-based) has ever been written (its chunk map bit is set).
-  bool ChunkWritten(uint64_t chunk) const { return chunk_map_->Test(chunk); }
+  bool ChunkWritten(uint64_t chunk) const;
   // Writes the chunk map bits of chunks first written since the last call to the chunk map copy
   // of every up part, after syncing the names of their files (PartStore::SyncCreated): a bit on
   // disk never names a chunk whose files could still vanish in a crash. Flush and durable writes
@@ -181,26 +193,14 @@ class QuorumSet : public BlockHandler {
   // are recorded; the resync thread probes it and brings it back.
   void MarkPartDown(size_t i, const Status& why) { MarkDown(static_cast<int>(i), why); }
   // Marks part i down (reads and writes skip it, writes are recorded dirty) or up.
-  void TEST_SetPartUp(size_t i, bool up) { parts_[i]->state.store(up ? kUp : kDown); }
+  void TEST_SetPartUp(size_t i, bool up);
 
  private:
   struct Part {
     std::unique_ptr<PartStore> store;
-    std::unique_ptr<DirtyMap> dirty;   // regions this part may hold stale
-    std::unique_ptr<DirtyMap> synced;  // the subset of `dirty` known durable on another part
-    std::atomic<int> state{kUp};  // kUp, kResyncing or kDown
-    std::atomic<int> inflight{0};
-    std::atomic<uint64_t> marks{0};  // MarkDirty calls so far: resync's batches check it
-    // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x (index).
-    std::mutex dirty_files_mu;
-    std::vector<std::unique_ptr<ChunkFile>> dirty_files;
   };
-  class RegionGuard;
-  // Part states: up (in sync, counts for the quorum), resyncing (back after an outage: takes
-  // writes, reads where clean, does not count until its dirty regions are copied), down.
-  static constexpr int kUp = 0, kResyncing = 1, kDown = 2;
-  bool Reachable(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) != kDown; }
-  bool InSync(size_t i) const { return parts_[i]->state.load(std::memory_order_acquire) == kUp; }
+  bool Reachable(size_t i) const;
+  bool InSync(size_t i) const;
 
   uint64_t RegionOf(uint64_t chunk, uint64_t block_in_chunk) const;
   // Parts that are up and clean for regions [r0, r1], least loaded first, minus `exclude`.
@@ -223,7 +223,6 @@ class QuorumSet : public BlockHandler {
   Status MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why);
   // Clears region in part p's dirty map, in memory and (without sync) on disk.
   void ClearDirty(int p, uint64_t region);
-  void PersistDirtyBytes(int p, const std::vector<uint64_t>& bytes, bool sync, Status* result);
   void MarkDown(int p, const Status& why);
   // Part p failed to sync `chunks` (none known: all of it): marks it down and them dirty.
   void FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks);
@@ -240,7 +239,6 @@ class QuorumSet : public BlockHandler {
   // A part that is down whose backend holds its part directory again becomes resyncing; true when
   // the part is reachable (now or already).
   bool ProbePart(size_t i);
-  uint64_t NextGeneration();
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
   // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
@@ -265,27 +263,23 @@ class QuorumSet : public BlockHandler {
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
   void CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live);
 
+  // The volume's size: the one copy of that fact (options_.geometry keeps block and chunk size
+  // only; its size is zeroed). Grows under resize_mu_ held exclusive.
+  std::atomic<uint64_t> size_;
   const QuorumOptions options_;
   const uint32_t region_size_;
-  std::atomic<uint64_t> size_;
   std::atomic<bool> append_only_;
-  std::atomic<uint64_t> next_gen_;
+  std::unique_ptr<Sequencer> seq_;      // generations and region locks
+  std::unique_ptr<PartHealth> health_;  // part states and load
+  std::unique_ptr<FlushCoalescer> flusher_;
   std::vector<std::unique_ptr<Part>> parts_;
   std::unique_ptr<ThreadPool> pool_;       // the request path's fan-out
   std::unique_ptr<ThreadPool> scan_pool_;  // whole-chunk reads of comparisons and repairs
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
-  // The chunk map: chunk_map_ in memory (bits set under chunk_map_mu_ by RecordChunkWritten),
-  // chunk_map_durable_ as written to the copies on disk; the chunks in between are queued in
-  // chunk_map_pending_ for PersistChunkMap.
-  std::unique_ptr<DirtyMap> chunk_map_;
-  std::mutex chunk_map_mu_;
-  std::unique_ptr<DirtyMap> chunk_map_durable_;    // GUARDED_BY(chunk_map_persist_mu_)
-  std::vector<uint64_t> chunk_map_pending_;        // GUARDED_BY(chunk_map_mu_)
-  std::atomic<bool> chunk_map_any_pending_{false};
-  std::mutex chunk_map_persist_mu_;                // serializes PersistChunkMap
-  std::vector<std::unique_ptr<ChunkFile>> chunk_map_files_;  // GUARDED_BY(chunk_map_persist_mu_), by part
+  // The dirty maps and the chunk map, and their copies on the parts.
+  std::unique_ptr<ReplicatedMaps> maps_;
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;
@@ -301,15 +295,6 @@ class QuorumSet : public BlockHandler {
   // visible) and are not retried until an admin's repair. GUARDED_BY(lost_mu_).
   std::mutex lost_mu_;
   std::vector<std::set<uint64_t>> lost_regions_;
-  static constexpr size_t kStripes = 1024;
-  std::array<std::mutex, kStripes> region_locks_;
-
-  std::mutex flush_mu_;  // guards the flush coalescing state below
-  std::condition_variable flush_cv_;
-  uint64_t flush_requested_ = 0;
-  uint64_t flush_completed_ = 0;
-  bool flush_running_ = false;
-  Status last_flush_status_;
 
   std::mutex resync_mu_;
   std::condition_variable resync_cv_;
@@ -317,5 +302,8 @@ class QuorumSet : public BlockHandler {
   bool resync_wake_ = false;
   std::thread resync_thread_;
 };
+
+// The replication engine's name for it (src/engine/).
+using VolumeEngine = QuorumSet;
 
 }  // namespace qbd

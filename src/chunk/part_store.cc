@@ -357,6 +357,47 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
   return first_error;
 }
 
+PartStore::ChunkRewrite::ChunkRewrite(PartStore& store, uint64_t chunk, std::unique_ptr<ChunkFile> file,
+                                      std::string tmp)
+    : store_(store), chunk_(chunk), file_(std::move(file)), tmp_(std::move(tmp)) {}
+
+PartStore::ChunkRewrite::~ChunkRewrite() {
+  file_.reset();
+  if (!committed_ && !tmp_.empty()) store_.backend_.Remove(tmp_).IgnoreError();  // best effort: an unfinished temp file
+}
+
+Status PartStore::ChunkRewrite::WriteRecords(uint64_t first, std::span<const std::byte> records) {
+  return file_->WriteAt(first * store_.geometry_.RecordSize(), records);
+}
+
+Status PartStore::ChunkRewrite::Commit() {
+  QBD_RETURN_IF_ERROR(file_->Sync());
+  if (tmp_.empty()) {
+    committed_ = true;
+    return Status::OK();
+  }
+  QBD_RETURN_IF_ERROR(store_.backend_.Rename(tmp_, store_.Name(chunk_)));
+  // From now on the chunk's writes must reach the new file, not a cached handle of the old.
+  store_.DropReplaced(chunk_);
+  QBD_RETURN_IF_ERROR(store_.backend_.SyncDir(PartDir(store_.volnr_, store_.part_)));
+  committed_ = true;
+  return Status::OK();
+}
+
+Result<std::unique_ptr<PartStore::ChunkRewrite>> PartStore::RewriteInPlace(uint64_t chunk) {
+  QBD_ASSIGN_OR_RETURN(auto f, backend_.Open(Name(chunk)));
+  return std::unique_ptr<ChunkRewrite>(new ChunkRewrite(*this, chunk, std::move(f), ""));
+}
+
+Result<std::unique_ptr<PartStore::ChunkRewrite>> PartStore::BuildReplacement(uint64_t chunk) {
+  const std::string tmp = fmt::format("{}/.{}.tmp", PartDir(volnr_, part_), chunk + 1);
+  QBD_RETURN_IF_ERROR(backend_.MkDirs(PartDir(volnr_, part_)));
+  QBD_ASSIGN_OR_RETURN(auto f, backend_.Create(tmp));
+  std::unique_ptr<ChunkRewrite> rw(new ChunkRewrite(*this, chunk, std::move(f), tmp));
+  QBD_RETURN_IF_ERROR(rw->file_->Truncate(geometry_.ChunkFileSize()));
+  return rw;
+}
+
 Status PartStore::CloseAll() {
   Status s = Flush();
   std::lock_guard<std::mutex> l(mu_);
