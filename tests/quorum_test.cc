@@ -1179,3 +1179,30 @@ TEST_CASE("a chunk past the original size is repaired after the volume grew") {
 }  // TEST_SUITE("quorum")
 
 }  // namespace qbd::test
+
+namespace qbd::test {
+TEST_SUITE("quorum") {
+TEST_CASE("a chunk whose sync failed is recorded dirty and not synced again through the same handle") {
+  QuietLog quiet;
+  Cluster c;
+  std::vector<std::byte> v = RandomBytes(90, kBs);
+  REQUIRE(c.q().Write(kChunk, v, /*fua=*/false).ok());
+  c.faulty(1).FailNth(1, FaultyBackend::kSync);
+  REQUIRE(c.q().Flush().ok());  // a and c are a quorum; b is down with the chunk dirty
+  CHECK_FALSE(c.q().PartUp(1));
+  CHECK(c.q().DirtyRegions(1) > 0);
+  c.faulty(1).ClearFaults();
+  c.q().TEST_SetPartUp(1, true);
+  // Regression: the failed handle stayed listed, so every later flush synced it again; on an NFS
+  // server that lost the writes each such sync failed anew and brought the part down once more.
+  const uint64_t before = c.faulty(1).ops();
+  REQUIRE(c.q().Flush().ok());
+  CHECK(c.faulty(1).ops() == before);
+  CHECK(c.q().ResyncOnce() > 0);
+  CHECK(c.q().DirtyRegions(1) == 0);
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  CHECK(c.ReadBack(kChunk, kBs) == v);
+}
+}  // TEST_SUITE("quorum")
+}  // namespace qbd::test

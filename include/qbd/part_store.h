@@ -114,7 +114,9 @@ class PartStore {
   // name by a synced rebuild (ChunkRewrite::Commit of a replacement): the next call opens the new
   // file. A remote backend notices a replaced file only every so often, and a write through the
   // old handle in between would land in the unlinked file. REQUIRES: no write to the chunk in
-  // flight (the caller holds its region locks).
+  // flight (the caller holds its region locks). Also used after a failed sync whose chunk is
+  // recorded dirty (it is resynced): the file is the same, so a write in flight through the old
+  // handle lists it again for the next Flush, as any write does.
   void DropReplaced(uint64_t chunk);
 
   // A rewrite of one chunk's records exactly as stored (layout-spec.md §4.2), for repairs

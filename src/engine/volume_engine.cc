@@ -654,9 +654,18 @@ void QuorumSet::FlushFailed(int p, const Status& why, const std::vector<uint64_t
     const uint64_t last_block = options_.geometry.BlocksPerChunk() - 1;
     for (uint64_t c : chunks) ranges.emplace_back(RegionOf(c, 0), RegionOf(c, last_block));
   }
+  bool recorded = true;
   for (const auto& [r0, r1] : ranges) {
     Status m = MarkDirty(p, r0, r1, /*durable=*/true, "flush failed");
     if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
+    recorded = recorded && m.ok();
+  }
+  // Recorded dirty, those chunks come back through resync: their handles are dropped rather than
+  // synced again. A second sync of the same handle proves nothing (after a failed fsync the kernel
+  // may have dropped the pages; an NFS server that lost them fails every later COMMIT of the
+  // handle too, bringing the part down again and resyncing the same regions once more).
+  if (recorded) {
+    for (uint64_t c : chunks) parts_[p]->store->DropReplaced(c);
   }
 }
 
