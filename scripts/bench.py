@@ -34,6 +34,7 @@ usage: scripts/bench.py BUILD_DIR   (make bench)
   BENCH_COPY_SIZE=S  nbdcopy size (default 2G)   BENCH_ROUNDS=N  rounds, medians (default 1)
   BENCH_DIR=DIR  where the scratch directory is created
   BENCH_CACHE="qbd.conf lines"  the cache columns' settings (default "cache_size = 2G"; "" for none)
+  BENCH_BASE=DIR  another build's bin directory as columns "base 1 part" and "base 3 parts"
 """
 import ctypes, json, os, platform, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -70,6 +71,12 @@ QBD_CACHE_CONF = os.environ.get("BENCH_CACHE", "cache_size = 2G")
 QBD_DAEMONS = {"qbd-master": ""}
 if QBD_CACHE_CONF:
     QBD_DAEMONS["qbd-master cache"] = QBD_CACHE_CONF
+# BENCH_BASE=DIR: the binaries of another build (e.g. an older commit's build/release) as two more
+# columns in the same run, interleaved with the others: a before/after comparison on one machine
+# state. Their daemon is "qbd-master base".
+BASE = os.environ.get("BENCH_BASE", "")
+if BASE:
+    QBD_DAEMONS["qbd-master base"] = ""
 
 # Columns, in order: (name, kind, argument). For kind "qbd" the argument is (daemon, volume).
 SERVERS = [
@@ -77,6 +84,8 @@ SERVERS = [
     ("qbd 3 parts", "qbd", ("qbd-master", "three")),
     *([("qbd 1 part cache", "qbd", ("qbd-master cache", "one")),
        ("qbd 3 parts cache", "qbd", ("qbd-master cache", "three"))] if QBD_CACHE_CONF else []),
+    *([("base 1 part", "qbd", ("qbd-master base", "one")),
+       ("base 3 parts", "qbd", ("qbd-master base", "three"))] if BASE else []),
     ("nbdkit file", "nbdkit-file", None),
     ("qemu-nbd --cache=writeback", "qemu-nbd", None),
     ("nbd-server", "nbd-server", None),
@@ -89,6 +98,7 @@ RATIOS = [
     ("3p/nbdkit", "qbd 3 parts", "nbdkit file"),
     *([("1pc/nbdkit", "qbd 1 part cache", "nbdkit file"),
        ("3pc/nbdkit", "qbd 3 parts cache", "nbdkit file")] if QBD_CACHE_CONF else []),
+    *([("1p/base", "qbd 1 part", "base 1 part"), ("3p/base", "qbd 3 parts", "base 3 parts")] if BASE else []),
     ("1p/qemu", "qbd 1 part", "qemu-nbd --cache=writeback"),
     ("1p/nbd-srv", "qbd 1 part", "nbd-server"),
 ]
@@ -276,10 +286,11 @@ class Bench:
                 f.write(extra.rstrip("\n") + "\n")
             for p in "abc":
                 f.write(f"[backend {p}]\npath = node-{p}\n")
-        ctl = [f"{BUILD}/bin/qbdctl", "--config", conf]
+        bindir = f"{BASE}" if label == "qbd-master base" else f"{BUILD}/bin"
+        ctl = [f"{bindir}/qbdctl", "--config", conf]
         run(ctl + ["create", "one", "--size", str(EXPORT_SIZE), "--replicas", "1"], "qbdctl create one")
         run(ctl + ["create", "three", "--size", str(EXPORT_SIZE), "--replicas", "3"], "qbdctl create three")
-        p = self.procs.start(label, [f"{BUILD}/bin/qbd-master", "--config", conf], f"{d}/master.log")
+        p = self.procs.start(label, [f"{bindir}/qbd-master", "--config", conf], f"{d}/master.log")
         wait_ready(label, f"nbd://127.0.0.1:{port}/one", p, f"{d}/master.log")
         self.qbd[label] = (port, p)
 
@@ -401,6 +412,8 @@ def main():
     for b in ("qbd-master", "qbdctl"):
         if not os.access(f"{BUILD}/bin/{b}", os.X_OK):
             raise BenchError(f"{BUILD}/bin/{b} is missing: build it first (make)")
+    if BASE and not all(os.access(f"{BASE}/{b}", os.X_OK) for b in ("qbd-master", "qbdctl")):
+        raise BenchError(f"BENCH_BASE={BASE}: qbd-master and qbdctl must be there")
     if SIZE < (1 << 20) or COPY_SIZE < (1 << 20):
         raise BenchError("BENCH_SIZE and BENCH_COPY_SIZE must be at least 1M")
 
