@@ -56,6 +56,7 @@ namespace qbd {
 
 class FlushCoalescer;
 class PartHealth;
+class Redundancy;
 class ReplicatedMaps;
 class Sequencer;
 class ThreadPool;
@@ -280,6 +281,8 @@ class QuorumSet : public BlockHandler {
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
   // The dirty maps and the chunk map, and their copies on the parts.
   std::unique_ptr<ReplicatedMaps> maps_;
+  // Which parts hold a chunk, the read plan and the judge of copies (redundancy.h).
+  std::unique_ptr<Redundancy> redundancy_;
   // Chunks whose file is known to exist on the parts (set after the first write in this process).
   std::vector<std::atomic<uint8_t>> chunk_known_;
   std::array<std::mutex, 64> create_locks_;

@@ -11,6 +11,7 @@
 
 #include "common/thread_pool.h"
 #include "engine/part_health.h"
+#include "engine/redundancy.h"
 #include "engine/replicated_maps.h"
 #include "engine/sequencer.h"
 #include "qbd/log.h"
@@ -148,7 +149,7 @@ Status QuorumSet::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte
     return Status::IOError(
         fmt::format("volume {} chunk {}: chunk file missing on every part in reach", options_.volume, chunk + 1), EIO);
   }
-  const SliceVerdict v = JudgeCopies(copies, written, MaxGeneration());
+  const SliceVerdict v = redundancy_->Judge(copies, written, MaxGeneration());
   for (uint64_t b = 0; b < n; ++b) {
     const int src = v.source[b];
     if (src >= 0) {
@@ -243,7 +244,7 @@ Result<ChunkRepairReport> QuorumSet::RepairChunkLocked(uint64_t chunk, const Rep
   for (uint64_t first = 0; first < end_block; first += slice) {
     const uint64_t n = std::min<uint64_t>(slice, end_block - first);
     read_slice(first, n);
-    SliceVerdict v = JudgeCopies(copies, written, MaxGeneration());
+    SliceVerdict v = redundancy_->Judge(copies, written, MaxGeneration());
     for (const PartCopy& c : copies) any_file = any_file || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
     if (first == 0) {
       bool any_present = false;

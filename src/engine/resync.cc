@@ -11,6 +11,7 @@
 
 #include "common/thread_pool.h"
 #include "engine/part_health.h"
+#include "engine/redundancy.h"
 #include "engine/replicated_maps.h"
 #include "engine/sequencer.h"
 #include "qbd/log.h"
@@ -216,7 +217,7 @@ bool QuorumSet::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first,
     c.good.assign(n, 1);
     for (uint64_t b : bad) c.good[b - first] = 0;
   }
-  const SliceVerdict v = JudgeCopies(copies, ChunkWritten(chunk), MaxGeneration());
+  const SliceVerdict v = redundancy_->Judge(copies, ChunkWritten(chunk), MaxGeneration());
   std::vector<std::byte> best(n * bs);
   std::vector<BlockMeta> best_meta(n);
   bool undecided = false;

@@ -14,6 +14,7 @@
 #include "common/thread_pool.h"
 #include "engine/flush_coalescer.h"
 #include "engine/part_health.h"
+#include "engine/redundancy.h"
 #include "engine/replicated_maps.h"
 #include "engine/sequencer.h"
 #include "qbd/log.h"
@@ -75,6 +76,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
                                            std::move(dirty), options_.geometry.chunk_size,
                                            ChunkCount(), std::move(chunk_map),
                                            [this] { WakeResync(); });
+  redundancy_ = std::make_unique<Replicate>(*health_, *maps_);
   for (size_t i = 0; i < parts_.size(); ++i) {
     uint64_t n = maps_->dirty(i).CountSet();
     health_->SetInitial(i, n > 0 ? PartHealth::State::kResyncing : PartHealth::State::kUp);
@@ -132,14 +134,7 @@ uint64_t QuorumSet::RegionOf(uint64_t chunk, uint64_t block_in_chunk) const {
 }
 
 std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) const {
-  std::vector<int> order;
-  order.reserve(parts_.size());
-  for (size_t i = 0; i < parts_.size(); ++i) {
-    if (static_cast<int>(i) == exclude || !Reachable(i)) continue;
-    if (maps_->dirty(i).AnyIn(r0, r1)) continue;
-    order.push_back(static_cast<int>(i));
-  }
-  return health_->LeastLoadedFirst(std::move(order));
+  return redundancy_->PlanRead(r0, r1, exclude);
 }
 
 // Reads blocks [first, first + n) of `chunk`, trying the parts of `order` in turn.
@@ -472,9 +467,10 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     results[i] = parts_[i]->store->WriteRecords(chunk, first, records, fua, &c);
     created[i] = c;
   };
+  const uint32_t holding = redundancy_->PartsHolding(chunk);
   std::vector<size_t> live;
   for (size_t i = 0; i < np; ++i) {
-    if (Reachable(i)) live.push_back(i);
+    if (Reachable(i) && (holding & (1u << i))) live.push_back(i);
   }
   for (size_t i : live) attempted[i] = 1;
   // The first write to a chunk in this process checks which parts hold its file, under a lock
@@ -589,9 +585,11 @@ void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& li
 Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, bool fua) {
   const size_t np = parts_.size();
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  const uint32_t holding = redundancy_->PartsHolding(chunk);
   int ok = 0;
   std::vector<int> missed;
   for (size_t i = 0; i < np; ++i) {
+    if (!(holding & (1u << i))) continue;
     if (!Reachable(i)) {
       missed.push_back(static_cast<int>(i));
       continue;
