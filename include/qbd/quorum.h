@@ -28,7 +28,8 @@
 // The pieces (src/engine/): Sequencer (generations, region locks), PartHealth (part states, load),
 // ReplicatedMaps (dirty maps, chunk map and their copies on the parts), Redundancy (which parts
 // hold a chunk, the read plan, the judge), RepairWorker (read-repair's bookkeeping, resync,
-// reconcile, the first-access comparisons, chunk repair, the background thread), FlushCoalescer.
+// reconcile, the first-access comparisons, chunk repair, the background thread), ChunkPresence
+// (the chunks whose files were seen, their create locks), FlushCoalescer.
 // This class composes them and serves the requests (volume_engine.cc). Chunk files are written
 // only through PartStore.
 //
@@ -52,6 +53,7 @@
 
 namespace qbd {
 
+class ChunkPresence;
 class FlushCoalescer;
 class PartHealth;
 class Redundancy;
@@ -228,8 +230,6 @@ class QuorumSet : public BlockHandler {
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
   // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
   Status RecordChunkWritten(uint64_t chunk, bool durable);
-  bool ChunkKnown(uint64_t chunk) const;
-  void SetChunkKnown(uint64_t chunk);
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
   void CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live);
 
@@ -251,9 +251,8 @@ class QuorumSet : public BlockHandler {
   std::unique_ptr<ReplicatedMaps> maps_;
   // Which parts hold a chunk, the read plan and the judge of copies (redundancy.h).
   std::unique_ptr<Redundancy> redundancy_;
-  // Chunks whose file is known to exist on the parts (set after the first write in this process).
-  std::vector<std::atomic<uint8_t>> chunk_known_;
-  std::array<std::mutex, 64> create_locks_;
+  // Chunks whose file is known to exist on the parts, and their create locks.
+  std::unique_ptr<ChunkPresence> presence_;
   // Resync, reconcile, comparisons, chunk repair (repair_worker.h); declared last: it is
   // destroyed first, stopping its thread before the pieces it works on go.
   std::unique_ptr<RepairWorker> repair_;

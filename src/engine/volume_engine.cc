@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "common/thread_pool.h"
+#include "engine/chunk_presence.h"
 #include "engine/flush_coalescer.h"
 #include "engine/part_health.h"
 #include "engine/redundancy.h"
@@ -88,7 +89,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
                    n * region_size_);
     }
   }
-  chunk_known_ = std::vector<std::atomic<uint8_t>>(ChunkCount());
+  presence_ = std::make_unique<ChunkPresence>(stores, ChunkCount());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
   repair_ = std::make_unique<RepairWorker>(RepairWorker::Pieces{
       .options = options_,
@@ -231,17 +232,12 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       repair_->MarkForRepair(p, rb, rb, "checksum mismatch");
     }
     // Parts passed over that lack the chunk file, or hold a short one, get the whole chunk back.
-    if (!missing.empty() && !ChunkKnown(chunk)) {
+    if (!missing.empty() && !presence_->Known(chunk)) {
       // The first write of this chunk may be creating it on the parts right now: wait for it
       // (it holds the create lock) and look again before calling a file lost.
-      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
-      std::vector<int> still;
-      for (int m : missing) {
-        auto st = parts_[m]->store->CheckChunk(chunk);
-        if (st.ok() && *st != PartStore::ChunkState::kComplete) still.push_back(m);
-      }
-      missing.swap(still);
-      SetChunkKnown(chunk);
+      std::lock_guard<std::mutex> cl(presence_->CreateLock(chunk));
+      missing = presence_->Incomplete(chunk, missing);
+      presence_->SetKnown(chunk);
     }
     if (!missing.empty() || !whole_bad.empty()) {
       const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
@@ -260,11 +256,8 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     // be creating the files right now (under the create lock): look again once it is done.
     bool any = false;
     {
-      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
-      for (int p : order) {
-        auto st = parts_[p]->store->CheckChunk(chunk);
-        any = any || (st.ok() && *st != PartStore::ChunkState::kAbsent);
-      }
+      std::lock_guard<std::mutex> cl(presence_->CreateLock(chunk));
+      any = presence_->AnyFile(chunk, order);
     }
     if (any && locked) return ReadBlocks(ReadOrder(r0, r1, -1), chunk, first, data, metas, locked);
     if (any) return ReadChunkPiece(chunk, first, data, metas, /*locked=*/false);
@@ -476,11 +469,11 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   // The first write to a chunk in this process checks which parts hold its file, under a lock
   // so that concurrent first writes do not take each other's new files for lost ones. Later, a
   // part that has to create the file has lost it.
-  bool known = ChunkKnown(chunk);
+  bool known = presence_->Known(chunk);
   std::unique_lock<std::mutex> create_lock;
   if (!known || !maps_->ChunkWritten(chunk)) {
-    create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
-    known = ChunkKnown(chunk);
+    create_lock = std::unique_lock<std::mutex>(presence_->CreateLock(chunk));
+    known = presence_->Known(chunk);
     if (!known) CheckChunkPresence(chunk, live);
     // Waiting for the lock may have taken a while: a part marked down meanwhile is skipped.
     std::erase_if(live, [&](size_t i) {
@@ -517,7 +510,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       missed.push_back(static_cast<int>(i));
     }
   }
-  if (ok > 0 || some_existed) SetChunkKnown(chunk);
+  if (ok > 0 || some_existed) presence_->SetKnown(chunk);
   if (known && some_existed) {
     // A part that had to create the chunk file while another part already had it lost the file:
     // it holds only these blocks; the rest of the chunk comes back through resync.
@@ -552,27 +545,9 @@ Status QuorumSet::PersistChunkMap() { return maps_->PersistChunkMap(); }
 
 bool QuorumSet::ChunkWritten(uint64_t chunk) const { return maps_->ChunkWritten(chunk); }
 
-bool QuorumSet::ChunkKnown(uint64_t chunk) const {
-  return chunk < chunk_known_.size() && chunk_known_[chunk].load(std::memory_order_acquire);
-}
-
-void QuorumSet::SetChunkKnown(uint64_t chunk) {
-  if (chunk < chunk_known_.size()) chunk_known_[chunk].store(1, std::memory_order_release);
-}
-
 void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live) {
-  std::vector<size_t> absent;
-  bool any = false;
-  for (size_t i : live) {
-    auto e = parts_[i]->store->CheckChunk(chunk);
-    if (!e.ok()) continue;
-    if (*e == PartStore::ChunkState::kComplete) {
-      any = true;
-    } else {
-      absent.push_back(i);  // absent or short
-    }
-  }
-  if (!any) return;  // a new chunk: every part creates it now
+  const std::vector<size_t> absent = presence_->LostOn(chunk, live);
+  if (absent.empty()) return;  // a new chunk (every part creates it now), or no file lost
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
   for (size_t i : absent) {
     counters_.read_repairs.fetch_add(1);
@@ -700,9 +675,7 @@ void QuorumSet::SetSize(uint64_t size) {
   Geometry g = options_.geometry;
   g.size = size;
   maps_->Grow(regions, g.ChunkCount());
-  std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
-  for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
-  chunk_known_.swap(known);
+  presence_->Grow(g.ChunkCount());
   repair_->Grow(g.ChunkCount());
   size_.store(size, std::memory_order_release);
 }
