@@ -36,7 +36,8 @@ std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
 
 std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
   std::vector<BlockMeta> metas(data.size() / kBs);
-  for (size_t i = 0; i < metas.size(); ++i) metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
+  for (size_t i = 0; i < metas.size(); ++i)
+    metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
   return metas;
 }
 
@@ -45,14 +46,16 @@ struct Fixture {
     for (int i = 0; i < 3; ++i) {
       mem.push_back(std::make_unique<MemBackend>(std::string(1, 'a' + i)));
       REQUIRE(mem[i]->MkDirs(std::to_string(kVol)).ok());
-      stores.push_back(std::make_unique<PartStore>(*mem[i], kVol, static_cast<char>('a' + i), Geo()));
+      stores.push_back(
+          std::make_unique<PartStore>(*mem[i], kVol, static_cast<char>('a' + i), Geo()));
     }
-    health = std::make_unique<PartHealth>("vol", kVol, std::vector<char>{'a', 'b', 'c'},
-                                          std::vector<StorageBackend*>{mem[0].get(), mem[1].get(), mem[2].get()});
+    health = std::make_unique<PartHealth>(
+        "vol", kVol, std::vector<char>{'a', 'b', 'c'},
+        std::vector<StorageBackend*>{mem[0].get(), mem[1].get(), mem[2].get()});
     maps = std::make_unique<ReplicatedMaps>(
-        "vol", kVol, std::vector<PartStore*>{stores[0].get(), stores[1].get(), stores[2].get()}, *health,
-        static_cast<uint32_t>(kChunk), kChunks, std::vector<std::unique_ptr<DirtyMap>>{}, kChunk, kChunks, nullptr,
-        [] {});
+        "vol", kVol, std::vector<PartStore*>{stores[0].get(), stores[1].get(), stores[2].get()},
+        *health, static_cast<uint32_t>(kChunk), kChunks, std::vector<std::unique_ptr<DirtyMap>>{},
+        kChunk, kChunks, nullptr, [] {});
     redundancy = std::make_unique<Replicate>(*health, *maps);
   }
   void Write(int p, uint64_t chunk, uint64_t tag, uint64_t gen) {
@@ -86,7 +89,9 @@ TEST_CASE("replicate places every chunk on every part") {
 TEST_CASE("replicate plans a read over the reachable clean parts, least loaded first") {
   Fixture f;
   CHECK(f.redundancy->PlanRead(0, 3, -1) == std::vector<int>{0, 1, 2});
-  SUBCASE("without the excluded part") { CHECK(f.redundancy->PlanRead(0, 3, 1) == std::vector<int>{0, 2}); }
+  SUBCASE("without the excluded part") {
+    CHECK(f.redundancy->PlanRead(0, 3, 1) == std::vector<int>{0, 2});
+  }
   SUBCASE("without a part that is down") {
     f.health->MarkDown(0, Status::IOError("test"));
     CHECK(f.redundancy->PlanRead(0, 3, -1) == std::vector<int>{1, 2});
@@ -102,12 +107,15 @@ TEST_CASE("replicate plans a read over the reachable clean parts, least loaded f
     f.health->EndIo(0);
   }
   SUBCASE("empty when no part is clean there") {
-    for (size_t p = 0; p < 3; ++p) REQUIRE(f.maps->MarkDirty(p, 1, 1, /*durable=*/false, "test").ok());
+    for (size_t p = 0; p < 3; ++p)
+      REQUIRE(f.maps->MarkDirty(p, 1, 1, /*durable=*/false, "test").ok());
     CHECK(f.redundancy->PlanRead(0, 3, -1).empty());
   }
 }
 
-TEST_CASE("replicate judges copies as JudgeCopies does: a stale copy is named, the newest is the source") {
+TEST_CASE(
+    "replicate judges copies as JudgeCopies does: a stale copy is named, the newest is the "
+    "source") {
   Fixture f;
   for (int p = 0; p < 3; ++p) f.Write(p, 2, /*tag=*/1, kGen1);
   f.Write(0, 2, /*tag=*/2, kGen2);

@@ -43,7 +43,8 @@ std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
 
 std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
   std::vector<BlockMeta> metas(data.size() / kBs);
-  for (size_t i = 0; i < metas.size(); ++i) metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
+  for (size_t i = 0; i < metas.size(); ++i)
+    metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
   return metas;
 }
 
@@ -74,16 +75,18 @@ struct Fixture {
     for (int h = 0; h < kParts; ++h) {
       for (int p = 0; p < kParts; ++p) {
         if (p != h) {
-          REQUIRE(WriteFileAtomic(*mem[h], DirtyMap::PathFor(kVol, Letter(p)), DirtyMap(kChunk, kChunks).Encode())
+          REQUIRE(WriteFileAtomic(*mem[h], DirtyMap::PathFor(kVol, Letter(p)),
+                                  DirtyMap(kChunk, kChunks).Encode())
                       .ok());
         }
       }
     }
-    health = std::make_unique<PartHealth>("vol", kVol, std::vector<char>{'a', 'b', 'c'},
-                                          std::vector<StorageBackend*>{mem[0].get(), mem[1].get(), mem[2].get()});
-    maps = std::make_unique<ReplicatedMaps>("vol", kVol, Stores(), *health, static_cast<uint32_t>(kChunk), kChunks,
-                                            std::vector<std::unique_ptr<DirtyMap>>{}, kChunk, kChunks, nullptr,
-                                            [] {});
+    health = std::make_unique<PartHealth>(
+        "vol", kVol, std::vector<char>{'a', 'b', 'c'},
+        std::vector<StorageBackend*>{mem[0].get(), mem[1].get(), mem[2].get()});
+    maps = std::make_unique<ReplicatedMaps>(
+        "vol", kVol, Stores(), *health, static_cast<uint32_t>(kChunk), kChunks,
+        std::vector<std::unique_ptr<DirtyMap>>{}, kChunk, kChunks, nullptr, [] {});
     redundancy = std::make_unique<Replicate>(*health, *maps);
   }
   std::vector<PartStore*> Stores() { return {stores[0].get(), stores[1].get(), stores[2].get()}; }
@@ -113,14 +116,16 @@ struct Fixture {
         .request_pool = pool,
         .counters = counters,
         .read_blocks =
-            [this](const std::vector<int>& order, uint64_t chunk, uint64_t first, std::span<std::byte> data,
-                   std::span<BlockMeta> metas) {
+            [this](const std::vector<int>& order, uint64_t chunk, uint64_t first,
+                   std::span<std::byte> data, std::span<BlockMeta> metas) {
               std::vector<uint64_t> bad;
               return stores[order.front()]->Read(chunk, first, data, metas, &bad);
             },
     });
   }
-  PartCopy Copy(int p, uint64_t chunk) { return ReadCopy(*mem[p], kVol, Letter(p), Geo(), chunk, 0, kN); }
+  PartCopy Copy(int p, uint64_t chunk) {
+    return ReadCopy(*mem[p], kVol, Letter(p), Geo(), chunk, 0, kN);
+  }
   uint64_t Compare(uint64_t chunk) {
     std::shared_lock<std::shared_mutex> l(resize_mu);  // CompareChunk's REQUIRES
     return worker->CompareChunk(chunk);
@@ -145,7 +150,8 @@ TEST_CASE("CompareChunk rewrites a stale copy from the newest good copy, once") 
   QuietLog quiet;
   Fixture f;
   f.Write(0b111, 2, /*tag=*/1);
-  const uint64_t gen2 = f.Write(0b011, 2, /*tag=*/2);  // part c missed it (no dirty bit: lost writes)
+  const uint64_t gen2 =
+      f.Write(0b011, 2, /*tag=*/2);  // part c missed it (no dirty bit: lost writes)
   f.Start();
   REQUIRE(f.worker->ChunksToReconcile() == 1);
   REQUIRE_FALSE(f.worker->Compared(2));
@@ -169,7 +175,8 @@ TEST_CASE("CompareChunk rewrites a stale copy from the newest good copy, once") 
   CHECK(f.Compare(2) == 0);  // compared already: nothing read
 }
 
-TEST_CASE("CompareChunk leaves a block with no good copy as it is on every part, and reads of it fail") {
+TEST_CASE(
+    "CompareChunk leaves a block with no good copy as it is on every part, and reads of it fail") {
   QuietLog quiet;
   Fixture f;
   f.Write(0b111, 5, /*tag=*/3);

@@ -9,7 +9,8 @@
 //
 // Thread-safety: all methods are safe for concurrent use, except Grow. REQUIRES: the engine's
 // resize lock held shared around every call, exclusive around Grow. Lock order: region locks ->
-// create lock (a write holds its region locks, then the create lock); nothing is locked under it.
+// create lock -> the maps' and PartStore's internal locks (a write holds its region locks, then the
+// create lock while it checks and creates the files and records them).
 #pragma once
 
 #include <array>

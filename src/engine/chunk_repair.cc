@@ -49,7 +49,8 @@ class ChunkRepair {
   }
 
   ChunkRepairReport Run() {
-    const uint64_t slice = std::min<uint64_t>(g_.BlocksPerChunk(), std::max<uint64_t>(1, (4u << 20) / g_.block_size));
+    const uint64_t slice =
+        std::min<uint64_t>(g_.BlocksPerChunk(), std::max<uint64_t>(1, (4u << 20) / g_.block_size));
     for (uint64_t first = 0; first < end_block_; first += slice) {
       const uint64_t n = std::min<uint64_t>(slice, end_block_ - first);
       ReadSlice(first, n);
@@ -75,7 +76,8 @@ class ChunkRepair {
   struct Target {
     bool whole = false;
     std::string reason;
-    std::unique_ptr<PartStore::ChunkRewrite> rw;  // through the part's store, the chunk files' one writer
+    std::unique_ptr<PartStore::ChunkRewrite>
+        rw;  // through the part's store, the chunk files' one writer
     std::map<std::string, RepairAction> actions;
     Status error;
     std::vector<char> region_ok;  // by region of the chunk: the copy is good there afterwards
@@ -92,7 +94,8 @@ class ChunkRepair {
     for (size_t p = 0; p < np_; ++p) {
       if (up_[p]) {
         reads.emplace_back([&, p] {
-          ReadCopyInto(copies_[p], w_.p_.stores[p]->backend(), w_.p_.options.volnr, Name(p), g_, chunk_, first, n);
+          ReadCopyInto(copies_[p], w_.p_.stores[p]->backend(), w_.p_.options.volnr, Name(p), g_,
+                       chunk_, first, n);
         });
       } else {
         copies_[p] = UnreachableCopy(Status::Unavailable("part down"));
@@ -103,7 +106,8 @@ class ChunkRepair {
       PartCopy& c = copies_[p];
       report_.bytes_read += c.records.size();
       c.dirty.resize(n);
-      for (uint64_t b = 0; b < n; ++b) c.dirty[b] = w_.p_.maps.dirty(p).Test(w_.RegionOf(chunk_, first + b));
+      for (uint64_t b = 0; b < n; ++b)
+        c.dirty[b] = w_.p_.maps.dirty(p).Test(w_.RegionOf(chunk_, first + b));
     }
   }
 
@@ -112,16 +116,20 @@ class ChunkRepair {
   SliceVerdict JudgeSlice(uint64_t first, uint64_t n) {
     SliceVerdict v = w_.p_.redundancy.Judge(copies_, written_, w_.p_.seq.MaxGeneration());
     for (const PartCopy& c : copies_) {
-      any_file_ = any_file_ || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
+      any_file_ =
+          any_file_ || (c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable);
     }
     if (first == 0) {
       bool any_present = false;
       for (const PartCopy& c : copies_) any_present = any_present || c.state == CopyState::kPresent;
-      if (!any_present && written_) report_.notes.push_back("no readable copy of the chunk file on any part in reach");
+      if (!any_present && written_)
+        report_.notes.push_back("no readable copy of the chunk file on any part in reach");
       for (size_t p = 0; p < np_; ++p) {
         // A file is rebuilt only from some copy: with none, a new file would turn lost data into
         // unwritten blocks (which only the admin's accept_loss may do).
-        if ((!any_present && !o_.accept_loss) || !up_[p] || !v.bad_file[p] || !(o_.targets & (1u << p))) continue;
+        if ((!any_present && !o_.accept_loss) || !up_[p] || !v.bad_file[p] ||
+            !(o_.targets & (1u << p)))
+          continue;
         t_[p].whole = true;
         t_[p].reason = CopyStateName(copies_[p].state);
       }
@@ -173,7 +181,8 @@ class ChunkRepair {
         std::memcpy(out_.data() + b * rec_, copies_[src].records.data() + b * rec_, rec_);
         if (!copies_[src].metas[b].IsUnwritten() || issue != BlockIssue::kNone) {
           RepairAction& a = tp.actions[tp.reason];
-          if (static_cast<size_t>(src) != p && a.sources.find(Name(src)) == std::string::npos) a.sources += Name(src);
+          if (static_cast<size_t>(src) != p && a.sources.find(Name(src)) == std::string::npos)
+            a.sources += Name(src);
         }
         continue;
       }
@@ -193,7 +202,8 @@ class ChunkRepair {
   // Step 4: writes part p's planned slice through its store: a rebuilt file's non-zero runs (zero
   // records stay holes, read as unwritten), or the changed blocks in place, a run from one source
   // in one write.
-  void WritePart(size_t p, const SliceVerdict& v, uint64_t first, uint64_t n, const std::vector<char>& change) {
+  void WritePart(size_t p, const SliceVerdict& v, uint64_t first, uint64_t n,
+                 const std::vector<char>& change) {
     Target& tp = t_[p];
     if (tp.whole) {
       if (!tp.rw) {
@@ -215,7 +225,8 @@ class ChunkRepair {
         }
         uint64_t e = b + 1;
         while (e < n && !zero(e)) ++e;
-        tp.error = tp.rw->WriteRecords(first + b, std::span(out_.data() + b * rec_, (e - b) * rec_));
+        tp.error =
+            tp.rw->WriteRecords(first + b, std::span(out_.data() + b * rec_, (e - b) * rec_));
         report_.bytes_written += (e - b) * rec_;
         b = e;
       }
@@ -239,10 +250,11 @@ class ChunkRepair {
         tp.rw = std::move(rw).value();
       }
       if (v.source[b] < 0) {
-        for (uint64_t k = b; k < e && tp.error.ok(); ++k) tp.error = tp.rw->WriteRecords(first + k, zero_record);
+        for (uint64_t k = b; k < e && tp.error.ok(); ++k)
+          tp.error = tp.rw->WriteRecords(first + k, zero_record);
       } else {
-        tp.error =
-            tp.rw->WriteRecords(first + b, std::span(copies_[v.source[b]].records.data() + b * rec_, (e - b) * rec_));
+        tp.error = tp.rw->WriteRecords(
+            first + b, std::span(copies_[v.source[b]].records.data() + b * rec_, (e - b) * rec_));
       }
       report_.bytes_written += (e - b) * rec_;
       tp.blocks_written += e - b;
@@ -265,13 +277,14 @@ class ChunkRepair {
       report_.actions.push_back(std::move(a));
     }
     if (!tp.error.ok()) {
-      QBD_LOG_WARN("repair: volume {} part {} chunk {}: {}", w_.p_.options.volume, Name(p), chunk_ + 1,
-                   tp.error.ToString());
+      QBD_LOG_WARN("repair: volume {} part {} chunk {}: {}", w_.p_.options.volume, Name(p),
+                   chunk_ + 1, tp.error.ToString());
       return false;
     }
     if (o_.dry_run) return false;
     if (!tp.actions.empty()) {
-      QBD_LOG_INFO("repair: volume {} part {} chunk {}: {}", w_.p_.options.volume, Name(p), chunk_ + 1,
+      QBD_LOG_INFO("repair: volume {} part {} chunk {}: {}", w_.p_.options.volume, Name(p),
+                   chunk_ + 1,
                    tp.whole ? fmt::format("chunk file rebuilt ({})", tp.reason)
                             : fmt::format("{} block(s) rewritten", tp.blocks_written));
     }
@@ -289,20 +302,24 @@ class ChunkRepair {
   void Finish() {
     const std::string& volume = w_.p_.options.volume;
     if (!report_.lost.empty()) {
-      QBD_LOG_ERROR("repair: volume {} chunk {}: {} block(s) have no good copy on any part: data lost ({})", volume,
-                    chunk_ + 1, report_.lost.size(), FormatRanges(report_.lost));
+      QBD_LOG_ERROR(
+          "repair: volume {} chunk {}: {} block(s) have no good copy on any part: data lost ({})",
+          volume, chunk_ + 1, report_.lost.size(), FormatRanges(report_.lost));
     }
     if (!report_.accepted.empty()) {
-      QBD_LOG_WARN("repair: volume {} chunk {}: loss accepted by the admin: block(s) {} had no good copy on any part "
-                   "and now read as zeros",
-                   volume, chunk_ + 1, FormatRanges(report_.accepted));
+      QBD_LOG_WARN(
+          "repair: volume {} chunk {}: loss accepted by the admin: block(s) {} had no good copy on "
+          "any part "
+          "and now read as zeros",
+          volume, chunk_ + 1, FormatRanges(report_.accepted));
     }
     if (!written_ && any_file_) {
       if (o_.dry_run) {
         report_.notes.push_back("the chunk map lacks this chunk: it would be added");
       } else {
         Status s = w_.p_.maps.RecordChunkWritten(chunk_, /*durable=*/true);
-        report_.notes.push_back(s.ok() ? "added to the chunk map" : "chunk map not updated: " + s.ToString());
+        report_.notes.push_back(s.ok() ? "added to the chunk map"
+                                       : "chunk map not updated: " + s.ToString());
       }
     }
   }
@@ -339,11 +356,11 @@ Result<ChunkRepairReport> RepairWorker::RepairChunkLocked(uint64_t chunk, const 
   const Geometry& g = p_.options.geometry;
   const uint64_t chunks = ChunkCount();
   if (chunk >= chunks) {
-    return Status::InvalidArgument(fmt::format("volume {}: no chunk {} (it has {})", p_.options.volume, chunk + 1,
-                                               chunks));
+    return Status::InvalidArgument(
+        fmt::format("volume {}: no chunk {} (it has {})", p_.options.volume, chunk + 1, chunks));
   }
-  const uint64_t end_block =
-      std::min<uint64_t>(g.BlocksPerChunk(), (Size() - chunk * g.chunk_size + g.block_size - 1) / g.block_size);
+  const uint64_t end_block = std::min<uint64_t>(
+      g.BlocksPerChunk(), (Size() - chunk * g.chunk_size + g.block_size - 1) / g.block_size);
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, end_block - 1);
   Sequencer::RegionGuard guard(p_.seq, c0, c1);
   {

@@ -5,7 +5,8 @@
 
 namespace qbd {
 
-Replicate::Replicate(const PartHealth& health, const ReplicatedMaps& maps) : health_(health), maps_(maps) {}
+Replicate::Replicate(const PartHealth& health, const ReplicatedMaps& maps)
+    : health_(health), maps_(maps) {}
 
 uint32_t Replicate::PartsHolding(uint64_t /*chunk*/) const {
   return health_.size() >= 32 ? ~0u : (1u << health_.size()) - 1;

@@ -73,7 +73,9 @@ uint64_t RepairWorker::ChunkCount() const {
 }
 
 uint64_t RepairWorker::RegionOf(uint64_t chunk, uint64_t block_in_chunk) const {
-  return (chunk * p_.options.geometry.chunk_size + block_in_chunk * p_.options.geometry.block_size) / p_.region_size;
+  return (chunk * p_.options.geometry.chunk_size +
+          block_in_chunk * p_.options.geometry.block_size) /
+         p_.region_size;
 }
 
 void RepairWorker::MarkForRepair(int p, uint64_t r0, uint64_t r1, std::string_view why) {
@@ -97,11 +99,13 @@ void RepairWorker::ReconcileRange(uint64_t r0, uint64_t r1) {
 void RepairWorker::Grow(uint64_t chunks) {
   std::vector<std::atomic<uint32_t>> compared(chunks);
   for (size_t c = 0; c < compared.size(); ++c) {
-    compared[c].store(c < chunk_compared_.size() ? chunk_compared_[c].load() : ~0u);  // new: unwritten
+    compared[c].store(c < chunk_compared_.size() ? chunk_compared_[c].load()
+                                                 : ~0u);  // new: unwritten
   }
   chunk_compared_.swap(compared);
   std::vector<std::atomic<uint8_t>> queued(chunks);
-  for (size_t c = 0; c < chunk_compare_queued_.size(); ++c) queued[c].store(chunk_compare_queued_[c].load());
+  for (size_t c = 0; c < chunk_compare_queued_.size(); ++c)
+    queued[c].store(chunk_compare_queued_[c].load());
   chunk_compare_queued_.swap(queued);
 }
 
@@ -137,7 +141,8 @@ uint64_t RepairWorker::ResyncOnce() {
     uint64_t done = 0;
     std::vector<uint64_t> pending;
     uint64_t marks = p_.maps.marks(i);
-    for (auto r = p_.maps.dirty(i).NextSet(0); r && p_.health.Reachable(i); r = p_.maps.dirty(i).NextSet(*r + 1)) {
+    for (auto r = p_.maps.dirty(i).NextSet(0); r && p_.health.Reachable(i);
+         r = p_.maps.dirty(i).NextSet(*r + 1)) {
       if (Stopping()) break;
       {
         std::lock_guard<std::mutex> l(lost_mu_);
@@ -153,12 +158,13 @@ uint64_t RepairWorker::ResyncOnce() {
     if (Stopping()) return repaired + done;
     repaired += done;
     if (done > 0) {
-      QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty", p_.options.volume,
-                   name, done, done * p_.region_size, p_.maps.dirty(i).CountSet());
+      QBD_LOG_INFO("volume {} part {}: resynced {} regions ({} bytes); {} still dirty",
+                   p_.options.volume, name, done, done * p_.region_size,
+                   p_.maps.dirty(i).CountSet());
     }
     if (p_.maps.dirty(i).CountSet() == 0 && p_.health.MarkInSync(i)) {
-      QBD_LOG_INFO("volume {} part {}: state up: in sync ({} regions copied since it came back)", p_.options.volume,
-                   name, before);
+      QBD_LOG_INFO("volume {} part {}: state up: in sync ({} regions copied since it came back)",
+                   p_.options.volume, name, before);
     }
   }
   return repaired;
@@ -181,7 +187,8 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
   std::vector<int> order = p_.redundancy.PlanRead(region, region, p);
   if (order.empty()) {
     bool all_dirty = true;
-    for (size_t q = 0; q < p_.stores.size(); ++q) all_dirty = all_dirty && p_.maps.dirty(q).Test(region);
+    for (size_t q = 0; q < p_.stores.size(); ++q)
+      all_dirty = all_dirty && p_.maps.dirty(q).Test(region);
     if (!all_dirty) return false;  // a clean copy is on a part that is down: wait for it
     return ReconcileRegion(region, chunk, first, n);
   }
@@ -196,11 +203,13 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
       std::lock_guard<std::mutex> l(lost_mu_);
       lost_regions_[p].insert(region);
     }
-    QBD_LOG_ERROR("resync: volume {} part {} chunk {} region {}: no good source copy: {}; left dirty", p_.options.volume,
-                  target.part(), chunk + 1, region, s.ToString());
+    QBD_LOG_ERROR(
+        "resync: volume {} part {} chunk {} region {}: no good source copy: {}; left dirty",
+        p_.options.volume, target.part(), chunk + 1, region, s.ToString());
     return false;
   }
-  bool all_unwritten = std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
+  bool all_unwritten =
+      std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
   Status w;
   if (all_unwritten) {
     bool rebuilt = false;
@@ -210,8 +219,8 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
     w = target.Write(chunk, first, data, metas, /*sync=*/false, &created);
   }
   if (!w.ok()) {
-    QBD_LOG_WARN("resync: volume {} part {} chunk {}: {}", p_.options.volume, target.part(), chunk + 1,
-                 w.ToString());
+    QBD_LOG_WARN("resync: volume {} part {} chunk {}: {}", p_.options.volume, target.part(),
+                 chunk + 1, w.ToString());
     p_.health.MarkDown(p, w);
     return false;
   }
@@ -220,13 +229,15 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
     // Throttle: each region's share of a second, slept without holding its lock.
     guard.reset();
     std::unique_lock<std::mutex> l(resync_mu_);
-    resync_cv_.wait_for(l, std::chrono::microseconds((end - start) * 1000000 / p_.options.resync_bytes_per_sec),
-                        [this] { return stop_; });
+    resync_cv_.wait_for(
+        l, std::chrono::microseconds((end - start) * 1000000 / p_.options.resync_bytes_per_sec),
+        [this] { return stop_; });
   }
   return false;  // counted once SettleResynced cleared it
 }
 
-uint64_t RepairWorker::SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>& pending) {
+uint64_t RepairWorker::SettleResynced(int p, uint64_t marks_before,
+                                      std::vector<uint64_t>& pending) {
   std::vector<uint64_t> failed;
   Status s = p_.stores[p]->Flush(&failed);
   if (!s.ok()) {
@@ -245,7 +256,8 @@ uint64_t RepairWorker::SettleResynced(int p, uint64_t marks_before, std::vector<
     ++cleared;
     const uint64_t start = region * p_.region_size;
     p_.counters.resynced_regions.fetch_add(1);
-    p_.counters.resynced_bytes.fetch_add(std::min<uint64_t>(start + p_.region_size, start_size) - start);
+    p_.counters.resynced_bytes.fetch_add(std::min<uint64_t>(start + p_.region_size, start_size) -
+                                         start);
   }
   pending.clear();
   return cleared;
@@ -285,7 +297,8 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
     c.good.assign(n, 1);
     for (uint64_t b : bad) c.good[b - first] = 0;
   }
-  const SliceVerdict v = p_.redundancy.Judge(copies, p_.maps.ChunkWritten(chunk), p_.seq.MaxGeneration());
+  const SliceVerdict v =
+      p_.redundancy.Judge(copies, p_.maps.ChunkWritten(chunk), p_.seq.MaxGeneration());
   std::vector<std::byte> best(n * bs);
   std::vector<BlockMeta> best_meta(n);
   bool undecided = false;
@@ -294,8 +307,10 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
     if (src < 0) {
       undecided = undecided || v.unknown[b];
       if (v.lost[b]) {
-        QBD_LOG_ERROR("resync: volume {} chunk {} block {}: no good copy on any part: data lost, left as it is",
-                      p_.options.volume, chunk + 1, first + b);
+        QBD_LOG_ERROR(
+            "resync: volume {} chunk {} block {}: no good copy on any part: data lost, left as it "
+            "is",
+            p_.options.volume, chunk + 1, first + b);
       }
       continue;
     }
@@ -316,7 +331,7 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
       while (e < n && v.source[e] >= 0 && v.issue[i][e] != BlockIssue::kNone) ++e;
       bool created = false;
       w = p_.stores[i]->Write(chunk, first + b, std::span(best).subspan(b * bs, (e - b) * bs),
-                                  std::span(best_meta).subspan(b, e - b), /*sync=*/true, &created);
+                              std::span(best_meta).subspan(b, e - b), /*sync=*/true, &created);
       b = e;
     }
     if (!w.ok()) {
@@ -326,8 +341,10 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
     }
     if (!undecided) p_.maps.ClearDirty(static_cast<int>(i), region);
   }
-  QBD_LOG_INFO("resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by the newest good copy",
-               p_.options.volume, region, chunk + 1);
+  QBD_LOG_INFO(
+      "resync: volume {} region {} (chunk {}) was dirty on every part: reconciled by the newest "
+      "good copy",
+      p_.options.volume, region, chunk + 1);
   p_.counters.resynced_regions.fetch_add(1);
   return all_ok && !undecided;
 }
@@ -380,8 +397,9 @@ uint64_t RepairWorker::CompareQueued() {
       if (p_.options.compare_bytes_per_sec > 0 && read > 0) {
         // Throttle: this chunk's share of a second, without holding any lock.
         std::unique_lock<std::mutex> l(resync_mu_);
-        resync_cv_.wait_for(l, std::chrono::microseconds(read * 1000000 / p_.options.compare_bytes_per_sec),
-                            [this] { return stop_; });
+        resync_cv_.wait_for(
+            l, std::chrono::microseconds(read * 1000000 / p_.options.compare_bytes_per_sec),
+            [this] { return stop_; });
       }
     }
   }
@@ -393,16 +411,18 @@ uint64_t RepairWorker::CompareChunk(uint64_t chunk) {
   if (chunk >= chunk_compared_.size()) return 0;
   std::lock_guard<std::mutex> cl(compare_locks_[chunk % compare_locks_.size()]);
   const uint32_t want = p_.health.ReachableMask();
-  if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0) return 0;  // another thread did it
+  if ((want & ~chunk_compared_[chunk].load(std::memory_order_acquire)) == 0)
+    return 0;  // another thread did it
   auto r = RepairChunkLocked(chunk, RepairOptions{});
   if (!r.ok()) {
-    QBD_LOG_WARN("volume {} chunk {}: comparing the copies at first access failed: {}", p_.options.volume, chunk + 1,
-                 r.status().ToString());
+    QBD_LOG_WARN("volume {} chunk {}: comparing the copies at first access failed: {}",
+                 p_.options.volume, chunk + 1, r.status().ToString());
     return 0;  // compared again at the next access
   }
   if (!r->actions.empty()) {
-    QBD_LOG_WARN("volume {} chunk {}: copies made to agree at first access{} ({} action(s))", p_.options.volume,
-                 chunk + 1, p_.options.after_crash ? " after an unclean shutdown" : "", r->actions.size());
+    QBD_LOG_WARN("volume {} chunk {}: copies made to agree at first access{} ({} action(s))",
+                 p_.options.volume, chunk + 1,
+                 p_.options.after_crash ? " after an unclean shutdown" : "", r->actions.size());
   }
   uint32_t done = want;
   for (const RepairAction& a : r->actions) {
@@ -418,7 +438,8 @@ uint64_t RepairWorker::CompareChunk(uint64_t chunk) {
 // Blocks [first, first + n) of a chunk not compared yet: every part in reach is read (side by
 // side) and the judge picks each block's copy, so a stale or damaged copy is never served
 // while the whole chunk waits for its comparison. Lost blocks: Corruption; unknown: Unavailable.
-Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas) {
+Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data,
+                                std::span<BlockMeta> metas) {
   const Geometry& g = p_.options.geometry;
   const uint64_t n = metas.size(), bs = g.block_size, rec = g.RecordSize();
   const size_t np = p_.stores.size();
@@ -429,8 +450,8 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
   for (size_t p = 0; p < np; ++p) {
     if (p_.health.Reachable(p)) {
       reads.emplace_back([&, p] {
-        ReadCopyInto(copies[p], p_.stores[p]->backend(), p_.options.volnr, p_.stores[p]->part(), g, chunk,
-                     first, n);
+        ReadCopyInto(copies[p], p_.stores[p]->backend(), p_.options.volnr, p_.stores[p]->part(), g,
+                     chunk, first, n);
       });
     } else {
       copies[p] = UnreachableCopy(Status::Unavailable("part down"));
@@ -439,16 +460,21 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
   p_.request_pool.RunAll(reads);
   for (size_t p = 0; p < np; ++p) {
     copies[p].dirty.resize(n);
-    for (uint64_t b = 0; b < n; ++b) copies[p].dirty[b] = p_.maps.dirty(p).Test(RegionOf(chunk, first + b));
+    for (uint64_t b = 0; b < n; ++b)
+      copies[p].dirty[b] = p_.maps.dirty(p).Test(RegionOf(chunk, first + b));
   }
   const bool written = p_.maps.ChunkWritten(chunk);
   if (written && std::none_of(copies.begin(), copies.end(), [](const PartCopy& c) {
         return c.state != CopyState::kAbsent && c.state != CopyState::kUnreachable;
       })) {
-    QBD_LOG_ERROR("volume {} chunk {}: written (chunk map) but its file is missing on every part in reach: data lost",
-                  p_.options.volume, chunk + 1);
+    QBD_LOG_ERROR(
+        "volume {} chunk {}: written (chunk map) but its file is missing on every part in reach: "
+        "data lost",
+        p_.options.volume, chunk + 1);
     return Status::IOError(
-        fmt::format("volume {} chunk {}: chunk file missing on every part in reach", p_.options.volume, chunk + 1), EIO);
+        fmt::format("volume {} chunk {}: chunk file missing on every part in reach",
+                    p_.options.volume, chunk + 1),
+        EIO);
   }
   const SliceVerdict v = p_.redundancy.Judge(copies, written, p_.seq.MaxGeneration());
   for (uint64_t b = 0; b < n; ++b) {
@@ -459,14 +485,15 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
       continue;
     }
     if (v.lost[b]) {
-      QBD_LOG_ERROR("volume {} chunk {} block {}: no good copy on any part: data lost", p_.options.volume, chunk + 1,
-                    first + b);
-      return Status::Corruption(
-          fmt::format("volume {} chunk {} block {}: no good copy on any part", p_.options.volume, chunk + 1, first + b));
+      QBD_LOG_ERROR("volume {} chunk {} block {}: no good copy on any part: data lost",
+                    p_.options.volume, chunk + 1, first + b);
+      return Status::Corruption(fmt::format("volume {} chunk {} block {}: no good copy on any part",
+                                            p_.options.volume, chunk + 1, first + b));
     }
     if (v.unknown[b]) {
-      return Status::Unavailable(fmt::format("volume {} chunk {} block {}: no good copy on a part in reach",
-                                             p_.options.volume, chunk + 1, first + b));
+      return Status::Unavailable(
+          fmt::format("volume {} chunk {} block {}: no good copy on a part in reach",
+                      p_.options.volume, chunk + 1, first + b));
     }
     // Never written (no file anywhere): zeros.
     std::memset(data.data() + b * bs, 0, bs);
@@ -475,19 +502,20 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
   return Status::OK();
 }
 
-
 void RepairWorker::FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks) {
   // A failed sync may have lost any write to those chunks since their last good sync (an NFS
   // server that restarted drops its uncommitted writes): they are resynced from the others.
   p_.health.MarkDown(p, why);
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   if (chunks.empty()) {
-    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", p_.options.volume,
-                  p_.stores[p]->part(), why.ToString());
+    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced",
+                  p_.options.volume, p_.stores[p]->part(), why.ToString());
     ranges.emplace_back(0, (Size() + p_.region_size - 1) / p_.region_size - 1);
   } else {
-    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be resynced",
-                  p_.options.volume, p_.stores[p]->part(), why.ToString(), chunks.size());
+    QBD_LOG_ERROR(
+        "volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be "
+        "resynced",
+        p_.options.volume, p_.stores[p]->part(), why.ToString(), chunks.size());
     const uint64_t last_block = p_.options.geometry.BlocksPerChunk() - 1;
     for (uint64_t c : chunks) ranges.emplace_back(RegionOf(c, 0), RegionOf(c, last_block));
   }
@@ -508,8 +536,11 @@ void RepairWorker::FlushFailed(int p, const Status& why, const std::vector<uint6
 
 bool RepairWorker::ProbePart(size_t i) {
   return p_.health.ProbePart(i, [this, i] {
-    QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
-                 p_.options.volume, p_.stores[i]->part(), p_.maps.dirty(i).CountSet(), p_.maps.dirty(i).CountSet() * p_.region_size);
+    QBD_LOG_INFO(
+        "volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) "
+        "to copy",
+        p_.options.volume, p_.stores[i]->part(), p_.maps.dirty(i).CountSet(),
+        p_.maps.dirty(i).CountSet() * p_.region_size);
     Wake();
   });
 }

@@ -59,11 +59,11 @@ class RepairWorker {
     Sequencer& seq;
     PartHealth& health;
     ReplicatedMaps& maps;
-    std::vector<PartStore*> stores;     // stores[p] is part 'a' + p
+    std::vector<PartStore*> stores;  // stores[p] is part 'a' + p
     const Redundancy& redundancy;
-    ThreadPool& request_pool;           // the request path's fan-out (ReadJudged)
+    ThreadPool& request_pool;  // the request path's fan-out (ReadJudged)
     QuorumCounters& counters;
-    ReadFn read_blocks;                 // resync's source reads
+    ReadFn read_blocks;  // resync's source reads
   };
 
   explicit RepairWorker(Pieces pieces);
@@ -91,12 +91,14 @@ class RepairWorker {
   // Queues `chunk` for CompareQueued (once); wakes the thread.
   void QueueCompare(uint64_t chunk);
   // Compares the copies of `chunk` on every part in reach not compared yet and repairs them;
-  // returns the bytes it read. REQUIRES: resize lock held (shared), none of the chunk's region locks.
+  // returns the bytes it read. REQUIRES: resize lock held (shared), none of the chunk's region
+  // locks.
   uint64_t CompareChunk(uint64_t chunk);
   // Blocks [first, first + metas.size()) of a chunk not compared yet, every part in reach read and
   // each block's copy picked by the judge. Corruption: a lost block; Unavailable: no good copy in
   // reach; IOError: the chunk is written but its file is on no part in reach.
-  Status ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas);
+  Status ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data,
+                    std::span<BlockMeta> metas);
   // Reconciles each region of [r0, r1] that no part can serve and that is dirty on every part
   // (ReconcileRegion). REQUIRES: the region locks of [r0, r1] held.
   void ReconcileRange(uint64_t r0, uint64_t r1);
@@ -139,7 +141,7 @@ class RepairWorker {
   // Per chunk, the parts whose copies were compared since the start (bit p: part 'a' + p); all
   // bits for a chunk not written at the start. Replaced only under the resize lock (exclusive).
   std::vector<std::atomic<uint32_t>> chunk_compared_;
-  std::array<std::mutex, 64> compare_locks_;  // one comparison of a chunk at a time
+  std::array<std::mutex, 64> compare_locks_;                // one comparison of a chunk at a time
   std::vector<std::atomic<uint8_t>> chunk_compare_queued_;  // in compare_queue_
   std::mutex compare_mu_;
   std::vector<uint64_t> compare_queue_;  // GUARDED_BY(compare_mu_)
