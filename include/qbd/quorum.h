@@ -26,10 +26,12 @@
 // its fast form: a good copy on a part that is up and clean there is the newest acknowledged data.
 //
 // The pieces (src/engine/): Sequencer (generations, region locks), PartHealth (part states, load),
-// ReplicatedMaps (dirty maps, chunk map and their copies on the parts), FlushCoalescer; this
-// class composes them: the request path in volume_engine.cc, resync in resync.cc, chunk repair
-// and the first-access comparison in chunk_repair.cc. Chunk files are written only through
-// PartStore.
+// ReplicatedMaps (dirty maps, chunk map and their copies on the parts), Redundancy (which parts
+// hold a chunk, the read plan, the judge), RepairWorker (read-repair's bookkeeping, resync,
+// reconcile, the first-access comparisons, chunk repair, the background thread), ChunkPresence
+// (the chunks whose files were seen, their create locks), FlushCoalescer.
+// This class composes them and serves the requests (volume_engine.cc). Chunk files are written
+// only through PartStore.
 //
 // Lock order: resize_mu_ (shared) -> region locks (ascending stripe) -> PartStore internals.
 // Thread-safety: all public methods are safe for concurrent use.
@@ -37,15 +39,12 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <shared_mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "qbd/dirty_map.h"
@@ -54,8 +53,11 @@
 
 namespace qbd {
 
+class ChunkPresence;
 class FlushCoalescer;
 class PartHealth;
+class Redundancy;
+class RepairWorker;
 class ReplicatedMaps;
 class Sequencer;
 class ThreadPool;
@@ -224,42 +226,10 @@ class QuorumSet : public BlockHandler {
   // Clears region in part p's dirty map, in memory and (without sync) on disk.
   void ClearDirty(int p, uint64_t region);
   void MarkDown(int p, const Status& why);
-  // Part p failed to sync `chunks` (none known: all of it): marks it down and them dirty.
-  void FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks);
-  // Copies one dirty region of part p from a clean part, unsynced, and appends it to `pending`
-  // (SettleResynced syncs and clears). True only for a region repaired and cleared at once
-  // (dirty on every part: reconciled).
-  bool ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& pending);
-  // Syncs part p and clears the regions in `pending` (and empties it) unless the part was marked
-  // dirty since `marks_before`; returns how many it cleared.
-  uint64_t SettleResynced(int p, uint64_t marks_before, std::vector<uint64_t>& pending);
-  bool ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t first, uint64_t n);
-  void ResyncLoop();
-  void WakeResync();
-  // A part that is down whose backend holds its part directory again becomes resyncing; true when
-  // the part is reachable (now or already).
-  bool ProbePart(size_t i);
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
   // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
   Status RecordChunkWritten(uint64_t chunk, bool durable);
-  // RepairChunk. REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
-  Result<ChunkRepairReport> RepairChunkLocked(uint64_t chunk, const RepairOptions& options);
-  // compare_on_first_access: true once `chunk`'s copies on every part in reach have been compared
-  // since the start (or it was not written then).
-  bool Compared(uint64_t chunk) const;
-  // Queues `chunk` for CompareQueued (once); wakes the resync thread.
-  void QueueCompare(uint64_t chunk);
-  // Compares the copies of `chunk` on every part in reach not compared yet and repairs them.
-  // REQUIRES: resize_mu_ held (shared), none of the chunk's region locks.
-  // Returns the bytes it read.
-  uint64_t CompareChunk(uint64_t chunk);
-  // Reads blocks of a chunk not compared yet, judging every part's copy (see the .cc).
-  Status ReadJudged(uint64_t chunk, uint64_t first, std::span<std::byte> data, std::span<BlockMeta> metas);
-  // The parts that are reachable now, as a bit mask.
-  uint32_t ReachableMask() const;
-  bool ChunkKnown(uint64_t chunk) const;
-  void SetChunkKnown(uint64_t chunk);
   // Marks parts in `live` that lack the file of a chunk other parts hold for a whole-chunk rebuild.
   void CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live);
 
@@ -274,33 +244,18 @@ class QuorumSet : public BlockHandler {
   std::unique_ptr<FlushCoalescer> flusher_;
   std::vector<std::unique_ptr<Part>> parts_;
   std::unique_ptr<ThreadPool> pool_;       // the request path's fan-out
-  std::unique_ptr<ThreadPool> scan_pool_;  // whole-chunk reads of comparisons and repairs
   QuorumCounters counters_;
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
   // The dirty maps and the chunk map, and their copies on the parts.
   std::unique_ptr<ReplicatedMaps> maps_;
-  // Chunks whose file is known to exist on the parts (set after the first write in this process).
-  std::vector<std::atomic<uint8_t>> chunk_known_;
-  std::array<std::mutex, 64> create_locks_;
-  // Per chunk, the parts whose copies were compared since the start (bit p: part 'a' + p);
-  // all bits for a chunk not written at the start. compare_on_first_access only.
-  std::vector<std::atomic<uint32_t>> chunk_compared_;
-  std::array<std::mutex, 64> compare_locks_;  // one comparison of a chunk at a time
-  std::vector<std::atomic<uint8_t>> chunk_compare_queued_;  // in compare_queue_
-  std::mutex compare_mu_;
-  std::vector<uint64_t> compare_queue_;  // GUARDED_BY(compare_mu_)
-  std::atomic<uint64_t> to_reconcile_{0};
-  // Per part, regions resync found without a good source copy: they stay dirty (the loss stays
-  // visible) and are not retried until an admin's repair. GUARDED_BY(lost_mu_).
-  std::mutex lost_mu_;
-  std::vector<std::set<uint64_t>> lost_regions_;
-
-  std::mutex resync_mu_;
-  std::condition_variable resync_cv_;
-  bool resync_stop_ = false;
-  bool resync_wake_ = false;
-  std::thread resync_thread_;
+  // Which parts hold a chunk, the read plan and the judge of copies (redundancy.h).
+  std::unique_ptr<Redundancy> redundancy_;
+  // Chunks whose file is known to exist on the parts, and their create locks.
+  std::unique_ptr<ChunkPresence> presence_;
+  // Resync, reconcile, comparisons, chunk repair (repair_worker.h); declared last: it is
+  // destroyed first, stopping its thread before the pieces it works on go.
+  std::unique_ptr<RepairWorker> repair_;
 };
 
 // The replication engine's name for it (src/engine/).

@@ -1,5 +1,5 @@
 // The replication engine's request path (include/qbd/quorum.h): construction, reads, writes,
-// flush, trim and block status. Resync is in resync.cc, chunk repair in chunk_repair.cc.
+// flush, trim and block status, over the pieces of src/engine/.
 #include "qbd/quorum.h"
 
 #include <fmt/format.h>
@@ -12,8 +12,11 @@
 #include <optional>
 
 #include "common/thread_pool.h"
+#include "engine/chunk_presence.h"
 #include "engine/flush_coalescer.h"
 #include "engine/part_health.h"
+#include "engine/redundancy.h"
+#include "engine/repair_worker.h"
 #include "engine/replicated_maps.h"
 #include "engine/sequencer.h"
 #include "qbd/log.h"
@@ -74,7 +77,10 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
   maps_ = std::make_unique<ReplicatedMaps>(options_.volume, options_.volnr, stores, *health_, region_size_, regions,
                                            std::move(dirty), options_.geometry.chunk_size,
                                            ChunkCount(), std::move(chunk_map),
-                                           [this] { WakeResync(); });
+                                           [this] {
+                                             if (repair_) repair_->Wake();
+                                           });
+  redundancy_ = std::make_unique<Replicate>(*health_, *maps_);
   for (size_t i = 0; i < parts_.size(); ++i) {
     uint64_t n = maps_->dirty(i).CountSet();
     health_->SetInitial(i, n > 0 ? PartHealth::State::kResyncing : PartHealth::State::kUp);
@@ -83,36 +89,43 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
                    n * region_size_);
     }
   }
-  chunk_known_ = std::vector<std::atomic<uint8_t>>(ChunkCount());
-  chunk_compared_ = std::vector<std::atomic<uint32_t>>(ChunkCount());
-  chunk_compare_queued_ = std::vector<std::atomic<uint8_t>>(ChunkCount());
-  for (size_t c = 0; c < chunk_compared_.size(); ++c) {
-    if (options_.compare_on_first_access && parts_.size() > 1 && maps_->ChunkWritten(c)) {
-      to_reconcile_.fetch_add(1);
-    } else {
-      chunk_compared_[c].store(~0u);  // never written: nothing can differ
-    }
-  }
-  lost_regions_.resize(parts_.size());
+  presence_ = std::make_unique<ChunkPresence>(stores, ChunkCount());
   pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
-  scan_pool_ = std::make_unique<ThreadPool>(static_cast<int>(parts_.size()));
-  if (options_.start_resync_thread) resync_thread_ = std::thread([this] { ResyncLoop(); });
+  repair_ = std::make_unique<RepairWorker>(RepairWorker::Pieces{
+      .options = options_,
+      .region_size = region_size_,
+      .size = size_,
+      .resize_mu = resize_mu_,
+      .seq = *seq_,
+      .health = *health_,
+      .maps = *maps_,
+      .stores = stores,
+      .redundancy = *redundancy_,
+      .request_pool = *pool_,
+      .counters = counters_,
+      .read_blocks =
+          [this](const std::vector<int>& order, uint64_t chunk, uint64_t first, std::span<std::byte> data,
+                 std::span<BlockMeta> metas) { return ReadBlocks(order, chunk, first, data, metas, /*locked=*/true); },
+  });
+  if (options_.start_resync_thread) repair_->Start();
 }
 
 QuorumSet::~QuorumSet() {
-  StopResync();
+  repair_.reset();  // stops its thread first
   pool_.reset();
-  scan_pool_.reset();
 }
 
-void QuorumSet::StopResync() {
-  {
-    std::lock_guard<std::mutex> l(resync_mu_);
-    resync_stop_ = true;
-  }
-  resync_cv_.notify_all();
-  if (resync_thread_.joinable()) resync_thread_.join();
+void QuorumSet::StopResync() { repair_->Stop(); }
+
+uint64_t QuorumSet::ResyncOnce() { return repair_->ResyncOnce(); }
+
+Result<ChunkRepairReport> QuorumSet::RepairChunk(uint64_t chunk, const RepairOptions& options) {
+  return repair_->RepairChunk(chunk, options);
 }
+
+uint64_t QuorumSet::ChunksToReconcile() const { return repair_->ChunksToReconcile(); }
+
+uint64_t QuorumSet::CompareQueued() { return repair_->CompareQueued(); }
 
 uint64_t QuorumSet::DirtyRegions(size_t i) const { return maps_->dirty(i).CountSet(); }
 
@@ -132,14 +145,7 @@ uint64_t QuorumSet::RegionOf(uint64_t chunk, uint64_t block_in_chunk) const {
 }
 
 std::vector<int> QuorumSet::ReadOrder(uint64_t r0, uint64_t r1, int exclude) const {
-  std::vector<int> order;
-  order.reserve(parts_.size());
-  for (size_t i = 0; i < parts_.size(); ++i) {
-    if (static_cast<int>(i) == exclude || !Reachable(i)) continue;
-    if (maps_->dirty(i).AnyIn(r0, r1)) continue;
-    order.push_back(static_cast<int>(i));
-  }
-  return health_->LeastLoadedFirst(std::move(order));
+  return redundancy_->PlanRead(r0, r1, exclude);
 }
 
 // Reads blocks [first, first + n) of `chunk`, trying the parts of `order` in turn.
@@ -194,7 +200,7 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       QBD_LOG_WARN("read-repair: volume {} part {} chunk {} blocks {}-{}: {}; reading another part",
                    options_.volume, part.store->part(), chunk + 1, first, first + n - 1, s.ToString());
       if (s.IsIOError()) {
-        MarkDirty(p, r0, r1, /*durable=*/false, "read error").IgnoreError();  // repaired by resync
+        repair_->MarkForRepair(p, r0, r1, "read error");
       } else {
         whole_bad.push_back(p);
       }
@@ -223,20 +229,15 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
             fmt::format("volume {} chunk {} block {}: no good copy on any part", options_.volume, chunk + 1, b));
       }
       uint64_t rb = RegionOf(chunk, b);
-      MarkDirty(p, rb, rb, /*durable=*/false, "checksum mismatch").IgnoreError();  // repaired by resync
+      repair_->MarkForRepair(p, rb, rb, "checksum mismatch");
     }
     // Parts passed over that lack the chunk file, or hold a short one, get the whole chunk back.
-    if (!missing.empty() && !ChunkKnown(chunk)) {
+    if (!missing.empty() && !presence_->Known(chunk)) {
       // The first write of this chunk may be creating it on the parts right now: wait for it
       // (it holds the create lock) and look again before calling a file lost.
-      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
-      std::vector<int> still;
-      for (int m : missing) {
-        auto st = parts_[m]->store->CheckChunk(chunk);
-        if (st.ok() && *st != PartStore::ChunkState::kComplete) still.push_back(m);
-      }
-      missing.swap(still);
-      SetChunkKnown(chunk);
+      std::lock_guard<std::mutex> cl(presence_->CreateLock(chunk));
+      missing = presence_->Incomplete(chunk, missing);
+      presence_->SetKnown(chunk);
     }
     if (!missing.empty() || !whole_bad.empty()) {
       const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
@@ -244,9 +245,9 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
         counters_.read_repairs.fetch_add(1);
         QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: chunk file missing; repairing from part {}",
                      options_.volume, parts_[m]->store->part(), chunk + 1, part.store->part());
-        MarkDirty(m, c0, c1, /*durable=*/false, "chunk file missing").IgnoreError();  // resync repairs it
+        repair_->MarkForRepair(m, c0, c1, "chunk file missing");
       }
-      for (int w : whole_bad) MarkDirty(w, c0, c1, /*durable=*/false, "chunk file damaged").IgnoreError();
+      for (int w : whole_bad) repair_->MarkForRepair(w, c0, c1, "chunk file damaged");
     }
     return Status::OK();
   }
@@ -255,11 +256,8 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     // be creating the files right now (under the create lock): look again once it is done.
     bool any = false;
     {
-      std::lock_guard<std::mutex> cl(create_locks_[chunk % create_locks_.size()]);
-      for (int p : order) {
-        auto st = parts_[p]->store->CheckChunk(chunk);
-        any = any || (st.ok() && *st != PartStore::ChunkState::kAbsent);
-      }
+      std::lock_guard<std::mutex> cl(presence_->CreateLock(chunk));
+      any = presence_->AnyFile(chunk, order);
     }
     if (any && locked) return ReadBlocks(ReadOrder(r0, r1, -1), chunk, first, data, metas, locked);
     if (any) return ReadChunkPiece(chunk, first, data, metas, /*locked=*/false);
@@ -283,30 +281,20 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
                                  std::span<BlockMeta> metas, bool locked) {
   const uint64_t n = metas.size();
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
-  if (!Compared(chunk)) {
-    QueueCompare(chunk);
-    Status s = ReadJudged(chunk, first, data, metas);
+  if (!repair_->Compared(chunk)) {
+    repair_->QueueCompare(chunk);
+    Status s = repair_->ReadJudged(chunk, first, data, metas);
     if (s.ok() || locked || s.IsInvalidArgument()) return s;
     // A write in flight may have been caught between parts: once more under the region locks.
     RegionGuard g(*seq_, r0, r1);
-    return ReadJudged(chunk, first, data, metas);
+    return repair_->ReadJudged(chunk, first, data, metas);
   }
   std::vector<int> order = ReadOrder(r0, r1, -1);
   if (order.empty()) {
     // No part is clean for the whole range: reconcile the regions dirty everywhere, then retry.
     std::optional<RegionGuard> guard;
     if (!locked) guard.emplace(*seq_, r0, r1);
-    const Geometry& g = options_.geometry;
-    for (uint64_t r = r0; r <= r1; ++r) {
-      if (!ReadOrder(r, r, -1).empty()) continue;
-      bool all_dirty = true;
-      for (size_t q = 0; q < parts_.size(); ++q) all_dirty = all_dirty && maps_->dirty(q).Test(r);
-      if (!all_dirty) continue;  // a clean copy is on a part that is down: Unavailable below
-      const uint64_t start = r * region_size_;
-      const uint64_t end = std::min<uint64_t>(start + region_size_, Size());
-      ReconcileRegion(r, start / g.chunk_size, (start % g.chunk_size) / g.block_size,
-                      (end - start + g.block_size - 1) / g.block_size);
-    }
+    repair_->ReconcileRange(r0, r1);  // a region with a clean copy on a part that is down: Unavailable below
     order = ReadOrder(r0, r1, -1);
   }
   return ReadBlocks(order, chunk, first, data, metas, locked);
@@ -384,7 +372,7 @@ Status QuorumSet::WritePiece(uint64_t off, uint64_t len, const std::byte* src, b
   const bool partial_head = head != 0;
   const bool partial_tail = (in_chunk + len) % bs != 0;
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, last);
-  if (!Compared(chunk)) QueueCompare(chunk);  // until then its reads are judged (ReadJudged)
+  if (!repair_->Compared(chunk)) repair_->QueueCompare(chunk);  // until then its reads are judged (ReadJudged)
   RegionGuard guard(*seq_, r0, r1);
 
   std::vector<BlockMeta>& metas = MetaScratch(n);
@@ -472,19 +460,20 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     results[i] = parts_[i]->store->WriteRecords(chunk, first, records, fua, &c);
     created[i] = c;
   };
+  const uint32_t holding = redundancy_->PartsHolding(chunk);
   std::vector<size_t> live;
   for (size_t i = 0; i < np; ++i) {
-    if (Reachable(i)) live.push_back(i);
+    if (Reachable(i) && (holding & (1u << i))) live.push_back(i);
   }
   for (size_t i : live) attempted[i] = 1;
   // The first write to a chunk in this process checks which parts hold its file, under a lock
   // so that concurrent first writes do not take each other's new files for lost ones. Later, a
   // part that has to create the file has lost it.
-  bool known = ChunkKnown(chunk);
+  bool known = presence_->Known(chunk);
   std::unique_lock<std::mutex> create_lock;
   if (!known || !maps_->ChunkWritten(chunk)) {
-    create_lock = std::unique_lock<std::mutex>(create_locks_[chunk % create_locks_.size()]);
-    known = ChunkKnown(chunk);
+    create_lock = std::unique_lock<std::mutex>(presence_->CreateLock(chunk));
+    known = presence_->Known(chunk);
     if (!known) CheckChunkPresence(chunk, live);
     // Waiting for the lock may have taken a while: a part marked down meanwhile is skipped.
     std::erase_if(live, [&](size_t i) {
@@ -521,7 +510,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
       missed.push_back(static_cast<int>(i));
     }
   }
-  if (ok > 0 || some_existed) SetChunkKnown(chunk);
+  if (ok > 0 || some_existed) presence_->SetKnown(chunk);
   if (known && some_existed) {
     // A part that had to create the chunk file while another part already had it lost the file:
     // it holds only these blocks; the rest of the chunk comes back through resync.
@@ -556,27 +545,9 @@ Status QuorumSet::PersistChunkMap() { return maps_->PersistChunkMap(); }
 
 bool QuorumSet::ChunkWritten(uint64_t chunk) const { return maps_->ChunkWritten(chunk); }
 
-bool QuorumSet::ChunkKnown(uint64_t chunk) const {
-  return chunk < chunk_known_.size() && chunk_known_[chunk].load(std::memory_order_acquire);
-}
-
-void QuorumSet::SetChunkKnown(uint64_t chunk) {
-  if (chunk < chunk_known_.size()) chunk_known_[chunk].store(1, std::memory_order_release);
-}
-
 void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& live) {
-  std::vector<size_t> absent;
-  bool any = false;
-  for (size_t i : live) {
-    auto e = parts_[i]->store->CheckChunk(chunk);
-    if (!e.ok()) continue;
-    if (*e == PartStore::ChunkState::kComplete) {
-      any = true;
-    } else {
-      absent.push_back(i);  // absent or short
-    }
-  }
-  if (!any) return;  // a new chunk: every part creates it now
+  const std::vector<size_t> absent = presence_->LostOn(chunk, live);
+  if (absent.empty()) return;  // a new chunk (every part creates it now), or no file lost
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
   for (size_t i : absent) {
     counters_.read_repairs.fetch_add(1);
@@ -589,9 +560,11 @@ void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& li
 Status QuorumSet::UnwriteOnParts(uint64_t chunk, uint64_t first, uint64_t n, bool fua) {
   const size_t np = parts_.size();
   const uint64_t r0 = RegionOf(chunk, first), r1 = RegionOf(chunk, first + n - 1);
+  const uint32_t holding = redundancy_->PartsHolding(chunk);
   int ok = 0;
   std::vector<int> missed;
   for (size_t i = 0; i < np; ++i) {
+    if (!(holding & (1u << i))) continue;
     if (!Reachable(i)) {
       missed.push_back(static_cast<int>(i));
       continue;
@@ -639,36 +612,6 @@ void QuorumSet::ClearDirty(int p, uint64_t region) { maps_->ClearDirty(static_ca
 
 void QuorumSet::MarkDown(int p, const Status& why) { health_->MarkDown(static_cast<size_t>(p), why); }
 
-void QuorumSet::FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks) {
-  // A failed sync may have lost any write to those chunks since their last good sync (an NFS
-  // server that restarted drops its uncommitted writes): they are resynced from the others.
-  MarkDown(p, why);
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  if (chunks.empty()) {
-    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; the whole part will be resynced", options_.volume,
-                  parts_[p]->store->part(), why.ToString());
-    ranges.emplace_back(0, (Size() + region_size_ - 1) / region_size_ - 1);
-  } else {
-    QBD_LOG_ERROR("volume {} part {}: flush failed: {}; {} chunk(s) written since their last sync will be resynced",
-                  options_.volume, parts_[p]->store->part(), why.ToString(), chunks.size());
-    const uint64_t last_block = options_.geometry.BlocksPerChunk() - 1;
-    for (uint64_t c : chunks) ranges.emplace_back(RegionOf(c, 0), RegionOf(c, last_block));
-  }
-  bool recorded = true;
-  for (const auto& [r0, r1] : ranges) {
-    Status m = MarkDirty(p, r0, r1, /*durable=*/true, "flush failed");
-    if (!m.ok()) QBD_LOG_ERROR("volume {}: {}", options_.volume, m.ToString());
-    recorded = recorded && m.ok();
-  }
-  // Recorded dirty, those chunks come back through resync: their handles are dropped rather than
-  // synced again. A second sync of the same handle proves nothing (after a failed fsync the kernel
-  // may have dropped the pages; an NFS server that lost them fails every later COMMIT of the
-  // handle too, bringing the part down again and resyncing the same regions once more).
-  if (recorded) {
-    for (uint64_t c : chunks) parts_[p]->store->DropReplaced(c);
-  }
-}
-
 Status QuorumSet::Flush() {
   // Concurrent flushes coalesce: one that starts after this call covers it.
   return flusher_->Run([this] {
@@ -688,7 +631,7 @@ Status QuorumSet::Flush() {
       if (results[i].ok()) {
         if (InSync(i)) ++ok;
       } else if (Reachable(i)) {
-        FlushFailed(static_cast<int>(i), results[i], failed[i]);
+        repair_->FlushFailed(static_cast<int>(i), results[i], failed[i]);
       }
     }
     Status s = ok >= static_cast<int>(options_.write_quorum)
@@ -732,27 +675,9 @@ void QuorumSet::SetSize(uint64_t size) {
   Geometry g = options_.geometry;
   g.size = size;
   maps_->Grow(regions, g.ChunkCount());
-  std::vector<std::atomic<uint8_t>> known(g.ChunkCount());
-  for (size_t c = 0; c < chunk_known_.size(); ++c) known[c].store(chunk_known_[c].load());
-  chunk_known_.swap(known);
-  std::vector<std::atomic<uint32_t>> compared(g.ChunkCount());
-  for (size_t c = 0; c < compared.size(); ++c) {
-    compared[c].store(c < chunk_compared_.size() ? chunk_compared_[c].load() : ~0u);  // new: unwritten
-  }
-  chunk_compared_.swap(compared);
-  std::vector<std::atomic<uint8_t>> queued(g.ChunkCount());
-  for (size_t c = 0; c < chunk_compare_queued_.size(); ++c) queued[c].store(chunk_compare_queued_[c].load());
-  chunk_compare_queued_.swap(queued);
+  presence_->Grow(g.ChunkCount());
+  repair_->Grow(g.ChunkCount());
   size_.store(size, std::memory_order_release);
-}
-
-bool QuorumSet::ProbePart(size_t i) {
-  return health_->ProbePart(i, [this, i] {
-    const Part& p = *parts_[i];
-    QBD_LOG_INFO("volume {} part {}: state resyncing: backend reachable again; {} dirty regions ({} bytes) to copy",
-                 options_.volume, p.store->part(), maps_->dirty(i).CountSet(), maps_->dirty(i).CountSet() * region_size_);
-    WakeResync();
-  });
 }
 
 }  // namespace qbd
