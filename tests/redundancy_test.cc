@@ -14,6 +14,7 @@
 #include "qbd/log.h"
 #include "qbd/part_store.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 
 namespace qbd::test {
 namespace {
@@ -28,18 +29,9 @@ constexpr uint64_t kGen2 = (1ull << 40) + 2;
 
 Geometry Geo() { return Geometry{kChunks * kChunk, kBs, kChunk}; }
 
-std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
-  std::vector<std::byte> out(n * kBs);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = std::byte((tag * 131 + i * 7 + i / kBs) % 253);
-  return out;
-}
+std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) { return TaggedBlocks(tag, n, kBs); }
 
-std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
-  std::vector<BlockMeta> metas(data.size() / kBs);
-  for (size_t i = 0; i < metas.size(); ++i)
-    metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
-  return metas;
-}
+std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) { return TaggedMetas(data, gen, kBs); }
 
 struct Fixture {
   Fixture() {

@@ -21,6 +21,7 @@
 #include "qbd/part_store.h"
 #include "qbd/scrub.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 
 namespace qbd::test {
 namespace {
@@ -35,28 +36,10 @@ constexpr int kParts = 3;
 Geometry Geo() { return Geometry{kChunks * kChunk, kBs, kChunk}; }
 char Letter(int p) { return static_cast<char>('a' + p); }
 
-std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) {
-  std::vector<std::byte> out(n * kBs);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = std::byte((tag * 131 + i * 7 + i / kBs) % 253);
-  return out;
-}
+std::vector<std::byte> Blocks(uint64_t tag, uint64_t n) { return TaggedBlocks(tag, n, kBs); }
 
-std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
-  std::vector<BlockMeta> metas(data.size() / kBs);
-  for (size_t i = 0; i < metas.size(); ++i)
-    metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * kBs, kBs))};
-  return metas;
-}
+std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) { return TaggedMetas(data, gen, kBs); }
 
-// Quiets the expected WARN lines (repairs) while a test runs.
-class QuietLog {
- public:
-  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
-  ~QuietLog() { SetLogLevel(saved_); }
-
- private:
-  LogLevel saved_;
-};
 
 // The engine's pieces, by hand. Chunks are written straight through the PartStores; Start()
 // builds the worker once the chunk map holds what the test wrote (as at an open).

@@ -1,0 +1,37 @@
+// Test data for chunk files: blocks whose every byte depends on a tag and its position (no two
+// blocks alike), their metadata as a write of generation `gen` stamps it, and a guard that quiets
+// the expected WARN lines while a test runs. Header-only; used by the engine's unit tests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "qbd/chunk_format.h"
+#include "qbd/log.h"
+
+namespace qbd::test {
+
+inline std::vector<std::byte> TaggedBlocks(uint64_t tag, uint64_t n, uint32_t bs) {
+  std::vector<std::byte> out(n * bs);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = std::byte((tag * 131 + i * 7 + i / bs) % 253);
+  return out;
+}
+
+inline std::vector<BlockMeta> TaggedMetas(std::span<const std::byte> data, uint64_t gen, uint32_t bs) {
+  std::vector<BlockMeta> metas(data.size() / bs);
+  for (size_t i = 0; i < metas.size(); ++i) metas[i] = BlockMeta{gen, BlockChecksum(data.subspan(i * bs, bs))};
+  return metas;
+}
+
+class QuietLog {
+ public:
+  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
+  ~QuietLog() { SetLogLevel(saved_); }
+
+ private:
+  LogLevel saved_;
+};
+
+}  // namespace qbd::test
