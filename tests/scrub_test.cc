@@ -93,7 +93,7 @@ class Parts {
     std::vector<std::byte> data = Blocks(tag, n);
     std::vector<BlockMeta> metas = MetasFor(data, gen);
     RecordPieces records;
-    records.Assign(Geo(), data, metas);
+    records.Assign(Geo(), BlockAddress{kVol, chunk, first}, data, metas);
     for (int p : parts) {
       bool created = false;
       REQUIRE(store_[p]->WriteRecords(chunk, first, records, /*sync=*/true, &created).ok());

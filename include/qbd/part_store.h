@@ -1,7 +1,9 @@
 // PartStore: one part (replica) of one volume on one StorageBackend, in blocks of one chunk.
 //
-// It owns the chunk files' record layout (layout-spec.md §4): every read verifies each block's
-// checksum, every write stores data and BlockMeta together in one positional write. It is the
+// It owns the chunk files' layout (layout-spec.md §4, format 2): every read verifies each block
+// against its metadata slots, and every write follows the torn-write protocol of §4.5: the new
+// slot (beside the block's current one) before the data, and the finished write recorded (the old
+// slot cleared) only after a sync has made the data durable. It is the
 // "Checksum -> ChunkStore" leg under QuorumSet: the checksum check sits here, below the fan-out,
 // so a corrupt copy is just one failed vote that QuorumSet can name and repair.
 //
@@ -29,24 +31,29 @@
 
 namespace qbd {
 
-// The records of blocks as they lie on disk (layout-spec.md §4.2), laid out for one vectored
-// write without copying the data: each block's bytes from the caller's buffer, then its encoded
-// BlockMeta. Built once per write and shared by every part (QuorumSet). The data buffer must
-// outlive its use; Assign reuses the capacity, so a thread-local instance never allocates again.
+// A write's new metadata slots (layout-spec.md §4.2), encoded once per write and shared by every
+// part (QuorumSet), beside the caller's data, which is written without a copy. The data buffer
+// must outlive its use; Assign reuses the capacity, so a thread-local instance never allocates
+// again.
 class RecordPieces {
  public:
   RecordPieces() = default;
   RecordPieces(const RecordPieces&) = delete;
   RecordPieces& operator=(const RecordPieces&) = delete;
 
-  // REQUIRES: data.size() == metas.size() * g.block_size.
-  void Assign(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas);
-  uint64_t blocks() const { return pieces_.size() / 2; }
-  std::span<const std::span<const std::byte>> pieces() const { return pieces_; }
+  // Blocks [first.block, first.block + metas.size()) of chunk first.chunk.
+  // REQUIRES: data.size() == metas.size() * g.block_size; g.format == kFormat2.
+  void Assign(const Geometry& g, const BlockAddress& first, std::span<const std::byte> data,
+              std::span<const BlockMeta> metas);
+  uint64_t blocks() const { return n_; }
+  std::span<const std::byte> data() const { return data_; }
+  // kSlotSize bytes per block: the slot each block's write stores.
+  const std::byte* slots() const { return slots_.data(); }
 
  private:
-  std::vector<std::byte> meta_bytes_;  // kBlockMetaSize per block
-  std::vector<std::span<const std::byte>> pieces_;  // data, meta, data, meta...
+  uint64_t n_ = 0;
+  std::span<const std::byte> data_;
+  std::vector<std::byte> slots_;
 };
 
 class PartStore {
@@ -77,6 +84,8 @@ class PartStore {
               std::vector<uint64_t>* bad);
 
   // Writes blocks with the given metas (an all-zero meta with zero data stores "never written").
+  // Three positional I/Os: the slot pairs are read, the new slots written beside the current
+  // ones, then the data (§4.5).
   // Creates the chunk file at full size when absent, or restores the full size of a short one,
   // and then sets *created: this part's copy of the rest of the chunk is missing. With `sync`
   // the blocks, and the name of a file it created, are durable when it returns; without, they
@@ -89,7 +98,7 @@ class PartStore {
   Status WriteRecords(uint64_t chunk, uint64_t first, const RecordPieces& records, bool sync, bool* created);
 
   // Marks blocks never written (all-zero metas, zero data) and gives their space back where the
-  // backend can. A missing chunk file is already all unwritten: OK. A short file gets its full
+  // backend can (the data area is punched; the slots say "zeros", then empty after a sync). A missing chunk file is already all unwritten: OK. A short file gets its full
   // size back and sets *rebuilt (as Write's *created).
   Status Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync, bool* rebuilt);
 
@@ -127,10 +136,11 @@ class PartStore {
     ~ChunkRewrite();  // a replacement not committed is removed (best effort)
     ChunkRewrite(const ChunkRewrite&) = delete;
     ChunkRewrite& operator=(const ChunkRewrite&) = delete;
-    // Writes whole records (block data and metadata as stored) from block `first` of the chunk.
-    // Durable only after Commit.
+    // Writes whole records (scrub.h: block data, then its slot pair as stored) from block `first`
+    // of the chunk, into the data and metadata areas. Durable only after Commit.
     Status WriteRecords(uint64_t first, std::span<const std::byte> records);
-    // In place: syncs the file. A replacement: syncs it, renames it over the chunk's name, drops
+    // In place: syncs the file and drops the store's cached handle (its pending slot records
+    // describe the old contents). A replacement: syncs it, renames it over the chunk's name, drops
     // the store's cached handle of the old file (DropReplaced) and syncs the directory; on failure
     // the temporary file is removed. REQUIRES: no write to the chunk in flight (region locks).
     Status Commit();
@@ -160,6 +170,16 @@ class PartStore {
     std::atomic<int64_t> checked_ns;    // when it was opened or Detached() last said no
     std::atomic<bool> unsynced{false};  // written since its last sync (see MarkUnsynced)
     bool listed = false;                // GUARDED_BY(mu_): in unsynced_
+    // Blocks whose slot pair holds a write's new slot beside the previous one (§4.5), until a
+    // sync after the data write lets Settle() clear the previous one.
+    struct Pending {
+      uint64_t seq = 0;    // PartStore::write_seq_ when the slots were written
+      bool done = false;   // the data write completed
+      std::byte slot0[kSlotSize];  // the new slot (slot 0 of the pair)
+    };
+    std::mutex meta_mu;  // serializes slot-pair updates of this file
+    std::unordered_map<uint64_t, Pending> pending;  // GUARDED_BY(meta_mu): by block in chunk
+    bool settled_unsynced = false;                  // GUARDED_BY(meta_mu): Settle wrote since a sync
   };
 
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
@@ -171,6 +191,16 @@ class PartStore {
   void SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims);
   // Before syncing several handles in turn: starts the writeback of all of them.
   static void StartSyncs(const std::vector<std::shared_ptr<Handle>>& handles);
+  // Writes the slot pairs of blocks [first, first + n): `slots` (kSlotSize each) become slot 0,
+  // each block's current slot slot 1 (§4.5). `zeros_only`: Unwrite, which leaves empty pairs
+  // alone. Returns the write's sequence number for MarkDone.
+  Result<uint64_t> WriteSlots(Handle& h, uint64_t chunk, uint64_t first, uint64_t n, const std::byte* slots,
+                              bool zeros_only);
+  // The data write of sequence `seq` completed.
+  void MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq);
+  // After a sync of h's file: the pairs of finished writes with seq <= max_seq get their previous
+  // slot cleared (§4.5). Not synced (the next sync carries it; losing it costs a data read).
+  Status Settle(Handle& h, uint64_t max_seq);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;
@@ -190,6 +220,8 @@ class PartStore {
   bool dir_ready_ = false;
   std::mutex sync_mu_;  // serializes SyncCreated
   std::atomic<bool> created_unsynced_{false};  // a chunk file was created since the last SyncCreated
+  std::atomic<uint64_t> write_seq_{0};  // numbers slot writes, for Settle
+  uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
 };
 
 }  // namespace qbd

@@ -48,7 +48,10 @@ struct PartCopy {
   CopyState state = CopyState::kAbsent;
   Status error;                    // kUnreadable, kUnreachable: why
   uint64_t file_size = 0;          // kPresent, kShort, kLong
-  std::vector<std::byte> records;  // kPresent: n records as stored (§4.2)
+  // kPresent: n records of g.RecordSize() bytes: the block's data, then its stored metadata
+  // (format 1: the 16 bytes as stored; format 2: the slot pair, settled for a good copy: the
+  // matching slot first, the other empty; as stored for a bad one).
+  std::vector<std::byte> records;
   std::vector<BlockMeta> metas;    // kPresent
   std::vector<uint8_t> good;       // kPresent: 1 when the block passes its check
   std::vector<uint8_t> dirty;      // per block: the part's dirty map marks the block's region

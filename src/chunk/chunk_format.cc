@@ -1,4 +1,4 @@
-// Implements layout-spec.md §2-§4.
+// Implements layout-spec.md §2-§4 (format 2) and §9 (format 1).
 #include "qbd/chunk_format.h"
 
 #include <fmt/format.h>
@@ -36,6 +36,45 @@ Status VerifyBlock(std::span<const std::byte> data, const BlockMeta& meta) {
   return Status::OK();
 }
 
+void EncodeSlot(const BlockMeta& meta, const BlockAddress& a, uint64_t zero_checksum, std::byte* out16) {
+  // §4.2: generation, then the content checksum bound to the address and the generation. A
+  // "zeros" slot (generation 0) carries the check of an all-zero block: never 16 zero bytes.
+  const uint64_t content = meta.IsUnwritten() ? zero_checksum : meta.checksum;
+  EncodeLE64(out16, meta.generation);
+  EncodeLE64(out16 + 8, content ^ AddressKey(a, meta.generation));
+}
+
+bool SlotEmpty(const std::byte* in16) {
+  return DecodeLE64(in16) == 0 && DecodeLE64(in16 + 8) == 0;
+}
+
+SlotVerdict ResolveSlots(std::span<const std::byte> data, uint64_t content, const std::byte* pair32,
+                         const BlockAddress& a, uint64_t zero_checksum) {
+  (void)data;
+  SlotVerdict v;
+  const bool empty0 = SlotEmpty(pair32), empty1 = SlotEmpty(pair32 + kSlotSize);
+  if (empty0 && empty1) {
+    // §4.3: never written (or trimmed): the data must be zeros.
+    v.good = content == zero_checksum;
+    return v;
+  }
+  v.pending = !empty0 && !empty1;
+  uint64_t best_generation = 0;
+  for (int s = 0; s < 2; ++s) {
+    const std::byte* p = pair32 + s * kSlotSize;
+    if (s == 0 ? empty0 : empty1) continue;
+    const uint64_t generation = DecodeLE64(p);
+    const uint64_t stored = DecodeLE64(p + 8) ^ AddressKey(a, generation);
+    const bool match = generation == 0 ? stored == zero_checksum && content == zero_checksum : stored == content;
+    if (!match || (v.good && generation <= best_generation)) continue;
+    v.good = true;
+    v.slot = s;
+    best_generation = generation;
+    v.meta = generation == 0 ? BlockMeta{} : BlockMeta{generation, content};
+  }
+  return v;
+}
+
 static bool IsPow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 Status Geometry::Validate() const {
@@ -46,6 +85,9 @@ Status Geometry::Validate() const {
   if (!IsPow2(chunk_size) || chunk_size < block_size || chunk_size > kMaxChunkSize) {
     return Status::InvalidArgument(fmt::format(
         "chunk size {} must be a power of two from the block size to {}", chunk_size, kMaxChunkSize));
+  }
+  if (format != kFormat1 && format != kFormat2) {
+    return Status::InvalidArgument(fmt::format("chunk format {} is unknown (1 or 2)", format));
   }
   if (size == 0 || size % block_size != 0) {
     return Status::InvalidArgument(

@@ -1,11 +1,14 @@
-// Implements the record layout of layout-spec.md §4 over a StorageBackend.
+// Implements the chunk file layout of layout-spec.md §4 (format 2) over a StorageBackend.
 #include "qbd/part_store.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cassert>
 #include <chrono>
 #include <cstring>
+
+#include "common/coding.h"
 
 #include "qbd/log.h"
 
@@ -22,16 +25,20 @@ std::vector<std::byte>& Scratch(size_t size) {
 
 }  // namespace
 
-void RecordPieces::Assign(const Geometry& g, std::span<const std::byte> data, std::span<const BlockMeta> metas) {
-  const uint64_t n = metas.size(), bs = g.block_size;
-  assert(data.size() == n * bs);
-  if (meta_bytes_.size() < n * kBlockMetaSize) meta_bytes_.resize(n * kBlockMetaSize);
-  pieces_.resize(2 * n);
-  for (uint64_t i = 0; i < n; ++i) {
-    std::byte* m = meta_bytes_.data() + i * kBlockMetaSize;
-    EncodeBlockMeta(metas[i], m);
-    pieces_[2 * i] = data.subspan(i * bs, bs);
-    pieces_[2 * i + 1] = std::span<const std::byte>(m, kBlockMetaSize);
+void RecordPieces::Assign(const Geometry& g, const BlockAddress& first, std::span<const std::byte> data,
+                          std::span<const BlockMeta> metas) {
+  assert(g.format == kFormat2 && data.size() == metas.size() * g.block_size);
+  n_ = metas.size();
+  data_ = data;
+  if (slots_.size() < n_ * kSlotSize) slots_.resize(n_ * kSlotSize);
+  // Unwritten metas only come with zero data (Write's contract): their check needs the all-zero
+  // block's checksum, computed only then.
+  uint64_t zero_checksum = 0;
+  for (uint64_t i = 0; i < n_; ++i) {
+    if (metas[i].IsUnwritten() && zero_checksum == 0) zero_checksum = BlockChecksum(data.subspan(i * g.block_size, g.block_size));
+    BlockAddress at = first;
+    at.block += i;
+    EncodeSlot(metas[i], at, zero_checksum, slots_.data() + i * kSlotSize);
   }
 }
 
@@ -51,7 +58,11 @@ PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometr
       part_(part),
       geometry_(geometry),
       max_open_files_(max_open_files),
-      recheck_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(recheck_interval).count()) {}
+      recheck_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(recheck_interval).count()) {
+  assert(geometry_.format == kFormat2);
+  std::vector<std::byte> zeros(geometry_.block_size);
+  zero_checksum_ = BlockChecksum(zeros);
+}
 
 PartStore::~PartStore() { CloseAll().IgnoreError(); }
 
@@ -194,10 +205,15 @@ void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims)
   for (const auto& h : victims) {
     // A failed sync leaves the handle listed: the next Flush tries again and reports it.
     h->unsynced.store(false);
+    const uint64_t seq = write_seq_.load(std::memory_order_acquire);
     if (!h->file->Sync().ok()) {
       h->unsynced.store(true);
       continue;
     }
+    // Its last chance: the handle is gone after this. The settled pairs are not synced (the
+    // file system writes them back); one lost, or left unsettled, costs a data read at the
+    // block's next write.
+    Settle(*h, seq).IgnoreError();
     std::lock_guard<std::mutex> l(mu_);
     if (h->listed && !h->unsynced.load()) {
       h->listed = false;
@@ -215,16 +231,11 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
     return Status::InvalidArgument(fmt::format("read of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
   QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
-  // Data straight into `data`, metas into a scratch buffer: one preadv, no copy.
-  thread_local std::vector<std::byte> meta_bytes;
-  thread_local std::vector<std::span<std::byte>> pieces;
-  if (meta_bytes.size() < n * kBlockMetaSize) meta_bytes.resize(n * kBlockMetaSize);
-  pieces.resize(2 * n);
-  for (uint64_t i = 0; i < n; ++i) {
-    pieces[2 * i] = data.subspan(i * bs, bs);
-    pieces[2 * i + 1] = std::span(meta_bytes.data() + i * kBlockMetaSize, kBlockMetaSize);
-  }
-  Status s = h->file->ReadAtV(geometry_.RecordOffset(first), pieces);
+  // §4.2: the slot pairs from the metadata area, the data straight into `data`.
+  thread_local std::vector<std::byte> pairs;
+  if (pairs.size() < n * kSlotPairSize) pairs.resize(n * kSlotPairSize);
+  Status s = h->file->ReadAt(geometry_.MetaOffset(first), std::span(pairs.data(), n * kSlotPairSize));
+  if (s.ok()) s = h->file->ReadAt(geometry_.DataOffset(first), data);
   if (!s.ok()) {
     // A short file (Corruption) is looked at afresh by the next call, which restores its size
     // before writing into it.
@@ -232,9 +243,12 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
     return s.WithContext(fmt::format("part {}", part_));
   }
   bool any_bad = false;
-  for (uint64_t i = 0; i < n; ++i) {
-    metas[i] = DecodeBlockMeta(meta_bytes.data() + i * kBlockMetaSize);
-    if (!VerifyBlock(data.subspan(i * bs, bs), metas[i]).ok()) {
+  BlockAddress at{volnr_, chunk, first};
+  for (uint64_t i = 0; i < n; ++i, ++at.block) {
+    std::span<const std::byte> block = data.subspan(i * bs, bs);
+    const SlotVerdict v = ResolveSlots(block, BlockChecksum(block), pairs.data() + i * kSlotPairSize, at, zero_checksum_);
+    metas[i] = v.meta;
+    if (!v.good) {
       any_bad = true;
       if (bad) bad->push_back(first + i);
     }
@@ -252,8 +266,103 @@ Status PartStore::Write(uint64_t chunk, uint64_t first, std::span<const std::byt
     return Status::InvalidArgument(fmt::format("write of {} bytes for {} blocks", data.size(), n));
   }
   thread_local RecordPieces records;
-  records.Assign(geometry_, data, metas);
+  records.Assign(geometry_, BlockAddress{volnr_, chunk, first}, data, metas);
   return WriteRecords(chunk, first, records, sync, created);
+}
+
+Result<uint64_t> PartStore::WriteSlots(Handle& h, uint64_t chunk, uint64_t first, uint64_t n, const std::byte* slots,
+                                       bool zeros_only) {
+  // §4.5, step 1: each block's pair becomes {new slot, current slot}. The current slot is the
+  // only used one of a settled pair, the zeros slot for an empty pair, slot 0 of a pair this
+  // process wrote whose data write completed, and otherwise (a write torn by a crash, or one
+  // whose data write failed) the slot that the data on disk matches.
+  thread_local std::vector<std::byte> pairs;
+  thread_local std::vector<std::byte> old_data;
+  if (pairs.size() < n * kSlotPairSize) pairs.resize(n * kSlotPairSize);
+  std::span<std::byte> buf(pairs.data(), n * kSlotPairSize);
+  std::lock_guard<std::mutex> l(h.meta_mu);
+  QBD_RETURN_IF_ERROR(h.file->ReadAt(geometry_.MetaOffset(first), buf));
+  const uint64_t bs = geometry_.block_size;
+  for (uint64_t i = 0; i < n; ++i) {
+    std::byte* pair = buf.data() + i * kSlotPairSize;
+    const BlockAddress at{volnr_, chunk, first + i};
+    const bool empty0 = SlotEmpty(pair), empty1 = SlotEmpty(pair + kSlotSize);
+    std::byte current[kSlotSize];
+    if (empty0 && empty1) {
+      if (zeros_only) {
+        continue;  // already unwritten: Unwrite only punches the data
+
+      }
+      EncodeSlot(BlockMeta{}, at, zero_checksum_, current);
+    } else if (empty0 != empty1) {
+      std::memcpy(current, empty0 ? pair + kSlotSize : pair, kSlotSize);
+    } else {
+      auto it = h.pending.find(first + i);
+      int slot = 0;
+      if (it == h.pending.end() || !it->second.done) {
+        // Unknown: judged by the data on disk (rare: only after a crash or a failed write).
+        if (old_data.size() < bs) old_data.resize(bs);
+        std::span<std::byte> block(old_data.data(), bs);
+        QBD_RETURN_IF_ERROR(h.file->ReadAt(geometry_.DataOffset(first + i), block));
+        const SlotVerdict v = ResolveSlots(block, BlockChecksum(block), pair, at, zero_checksum_);
+        // A copy that matches neither slot is corrupt already: either slot may go.
+        slot = v.slot >= 0 ? v.slot : 0;
+      }
+      std::memcpy(current, pair + slot * kSlotSize, kSlotSize);
+    }
+    std::memcpy(pair + kSlotSize, current, kSlotSize);
+    std::memcpy(pair, slots + i * kSlotSize, kSlotSize);
+  }
+  QBD_RETURN_IF_ERROR(h.file->WriteAt(geometry_.MetaOffset(first), buf));
+  const uint64_t seq = write_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
+  for (uint64_t i = 0; i < n; ++i) {
+    const std::byte* pair = buf.data() + i * kSlotPairSize;
+    if (SlotEmpty(pair) && SlotEmpty(pair + kSlotSize)) continue;  // zeros_only, left alone
+    Handle::Pending& p = h.pending[first + i];
+    p.seq = seq;
+    p.done = false;
+    std::memcpy(p.slot0, pair, kSlotSize);
+  }
+  return seq;
+}
+
+void PartStore::MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq) {
+  std::lock_guard<std::mutex> l(h.meta_mu);
+  for (uint64_t i = 0; i < n; ++i) {
+    auto it = h.pending.find(first + i);
+    if (it != h.pending.end() && it->second.seq == seq) it->second.done = true;
+  }
+}
+
+Status PartStore::Settle(Handle& h, uint64_t max_seq) {
+  // §4.5, step 3: the data of these writes is durable, so their previous slot can go. A pair
+  // whose new slot says "zeros" becomes empty (unwritten).
+  std::lock_guard<std::mutex> l(h.meta_mu);
+  if (h.pending.empty()) return Status::OK();
+  std::vector<uint64_t> blocks;
+  for (const auto& [b, p] : h.pending) {
+    if (p.done && p.seq <= max_seq) blocks.push_back(b);
+  }
+  if (blocks.empty()) return Status::OK();
+  std::sort(blocks.begin(), blocks.end());
+  thread_local std::vector<std::byte> run;
+  Status s;
+  for (size_t i = 0; i < blocks.size() && s.ok();) {
+    size_t j = i + 1;
+    while (j < blocks.size() && blocks[j] == blocks[j - 1] + 1) ++j;
+    run.assign((j - i) * kSlotPairSize, std::byte{0});
+    for (size_t k = i; k < j; ++k) {
+      const std::byte* slot0 = h.pending[blocks[k]].slot0;
+      if (DecodeLE64(slot0) != 0) std::memcpy(run.data() + (k - i) * kSlotPairSize, slot0, kSlotSize);
+    }
+    s = h.file->WriteAt(geometry_.MetaOffset(blocks[i]), run);
+    if (s.ok()) {
+      for (size_t k = i; k < j; ++k) h.pending.erase(blocks[k]);
+      h.settled_unsynced = true;
+    }
+    i = j;
+  }
+  return s;
 }
 
 Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPieces& records, bool sync,
@@ -264,9 +373,13 @@ Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPiece
     return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
   QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
-  Status s = h->file->WriteAtV(geometry_.RecordOffset(first), records.pieces());
+  auto seq = WriteSlots(*h, chunk, first, n, records.slots(), /*zeros_only=*/false);
+  Status s = seq.status();
+  if (s.ok()) s = h->file->WriteAt(geometry_.DataOffset(first), records.data());
+  if (s.ok()) MarkDone(*h, first, n, *seq);
   if (s.ok() && sync) s = h->file->Sync();
   if (s.ok() && sync) s = SyncCreated();
+  if (s.ok() && sync) Settle(*h, *seq).IgnoreError();  // a pair left unsettled costs a data read later
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(h);
   return Status::OK();
@@ -279,9 +392,17 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
   }
   auto got = GetFile(chunk, /*create=*/false, /*complete=*/true, rebuilt);
   if (!got.ok()) return got.status().IsNotFound() ? Status::OK() : got.status();
-  ChunkFile* file = (*got)->file.get();
-  const uint64_t off = geometry_.RecordOffset(first);
-  const uint64_t len = n * geometry_.RecordSize();
+  Handle& h = **got;
+  ChunkFile* file = h.file.get();
+  // The zeros slot first (§4.5), then the data punched out.
+  std::vector<std::byte> zeros_slots(n * kSlotSize);
+  for (uint64_t i = 0; i < n; ++i) {
+    EncodeSlot(BlockMeta{}, BlockAddress{volnr_, chunk, first + i}, zero_checksum_, zeros_slots.data() + i * kSlotSize);
+  }
+  auto seq = WriteSlots(h, chunk, first, n, zeros_slots.data(), /*zeros_only=*/true);
+  if (!seq.ok()) return seq.status().WithContext(fmt::format("part {}", part_));
+  const uint64_t off = geometry_.DataOffset(first);
+  const uint64_t len = n * geometry_.block_size;
   Status s = file->PunchHole(off, len);
   if (s.IsNotSupported()) {
     // Write zeros instead, in bounded pieces.
@@ -294,8 +415,10 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
       done += piece;
     }
   }
+  if (s.ok()) MarkDone(h, first, n, *seq);
   if (s.ok() && sync) s = file->Sync();
   if (s.ok() && sync) s = SyncCreated();
+  if (s.ok() && sync) Settle(h, *seq).IgnoreError();  // a pair left unsettled costs a data read later
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(*got);
   return Status::OK();
@@ -335,6 +458,9 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
     todo.swap(unsynced_);
     for (const auto& h : todo) h->listed = false;
   }
+  // Writes numbered up to here completed before this flush began, or their handle is listed
+  // again: their pairs may be settled once the sync below has made their data durable.
+  const uint64_t seq = write_seq_.load(std::memory_order_acquire);
   StartSyncs(todo);
   for (const auto& h : todo) {
     h->unsynced.store(false, std::memory_order_release);
@@ -352,7 +478,9 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
       }
       if (failed != nullptr) failed->push_back(h->chunk);
       if (first_error.ok()) first_error = s.WithContext(fmt::format("flush part {}", part_));
+      continue;
     }
+    Settle(*h, seq).IgnoreError();  // a pair left unsettled costs a data read at its next write
   }
   return first_error;
 }
@@ -367,12 +495,27 @@ PartStore::ChunkRewrite::~ChunkRewrite() {
 }
 
 Status PartStore::ChunkRewrite::WriteRecords(uint64_t first, std::span<const std::byte> records) {
-  return file_->WriteAt(first * store_.geometry_.RecordSize(), records);
+  // Records as scrub.h carries them: data, then the slot pair. Each goes to its area (§4.2).
+  const Geometry& g = store_.geometry_;
+  const uint64_t rec = g.RecordSize(), bs = g.block_size;
+  const uint64_t n = records.size() / rec;
+  if (n * rec != records.size() || first + n > g.BlocksPerChunk()) {
+    return Status::InvalidArgument(fmt::format("rewrite of {} bytes at block {}", records.size(), first));
+  }
+  std::vector<std::span<const std::byte>> data(n), pairs(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    data[i] = records.subspan(i * rec, bs);
+    pairs[i] = records.subspan(i * rec + bs, kSlotPairSize);
+  }
+  QBD_RETURN_IF_ERROR(file_->WriteAtV(g.DataOffset(first), data));
+  return file_->WriteAtV(g.MetaOffset(first), pairs);
 }
 
 Status PartStore::ChunkRewrite::Commit() {
   QBD_RETURN_IF_ERROR(file_->Sync());
   if (tmp_.empty()) {
+    // The cached handle's pending pairs describe what was there before.
+    store_.DropReplaced(chunk_);
     committed_ = true;
     return Status::OK();
   }
@@ -400,8 +543,25 @@ Result<std::unique_ptr<PartStore::ChunkRewrite>> PartStore::BuildReplacement(uin
 
 Status PartStore::CloseAll() {
   Status s = Flush();
-  std::lock_guard<std::mutex> l(mu_);
-  open_.clear();
+  std::vector<std::shared_ptr<Handle>> handles;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [c, h] : open_) handles.push_back(h);
+    open_.clear();
+  }
+  // The pairs Flush settled, made durable too: a clean close leaves every pair settled (§4.5).
+  for (const auto& h : handles) {
+    bool settled;
+    {
+      std::lock_guard<std::mutex> l(h->meta_mu);
+      settled = h->settled_unsynced;
+      h->settled_unsynced = false;
+    }
+    if (settled) {
+      Status r = h->file->Sync();
+      if (s.ok() && !r.ok()) s = r.WithContext(fmt::format("close part {}", part_));
+    }
+  }
   return s;
 }
 

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <vector>
 
 namespace qbd {
 namespace {
@@ -16,6 +17,11 @@ bool AllZero(const std::byte* p, size_t n) {
     n -= sizeof(kZeros);
   }
   return std::memcmp(p, kZeros, n) == 0;
+}
+
+uint64_t ZeroChecksum(uint64_t block_size) {
+  static const std::vector<std::byte> kZeros(kMaxBlockSize);
+  return BlockChecksum(std::span(kZeros.data(), block_size));
 }
 
 }  // namespace
@@ -91,9 +97,20 @@ void ReadCopyInto(PartCopy& c, StorageBackend& backend, uint32_t volnr, char par
     c.records.clear();
     return;
   }
-  const uint64_t rec = g.RecordSize();
+  const uint64_t rec = g.RecordSize(), bs = g.block_size;
   c.records.resize(n * rec);  // no-op when the last slice had this size
-  Status s = (*file)->ReadAt(first * rec, c.records);
+  Status s;
+  if (g.format == kFormat1) {
+    s = (*file)->ReadAt(first * rec, c.records);  // §9.2: the records as they lie
+  } else {
+    // §4.2: data and slot pairs from their areas, gathered into records.
+    thread_local std::vector<std::span<std::byte>> pieces;
+    pieces.resize(n);
+    for (uint64_t b = 0; b < n; ++b) pieces[b] = std::span(c.records.data() + b * rec, bs);
+    s = (*file)->ReadAtV(g.DataOffset(first), pieces);
+    for (uint64_t b = 0; b < n; ++b) pieces[b] = std::span(c.records.data() + b * rec + bs, kSlotPairSize);
+    if (s.ok()) s = (*file)->ReadAtV(g.MetaOffset(first), pieces);
+  }
   if (!s.ok()) {
     c.state = CopyState::kUnreadable;
     c.error = s;
@@ -103,15 +120,33 @@ void ReadCopyInto(PartCopy& c, StorageBackend& backend, uint32_t volnr, char par
   c.state = CopyState::kPresent;
   c.metas.resize(n);
   c.good.resize(n);
-  const uint64_t bs = g.block_size;
+  if (g.format == kFormat1) {
+    for (uint64_t b = 0; b < n; ++b) {
+      const std::byte* r = c.records.data() + b * rec;
+      c.metas[b] = DecodeBlockMeta(r + bs);
+      const BlockMeta& m = c.metas[b];
+      if (m.IsUnwritten()) {
+        c.good[b] = AllZero(r, bs);  // §9.3: data under all-zero metadata is corruption
+      } else {
+        c.good[b] = m.generation != 0 && BlockChecksum(std::span(r, bs)) == m.checksum;
+      }
+    }
+    return;
+  }
+  const uint64_t zero_checksum = ZeroChecksum(bs);
   for (uint64_t b = 0; b < n; ++b) {
-    const std::byte* r = c.records.data() + b * rec;
-    c.metas[b] = DecodeBlockMeta(r + bs);
-    const BlockMeta& m = c.metas[b];
-    if (m.IsUnwritten()) {
-      c.good[b] = AllZero(r, bs);  // §4.3: data under all-zero metadata is corruption
-    } else {
-      c.good[b] = m.generation != 0 && BlockChecksum(std::span(r, bs)) == m.checksum;
+    std::byte* r = c.records.data() + b * rec;
+    std::span<const std::byte> data(r, bs);
+    const SlotVerdict v = ResolveSlots(data, BlockChecksum(data), r + bs, BlockAddress{volnr, chunk, first + b},
+                                       zero_checksum);
+    c.metas[b] = v.meta;
+    c.good[b] = v.good;
+    if (v.good) {
+      // A good copy is carried settled (§4.5): its matching slot first, the other empty, so that
+      // a rewrite from it leaves nothing for the target's next write to resolve.
+      std::byte pair[kSlotPairSize] = {};
+      if (v.slot >= 0 && !v.meta.IsUnwritten()) std::memcpy(pair, r + bs + v.slot * kSlotSize, kSlotSize);
+      std::memcpy(r + bs, pair, kSlotPairSize);
     }
   }
 }

@@ -18,6 +18,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "common/coding.h"
 #include "qbd/chunk_format.h"
 
 namespace qbd {
@@ -71,6 +72,16 @@ uint64_t BlockChecksum(std::span<const std::byte> data) {
   if (data.size() <= XXH3_MIDSIZE_MAX) return XXH3_64bits(data.data(), data.size());
   static const LongHash long_hash = PickLongHash();
   return long_hash(data.data(), data.size());
+}
+
+uint64_t AddressKey(const BlockAddress& a, uint64_t generation) {
+  // layout-spec.md §4.2: XXH3-64 (seed 0) of volnr, chunk, block, generation as u64 LE.
+  std::byte key[32];
+  EncodeLE64(key, a.volnr);
+  EncodeLE64(key + 8, a.chunk);
+  EncodeLE64(key + 16, a.block);
+  EncodeLE64(key + 24, generation);
+  return XXH3_64bits(key, sizeof(key));
 }
 
 }  // namespace qbd

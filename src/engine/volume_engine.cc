@@ -454,7 +454,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   // (A reference, so that the pool threads' tasks see this thread's instance.)
   thread_local RecordPieces tls_records;
   RecordPieces& records = tls_records;
-  records.Assign(options_.geometry, data, metas);
+  records.Assign(options_.geometry, BlockAddress{options_.volnr, chunk, first}, data, metas);
   auto write_one = [&](size_t i) {
     bool c = false;
     results[i] = parts_[i]->store->WriteRecords(chunk, first, records, fua, &c);

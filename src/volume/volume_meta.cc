@@ -31,13 +31,13 @@ std::string MetaPath(uint32_t volnr) { return fmt::format("{}/.meta", volnr); }
 
 std::string EncodeVolumeMeta(const VolumeMeta& m) {
   std::string s = "# qbd volume metadata (layout-spec.md section 2)\n";
-  s += fmt::format("format = {}\n", kFormatVersion);
+  s += fmt::format("format = {}\n", m.geometry.format);
   s += fmt::format("serial = {}\n", m.serial);
   s += fmt::format("name = {}\n", m.name);
   s += fmt::format("number = {}\n", m.number);
   s += fmt::format("size = {}\n", m.geometry.size);
   s += fmt::format("block_size = {}\n", m.geometry.block_size);
-  s += fmt::format("block_meta_size = {}\n", kBlockMetaSize);
+  s += fmt::format("block_meta_size = {}\n", m.geometry.MetaBytes());
   s += fmt::format("chunk_size = {}\n", m.geometry.chunk_size);
   s += "layout = replicate\n";
   s += fmt::format("replicas = {}\n", m.replicas);
@@ -57,6 +57,8 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file)
   VolumeMeta m;
   std::set<std::string> seen;
   int format_line = 0;
+  uint64_t meta_size = 0;
+  int meta_size_line = 0;
   for (const KvLine& l : lines) {
     if (!l.section.empty()) return At(file, l.line, "sections are not allowed in .meta");
     if (!seen.insert(l.key).second) return At(file, l.line, fmt::format("'{}' is set twice", l.key));
@@ -72,9 +74,10 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file)
     };
     if (l.key == "format") {
       QBD_ASSIGN_OR_RETURN(uint64_t v, num(UINT32_MAX));
-      if (v != kFormatVersion) {
-        return At(file, l.line, fmt::format("format {} is not supported (this qbd reads format {})", v, kFormatVersion));
+      if (v != kFormat1 && v != kFormat2) {
+        return At(file, l.line, fmt::format("format {} is not supported (this qbd reads formats 1 and 2)", v));
       }
+      m.geometry.format = static_cast<uint32_t>(v);
       format_line = l.line;
     } else if (l.key == "serial") {
       QBD_ASSIGN_OR_RETURN(m.serial, num(UINT64_MAX));
@@ -93,7 +96,8 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file)
       m.geometry.block_size = static_cast<uint32_t>(v);
     } else if (l.key == "block_meta_size") {
       QBD_ASSIGN_OR_RETURN(uint64_t v, num(UINT32_MAX));
-      if (v != kBlockMetaSize) return At(file, l.line, fmt::format("block_meta_size must be {}", kBlockMetaSize));
+      meta_size = v;
+      meta_size_line = l.line;
     } else if (l.key == "chunk_size") {
       QBD_ASSIGN_OR_RETURN(m.geometry.chunk_size, num(kMaxChunkSize));
     } else if (l.key == "layout") {
@@ -124,6 +128,10 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file)
     if (!seen.count(key)) return Status::InvalidArgument(fmt::format("{}: '{}' is missing", file, key));
   }
   (void)format_line;
+  if (meta_size_line != 0 && meta_size != m.geometry.MetaBytes()) {
+    return At(file, meta_size_line, fmt::format("block_meta_size must be {} in format {}", m.geometry.MetaBytes(),
+                                                m.geometry.format));
+  }
   Status s = m.geometry.Validate();
   if (!s.ok()) return Status::InvalidArgument(fmt::format("{}: {}", file, s.message()));
   if (m.write_quorum > m.replicas) {
