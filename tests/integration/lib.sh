@@ -294,6 +294,14 @@ xxh3() { # FILE -> the XXH3-64 of FILE as 16 hex digits (xxhsum -H3)
   xxhsum -H3 "$1" | grep -oE '\b[0-9a-f]{16}\b' | head -n 1
 }
 
+# address_key VOLNR CHUNK_INDEX BLOCK GENERATION -> the AddressKey of layout-spec.md §4.2 (XXH3-64
+# of the four numbers as u64 little-endian) as 16 hex digits: a slot's check is the data's XXH3
+# XOR this.
+address_key() {
+  python3 -c "import struct, sys; sys.stdout.buffer.write(struct.pack('<QQQQ', *map(int, sys.argv[1:])))" "$@" |
+    xxhsum -H3 | grep -oE '\b[0-9a-f]{16}\b' | head -n 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # qbd-verify and qbd-repair against the test config (a hung tool fails its check, never the run)
 

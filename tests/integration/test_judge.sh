@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One judge for every copy, on the real daemon with local parts:
-# - a block bad on every copy (its data, or its 16 metadata bytes) stays an error: reads fail with
+# - a block bad on every copy (its data, or its 32-byte slot pair) stays an error: reads fail with
 #   EIO, deep verify reports data lost, and neither the daemon's background work nor a restart
 #   rewrites it, until the admin runs qbd-repair --accept-loss (then it reads as zeros);
 # - a stale copy put back while the daemon was down (one or two parts of three) is never served:
@@ -10,8 +10,10 @@
 . "$(dirname "$0")/lib.sh"
 
 BS=4096
-REC=$((BS + 16)) # a record: the block's data, then its 16 bytes of metadata (layout-spec.md §4.2)
 CHUNK=$((4 * 1048576))
+# layout-spec.md §4.2: block i's data at i * BS, its slot pair (32 bytes) at CHUNK + i * 32
+data_at() { echo $(($1 * BS)); }
+pair_at() { echo $((CHUNK + $1 * 32)); }
 qbd_conf 3
 qbdctl create lost --size 16M --replicas 3 >/dev/null || die setup "qbdctl create lost failed"
 qbdctl create stale --size 32M --replicas 3 >/dev/null || die setup "qbdctl create stale failed"
@@ -36,7 +38,7 @@ expected_at() { # FILE OFFSET LENGTH OUT: that range of FILE in OUT
   python3 -c "import sys; f=open(sys.argv[1],'rb'); f.seek(int(sys.argv[2])); open(sys.argv[4],'wb').write(f.read(int(sys.argv[3])))" "$@"
 }
 
-# lost_block_round WHAT OFFSET_IN_RECORD: block 10 of chunk file 3 damaged on every part
+# lost_block_round WHAT OFFSET_IN_BLOCK|meta: block 10 of chunk file 3 damaged on every part
 lost_block_round() {
   local what=$1 at=$2 p off=$((2 * CHUNK + 10 * BS))
   for p in a b c; do
@@ -44,9 +46,9 @@ lost_block_round() {
       python3 -c "
 import sys
 with open(sys.argv[1], 'r+b') as f:
-    f.seek(int(sys.argv[2])); f.write(bytes(16))" "$(chunk_path node-$p "$NR_lost" $p 2)" $((10 * REC + BS))
+    f.seek(int(sys.argv[2])); f.write(bytes(32))" "$(chunk_path node-$p "$NR_lost" $p 2)" "$(pair_at 10)"
     else
-      flip_byte "$(chunk_path node-$p "$NR_lost" $p 2)" $((10 * REC + at))
+      flip_byte "$(chunk_path node-$p "$NR_lost" $p 2)" $(($(data_at 10) + at))
     fi
   done
   for p in a b c; do cp "$(chunk_path node-$p "$NR_lost" $p 2)" "$T/damaged-$p"; done
@@ -91,7 +93,7 @@ with open(sys.argv[1], 'r+b') as f:
 }
 export -f read_at
 lost_block_round "one byte of the block's data flipped on all three parts" 100
-lost_block_round "the block's 16 metadata bytes zeroed on all three parts" meta
+lost_block_round "the block's slot pair zeroed on all three parts" meta
 check "qbd-repair --accept-loss without a volume named is a usage error" \
   bash -c '"$@" 2>/dev/null; [ $? = 3 ]' _ "$QBD_BIN/qbd-repair" --config "$T/qbd.conf" --accept-loss
 
@@ -164,16 +166,21 @@ qbd_start
 check "8 MiB written to volume forged" nbdcopy --flush "$T/forged.bin" "$(uri forged)"
 qbd_stop
 forge() { # a valid block with a generation 5 epochs ahead on part a, block 3 of chunk file 1
-  local epoch sum
+  local epoch sum gen
   epoch=$(sed -nE 's/^epoch = ([0-9]+)$/\1/p' "$T/node-a/$NR_forged/.epoch")
   head -c $BS /dev/urandom >"$T/forged-block.bin"
   sum=$(xxh3 "$T/forged-block.bin")
-  python3 - "$(chunk_path node-a "$NR_forged" a 0)" $((3 * REC)) "$T/forged-block.bin" $(((epoch + 5) << 40 | 7)) "$sum" <<'PY'
+  gen=$(((epoch + 5) << 40 | 7))
+  python3 - "$(chunk_path node-a "$NR_forged" a 0)" "$(data_at 3)" "$(pair_at 3)" "$T/forged-block.bin" "$gen" \
+    "$sum" "$(address_key "$NR_forged" 0 3 "$gen")" <<'PY'
 import struct, sys
-path, off, data, gen, csum = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), int(sys.argv[4]), int(sys.argv[5], 16)
+path, off, pair_off, data = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), open(sys.argv[4], "rb").read()
+gen, csum, key = int(sys.argv[5]), int(sys.argv[6], 16), int(sys.argv[7], 16)
 with open(path, "r+b") as f:
     f.seek(off)
-    f.write(data + struct.pack("<QQ", gen, csum))
+    f.write(data)
+    f.seek(pair_off)
+    f.write(struct.pack("<QQ", gen, csum ^ key) + bytes(16))
 PY
 }
 forge
@@ -195,3 +202,52 @@ check "the daemon's comparison after the first access rewrites the suspect copy"
   _ "$T/master.log" "$agreed"
 qbd_stop
 expect_findings "deep verify of volume forged is clean after the daemon's comparison" 0 "" --deep forged
+
+# ---------------------------------------------------------------------------------------------
+# A misplaced chunk file or a misdirected record (layout-spec.md §4.2: each slot's check binds the
+# data to its volume, chunk and block) is a corrupt copy on the part that holds it: verify names
+# it, repair rewrites it from the good copies, and reads never return it.
+qbdctl create misplaced --size 16M --replicas 3 >/dev/null || die setup "qbdctl create misplaced failed"
+NR_mis=$(nr misplaced)
+head -c 16M /dev/urandom >"$T/misplaced.bin"
+qbd_start
+check "16 MiB written to volume misplaced" nbdcopy --flush "$T/misplaced.bin" "$(uri misplaced)"
+qbd_stop
+cp "$(chunk_path node-a "$NR_mis" a 1)" "$(chunk_path node-a "$NR_mis" a 0)"
+expect_findings "part a's chunk file 2 copied over its chunk file 1: deep verify calls part a's copy of every block of chunk 1 corrupt (exit 1)" \
+  1 "corrupt a 1 $(seq -s, 0 1023)" --deep misplaced
+qbd_start
+check "NBD reads of chunk 1 return the volume's data, not chunk 2's" \
+  bash -c 'read_at "$1" 0 $((4 * 1048576)) "$2" && cmp "$2" <(head -c $((4 * 1048576)) "$3")' \
+  _ "$(uri misplaced)" "$T/r.bin" "$T/misplaced.bin"
+qbd_stop
+repair misplaced >"$T/misplaced.out" 2>&1
+rc=$?
+[ $rc = 0 ] && pass "offline qbd-repair rewrites part a's misplaced chunk file 1 (exit 0)" ||
+  { fail "offline qbd-repair of the misplaced file" "exit $rc"; show "$T/misplaced.out"; }
+expect_findings "deep verify of volume misplaced is clean after the repair" 0 "" --deep misplaced
+check "part a's chunk file 1 is again identical to part b's" \
+  cmp "$(chunk_path node-a "$NR_mis" a 0)" "$(chunk_path node-b "$NR_mis" b 0)"
+# One record (data and slot pair) of part b copied over its neighbour: what a misdirected write does.
+python3 - "$(chunk_path node-b "$NR_mis" b 2)" "$BS" "$CHUNK" <<'PY'
+import sys
+path, bs, cs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, "r+b") as f:
+    f.seek(5 * bs); data = f.read(bs)
+    f.seek(cs + 5 * 32); pair = f.read(32)
+    f.seek(4 * bs); f.write(data)
+    f.seek(cs + 4 * 32); f.write(pair)
+PY
+expect_findings "part b's block 5 (data and slots) copied over its block 4: deep verify calls part b's block 4 of chunk 3 corrupt (exit 1)" \
+  1 "corrupt b 3 4" --deep misplaced
+qbd_start
+expected_at "$T/misplaced.bin" $((2 * CHUNK + 4 * BS)) $BS "$T/want.bin"
+check "NBD reads block 4 of chunk 3 as written, whichever part serves it" \
+  bash -c 'for i in 1 2 3 4 5 6; do read_at "$1" $2 4096 "$3" && cmp -s "$3" "$4" || exit 1; done' \
+  _ "$(uri misplaced)" $((2 * CHUNK + 4 * BS)) "$T/r.bin" "$T/want.bin"
+check "the daemon's comparison at the first access rewrites part b's block 4 from the good copies" \
+  wait_for_line "$T/master.log" "volume misplaced chunk 3: copies made to agree at first access" 60
+qbd_stop
+check "part b's chunk file 3 is again identical to part c's" \
+  cmp "$(chunk_path node-b "$NR_mis" b 2)" "$(chunk_path node-c "$NR_mis" c 2)"
+expect_findings "deep verify of volume misplaced is clean after that repair" 0 "" --deep misplaced

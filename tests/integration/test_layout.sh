@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The on-disk layout (layout-spec.md) as ordinary tools see it with the daemon stopped: a block
-# written through NBD sits in <backend>/<volnr>/<part>/<chunk index + 1> at i * (block_size + 16),
-# followed by u64 LE generation (>= 1) and u64 LE XXH3-64 of the data (= `xxhsum -H3`), on every
-# part; never-written blocks have all-zero metadata.
+# The on-disk layout (layout-spec.md §4, format 2) as ordinary tools see it with the daemon
+# stopped: a block written through NBD sits in <backend>/<volnr>/<part>/<chunk index + 1> at
+# i * block_size, and its slot pair at chunk_size + i * 32: slot 0 = u64 LE generation (>= 1) and
+# u64 LE check = XXH3-64 of the data (`xxhsum -H3`) XOR the address key of (volnr, chunk, block,
+# generation); slot 1 empty once the daemon closed the volume (settled). Never-written blocks have
+# an all-zero pair and zero data (a hole).
 . "$(dirname "$0")/lib.sh"
 
 MiB=$((1024 * 1024))
@@ -12,20 +14,30 @@ qbdctl create lay8k --size 16M --replicas 3 --block-size 8192 --chunk-size 1M >/
   die setup "qbdctl create lay8k failed"
 
 # read_block PART VOLNR OFFSET BLOCK_SIZE CHUNK_SIZE: copies the block's data from part PART's
-# chunk file to $T/block.bin and prints "<generation> <checksum as 16 hex digits>".
+# chunk file to $T/block.bin and prints "<generation> <checksum as 16 hex digits>": slot 0's
+# generation and its check with the address key taken off (the data's XXH3 when the slot holds);
+# fails when slot 1 is not empty (a clean stop settles every pair, §4.5).
 read_block() {
   local path
   path=$(chunk_path "node-$1" "$2" "$1" $(($3 / $5)))
   [ -f "$path" ] || { echo "no chunk file $path"; return 1; }
-  python3 - "$path" $((($3 % $5) / $4)) "$4" "$T/block.bin" <<'EOF'
-import struct, sys
-path, idx, bs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+  python3 - "$path" "$2" $(($3 / $5)) $((($3 % $5) / $4)) "$4" "$5" "$T/block.bin" <<'EOF'
+import struct, subprocess, sys
+path, vol, chunk, idx, bs, cs, out = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7]
+def key(gen):  # layout-spec.md §4.2: XXH3-64 of volnr, chunk, block, generation (u64 LE)
+    r = subprocess.run(["xxhsum", "-H3"], input=struct.pack("<QQQQ", vol, chunk, idx, gen), capture_output=True)
+    return int(r.stdout.split()[-1], 16)
 with open(path, "rb") as f:
-    f.seek(idx * (bs + 16))
-    rec = f.read(bs + 16)
-rec = rec.ljust(bs + 16, b"\0")  # a sparse file may end before the record: that reads as zeros
-open(out, "wb").write(rec[:bs])
-gen, csum = struct.unpack("<QQ", rec[bs:])
+    f.seek(idx * bs)
+    data = f.read(bs).ljust(bs, b"\0")  # a sparse file may end early: that reads as zeros
+    f.seek(cs + idx * 32)
+    pair = f.read(32).ljust(32, b"\0")
+open(out, "wb").write(data)
+gen, check, gen1, check1 = struct.unpack("<QQQQ", pair)
+if gen1 or check1:
+    print(f"slot 1 is not empty (generation {gen1}): the pair was not settled")
+    sys.exit(1)
+csum = check ^ key(gen) if (gen or check) else 0
 print(f"{gen} {csum:016x}")
 EOF
 }
@@ -56,7 +68,7 @@ expect_block() {
     { echo "$where: checksum $csum, xxhsum -H3 of the data $(xxh3 "$T/block.bin")"; return 1; }
 }
 
-# expect_unwritten PART VOLNR OFFSET BLOCK_SIZE CHUNK_SIZE: zero data and all-zero metadata
+# expect_unwritten PART VOLNR OFFSET BLOCK_SIZE CHUNK_SIZE: zero data and an all-zero slot pair
 expect_unwritten() {
   local meta
   meta=$(read_block "$@") || { echo "$meta"; return 1; }
@@ -77,7 +89,7 @@ every_part() { # FN ARGS...: FN PART ARGS... for parts a, b and c
   return $rc
 }
 
-X=$((4 * MiB + 7 * 4096))  # block 7 of chunk index 1: file 2, byte 7 * 4112
+X=$((4 * MiB + 7 * 4096))  # block 7 of chunk index 1: file 2, data at byte 7 * 4096
 X8=$((2 * MiB + 5 * 8192)) # 8 KiB blocks, 1 MiB chunks: block 5 of chunk index 2: file 3
 L1=(1 "$X" 4096 $((4 * MiB)))
 L2=(2 "$X8" 8192 "$MiB")
@@ -92,7 +104,7 @@ qbd_stop
 check ".volumesmeta and both volumes' .meta on every backend" \
   bash -c 'for l in a b c; do for f in .volumesmeta 1/.meta 2/.meta; do
     test -s "$1/node-$l/$f" || { echo "missing node-$l/$f"; exit 1; }; done; done' _ "$T"
-check "chunk file 2 on part a/b/c holds the block at 7 * 4112: data, generation, XXH3" \
+check "chunk file 2 on part a/b/c holds the block at 7 * 4096, its slot at 4 MiB + 7 * 32: generation, XXH3 ^ key" \
   every_part expect_block "${L1[@]}" 0xab
 neighbours_unwritten() { # VOLNR OFFSET BLOCK_SIZE CHUNK_SIZE: the blocks before and after
   every_part expect_unwritten "$1" $(($2 - $3)) "$3" "$4" &&
@@ -100,7 +112,7 @@ neighbours_unwritten() { # VOLNR OFFSET BLOCK_SIZE CHUNK_SIZE: the blocks before
 }
 check "the blocks either side of it are unwritten on every part (zero data and metadata)" \
   neighbours_unwritten "${L1[@]}"
-check "block size 8 KiB, chunk size 1 MiB: file 3 holds the block at 5 * 8208 on every part" \
+check "block size 8 KiB, chunk size 1 MiB: file 3 holds the block at 5 * 8192, its slot at 1 MiB + 5 * 32 on every part" \
   every_part expect_block "${L2[@]}" 0xcd
 check "block size 8 KiB: the blocks either side of it are unwritten on every part" \
   neighbours_unwritten "${L2[@]}"
@@ -120,10 +132,18 @@ chunk_files_are() { # VOLNR FILE_SIZE NAME...: each part's directory holds exact
   done
   return $rc
 }
-check "volume 1 has chunk file 2 only, 1024 x 4112 bytes, on every part" \
-  chunk_files_are 1 $((1024 * 4112)) 2
-check "volume 2 has chunk file 3 only, 128 x 8208 bytes, on every part" \
-  chunk_files_are 2 $((128 * 8208)) 3
+check "volume 1 has chunk file 2 only, 4 MiB + 1024 x 32 bytes, on every part" \
+  chunk_files_are 1 $((4 * MiB + 1024 * 32)) 2
+check "volume 2 has chunk file 3 only, 1 MiB + 128 x 32 bytes, on every part" \
+  chunk_files_are 2 $((MiB + 128 * 32)) 3
+check "head -c 4M extracts the chunk's data: what the client wrote, zeros elsewhere" bash -c '
+  head -c $((4 * 1048576)) "$1" >"$2/chunk.bin" && python3 -c "
+import sys
+d = open(sys.argv[1], \"rb\").read()
+want = bytes(7 * 4096) + bytes([0xab]) * 4096 + bytes(len(d) - 8 * 4096)
+sys.exit(d != want)" "$2/chunk.bin"' _ "$(chunk_path node-b 1 b 1)" "$T"
+check "a chunk file of the 8 KiB-block volume is sparse: one block and the slot page allocated" \
+  bash -c '[ "$(stat -c %b "$1")" -lt 64 ]' _ "$(chunk_path node-a 2 a 2)"
 
 # Overwrite: new data, a newer generation, on every part.
 Y=$((X + 2 * 4096)) # WRITE_ZEROES later
