@@ -12,7 +12,7 @@
 
 namespace qbd {
 
-enum class LogLevel { kDebug = 0, kInfo, kWarn, kError };
+enum class LogLevel { kDebug = 0, kInfo, kWarn, kError, kOff };  // kOff: nothing is logged
 
 // Messages below `level` are dropped. Default kInfo.
 void SetLogLevel(LogLevel level);
