@@ -102,6 +102,10 @@ fuzz:
 	  build/fuzz/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus/$$f fuzz/corpus/$$f || exit 1; \
 	done
 
+# qbd-master against NBD peers on this machine (scripts/bench.py says what each row and column is):
+# warm rows, then cold rows on BENCH_COLD_SIZE exports (default 4G, 0 for none) with the page cache
+# dropped before each job (root; about 9 x BENCH_COLD_SIZE free in BENCH_DIR). BENCH_SECONDS (30),
+# BENCH_SIZE (1G), BENCH_COPY_SIZE (2G), BENCH_ROUNDS (1), BENCH_DIR, BENCH_CACHE, BENCH_BASE.
 bench: all
 	scripts/bench.py $(BUILD)
 
