@@ -102,6 +102,13 @@ class PartStore {
   // size back and sets *rebuilt (as Write's *created).
   Status Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync, bool* rebuilt);
 
+  // What blocks [first, first + n) of `chunk` hold, from their slot pairs alone (layout-spec.md
+  // §4.3), for block status: kUnwritten for an empty pair, kZeros for a slot of zero data (a
+  // NO_HOLE zeroing), kData otherwise. A pending pair counts by its new slot when this process
+  // knows that write completed, else as kData. NotFound: no chunk file (all unwritten here).
+  enum class BlockState : uint8_t { kData, kZeros, kUnwritten };
+  Status BlockStates(uint64_t chunk, uint64_t first, uint64_t n, std::vector<BlockState>* states);
+
   enum class ChunkState { kAbsent, kShort, kComplete };
   // Whether the chunk file exists, and at its full size (layout-spec.md §4.1).
   Result<ChunkState> CheckChunk(uint64_t chunk);

@@ -437,6 +437,41 @@ void PartStore::MarkUnsynced(const std::shared_ptr<Handle>& h) {
   }
 }
 
+Status PartStore::BlockStates(uint64_t chunk, uint64_t first, uint64_t n, std::vector<BlockState>* states) {
+  if (first + n > geometry_.BlocksPerChunk()) {
+    return Status::InvalidArgument(fmt::format("block status of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
+  }
+  QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
+  std::vector<std::byte> pairs(n * kSlotPairSize);
+  std::lock_guard<std::mutex> l(h->meta_mu);
+  QBD_RETURN_IF_ERROR(h->file->ReadAt(geometry_.MetaOffset(first), pairs));
+  states->assign(n, BlockState::kData);
+  for (uint64_t i = 0; i < n; ++i) {
+    const std::byte* pair = pairs.data() + i * kSlotPairSize;
+    const bool empty0 = SlotEmpty(pair), empty1 = SlotEmpty(pair + kSlotSize);
+    if (empty0 && empty1) {
+      (*states)[i] = BlockState::kUnwritten;
+      continue;
+    }
+    const std::byte* slot = nullptr;  // the slot that holds, when known without the data
+    if (empty0 != empty1) {
+      slot = empty0 ? pair + kSlotSize : pair;
+    } else {
+      auto it = h->pending.find(first + i);
+      if (it != h->pending.end() && it->second.done) slot = pair;
+    }
+    if (slot == nullptr) continue;
+    const uint64_t generation = DecodeLE64(slot);
+    if (generation == 0) {
+      (*states)[i] = BlockState::kUnwritten;  // a zeros slot: a trim whose punch completed
+    } else if ((DecodeLE64(slot + 8) ^ AddressKey(BlockAddress{volnr_, chunk, first + i}, generation)) ==
+               zero_checksum_) {
+      (*states)[i] = BlockState::kZeros;
+    }
+  }
+  return Status::OK();
+}
+
 Result<PartStore::ChunkState> PartStore::CheckChunk(uint64_t chunk) {
   auto got = GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr);
   if (!got.ok()) {

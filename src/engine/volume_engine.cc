@@ -652,20 +652,47 @@ Result<std::vector<Extent>> QuorumSet::BlockStatus(uint64_t off, uint64_t len) {
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, g.BlocksPerChunk() - 1);
   std::vector<int> order = ReadOrder(c0, c1, -1);
   if (order.empty()) return Status::NotSupported("no part in sync");
-  // A hole only when no part in sync has the chunk file: one part's lost file must not make
-  // clients skip data the others hold.
-  bool any = false;
+  // Per block, from the slot pairs alone (layout-spec.md §4.3): a hole only where every part in
+  // sync says unwritten, so that one part's damaged metadata never makes clients skip data that
+  // the others hold; zero where every one says unwritten or zero data. A chunk with no file on
+  // any of them is a hole unless the chunk map says it was written (its files are lost: data,
+  // and reads fail).
+  const uint64_t first = (off % g.chunk_size) / g.block_size;
+  const uint64_t last = (off % g.chunk_size + seg - 1) / g.block_size;
+  const uint64_t n = last - first + 1;
+  std::vector<uint8_t> hole(n, 1), zero(n, 1);
+  std::vector<PartStore::BlockState> states;
+  bool any_file = false;
   for (int p : order) {
-    auto state = parts_[p]->store->CheckChunk(chunk);
-    if (!state.ok()) return Status::NotSupported("chunk state unknown");
-    any = any || *state != PartStore::ChunkState::kAbsent;
-    if (any) break;
+    Status s = parts_[p]->store->BlockStates(chunk, first, n, &states);
+    if (s.IsNotFound()) continue;
+    if (!s.ok()) return Status::NotSupported("block state unknown");
+    any_file = true;
+    for (uint64_t i = 0; i < n; ++i) {
+      hole[i] = hole[i] && states[i] == PartStore::BlockState::kUnwritten;
+      zero[i] = zero[i] && states[i] != PartStore::BlockState::kData;
+    }
   }
-  Extent e;
-  e.length = seg;
-  // A written chunk whose files are gone is data (reads fail), never a hole clients skip.
-  e.hole = e.zero = !any && !ChunkWritten(chunk);
-  return std::vector<Extent>{e};
+  if (!any_file && ChunkWritten(chunk)) {
+    std::fill(hole.begin(), hole.end(), 0);
+    std::fill(zero.begin(), zero.end(), 0);
+  }
+  std::vector<Extent> out;
+  for (uint64_t i = 0; i < n; ++i) {
+    // The first and last blocks may be cut by the range.
+    const uint64_t b0 = std::max<uint64_t>(off, chunk * g.chunk_size + (first + i) * g.block_size);
+    const uint64_t b1 = std::min<uint64_t>(off + seg, chunk * g.chunk_size + (first + i + 1) * g.block_size);
+    if (!out.empty() && out.back().hole == static_cast<bool>(hole[i]) && out.back().zero == static_cast<bool>(zero[i])) {
+      out.back().length += b1 - b0;
+      continue;
+    }
+    Extent e;
+    e.length = b1 - b0;
+    e.hole = hole[i];
+    e.zero = zero[i];
+    out.push_back(e);
+  }
+  return out;
 }
 
 void QuorumSet::SetSize(uint64_t size) {
