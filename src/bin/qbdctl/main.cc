@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
+#include <chrono>
+#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -12,8 +14,12 @@
 
 #include <fmt/format.h>
 
+#include "qbd/admin.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
+#include "qbd/convert.h"
+#include "qbd/inspect.h"
+#include "qbd/lease.h"
 #include "qbd/log.h"
 
 namespace po = boost::program_options;
@@ -32,9 +38,15 @@ Commands:
   set NAME read-only on|off
   set NAME append-only on|off
   backends                check every backend: reachable, writable, free space, volumes
+  convert NAME            rewrite a volume's chunk files from format 1 to format 2 (offline:
+                          qbd-master stopped; resumable, a second run does nothing)
+  block NAME OFFSET [--json]
+                          show every part's copy of the block at device byte OFFSET: files,
+                          offsets, stored metadata, checksums, verdicts (reads only; exit 1
+                          when the block has no good copy)
 
-Sizes take binary suffixes K, M, G, T. Exit status: 0 success, 1 the operation failed,
-2 usage error.
+Sizes and offsets take binary suffixes K, M, G, T. Exit status: 0 success, 1 the operation
+failed, 2 usage error.
 )";
 
 struct UsageError {
@@ -129,6 +141,90 @@ int CheckBackends(const qbd::Config& config) {
   return bad == 0 ? 0 : 1;
 }
 
+// `qbdctl convert NAME`: offline, under the configuration's lock (qbd-master cannot start
+// meanwhile).
+int Convert(const std::string& config_path, const qbd::Config& config, qbd::Catalog& c,
+            const std::string& name) {
+  if (auto a = qbd::AdminClient::Connect(config.admin_socket); a.ok() && (*a)->Call("ping").ok()) {
+    std::cerr << fmt::format(
+        "qbdctl: convert {}: qbd-master is running (admin socket {}): stop it first\n", name,
+        config.admin_socket);
+    return 1;
+  }
+  auto lock = qbd::ProcessLock::Acquire(config.admin_socket + ".lock", "qbdctl convert");
+  if (!lock.ok()) {
+    std::cerr << fmt::format("qbdctl: convert {}: {}; is qbd-master starting or stopping?\n", name,
+                             lock.status().message());
+    return 1;
+  }
+  auto meta = c.Find(name);
+  if (!meta.ok()) return Fail(meta.status());
+  std::vector<qbd::StorageBackend*> parts = c.BackendsFor(*meta);
+  qbd::Status free = qbd::CheckNotServed(
+      *meta, parts, qbd::LeaseIdentity::ForThisProcess(config_path, config.admin_socket));
+  if (!free.ok()) {
+    std::cerr << fmt::format("qbdctl: convert: {}\n", free.message());
+    return 1;
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+  qbd::ConvertOptions o;
+  const bool tty = ::isatty(STDERR_FILENO);
+  if (tty) {
+    o.progress = [&](const qbd::ConvertProgress& p) {
+      const double s = seconds();
+      std::fprintf(stderr, "\r\033[Kconvert %s: %llu / %llu chunks, %.1f MB/s", name.c_str(),
+                   static_cast<unsigned long long>(p.chunks_done),
+                   static_cast<unsigned long long>(p.chunks_total),
+                   s > 0 ? p.bytes_read / 1e6 / s : 0.0);
+    };
+  }
+  auto r = qbd::ConvertVolume(*meta, parts, o);
+  if (tty) std::fprintf(stderr, "\r\033[K");
+  if (!r.ok()) {
+    std::cerr << fmt::format("qbdctl: convert {}: {}\n", name, r.status().message());
+    std::cerr << fmt::format(
+        "qbdctl: convert {}: stopped; the chunk files converted so far stay converted, and a rerun "
+        "resumes once the cause is fixed\n",
+        name);
+    return 1;
+  }
+  for (const std::string& n : r->notes) std::cout << fmt::format("note: {}\n", n);
+  const double s = seconds();
+  if (r->already_converted) {
+    std::cout << fmt::format(
+        "volume {}: already in format 2, nothing to convert{}\n", name,
+        r->meta_copies_written
+            ? fmt::format(" ({} older .meta cop{} rewritten)", r->meta_copies_written,
+                          r->meta_copies_written == 1 ? "y" : "ies")
+            : "");
+    return 0;
+  }
+  std::cout << fmt::format(
+      "volume {}: converted to format 2: {} chunk(s), {} chunk file(s) rewritten{}{}, "
+      "{:.1f} MiB read, {:.1f} MiB written in {:.1f} s ({:.0f} MB/s); .meta says format 2 on {} "
+      "part(s)\n",
+      name, r->chunks, r->files_converted,
+      r->files_kept ? fmt::format(", {} already converted", r->files_kept) : "",
+      r->blocks_from_other
+          ? fmt::format(", {} block(s) taken from another part", r->blocks_from_other)
+          : "",
+      r->bytes_read / 1048576.0, r->bytes_written / 1048576.0, s,
+      s > 0 ? r->bytes_read / 1e6 / s : 0.0, r->meta_copies_written);
+  return 0;
+}
+
+// `qbdctl block NAME OFFSET`: reads only.
+int Block(qbd::Catalog& c, const std::string& name, uint64_t offset, bool json) {
+  auto meta = c.Find(name);
+  if (!meta.ok()) return Fail(meta.status());
+  auto v = qbd::InspectBlock(*meta, c.BackendsFor(*meta), offset);
+  if (!v.ok()) return Fail(v.status());
+  std::cout << (json ? qbd::FormatBlockJson(*v) : qbd::FormatBlockText(*v));
+  return v->Readable() ? 0 : 1;
+}
+
 int Run(int argc, char** argv) {
   po::options_description global("Options");
   global.add_options()("help,h", "help")("config,c", po::value<std::string>(), "qbd.conf")(
@@ -152,7 +248,8 @@ int Run(int argc, char** argv) {
   po::options_description copts("Command options");
   copts.add_options()("size", po::value<std::string>())("replicas", po::value<uint32_t>())(
       "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
-      "write-quorum", po::value<uint32_t>())("pos", po::value<std::vector<std::string>>());
+      "write-quorum", po::value<uint32_t>())("json", po::bool_switch())(
+      "pos", po::value<std::vector<std::string>>());
   po::positional_options_description cpos;
   cpos.add("pos", -1);
   po::variables_map cvm;
@@ -166,7 +263,8 @@ int Run(int argc, char** argv) {
   static const std::map<std::string, std::pair<size_t, const char*>> kArity = {
       {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
       {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}},
-      {"backends", {0, "no arguments"}}};
+      {"backends", {0, "no arguments"}}, {"convert", {1, "NAME"}},
+      {"block", {2, "NAME OFFSET"}}};
   auto arity = kArity.find(cmd);
   if (arity == kArity.end()) return Usage(fmt::format("unknown command '{}'", cmd));
   need(arity->second.first, arity->second.second);
@@ -180,6 +278,13 @@ int Run(int argc, char** argv) {
     }
     if (!qbd::ParseBool(args[2]).ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
   }
+  if (cvm["json"].as<bool>() && cmd != "block") throw UsageError{cmd + ": --json is for block"};
+  uint64_t offset = 0;
+  if (cmd == "block") {
+    auto o = qbd::ParseSize(args[1]);
+    if (!o.ok()) throw UsageError{fmt::format("block: OFFSET: {}", o.status().message())};
+    offset = *o;
+  }
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
   if (!config.ok()) return Fail(config.status());
   qbd::SetLogLevel(qbd::LogLevel::kError);
@@ -187,6 +292,8 @@ int Run(int argc, char** argv) {
   auto catalog = qbd::Catalog::Open(*config, /*create_missing=*/cmd == "create");
   if (!catalog.ok()) return Fail(catalog.status());
   qbd::Catalog& c = **catalog;
+  if (cmd == "convert") return Convert(vm["config"].as<std::string>(), *config, c, args[0]);
+  if (cmd == "block") return Block(c, args[0], offset, cvm["json"].as<bool>());
 
   if (cmd == "create") {
     need(1, "NAME");
