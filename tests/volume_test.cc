@@ -7,6 +7,7 @@
 #include "qbd/catalog.h"
 #include "qbd/stats.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 
 namespace qbd::test {
 namespace {
@@ -43,7 +44,11 @@ TEST_CASE("Open assembles Stats over QuorumSet: a write is counted once and land
     auto raw = ReadWholeFile(*b, std::string("3/") + (b == &p.a ? "a" : b == &p.b ? "b" : "c") + "/2");
     REQUIRE(raw.ok());
     CHECK(raw->size() == Meta().geometry.ChunkFileSize());
-    CHECK((*raw)[0] == std::byte{0x42});
+    CHECK((*raw)[Meta().geometry.DataOffset(0)] == std::byte{0x42});
+    // Block 0 of chunk 1 passes its check, under a generation of epoch 1.
+    const SlotVerdict sv = StoredSlots(*raw, Meta().geometry, BlockAddress{3, 1, 0});
+    CHECK(sv.good);
+    CHECK((sv.meta.generation >> kGenerationBits) == 1);
   }
   CHECK((*v)->Close().ok());
 }
@@ -61,7 +66,10 @@ TEST_CASE("Open raises the epoch on every part so that generations grow across r
     REQUIRE((*v)->Close().ok());
     auto raw = ReadWholeFile(p.b, "3/b/1");
     REQUIRE(raw.ok());
-    gens[run] = DecodeBlockMeta(raw->data() + 4096).generation;
+    // Block 0's generation, from its slot pair (the block must pass its check).
+    const SlotVerdict sv = StoredSlots(*raw, Meta().geometry, BlockAddress{3, 0, 0});
+    CHECK(sv.good);
+    gens[run] = sv.meta.generation;
   }
   CHECK((gens[0] >> 40) == 1);
   CHECK((gens[1] >> 40) == 2);
