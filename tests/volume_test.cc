@@ -79,6 +79,19 @@ TEST_CASE("Open raises the epoch on every part so that generations grow across r
   CHECK(epoch->find("epoch = 2") != std::string::npos);
 }
 
+TEST_CASE("Open refuses a format-1 volume before it writes anything") {
+  Parts p;
+  VolumeMeta m = Meta();
+  m.geometry.format = kFormat1;
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  auto v = Volume::Open(m, p.all(), o);
+  REQUIRE_FALSE(v.ok());
+  CHECK(v.status().IsInvalidArgument());
+  CHECK(v.status().message().find("format 1") != std::string::npos);
+  for (MemBackend* b : {&p.a, &p.b, &p.c}) CHECK(b->FilePaths().empty());
+}
+
 TEST_CASE("Open fails naming the file when the only copy of a dirty map is damaged") {
   // Part a's map lives on b and c; c has none (missing), b's is garbage: no good copy.
   Parts p;
