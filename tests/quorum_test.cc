@@ -614,6 +614,40 @@ TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncate
   CHECK(c.q().Read(0, got).ok());
 }
 
+TEST_CASE("a read that finds a part's chunk file short marks its whole chunk, whatever the thread read before") {
+  // A short file fills no metadata: the read must not judge the blocks by what the thread's
+  // buffers hold from an earlier read (here another volume's, of a later epoch: generations
+  // this volume never issued), or it takes the damage for a few bad blocks and re-copies their
+  // region only, while every slot pair of the chunk was lost with the file's end.
+  {
+    Cluster other;
+    other.Open();
+    other.Open();  // epoch 3
+    const std::vector<std::byte> w = RandomBytes(43, kRegion);
+    REQUIRE(other.q().Write(kChunk - kRegion, w, /*fua=*/false).ok());
+    REQUIRE(other.ReadBack(kChunk - kRegion, kRegion) == w);
+  }
+  Cluster c;  // epoch 1
+  std::vector<std::byte> v = RandomBytes(42, kBs);
+  REQUIRE(c.q().Write(0, v, true).ok());  // block 0 only: the rest of chunk 0 is unwritten
+  {
+    auto f = c.mem(0).Open(c.ChunkFile(0, 0));
+    REQUIRE(f.ok());
+    REQUIRE((*f)->Truncate(Geo().DataOffset(1)).ok());  // block 0's data stays, every slot pair goes
+  }
+  CHECK(AllZero(c.ReadBack(kChunk - kRegion, kRegion)));
+  CHECK(c.q().DirtyRegions(0) == kChunk / kRegion);  // the whole chunk
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(0) == 0);
+  // Part a alone serves the whole chunk again, block 0 included.
+  c.q().TEST_SetPartUp(1, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got(kChunk);
+  Status s = c.q().Read(0, got);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(std::equal(v.begin(), v.end(), got.begin()));
+}
+
 TEST_CASE("Trim and WriteZeroes read back as zeros") {
   Cluster c;
   std::vector<std::byte> v = RandomBytes(50, 300000);
