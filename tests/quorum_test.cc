@@ -648,6 +648,45 @@ TEST_CASE("a read that finds a part's chunk file short marks its whole chunk, wh
   CHECK(std::equal(v.begin(), v.end(), got.begin()));
 }
 
+TEST_CASE("a resync copy that has to restore a short chunk file re-copies the whole chunk") {
+  // Part b missed a write to region 0 of chunk 0 (it is down); meanwhile b's chunk file is
+  // replaced by a short copy of itself, without its slot pairs from block 100 on. The copy of
+  // region 0 gives the file its size back: the rest of b's chunk is not its data any more and
+  // must come back too, or b counts as in sync with 156 blocks that fail their check.
+  Cluster c;
+  std::vector<std::byte> v = RandomBytes(44, kChunk), w = RandomBytes(45, kBs);
+  REQUIRE(c.q().Write(0, v, /*fua=*/true).ok());
+  c.q().TEST_SetPartUp(1, false);
+  REQUIRE(c.q().Write(0, w, /*fua=*/true).ok());
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+  std::copy(w.begin(), w.end(), v.begin());
+  {
+    auto raw = c.Raw(1, 0);
+    REQUIRE(raw.ok());
+    raw->resize(Geo().MetaOffset(100));
+    REQUIRE(WriteWholeFile(c.mem(1), "7/b/.1.short", *raw).ok());
+    REQUIRE(c.mem(1).Rename("7/b/.1.short", c.ChunkFile(1, 0)).ok());
+  }
+  c.q().TEST_SetPartUp(1, true);
+  for (int round = 0; round < 3 && c.q().DirtyRegions(1) > 0; ++round) c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(1) == 0);
+  // Every block of b's copy passes its check, and b alone serves the whole chunk.
+  {
+    auto raw = c.Raw(1, 0);
+    REQUIRE(raw.ok());
+    REQUIRE(raw->size() == Geo().ChunkFileSize());
+    uint64_t bad = 0;
+    for (uint64_t b = 0; b < kChunk / kBs; ++b) bad += !StoredSlots(*raw, Geo(), BlockAddress{kVol, 0, b}).good;
+    CHECK(bad == 0);
+  }
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got(kChunk);
+  Status s = c.q().Read(0, got);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(got == v);
+}
+
 TEST_CASE("Trim and WriteZeroes read back as zeros") {
   Cluster c;
   std::vector<std::byte> v = RandomBytes(50, 300000);
