@@ -121,14 +121,31 @@ TEST_CASE("Geometry computes record, chunk-file and count sizes for the defaults
   Geometry g;
   g.size = 10ull << 20;  // 10 MiB: two full 4 MiB chunks and a half one
   REQUIRE(g.Validate().ok());
-  CHECK(g.RecordSize() == 4096 + 16);
+  CHECK(g.format == kFormat2);
+  CHECK(g.MetaBytes() == 32);
+  CHECK(g.RecordSize() == 4096 + 32);  // in memory: the data, then the slot pair
   CHECK(g.BlocksPerChunk() == 1024);
-  CHECK(g.ChunkFileSize() == 1024ull * 4112);
+  // The data area (4 MiB), then a 32-byte slot pair per block.
+  CHECK(g.ChunkFileSize() == (4ull << 20) + 1024ull * 32);
   CHECK(g.ChunkCount() == 3);
   CHECK(g.BlockCount() == 2560);
-  CHECK(g.RecordOffset(0) == 0);
-  CHECK(g.RecordOffset(1) == 4112);
-  CHECK(g.RecordOffset(1023) == 1023ull * 4112);
+  CHECK(g.DataOffset(0) == 0);
+  CHECK(g.DataOffset(1) == 4096);
+  CHECK(g.DataOffset(1023) == 1023ull * 4096);
+  CHECK(g.MetaOffset(0) == 4ull << 20);
+  CHECK(g.MetaOffset(1) == (4ull << 20) + 32);
+  CHECK(g.MetaOffset(1023) == (4ull << 20) + 1023ull * 32);
+  CHECK(g.MetaOffset(1023) + 32 == g.ChunkFileSize());
+  SUBCASE("and format 1 interleaves each block with its 16-byte meta") {
+    g.format = kFormat1;
+    REQUIRE(g.Validate().ok());
+    CHECK(g.MetaBytes() == 16);
+    CHECK(g.RecordSize() == 4096 + 16);
+    CHECK(g.ChunkFileSize() == 1024ull * 4112);
+    CHECK(g.RecordOffset(0) == 0);
+    CHECK(g.RecordOffset(1) == 4112);
+    CHECK(g.RecordOffset(1023) == 1023ull * 4112);
+  }
 }
 
 TEST_CASE("Geometry counts whole chunks when the size is a multiple of the chunk size") {
@@ -136,6 +153,11 @@ TEST_CASE("Geometry counts whole chunks when the size is a multiple of the chunk
   REQUIRE(g.Validate().ok());
   CHECK(g.ChunkCount() == 16);
   CHECK(g.BlocksPerChunk() == 2048);
+  CHECK(g.RecordSize() == 544);
+  CHECK(g.ChunkFileSize() == (1ull << 20) + 2048ull * 32);
+  CHECK(g.DataOffset(7) == 7ull * 512);
+  CHECK(g.MetaOffset(7) == (1ull << 20) + 7ull * 32);
+  g.format = kFormat1;
   CHECK(g.RecordSize() == 528);
   CHECK(g.ChunkFileSize() == 2048ull * 528);
   CHECK(g.RecordOffset(7) == 7ull * 528);
@@ -180,6 +202,8 @@ TEST_CASE("Validate returns InvalidArgument when a size is out of range") {
       {"chunk size zero", {1ull << 20, 4096, 0}},
       {"size zero", {0, 4096, 1ull << 20}},
       {"size not a block multiple", {4096 + 512, 4096, 1ull << 20}},
+      {"format 0", {1ull << 20, 4096, 1ull << 20, 0}},
+      {"format 3", {1ull << 20, 4096, 1ull << 20, 3}},
   };
   for (const Case& c : cases) {
     CAPTURE(c.what);
@@ -198,8 +222,15 @@ TEST_CASE(
   const uint64_t chunk = x / g.chunk_size;
   const uint64_t block = (x % g.chunk_size) / g.block_size;
   CHECK(ChunkPath(11, 'a', chunk) == "11/a/2");
-  CHECK(g.RecordOffset(block) == 4112);
-  CHECK(g.ChunkFileSize() == 4210688);
+  // Format 1: the record of block 1 follows block 0's 4096 + 16 bytes.
+  Geometry g1 = g;
+  g1.format = kFormat1;
+  CHECK(g1.RecordOffset(block) == 4112);
+  CHECK(g1.ChunkFileSize() == 4210688);
+  // Format 2: the data at 1 * 4096, the slot pair at 4 MiB + 1 * 32.
+  CHECK(g.DataOffset(block) == 4096);
+  CHECK(g.MetaOffset(block) == 4194336);
+  CHECK(g.ChunkFileSize() == 4227072);
 
   const std::vector<std::byte> data(4096, std::byte{0xAB});
   // `xxhsum -H3` of 4096 bytes of 0xAB, run independently of this code.
@@ -212,6 +243,109 @@ TEST_CASE(
       std::byte{0xe8}, std::byte{0x42}, std::byte{0x14}, std::byte{0x58},
       std::byte{0xd6}, std::byte{0x40}, std::byte{0xd7}, std::byte{0x98}};
   CHECK(meta == want);
+
+  // Format 2: the slot of that write. Its check is the checksum XOR the address key, the XXH3 of
+  // volnr 11, chunk 1, block 1 and the generation as u64 LE (`xxhsum -H3` of those 32 bytes:
+  // c1c9fc4838bc08ae).
+  const BlockAddress at{11, chunk, block};
+  CHECK(AddressKey(at, (3ull << 40) + 17) == 0xc1c9fc4838bc08aeull);
+  std::array<std::byte, kSlotSize> slot{};
+  const uint64_t zero_checksum = BlockChecksum(std::vector<std::byte>(4096));
+  EncodeSlot(BlockMeta{(3ull << 40) + 17, BlockChecksum(data)}, at, zero_checksum, slot.data());
+  const std::array<std::byte, kSlotSize> want_slot = {
+      std::byte{0x11}, std::byte{0x00}, std::byte{0x00}, std::byte{0x00},
+      std::byte{0x00}, std::byte{0x03}, std::byte{0x00}, std::byte{0x00},
+      std::byte{0x46}, std::byte{0x4a}, std::byte{0xa8}, std::byte{0x60},
+      std::byte{0x9e}, std::byte{0xbc}, std::byte{0x1e}, std::byte{0x59}};
+  CHECK(slot == want_slot);
+  // The "zeros" slot of that block: generation 0, the all-zero block's checksum (93d76fe148c689ba)
+  // XOR the key of generation 0 (008c7368e8db4a3d).
+  EncodeSlot(BlockMeta{}, at, zero_checksum, slot.data());
+  const std::array<std::byte, kSlotSize> want_zeros = {
+      std::byte{0x00}, std::byte{0x00}, std::byte{0x00}, std::byte{0x00},
+      std::byte{0x00}, std::byte{0x00}, std::byte{0x00}, std::byte{0x00},
+      std::byte{0x87}, std::byte{0xc3}, std::byte{0x1d}, std::byte{0xa0},
+      std::byte{0x89}, std::byte{0x1c}, std::byte{0x5b}, std::byte{0x93}};
+  CHECK(slot == want_zeros);
+  CHECK_FALSE(SlotEmpty(slot.data()));
+}
+
+TEST_CASE("ResolveSlots picks the newest slot the data matches, at its own address only") {
+  const uint32_t bs = 4096;
+  const uint64_t zero_checksum = BlockChecksum(std::vector<std::byte>(bs));
+  const BlockAddress at{7, 2, 9};
+  const std::vector<std::byte> old_data = Pattern(bs), zeros(bs);
+  std::vector<std::byte> new_data = Pattern(bs);
+  new_data[0] = std::byte{0xFF};
+  const BlockMeta old_meta{5, BlockChecksum(old_data)}, new_meta{6, BlockChecksum(new_data)};
+  auto judge = [&](std::span<const std::byte> data, const std::array<std::byte, kSlotPairSize>& pair,
+                   const BlockAddress& a = BlockAddress{7, 2, 9}) {
+    return ResolveSlots(data, BlockChecksum(data), pair.data(), a, zero_checksum);
+  };
+  std::array<std::byte, kSlotPairSize> pair{};
+  SUBCASE("an empty pair holds zeros only") {
+    SlotVerdict v = judge(zeros, pair);
+    CHECK(v.good);
+    CHECK(v.slot == -1);
+    CHECK_FALSE(v.pending);
+    CHECK(v.meta.IsUnwritten());
+    CHECK_FALSE(judge(old_data, pair).good);
+  }
+  SUBCASE("a settled pair: the slot in 0, slot 1 empty") {
+    EncodeSlot(old_meta, at, zero_checksum, pair.data());
+    SlotVerdict v = judge(old_data, pair);
+    CHECK(v.good);
+    CHECK(v.slot == 0);
+    CHECK_FALSE(v.pending);
+    CHECK(v.meta == old_meta);
+    CHECK_FALSE(judge(new_data, pair).good);
+    CHECK_FALSE(judge(zeros, pair).good);
+    // The same bytes at another block, chunk or volume do not match: the check is bound to the
+    // address.
+    CHECK_FALSE(judge(old_data, pair, BlockAddress{7, 2, 10}).good);
+    CHECK_FALSE(judge(old_data, pair, BlockAddress{7, 3, 9}).good);
+    CHECK_FALSE(judge(old_data, pair, BlockAddress{8, 2, 9}).good);
+    // Nor under another generation.
+    std::array<std::byte, kSlotPairSize> moved = pair;
+    moved[0] ^= std::byte{0x02};
+    CHECK_FALSE(judge(old_data, moved).good);
+  }
+  SUBCASE("a pending pair: either data passes, each under its own slot") {
+    EncodeSlot(new_meta, at, zero_checksum, pair.data());
+    EncodeSlot(old_meta, at, zero_checksum, pair.data() + kSlotSize);
+    SlotVerdict v = judge(new_data, pair);
+    CHECK(v.good);
+    CHECK(v.pending);
+    CHECK(v.slot == 0);
+    CHECK(v.meta == new_meta);
+    v = judge(old_data, pair);
+    CHECK(v.good);
+    CHECK(v.pending);
+    CHECK(v.slot == 1);
+    CHECK(v.meta == old_meta);
+    CHECK_FALSE(judge(zeros, pair).good);
+  }
+  SUBCASE("both slots match the data: the larger generation wins, in either order") {
+    const BlockMeta again{9, old_meta.checksum};
+    EncodeSlot(old_meta, at, zero_checksum, pair.data());
+    EncodeSlot(again, at, zero_checksum, pair.data() + kSlotSize);
+    SlotVerdict v = judge(old_data, pair);
+    CHECK(v.good);
+    CHECK(v.slot == 1);
+    CHECK(v.meta == again);
+  }
+  SUBCASE("a zeros slot beside a written one: zero data reads as unwritten") {
+    EncodeSlot(BlockMeta{}, at, zero_checksum, pair.data());
+    EncodeSlot(old_meta, at, zero_checksum, pair.data() + kSlotSize);
+    SlotVerdict v = judge(zeros, pair);
+    CHECK(v.good);
+    CHECK(v.slot == 0);
+    CHECK(v.meta.IsUnwritten());
+    v = judge(old_data, pair);
+    CHECK(v.good);
+    CHECK(v.slot == 1);
+    CHECK(v.meta == old_meta);
+  }
 }
 TEST_CASE("ChunkFileNumber reads back what ChunkPath names and rejects anything else") {
   CHECK(ChunkFileNumber("1") == 1);

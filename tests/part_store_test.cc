@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -46,6 +47,54 @@ std::vector<BlockMeta> MetasFor(std::span<const std::byte> data, uint64_t gen) {
 
 bool AllZero(std::span<const std::byte> b) {
   return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
+}
+
+void PutLE64(std::byte* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = std::byte((v >> (8 * i)) & 0xff);
+}
+
+using SlotBytes = std::array<std::byte, kSlotSize>;
+
+// A format-2 slot of volume kVol as layout-spec.md §4.2 defines it, computed here rather than
+// through EncodeSlot: the generation (u64 LE), then the content checksum XOR the address key,
+// the XXH3-64 (BlockChecksum) of volnr, chunk, block and generation as u64 LE.
+SlotBytes Slot(uint64_t chunk, uint64_t block, uint64_t gen, uint64_t checksum) {
+  std::byte key[32];
+  PutLE64(key, kVol);
+  PutLE64(key + 8, chunk);
+  PutLE64(key + 16, block);
+  PutLE64(key + 24, gen);
+  SlotBytes out{};
+  PutLE64(out.data(), gen);
+  PutLE64(out.data() + 8, checksum ^ BlockChecksum(key));
+  return out;
+}
+// The slot of data `block_data` written under `gen` at `block` of `chunk`.
+SlotBytes SlotOf(uint64_t chunk, uint64_t block, uint64_t gen, std::span<const std::byte> block_data) {
+  return Slot(chunk, block, gen, BlockChecksum(block_data));
+}
+// The "zeros" slot: generation 0, the check of an all-zero block.
+SlotBytes ZerosSlot(uint64_t chunk, uint64_t block) {
+  return Slot(chunk, block, 0, BlockChecksum(std::vector<std::byte>(kBs)));
+}
+constexpr SlotBytes kEmptySlot{};
+
+// Slot 0 or 1 of block `block`'s pair in the raw bytes of a chunk file.
+SlotBytes StoredSlot(std::span<const std::byte> raw, uint64_t block, int slot) {
+  SlotBytes out{};
+  std::memcpy(out.data(), raw.data() + Geo().MetaOffset(block) + slot * kSlotSize, kSlotSize);
+  return out;
+}
+std::span<const std::byte> StoredData(std::span<const std::byte> raw, uint64_t block) {
+  return raw.subspan(Geo().DataOffset(block), kBs);
+}
+
+// A machine crash under a store on `faulty` (over `mem`): from this moment the old process
+// changes nothing (its writes and syncs fail: it is gone, even when the test destroys it later),
+// and `mem` keeps only what was durable.
+void Crash(FaultyBackend& faulty, MemBackend& mem) {
+  faulty.FailMatching("", FaultyBackend::kMutatingOps);
+  mem.DropUnsynced();
 }
 
 
@@ -89,31 +138,160 @@ TEST_CASE_TEMPLATE("Read returns the blocks and metas that Write stored", E, Mem
   }
 }
 
-TEST_CASE_TEMPLATE("Write stores block i at i * (block_size + 16) followed by its meta", E, MemEnv,
-                   LocalEnv) {
+TEST_CASE_TEMPLATE(
+    "Write stores block i's data at i * block_size and its slot pair at chunk_size + i * 32, "
+    "pending until a sync settles it",
+    E, MemEnv, LocalEnv) {
   E env;
-  PartStore store(env.backend(), kVol, 'b', Geo());
-  std::vector<std::byte> data = WriteTagged(store, 0, 3, 2, /*tag=*/9, /*gen=*/0x0102030405ull);
-  REQUIRE(store.Flush().ok());
+  const Geometry g = Geo();
+  PartStore store(env.backend(), kVol, 'b', g);
+  // Chunk 2 (the file 7/b/3), blocks 3 and 4: the slots are bound to that address.
+  const uint64_t g1 = 0x0102030405ull;
+  std::vector<std::byte> data = WriteTagged(store, 2, 3, 2, /*tag=*/9, g1);
+  auto block = [&](const std::vector<std::byte>& d, uint64_t i) { return std::span(d).subspan(i * kBs, kBs); };
+  auto raw_file = [&] {
+    auto raw = ReadWholeFile(env.backend(), "7/b/3");
+    REQUIRE(raw.ok());
+    REQUIRE(raw->size() == g.ChunkFileSize());
+    REQUIRE(raw->size() == (1ull << 20) + 256 * 32);
+    return std::move(raw).value();
+  };
+  auto read_back = [&](uint64_t first, std::span<const std::byte> want, uint64_t gen) {
+    std::vector<std::byte> got(want.size());
+    std::vector<BlockMeta> metas(want.size() / kBs);
+    REQUIRE(store.Read(2, first, got, metas, nullptr).ok());
+    CHECK(std::equal(got.begin(), got.end(), want.begin(), want.end()));
+    for (size_t i = 0; i < metas.size(); ++i) CHECK(metas[i] == BlockMeta{gen, BlockChecksum(want.subspan(i * kBs, kBs))});
+  };
 
-  auto raw = ReadWholeFile(env.backend(), "7/b/1");
-  REQUIRE(raw.ok());
-  REQUIRE(raw->size() == Geo().ChunkFileSize());
-  const uint64_t rec = kBs + kBlockMetaSize;
+  std::vector<std::byte> raw = raw_file();
   for (uint64_t i = 0; i < 2; ++i) {
     CAPTURE(i);
-    const std::byte* r = raw->data() + (3 + i) * rec;
-    CHECK(std::memcmp(r, data.data() + i * kBs, kBs) == 0);
-    std::byte want_meta[kBlockMetaSize];
-    EncodeBlockMeta(
-        BlockMeta{0x0102030405ull, BlockChecksum(std::span(data).subspan(i * kBs, kBs))},
-        want_meta);
-    CHECK(std::memcmp(r + kBs, want_meta, kBlockMetaSize) == 0);
-    CHECK(r[kBs] == std::byte{0x05});  // generation, little-endian
+    CHECK(g.DataOffset(3 + i) == (3 + i) * kBs);
+    CHECK(g.MetaOffset(3 + i) == (1ull << 20) + (3 + i) * 32);
+    CHECK(std::ranges::equal(StoredData(raw, 3 + i), block(data, i)));
+    // Before a sync the pair is pending: the new slot, then the block's previous one (the zeros
+    // slot of a block never written).
+    CHECK(StoredSlot(raw, 3 + i, 0) == SlotOf(2, 3 + i, g1, block(data, i)));
+    CHECK(StoredSlot(raw, 3 + i, 1) == ZerosSlot(2, 3 + i));
+    CHECK(raw[g.MetaOffset(3 + i)] == std::byte{0x05});  // generation, little-endian
+    CHECK(raw[g.MetaOffset(3 + i) + 4] == std::byte{0x01});
   }
-  // Records around the written ones stay zero.
-  CHECK(AllZero(std::span(*raw).first(3 * rec)));
-  CHECK(AllZero(std::span(*raw).subspan(5 * rec)));
+  // Nothing else is written: the data around the blocks, the pairs around theirs.
+  CHECK(AllZero(std::span(raw).first(g.DataOffset(3))));
+  CHECK(AllZero(std::span(raw).subspan(g.DataOffset(5), g.chunk_size - g.DataOffset(5))));
+  CHECK(AllZero(std::span(raw).subspan(g.chunk_size, g.MetaOffset(3) - g.chunk_size)));
+  CHECK(AllZero(std::span(raw).subspan(g.MetaOffset(5))));
+  read_back(3, data, g1);
+
+  // A sync settles the pairs: the new slot, then an empty one.
+  REQUIRE(store.Flush().ok());
+  raw = raw_file();
+  for (uint64_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    CHECK(StoredSlot(raw, 3 + i, 0) == SlotOf(2, 3 + i, g1, block(data, i)));
+    CHECK(StoredSlot(raw, 3 + i, 1) == kEmptySlot);
+    CHECK(std::ranges::equal(StoredData(raw, 3 + i), block(data, i)));
+  }
+  CHECK(AllZero(std::span(raw).subspan(g.MetaOffset(5))));
+  read_back(3, data, g1);
+
+  // An overwrite of block 3: its pair holds the new slot beside the old one until the next sync.
+  const uint64_t g2 = g1 + 1;
+  std::vector<std::byte> data2 = WriteTagged(store, 2, 3, 1, /*tag=*/10, g2);
+  raw = raw_file();
+  CHECK(std::ranges::equal(StoredData(raw, 3), block(data2, 0)));
+  CHECK(StoredSlot(raw, 3, 0) == SlotOf(2, 3, g2, block(data2, 0)));
+  CHECK(StoredSlot(raw, 3, 1) == SlotOf(2, 3, g1, block(data, 0)));
+  CHECK(StoredSlot(raw, 4, 0) == SlotOf(2, 4, g1, block(data, 1)));  // block 4 untouched
+  CHECK(StoredSlot(raw, 4, 1) == kEmptySlot);
+  read_back(3, data2, g2);
+
+  bool by_flush = true;
+  SUBCASE("settled by a Flush") { by_flush = true; }
+  SUBCASE("settled by a later write with sync to the same file") { by_flush = false; }
+  CAPTURE(by_flush);
+  if (by_flush) {
+    REQUIRE(store.Flush().ok());
+  } else {
+    std::vector<std::byte> data3 = WriteTagged(store, 2, 200, 1, /*tag=*/11, g2 + 1, /*sync=*/true);
+    raw = raw_file();
+    CHECK(StoredSlot(raw, 200, 0) == SlotOf(2, 200, g2 + 1, block(data3, 0)));
+    CHECK(StoredSlot(raw, 200, 1) == kEmptySlot);
+  }
+  raw = raw_file();
+  CHECK(StoredSlot(raw, 3, 0) == SlotOf(2, 3, g2, block(data2, 0)));
+  CHECK(StoredSlot(raw, 3, 1) == kEmptySlot);
+  read_back(3, data2, g2);
+
+  // Unwrite stores the zeros slot beside the current one, then (after a sync) an empty pair.
+  REQUIRE(store.Unwrite(2, 3, 1, /*sync=*/false, nullptr).ok());
+  raw = raw_file();
+  CHECK(AllZero(StoredData(raw, 3)));
+  CHECK(StoredSlot(raw, 3, 0) == ZerosSlot(2, 3));
+  CHECK(StoredSlot(raw, 3, 1) == SlotOf(2, 3, g2, block(data2, 0)));
+  REQUIRE(store.Flush().ok());
+  raw = raw_file();
+  CHECK(AllZero(StoredData(raw, 3)));
+  CHECK(StoredSlot(raw, 3, 0) == kEmptySlot);
+  CHECK(StoredSlot(raw, 3, 1) == kEmptySlot);
+  CHECK(StoredSlot(raw, 4, 0) == SlotOf(2, 4, g1, block(data, 1)));
+  std::vector<std::byte> got(kBs);
+  BlockMeta m{1, 1};
+  REQUIRE(store.Read(2, 3, got, std::span(&m, 1), nullptr).ok());
+  CHECK(AllZero(got));
+  CHECK(m.IsUnwritten());
+}
+
+TEST_CASE("a write torn by a crash reads as its previous or its new version, never as corrupt") {
+  MemBackend mem;
+  FaultyBackend faulty(mem);
+  const Geometry g = Geo();
+  std::vector<std::byte> v1, v2, want;
+  uint64_t want_gen = 0;
+  {
+    PartStore store(faulty, kVol, 'a', g);
+    v1 = WriteTagged(store, 0, 4, 1, /*tag=*/1, /*gen=*/1);
+    REQUIRE(store.Flush().ok());
+    v2 = WriteTagged(store, 0, 4, 1, /*tag=*/2, /*gen=*/2);  // pending: {slot 2, slot 1}
+    auto f = mem.Open("7/a/1");
+    REQUIRE(f.ok());
+    SUBCASE("the new slot reached the disk, the data did not") {
+      REQUIRE((*f)->WriteAt(g.DataOffset(4), v1).ok());
+      want = v1;
+      want_gen = 1;
+    }
+    SUBCASE("the data reached the disk, the pair was not settled") {
+      want = v2;
+      want_gen = 2;
+    }
+    REQUIRE((*f)->Sync().ok());
+    Crash(faulty, mem);
+  }
+  auto raw = mem.Contents("7/a/1");
+  REQUIRE(raw.ok());
+  REQUIRE(StoredSlot(*raw, 4, 0) == SlotOf(0, 4, 2, v2));
+  REQUIRE(StoredSlot(*raw, 4, 1) == SlotOf(0, 4, 1, v1));
+  PartStore store(mem, kVol, 'a', g);
+  std::vector<std::byte> got(kBs);
+  BlockMeta m;
+  REQUIRE(store.Read(0, 4, got, std::span(&m, 1), nullptr).ok());
+  CHECK(got == want);
+  CHECK(m == BlockMeta{want_gen, BlockChecksum(want)});
+  // The next write keeps, beside its new slot, the one the data on disk matches.
+  std::vector<std::byte> v3 = WriteTagged(store, 0, 4, 1, /*tag=*/3, /*gen=*/3);
+  raw = mem.Contents("7/a/1");
+  REQUIRE(raw.ok());
+  CHECK(StoredSlot(*raw, 4, 0) == SlotOf(0, 4, 3, v3));
+  CHECK(StoredSlot(*raw, 4, 1) == SlotOf(0, 4, want_gen, want));
+  REQUIRE(store.Flush().ok());
+  raw = mem.Contents("7/a/1");
+  REQUIRE(raw.ok());
+  CHECK(StoredSlot(*raw, 4, 0) == SlotOf(0, 4, 3, v3));
+  CHECK(StoredSlot(*raw, 4, 1) == kEmptySlot);
+  REQUIRE(store.Read(0, 4, got, std::span(&m, 1), nullptr).ok());
+  CHECK(got == v3);
+  CHECK(m.generation == 3);
 }
 
 TEST_CASE_TEMPLATE("Write publishes a chunk file at full size and leaves no temporary file", E,
@@ -154,14 +332,16 @@ TEST_CASE_TEMPLATE("Read returns zeros and all-zero metas when blocks were never
 
 TEST_CASE_TEMPLATE("Read returns Corruption listing exactly the damaged block when a byte flipped",
                    E, MemEnv, LocalEnv) {
-  const uint64_t rec = kBs + kBlockMetaSize;
+  const Geometry g = Geo();
   const struct {
     std::string where;
     uint64_t offset;
   } flips[] = {
-      {"data of block 5", 5 * rec + 100},
-      {"first byte of block 5", 5 * rec},
-      {"checksum of block 5", 5 * rec + kBs + 12},
+      {"data of block 5", g.DataOffset(5) + 100},
+      {"first byte of block 5", g.DataOffset(5)},
+      {"last byte of block 5", g.DataOffset(5) + kBs - 1},
+      {"check of block 5", g.MetaOffset(5) + 12},
+      {"generation of block 5", g.MetaOffset(5) + 2},
   };
   for (const auto& flip : flips) {
     CAPTURE(flip.where);
@@ -199,14 +379,15 @@ TEST_CASE_TEMPLATE("Read returns Corruption with an empty bad list when the chun
   {
     auto f = env.backend().Open("7/a/1");
     REQUIRE(f.ok());
-    REQUIRE((*f)->Truncate(Geo().RecordOffset(2) + 100).ok());
+    // The cut is in the metadata area, in block 2's slot pair: the data area is whole.
+    REQUIRE((*f)->Truncate(Geo().MetaOffset(2) + 10).ok());
   }
   std::vector<std::byte> got(4 * kBs);
   std::vector<BlockMeta> metas(4);
   std::vector<uint64_t> bad;
   CHECK(store.Read(0, 0, got, metas, &bad).IsCorruption());
   CHECK(bad.empty());
-  SUBCASE("while the records before the cut still read") {
+  SUBCASE("while the blocks whose slot pairs lie before the cut still read") {
     CHECK(store.Read(0, 0, std::span(got).first(2 * kBs), std::span(metas).first(2), &bad).ok());
   }
 }
@@ -237,8 +418,12 @@ TEST_CASE_TEMPLATE("Unwrite makes blocks read as zeros with all-zero metas", E, 
   REQUIRE(store.Flush().ok());
   auto raw = ReadWholeFile(env.backend(), "7/a/1");
   REQUIRE(raw.ok());
-  const uint64_t rec = kBs + kBlockMetaSize;
-  CHECK(AllZero(std::span(*raw).subspan(2 * rec, 3 * rec)));
+  // Their data and their slot pairs are zero (never written); their neighbours' are not.
+  const Geometry g = Geo();
+  CHECK(AllZero(std::span(*raw).subspan(g.DataOffset(2), 3 * kBs)));
+  CHECK(AllZero(std::span(*raw).subspan(g.MetaOffset(2), 3 * kSlotPairSize)));
+  CHECK_FALSE(AllZero(std::span(*raw).subspan(g.MetaOffset(1), kSlotPairSize)));
+  CHECK_FALSE(AllZero(std::span(*raw).subspan(g.MetaOffset(5), kSlotPairSize)));
   CHECK(raw->size() == Geo().ChunkFileSize());  // punching keeps the size
 }
 
@@ -278,14 +463,15 @@ TEST_CASE_TEMPLATE("Read and Write return InvalidArgument when blocks run past t
 
 TEST_CASE("Flush makes written blocks survive a crash while unflushed ones revert") {
   MemBackend mem;
+  FaultyBackend faulty(mem);
   std::vector<std::byte> v1, v2, other;
   {
-    PartStore store(mem, kVol, 'a', Geo());
+    PartStore store(faulty, kVol, 'a', Geo());
     v1 = WriteTagged(store, 0, 0, 2, /*tag=*/1, /*gen=*/1);
     REQUIRE(store.Flush().ok());
     v2 = WriteTagged(store, 0, 1, 1, /*tag=*/2, /*gen=*/2);     // overwrite, not flushed
     other = WriteTagged(store, 1, 0, 1, /*tag=*/3, /*gen=*/3);  // new chunk, not flushed
-    mem.DropUnsynced();
+    Crash(faulty, mem);
   }
   PartStore store(mem, kVol, 'a', Geo());
   std::vector<std::byte> got(2 * kBs);
@@ -302,11 +488,12 @@ TEST_CASE("Flush makes written blocks survive a crash while unflushed ones rever
 
 TEST_CASE("Write with sync survives a crash without Flush") {
   MemBackend mem;
+  FaultyBackend faulty(mem);
   std::vector<std::byte> v;
   {
-    PartStore store(mem, kVol, 'c', Geo());
+    PartStore store(faulty, kVol, 'c', Geo());
     v = WriteTagged(store, 2, 7, 3, 4, 4, /*sync=*/true);
-    mem.DropUnsynced();
+    Crash(faulty, mem);
   }
   PartStore store(mem, kVol, 'c', Geo());
   std::vector<std::byte> got(3 * kBs);
@@ -317,12 +504,13 @@ TEST_CASE("Write with sync survives a crash without Flush") {
 
 TEST_CASE("Flush syncs handles evicted from the open-file cache") {
   MemBackend mem;
+  FaultyBackend faulty(mem);
   std::vector<std::vector<std::byte>> written;
   {
-    PartStore store(mem, kVol, 'a', Geo(), /*max_open_files=*/2);
+    PartStore store(faulty, kVol, 'a', Geo(), /*max_open_files=*/2);
     for (uint64_t c = 0; c < 4; ++c) written.push_back(WriteTagged(store, c, 0, 1, c + 10, 1));
     REQUIRE(store.Flush().ok());
-    mem.DropUnsynced();
+    Crash(faulty, mem);
   }
   PartStore store(mem, kVol, 'a', Geo());
   for (uint64_t c = 0; c < 4; ++c) {
@@ -392,7 +580,7 @@ TEST_CASE("Flush returns the IOError and retries the chunk at the next Flush whe
     CHECK(s.IsIOError());
     CHECK(s.Errno() == EIO);
     REQUIRE(store.Flush().ok());
-    REQUIRE(faulty.DropUnsynced().ok());
+    Crash(faulty, mem);
   }
   PartStore store(mem, kVol, 'a', Geo());
   std::vector<std::byte> got(kBs);
@@ -434,7 +622,10 @@ TEST_CASE("Read reports Corruption for the block whose bits flip on the way back
   FaultyBackend faulty(mem);
   PartStore store(faulty, kVol, 'a', Geo());
   WriteTagged(store, 0, 0, 4, 1, 1);
-  faulty.FlipBitOnRead("7/a/1", Geo().RecordOffset(2) + 17, 3);
+  uint64_t at = 0;
+  SUBCASE("in the data") { at = Geo().DataOffset(2) + 17; }
+  SUBCASE("in the slot pair") { at = Geo().MetaOffset(2) + 9; }
+  faulty.FlipBitOnRead("7/a/1", at, 3);
   std::vector<std::byte> got(4 * kBs);
   std::vector<BlockMeta> metas(4);
   std::vector<uint64_t> bad;
@@ -484,8 +675,9 @@ TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was replaced by a
   // A repair tool publishes a rebuilt copy under the same name.
   std::vector<std::byte> replacement(Geo().ChunkFileSize());
   std::vector<std::byte> data = Blocks(77, 1);
-  std::memcpy(replacement.data(), data.data(), kBs);
-  EncodeBlockMeta(BlockMeta{9, BlockChecksum(data)}, replacement.data() + kBs);
+  std::memcpy(replacement.data() + Geo().DataOffset(0), data.data(), kBs);
+  const SlotBytes slot = SlotOf(0, 0, 9, data);
+  std::memcpy(replacement.data() + Geo().MetaOffset(0), slot.data(), kSlotSize);
   REQUIRE(WriteWholeFile(env.backend(), "7/a/.1.repair", replacement).ok());
   REQUIRE(env.backend().Rename("7/a/.1.repair", "7/a/1").ok());
 
@@ -507,8 +699,9 @@ TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was moved aside a
   REQUIRE(env.backend().Rename("7/a/1", "7/a/1.bad").ok());
   std::vector<std::byte> replacement(Geo().ChunkFileSize());
   std::vector<std::byte> data = Blocks(78, 1);
-  std::memcpy(replacement.data(), data.data(), kBs);
-  EncodeBlockMeta(BlockMeta{9, BlockChecksum(data)}, replacement.data() + kBs);
+  std::memcpy(replacement.data() + Geo().DataOffset(0), data.data(), kBs);
+  const SlotBytes slot = SlotOf(0, 0, 9, data);
+  std::memcpy(replacement.data() + Geo().MetaOffset(0), slot.data(), kSlotSize);
   REQUIRE(WriteWholeFile(env.backend(), "7/a/.1.repair", replacement).ok());
   REQUIRE(env.backend().Rename("7/a/.1.repair", "7/a/1").ok());
 
@@ -524,10 +717,13 @@ TEST_CASE("a replacement chunk file appears under its name only when committed")
   BlockMeta m{7, BlockChecksum(data)};
   bool created = false;
   REQUIRE(store.Write(0, 3, data, std::span(&m, 1), /*sync=*/true, &created).ok());
-  // The replacement holds block 3 at generation 8, the old file generation 7.
+  // The replacement holds block 3 at generation 8, the old file generation 7. A record as
+  // rewrites take it: the data, then the settled slot pair (the slot, then an empty one).
   std::vector<std::byte> record(Geo().RecordSize());
+  REQUIRE(record.size() == kBs + kSlotPairSize);
   std::copy(data.begin(), data.end(), record.begin());
-  EncodeBlockMeta(BlockMeta{8, m.checksum}, record.data() + kBs);
+  const SlotBytes slot8 = SlotOf(0, 3, 8, data);
+  std::memcpy(record.data() + kBs, slot8.data(), kSlotSize);
   uint64_t want = 0;  // the generation read back
   {
     auto rw = store.BuildReplacement(0);
@@ -542,6 +738,17 @@ TEST_CASE("a replacement chunk file appears under its name only when committed")
       REQUIRE((*rw)->Commit().ok());
       rw->reset();
       CHECK(mem.Stat(fmt::format("{}/a/.1.tmp", kVol)).status().IsNotFound());
+      // The record was split into the file's two areas; the rest is unwritten.
+      auto raw = mem.Contents("7/a/1");
+      REQUIRE(raw.ok());
+      CHECK(raw->size() == Geo().ChunkFileSize());
+      CHECK(std::ranges::equal(StoredData(*raw, 3), data));
+      CHECK(StoredSlot(*raw, 3, 0) == slot8);
+      CHECK(StoredSlot(*raw, 3, 1) == kEmptySlot);
+      CHECK(AllZero(std::span(*raw).first(Geo().DataOffset(3))));
+      CHECK(AllZero(std::span(*raw).subspan(Geo().DataOffset(4), Geo().chunk_size - Geo().DataOffset(4))));
+      CHECK(AllZero(std::span(*raw).subspan(Geo().chunk_size, 3 * kSlotPairSize)));
+      CHECK(AllZero(std::span(*raw).subspan(Geo().MetaOffset(4))));
       want = 8;
     }
   }

@@ -25,6 +25,7 @@
 #include "qbd/part_store.h"
 #include "testutil/random_bytes.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 
 namespace qbd::test {
 namespace {
@@ -42,16 +43,6 @@ Geometry Geo() { return Geometry{kSize, kBs, kChunk}; }
 bool AllZero(std::span<const std::byte> b) {
   return std::all_of(b.begin(), b.end(), [](std::byte x) { return x == std::byte{0}; });
 }
-
-// Quiets the expected WARN lines (read-repair, parts going down) while a test runs.
-class QuietLog {
- public:
-  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
-  ~QuietLog() { SetLogLevel(saved_); }
-
- private:
-  LogLevel saved_;
-};
 
 // Three parts of volume 7 on MemBackends, each behind a FaultyBackend, and the QuorumSet over
 // them. The "<volnr>/.dirty-<part>" copies are created on every other part's backend first, as
@@ -114,9 +105,14 @@ class Cluster {
   bool after_crash = false;  // for the next Open()
 
   // A crash of the machine: every backend loses what was not made durable, then the daemon
-  // restarts. The old QuorumSet is dropped after the loss, so its last syncs change nothing.
+  // restarts. The old process is gone from the moment of the crash: the old QuorumSet, dropped
+  // after the loss, can change nothing any more (its stores' last syncs and the slot pairs they
+  // would settle fail), and the faults armed before are disarmed for the new one.
   void CrashAndReopen() {
+    for (auto& f : faulty_) f->FailMatching("", FaultyBackend::kMutatingOps);
     for (auto& m : mem_) m->DropUnsynced();
+    q_.reset();
+    for (auto& f : faulty_) f->ClearFaults();
     Open();
   }
 
@@ -130,13 +126,17 @@ class Cluster {
   Result<std::vector<std::byte>> Raw(int part, uint64_t chunk) const {
     return mem_[part]->Contents(ChunkFile(part, chunk));
   }
-  // The BlockMeta stored for block `block` (of the volume) on `part`.
+  // The BlockMeta stored for block `block` (of the volume) on `part`: what its slot pair says
+  // about its data (layout-spec.md §4.2). The block must pass its check.
   BlockMeta StoredMeta(int part, uint64_t block) const {
     const uint64_t chunk = block * kBs / kChunk;
     const uint64_t in_chunk = block % (kChunk / kBs);
     auto raw = Raw(part, chunk);
     REQUIRE(raw.ok());
-    return DecodeBlockMeta(raw->data() + Geo().RecordOffset(in_chunk) + kBs);
+    REQUIRE(raw->size() == Geo().ChunkFileSize());
+    const SlotVerdict v = StoredSlots(*raw, Geo(), BlockAddress{kVol, chunk, in_chunk});
+    CHECK_MESSAGE(v.good, "part ", part, " block ", block, " fails its check");
+    return v.meta;
   }
 
   // Whether the copy of `part`'s dirty map on `holder` has `region` set.
@@ -156,8 +156,12 @@ class Cluster {
     return any;
   }
 
-  // Every chunk file is present on all parts or on none, with the same bytes.
+  // Every chunk file is present on all parts or on none, with the same bytes once every part's
+  // slot pairs are settled: a Flush first (layout-spec.md §4.5: a pair written by a client write
+  // stays pending until a sync, a rewrite by resync or repair is settled at once).
   void CheckPartsIdentical() {
+    Status flushed = q_->Flush();
+    CHECK_MESSAGE(flushed.ok(), flushed.ToString());
     for (uint64_t c = 0; c < Geo().ChunkCount(); ++c) {
       CAPTURE(c);
       auto a = Raw(0, c);
@@ -254,7 +258,7 @@ TEST_CASE("Write straddling a chunk boundary lands in both chunk files") {
   // The last block of chunk 0 holds the first 1000 bytes at its end.
   auto raw0 = c.Raw(0, 0);
   REQUIRE(raw0.ok());
-  const std::byte* last = raw0->data() + Geo().RecordOffset(255);
+  const std::byte* last = raw0->data() + Geo().DataOffset(255);
   CHECK(std::memcmp(last + kBs - 1000, data.data(), 1000) == 0);
   CHECK(AllZero(std::span(last, kBs - 1000)));
   c.CheckPartsIdentical();
@@ -459,7 +463,7 @@ TEST_CASE("Read returns the right data and repairs a part whose chunk has a flip
   std::vector<std::byte> v = RandomBytes(30, 4 * kBs);
   REQUIRE(c.q().Write(off, v, true).ok());
   // Bit rot in the third block of the write, on part b.
-  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 2), Geo().RecordOffset(10) + 77).ok());
+  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 2), Geo().DataOffset(10) + 77).ok());
 
   c.q().TEST_SetPartUp(0, false);  // so that the read goes to b first
   CHECK(c.ReadBack(off, v.size()) == v);
@@ -469,6 +473,7 @@ TEST_CASE("Read returns the right data and repairs a part whose chunk has a flip
 
   CHECK(c.q().ResyncOnce() == 1);
   CHECK(c.q().DirtyRegions(1) == 0);
+  REQUIRE(c.q().Flush().ok());  // every slot pair settled
   auto a = c.Raw(0, 2), b = c.Raw(1, 2);
   REQUIRE(a.ok());
   REQUIRE(b.ok());
@@ -483,7 +488,7 @@ TEST_CASE("the first access after a start repairs damage on the parts a read did
   REQUIRE(c.q().Write(off, v, true).ok());
   REQUIRE(c.q().Flush().ok());
   // While the daemon is down: bit rot on part b and a lost file on part c.
-  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().RecordOffset(5) + 3).ok());
+  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().DataOffset(5) + 3).ok());
   REQUIRE(c.mem(2).Remove(c.ChunkFile(2, 3)).ok());
   c.Open();
   CHECK(c.q().ChunksToReconcile() == 1);
@@ -495,7 +500,7 @@ TEST_CASE("the first access after a start repairs damage on the parts a read did
   CHECK(c.q().ChunksToReconcile() == 0);
   c.CheckPartsIdentical();
   SUBCASE("and a later access compares nothing again") {
-    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().RecordOffset(6) + 3).ok());
+    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1, 3), Geo().DataOffset(6) + 3).ok());
     c.q().TEST_SetPartUp(1, false);
     CHECK(c.ReadBack(off, kBs) == std::vector<std::byte>(v.begin(), v.begin() + kBs));
     CHECK(c.q().DirtyRegions(1) == 0);  // part b was not read, its new damage is not known yet
@@ -565,6 +570,7 @@ TEST_CASE("Read returns the right data and ResyncOnce recreates a deleted chunk 
   CHECK(c.q().DirtyRegions(0) == kChunk / kRegion);  // the whole chunk
   c.q().ResyncOnce();
   CHECK(c.q().DirtyRegions(0) == 0);
+  REQUIRE(c.q().Flush().ok());  // every slot pair settled
   auto a = c.Raw(0, 4), b = c.Raw(1, 4);
   REQUIRE(a.ok());
   REQUIRE(b.ok());
@@ -580,10 +586,14 @@ TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncate
   Cluster c;
   std::vector<std::byte> v = RandomBytes(42, kBs);
   REQUIRE(c.q().Write(0, v, true).ok());  // block 0 only: the rest of chunk 0 is unwritten
+  uint64_t cut = 0;
+  SUBCASE("cut in the metadata area: block 0 stays whole") { cut = Geo().MetaOffset(1); }
+  SUBCASE("cut in the data area: every slot pair is lost") { cut = Geo().DataOffset(1); }
+  CAPTURE(cut);
   {
     auto f = c.mem(0).Open(c.ChunkFile(0, 0));
     REQUIRE(f.ok());
-    REQUIRE((*f)->Truncate(Geo().RecordOffset(1)).ok());
+    REQUIRE((*f)->Truncate(cut).ok());
   }
   // A read of the chunk's unwritten tail finds part a's file short.
   CHECK(AllZero(c.ReadBack(kChunk - kRegion, kRegion)));
@@ -591,6 +601,7 @@ TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncate
   REQUIRE(c.q().DirtyRegions(0) > 0);
   c.q().ResyncOnce();
   CHECK(c.q().DirtyRegions(0) == 0);
+  REQUIRE(c.q().Flush().ok());  // every slot pair settled
   auto a = c.Raw(0, 0), b = c.Raw(1, 0);
   REQUIRE(a.ok());
   REQUIRE(b.ok());
@@ -601,6 +612,79 @@ TEST_CASE("ResyncOnce restores the full file size when a chunk file was truncate
   c.q().TEST_SetPartUp(2, false);
   std::vector<std::byte> got(kChunk);
   CHECK(c.q().Read(0, got).ok());
+}
+
+TEST_CASE("a read that finds a part's chunk file short marks its whole chunk, whatever the thread read before") {
+  // A short file fills no metadata: the read must not judge the blocks by what the thread's
+  // buffers hold from an earlier read (here another volume's, of a later epoch: generations
+  // this volume never issued), or it takes the damage for a few bad blocks and re-copies their
+  // region only, while every slot pair of the chunk was lost with the file's end.
+  {
+    Cluster other;
+    other.Open();
+    other.Open();  // epoch 3
+    const std::vector<std::byte> w = RandomBytes(43, kRegion);
+    REQUIRE(other.q().Write(kChunk - kRegion, w, /*fua=*/false).ok());
+    REQUIRE(other.ReadBack(kChunk - kRegion, kRegion) == w);
+  }
+  Cluster c;  // epoch 1
+  std::vector<std::byte> v = RandomBytes(42, kBs);
+  REQUIRE(c.q().Write(0, v, true).ok());  // block 0 only: the rest of chunk 0 is unwritten
+  {
+    auto f = c.mem(0).Open(c.ChunkFile(0, 0));
+    REQUIRE(f.ok());
+    REQUIRE((*f)->Truncate(Geo().DataOffset(1)).ok());  // block 0's data stays, every slot pair goes
+  }
+  CHECK(AllZero(c.ReadBack(kChunk - kRegion, kRegion)));
+  CHECK(c.q().DirtyRegions(0) == kChunk / kRegion);  // the whole chunk
+  c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(0) == 0);
+  // Part a alone serves the whole chunk again, block 0 included.
+  c.q().TEST_SetPartUp(1, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got(kChunk);
+  Status s = c.q().Read(0, got);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(std::equal(v.begin(), v.end(), got.begin()));
+}
+
+TEST_CASE("a resync copy that has to restore a short chunk file re-copies the whole chunk") {
+  // Part b missed a write to region 0 of chunk 0 (it is down); meanwhile b's chunk file is
+  // replaced by a short copy of itself, without its slot pairs from block 100 on. The copy of
+  // region 0 gives the file its size back: the rest of b's chunk is not its data any more and
+  // must come back too, or b counts as in sync with 156 blocks that fail their check.
+  Cluster c;
+  std::vector<std::byte> v = RandomBytes(44, kChunk), w = RandomBytes(45, kBs);
+  REQUIRE(c.q().Write(0, v, /*fua=*/true).ok());
+  c.q().TEST_SetPartUp(1, false);
+  REQUIRE(c.q().Write(0, w, /*fua=*/true).ok());
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+  std::copy(w.begin(), w.end(), v.begin());
+  {
+    auto raw = c.Raw(1, 0);
+    REQUIRE(raw.ok());
+    raw->resize(Geo().MetaOffset(100));
+    REQUIRE(WriteWholeFile(c.mem(1), "7/b/.1.short", *raw).ok());
+    REQUIRE(c.mem(1).Rename("7/b/.1.short", c.ChunkFile(1, 0)).ok());
+  }
+  c.q().TEST_SetPartUp(1, true);
+  for (int round = 0; round < 3 && c.q().DirtyRegions(1) > 0; ++round) c.q().ResyncOnce();
+  CHECK(c.q().DirtyRegions(1) == 0);
+  // Every block of b's copy passes its check, and b alone serves the whole chunk.
+  {
+    auto raw = c.Raw(1, 0);
+    REQUIRE(raw.ok());
+    REQUIRE(raw->size() == Geo().ChunkFileSize());
+    uint64_t bad = 0;
+    for (uint64_t b = 0; b < kChunk / kBs; ++b) bad += !StoredSlots(*raw, Geo(), BlockAddress{kVol, 0, b}).good;
+    CHECK(bad == 0);
+  }
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got(kChunk);
+  Status s = c.q().Read(0, got);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK(got == v);
 }
 
 TEST_CASE("Trim and WriteZeroes read back as zeros") {
@@ -1053,7 +1137,7 @@ TEST_CASE("a block bad on every copy stays an error: no background work rewrites
   const uint64_t chunk = 3, block = chunk * (kChunk / kBs) + 10;
   std::vector<std::byte> v = RandomBytes(70, kChunk);
   REQUIRE(c.q().Write(chunk * kChunk, v, /*fua=*/true).ok());
-  for (int p = 0; p < kParts; ++p) REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p, chunk), Geo().RecordOffset(10) + 100).ok());
+  for (int p = 0; p < kParts; ++p) REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p, chunk), Geo().DataOffset(10) + 100).ok());
   std::vector<std::vector<std::byte>> damaged;
   for (int p = 0; p < kParts; ++p) damaged.push_back(c.Raw(p, chunk).value());
   std::vector<std::byte> got(kBs);
@@ -1086,8 +1170,11 @@ TEST_CASE("a block bad on every copy stays an error: no background work rewrites
     for (int p = 0; p < kParts; ++p) {
       auto raw = c.Raw(p, chunk);
       REQUIRE(raw.ok());
-      CHECK(std::equal(raw->begin() + Geo().RecordOffset(10), raw->begin() + Geo().RecordOffset(11),
-                       damaged[p].begin() + Geo().RecordOffset(10)));
+      // Block 10's data and slot pair, as damaged.
+      CHECK(std::equal(raw->begin() + Geo().DataOffset(10), raw->begin() + Geo().DataOffset(11),
+                       damaged[p].begin() + Geo().DataOffset(10)));
+      CHECK(std::equal(raw->begin() + Geo().MetaOffset(10), raw->begin() + Geo().MetaOffset(11),
+                       damaged[p].begin() + Geo().MetaOffset(10)));
     }
   }
   SUBCASE("the admin's accept_loss makes it unwritten on every part, and only it") {

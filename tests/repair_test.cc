@@ -32,6 +32,7 @@
 #include "qbd/quorum.h"
 #include "testutil/random_bytes.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 #include "testutil/temp_dir.h"
 
 namespace qbd::test {
@@ -44,16 +45,20 @@ constexpr uint64_t kSize = 256 * 1024;
 constexpr uint32_t kRegion = 16 * 1024;
 constexpr uint64_t kRegions = kSize / kRegion;
 constexpr uint64_t kBlocks = kChunk / kBs;  // blocks per chunk
-constexpr uint64_t kRec = kBs + kBlockMetaSize;
 constexpr int kParts = 3;
 constexpr uint64_t kC = 1;  // the chunk under test (file "7/<part>/2")
 
 Geometry Geo() { return Geometry{kSize, kBs, kChunk}; }
+// A block as repair reads and writes it: its data and its slot pair (format 2).
+constexpr uint64_t kRec = kBs + kSlotPairSize;
 
 // Device offset of block `block` of chunk `chunk`.
 uint64_t Off(uint64_t chunk, uint64_t block) { return chunk * kChunk + block * kBs; }
-// Byte offset of block `block`'s record in a chunk file, plus `x`.
-uint64_t RecordAt(uint64_t block, uint64_t x = 0) { return block * kRec + x; }
+// Byte offset of byte `x` of block `block`'s data in a chunk file.
+uint64_t DataAt(uint64_t block, uint64_t x = 0) {
+  REQUIRE(x < kBs);
+  return Geo().DataOffset(block) + x;
+}
 
 std::vector<uint64_t> Range(uint64_t first, uint64_t end) {
   std::vector<uint64_t> v;
@@ -74,16 +79,6 @@ std::string Show(const ChunkRepairReport& r) {
   for (const std::string& n : r.notes) s += "; note: " + n;
   return s;
 }
-
-// Quiets the expected WARN lines (parts going down, repairs) while a test runs.
-class QuietLog {
- public:
-  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
-  ~QuietLog() { SetLogLevel(saved_); }
-
- private:
-  LogLevel saved_;
-};
 
 using Snapshot = std::map<std::string, std::vector<std::byte>>;
 
@@ -167,10 +162,13 @@ class Cluster {
   bool Has(int part, uint64_t chunk = kC) const {
     return mem_[part]->Exists(ChunkFile(part, chunk));
   }
+  // What block `block`'s slot pair on `part` says about its data; the block must pass its check.
   BlockMeta StoredMeta(int part, uint64_t block) const {
     std::vector<std::byte> raw = Raw(part);
     REQUIRE(raw.size() == Geo().ChunkFileSize());
-    return DecodeBlockMeta(raw.data() + RecordAt(block) + kBs);
+    const SlotVerdict v = StoredSlots(raw, Geo(), BlockAddress{kVol, kC, block});
+    CHECK_MESSAGE(v.good, "part ", part, " block ", block, " fails its check");
+    return v.meta;
   }
 
   // Every file of every part, with its bytes.
@@ -253,6 +251,7 @@ TEST_CASE("RepairChunk reports a clean chunk and changes no file when every copy
   CHECK(r.unknown.empty());
   CHECK(r.notes.empty());
   CHECK(r.bytes_written == 0);
+  REQUIRE(Geo().RecordSize() == kRec);
   CHECK(r.bytes_read == kParts * kBlocks * kRec);
   CHECK(c.Files() == before);
 }
@@ -336,8 +335,8 @@ TEST_CASE("RepairChunk rebuilds the whole file when a part's chunk file has the 
 
 TEST_CASE("RepairChunk rewrites exactly the corrupt blocks in place when data bytes flipped") {
   Cluster c;
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(2, 100)).ok());
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(7, kBs - 1), std::byte{0x80}).ok());
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(2, 100)).ok());
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(7, kBs - 1), std::byte{0x80}).ok());
   REQUIRE(c.Raw(0) != c.Raw(1));
   ChunkRepairReport r = c.Repair();
   INFO(Show(r));
@@ -385,8 +384,8 @@ TEST_CASE("RepairChunk rewrites the old blocks when a part's copy is stale") {
 TEST_CASE("RepairChunk reports the same actions but writes nothing when dry_run is set") {
   Cluster c;
   REQUIRE(c.mem(1).Remove(c.ChunkFile(1)).ok());
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(2, 100)).ok());
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(7, 5)).ok());
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(2, 100)).ok());
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(7, 5)).ok());
   const auto before = c.Files();
   RepairOptions dry;
   dry.dry_run = true;
@@ -422,9 +421,9 @@ TEST_CASE("RepairChunk leaves a part alone when targets excludes it") {
   o.targets = (1u << 0) | (1u << 2);  // a and c
   SUBCASE("its chunk file deleted") { REQUIRE(c.mem(1).Remove(c.ChunkFile(1)).ok()); }
   SUBCASE("a block of it corrupt") {
-    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), RecordAt(5, 9)).ok());
+    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), DataAt(5, 9)).ok());
   }
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(7, 1)).ok());  // a is a target
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(7, 1)).ok());  // a is a target
   const auto before = c.Files();
   ChunkRepairReport r = c.Repair(o);
   INFO(Show(r));
@@ -444,7 +443,7 @@ TEST_CASE(
     "every part") {
   Cluster c;
   for (int p = 0; p < kParts; ++p) {
-    REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p), RecordAt(5, 10 + p)).ok());
+    REQUIRE(FlipByte(c.mem(p), c.ChunkFile(p), DataAt(5, 10 + p)).ok());
   }
   const auto before = c.Files();
   ChunkRepairReport r = c.Repair();
@@ -466,7 +465,17 @@ TEST_CASE(
     REQUIRE(w.actions.size() == 1);
     CHECK(w.actions[0].target == 'c');
     CHECK(w.actions[0].whole_file);
-    CHECK_FALSE(c.StoredMeta(2, 5).IsUnwritten());
+    // Block 5 of the rebuilt file is a damaged copy, its data and slot pair as another part
+    // holds them: not an empty pair (unwritten).
+    const std::vector<std::byte> rebuilt = c.Raw(2);
+    REQUIRE(rebuilt.size() == Geo().ChunkFileSize());
+    auto same_block = [&](const std::vector<std::byte>& x, const std::vector<std::byte>& y) {
+      return std::equal(x.begin() + Geo().DataOffset(5), x.begin() + Geo().DataOffset(6), y.begin() + Geo().DataOffset(5)) &&
+             std::equal(x.begin() + Geo().MetaOffset(5), x.begin() + Geo().MetaOffset(6), y.begin() + Geo().MetaOffset(5));
+    };
+    CHECK((same_block(rebuilt, c.Raw(0)) || same_block(rebuilt, c.Raw(1))));
+    CHECK_FALSE(SlotEmpty(rebuilt.data() + Geo().MetaOffset(5)));
+    CHECK_FALSE(StoredSlots(rebuilt, Geo(), BlockAddress{kVol, kC, 5}).good);
     CHECK(c.Repair().lost == std::vector<uint64_t>{5});
   }
 }
@@ -562,8 +571,8 @@ TEST_CASE("RepairChunk keeps a dirty region when the dry_run leaves the copy as 
 TEST_CASE(
     "RepairChunk reports a part down in notes and a block unknown when no good copy is in reach") {
   Cluster c;
-  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), RecordAt(3, 1)).ok());
-  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), RecordAt(3, 2)).ok());
+  REQUIRE(FlipByte(c.mem(0), c.ChunkFile(0), DataAt(3, 1)).ok());
+  REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), DataAt(3, 2)).ok());
   const auto before = c.Files();
   c.q().TEST_SetPartUp(2, false);
   c.faulty(2).FailMatching("", FaultyBackend::kStat);  // still out of reach when repair looks
@@ -582,7 +591,7 @@ TEST_CASE(
   Cluster c;
   bool whole = false;
   SUBCASE("in-place block write fails") {
-    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), RecordAt(2, 3)).ok());
+    REQUIRE(FlipByte(c.mem(1), c.ChunkFile(1), DataAt(2, 3)).ok());
     c.faulty(1).FailMatching("7/b/", FaultyBackend::kWrite);
   }
   SUBCASE("rename of the rebuilt file fails") {
@@ -595,7 +604,7 @@ TEST_CASE(
     c.faulty(1).FailMatching("7/b/", FaultyBackend::kSync);
     whole = true;
   }
-  REQUIRE(FlipByte(c.mem(2), c.ChunkFile(2), RecordAt(9, 3)).ok());  // c's repair must still happen
+  REQUIRE(FlipByte(c.mem(2), c.ChunkFile(2), DataAt(9, 3)).ok());  // c's repair must still happen
   const auto before = c.Files();
   ChunkRepairReport r = c.Repair();
   INFO(Show(r));

@@ -164,7 +164,7 @@ TEST_CASE(
   Fixture f;
   f.Write(0b111, 5, /*tag=*/3);
   for (int p = 0; p < kParts; ++p) {
-    REQUIRE(FlipByte(*f.mem[p], ChunkPath(kVol, Letter(p), 5), Geo().RecordOffset(3) + 10).ok());
+    REQUIRE(FlipByte(*f.mem[p], ChunkPath(kVol, Letter(p), 5), Geo().DataOffset(3) + 10).ok());
   }
   std::vector<std::vector<std::byte>> before;
   auto file = [&f](int p) {

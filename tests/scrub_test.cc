@@ -111,7 +111,7 @@ class Parts {
 
   // Flips a byte of block `block`'s data on part `p` (bit rot).
   void FlipData(int p, uint64_t chunk, uint64_t block, uint64_t at = 100) {
-    REQUIRE(FlipByte(*mem_[p], File(p, chunk), Geo().RecordOffset(block) + at).ok());
+    REQUIRE(FlipByte(*mem_[p], File(p, chunk), Geo().DataOffset(block) + at).ok());
   }
 
   PartCopy Copy(int p, uint64_t chunk, uint64_t first = 0, uint64_t n = kN) {
@@ -150,7 +150,7 @@ TEST_CASE("ReadCopy reports kAbsent when the chunk file does not exist") {
 TEST_CASE("ReadCopy reports kShort when the chunk file was truncated") {
   Parts parts;
   parts.WriteAll(1, 0, 4, /*tag=*/1, kGen1);
-  const uint64_t size = Geo().RecordOffset(2) + 100;
+  const uint64_t size = Geo().MetaOffset(2) + 10;  // the data area whole, the slot pairs cut
   {
     auto f = parts.mem(1).Open(parts.File(1, 1));
     REQUIRE(f.ok());
@@ -200,10 +200,17 @@ TEST_CASE(
       if (b >= 3 && b < 7) {
         CHECK(c.metas[b].generation == kGen1);
         CHECK(c.metas[b].checksum == BlockChecksum(std::span(data).subspan((b - 3) * kBs, kBs)));
-        CHECK(std::memcmp(c.records.data() + Geo().RecordOffset(b), data.data() + (b - 3) * kBs,
-                          kBs) == 0);
+        const std::byte* r = c.records.data() + b * Geo().RecordSize();
+        CHECK(std::memcmp(r, data.data() + (b - 3) * kBs, kBs) == 0);
+        // Then the slot pair, settled: the block's slot, then an empty one.
+        std::byte slot[kSlotSize];
+        EncodeSlot(c.metas[b], BlockAddress{kVol, 2, b}, BlockChecksum(std::vector<std::byte>(kBs)), slot);
+        CHECK(std::memcmp(r + kBs, slot, kSlotSize) == 0);
+        CHECK(SlotEmpty(r + kBs + kSlotSize));
       } else {
         CHECK(c.metas[b].IsUnwritten());
+        const std::byte* r = c.records.data() + b * Geo().RecordSize();
+        CHECK(std::all_of(r, r + Geo().RecordSize(), [](std::byte x) { return x == std::byte{0}; }));
       }
     }
   }
@@ -224,6 +231,12 @@ TEST_CASE("ReadCopy marks exactly the damaged block bad when a byte of its data 
   Parts parts;
   parts.Write(0, 0, 0, 8, /*tag=*/3, kGen1);  // blocks 0-7 written, 8-15 unwritten
 
+  // The stored slot pair of block b, read from the file.
+  auto stored_pair = [&](uint64_t b) {
+    auto raw = parts.mem(0).Contents(parts.File(0, 0));
+    REQUIRE(raw.ok());
+    return std::vector<std::byte>(raw->begin() + Geo().MetaOffset(b), raw->begin() + Geo().MetaOffset(b + 1));
+  };
   SUBCASE("a written block whose data no longer matches its checksum") {
     parts.FlipData(0, 0, 5);
     PartCopy c = parts.Copy(0, 0);
@@ -231,14 +244,27 @@ TEST_CASE("ReadCopy marks exactly the damaged block bad when a byte of its data 
     std::vector<uint8_t> want(kN, 1);
     want[5] = 0;
     CHECK(c.good == want);
-    CHECK(c.metas[5].generation == kGen1);  // the metadata is as stored
+    // The metadata is carried as stored: the slot pair of generation kGen1.
+    const std::vector<std::byte> pair = stored_pair(5);
+    CHECK(std::memcmp(c.records.data() + 5 * Geo().RecordSize() + kBs, pair.data(), kSlotPairSize) == 0);
+    CHECK(DecodeBlockMeta(pair.data()).generation == kGen1);
   }
-  SUBCASE("a written block whose stored checksum flipped") {
-    REQUIRE(FlipByte(parts.mem(0), parts.File(0, 0), Geo().RecordOffset(2) + kBs + 9).ok());
+  SUBCASE("a written block whose stored check flipped") {
+    REQUIRE(FlipByte(parts.mem(0), parts.File(0, 0), Geo().MetaOffset(2) + 9).ok());
     PartCopy c = parts.Copy(0, 0);
     REQUIRE(c.state == CopyState::kPresent);
     std::vector<uint8_t> want(kN, 1);
     want[2] = 0;
+    CHECK(c.good == want);
+    const std::vector<std::byte> pair = stored_pair(2);
+    CHECK(std::memcmp(c.records.data() + 2 * Geo().RecordSize() + kBs, pair.data(), kSlotPairSize) == 0);
+  }
+  SUBCASE("a written block whose stored generation flipped") {
+    REQUIRE(FlipByte(parts.mem(0), parts.File(0, 0), Geo().MetaOffset(6) + 1).ok());
+    PartCopy c = parts.Copy(0, 0);
+    REQUIRE(c.state == CopyState::kPresent);
+    std::vector<uint8_t> want(kN, 1);
+    want[6] = 0;
     CHECK(c.good == want);
   }
   SUBCASE("an unwritten block (all-zero metadata) whose data is not zero") {
@@ -250,6 +276,56 @@ TEST_CASE("ReadCopy marks exactly the damaged block bad when a byte of its data 
     want[11] = 0;
     CHECK(c.good == want);
   }
+}
+
+TEST_CASE("ReadCopy reads a format-1 chunk file as stored: each block followed by its meta") {
+  // Format 1 (read for conversion and verification): block i at i * (block_size + 16), its data
+  // then generation and checksum (LE).
+  Geometry g1 = Geo();
+  g1.format = kFormat1;
+  MemBackend mem("format-1");
+  REQUIRE(mem.MkDirs(PartDir(kVol, 'a')).ok());
+  const std::vector<std::byte> data = Blocks(21, 3);
+  std::vector<std::byte> file(g1.ChunkFileSize());
+  REQUIRE(file.size() == kN * (kBs + 16));
+  for (uint64_t i = 0; i < 3; ++i) {
+    std::memcpy(file.data() + g1.RecordOffset(4 + i), data.data() + i * kBs, kBs);
+    EncodeBlockMeta(BlockMeta{kGen1, BlockChecksum(std::span(data).subspan(i * kBs, kBs))},
+                    file.data() + g1.RecordOffset(4 + i) + kBs);
+  }
+  uint64_t bad = kN;  // the damaged block, if any
+  SUBCASE("intact") {}
+  SUBCASE("a flipped data byte") {
+    bad = 5;
+    file[g1.RecordOffset(5) + 7] ^= std::byte{1};
+  }
+  SUBCASE("a flipped checksum byte") {
+    bad = 6;
+    file[g1.RecordOffset(6) + kBs + 9] ^= std::byte{1};
+  }
+  SUBCASE("data under all-zero metadata") {
+    bad = 9;
+    file[g1.RecordOffset(9) + 7] = std::byte{1};
+  }
+  REQUIRE(WriteWholeFile(mem, ChunkPath(kVol, 'a', 1), file).ok());
+
+  PartCopy c = ReadCopy(mem, kVol, 'a', g1, 1, 0, kN);
+  REQUIRE(c.state == CopyState::kPresent);
+  REQUIRE(c.records.size() == kN * g1.RecordSize());
+  CHECK(c.records == file);  // the records as they lie
+  for (uint64_t b = 0; b < kN; ++b) {
+    CAPTURE(b);
+    // The metadata as stored.
+    CHECK(c.metas[b] == DecodeBlockMeta(file.data() + g1.RecordOffset(b) + kBs));
+    if (b >= 4 && b < 7 && b != bad) {
+      CHECK(c.metas[b] == BlockMeta{kGen1, BlockChecksum(std::span(data).subspan((b - 4) * kBs, kBs))});
+    } else if (b != bad) {
+      CHECK(c.metas[b].IsUnwritten());
+    }
+    CHECK(c.good[b] == (b == bad ? 0 : 1));
+  }
+  // The same file judged as format 2 is damage: its size is not a format-2 chunk file's.
+  CHECK(ReadCopy(mem, kVol, 'a', Geo(), 1, 0, kN).state != CopyState::kPresent);
 }
 
 TEST_CASE("ReadCopy reports kUnreadable with the error when the backend fails the read") {
@@ -510,7 +586,7 @@ TEST_CASE("JudgeCopies table: each row of copy states elects the copy the rules 
   }
   SUBCASE("every copy fails its checksum: lost, no source") {
     for (int p = 0; p < kParts; ++p) {
-      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().RecordOffset(7) + 9).ok());
+      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().DataOffset(7) + 9).ok());
     }
     SliceVerdict v = JudgeCopies(parts.Copies(0), true, kGen3);
     CHECK(v.source[7] == -1);
@@ -519,7 +595,7 @@ TEST_CASE("JudgeCopies table: each row of copy states elects the copy the rules 
   }
   SUBCASE("the only good copy is on a dirty part while clean parts are corrupt: lost, never the stale copy") {
     for (int p = 1; p < kParts; ++p) {
-      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().RecordOffset(3) + 9).ok());
+      REQUIRE(FlipByte(parts.mem(p), ChunkPath(kVol, Parts::Letter(p), 0), Geo().DataOffset(3) + 9).ok());
     }
     std::vector<PartCopy> copies = parts.Copies(0);
     copies[0].dirty[3] = 1;

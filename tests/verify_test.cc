@@ -88,8 +88,9 @@ class Setup {
   std::string ChunkFile(char part, uint64_t file) const {
     return Root(part) + "/" + ChunkPath(meta_.number, part, file - 1);
   }
-  // Byte offset of block `block`'s record in a chunk file.
-  static uint64_t Record(uint64_t block) { return block * (kBs + kBlockMetaSize); }
+  // Byte offsets in a (format 2) chunk file of block `block`'s data and of its slot pair.
+  static uint64_t Data(uint64_t block) { return block * kBs; }
+  static uint64_t Meta(uint64_t block) { return kChunk + block * kSlotPairSize; }
 
   // Opens the volume, writes Pattern(tag) over each (offset, length), flushes and closes it.
   void Write(std::initializer_list<std::pair<uint64_t, uint64_t>> ranges, uint64_t tag) {
@@ -170,7 +171,9 @@ const Finding& Only(const VerifyReport& r) {
 TEST_SUITE("verify") {
 TEST_CASE("Verify reports nothing and exit 0 when the volume is intact") {
   Setup s;
-  const uint64_t file_size = kBlocksPerChunk * (kBs + kBlockMetaSize);
+  // The data area, then a slot pair per block.
+  const uint64_t file_size = kChunk + kBlocksPerChunk * kSlotPairSize;
+  REQUIRE(fs::file_size(s.ChunkFile('a', 1)) == file_size);
   for (bool deep : {false, true}) {
     CAPTURE(deep);
     VerifyReport r = s.Run(deep);
@@ -217,7 +220,7 @@ TEST_CASE("Verify reports one missing chunk file on part b when it was deleted t
 
 TEST_CASE("Verify reports a short chunk file when one was truncated") {
   Setup s;
-  fs::resize_file(s.ChunkFile('c', 1), Setup::Record(3) + 10);
+  fs::resize_file(s.ChunkFile('c', 1), Setup::Meta(3) + 10);
   for (bool deep : {false, true}) {
     CAPTURE(deep);
     VerifyReport r = s.Run(deep);
@@ -243,7 +246,7 @@ TEST_CASE("Verify reports a long chunk file when one was extended") {
 
 TEST_CASE("Verify deep pass reports the exact corrupt block when a data byte flipped on part a") {
   Setup s;
-  FlipFileByte(s.ChunkFile('a', 2), Setup::Record(5) + 1234);
+  FlipFileByte(s.ChunkFile('a', 2), Setup::Data(5) + 1234);
 
   SUBCASE("the quick pass does not read blocks and sees nothing") {
     VerifyReport r = s.Run(/*deep=*/false);
@@ -350,8 +353,8 @@ TEST_CASE("Verify deep pass blames the part that missed a trim when its old bloc
 
 TEST_CASE("FormatReportJson lists a finding's part, chunk and blocks") {
   Setup s;
-  FlipFileByte(s.ChunkFile('a', 2), Setup::Record(5) + 1);
-  FlipFileByte(s.ChunkFile('a', 2), Setup::Record(6) + 1);
+  FlipFileByte(s.ChunkFile('a', 2), Setup::Data(5) + 1);
+  FlipFileByte(s.ChunkFile('a', 2), Setup::Meta(6) + 1);
   VerifyReport r = s.Run(/*deep=*/true);
   const std::string json = FormatReportJson(r);
   CAPTURE(json);

@@ -26,12 +26,18 @@ VolumeMeta Sample() {
   return m;
 }
 
+// The block_meta_size line a volume of `format` has.
+std::string MetaSizeLine(uint32_t format) {
+  return format == kFormat1 ? "block_meta_size = 16\n" : "block_meta_size = 32\n";
+}
+
 void CheckSame(const VolumeMeta& a, const VolumeMeta& b) {
   CHECK(a.name == b.name);
   CHECK(a.number == b.number);
   CHECK(a.geometry.size == b.geometry.size);
   CHECK(a.geometry.block_size == b.geometry.block_size);
   CHECK(a.geometry.chunk_size == b.geometry.chunk_size);
+  CHECK(a.geometry.format == b.geometry.format);
   CHECK(a.replicas == b.replicas);
   CHECK(a.write_quorum == b.write_quorum);
   CHECK(a.read_only == b.read_only);
@@ -42,6 +48,8 @@ void CheckSame(const VolumeMeta& a, const VolumeMeta& b) {
 
 const std::string kMinimal =
     "format = 1\nname = v\nnumber = 3\nsize = 1048576\nreplicas = 2\n";  // 5 lines
+const std::string kMinimal2 =
+    "format = 2\nname = v\nnumber = 3\nsize = 1048576\nreplicas = 2\n";  // 5 lines
 
 // Parsing `text` as .meta fails with InvalidArgument; the message starts with `prefix`
 // ("11/.meta:4: ") and holds `words`.
@@ -72,6 +80,8 @@ void CheckIndexFails(const std::string& text, const std::string& prefix, const s
 TEST_SUITE("volume_meta") {
 TEST_CASE("ParseVolumeMeta round-trips EncodeVolumeMeta") {
   VolumeMeta m = Sample();
+  // A new volume's chunk files are format 2: 32 bytes of metadata (a slot pair) per block.
+  std::string want_format = "format = 2\n", want_meta_size = "block_meta_size = 32\n";
   SUBCASE("majority quorum, read-only") {}
   SUBCASE("explicit quorum, append-only, no creation time") {
     m.write_quorum = 3;
@@ -80,9 +90,14 @@ TEST_CASE("ParseVolumeMeta round-trips EncodeVolumeMeta") {
     m.created.clear();
     m.geometry = Geometry{3 * 65536, 65536, 65536};
   }
+  SUBCASE("a format-1 volume: 16 bytes of metadata per block") {
+    m.geometry.format = kFormat1;
+    want_format = "format = 1\n";
+    want_meta_size = "block_meta_size = 16\n";
+  }
   const std::string text = EncodeVolumeMeta(m);
-  CHECK(text.find("format = 1\n") != std::string::npos);
-  CHECK(text.find("block_meta_size = 16\n") != std::string::npos);
+  CHECK(text.find(want_format) != std::string::npos);
+  CHECK(text.find(want_meta_size) != std::string::npos);
   auto back = ParseVolumeMeta(text, kMetaFile);
   REQUIRE_MESSAGE(back.ok(), back.status().ToString());
   CheckSame(*back, m);
@@ -92,6 +107,7 @@ TEST_CASE("ParseVolumeMeta round-trips EncodeVolumeMeta") {
 TEST_CASE("ParseVolumeMeta applies the defaults of layout-spec.md §2") {
   auto m = ParseVolumeMeta(kMinimal, kMetaFile);
   REQUIRE_MESSAGE(m.ok(), m.status().ToString());
+  CHECK(m->geometry.format == kFormat1);  // as the file says
   CHECK(m->serial == 1);
   CHECK(m->geometry.block_size == 4096);
   CHECK(m->geometry.chunk_size == 4ull << 20);
@@ -100,6 +116,18 @@ TEST_CASE("ParseVolumeMeta applies the defaults of layout-spec.md §2") {
   CHECK_FALSE(m->read_only);
   CHECK_FALSE(m->append_only);
   CHECK(m->LastPart() == 'b');
+}
+
+TEST_CASE("ParseVolumeMeta reads the chunk format and checks block_meta_size against it") {
+  for (const auto& [text, format] : {std::pair{kMinimal, kFormat1}, std::pair{kMinimal2, kFormat2}}) {
+    CAPTURE(format);
+    auto m = ParseVolumeMeta(text, kMetaFile);
+    REQUIRE_MESSAGE(m.ok(), m.status().ToString());
+    CHECK(m->geometry.format == format);
+    auto with_size = ParseVolumeMeta(text + MetaSizeLine(format), kMetaFile);
+    REQUIRE_MESSAGE(with_size.ok(), with_size.status().ToString());
+    CHECK(with_size->geometry.format == format);
+  }
 }
 
 TEST_CASE("EffectiveWriteQuorum is a majority unless set") {
@@ -121,8 +149,8 @@ TEST_CASE("ParseVolumeMeta fails naming the file and line when a line is wrong")
   SUBCASE("a section") {
     CheckMetaFails(kMinimal + "[x]\nk = v\n", std::string(kMetaFile) + ":7: ", "sections");
   }
-  SUBCASE("format 2") {
-    CheckMetaFails("format = 2\nname = v\n", std::string(kMetaFile) + ":1: ", "format 2");
+  SUBCASE("format 3") {
+    CheckMetaFails("format = 3\nname = v\n", std::string(kMetaFile) + ":1: ", "format 3");
   }
   SUBCASE("a number that is not one") {
     CheckMetaFails(kMinimal + "serial = 1e3\n", at6, "serial");
@@ -130,8 +158,11 @@ TEST_CASE("ParseVolumeMeta fails naming the file and line when a line is wrong")
   SUBCASE("block_size above 64 KiB") {
     CheckMetaFails(kMinimal + "block_size = 131072\n", at6, "block_size");
   }
-  SUBCASE("block_meta_size other than 16") {
+  SUBCASE("block_meta_size other than 16 in format 1") {
     CheckMetaFails(kMinimal + "block_meta_size = 32\n", at6, "block_meta_size");
+  }
+  SUBCASE("block_meta_size other than 32 in format 2") {
+    CheckMetaFails(kMinimal2 + "block_meta_size = 16\n", at6, "block_meta_size");
   }
   SUBCASE("chunk_size above 1 GiB") {
     CheckMetaFails(kMinimal + "chunk_size = 2147483648\n", at6, "chunk_size");

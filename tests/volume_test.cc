@@ -7,6 +7,7 @@
 #include "qbd/catalog.h"
 #include "qbd/stats.h"
 #include "testutil/mem_backend.h"
+#include "testutil/tagged_blocks.h"
 
 namespace qbd::test {
 namespace {
@@ -43,7 +44,11 @@ TEST_CASE("Open assembles Stats over QuorumSet: a write is counted once and land
     auto raw = ReadWholeFile(*b, std::string("3/") + (b == &p.a ? "a" : b == &p.b ? "b" : "c") + "/2");
     REQUIRE(raw.ok());
     CHECK(raw->size() == Meta().geometry.ChunkFileSize());
-    CHECK((*raw)[0] == std::byte{0x42});
+    CHECK((*raw)[Meta().geometry.DataOffset(0)] == std::byte{0x42});
+    // Block 0 of chunk 1 passes its check, under a generation of epoch 1.
+    const SlotVerdict sv = StoredSlots(*raw, Meta().geometry, BlockAddress{3, 1, 0});
+    CHECK(sv.good);
+    CHECK((sv.meta.generation >> kGenerationBits) == 1);
   }
   CHECK((*v)->Close().ok());
 }
@@ -61,7 +66,10 @@ TEST_CASE("Open raises the epoch on every part so that generations grow across r
     REQUIRE((*v)->Close().ok());
     auto raw = ReadWholeFile(p.b, "3/b/1");
     REQUIRE(raw.ok());
-    gens[run] = DecodeBlockMeta(raw->data() + 4096).generation;
+    // Block 0's generation, from its slot pair (the block must pass its check).
+    const SlotVerdict sv = StoredSlots(*raw, Meta().geometry, BlockAddress{3, 0, 0});
+    CHECK(sv.good);
+    gens[run] = sv.meta.generation;
   }
   CHECK((gens[0] >> 40) == 1);
   CHECK((gens[1] >> 40) == 2);
@@ -69,6 +77,19 @@ TEST_CASE("Open raises the epoch on every part so that generations grow across r
   auto epoch = ReadSmallFile(p.c, Catalog::EpochPath(3));
   REQUIRE(epoch.ok());
   CHECK(epoch->find("epoch = 2") != std::string::npos);
+}
+
+TEST_CASE("Open refuses a format-1 volume before it writes anything") {
+  Parts p;
+  VolumeMeta m = Meta();
+  m.geometry.format = kFormat1;
+  VolumeOpenOptions o;
+  o.start_resync_thread = false;
+  auto v = Volume::Open(m, p.all(), o);
+  REQUIRE_FALSE(v.ok());
+  CHECK(v.status().IsInvalidArgument());
+  CHECK(v.status().message().find("format 1") != std::string::npos);
+  for (MemBackend* b : {&p.a, &p.b, &p.c}) CHECK(b->FilePaths().empty());
 }
 
 TEST_CASE("Open fails naming the file when the only copy of a dirty map is damaged") {
