@@ -41,6 +41,10 @@ class ChunkFile {
   // about to Sync() many files starts them all first, so that their writeback overlaps and the
   // file system can commit their metadata together. Nothing by default.
   virtual void StartSync() {}
+  // Starts reading [offset, offset + len) into the cache without waiting (a hint, no result): a
+  // chunk file's metadata area is asked for whole when the file is opened, so that its slot
+  // pairs come from one read rather than one per page. Nothing by default.
+  virtual void WillNeed(uint64_t /*offset*/, uint64_t /*len*/) {}
   // Sets the file size; new bytes read as zeros.
   virtual Status Truncate(uint64_t size) = 0;
   virtual Result<uint64_t> Size() = 0;

@@ -182,6 +182,7 @@ class PartStore {
     struct Pending {
       uint64_t seq = 0;    // PartStore::write_seq_ when the slots were written
       bool done = false;   // the data write completed
+      uint64_t done_seq = 0;  // PartStore::done_seq_ when it did: a sync begun later covers it
       std::byte slot0[kSlotSize];  // the new slot (slot 0 of the pair)
     };
     std::mutex meta_mu;  // serializes slot-pair updates of this file
@@ -203,11 +204,12 @@ class PartStore {
   // alone. Returns the write's sequence number for MarkDone.
   Result<uint64_t> WriteSlots(Handle& h, uint64_t chunk, uint64_t first, uint64_t n, const std::byte* slots,
                               bool zeros_only);
-  // The data write of sequence `seq` completed.
-  void MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq);
-  // After a sync of h's file: the pairs of finished writes with seq <= max_seq get their previous
-  // slot cleared (§4.5). Not synced (the next sync carries it; losing it costs a data read).
-  Status Settle(Handle& h, uint64_t max_seq);
+  // The data write of sequence `seq` completed; returns its completion number (done_seq_).
+  uint64_t MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq);
+  // After a sync of h's file that began once done_seq_ had reached `synced`: the pairs of writes
+  // completed by then (done_seq <= synced) get their previous slot cleared (§4.5). Not synced
+  // (the next sync carries it; losing it costs a data read).
+  Status Settle(Handle& h, uint64_t synced);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;
@@ -227,7 +229,8 @@ class PartStore {
   bool dir_ready_ = false;
   std::mutex sync_mu_;  // serializes SyncCreated
   std::atomic<bool> created_unsynced_{false};  // a chunk file was created since the last SyncCreated
-  std::atomic<uint64_t> write_seq_{0};  // numbers slot writes, for Settle
+  std::atomic<uint64_t> write_seq_{0};  // numbers slot writes
+  std::atomic<uint64_t> done_seq_{0};   // numbers completed data writes, for Settle
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
 };
 

@@ -125,6 +125,9 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
     if (!opened.ok()) return opened.status();
   }
   auto h = std::make_shared<Handle>(chunk, std::move(opened).value(), recheck_ns_ > 0 ? NowNs() : 0);
+  // The slot pairs of the whole chunk in one read-ahead (32 KiB for 4 MiB of 4 KiB blocks), not a
+  // page at a time as the requests touch them (§4.2).
+  h->file->WillNeed(geometry_.chunk_size, geometry_.BlocksPerChunk() * kSlotPairSize);
   QBD_ASSIGN_OR_RETURN(uint64_t size, h->file->Size());
   if (size < geometry_.ChunkFileSize()) {
     // §4.1: a short file is damage. Readers see Corruption past its end; a writer first restores
@@ -205,7 +208,7 @@ void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims)
   for (const auto& h : victims) {
     // A failed sync leaves the handle listed: the next Flush tries again and reports it.
     h->unsynced.store(false);
-    const uint64_t seq = write_seq_.load(std::memory_order_acquire);
+    const uint64_t synced = done_seq_.load(std::memory_order_acquire);
     if (!h->file->Sync().ok()) {
       h->unsynced.store(true);
       continue;
@@ -213,7 +216,7 @@ void PartStore::SyncEvicted(const std::vector<std::shared_ptr<Handle>>& victims)
     // Its last chance: the handle is gone after this. The settled pairs are not synced (the
     // file system writes them back); one lost, or left unsettled, costs a data read at the
     // block's next write.
-    Settle(*h, seq).IgnoreError();
+    Settle(*h, synced).IgnoreError();
     std::lock_guard<std::mutex> l(mu_);
     if (h->listed && !h->unsynced.load()) {
       h->listed = false;
@@ -326,22 +329,29 @@ Result<uint64_t> PartStore::WriteSlots(Handle& h, uint64_t chunk, uint64_t first
   return seq;
 }
 
-void PartStore::MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq) {
+uint64_t PartStore::MarkDone(Handle& h, uint64_t first, uint64_t n, uint64_t seq) {
   std::lock_guard<std::mutex> l(h.meta_mu);
+  // Numbered under the lock: a Settle that reads done_seq_ before its sync sees either this
+  // write's number or none of it.
+  const uint64_t done = done_seq_.fetch_add(1, std::memory_order_acq_rel) + 1;
   for (uint64_t i = 0; i < n; ++i) {
     auto it = h.pending.find(first + i);
-    if (it != h.pending.end() && it->second.seq == seq) it->second.done = true;
+    if (it != h.pending.end() && it->second.seq == seq) {
+      it->second.done = true;
+      it->second.done_seq = done;
+    }
   }
+  return done;
 }
 
-Status PartStore::Settle(Handle& h, uint64_t max_seq) {
+Status PartStore::Settle(Handle& h, uint64_t synced) {
   // §4.5, step 3: the data of these writes is durable, so their previous slot can go. A pair
   // whose new slot says "zeros" becomes empty (unwritten).
   std::lock_guard<std::mutex> l(h.meta_mu);
   if (h.pending.empty()) return Status::OK();
   std::vector<uint64_t> blocks;
   for (const auto& [b, p] : h.pending) {
-    if (p.done && p.seq <= max_seq) blocks.push_back(b);
+    if (p.done && p.done_seq <= synced) blocks.push_back(b);
   }
   if (blocks.empty()) return Status::OK();
   std::sort(blocks.begin(), blocks.end());
@@ -376,10 +386,11 @@ Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPiece
   auto seq = WriteSlots(*h, chunk, first, n, records.slots(), /*zeros_only=*/false);
   Status s = seq.status();
   if (s.ok()) s = h->file->WriteAt(geometry_.DataOffset(first), records.data());
-  if (s.ok()) MarkDone(*h, first, n, *seq);
+  uint64_t done = 0;
+  if (s.ok()) done = MarkDone(*h, first, n, *seq);
   if (s.ok() && sync) s = h->file->Sync();
   if (s.ok() && sync) s = SyncCreated();
-  if (s.ok() && sync) Settle(*h, *seq).IgnoreError();  // a pair left unsettled costs a data read later
+  if (s.ok() && sync) Settle(*h, done).IgnoreError();  // a pair left unsettled costs a data read later
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(h);
   return Status::OK();
@@ -415,10 +426,11 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
       done += piece;
     }
   }
-  if (s.ok()) MarkDone(h, first, n, *seq);
+  uint64_t done = 0;
+  if (s.ok()) done = MarkDone(h, first, n, *seq);
   if (s.ok() && sync) s = file->Sync();
   if (s.ok() && sync) s = SyncCreated();
-  if (s.ok() && sync) Settle(h, *seq).IgnoreError();  // a pair left unsettled costs a data read later
+  if (s.ok() && sync) Settle(h, done).IgnoreError();  // a pair left unsettled costs a data read later
   if (!s.ok()) return s.WithContext(fmt::format("part {}", part_));
   if (!sync) MarkUnsynced(*got);
   return Status::OK();
@@ -493,9 +505,9 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
     todo.swap(unsynced_);
     for (const auto& h : todo) h->listed = false;
   }
-  // Writes numbered up to here completed before this flush began, or their handle is listed
-  // again: their pairs may be settled once the sync below has made their data durable.
-  const uint64_t seq = write_seq_.load(std::memory_order_acquire);
+  // Writes completed up to here are covered by the syncs below: their pairs may be settled once
+  // those have made their data durable. Later ones wait for the next flush.
+  const uint64_t synced = done_seq_.load(std::memory_order_acquire);
   StartSyncs(todo);
   for (const auto& h : todo) {
     h->unsynced.store(false, std::memory_order_release);
@@ -515,7 +527,7 @@ Status PartStore::Flush(std::vector<uint64_t>* failed) {
       if (first_error.ok()) first_error = s.WithContext(fmt::format("flush part {}", part_));
       continue;
     }
-    Settle(*h, seq).IgnoreError();  // a pair left unsettled costs a data read at its next write
+    Settle(*h, synced).IgnoreError();  // a pair left unsettled costs a data read at its next write
   }
   return first_error;
 }

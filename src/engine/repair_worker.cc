@@ -211,11 +211,15 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
   bool all_unwritten =
       std::all_of(metas.begin(), metas.end(), [](const BlockMeta& m) { return m.IsUnwritten(); });
   Status w;
+  // A short file (damage) gets its full size back from the write below, and the rest of its
+  // chunk is then missing on this part though no dirty bit says so: resynced too. (A file that
+  // is absent is created: its written regions are dirty already.)
+  auto state = target.CheckChunk(chunk);
+  const bool was_short = state.ok() && *state == PartStore::ChunkState::kShort;
+  bool created = false;
   if (all_unwritten) {
-    bool rebuilt = false;
-    w = target.Unwrite(chunk, first, n, /*sync=*/false, &rebuilt);
+    w = target.Unwrite(chunk, first, n, /*sync=*/false, &created);
   } else {
-    bool created = false;
     w = target.Write(chunk, first, data, metas, /*sync=*/false, &created);
   }
   if (!w.ok()) {
@@ -223,6 +227,12 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
                  chunk + 1, w.ToString());
     p_.health.MarkDown(p, w);
     return false;
+  }
+  if (was_short) {
+    // Only the regions not dirty already: a read that found the file short marked the chunk.
+    for (uint64_t r = RegionOf(chunk, 0); r <= RegionOf(chunk, p_.options.geometry.BlocksPerChunk() - 1); ++r) {
+      if (r != region && !p_.maps.dirty(p).Test(r)) MarkForRepair(p, r, r, "short chunk file restored during resync");
+    }
   }
   pending.push_back(region);  // cleared by SettleResynced once synced
   if (p_.options.resync_bytes_per_sec > 0) {

@@ -184,8 +184,9 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       missing.push_back(p);
       continue;
     }
-    if (s.ok() || s.IsCorruption()) {
+    if (s.ok() || (s.IsCorruption() && !bad.empty())) {
       // A good checksum with a generation this volume never issued is a suspect copy (scrub.h).
+      // (A Corruption without bad blocks is a short file: `metas` holds nothing of it.)
       const uint64_t max_gen = MaxGeneration();
       const size_t had = bad.size();
       for (uint64_t i = 0; i < n; ++i) {

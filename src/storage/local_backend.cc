@@ -76,6 +76,10 @@ class LocalFile final : public ChunkFile {
 
   void StartSync() override { ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE); }
 
+  void WillNeed(uint64_t offset, uint64_t len) override {
+    ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
+  }
+
   Status Truncate(uint64_t size) override {
     if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno("ftruncate " + name_, errno);
