@@ -153,7 +153,7 @@ COLD_WORKLOADS = [
 # its replicated peer and the two plain file servers.
 COLD_SERVERS = [s for s in SERVERS if s[1] in ("qbd", "qemu-quorum", "nbdkit-file", "qemu-nbd")
                 and (s[1] != "qbd" or s[2][0] != "qbd-master cache")]
-COLD_QBD_OVERHEAD = 1.03  # qbd's chunk files: 16 bytes of metadata per block, and a margin
+COLD_QBD_OVERHEAD = 1.03  # qbd's chunk files: 32 bytes of metadata per 4 KiB block, and a margin
 
 
 def files_of(kind, arg):

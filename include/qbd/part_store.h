@@ -146,8 +146,8 @@ class PartStore {
     // Writes whole records (scrub.h: block data, then its slot pair as stored) from block `first`
     // of the chunk, into the data and metadata areas. Durable only after Commit.
     Status WriteRecords(uint64_t first, std::span<const std::byte> records);
-    // In place: syncs the file and drops the store's cached handle (its pending slot records
-    // describe the old contents). A replacement: syncs it, renames it over the chunk's name, drops
+    // In place: syncs the file; the cached handle forgets the pending pairs of the blocks
+    // rewritten and settles the others (the sync covered them). A replacement: syncs it, renames it over the chunk's name, drops
     // the store's cached handle of the old file (DropReplaced) and syncs the directory; on failure
     // the temporary file is removed. REQUIRES: no write to the chunk in flight (region locks).
     Status Commit();
@@ -160,6 +160,7 @@ class PartStore {
     std::unique_ptr<ChunkFile> file_;
     const std::string tmp_;  // a replacement's temporary name; empty in place
     bool committed_ = false;
+    std::vector<std::pair<uint64_t, uint64_t>> written_;  // in place: blocks [first, end) rewritten
   };
   // Opens the chunk's file for a rewrite in place (NotFound when absent). Its records bypass the
   // cached handles: the caller holds the chunk's region locks.
@@ -210,6 +211,11 @@ class PartStore {
   // completed by then (done_seq <= synced) get their previous slot cleared (§4.5). Not synced
   // (the next sync carries it; losing it costs a data read).
   Status Settle(Handle& h, uint64_t synced);
+  // After a rewrite in place of `chunk` synced (ChunkRewrite::Commit, begun once done_seq_ was
+  // `synced`): the cached handle's pending pairs of the rewritten blocks are forgotten (the
+  // rewrite stored settled pairs there), the others settled.
+  void AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<uint64_t, uint64_t>>& written,
+                           uint64_t synced);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;

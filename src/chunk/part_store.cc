@@ -436,6 +436,24 @@ Status PartStore::Unwrite(uint64_t chunk, uint64_t first, uint64_t n, bool sync,
   return Status::OK();
 }
 
+void PartStore::AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<uint64_t, uint64_t>>& written,
+                                    uint64_t synced) {
+  std::shared_ptr<Handle> h;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = open_.find(chunk);
+    if (it == open_.end()) return;
+    h = it->second;
+  }
+  {
+    std::lock_guard<std::mutex> l(h->meta_mu);
+    for (const auto& [first, end] : written) {
+      for (uint64_t b = first; b < end; ++b) h->pending.erase(b);
+    }
+  }
+  Settle(*h, synced).IgnoreError();  // a pair left unsettled costs a data read at its next write
+}
+
 void PartStore::MarkUnsynced(const std::shared_ptr<Handle>& h) {
   // Invariant: called only after the write completed. The flag orders it against Flush, which
   // clears the flag before it syncs: a write that finds the flag set completed before that clear
@@ -555,14 +573,17 @@ Status PartStore::ChunkRewrite::WriteRecords(uint64_t first, std::span<const std
     pairs[i] = records.subspan(i * rec + bs, kSlotPairSize);
   }
   QBD_RETURN_IF_ERROR(file_->WriteAtV(g.DataOffset(first), data));
+  if (tmp_.empty()) written_.emplace_back(first, first + n);
   return file_->WriteAtV(g.MetaOffset(first), pairs);
 }
 
 Status PartStore::ChunkRewrite::Commit() {
+  // The caller holds the chunk's region locks: every write to it through the cached handle has
+  // completed, and the sync of the same file covers it.
+  const uint64_t synced = store_.done_seq_.load(std::memory_order_acquire);
   QBD_RETURN_IF_ERROR(file_->Sync());
   if (tmp_.empty()) {
-    // The cached handle's pending pairs describe what was there before.
-    store_.DropReplaced(chunk_);
+    store_.AfterRewriteInPlace(chunk_, written_, synced);
     committed_ = true;
     return Status::OK();
   }

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "qbd/config.h"
+#include "qbd/convert.h"
 #include "qbd/dirty_map.h"
 #include "qbd/replicated_bitmap.h"
 #include "qbd/replicated_text.h"
@@ -27,18 +28,18 @@
 namespace qbd {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Deep reads share one budget of bytes per second.
 class Throttle {
  public:
-  explicit Throttle(uint64_t bytes_per_sec) : rate_(bytes_per_sec), next_(Clock::now()) {}
+  explicit Throttle(uint64_t bytes_per_sec) : rate_(bytes_per_sec), next_(SteadyClock::now()) {}
   void Take(uint64_t bytes) {
     if (rate_ == 0) return;
-    Clock::time_point at;
+    SteadyClock::time_point at;
     {
       std::lock_guard<std::mutex> l(mu_);
-      const auto now = Clock::now();
+      const auto now = SteadyClock::now();
       if (next_ < now) next_ = now;
       at = next_;
       next_ += std::chrono::microseconds(bytes * 1000000 / rate_);
@@ -49,7 +50,7 @@ class Throttle {
  private:
   const uint64_t rate_;
   std::mutex mu_;
-  Clock::time_point next_;
+  SteadyClock::time_point next_;
 };
 
 struct VolumeWork {
@@ -289,11 +290,13 @@ void QuickPass(VolumeWork& w, int recheck_ms) {
         continue;  // reported below, once the other parts are known
       }
       ++present;
-      if (it->second != g.ChunkFileSize()) {
+      // A format-1 volume being converted (qbdctl convert) has files of either format (§9.1).
+      const Geometry fg = ChunkFileGeometry(g, it->second);
+      if (it->second != fg.ChunkFileSize()) {
         degraded = true;
-        w.Add(Make(it->second < g.ChunkFileSize() ? "short" : "long", kSevDegraded, part, c + 1,
+        w.Add(Make(it->second < fg.ChunkFileSize() ? "short" : "long", kSevDegraded, part, c + 1,
                    w.Where(p, path),
-                   fmt::format("{} bytes, a chunk file has {}", it->second, g.ChunkFileSize())));
+                   fmt::format("{} bytes, a chunk file has {}", it->second, fg.ChunkFileSize())));
       }
       const uint64_t r0 = c * g.chunk_size / rs, r1 = ((c + 1) * g.chunk_size - 1) / rs;
       if (w.dirty[p]->AnyIn(r0, std::min<uint64_t>(r1, w.dirty[p]->regions() - 1))) degraded = true;
@@ -351,7 +354,7 @@ class DeepPass {
         for (size_t p = 0; p < w->backends.size(); ++p) {
           auto it = w->files[p].find(c);
           if (w->Reachable(p) && it != w->files[p].end() &&
-              it->second == w->meta.geometry.ChunkFileSize()) {
+              it->second == ChunkFileGeometry(w->meta.geometry, it->second).ChunkFileSize()) {
             total_ += it->second;
           }
         }
@@ -396,8 +399,10 @@ class DeepPass {
       if (!w.Reachable(p)) {
         cp = UnreachableCopy(w.unreachable[p]);
       } else {
-        if (it != w.files[p].end() && it->second == g.ChunkFileSize()) throttle_.Take(n * g.RecordSize());
-        ReadCopyInto(cp, *w.backends[p], w.meta.number, static_cast<char>('a' + p), g, c, first, n);
+        // Each file with the geometry of its own format (a volume being converted, §9.1).
+        const Geometry fg = it != w.files[p].end() ? ChunkFileGeometry(g, it->second) : g;
+        if (it != w.files[p].end() && it->second == fg.ChunkFileSize()) throttle_.Take(n * fg.RecordSize());
+        ReadCopyInto(cp, *w.backends[p], w.meta.number, static_cast<char>('a' + p), fg, c, first, n);
       }
       if (cp.state == CopyState::kPresent) {
         done_.fetch_add(cp.records.size());
@@ -539,7 +544,7 @@ int VerifyReport::ExitCode() const {
 }
 
 Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
-  const auto start = Clock::now();
+  const auto start = SteadyClock::now();
   VerifyReport report;
   report.deep = options.deep;
   // .volumesmeta on every backend, judged as qbd-master judges it.
@@ -552,7 +557,7 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
     report.findings.push_back(Make("metadata", kSevNotChecked, 0, 0, kVolumesMetaPath,
                                    fmt::format("{}: qbd-master refuses to start; no volume was checked",
                                                Printable(iv.message(), 600))));
-    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    report.seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
     return report;
   }
   if (iv.ok()) {
@@ -611,7 +616,7 @@ Result<VerifyReport> Verify(Catalog& catalog, const VerifyOptions& options) {
                      });
     report.volumes.push_back(std::move(w->report));
   }
-  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  report.seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
   return report;
 }
 
