@@ -48,6 +48,11 @@ struct VolumeOpenOptions {
 
 class StatsLayer;
 
+// OK when qbd-master can serve the volume's chunk files (format 2, layout-spec.md §4);
+// InvalidArgument naming `qbdctl convert` for a volume still in format 1 (§9). Checked before
+// anything of the volume is written (its lease, its epoch).
+Status CheckServableFormat(const VolumeMeta& meta);
+
 class Volume {
  public:
   // `backends[i]` holds part 'a' + i and must outlive the volume.

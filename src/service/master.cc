@@ -121,6 +121,8 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
       return Status::Corruption(fmt::format("volume number {} is '{}' in .volumesmeta but '{}' in its .meta", nr, name,
                                             meta.name));
     }
+    // Before any lease or epoch is written: a volume in format 1 stops the start.
+    QBD_RETURN_IF_ERROR(CheckServableFormat(meta));
     metas.push_back(std::move(meta));
   }
   for (auto& served : m->OpenVolumes(metas)) {
@@ -302,6 +304,11 @@ Status Master::Poll() {
     }
     auto it = volumes_.find(name);
     if (it == volumes_.end()) {
+      Status f = CheckServableFormat(*meta);
+      if (!f.ok()) {
+        QBD_LOG_ERROR("{}", f.message());  // nothing of it written
+        continue;
+      }
       to_open.push_back(std::move(*meta));  // opened together below
       continue;
     }

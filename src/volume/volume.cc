@@ -19,15 +19,18 @@ std::string RunningPath(uint32_t volnr) { return std::to_string(volnr) + "/.runn
 
 }  // namespace
 
+Status CheckServableFormat(const VolumeMeta& meta) {
+  if (meta.geometry.format == kFormat2) return Status::OK();
+  // A format-1 volume is converted offline, whole (layout-spec.md §9).
+  return Status::InvalidArgument(fmt::format(
+      "volume {}: its chunk files are in format {}, which qbd-master no longer serves: stop qbd-master and "
+      "run `qbdctl convert {}` (offline, resumable), then start it again",
+      meta.name, meta.geometry.format, meta.name));
+}
+
 Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector<StorageBackend*> backends,
                                              const VolumeOpenOptions& options) {
-  if (meta.geometry.format != kFormat2) {
-    // Before anything is written: a format-1 volume is converted offline, whole (layout-spec.md §9).
-    return Status::InvalidArgument(fmt::format(
-        "volume {}: its chunk files are in format {}, which qbd-master no longer serves: stop qbd-master and "
-        "run `qbdctl convert {}` (offline, resumable), then start it again",
-        meta.name, meta.geometry.format, meta.name));
-  }
+  QBD_RETURN_IF_ERROR(CheckServableFormat(meta));
   if (backends.size() != meta.replicas) {
     return Status::InvalidArgument(fmt::format("volume {}: {} backends for {} replicas", meta.name, backends.size(),
                                                meta.replicas));
