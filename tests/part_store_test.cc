@@ -112,7 +112,7 @@ std::vector<std::byte> WriteTagged(PartStore& store, uint64_t chunk, uint64_t fi
 }  // namespace
 
 TEST_SUITE("part_store") {
-TEST_CASE_TEMPLATE("Read returns the blocks and metas that Write stored", E, MemEnv, LocalEnv) {
+TEST_CASE_TEMPLATE("Read returns the blocks and metas that Write stored", E, MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   std::vector<std::byte> data = Blocks(1, 3);
@@ -141,7 +141,7 @@ TEST_CASE_TEMPLATE("Read returns the blocks and metas that Write stored", E, Mem
 TEST_CASE_TEMPLATE(
     "Write stores block i's data at i * block_size and its slot pair at chunk_size + i * 32, "
     "pending until a sync settles it",
-    E, MemEnv, LocalEnv) {
+    E, MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   const Geometry g = Geo();
   PartStore store(env.backend(), kVol, 'b', g);
@@ -295,7 +295,7 @@ TEST_CASE("a write torn by a crash reads as its previous or its new version, nev
 }
 
 TEST_CASE_TEMPLATE("Write publishes a chunk file at full size and leaves no temporary file", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   WriteTagged(store, 3, 0, 1, 1, 1);
@@ -307,7 +307,7 @@ TEST_CASE_TEMPLATE("Write publishes a chunk file at full size and leaves no temp
   CHECK(*names == std::vector<std::string>{"4"});
 }
 
-TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file is absent", E, MemEnv, LocalEnv) {
+TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file is absent", E, MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   std::vector<std::byte> got(kBs);
@@ -319,7 +319,7 @@ TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file is absent", E, Mem
 }
 
 TEST_CASE_TEMPLATE("Read returns zeros and all-zero metas when blocks were never written", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   WriteTagged(store, 1, 0, 1, 1, 1);
@@ -331,7 +331,7 @@ TEST_CASE_TEMPLATE("Read returns zeros and all-zero metas when blocks were never
 }
 
 TEST_CASE_TEMPLATE("Read returns Corruption listing exactly the damaged block when a byte flipped",
-                   E, MemEnv, LocalEnv) {
+                   E, MemEnv, RemoteMemEnv, LocalEnv) {
   const Geometry g = Geo();
   const struct {
     std::string where;
@@ -371,7 +371,7 @@ TEST_CASE_TEMPLATE("Read returns Corruption listing exactly the damaged block wh
 }
 
 TEST_CASE_TEMPLATE("Read returns Corruption with an empty bad list when the chunk file is short", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   WriteTagged(store, 0, 0, 4, 1, 1);
@@ -392,7 +392,7 @@ TEST_CASE_TEMPLATE("Read returns Corruption with an empty bad list when the chun
   }
 }
 
-TEST_CASE_TEMPLATE("Unwrite makes blocks read as zeros with all-zero metas", E, MemEnv, LocalEnv) {
+TEST_CASE_TEMPLATE("Unwrite makes blocks read as zeros with all-zero metas", E, MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   std::vector<std::byte> data = WriteTagged(store, 0, 0, 10, 5, 3);
@@ -440,7 +440,7 @@ TEST_CASE("Unwrite writes zeros when the backend cannot punch holes") {
 }
 
 TEST_CASE_TEMPLATE("Unwrite returns OK and creates nothing when the chunk file is absent", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   CHECK(store.Unwrite(1, 0, 8, true, nullptr).ok());
@@ -448,7 +448,7 @@ TEST_CASE_TEMPLATE("Unwrite returns OK and creates nothing when the chunk file i
 }
 
 TEST_CASE_TEMPLATE("Read and Write return InvalidArgument when blocks run past the chunk", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo());
   std::vector<std::byte> data = Blocks(1, 2);
@@ -551,7 +551,7 @@ TEST_CASE("Flush syncs only the files written since the last Flush") {
 
 TEST_CASE_TEMPLATE(
     "A cached chunk file is looked up again by name only once the recheck interval passed", E,
-    MemEnv, LocalEnv) {
+    MemEnv, RemoteMemEnv, LocalEnv) {
   // The lookup costs a path walk per request and part; between two of them a removed file is
   // still served from its open handle (the bytes are intact), as on an NFS backend.
   E env;
@@ -637,7 +637,7 @@ TEST_CASE("Read reports Corruption for the block whose bits flip on the way back
 }
 
 TEST_CASE_TEMPLATE("Read returns NotFound when the chunk file was deleted behind the store", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo(), 256, kRecheckEveryCall);
   WriteTagged(store, 0, 0, 1, 1, 1);
@@ -686,7 +686,7 @@ TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was replaced by a
   CHECK(metas[0].generation == 9);
 }
 TEST_CASE_TEMPLATE("Read sees the new file when the chunk file was moved aside and replaced", E,
-                   MemEnv, LocalEnv) {
+                   MemEnv, RemoteMemEnv, LocalEnv) {
   E env;
   PartStore store(env.backend(), kVol, 'a', Geo(), 256, kRecheckEveryCall);
   WriteTagged(store, 0, 0, 1, 1, 1);

@@ -15,6 +15,7 @@
 
 #include "qbd/part_store.h"
 #include "qbd/volume.h"
+#include "testutil/backend_envs.h"
 #include "testutil/mem_backend.h"
 #include "testutil/tagged_blocks.h"
 
@@ -96,12 +97,21 @@ std::vector<int> MatchVersions(std::span<const std::byte> got, const std::vector
 // `kill_at`. After a restart (a new PartStore), every block must read back as A or as what the
 // change made it, and a later write must work and read back.
 struct OnePart {
-  MemBackend mem{"m"};
-  FaultyBackend faulty{mem};
+  // `remote`: a backend that says it is remote, as NFS does (PartStore then keeps each chunk's
+  // slot pairs in memory for its writes).
+  explicit OnePart(bool remote)
+      : owned(remote ? std::make_unique<RemoteMemBackend>("m") : std::make_unique<MemBackend>("m")),
+        mem(*owned),
+        faulty(mem) {
+    Init();
+  }
+  std::unique_ptr<MemBackend> owned;
+  MemBackend& mem;
+  FaultyBackend faulty;
   std::vector<std::byte> a = TaggedBlocks(1, 8, kBs);
   std::vector<std::byte> b = TaggedBlocks(2, 8, kBs);
 
-  OnePart() {
+  void Init() {
     PartStore s(faulty, kVol, 'a', Geo());
     bool created = false;
     REQUIRE(s.Write(0, 0, a, TaggedMetas(a, 1ull << 40 | 1, kBs), false, &created).ok());
@@ -114,14 +124,16 @@ struct OnePart {
 TEST_SUITE("torn_write") {
 TEST_CASE("a write, trim or flush crashed at any step leaves each block its old or its new contents on one part") {
   SilentLog quiet;
+  for (bool remote : {false, true})
   for (Crash crash : {Crash::kProcess, Crash::kPower}) {
     for (int kind = 0; kind < 3; ++kind) {  // 0: write, 1: trim, 2: two writes, the second torn
       bool completed = false;
       for (uint64_t k = 1; !completed && k < 200; ++k) {
+        CAPTURE(remote);
         CAPTURE(static_cast<int>(crash));
         CAPTURE(kind);
         CAPTURE(k);
-        OnePart p;
+        OnePart p(remote);
         std::vector<std::byte> zeros(8 * kBs);
         std::vector<std::byte> c = TaggedBlocks(3, 8, kBs);
         {

@@ -189,6 +189,11 @@ class PartStore {
     std::mutex meta_mu;  // serializes slot-pair updates of this file
     std::unordered_map<uint64_t, Pending> pending;  // GUARDED_BY(meta_mu): by block in chunk
     bool settled_unsynced = false;                  // GUARDED_BY(meta_mu): Settle wrote since a sync
+    // On a remote backend, the whole metadata area as this handle wrote it (read once, kept in
+    // step with every pair write), so that a write costs no round trip to read its pairs (reads
+    // still read what is stored, to check it). Empty until loaded, or after a failed pair write
+    // or a rewrite through another handle. GUARDED_BY(meta_mu).
+    std::vector<std::byte> pair_cache;
   };
 
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
@@ -216,6 +221,11 @@ class PartStore {
   // rewrite stored settled pairs there), the others settled.
   void AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<uint64_t, uint64_t>>& written,
                            uint64_t synced);
+  // Pairs [first, first + out.size() / 32) of h's file into `out`: from h.pair_cache on a remote
+  // backend (the whole area read once), else from the file. REQUIRES: h.meta_mu held.
+  Status ReadPairsLocked(Handle& h, uint64_t first, std::span<std::byte> out);
+  // Writes pairs from block `first` and keeps h.pair_cache in step. REQUIRES: h.meta_mu held.
+  Status WritePairsLocked(Handle& h, uint64_t first, std::span<const std::byte> in);
   // Records a completed unsynced write for the next Flush.
   void MarkUnsynced(const std::shared_ptr<Handle>& h);
   std::string Name(uint64_t chunk) const;
@@ -238,6 +248,7 @@ class PartStore {
   std::atomic<uint64_t> write_seq_{0};  // numbers slot writes
   std::atomic<uint64_t> done_seq_{0};   // numbers completed data writes, for Settle
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
+  bool remote_ = false;                 // backend_.IsRemote(): pairs cached per handle
 };
 
 }  // namespace qbd

@@ -62,6 +62,30 @@ PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometr
   assert(geometry_.format == kFormat2);
   std::vector<std::byte> zeros(geometry_.block_size);
   zero_checksum_ = BlockChecksum(zeros);
+  remote_ = backend_.IsRemote();
+}
+
+Status PartStore::ReadPairsLocked(Handle& h, uint64_t first, std::span<std::byte> out) {
+  if (!remote_) return h.file->ReadAt(geometry_.MetaOffset(first), out);
+  if (h.pair_cache.empty()) {
+    std::vector<std::byte> area(geometry_.BlocksPerChunk() * kSlotPairSize);
+    QBD_RETURN_IF_ERROR(h.file->ReadAt(geometry_.MetaOffset(0), area));
+    h.pair_cache = std::move(area);
+  }
+  std::memcpy(out.data(), h.pair_cache.data() + first * kSlotPairSize, out.size());
+  return Status::OK();
+}
+
+Status PartStore::WritePairsLocked(Handle& h, uint64_t first, std::span<const std::byte> in) {
+  Status s = h.file->WriteAt(geometry_.MetaOffset(first), in);
+  if (!h.pair_cache.empty()) {
+    if (s.ok()) {
+      std::memcpy(h.pair_cache.data() + first * kSlotPairSize, in.data(), in.size());
+    } else {
+      h.pair_cache.clear();  // what the file holds now is unknown: read again
+    }
+  }
+  return s;
 }
 
 PartStore::~PartStore() { CloseAll().IgnoreError(); }
@@ -237,6 +261,7 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   // §4.2: the slot pairs from the metadata area, the data straight into `data`.
   thread_local std::vector<std::byte> pairs;
   if (pairs.size() < n * kSlotPairSize) pairs.resize(n * kSlotPairSize);
+  // Always from the file, never from a handle's pair cache: a read checks what is stored.
   Status s = h->file->ReadAt(geometry_.MetaOffset(first), std::span(pairs.data(), n * kSlotPairSize));
   if (s.ok()) s = h->file->ReadAt(geometry_.DataOffset(first), data);
   if (!s.ok()) {
@@ -284,7 +309,7 @@ Result<uint64_t> PartStore::WriteSlots(Handle& h, uint64_t chunk, uint64_t first
   if (pairs.size() < n * kSlotPairSize) pairs.resize(n * kSlotPairSize);
   std::span<std::byte> buf(pairs.data(), n * kSlotPairSize);
   std::lock_guard<std::mutex> l(h.meta_mu);
-  QBD_RETURN_IF_ERROR(h.file->ReadAt(geometry_.MetaOffset(first), buf));
+  QBD_RETURN_IF_ERROR(ReadPairsLocked(h, first, buf));
   const uint64_t bs = geometry_.block_size;
   for (uint64_t i = 0; i < n; ++i) {
     std::byte* pair = buf.data() + i * kSlotPairSize;
@@ -316,7 +341,7 @@ Result<uint64_t> PartStore::WriteSlots(Handle& h, uint64_t chunk, uint64_t first
     std::memcpy(pair + kSlotSize, current, kSlotSize);
     std::memcpy(pair, slots + i * kSlotSize, kSlotSize);
   }
-  QBD_RETURN_IF_ERROR(h.file->WriteAt(geometry_.MetaOffset(first), buf));
+  QBD_RETURN_IF_ERROR(WritePairsLocked(h, first, buf));
   const uint64_t seq = write_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
   for (uint64_t i = 0; i < n; ++i) {
     const std::byte* pair = buf.data() + i * kSlotPairSize;
@@ -365,7 +390,7 @@ Status PartStore::Settle(Handle& h, uint64_t synced) {
       const std::byte* slot0 = h.pending[blocks[k]].slot0;
       if (DecodeLE64(slot0) != 0) std::memcpy(run.data() + (k - i) * kSlotPairSize, slot0, kSlotSize);
     }
-    s = h.file->WriteAt(geometry_.MetaOffset(blocks[i]), run);
+    s = WritePairsLocked(h, blocks[i], run);
     if (s.ok()) {
       for (size_t k = i; k < j; ++k) h.pending.erase(blocks[k]);
       h.settled_unsynced = true;
@@ -450,6 +475,7 @@ void PartStore::AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<
     for (const auto& [first, end] : written) {
       for (uint64_t b = first; b < end; ++b) h->pending.erase(b);
     }
+    h->pair_cache.clear();  // the rewrite went through another handle
   }
   Settle(*h, synced).IgnoreError();  // a pair left unsettled costs a data read at its next write
 }
@@ -474,7 +500,7 @@ Status PartStore::BlockStates(uint64_t chunk, uint64_t first, uint64_t n, std::v
   QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/false, /*complete=*/false, nullptr));
   std::vector<std::byte> pairs(n * kSlotPairSize);
   std::lock_guard<std::mutex> l(h->meta_mu);
-  QBD_RETURN_IF_ERROR(h->file->ReadAt(geometry_.MetaOffset(first), pairs));
+  QBD_RETURN_IF_ERROR(ReadPairsLocked(*h, first, pairs));
   states->assign(n, BlockState::kData);
   for (uint64_t i = 0; i < n; ++i) {
     const std::byte* pair = pairs.data() + i * kSlotPairSize;

@@ -144,6 +144,7 @@ class FaultyBackend : public StorageBackend {
   Result<FileInfo> Stat(std::string_view path) override;
   Result<std::vector<std::string>> List(std::string_view dir) override;
   std::string FailureDomain() const override { return base_.FailureDomain(); }
+  bool IsRemote() const override { return base_.IsRemote(); }
 
   struct Faults;  // shared with the open ChunkFiles, so that handles may outlive the wrapper
 
