@@ -132,8 +132,10 @@ class PartStore {
   // old handle in between would land in the unlinked file. REQUIRES: no write to the chunk in
   // flight (the caller holds its region locks). Also used after a failed sync whose chunk is
   // recorded dirty (it is resynced): the file is the same, so a write in flight through the old
-  // handle lists it again for the next Flush, as any write does.
-  void DropReplaced(uint64_t chunk);
+  // handle lists it again for the next Flush, as any write does, and with `same_file` the old
+  // handle's pending slot pairs (§4.5) pass to the next handle of the chunk, so that they are
+  // settled all the same.
+  void DropReplaced(uint64_t chunk, bool same_file = false);
 
   // A rewrite of one chunk's records exactly as stored (layout-spec.md §4.2), for repairs
   // (QuorumSet::RepairChunk): either in place, in the existing file, or as a replacement file
@@ -249,6 +251,9 @@ class PartStore {
   std::atomic<uint64_t> done_seq_{0};   // numbers completed data writes, for Settle
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
   bool remote_ = false;                 // backend_.IsRemote(): pairs cached per handle
+  // Pending pairs of handles dropped by DropReplaced(same_file), adopted by the chunk's next
+  // handle. GUARDED_BY(mu_); at most max_open_files_ chunks (beyond, forgotten: a data read each).
+  std::unordered_map<uint64_t, std::unordered_map<uint64_t, Handle::Pending>> orphans_;
 };
 
 }  // namespace qbd

@@ -169,6 +169,12 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
     std::lock_guard<std::mutex> l(mu_);
     if (open_.size() >= max_open_files_) victims = EvictLocked();
     open_[chunk] = h;
+    auto o = orphans_.find(chunk);
+    if (o != orphans_.end()) {
+      // Not yet reachable by any other thread: no meta_mu needed.
+      h->pending = std::move(o->second);
+      orphans_.erase(o);
+    }
   }
   SyncEvicted(victims);
   return h;
@@ -191,8 +197,24 @@ void PartStore::Forget(const std::shared_ptr<Handle>& h) {
   if (it != open_.end() && it->second == h) open_.erase(it);
 }
 
-void PartStore::DropReplaced(uint64_t chunk) {
+void PartStore::DropReplaced(uint64_t chunk, bool same_file) {
+  std::shared_ptr<Handle> old;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = open_.find(chunk);
+    if (it != open_.end()) old = it->second;
+  }
+  std::unordered_map<uint64_t, Handle::Pending> pending;
+  if (old && same_file) {
+    std::lock_guard<std::mutex> ml(old->meta_mu);
+    pending.swap(old->pending);
+  }
   std::lock_guard<std::mutex> l(mu_);
+  if (!same_file) {
+    orphans_.erase(chunk);  // a new file: what was pending in the old one is gone with it
+  } else if (!pending.empty() && orphans_.size() < max_open_files_) {
+    orphans_[chunk] = std::move(pending);
+  }
   open_.erase(chunk);
   // The writes the old handles took are in the rebuilt file, which is synced.
   std::erase_if(unsynced_, [chunk](const std::shared_ptr<Handle>& h) {

@@ -540,7 +540,7 @@ void RepairWorker::FlushFailed(int p, const Status& why, const std::vector<uint6
   // may have dropped the pages; an NFS server that lost them fails every later COMMIT of the
   // handle too, bringing the part down again and resyncing the same regions once more).
   if (recorded) {
-    for (uint64_t c : chunks) p_.stores[p]->DropReplaced(c);
+    for (uint64_t c : chunks) p_.stores[p]->DropReplaced(c, /*same_file=*/true);
   }
 }
 
