@@ -5,7 +5,8 @@
 // volumes. Two crash models:
 //  - the process dies (SIGKILL): the operation at step k and every later one never reach storage,
 //    what reached it stays (FaultyBackend failing everything from step k on);
-//  - the power fails: the same, then every file reverts to its last sync (MemBackend::DropUnsynced).
+//  - the power fails: the same, then every file reverts to its last sync
+//  (MemBackend::DropUnsynced).
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -79,12 +80,13 @@ class SilentLog {
 
 // Each of `n` blocks from `first` of `got` equals the same block of one of `versions` (with the
 // metadata that version's write stamped, when `metas` are given); returns which version per block.
-std::vector<int> MatchVersions(std::span<const std::byte> got, const std::vector<std::vector<std::byte>>& versions,
-                               uint64_t n) {
+std::vector<int> MatchVersions(std::span<const std::byte> got,
+                               const std::vector<std::vector<std::byte>>& versions, uint64_t n) {
   std::vector<int> which(n, -1);
   for (uint64_t b = 0; b < n; ++b) {
     for (size_t v = 0; v < versions.size() && which[b] < 0; ++v) {
-      if (std::equal(got.begin() + b * kBs, got.begin() + (b + 1) * kBs, versions[v].begin() + b * kBs)) {
+      if (std::equal(got.begin() + b * kBs, got.begin() + (b + 1) * kBs,
+                     versions[v].begin() + b * kBs)) {
         which[b] = static_cast<int>(v);
       }
     }
@@ -122,90 +124,99 @@ struct OnePart {
 }  // namespace
 
 TEST_SUITE("torn_write") {
-TEST_CASE("a write, trim or flush crashed at any step leaves each block its old or its new contents on one part") {
+TEST_CASE(
+    "a write, trim or flush crashed at any step leaves each block its old or its new contents on "
+    "one part") {
   SilentLog quiet;
   for (bool remote : {false, true})
-  for (Crash crash : {Crash::kProcess, Crash::kPower}) {
-    for (int kind = 0; kind < 3; ++kind) {  // 0: write, 1: trim, 2: two writes, the second torn
-      bool completed = false;
-      for (uint64_t k = 1; !completed && k < 200; ++k) {
-        CAPTURE(remote);
-        CAPTURE(static_cast<int>(crash));
-        CAPTURE(kind);
-        CAPTURE(k);
-        OnePart p(remote);
-        std::vector<std::byte> zeros(8 * kBs);
-        std::vector<std::byte> c = TaggedBlocks(3, 8, kBs);
-        {
-          Killer killer({&p.faulty});
-          PartStore s(p.faulty, kVol, 'a', Geo());
+    for (Crash crash : {Crash::kProcess, Crash::kPower}) {
+      for (int kind = 0; kind < 3; ++kind) {  // 0: write, 1: trim, 2: two writes, the second torn
+        bool completed = false;
+        for (uint64_t k = 1; !completed && k < 200; ++k) {
+          CAPTURE(remote);
+          CAPTURE(static_cast<int>(crash));
+          CAPTURE(kind);
+          CAPTURE(k);
+          OnePart p(remote);
+          std::vector<std::byte> zeros(8 * kBs);
+          std::vector<std::byte> c = TaggedBlocks(3, 8, kBs);
+          {
+            Killer killer({&p.faulty});
+            PartStore s(p.faulty, kVol, 'a', Geo());
+            bool created = false;
+            if (kind == 2) {
+              // A first write of B completes unflushed (its pairs stay pending), then C is torn.
+              REQUIRE(s.Write(0, 2, std::span(p.b).subspan(2 * kBs, 4 * kBs),
+                              TaggedMetas(std::span(p.b).subspan(2 * kBs, 4 * kBs), 2ull << 40 | 1,
+                                          kBs),
+                              false, &created)
+                          .ok());
+            }
+            killer.Arm(k);
+            if (kind == 1) {
+              s.Unwrite(0, 2, 4, false, &created).IgnoreError();  // fails once killed
+            } else {
+              const auto& data = kind == 0 ? p.b : c;
+              s.Write(0, 2, std::span(data).subspan(2 * kBs, 4 * kBs),
+                      TaggedMetas(std::span(data).subspan(2 * kBs, 4 * kBs), 2ull << 40 | 2, kBs),
+                      false, &created)
+                  .IgnoreError();
+            }
+            s.Flush().IgnoreError();
+            completed = !killer.Fired();
+            killer.Disarm();
+            // The store is dropped as a dead process's would be: its last syncs fail... or, when
+            // the crash came after everything, succeed.
+            p.faulty.FailMatching("");
+          }
+          p.faulty.ClearFaults();
+          if (crash == Crash::kPower) REQUIRE(p.faulty.DropUnsynced().ok());
+          PartStore after(p.mem, kVol, 'a', Geo());
+          std::vector<std::byte> got(8 * kBs);
+          std::vector<BlockMeta> metas(8);
+          std::vector<uint64_t> bad;
+          Status r = after.Read(0, 0, got, metas, &bad);
+          CHECK_MESSAGE(r.ok(), r.ToString());
+          CHECK(bad.empty());
+          std::vector<std::vector<std::byte>> versions = {p.a, kind == 1   ? zeros
+                                                               : kind == 0 ? p.b
+                                                                           : c};
+          if (kind == 2) versions.push_back(p.b);
+          std::vector<int> which = MatchVersions(got, versions, 8);
+          for (uint64_t blk = 0; blk < 8; ++blk) {
+            CAPTURE(blk);
+            if (blk < 2 || blk >= 6) {
+              CHECK(which[blk] == 0);  // untouched
+            } else {
+              CHECK(which[blk] >= 0);  // old or new, never neither
+            }
+          }
+          if (completed && crash == Crash::kProcess) {
+            for (uint64_t blk = 2; blk < 6; ++blk) CHECK(which[blk] == 1);  // all of it landed
+          }
+          // The part keeps working: a new write over the torn blocks, a crash-free flush, reads
+          // back.
+          std::vector<std::byte> d = TaggedBlocks(4, 8, kBs);
           bool created = false;
-          if (kind == 2) {
-            // A first write of B completes unflushed (its pairs stay pending), then C is torn.
-            REQUIRE(s.Write(0, 2, std::span(p.b).subspan(2 * kBs, 4 * kBs),
-                            TaggedMetas(std::span(p.b).subspan(2 * kBs, 4 * kBs), 2ull << 40 | 1, kBs), false,
-                            &created)
-                        .ok());
-          }
-          killer.Arm(k);
-          if (kind == 1) {
-            s.Unwrite(0, 2, 4, false, &created).IgnoreError();  // fails once killed
-          } else {
-            const auto& data = kind == 0 ? p.b : c;
-            s.Write(0, 2, std::span(data).subspan(2 * kBs, 4 * kBs),
-                    TaggedMetas(std::span(data).subspan(2 * kBs, 4 * kBs), 2ull << 40 | 2, kBs), false, &created)
-                .IgnoreError();
-          }
-          s.Flush().IgnoreError();
-          completed = !killer.Fired();
-          killer.Disarm();
-          // The store is dropped as a dead process's would be: its last syncs fail... or, when
-          // the crash came after everything, succeed.
-          p.faulty.FailMatching("");
-        }
-        p.faulty.ClearFaults();
-        if (crash == Crash::kPower) REQUIRE(p.faulty.DropUnsynced().ok());
-        PartStore after(p.mem, kVol, 'a', Geo());
-        std::vector<std::byte> got(8 * kBs);
-        std::vector<BlockMeta> metas(8);
-        std::vector<uint64_t> bad;
-        Status r = after.Read(0, 0, got, metas, &bad);
-        CHECK_MESSAGE(r.ok(), r.ToString());
-        CHECK(bad.empty());
-        std::vector<std::vector<std::byte>> versions = {p.a, kind == 1 ? zeros : kind == 0 ? p.b : c};
-        if (kind == 2) versions.push_back(p.b);
-        std::vector<int> which = MatchVersions(got, versions, 8);
-        for (uint64_t blk = 0; blk < 8; ++blk) {
-          CAPTURE(blk);
-          if (blk < 2 || blk >= 6) {
-            CHECK(which[blk] == 0);  // untouched
-          } else {
-            CHECK(which[blk] >= 0);  // old or new, never neither
+          REQUIRE(after.Write(0, 0, d, TaggedMetas(d, 3ull << 40 | 1, kBs), false, &created).ok());
+          REQUIRE(after.Flush().ok());
+          REQUIRE(after.Read(0, 0, got, metas, nullptr).ok());
+          CHECK(got == d);
+          // Every pair is settled after the flush: slot 1 empty.
+          auto raw = p.mem.Contents(ChunkPath(kVol, 'a', 0));
+          REQUIRE(raw.ok());
+          for (uint64_t blk = 0; blk < 8; ++blk) {
+            CHECK(SlotEmpty(raw->data() + Geo().MetaOffset(blk) + kSlotSize));
           }
         }
-        if (completed && crash == Crash::kProcess) {
-          for (uint64_t blk = 2; blk < 6; ++blk) CHECK(which[blk] == 1);  // all of it landed
-        }
-        // The part keeps working: a new write over the torn blocks, a crash-free flush, reads back.
-        std::vector<std::byte> d = TaggedBlocks(4, 8, kBs);
-        bool created = false;
-        REQUIRE(after.Write(0, 0, d, TaggedMetas(d, 3ull << 40 | 1, kBs), false, &created).ok());
-        REQUIRE(after.Flush().ok());
-        REQUIRE(after.Read(0, 0, got, metas, nullptr).ok());
-        CHECK(got == d);
-        // Every pair is settled after the flush: slot 1 empty.
-        auto raw = p.mem.Contents(ChunkPath(kVol, 'a', 0));
-        REQUIRE(raw.ok());
-        for (uint64_t blk = 0; blk < 8; ++blk) {
-          CHECK(SlotEmpty(raw->data() + Geo().MetaOffset(blk) + kSlotSize));
-        }
+        CHECK(completed);  // the loop reached a step past the end of the sequence
       }
-      CHECK(completed);  // the loop reached a step past the end of the sequence
     }
-  }
 }
 
-TEST_CASE("a write crashed at any step reads as the old or the new contents through single-part and replicated volumes") {
+TEST_CASE(
+    "a write crashed at any step reads as the old or the new contents through single-part and "
+    "replicated volumes") {
   SilentLog quiet;
   for (uint32_t replicas : {1u, 3u}) {
     for (Crash crash : {Crash::kProcess, Crash::kPower}) {
@@ -241,7 +252,9 @@ TEST_CASE("a write crashed at any step reads as the old or the new contents thro
           REQUIRE((*v)->handler()->Flush().ok());
           Killer killer(fs);
           killer.Arm(k);
-          (*v)->handler()->Write(off + kBs, std::span(b).subspan(kBs, 4 * kBs), false).IgnoreError();
+          (*v)->handler()
+              ->Write(off + kBs, std::span(b).subspan(kBs, 4 * kBs), false)
+              .IgnoreError();
           (*v)->handler()->Flush().IgnoreError();
           completed = !killer.Fired();
           killer.Disarm();
