@@ -171,31 +171,50 @@ class PartStore {
   Result<std::unique_ptr<ChunkRewrite>> BuildReplacement(uint64_t chunk);
 
  private:
+  // A chunk file's slot-pair state (§4.5), shared by the handles of one file: a handle dropped
+  // after a failed sync passes it to the chunk's next handle, so that writes still in flight
+  // through the old one record their completion where the new one settles them.
+  struct SlotState {
+    // Blocks whose slot pair holds a write's new slot beside the previous one, until a sync
+    // after the data write lets Settle() clear the previous one.
+    struct Pending {
+      uint64_t seq = 0;       // PartStore::write_seq_ when the slots were written
+      bool done = false;      // the data write completed
+      uint64_t done_seq = 0;  // PartStore::done_seq_ when it did: a sync begun later covers it
+      std::byte slot0[kSlotSize];  // the new slot (slot 0 of the pair)
+    };
+    std::mutex mu;  // serializes slot-pair updates of the file
+    std::unordered_map<uint64_t, Pending> pending;  // GUARDED_BY(mu): by block in chunk
+    bool settled_unsynced = false;                  // GUARDED_BY(mu): Settle wrote since a sync
+    // On a remote backend, the whole metadata area as written (read once, kept in step with
+    // every pair write), so that a write costs no round trip to read its pairs (reads still
+    // read what is stored, to check it). Empty until loaded, or after a failed pair write or a
+    // rewrite through another handle. GUARDED_BY(mu).
+    std::vector<std::byte> pair_cache;
+  };
   // A cached open chunk file.
   struct Handle {
-    Handle(uint64_t c, std::unique_ptr<ChunkFile> f, int64_t now_ns)
-        : chunk(c), file(std::move(f)), checked_ns(now_ns) {}
+    Handle(uint64_t c, std::unique_ptr<ChunkFile> f, int64_t now_ns, std::shared_ptr<SlotState> st)
+        : chunk(c),
+          file(std::move(f)),
+          checked_ns(now_ns),
+          state(st ? std::move(st) : std::make_shared<SlotState>()),
+          meta_mu(state->mu),
+          pending(state->pending),
+          settled_unsynced(state->settled_unsynced),
+          pair_cache(state->pair_cache) {}
+    using Pending = SlotState::Pending;
     const uint64_t chunk;
     const std::unique_ptr<ChunkFile> file;
     std::atomic<int64_t> checked_ns;    // when it was opened or Detached() last said no
     std::atomic<bool> unsynced{false};  // written since its last sync (see MarkUnsynced)
     bool listed = false;                // GUARDED_BY(mu_): in unsynced_
-    // Blocks whose slot pair holds a write's new slot beside the previous one (§4.5), until a
-    // sync after the data write lets Settle() clear the previous one.
-    struct Pending {
-      uint64_t seq = 0;    // PartStore::write_seq_ when the slots were written
-      bool done = false;   // the data write completed
-      uint64_t done_seq = 0;  // PartStore::done_seq_ when it did: a sync begun later covers it
-      std::byte slot0[kSlotSize];  // the new slot (slot 0 of the pair)
-    };
-    std::mutex meta_mu;  // serializes slot-pair updates of this file
-    std::unordered_map<uint64_t, Pending> pending;  // GUARDED_BY(meta_mu): by block in chunk
-    bool settled_unsynced = false;                  // GUARDED_BY(meta_mu): Settle wrote since a sync
-    // On a remote backend, the whole metadata area as this handle wrote it (read once, kept in
-    // step with every pair write), so that a write costs no round trip to read its pairs (reads
-    // still read what is stored, to check it). Empty until loaded, or after a failed pair write
-    // or a rewrite through another handle. GUARDED_BY(meta_mu).
-    std::vector<std::byte> pair_cache;
+    const std::shared_ptr<SlotState> state;
+    // The members of `state`, by their names here.
+    std::mutex& meta_mu;
+    std::unordered_map<uint64_t, Pending>& pending;
+    bool& settled_unsynced;
+    std::vector<std::byte>& pair_cache;
   };
 
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
@@ -253,7 +272,7 @@ class PartStore {
   bool remote_ = false;                 // backend_.IsRemote(): pairs cached per handle
   // Pending pairs of handles dropped by DropReplaced(same_file), adopted by the chunk's next
   // handle. GUARDED_BY(mu_); at most max_open_files_ chunks (beyond, forgotten: a data read each).
-  std::unordered_map<uint64_t, std::unordered_map<uint64_t, Handle::Pending>> orphans_;
+  std::unordered_map<uint64_t, std::shared_ptr<SlotState>> orphans_;
 };
 
 }  // namespace qbd

@@ -148,7 +148,17 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
     opened = backend_.Open(path);
     if (!opened.ok()) return opened.status();
   }
-  auto h = std::make_shared<Handle>(chunk, std::move(opened).value(), recheck_ns_ > 0 ? NowNs() : 0);
+  std::shared_ptr<SlotState> adopted;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto o = orphans_.find(chunk);
+    if (o != orphans_.end()) {
+      adopted = std::move(o->second);
+      orphans_.erase(o);
+    }
+  }
+  auto h = std::make_shared<Handle>(chunk, std::move(opened).value(), recheck_ns_ > 0 ? NowNs() : 0,
+                                    std::move(adopted));
   // The slot pairs of the whole chunk in one read-ahead (32 KiB for 4 MiB of 4 KiB blocks), not a
   // page at a time as the requests touch them (§4.2).
   h->file->WillNeed(geometry_.chunk_size, geometry_.BlocksPerChunk() * kSlotPairSize);
@@ -169,12 +179,6 @@ Result<std::shared_ptr<PartStore::Handle>> PartStore::GetFile(uint64_t chunk, bo
     std::lock_guard<std::mutex> l(mu_);
     if (open_.size() >= max_open_files_) victims = EvictLocked();
     open_[chunk] = h;
-    auto o = orphans_.find(chunk);
-    if (o != orphans_.end()) {
-      // Not yet reachable by any other thread: no meta_mu needed.
-      h->pending = std::move(o->second);
-      orphans_.erase(o);
-    }
   }
   SyncEvicted(victims);
   return h;
@@ -198,24 +202,14 @@ void PartStore::Forget(const std::shared_ptr<Handle>& h) {
 }
 
 void PartStore::DropReplaced(uint64_t chunk, bool same_file) {
-  std::shared_ptr<Handle> old;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = open_.find(chunk);
-    if (it != open_.end()) old = it->second;
-  }
-  std::unordered_map<uint64_t, Handle::Pending> pending;
-  if (old && same_file) {
-    std::lock_guard<std::mutex> ml(old->meta_mu);
-    pending.swap(old->pending);
-  }
   std::lock_guard<std::mutex> l(mu_);
+  auto it = open_.find(chunk);
   if (!same_file) {
     orphans_.erase(chunk);  // a new file: what was pending in the old one is gone with it
-  } else if (!pending.empty() && orphans_.size() < max_open_files_) {
-    orphans_[chunk] = std::move(pending);
+  } else if (it != open_.end() && orphans_.size() < max_open_files_) {
+    orphans_[chunk] = it->second->state;  // writes in flight through the old handle update it too
   }
-  open_.erase(chunk);
+  if (it != open_.end()) open_.erase(it);
   // The writes the old handles took are in the rebuilt file, which is synced.
   std::erase_if(unsynced_, [chunk](const std::shared_ptr<Handle>& h) {
     if (h->chunk != chunk) return false;
