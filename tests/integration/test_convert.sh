@@ -52,10 +52,10 @@ else
   show "$T/master-f1.log"
 fi
 # The configuration's lock (qbd-master holds it while it runs) held by another process.
-flock -n -o "$T/qbd.sock.lock" sleep 60 &
+flock -o "$T/qbd.sock.lock" sleep 60 &  # blocks until free: never -n, which fails at once on a slow machine
 LOCK_PID=$!
 track $LOCK_PID
-wait_until 5 bash -c "! flock -n '$T/qbd.sock.lock' true" || die setup "flock did not take $T/qbd.sock.lock"
+wait_until 60 bash -c "! flock -n '$T/qbd.sock.lock' true" || die setup "flock did not take $T/qbd.sock.lock"
 qbdctl convert v >"$T/convert-locked.out" 2>&1
 rc=$?
 if [ $rc = 1 ] && grep -q "is qbd-master starting or stopping" "$T/convert-locked.out" && [ "$(tree_sum)" = "$before" ]; then
