@@ -73,9 +73,12 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/futex.h>
+// libnfs-raw.h needs the definitions of libnfs.h first.
+// clang-format off
 #include <nfsc/libnfs.h>
 #include <nfsc/libnfs-raw.h>
 #include <nfsc/libnfs-raw-nfs.h>
+// clang-format on
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -284,25 +287,25 @@ struct Call {
   // kFh: nfsfh**; kStat: nfs_stat_64*; kDir: std::vector<DirEntry>*; kRead3: ReadTarget*;
   // kWrite3, kCommit3: WriteVerdict*.
   void* out = nullptr;
-  uint64_t at = 0;     // kRead3, kWrite3: the file range
+  uint64_t at = 0;  // kRead3, kWrite3: the file range
   uint64_t count = 0;
   // Starts the call on `nfs` with this Call as libnfs' private data; 0 when queued (libnfs then
   // calls back exactly once, maybe before it returns), else nothing was queued.
   int (*start)(const void* fn, nfs_context* nfs, Call* call) = nullptr;
   const void* start_fn = nullptr;
-  std::string_view what;    // "write", for messages
-  std::string_view object;  // "nfs://host/export/1/a/5"
-  bool trial = false;       // the breaker's trial call (Client::Admit)
-  bool local = false;       // sends nothing (closing a handle): not an answer from the server
+  std::string_view what;     // "write", for messages
+  std::string_view object;   // "nfs://host/export/1/a/5"
+  bool trial = false;        // the breaker's trial call (Client::Admit)
+  bool local = false;        // sends nothing (closing a handle): not an answer from the server
   Client* client = nullptr;  // the loop running it; nullptr for RunPrivate
 
   // Result.
-  int slot = -1;          // the context it ran on
-  int status = 0;         // >= 0 (bytes for READ and WRITE) or -errno
-  bool eof = false;       // kRead3: the server said the file ends after the data
-  bool broken = false;    // the connection failed: the context is gone
-  bool unsent = false;    // no context was connected: nothing was sent
-  std::string error;      // libnfs' message
+  int slot = -1;        // the context it ran on
+  int status = 0;       // >= 0 (bytes for READ and WRITE) or -errno
+  bool eof = false;     // kRead3: the server said the file ends after the data
+  bool broken = false;  // the connection failed: the context is gone
+  bool unsent = false;  // no context was connected: nothing was sent
+  std::string error;    // libnfs' message
   Completion done;
 
   template <typename Start>
@@ -363,8 +366,8 @@ void OnReply(int status, nfs_context* nfs, void* data, void* private_data) {
         while (struct nfsdirent* e = nfs_readdir(nfs, d)) {
           std::string_view n = e->name;
           if (n == "." || n == "..") continue;
-          out->push_back(DirEntry{std::string(n),
-                                  FileInfo{static_cast<uint64_t>(e->size), S_ISDIR(e->mode)}});
+          out->push_back(
+              DirEntry{std::string(n), FileInfo{static_cast<uint64_t>(e->size), S_ISDIR(e->mode)}});
         }
         nfs_closedir(nfs, d);
         break;
@@ -615,8 +618,8 @@ class Client {
   static Status StatusOf(const Call& c) {
     if (c.status >= 0) return Status::OK();
     const int err = -c.status;
-    std::string msg = fmt::format("{} {}: {}", c.what, c.object,
-                                  c.error.empty() ? std::strerror(err) : c.error);
+    std::string msg =
+        fmt::format("{} {}: {}", c.what, c.object, c.error.empty() ? std::strerror(err) : c.error);
     if (c.broken || c.unsent) return Status::IOError(std::move(msg), EIO);
     if (err == ENOENT) return Status::NotFound(std::move(msg));
     return Status::IOError(std::move(msg), err);
@@ -660,9 +663,9 @@ class Client {
  private:
   struct Slot {
     enum class State { kEmpty, kConnecting, kLive };
-    State state = State::kEmpty;     // GUARDED_BY(mu_)
-    nfs_context* nfs = nullptr;      // GUARDED_BY(mu_); kLive: owned by the loop
-    std::atomic<int> inflight{0};    // calls started on it and not completed (the loop counts)
+    State state = State::kEmpty;   // GUARDED_BY(mu_)
+    nfs_context* nfs = nullptr;    // GUARDED_BY(mu_); kLive: owned by the loop
+    std::atomic<int> inflight{0};  // calls started on it and not completed (the loop counts)
   };
 
   Client(std::string url, NfsUrl parsed, const NfsOptions& options, int event_fd)
@@ -733,6 +736,9 @@ class Client {
         slots_[empty].state = Slot::State::kEmpty;
         if (healthy_ || trial) OpenBreakerLocked(c.status().message());
         if (trial) trial_running_ = false;
+        // As for a call whose connection failed, the errno is EIO whatever libnfs used (a timed
+        // out mount is EINTR); an answer from the server (EACCES, ENOENT...) keeps its own.
+        if (ConnectionBroken(c.status().Errno())) return Status::IOError(c.status().message(), EIO);
         return c.status();
       }
       slots_[empty].state = Slot::State::kLive;
@@ -866,16 +872,21 @@ class Client {
       }
       DestroyDying();
 
+      // Sleep until a socket or the eventfd has something, or the next timeout scan is due (with
+      // no call in flight there is nothing to time out: sleep until woken).
       pfds.assign(1, {event_fd_, POLLIN, 0});
       polled.clear();
+      bool busy = false;
       for (size_t i = 0; i < slots_.size(); ++i) {
         if (nfs_[i] == nullptr) continue;
         pfds.push_back({nfs_get_fd(nfs_[i]), static_cast<short>(nfs_which_events(nfs_[i])), 0});
         polled.push_back(i);
+        busy = busy || slots_[i].inflight.load(std::memory_order_relaxed) > 0;
       }
       const auto since_scan =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_scan).count();
-      int timeout = static_cast<int>(std::max<int64_t>(0, kScanIntervalMs - since_scan));
+      int timeout =
+          busy ? static_cast<int>(std::max<int64_t>(0, kScanIntervalMs - since_scan)) : -1;
       {
         std::lock_guard<std::mutex> l(mu_);
         if (dirty_) {
@@ -1149,20 +1160,20 @@ class NfsFile final : public ChunkFile {
       args.count = static_cast<count3>(c->count);
       return rpc_nfs3_read_async(nfs_get_rpc_context(n), OnRpcReply, &args, c);
     };
-    return Transfer("read", Call::Kind::kRead3, &target, offset, total, client_->ReadMax(), start,
-                    [this](const Part& p) {
-                      const Call& c = p.call;
-                      const auto got = static_cast<uint64_t>(c.status);
-                      if (got < c.count && c.eof) {
-                        return Status::Corruption(
-                            fmt::format("short read {} at {}", name_, c.at + got));
-                      }
-                      if (got == 0) {
-                        return Status::IOError(
-                            fmt::format("read {} at {}: no data and no end of file", name_, c.at));
-                      }
-                      return Status::OK();
-                    });
+    return Transfer(
+        "read", Call::Kind::kRead3, &target, offset, total, client_->ReadMax(), start,
+        [this](const Part& p) {
+          const Call& c = p.call;
+          const auto got = static_cast<uint64_t>(c.status);
+          if (got < c.count && c.eof) {
+            return Status::Corruption(fmt::format("short read {} at {}", name_, c.at + got));
+          }
+          if (got == 0) {
+            return Status::IOError(
+                fmt::format("read {} at {}: no data and no end of file", name_, c.at));
+          }
+          return Status::OK();
+        });
   }
 
   // UNSTABLE WRITEs of at most the server's write size each; see "Reads and writes" above.
@@ -1175,8 +1186,8 @@ class NfsFile final : public ChunkFile {
       args.count = static_cast<count3>(c->count);
       args.stable = UNSTABLE;
       args.data.data_len = static_cast<u_int>(c->count);
-      args.data.data_val = reinterpret_cast<char*>(const_cast<std::byte*>(in.data())) +
-                           (c->at - offset);
+      args.data.data_val =
+          reinterpret_cast<char*>(const_cast<std::byte*>(in.data())) + (c->at - offset);
       return rpc_nfs3_write_async(nfs_get_rpc_context(n), OnRpcReply, &args, c);
     };
     return Transfer("write", Call::Kind::kWrite3, nullptr, offset, in.size(), client_->WriteMax(),
@@ -1208,9 +1219,9 @@ class NfsFile final : public ChunkFile {
 
   Result<uint64_t> Size() override {
     struct nfs_stat_64 st = {};
-    QBD_RETURN_IF_ERROR(
-        Call1("fstat", Call::Kind::kStat, &st,
-              [this](nfs_context* n, Call* c) { return nfs_fstat64_async(n, fh_, OnReply, c); }));
+    QBD_RETURN_IF_ERROR(Call1("fstat", Call::Kind::kStat, &st, [this](nfs_context* n, Call* c) {
+      return nfs_fstat64_async(n, fh_, OnReply, c);
+    }));
     return static_cast<uint64_t>(st.nfs_size);
   }
 
@@ -1321,12 +1332,13 @@ class NfsFile final : public ChunkFile {
       covers = written_;
     }
     WriteVerdict verdict;
-    QBD_RETURN_IF_ERROR(Call1("commit", Call::Kind::kCommit3, &verdict, [&](nfs_context* n, Call* c) {
-      COMMIT3args args{};
-      args.file.data.data_len = static_cast<u_int>(handle_->len);
-      args.file.data.data_val = handle_->val;
-      return rpc_nfs3_commit_async(nfs_get_rpc_context(n), OnRpcReply, &args, c);
-    }));
+    QBD_RETURN_IF_ERROR(
+        Call1("commit", Call::Kind::kCommit3, &verdict, [&](nfs_context* n, Call* c) {
+          COMMIT3args args{};
+          args.file.data.data_len = static_cast<u_int>(handle_->len);
+          args.file.data.data_val = handle_->val;
+          return rpc_nfs3_commit_async(nfs_get_rpc_context(n), OnRpcReply, &args, c);
+        }));
     std::lock_guard<std::mutex> l(state_mu_);
     const bool lost = restarted_ || verdict.verf != verf_;
     committed_ = std::max(committed_, covers);
@@ -1336,9 +1348,10 @@ class NfsFile final : public ChunkFile {
       restarted_ = written_ > covers;
       verf_ = verdict.verf;
       return Status::IOError(
-          fmt::format("commit {}: the server restarted since the last COMMIT (write verifier changed); "
-                      "writes since then may be lost",
-                      name_),
+          fmt::format(
+              "commit {}: the server restarted since the last COMMIT (write verifier changed); "
+              "writes since then may be lost",
+              name_),
           EIO);
     }
     return Status::OK();
@@ -1366,10 +1379,10 @@ class NfsFile final : public ChunkFile {
   const uint64_t ino_;      // the inode seen at open
   std::atomic<bool> detached_{false};
   std::atomic<int64_t> last_check_ns_{NowNs()};  // of Detached(); opening counts as one
-  std::mutex commit_mu_;  // one COMMIT at a time
-  std::mutex state_mu_;   // guards the four below (never held across an RPC)
-  uint64_t written_ = 0;    // UNSTABLE WRITEs completed
-  uint64_t committed_ = 0;  // how many of them the last good COMMIT covered
+  std::mutex commit_mu_;                         // one COMMIT at a time
+  std::mutex state_mu_;                          // guards the four below (never held across an RPC)
+  uint64_t written_ = 0;                         // UNSTABLE WRITEs completed
+  uint64_t committed_ = 0;                       // how many of them the last good COMMIT covered
   std::array<char, NFS3_WRITEVERFSIZE> verf_{};  // the verifier of the uncommitted ones
   bool restarted_ = false;  // an uncommitted WRITE saw another verifier than verf_
 };
@@ -1507,10 +1520,9 @@ class NfsBackend final : public StorageBackend {
   }
 
   Status StatOn(const std::string& full, struct nfs_stat_64* st) const {
-    return client_->Run("stat", client_->Name(full), Call::Kind::kStat, st,
-                        [&full](nfs_context* n, Call* c) {
-                          return nfs_stat64_async(n, full.c_str(), OnReply, c);
-                        });
+    return client_->Run(
+        "stat", client_->Name(full), Call::Kind::kStat, st,
+        [&full](nfs_context* n, Call* c) { return nfs_stat64_async(n, full.c_str(), OnReply, c); });
   }
 
   Status IsDir(const struct nfs_stat_64& st, const std::string& full) const {
