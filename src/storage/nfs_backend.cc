@@ -1,26 +1,30 @@
 // NfsBackend: a StorageBackend on one NFSv3 export, reached through userspace libnfs (no kernel
 // mount). The only file that includes <nfsc/libnfs.h>.
 //
-// Event loop. libnfs 4.0 (Debian 12) is not thread-safe per nfs_context, so each backend has one
-// thread of its own, the loop, which owns its `NfsOptions::contexts` contexts (each its own TCP
-// connection and mount) and is the only thread that touches a connected context. A caller (a
-// ChunkFile or backend method) describes its call (a Call on its stack), hands it to the loop and
-// sleeps on the call's futex; the loop starts it on the context with the fewest calls in flight,
-// sends it at once, polls every context's socket and an eventfd (new calls) in one poll(), runs
-// libnfs' callbacks (nfs_service) and wakes each caller as its reply arrives. Any number of calls
-// are in flight on one context, as in qemu's nfs:// driver. Why, measured on 2 cores (4 KiB random
-// writes through qbd-master, one nfs-ganesha on 127.0.0.1): lending each context to one caller
-// at a time cost 4 context switches and 45-60 us of qbd-master CPU per write (callers waiting for
-// a free context, woken all at once, and each polling its own socket), against 0.3 switches and
-// 17-22 us for qemu-nbd; on a shared 2-core machine that CPU is the throughput.
+// Contexts and the loop. libnfs 4.0 (Debian 12) is not thread-safe per nfs_context, so each of the
+// backend's `NfsOptions::contexts` contexts (each its own TCP connection and mount) has a mutex,
+// held for every libnfs call on it, and any number of calls are in flight on one context, as in
+// qemu's nfs:// driver. A caller (a ChunkFile or backend method) describes its call (a Call on its
+// stack), starts it itself on the context with the fewest calls in flight (encodes it and sends
+// it, under that context's mutex) and sleeps on the call's futex. One thread per backend, the
+// loop, polls every context's socket in one poll(), runs libnfs' callbacks for the replies
+// (nfs_service, under the context's mutex) and wakes each caller as its reply arrives; it also
+// fails calls that timed out and destroys contexts whose connection failed. Why, measured on
+// 2 cores (one nfs-ganesha on 127.0.0.1, fio through qbd-master): lending each context to one
+// caller per call cost 45-60 us of qbd-master CPU and 4 context switches per 4 KiB write (callers
+// waiting for a free context, all woken at each release, each polling its own socket twice),
+// against 17-22 us and 0.3 switches for qemu-nbd on nfs://; now 30-36 us and 1.7-2.6 switches.
+// Handing the calls to the loop to send as well cost 1 MiB writes a fifth of their throughput:
+// the loop then did every WRITE's encoding and its copy into the socket alone (68% of
+// qbd-master's CPU on that one thread), which callers do side by side.
 //
 // Calls. Every call is one of libnfs' asynchronous functions (nfs_*_async, or a raw NFSv3 RPC)
-// whose callback fills in the Call. The loop completes every call it is given: with the server's
-// answer, with a timeout (libnfs checks them in nfs_service, which the loop runs at least every
-// 100 ms on every context with calls in flight), or cancelled when its context is destroyed (libnfs
-// calls back every pending request then). So a Call can live on its caller's stack. A context is
-// created and mounted (nfs_mount, synchronous) on the thread of the caller that needs it and
-// handed to the loop only once it works; the first mount also finds the export (see Connect).
+// whose callback fills in the Call. Every started call completes: with the server's answer, with
+// a timeout (libnfs checks them in nfs_service, which the loop runs at least every 100 ms on every
+// context with calls in flight), or cancelled when its context is destroyed (libnfs calls back
+// every pending request then). So a Call can live on its caller's stack. A context is created and
+// mounted (nfs_mount, synchronous) on the thread of the caller that needs it and published to the
+// others only once it works; the first mount also finds the export (see Connect).
 //
 // File handles. An NFSv3 file handle is the server's name for the file, valid on any connection to
 // that server and across reconnects (libnfs' struct nfsfh holds the handle bytes and no pointer to
@@ -63,13 +67,13 @@
 //     others keep failing fast until it ends. Any call that gets an answer from the server closes
 //     the breaker and resets the backoff; a failed trial doubles it. Calls still in flight when the
 //     breaker opened do not extend it.
-// Reconnects therefore happen at most once per second. No lock is held across an RPC, a connect or
-// a sleep (there are no sleeps: callers fail fast or wait for their own calls).
+// Reconnects therefore happen at most once per second. No lock is held while waiting for a reply,
+// a connect or a sleep (there are no sleeps: callers fail fast or wait for their own calls).
 //
 // Thread-safety: NfsBackend is safe for concurrent use; so is an NfsFile (its COMMITs are
-// serialized). Lock order: NfsFile::commit_mu_, then Client::mu_ or NfsFile::state_mu_. NfsFile
-// and NfsBackend share the Client (shared_ptr), so a file may outlive its backend; the loop thread
-// ends with the Client.
+// serialized). Lock order: NfsFile::commit_mu_, then Client::Slot::mu (a context's), then
+// Client::mu_; NfsFile::state_mu_ is taken alone. NfsFile and NfsBackend share the Client
+// (shared_ptr), so a file may outlive its backend; the loop thread ends with the Client.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/futex.h>
@@ -276,9 +280,9 @@ struct LibnfsFh {
 
 class Client;
 
-// One libnfs call, run by the loop for a caller that waits on `done`. The caller fills in the
-// request fields and keeps the Call alive until `done` fires; the loop (or the libnfs callback it
-// runs) fills in the result fields before it signals.
+// One libnfs call, started by its caller (Client::Start), which then waits on `done`. The caller
+// fills in the request fields and keeps the Call alive until `done` fires; the libnfs callback
+// (OnReply, OnRpcReply), run by whichever thread holds the context's lock, fills in the result.
 struct Call {
   enum class Kind { kNone, kFh, kStat, kDir, kRead3, kWrite3, kCommit3 };
 
@@ -297,7 +301,7 @@ struct Call {
   std::string_view object;   // "nfs://host/export/1/a/5"
   bool trial = false;        // the breaker's trial call (Client::Admit)
   bool local = false;        // sends nothing (closing a handle): not an answer from the server
-  Client* client = nullptr;  // the loop running it; nullptr for RunPrivate
+  Client* client = nullptr;  // whose context runs it; nullptr for RunPrivate
 
   // Result.
   int slot = -1;        // the context it ran on
@@ -359,8 +363,8 @@ void OnReply(int status, nfs_context* nfs, void* data, void* private_data) {
         *static_cast<struct nfs_stat_64*>(c->out) = *static_cast<struct nfs_stat_64*>(data);
         break;
       case Call::Kind::kDir: {
-        // READDIRPLUS brought every entry's attributes along: no call per file. Read here, on the
-        // loop, because nfs_readdir and nfs_closedir take the context.
+        // READDIRPLUS brought every entry's attributes along: no call per file. Read here, under
+        // the context's lock, because nfs_readdir and nfs_closedir take the context.
         auto* d = static_cast<struct nfsdir*>(data);
         auto* out = static_cast<std::vector<DirEntry>*>(c->out);
         while (struct nfsdirent* e = nfs_readdir(nfs, d)) {
@@ -456,10 +460,10 @@ void OnRpcReply(rpc_context* rpc, int status, void* data, void* private_data) {
   Finish(c);
 }
 
-// Runs `c` on `*nfs`, a context no other thread uses (Client::Connect sets it up before the loop
-// gets it), with a poll loop of its own until `c` completes. When the socket fails first, destroys
-// the context, which completes `c` (libnfs cancels it), and sets *nfs to nullptr. Sets c->broken
-// when the connection failed.
+// Runs `c` on `*nfs`, a context no other thread uses (Client::Connect sets it up before it is
+// published), with a poll loop of its own until `c` completes. When the socket fails first,
+// destroys the context, which completes `c` (libnfs cancels it), and sets *nfs to nullptr. Sets
+// c->broken when the connection failed.
 void RunPrivate(nfs_context** nfs, Call* c) {
   c->client = nullptr;
   c->done.Reset();
@@ -493,8 +497,8 @@ int SynCountFor(int timeout_ms) {
   return n;
 }
 
-// The contexts of one backend, the loop thread that owns them, and the reconnect policy (see the
-// top of this file).
+// The contexts of one backend, the loop thread that receives their replies, and the reconnect
+// policy (see the top of this file).
 class Client {
  public:
   static Result<std::shared_ptr<Client>> Create(std::string url, NfsUrl parsed,
@@ -582,14 +586,14 @@ class Client {
         c->error.clear();
         c->done.Reset();
       }
-      Submit(calls);
+      for (Call* c : calls) Start(c);
       std::vector<Call*> unsent;
       for (Call* c : calls) {
         c->done.Wait();
         if (c->unsent) unsent.push_back(c);
       }
-      // Unsent: the only context died between Admit and the loop starting the call. Nothing was
-      // sent, so it is safe to try again (the next Admit connects a context).
+      // Unsent: every context died between Admit and Start. Nothing was sent, so it is safe to
+      // try again (the next Admit connects a context).
       if (unsent.empty() || attempt == 3) return Status::OK();
       if (trial && unsent.size() == calls.size()) EndTrial();
       retry.swap(unsent);
@@ -646,13 +650,14 @@ class Client {
     return Admit(&none).status();
   }
 
-  // The loop (in a libnfs callback or when it cannot start a call): records `c`'s outcome on its
-  // context and the breaker, and wakes its caller. `c` may be gone once this returns.
+  // Records `c`'s outcome on its context and the breaker, and wakes its caller; `c` may be gone
+  // once this returns. Runs where libnfs calls back: in whichever thread holds the context's lock
+  // (the loop, or a caller starting a call), or in Start when a call could not be started.
   void Finished(Call* c) {
     if (c->slot >= 0) slots_[c->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
     if (c->status < 0 && ConnectionBroken(-c->status)) {
       c->broken = true;
-      if (c->slot >= 0) dying_[c->slot] = true;  // destroyed once nfs_service returns
+      if (c->slot >= 0) MarkDying(slots_[c->slot]);
       NoteOutcome(*c, /*broken=*/true);
     } else if (!c->local) {
       NoteOutcome(*c, /*broken=*/false);
@@ -661,11 +666,17 @@ class Client {
   }
 
  private:
+  // One context. Every libnfs call on it, from any thread, holds its `mu`.
   struct Slot {
     enum class State { kEmpty, kConnecting, kLive };
-    State state = State::kEmpty;   // GUARDED_BY(mu_)
-    nfs_context* nfs = nullptr;    // GUARDED_BY(mu_); kLive: owned by the loop
-    std::atomic<int> inflight{0};  // calls started on it and not completed (the loop counts)
+    State state = State::kEmpty;        // GUARDED_BY(Client::mu_)
+    std::mutex mu;                      // lock order: Slot::mu, then Client::mu_
+    nfs_context* nfs = nullptr;         // GUARDED_BY(mu)
+    std::atomic<int> fd{-1};            // its socket while connected, for the loop's poll()
+    std::atomic<bool> want_out{false};  // libnfs has bytes to send: poll for POLLOUT too
+    std::atomic<bool> usable{false};    // connected and not dying: calls may start on it
+    std::atomic<bool> dying{false};     // its connection failed: the loop destroys it
+    std::atomic<int> inflight{0};       // calls started on it and not completed
   };
 
   Client(std::string url, NfsUrl parsed, const NfsOptions& options, int event_fd)
@@ -674,9 +685,7 @@ class Client {
         options_(options),
         event_fd_(event_fd),
         slots_(static_cast<size_t>(options.contexts)),
-        export_(parsed_.path),
-        nfs_(slots_.size(), nullptr),
-        dying_(slots_.size(), 0) {}
+        export_(parsed_.path) {}
 
   Status Unreachable(std::string_view when) const {
     return Status::IOError(fmt::format("{} unreachable ({})", url_, when));
@@ -706,7 +715,8 @@ class Client {
       size_t empty = slots_.size();
       for (size_t i = 0; i < slots_.size(); ++i) {
         switch (slots_[i].state) {
-          case Slot::State::kLive:
+          case Slot::State::kLive:  // unless it failed and the loop has yet to destroy it
+            if (!slots_[i].usable.load()) break;
             ++live;
             if (slots_[i].inflight.load(std::memory_order_relaxed) == 0) ++idle;
             break;
@@ -722,7 +732,7 @@ class Client {
         if (healthy_ && !pending_close_.empty()) to_close->swap(pending_close_);
         return trial;
       }
-      if (empty == slots_.size()) {  // every slot is being connected: wait for one
+      if (empty == slots_.size()) {  // every slot is being connected or destroyed: wait
         cv_.wait(l);
         continue;
       }
@@ -741,9 +751,20 @@ class Client {
         if (ConnectionBroken(c.status().Errno())) return Status::IOError(c.status().message(), EIO);
         return c.status();
       }
-      slots_[empty].state = Slot::State::kLive;
-      slots_[empty].nfs = *c;
-      WakeLocked();  // the loop must poll the new context
+      // Published: calls may start on it at once, and the loop polls it from its next turn.
+      Slot& s = slots_[empty];
+      read_max_.store(std::max<uint64_t>(4096, nfs_get_readmax(*c)));
+      write_max_.store(std::max<uint64_t>(4096, nfs_get_writemax(*c)));
+      l.unlock();  // Slot::mu before Client::mu_
+      {
+        std::lock_guard<std::mutex> sl(s.mu);
+        s.nfs = *c;
+        s.fd.store(nfs_get_fd(*c));
+        s.usable.store(true);
+      }
+      l.lock();
+      s.state = Slot::State::kLive;
+      WakeLocked();
       if (healthy_ && !pending_close_.empty()) to_close->swap(pending_close_);
       return trial;
     }
@@ -775,6 +796,7 @@ class Client {
   // A new outage opens the breaker and a failed trial doubles the backoff. The contexts without
   // calls in flight share the failed one's fate: the loop drops them, so that the trial
   // reconnects instead of timing out on an old connection to a server that may have restarted.
+  // Callers may hold a Slot::mu.
   void OpenBreakerLocked(std::string_view why) {
     backoff_s_ = healthy_ ? 1 : std::min(backoff_s_ * 2, kMaxBackoffSeconds);
     down_until_ = Clock::now() + std::chrono::seconds(backoff_s_);
@@ -801,7 +823,7 @@ class Client {
       calls[i].SetStart(start);
       ptrs.push_back(&calls[i]);
     }
-    Submit(ptrs);
+    for (Call* c : ptrs) Start(c);
     std::vector<nfsfh*> left;
     for (Call& c : calls) {
       c.done.Wait();
@@ -813,16 +835,74 @@ class Client {
     pending_close_.insert(pending_close_.end(), left.begin(), left.end());
   }
 
-  void Submit(std::span<Call* const> calls) {
+  // Starts `c` on the usable context with the fewest calls in flight, on the caller's thread,
+  // and sends it at once: encoding and sending a large WRITE costs as much as the copy into the
+  // socket, and callers do that side by side (the loop only receives). `c` is unsent when no
+  // context is usable.
+  void Start(Call* c) {
+    for (;;) {
+      size_t best = slots_.size();
+      for (size_t i = 0; i < slots_.size(); ++i) {
+        if (!slots_[i].usable.load(std::memory_order_relaxed)) continue;
+        if (best == slots_.size() || slots_[i].inflight.load(std::memory_order_relaxed) <
+                                         slots_[best].inflight.load(std::memory_order_relaxed)) {
+          best = i;
+        }
+      }
+      if (best == slots_.size()) {
+        c->unsent = true;
+        c->status = -ENOTCONN;
+        c->error = "not connected";
+        c->done.Signal();
+        return;
+      }
+      Slot& s = slots_[best];
+      std::unique_lock<std::mutex> l(s.mu);
+      if (!s.usable.load()) continue;  // it failed meanwhile: choose again
+      c->slot = static_cast<int>(best);
+      const bool was_idle = s.inflight.fetch_add(1, std::memory_order_relaxed) == 0;
+      if (c->start(c->start_fn, s.nfs, c) != 0) {  // not queued: no callback will come
+        const char* e = nfs_get_error(s.nfs);
+        c->status = -ENOMEM;
+        c->error = e != nullptr ? e : "request not queued";
+        Finished(c);
+      } else if ((nfs_which_events(s.nfs) & POLLOUT) && nfs_service(s.nfs, POLLOUT) < 0) {
+        MarkDying(s);  // its calls, this one too, fail when the loop destroys it
+      }
+      // From here on `c` may have completed (nfs_close_async calls back at once): not touched.
+      // The loop must wake when this context still has bytes to send (a full socket buffer: it
+      // polls for POLLOUT) or was idle (the loop may sleep without a timeout then).
+      const bool unsent_bytes = NoteWantOut(s);
+      l.unlock();
+      if (unsent_bytes || was_idle) {
+        std::lock_guard<std::mutex> g(mu_);
+        if (unsent_bytes || loop_idle_) WakeLocked();
+      }
+      return;
+    }
+  }
+
+  // Records whether libnfs has bytes to send on `s` (and so whether the loop must poll it for
+  // POLLOUT), and returns that. REQUIRES: s.mu held.
+  static bool NoteWantOut(Slot& s) {
+    const bool out = s.usable.load() && (nfs_which_events(s.nfs) & POLLOUT) != 0;
+    s.want_out.store(out);
+    return out;
+  }
+
+  // Marks `s` for the loop to destroy. REQUIRES: s.mu held.
+  void MarkDying(Slot& s) {
+    s.usable.store(false);
+    if (s.dying.exchange(true)) return;
     std::lock_guard<std::mutex> l(mu_);
-    queue_.insert(queue_.end(), calls.begin(), calls.end());
     WakeLocked();
   }
 
-  // Tells the loop that it has work (queue_, slots_, drop_idle_ or stop_ changed).
+  // Tells the loop that it has work (slots_, drop_idle_ or stop_ changed, or a context has bytes
+  // to send).
   void WakeLocked() {
     dirty_ = true;
-    if (sleeping_.load(std::memory_order_relaxed) && !woken_) {
+    if (sleeping_ && !woken_) {
       woken_ = true;
       const uint64_t one = 1;
       if (::write(event_fd_, &one, sizeof(one)) < 0) {
@@ -831,43 +911,27 @@ class Client {
     }
   }
 
-  // The loop thread: the only thread that touches a connected context.
+  // The loop thread: polls every connected context, receives their replies (libnfs calls back,
+  // completing the calls), fails timed-out calls, and destroys the contexts that failed.
   void Loop() {
-    std::vector<Call*> batch;
     std::vector<struct pollfd> pfds;
     std::vector<size_t> polled;  // the slot of pfds[k + 1]
     Clock::time_point last_scan = Clock::now();
     for (;;) {
+      bool drop_idle = false;
       {
         std::lock_guard<std::mutex> l(mu_);
-        sleeping_.store(false, std::memory_order_relaxed);
-        woken_ = false;
-        dirty_ = false;
+        sleeping_ = woken_ = dirty_ = loop_idle_ = false;
         if (stop_) break;
-        batch.swap(queue_);
-        for (size_t i = 0; i < slots_.size(); ++i) {
-          if (slots_[i].state == Slot::State::kLive && nfs_[i] == nullptr) {
-            nfs_[i] = slots_[i].nfs;  // adopted: ours from now on
-            read_max_.store(std::max<uint64_t>(4096, nfs_get_readmax(nfs_[i])));
-            write_max_.store(std::max<uint64_t>(4096, nfs_get_writemax(nfs_[i])));
-          }
-        }
-        if (drop_idle_) {
-          drop_idle_ = false;
-          for (size_t i = 0; i < slots_.size(); ++i) {
-            if (nfs_[i] != nullptr && slots_[i].inflight.load(std::memory_order_relaxed) == 0)
-              dying_[i] = true;
-          }
-        }
+        drop_idle = std::exchange(drop_idle_, false);
       }
-      DestroyDying();
-      for (Call* c : batch) Start(c);
-      batch.clear();
-      // Send what the new calls queued now rather than after another poll.
-      for (size_t i = 0; i < slots_.size(); ++i) {
-        if (nfs_[i] != nullptr && !dying_[i] && (nfs_which_events(nfs_[i]) & POLLOUT) &&
-            nfs_service(nfs_[i], POLLOUT) < 0) {
-          dying_[i] = true;
+      if (drop_idle) {
+        for (Slot& s : slots_) {
+          std::lock_guard<std::mutex> l(s.mu);
+          if (s.usable.load() && s.inflight.load() == 0) {
+            s.usable.store(false);
+            s.dying.store(true);
+          }
         }
       }
       DestroyDying();
@@ -878,10 +942,14 @@ class Client {
       polled.clear();
       bool busy = false;
       for (size_t i = 0; i < slots_.size(); ++i) {
-        if (nfs_[i] == nullptr) continue;
-        pfds.push_back({nfs_get_fd(nfs_[i]), static_cast<short>(nfs_which_events(nfs_[i])), 0});
+        // Without the context's lock, which a caller may hold while it sends a large WRITE: the
+        // socket stays open until this thread destroys the context.
+        const Slot& s = slots_[i];
+        const int fd = s.fd.load();
+        if (fd < 0) continue;
+        pfds.push_back({fd, static_cast<short>(POLLIN | (s.want_out.load() ? POLLOUT : 0)), 0});
         polled.push_back(i);
-        busy = busy || slots_[i].inflight.load(std::memory_order_relaxed) > 0;
+        busy = busy || s.inflight.load(std::memory_order_relaxed) > 0;
       }
       const auto since_scan =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_scan).count();
@@ -892,13 +960,11 @@ class Client {
         if (dirty_) {
           timeout = 0;
         } else {
-          sleeping_.store(true, std::memory_order_relaxed);
+          sleeping_ = true;
+          loop_idle_ = !busy;
         }
       }
       const int n = ::poll(pfds.data(), pfds.size(), timeout);
-      // Awake: calls submitted from now on need no eventfd write (they set dirty_, which the loop
-      // checks under mu_ before it sleeps again).
-      sleeping_.store(false, std::memory_order_relaxed);
       if (n > 0) {
         if (pfds[0].revents & POLLIN) {
           uint64_t count;
@@ -907,72 +973,49 @@ class Client {
           }
         }
         for (size_t k = 0; k < polled.size(); ++k) {
-          const size_t i = polled[k];
-          if (pfds[k + 1].revents != 0 && !dying_[i] &&
-              nfs_service(nfs_[i], pfds[k + 1].revents) < 0) {
-            dying_[i] = true;  // a failed socket; or the server closed an idle connection
+          if (pfds[k + 1].revents == 0) continue;
+          Slot& s = slots_[polled[k]];
+          std::lock_guard<std::mutex> l(s.mu);
+          if (!s.usable.load()) continue;
+          if (nfs_service(s.nfs, pfds[k + 1].revents) < 0) {
+            MarkDying(s);  // a failed socket; or the server closed an idle connection
+          } else {
+            NoteWantOut(s);
           }
         }
       }
       if (Clock::now() - last_scan >= std::chrono::milliseconds(kScanIntervalMs)) {
         // nfs_service fails the calls whose timeout has passed.
         last_scan = Clock::now();
-        for (size_t i = 0; i < slots_.size(); ++i) {
-          if (nfs_[i] != nullptr && !dying_[i] &&
-              slots_[i].inflight.load(std::memory_order_relaxed) > 0 &&
-              nfs_service(nfs_[i], 0) < 0) {
-            dying_[i] = true;
-          }
+        for (Slot& s : slots_) {
+          if (s.inflight.load(std::memory_order_relaxed) == 0) continue;
+          std::lock_guard<std::mutex> l(s.mu);
+          if (s.usable.load() && nfs_service(s.nfs, 0) < 0) MarkDying(s);
         }
       }
       DestroyDying();
     }
     // Stopped by ~Client: no caller is left, so no call is in flight.
-    for (nfs_context*& c : nfs_) {
-      if (c != nullptr) nfs_destroy_context(c);
-      c = nullptr;
+    for (Slot& s : slots_) {
+      std::lock_guard<std::mutex> l(s.mu);
+      if (s.nfs != nullptr) nfs_destroy_context(s.nfs);
+      s.nfs = nullptr;
     }
-  }
-
-  // Starts `c` on the connected context with the fewest calls in flight.
-  void Start(Call* c) {
-    size_t best = slots_.size();
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (nfs_[i] == nullptr || dying_[i]) continue;
-      if (best == slots_.size() || slots_[i].inflight.load(std::memory_order_relaxed) <
-                                       slots_[best].inflight.load(std::memory_order_relaxed)) {
-        best = i;
-      }
-    }
-    if (best == slots_.size()) {
-      c->unsent = true;
-      c->status = -ENOTCONN;
-      c->error = "not connected";
-      c->done.Signal();
-      return;
-    }
-    c->slot = static_cast<int>(best);
-    slots_[best].inflight.fetch_add(1, std::memory_order_relaxed);
-    if (c->start(c->start_fn, nfs_[best], c) != 0) {  // not queued: no callback will come
-      const char* e = nfs_get_error(nfs_[best]);
-      c->status = -ENOMEM;
-      c->error = e != nullptr ? e : "request not queued";
-      Finished(c);
-    }
-    // Else `c` may have completed already (nfs_close_async calls back at once): not touched here.
   }
 
   // Destroys the contexts marked dying; libnfs cancels their calls, which complete now.
   void DestroyDying() {
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (!dying_[i] || nfs_[i] == nullptr) continue;
-      nfs_context* doomed = nfs_[i];
-      nfs_[i] = nullptr;
-      nfs_destroy_context(doomed);  // Finished() for each call still on it
-      dying_[i] = false;
-      std::lock_guard<std::mutex> l(mu_);
-      slots_[i].state = Slot::State::kEmpty;
-      slots_[i].nfs = nullptr;
+    for (Slot& s : slots_) {
+      if (!s.dying.load()) continue;
+      std::lock_guard<std::mutex> l(s.mu);
+      s.usable.store(false);
+      s.fd.store(-1);
+      s.want_out.store(false);
+      if (s.nfs != nullptr) nfs_destroy_context(s.nfs);  // Finished() for each call still on it
+      s.nfs = nullptr;
+      s.dying.store(false);
+      std::lock_guard<std::mutex> g(mu_);
+      s.state = Slot::State::kEmpty;
       cv_.notify_all();
     }
   }
@@ -1047,7 +1090,7 @@ class Client {
 
   // Checks that directory `sub` ("" or "/a/b") of the mounted `export_path` exists, creating it
   // (and its parents) when it is missing and options_.create_if_missing, else NotFound. Runs on
-  // *nfs before the loop has it; sets *nfs to nullptr when the connection failed.
+  // *nfs before it is published; sets *nfs to nullptr when the connection failed.
   Status MakeRoot(nfs_context** nfs, const std::string& export_path, const std::string& sub) {
     if (sub.empty()) return Status::OK();
     auto name = [&](const std::string& p) {
@@ -1096,8 +1139,8 @@ class Client {
   mutable std::mutex mu_;
   std::condition_variable cv_;         // a slot stopped connecting or became empty
   std::vector<Slot> slots_;            // (see Slot)
-  std::vector<Call*> queue_;           // GUARDED_BY(mu_): calls for the loop to start
-  std::atomic<bool> sleeping_{false};  // set under mu_: the loop is in (or about to be in) poll
+  bool sleeping_ = false;              // GUARDED_BY(mu_): the loop is in (or about to be in) poll
+  bool loop_idle_ = false;             // GUARDED_BY(mu_): ... without a timeout (no call in flight)
   bool woken_ = false;                 // GUARDED_BY(mu_): the eventfd was written since
   bool dirty_ = false;                 // GUARDED_BY(mu_): there is work the loop has not seen
   bool stop_ = false;                  // GUARDED_BY(mu_)
@@ -1110,10 +1153,6 @@ class Client {
   int backoff_s_ = 1;                  // GUARDED_BY(mu_)
   Clock::time_point down_until_;       // GUARDED_BY(mu_)
   std::vector<nfsfh*> pending_close_;  // GUARDED_BY(mu_)
-
-  // The loop thread's own (no lock): the contexts it owns, and those to destroy.
-  std::vector<nfs_context*> nfs_;
-  std::vector<char> dying_;
 };
 
 void Finish(Call* c) {
@@ -1483,7 +1522,7 @@ class NfsBackend final : public StorageBackend {
   Result<std::vector<DirEntry>> ListInfo(std::string_view dir) override {
     QBD_RETURN_IF_ERROR(CheckPath(dir));
     const std::string full = client_->Full(dir);
-    std::vector<DirEntry> out;  // filled on the loop (OnReply)
+    std::vector<DirEntry> out;  // filled by OnReply
     QBD_RETURN_IF_ERROR(client_->Run(
         "opendir", client_->Name(full), Call::Kind::kDir, &out,
         [&](nfs_context* n, Call* c) { return nfs_opendir_async(n, full.c_str(), OnReply, c); }));
