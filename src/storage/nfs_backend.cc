@@ -940,7 +940,6 @@ class Client {
       // no call in flight there is nothing to time out: sleep until woken).
       pfds.assign(1, {event_fd_, POLLIN, 0});
       polled.clear();
-      bool busy = false;
       for (size_t i = 0; i < slots_.size(); ++i) {
         // Without the context's lock, which a caller may hold while it sends a large WRITE: the
         // socket stays open until this thread destroys the context.
@@ -949,17 +948,19 @@ class Client {
         if (fd < 0) continue;
         pfds.push_back({fd, static_cast<short>(POLLIN | (s.want_out.load() ? POLLOUT : 0)), 0});
         polled.push_back(i);
-        busy = busy || s.inflight.load(std::memory_order_relaxed) > 0;
       }
       const auto since_scan =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_scan).count();
-      int timeout =
-          busy ? static_cast<int>(std::max<int64_t>(0, kScanIntervalMs - since_scan)) : -1;
+      int timeout = 0;
       {
         std::lock_guard<std::mutex> l(mu_);
-        if (dirty_) {
-          timeout = 0;
-        } else {
+        if (!dirty_) {
+          // Under mu_: a caller that makes a context busy after this look finds loop_idle_ set
+          // when it takes mu_ (Start), and wakes the loop.
+          bool busy = false;
+          for (const Slot& s : slots_) busy = busy || s.inflight.load() > 0;
+          timeout =
+              busy ? static_cast<int>(std::max<int64_t>(0, kScanIntervalMs - since_scan)) : -1;
           sleeping_ = true;
           loop_idle_ = !busy;
         }
