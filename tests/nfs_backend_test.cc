@@ -33,7 +33,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr uint32_t kMountProgram = 100005, kNfsProgram = 100003;
-constexpr uint32_t kNfsOk = 0, kNfsErrNoEnt = 2, kNfsErrStale = 70;
+constexpr uint32_t kNfsOk = 0, kNfsErrNoEnt = 2, kNfsErrIo = 5, kNfsErrStale = 70;
 constexpr uint32_t kMaxIo = 65536;  // FSINFO rtmax and wtmax
 
 // XDR encoding and decoding (RFC 4506), big-endian.
@@ -139,6 +139,12 @@ class FakeNfsServer {
   }
   void StaleWrites() {
     Set([&] { stale_ = true; });
+  }
+  void FailWritesBelow(uint64_t offset) {
+    Set([&] { fail_below_ = offset; });
+  }
+  int commits() const {
+    return Get([&] { return commits_; });
   }
   int max_pending_writes() const {
     return Get([&] { return max_pending_; });
@@ -292,8 +298,8 @@ class FakeNfsServer {
         in.U32();
         in.U32();
         const std::string bytes = in.Opaque();
-        if (stale_) {
-          out.U32(kNfsErrStale).U32(0).U32(0);
+        if (stale_ || at < fail_below_) {
+          out.U32(stale_ ? kNfsErrStale : kNfsErrIo).U32(0).U32(0);
           break;
         }
         if (at + bytes.size() > data.size()) data.resize(at + bytes.size());
@@ -306,6 +312,7 @@ class FakeNfsServer {
         out.U32(4096).U32(4096).U64(~0ull).U32(0).U32(1).U32(0x1b);
         break;
       case 21:  // COMMIT
+        ++commits_;
         out.U32(kNfsOk).U32(0).U32(0).Fixed(verf_);
         break;
       default:
@@ -325,6 +332,8 @@ class FakeNfsServer {
   bool hold_ = false;
   int batch_ = 1;
   bool stale_ = false;
+  uint64_t fail_below_ = 0;
+  int commits_ = 0;
   uint32_t read_limit_ = kMaxIo;
   std::string verf_ = std::string(8, 'a');
   int max_pending_ = 0;
@@ -451,6 +460,18 @@ TEST_CASE("Sync fails when the write verifier changed since the writes it covers
     REQUIRE(f->WriteAt(8192, block).ok());
     CHECK(f->Sync().ok());
   }
+}
+
+TEST_CASE("a write whose first part fails still has its other parts committed by Sync") {
+  FakeNfsServer server;
+  auto backend = Connect(server, 2);
+  auto f = OpenF(*backend);
+  server.FailWritesBelow(kMaxIo);  // of the two 64 KiB WRITEs below, the first fails
+  Status s = f->WriteAt(0, Pattern(2 * kMaxIo, 6));
+  CHECK(s.code() == Status::Code::kIOError);
+  CHECK(s.Errno() == EIO);
+  REQUIRE(f->Sync().ok());
+  CHECK(server.commits() == 1);  // the second part's UNSTABLE data was counted
 }
 
 TEST_CASE("a file the server calls stale is detached") {

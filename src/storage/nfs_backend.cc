@@ -1341,12 +1341,18 @@ class NfsFile final : public ChunkFile {
       }
       todo.clear();
       QBD_RETURN_IF_ERROR(client_->RunAll(calls));
-      for (const Part& p : parts) {
-        QBD_RETURN_IF_ERROR(NoteStale(Client::StatusOf(p.call)));
-        QBD_RETURN_IF_ERROR(check(p));
+      Status first;
+      for (const Part& p : parts) {  // each one checked: a WRITE that succeeded is recorded
+        Status s = NoteStale(Client::StatusOf(p.call));
+        if (s.ok()) s = check(p);
+        if (!s.ok()) {
+          if (first.ok()) first = std::move(s);
+          continue;
+        }
         const auto got = static_cast<uint64_t>(p.call.status);
         if (got < p.call.count) todo.emplace_back(p.call.at + got, p.call.count - got);
       }
+      QBD_RETURN_IF_ERROR(first);
     }
     return Status::OK();
   }
