@@ -39,15 +39,15 @@
 // (a 1 MiB read of qbd's 4112-byte records is 1 MiB + 4 KiB) into a fresh reassembly buffer, then
 // into ours; here each RPC's reply is copied once, from libnfs' receive buffer straight into the
 // caller's buffers (ReadAtV: data and record metadata apart), which halved qbd-master's CPU per
-// 1 MiB read. A read or write larger than the server's maximum is split into equal RPCs sent
-// together, on several contexts. WRITE and COMMIT are raw because nfs_pwrite/nfs_fsync drop the
-// write verifier. WRITEs are UNSTABLE; the server returns its verifier, which changes when it
-// restarts. An NfsFile remembers the verifier of its first WRITE since the last COMMIT; a later
-// WRITE or the COMMIT that returns another one means the server restarted in between and may have
-// dropped those writes (RFC 1813 §3.3.21): Sync() then fails, so that the caller treats the writes
-// since the previous Sync as lost (qbd resyncs those chunks from the other parts) instead of
-// trusting them. libnfs 6 (LIBNFS_API_V2) renamed the raw calls rpc_nfs3_*_task; this file is
-// written for libnfs 4 and 5.
+// 1 MiB read. A read or write larger than the server's maximum is split into RPCs sent together,
+// on several contexts (see NfsFile::Transfer). WRITE and COMMIT are raw because
+// nfs_pwrite/nfs_fsync drop the write verifier. WRITEs are UNSTABLE; the server returns its
+// verifier, which changes when it restarts. An NfsFile remembers the verifier of its first WRITE
+// since the last COMMIT; a later WRITE or the COMMIT that returns another one means the server
+// restarted in between and may have dropped those writes (RFC 1813 §3.3.21): Sync() then fails, so
+// that the caller treats the writes since the previous Sync as lost (qbd resyncs those chunks from
+// the other parts) instead of trusting them. libnfs 6 (LIBNFS_API_V2) renamed the raw calls
+// rpc_nfs3_*_task; this file is written for libnfs 4 and 5.
 //
 // Failures and reconnects. Every context is set up with nfs_set_timeout(timeout_ms) and
 // nfs_set_autoreconnect(0) before nfs_mount, so a call to a dead or hung server fails (libnfs:
@@ -1307,9 +1307,13 @@ class NfsFile final : public ChunkFile {
 
   // Moves the bytes [offset, offset + total) with calls of `kind` (kRead3 with `out` a ReadTarget,
   // or kWrite3) that `start` starts for the range in call.at and call.count: in rounds of at most
-  // kMaxIoPerRound bytes, each cut into equal RPCs of at most `max` bytes that go out together.
-  // `check` judges each successful reply; one with fewer bytes than asked (NFSv3 allows it) leaves
-  // the rest for the next round. The first failure, in file order, is the result.
+  // kMaxIoPerRound bytes, each cut into RPCs of at most `max` bytes that go out together. READs are
+  // cut into equal parts, which the server reads side by side (a 1 MiB + 4 KiB read is two of
+  // 516 KiB, not 1 MiB and 4 KiB); WRITEs into parts of `max` and the rest, because two WRITEs
+  // into neighbouring halves of a file cost ganesha a fifth more CPU than one large and one small
+  // (measured with 1 MiB writes). `check` judges each successful reply; one with fewer bytes than
+  // asked (NFSv3 allows it) leaves the rest for the next round. The first failure, in file order,
+  // is the result.
   template <typename Start, typename Check>
   Status Transfer(std::string_view what, Call::Kind kind, void* out, uint64_t offset,
                   uint64_t total, uint64_t max, const Start& start, const Check& check) {
@@ -1320,7 +1324,9 @@ class NfsFile final : public ChunkFile {
       if (next < end) {
         const uint64_t round = std::min(end - next, kMaxIoPerRound);
         const uint64_t n = (round + max - 1) / max;
-        const uint64_t size = std::min(max, ((round + n - 1) / n + 4095) / 4096 * 4096);
+        const uint64_t size = kind == Call::Kind::kRead3
+                                  ? std::min(max, ((round + n - 1) / n + 4095) / 4096 * 4096)
+                                  : max;
         for (uint64_t at = next; at < next + round; at += size) {
           todo.emplace_back(at, std::min(size, next + round - at));
         }
