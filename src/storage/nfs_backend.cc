@@ -13,7 +13,7 @@
 // 2 cores (one nfs-ganesha on 127.0.0.1, fio through qbd-master): lending each context to one
 // caller per call cost 45-60 us of qbd-master CPU and 4 context switches per 4 KiB write (callers
 // waiting for a free context, all woken at each release, each polling its own socket twice),
-// against 17-22 us and 0.3 switches for qemu-nbd on nfs://; now 30-36 us and 1.7-2.6 switches.
+// against 17-22 us and 0.3 switches for qemu-nbd on nfs://; now 30-40 us and 2 switches.
 // Handing the calls to the loop to send as well cost 1 MiB writes a fifth of their throughput:
 // the loop then did every WRITE's encoding and its copy into the socket alone (68% of
 // qbd-master's CPU on that one thread), which callers do side by side.
