@@ -68,18 +68,8 @@ class Killer {
 
 enum class Crash { kProcess, kPower };
 
-// The crashed runs log every failed operation: hundreds of expected lines.
-class SilentLog {
- public:
-  SilentLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kOff); }
-  ~SilentLog() { SetLogLevel(saved_); }
-
- private:
-  LogLevel saved_;
-};
-
-// Each of `n` blocks from `first` of `got` equals the same block of one of `versions` (with the
-// metadata that version's write stamped, when `metas` are given); returns which version per block.
+// For each of the first `n` blocks of `got`, the index of the version in `versions` whose same
+// block it equals, or -1 when it equals none.
 std::vector<int> MatchVersions(std::span<const std::byte> got,
                                const std::vector<std::vector<std::byte>>& versions, uint64_t n) {
   std::vector<int> which(n, -1);
@@ -127,7 +117,7 @@ TEST_SUITE("torn_write") {
 TEST_CASE(
     "a write, trim or flush crashed at any step leaves each block its old or its new contents on "
     "one part") {
-  SilentLog quiet;
+  QuietLog quiet(LogLevel::kOff);  // the crashed runs log every failed operation
   for (bool remote : {false, true})
     for (Crash crash : {Crash::kProcess, Crash::kPower}) {
       for (int kind = 0; kind < 3; ++kind) {  // 0: write, 1: trim, 2: two writes, the second torn
@@ -217,7 +207,7 @@ TEST_CASE(
 TEST_CASE(
     "a write crashed at any step reads as the old or the new contents through single-part and "
     "replicated volumes") {
-  SilentLog quiet;
+  QuietLog quiet(LogLevel::kOff);  // the crashed runs log every failed operation
   for (uint32_t replicas : {1u, 3u}) {
     for (Crash crash : {Crash::kProcess, Crash::kPower}) {
       bool completed = false;

@@ -34,9 +34,11 @@ inline SlotVerdict StoredSlots(std::span<const std::byte> file, const Geometry& 
   return ResolveSlots(data, BlockChecksum(data), file.data() + g.MetaOffset(a.block), a, BlockChecksum(zeros));
 }
 
+// Raises the log level for a test's lifetime (errors only by default; kOff for tests whose
+// injected crashes log hundreds of expected errors).
 class QuietLog {
  public:
-  QuietLog() : saved_(GetLogLevel()) { SetLogLevel(LogLevel::kError); }
+  explicit QuietLog(LogLevel level = LogLevel::kError) : saved_(GetLogLevel()) { SetLogLevel(level); }
   ~QuietLog() { SetLogLevel(saved_); }
 
  private:
