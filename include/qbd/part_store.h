@@ -186,11 +186,22 @@ class PartStore {
     std::mutex mu;  // serializes slot-pair updates of the file
     std::unordered_map<uint64_t, Pending> pending;  // GUARDED_BY(mu): by block in chunk
     bool settled_unsynced = false;                  // GUARDED_BY(mu): Settle wrote since a sync
-    // On a remote backend, the whole metadata area as written (read once, kept in step with
-    // every pair write), so that a write costs no round trip to read its pairs (reads still
-    // read what is stored, to check it). Empty until loaded, or after a failed pair write or a
-    // rewrite through another handle. GUARDED_BY(mu).
-    std::vector<std::byte> pair_cache;
+    // The whole metadata area as written (read once, kept in step with every pair write), so
+    // that a write costs no read of its pairs: a round trip on a remote backend, a system call
+    // on a local one (reads still read what is stored, to check it). Empty until loaded, when
+    // the store's pair-cache budget is spent, or after a failed pair write or a rewrite through
+    // another handle. GUARDED_BY(mu).
+    struct PairCache {
+      PairCache() = default;
+      PairCache(const PairCache&) = delete;
+      PairCache& operator=(const PairCache&) = delete;
+      ~PairCache() { Clear(); }
+      bool empty() const { return bytes.empty(); }
+      void Clear();  // frees the bytes and gives them back to the budget
+      std::vector<std::byte> bytes;
+      std::atomic<uint64_t>* account = nullptr;  // PartStore::pair_cache_bytes_ while loaded
+    };
+    PairCache pair_cache;
   };
   // A cached open chunk file.
   struct Handle {
@@ -214,7 +225,7 @@ class PartStore {
     std::mutex& meta_mu;
     std::unordered_map<uint64_t, Pending>& pending;
     bool& settled_unsynced;
-    std::vector<std::byte>& pair_cache;
+    SlotState::PairCache& pair_cache;
   };
 
   // The open chunk file. `create`: create it when absent. `complete`: give a short file its full
@@ -242,8 +253,8 @@ class PartStore {
   // rewrite stored settled pairs there), the others settled.
   void AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<uint64_t, uint64_t>>& written,
                            uint64_t synced);
-  // Pairs [first, first + out.size() / 32) of h's file into `out`: from h.pair_cache on a remote
-  // backend (the whole area read once), else from the file. REQUIRES: h.meta_mu held.
+  // Pairs [first, first + out.size() / 32) of h's file into `out`: from h.pair_cache (the whole
+  // area read once, while the budget allows), else from the file. REQUIRES: h.meta_mu held.
   Status ReadPairsLocked(Handle& h, uint64_t first, std::span<std::byte> out);
   // Writes pairs from block `first` and keeps h.pair_cache in step. REQUIRES: h.meta_mu held.
   Status WritePairsLocked(Handle& h, uint64_t first, std::span<const std::byte> in);
@@ -269,7 +280,10 @@ class PartStore {
   std::atomic<uint64_t> write_seq_{0};  // numbers slot writes
   std::atomic<uint64_t> done_seq_{0};   // numbers completed data writes, for Settle
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
-  bool remote_ = false;                 // backend_.IsRemote(): pairs cached per handle
+  // Bytes of the handles' pair caches, at most kPairCacheBudget: 1,024 open files of the default
+  // geometry (4 MiB chunks of 4 KiB blocks, 32 KiB of pairs each). Beyond, pairs are read.
+  static constexpr uint64_t kPairCacheBudget = 32ull << 20;
+  std::atomic<uint64_t> pair_cache_bytes_{0};
   // Pending pairs of handles dropped by DropReplaced(same_file), adopted by the chunk's next
   // handle. GUARDED_BY(mu_); at most max_open_files_ chunks (beyond, forgotten: a data read each).
   std::unordered_map<uint64_t, std::shared_ptr<SlotState>> orphans_;

@@ -62,17 +62,30 @@ PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometr
   assert(geometry_.format == kFormat2);
   std::vector<std::byte> zeros(geometry_.block_size);
   zero_checksum_ = BlockChecksum(zeros);
-  remote_ = backend_.IsRemote();
+}
+
+void PartStore::SlotState::PairCache::Clear() {
+  if (account) account->fetch_sub(bytes.size(), std::memory_order_relaxed);
+  account = nullptr;
+  std::vector<std::byte>().swap(bytes);
 }
 
 Status PartStore::ReadPairsLocked(Handle& h, uint64_t first, std::span<std::byte> out) {
-  if (!remote_) return h.file->ReadAt(geometry_.MetaOffset(first), out);
   if (h.pair_cache.empty()) {
-    std::vector<std::byte> area(geometry_.BlocksPerChunk() * kSlotPairSize);
-    QBD_RETURN_IF_ERROR(h.file->ReadAt(geometry_.MetaOffset(0), area));
-    h.pair_cache = std::move(area);
+    const uint64_t area = geometry_.BlocksPerChunk() * kSlotPairSize;
+    if (pair_cache_bytes_.fetch_add(area, std::memory_order_relaxed) + area > kPairCacheBudget) {
+      pair_cache_bytes_.fetch_sub(area, std::memory_order_relaxed);
+      return h.file->ReadAt(geometry_.MetaOffset(first), out);  // budget spent: read them
+    }
+    h.pair_cache.account = &pair_cache_bytes_;
+    h.pair_cache.bytes.resize(area);
+    Status s = h.file->ReadAt(geometry_.MetaOffset(0), h.pair_cache.bytes);
+    if (!s.ok()) {
+      h.pair_cache.Clear();
+      return s;
+    }
   }
-  std::memcpy(out.data(), h.pair_cache.data() + first * kSlotPairSize, out.size());
+  std::memcpy(out.data(), h.pair_cache.bytes.data() + first * kSlotPairSize, out.size());
   return Status::OK();
 }
 
@@ -80,9 +93,9 @@ Status PartStore::WritePairsLocked(Handle& h, uint64_t first, std::span<const st
   Status s = h.file->WriteAt(geometry_.MetaOffset(first), in);
   if (!h.pair_cache.empty()) {
     if (s.ok()) {
-      std::memcpy(h.pair_cache.data() + first * kSlotPairSize, in.data(), in.size());
+      std::memcpy(h.pair_cache.bytes.data() + first * kSlotPairSize, in.data(), in.size());
     } else {
-      h.pair_cache.clear();  // what the file holds now is unknown: read again
+      h.pair_cache.Clear();  // what the file holds now is unknown: read again
     }
   }
   return s;
@@ -491,7 +504,7 @@ void PartStore::AfterRewriteInPlace(uint64_t chunk, const std::vector<std::pair<
     for (const auto& [first, end] : written) {
       for (uint64_t b = first; b < end; ++b) h->pending.erase(b);
     }
-    h->pair_cache.clear();  // the rewrite went through another handle
+    h->pair_cache.Clear();  // the rewrite went through another handle
   }
   Settle(*h, synced).IgnoreError();  // a pair left unsettled costs a data read at its next write
 }
