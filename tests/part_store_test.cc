@@ -522,6 +522,38 @@ TEST_CASE("Flush syncs handles evicted from the open-file cache") {
   }
 }
 
+TEST_CASE("open chunk files keep their slot pairs in memory within a budget, and beyond it read them") {
+  // 256 MiB chunks: 2 MiB of pairs each, so that 16 open files spend the budget.
+  const Geometry g{24ull << 28, kBs, 256ull << 20};
+  const uint64_t area = g.BlocksPerChunk() * kSlotPairSize;
+  REQUIRE(PartStore::kPairCacheBudget / area == 16);
+  LocalEnv env;
+  PartStore store(env.backend(), kVol, 'a', g);
+  std::vector<std::vector<std::byte>> written;
+  for (uint64_t c = 0; c < 24; ++c) {
+    CAPTURE(c);
+    WriteTagged(store, c, 3, 2, c + 100, 1);
+    CHECK(store.PairCacheBytes() == std::min(c + 1, uint64_t{16}) * area);
+  }
+  // Overwrites need each block's current slot: from memory for the first 16 files, from the
+  // file for the others. Every block reads as the last write, before and after a flush.
+  for (uint64_t c = 0; c < 24; ++c) written.push_back(WriteTagged(store, c, 3, 2, c + 200, 2));
+  for (int flushed = 0; flushed < 2; ++flushed) {
+    for (uint64_t c = 0; c < 24; ++c) {
+      CAPTURE(c);
+      std::vector<std::byte> got(2 * kBs);
+      std::vector<BlockMeta> metas(2);
+      REQUIRE(store.Read(c, 3, got, metas, nullptr).ok());
+      CHECK(got == written[c]);
+      CHECK(metas[0].generation == 2);
+    }
+    REQUIRE(store.Flush().ok());
+  }
+  CHECK(store.PairCacheBytes() == 16 * area);
+  REQUIRE(store.CloseAll().ok());
+  CHECK(store.PairCacheBytes() == 0);  // closed files give their bytes back
+}
+
 TEST_CASE("Flush syncs only the files written since the last Flush") {
   MemBackend mem;
   PartStore store(mem, kVol, 'a', Geo());

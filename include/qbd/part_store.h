@@ -126,6 +126,10 @@ class PartStore {
   // Drops every cached file handle (syncing written ones first).
   Status CloseAll();
 
+  // Bytes of slot pairs kept in memory for the open chunk files (at most kPairCacheBudget).
+  uint64_t PairCacheBytes() const { return pair_cache_bytes_.load(std::memory_order_relaxed); }
+  static constexpr uint64_t kPairCacheBudget = 32ull << 20;
+
   // Drops the cached handle of `chunk` and its pending sync, after its file was replaced under its
   // name by a synced rebuild (ChunkRewrite::Commit of a replacement): the next call opens the new
   // file. A remote backend notices a replaced file only every so often, and a write through the
@@ -282,7 +286,6 @@ class PartStore {
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
   // Bytes of the handles' pair caches, at most kPairCacheBudget: 1,024 open files of the default
   // geometry (4 MiB chunks of 4 KiB blocks, 32 KiB of pairs each). Beyond, pairs are read.
-  static constexpr uint64_t kPairCacheBudget = 32ull << 20;
   std::atomic<uint64_t> pair_cache_bytes_{0};
   // Pending pairs of handles dropped by DropReplaced(same_file), adopted by the chunk's next
   // handle. GUARDED_BY(mu_); at most max_open_files_ chunks (beyond, forgotten: a data read each).
