@@ -37,7 +37,7 @@ done
 # qemu's nfs:// driver is a module of its own package (Debian: qemu-block-extra); without it
 # qemu-nbd fails with "Unknown protocol 'nfs'" after a 15 s wait.
 [ -n "$(find /usr/lib /usr/lib64 -path '*qemu*' -name 'block-nfs.so' -print -quit 2>/dev/null)" ] ||
-  die setup "qemu's nfs:// block driver (block-nfs.so) is missing: apt-get install qemu-block-extra"
+  die setup "qemu's nfs:// block driver (block-nfs.so) is missing: scripts/install-deps.sh installs it (qemu-block-extra)"
 
 # The peer first: qemu's nfs:// driver finds the MOUNT service through rpcbind, so it must mount
 # while the first server is the only one registered there.

@@ -8,7 +8,8 @@ set -euo pipefail
 build_pkgs=(g++ make pkg-config libnfs-dev libxxhash-dev libboost-program-options-dev libfmt-dev
   doctest-dev)
 test_pkgs=(python3 libnbd-bin python3-libnbd qemu-utils fio nbdkit nbd-server fuse3 e2fsprogs
-  xxhash util-linux procps iproute2 nfs-ganesha nfs-ganesha-vfs rpcbind)
+  xxhash util-linux procps iproute2 nfs-ganesha nfs-ganesha-vfs rpcbind
+  qemu-block-extra)  # qemu-block-extra: qemu's nfs:// driver, the peer of make bench-nfs
 extra_pkgs=()
 if [ "${QBD_DEPS_SANITIZERS:-0}" = 1 ]; then extra_pkgs+=(clang libclang-rt-14-dev); fi
 
