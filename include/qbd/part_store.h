@@ -192,7 +192,8 @@ class PartStore {
     bool settled_unsynced = false;                  // GUARDED_BY(mu): Settle wrote since a sync
     // The whole metadata area as written (read once, kept in step with every pair write), so
     // that a write costs no read of its pairs: a round trip on a remote backend, a system call
-    // on a local one (reads still read what is stored, to check it). Empty until loaded, when
+    // on a local one. Reads on a remote backend take their pairs from it too; local reads read
+    // what is stored, to check it. Empty until loaded, when
     // the store's pair-cache budget is spent, or after a failed pair write or a rewrite through
     // another handle. GUARDED_BY(mu).
     struct PairCache {
@@ -284,6 +285,7 @@ class PartStore {
   std::atomic<uint64_t> write_seq_{0};  // numbers slot writes
   std::atomic<uint64_t> done_seq_{0};   // numbers completed data writes, for Settle
   uint64_t zero_checksum_ = 0;          // BlockChecksum of an all-zero block
+  bool remote_ = false;  // backend_.IsRemote(): reads take the pairs from the pair caches
   // Bytes of the handles' pair caches, at most kPairCacheBudget: 1,024 open files of the default
   // geometry (4 MiB chunks of 4 KiB blocks, 32 KiB of pairs each). Beyond, pairs are read.
   std::atomic<uint64_t> pair_cache_bytes_{0};

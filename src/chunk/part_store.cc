@@ -62,6 +62,7 @@ PartStore::PartStore(StorageBackend& backend, uint32_t volnr, char part, Geometr
   assert(geometry_.format == kFormat2);
   std::vector<std::byte> zeros(geometry_.block_size);
   zero_checksum_ = BlockChecksum(zeros);
+  remote_ = backend_.IsRemote();
 }
 
 void PartStore::SlotState::PairCache::Clear() {
@@ -290,8 +291,18 @@ Status PartStore::Read(uint64_t chunk, uint64_t first, std::span<std::byte> data
   // §4.2: the slot pairs from the metadata area, the data straight into `data`.
   thread_local std::vector<std::byte> pairs;
   if (pairs.size() < n * kSlotPairSize) pairs.resize(n * kSlotPairSize);
-  // Always from the file, never from a handle's pair cache: a read checks what is stored.
-  Status s = h->file->ReadAt(geometry_.MetaOffset(first), std::span(pairs.data(), n * kSlotPairSize));
+  // On a local part from the file, so that a read also checks the stored pairs (a system call
+  // that finds them in the page cache). On a remote one from the pairs this process stored (read
+  // once per open file): a read is one round trip, not two. The data is checked against them all
+  // the same; a damaged pair beside intact data is left to verify (§4.2).
+  const std::span<std::byte> pair_buf(pairs.data(), n * kSlotPairSize);
+  Status s;
+  if (remote_) {
+    std::lock_guard<std::mutex> l(h->meta_mu);
+    s = ReadPairsLocked(*h, first, pair_buf);
+  } else {
+    s = h->file->ReadAt(geometry_.MetaOffset(first), pair_buf);
+  }
   if (s.ok()) s = h->file->ReadAt(geometry_.DataOffset(first), data);
   if (!s.ok()) {
     // A short file (Corruption) is looked at afresh by the next call, which restores its size
