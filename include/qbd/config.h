@@ -49,7 +49,14 @@ struct Config {
   std::vector<std::string> parts;         // backend names; part 'a' + i lives on parts[i]
   std::vector<BackendConfig> backends;    // in file order
   std::map<std::string, std::string> volume_listen;  // volume name -> its own listener
-  int threads_per_connection = 16;
+  int threads_per_connection = 16;  // at most this many requests of one connection run at once
+  // Bytes of NBD request payloads (WRITE data as it arrives, READ replies) held for all
+  // connections together; when spent, the server stops reading from clients until some is freed.
+  uint64_t nbd_memory = uint64_t{256} << 20;
+  // A client that leaves a request (header or WRITE payload) unfinished for this long, or stops
+  // taking its replies, is disconnected; idle clients between requests are kept.
+  uint32_t client_timeout_ms = 60000;
+  uint32_t max_connections = 1024;  // NBD connections at once (all listeners); more are refused
   uint32_t write_quorum = 0;   // 0: a majority of each volume's replicas
   std::string default_export;  // served for the empty export name ("" = first volume)
   LogLevel log_level = LogLevel::kInfo;

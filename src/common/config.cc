@@ -163,6 +163,20 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = ParseUint(l.value);
         if (!n.ok() || *n < 1 || *n > 256) return err("threads_per_connection must be 1..256");
         c.threads_per_connection = static_cast<int>(*n);
+      } else if (l.key == "nbd_memory") {
+        auto n = ParseSize(l.value);
+        if (!n.ok()) return bad_value(n.status());
+        // At least two of the largest requests (32M), so that one can always be read whole.
+        if (*n < (uint64_t{64} << 20) || *n > (uint64_t{1} << 40)) return err("nbd_memory must be 64M..1T");
+        c.nbd_memory = *n;
+      } else if (l.key == "client_timeout_ms") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n < 1000 || *n > 3600000) return err("client_timeout_ms must be 1000..3600000");
+        c.client_timeout_ms = static_cast<uint32_t>(*n);
+      } else if (l.key == "max_connections") {
+        auto n = ParseUint(l.value);
+        if (!n.ok() || *n < 1 || *n > 65536) return err("max_connections must be 1..65536");
+        c.max_connections = static_cast<uint32_t>(*n);
       } else if (l.key == "write_quorum") {
         if (l.value == "majority") {
           c.write_quorum = 0;
