@@ -95,10 +95,10 @@ class RawClient {
     }
     return out;
   }
-  // True when the server closes the connection (EOF or reset) within 2 s.
-  bool ClosedByServer() {
+  // True when the server closes the connection (EOF or reset) within `limit`.
+  bool ClosedByServer(std::chrono::seconds limit = std::chrono::seconds(2)) {
     pollfd p{fd_, POLLIN, 0};
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
       if (::poll(&p, 1, 50) > 0) {
         std::byte b[256];
@@ -272,6 +272,19 @@ int ThreadCount() {
     if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
   }
   return -1;
+}
+
+// ThreadCount() once it reads the same twice 5 ms apart: threads of connections closed by an
+// earlier test may still be ending.
+int SettledThreadCount() {
+  int last = ThreadCount();
+  for (int i = 0; i < 1000; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const int now = ThreadCount();
+    if (now == last) return now;
+    last = now;
+  }
+  return last;
 }
 
 // A server on a unix socket in a fresh temporary directory, serving "disk" (default) and a
@@ -810,6 +823,84 @@ TEST_CASE("finished connections' threads are reaped") {
     now = ThreadCount();
   }
   CHECK(now == base);
+}
+
+TEST_CASE("a client that stops in the middle of a request is disconnected, an idle one is kept") {
+  NbdServerOptions o;
+  o.threads_per_connection = 4;
+  o.client_timeout_ms = 200;
+  ServerFixture f(o);
+  RawClient idle(f.path);
+  idle.Go("disk");
+  RawClient header(f.path);
+  header.Go("disk");
+  RawClient payload(f.path);
+  payload.Go("disk");
+  // 10 of a request header's 28 bytes; a WRITE header announcing 128 KiB, then 100 bytes of it.
+  auto h = EncodeRequest({0, kCmdWrite, 7, 0, 128 * 1024});
+  header.Send(std::span(h).first(10));
+  payload.Send(h);
+  payload.Send(Pattern(100, 3));
+  // Closed after about 200 ms; the limit only bounds a failing run.
+  CHECK(header.ClosedByServer(std::chrono::seconds(60)));
+  CHECK(payload.ClosedByServer(std::chrono::seconds(60)));
+  // The idle client, silent for as long, still works, and nothing of the cut write was written.
+  CHECK(idle.Call(kCmdFlush, 0, 0).error == 0);
+  auto r = idle.Call(kCmdRead, 0, 4096);
+  CHECK(r.error == 0);
+  CHECK(r.data == std::vector<std::byte>(4096));
+}
+
+TEST_CASE("connections beyond max_connections are closed before the greeting; the others keep working") {
+  NbdServerOptions o;
+  o.threads_per_connection = 2;
+  o.max_connections = 2;
+  ServerFixture f(o);
+  auto a = std::make_unique<RawClient>(f.path);
+  a->Go("disk");
+  RawClient b(f.path);
+  b.Go("disk");
+  {
+    RawClient refused(f.path);
+    CHECK(refused.ClosedByServer(std::chrono::seconds(60)));
+  }
+  CHECK(b.Call(kCmdFlush, 0, 0).error == 0);
+  // Once one leaves, a new client gets in (the server notices the close asynchronously).
+  a.reset();
+  bool served = false;
+  for (int i = 0; i < 6000 && !served; ++i) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::strncpy(sun.sun_path, f.path.c_str(), sizeof(sun.sun_path) - 1);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0);
+    std::byte greeting[kServerGreetingSize];
+    served = ::recv(fd, greeting, sizeof(greeting), MSG_WAITALL) == sizeof(greeting);
+    ::close(fd);
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(served);
+}
+
+TEST_CASE("an idle connection has one thread; busy ones add workers up to threads_per_connection") {
+  ServerFixture f(NbdServerOptions{8, 64 * 1024});
+  const int base = SettledThreadCount();
+  std::vector<std::unique_ptr<RawClient>> idle;
+  for (int i = 0; i < 20; ++i) {
+    idle.push_back(std::make_unique<RawClient>(f.path));
+    idle.back()->Go("disk");
+  }
+  CHECK(SettledThreadCount() - base == 20);  // 8 each without workers on demand
+  // Pipelined requests on one more connection: workers start as every one is busy, never more
+  // than 8, and all replies come.
+  RawClient busy(f.path);
+  busy.Go("disk");
+  for (uint64_t i = 0; i < 64; ++i) busy.Request(kCmdWrite, i, i * 4096, 4096, 0, Pattern(4096, 1));
+  for (int i = 0; i < 64; ++i) CHECK(busy.RecvReply().error == 0);
+  const int extra = ThreadCount() - base - 20;
+  CHECK(extra >= 1);
+  CHECK(extra <= 8);
 }
 
 TEST_CASE("TCP on 127.0.0.1:0 serves the same protocol") {

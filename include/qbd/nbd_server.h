@@ -5,10 +5,18 @@
 // serves every export of its ExportRegistry by name, or is bound to one export, which it then
 // serves whatever name the client asks for (the per-volume port of the design).
 //
-// Per connection, `threads_per_connection` threads take turns reading one request each (under a
-// read lock, payload included), run it through the export's BlockHandler and send the reply (one
-// thread sends at a time and takes the small replies of the others along in the same sendmsg), so
-// many requests are in flight and replies may be out of order.
+// Per connection, worker threads take turns reading one request each (under a read lock, payload
+// included), run it through the export's BlockHandler and send the reply (one thread sends at a
+// time and takes the small replies of the others along in the same sendmsg), so many requests are
+// in flight and replies may be out of order. Workers start on demand, up to
+// `threads_per_connection`, when every worker of the connection is busy with a request, and the
+// extra ones end after a while without work: an idle connection has one thread.
+//
+// Memory: request data (WRITE payloads as their bytes arrive, READ replies) comes out of one
+// PayloadBudget of `memory_budget` bytes for all connections; when it is spent the server stops
+// reading from clients until requests finish. A client that leaves a request unfinished (or takes
+// no reply bytes) for `client_timeout_ms` is disconnected; beyond `max_connections`, new
+// connections are closed at once.
 //
 // Thread-safety: Listen* and Stop may be called from any thread; Stop is idempotent.
 #pragma once
@@ -24,6 +32,9 @@
 
 namespace qbd {
 
+// The largest READ or WRITE any export may accept (Export::max_payload is at most this).
+inline constexpr uint32_t kMaxPayload = 32u << 20;
+
 // What the server advertises for one export and the handler that serves it.
 struct Export {
   std::string name;         // NBD export name (= volume name)
@@ -31,7 +42,7 @@ struct Export {
   bool read_only = false;   // NBD_FLAG_READ_ONLY; writes, trims and zeroes get EPERM
   uint32_t min_block = 1;           // NBD_INFO_BLOCK_SIZE minimum
   uint32_t preferred_block = 4096;  // NBD_INFO_BLOCK_SIZE preferred (the volume block size)
-  uint32_t max_payload = 32u << 20; // NBD_INFO_BLOCK_SIZE maximum; longer READ/WRITE get EINVAL
+  uint32_t max_payload = kMaxPayload;  // NBD_INFO_BLOCK_SIZE maximum; longer READ/WRITE get EINVAL
   std::shared_ptr<BlockHandler> handler;  // Size() is the export size
 };
 
@@ -49,6 +60,9 @@ struct NbdServerOptions {
   int threads_per_connection = 16;
   // Longest option payload accepted during the handshake; longer closes the connection.
   uint32_t max_option_length = 64 * 1024;
+  uint64_t memory_budget = uint64_t{256} << 20;  // raised to 2 x kMaxPayload when smaller
+  int client_timeout_ms = 60000;
+  uint32_t max_connections = 1024;
 };
 
 class NbdServer {

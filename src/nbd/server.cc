@@ -4,9 +4,11 @@
 //  - one listener thread per Listen(): poll()s its socket and the server's wake eventfd, accepts,
 //    and starts the connection's main thread. It never reads from a client.
 //  - per connection, a main thread runs the handshake (with a receive timeout, so a silent client
-//    cannot pin it), then starts threads_per_connection - 1 more workers and becomes a worker
-//    itself. When every worker has returned it shuts the socket down and queues itself for the
-//    reaper.
+//    cannot pin it), then becomes the connection's first worker. A worker that has read a request
+//    while no other worker of the connection waits to read starts another one (up to
+//    threads_per_connection); a worker other than the first that waits kIdleWorkerMs for its
+//    turn to read ends. When the first worker returns and the others have ended, the main thread
+//    shuts the socket down and queues itself for the reaper.
 //  - one reaper thread joins finished connection threads and closes their sockets, so finished
 //    connections never accumulate.
 //
@@ -14,6 +16,13 @@
 // payload) into the worker's own buffer, release it, run the request through the export's
 // BlockHandler, and send the reply (SendReply). Replies may thus leave out of order, which the
 // protocol allows.
+//
+// Memory: a WRITE payload is received piece by piece, each piece's bytes taken from the server's
+// PayloadBudget before they are read (64 KiB first, then as much as has arrived so far), into a
+// buffer whose pages are touched only as the bytes land; a READ reply takes its length before
+// the read. When the budget is spent the reader waits, and stops reading its socket meanwhile.
+// Once a request's first byte has arrived, the rest of its header and each piece of its payload
+// must arrive within client_timeout_ms, or the connection is closed.
 //
 // Replies are combined: one worker at a time sends, and a worker that finds another one sending
 // copies a small reply (a header, a write's acknowledgement, a read of up to kCoalesceMax bytes)
@@ -52,18 +61,22 @@
 #include "qbd/log.h"
 #include "qbd/nbd_server.h"
 #include "qbd/nbd_wire.h"
+#include "nbd/budget.h"
 
 namespace qbd {
 namespace {
 
 constexpr int kHandshakeTimeoutSec = 30;
-// A client that accepts no reply bytes for this long is dropped (so Stop() cannot hang on it).
-constexpr int kSendTimeoutSec = 60;
 constexpr size_t kReadBufferSize = 64 * 1024;
 // A worker keeps its payload buffer across requests up to this size, so common requests never
-// allocate; a buffer grown past it for a rare huge request is freed afterwards, which bounds
-// what idle connections hold (threads_per_connection x this) whatever max_payload is.
-constexpr size_t kKeptBufferSize = 4 << 20;
+// allocate; a buffer grown past it for a larger request is freed afterwards, which bounds what
+// idle connections hold (one worker x this) whatever max_payload is.
+constexpr size_t kKeptBufferSize = 256 * 1024;
+// The first piece of a WRITE payload taken from the budget before its bytes arrive; later pieces
+// are as large as what has arrived so far, so a client that stalls holds little it did not send.
+constexpr uint64_t kFirstPiece = 64 * 1024;
+// A worker other than a connection's first ends after waiting this long for its turn to read.
+constexpr int kIdleWorkerMs = 5000;
 // Replies up to this size are copied into the outbox when another worker is sending (see the top
 // of the file); larger ones wait for their turn rather than be copied.
 constexpr size_t kCoalesceMax = 64 * 1024;
@@ -76,9 +89,10 @@ void CloseFd(int fd) {
   if (fd >= 0) ::close(fd);
 }
 
-void SetTimeout(int fd, int option, int seconds) {
+void SetTimeout(int fd, int option, int ms) {
   timeval tv{};
-  tv.tv_sec = seconds;
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
   // Best effort: without the timeout the connection still works.
   (void)::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv));
 }
@@ -114,6 +128,11 @@ bool SendAll(int fd, std::span<const std::byte> a, std::span<const std::byte> b 
   return SendAll(fd, iov, b.empty() ? 1 : 2);
 }
 
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Buffered reads from a socket. Small messages (request headers) come out of one recv() of up to
 // kReadBufferSize bytes, so pipelined requests cost one syscall for many headers; large payloads
 // are received directly into the caller's buffer.
@@ -123,28 +142,41 @@ class InBuffer {
 
   enum class Outcome { kOk, kEof, kError };
   // Fills `out`. kEof when the peer closed before the first byte of `out` arrived at a message
-  // boundary or in the middle of it (`*partial` tells which); kError with errno saved in *err.
-  Outcome ReadExact(int fd, std::span<std::byte> out, bool* partial, int* err) {
+  // boundary or in the middle of it (`*partial` tells which); kError with errno saved in *err
+  // (ETIMEDOUT when `timeout_ms` passed). `timeout_ms` > 0: all of `out` must arrive within it,
+  // counted from the call, or with `from_first_byte` from the arrival of its first byte (a
+  // client may stay idle before a request, not within one).
+  Outcome ReadExact(int fd, std::span<std::byte> out, bool* partial, int* err, int timeout_ms = 0,
+                    bool from_first_byte = false) {
     size_t done = std::min(out.size(), end_ - begin_);
     if (done > 0) std::memcpy(out.data(), buf_.data() + begin_, done);
     begin_ += done;
     *partial = done > 0;
+    int64_t deadline = timeout_ms > 0 && (!from_first_byte || done > 0) ? NowMs() + timeout_ms : 0;
     while (done < out.size()) {
       const size_t want = out.size() - done;
-      ssize_t n;
-      if (want >= buf_.size() / 2) {
-        n = ::recv(fd, out.data() + done, want, MSG_WAITALL);
-      } else {
-        n = ::recv(fd, buf_.data(), buf_.size(), 0);
-      }
+      const bool direct = want >= buf_.size() / 2;
+      // Without a deadline, block in recv; with one, take what is there and poll for the rest.
+      const int flags = deadline > 0 ? MSG_DONTWAIT : (direct ? MSG_WAITALL : 0);
+      ssize_t n = direct ? ::recv(fd, out.data() + done, want, flags) : ::recv(fd, buf_.data(), buf_.size(), flags);
       if (n < 0) {
         if (errno == EINTR) continue;
+        if ((errno == EAGAIN || errno == EWOULDBLOCK) && deadline > 0) {
+          const int64_t left = deadline - NowMs();
+          pollfd p = {fd, POLLIN, 0};
+          if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) == 0) {
+            *err = ETIMEDOUT;
+            return Outcome::kError;
+          }
+          continue;  // readable, closed, or EINTR: recv tells
+        }
         *err = errno;
         return Outcome::kError;
       }
       if (n == 0) return Outcome::kEof;
+      if (!*partial && timeout_ms > 0 && deadline == 0) deadline = NowMs() + timeout_ms;
       *partial = true;
-      if (want >= buf_.size() / 2) {
+      if (direct) {
         done += static_cast<size_t>(n);
       } else {
         begin_ = 0;
@@ -161,6 +193,30 @@ class InBuffer {
  private:
   std::vector<std::byte> buf_;
   size_t begin_ = 0, end_ = 0;  // Invariant: buf_[begin_, end_) is received but unconsumed
+};
+
+// A worker's payload buffer: allocated without being written, so that the pages of a large
+// WRITE payload become memory only as its bytes arrive.
+class PayloadBuffer {
+ public:
+  std::byte* Get(size_t n) {
+    if (cap_ < n) {
+      p_.reset(new std::byte[n]);  // default-initialized: not touched
+      cap_ = n;
+    }
+    return p_.get();
+  }
+  // Frees a buffer grown past `keep`.
+  void Trim(size_t keep) {
+    if (cap_ > keep) {
+      p_.reset();
+      cap_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<std::byte[]> p_;
+  size_t cap_ = 0;
 };
 
 // A client-supplied string made safe for one log line: at most 64 bytes, non-printable bytes
@@ -220,9 +276,13 @@ struct NbdServer::Impl {
     bool structured = false;
     bool base_allocation = false;
 
-    std::mutex read_mu;
+    std::timed_mutex read_mu;
     InBuffer in;           // guarded by read_mu (only the handshake thread before workers start)
     bool closing = false;  // guarded by read_mu: no further request is read
+
+    std::mutex workers_mu;
+    int workers = 0;  // guarded by workers_mu: running workers (the main thread is the first)
+    int idle = 0;     // guarded by workers_mu: workers waiting to read (or reading) a request
 
     std::mutex write_mu;
     bool send_failed = false;         // guarded by write_mu
@@ -238,7 +298,10 @@ struct NbdServer::Impl {
     uint64_t suppressed = 0;  // guarded by log_mu
   };
 
-  Impl(const ExportRegistry& r, NbdServerOptions o) : registry(r), options(o) {}
+  Impl(const ExportRegistry& r, NbdServerOptions o)
+      : registry(r),
+        options(o),
+        budget(std::max<uint64_t>(o.memory_budget, uint64_t{2} * kMaxPayload), kMaxPayload) {}
 
   // ---- listeners and lifetime ----
   Status Listen(std::string_view spec, std::string only_export);
@@ -251,7 +314,16 @@ struct NbdServer::Impl {
   void ConnectionMain(Conn* c);
   // Returns true when the client entered transmission.
   bool Handshake(Conn* c);
+  // Serves requests until the connection closes, or until it waited kIdleWorkerMs for its turn
+  // to read while another worker held it.
   void Worker(Conn* c);
+  // Worker(), then the connection's end if it was the last worker.
+  void RunWorker(Conn* c);
+  // Shuts the socket down and hands the connection to the reaper.
+  void FinishConnection(Conn* c);
+  // Starts one more worker when none waits to read and there is room; REQUIRES: a request was
+  // just read (the caller is busy).
+  void MaybeAddWorker(Conn* c);
   // Sends the reply made of `a` then `b`, or leaves it in the outbox for the worker that is
   // sending (see the top of this file).
   void SendReply(Conn* c, std::span<const std::byte> a, std::span<const std::byte> b);
@@ -259,6 +331,7 @@ struct NbdServer::Impl {
 
   const ExportRegistry& registry;
   const NbdServerOptions options;
+  PayloadBudget budget;
 
   std::mutex stop_mu;  // serializes Stop()
   mutable std::mutex mu;
@@ -267,6 +340,9 @@ struct NbdServer::Impl {
   std::map<uint64_t, std::unique_ptr<Conn>> conns;   // guarded by mu
   std::vector<uint64_t> finished;                    // guarded by mu: conns whose threads ended
   uint64_t next_conn_id = 1;                         // guarded by mu
+  uint32_t live = 0;          // guarded by mu: connections whose main thread has not ended
+  int64_t refused_second = 0;  // guarded by mu: when the last refusal was logged
+  uint64_t refused = 0;        // guarded by mu: refusals since then, not logged
   bool stopping = false;                             // guarded by mu
   bool reaper_exit = false;                          // guarded by mu
   std::thread reaper;                                // started by the first Listen
@@ -458,6 +534,20 @@ void NbdServer::Impl::StartConnection(int fd, const sockaddr_storage& peer,
     CloseFd(fd);
     return;
   }
+  if (live >= options.max_connections) {
+    CloseFd(fd);  // the client sees the connection closed before the greeting
+    const int64_t now = NowMs() / 1000;
+    if (now != refused_second) {
+      QBD_LOG_WARN("nbd: refused a connection from {}: {} connections already (max_connections){}",
+                   SockaddrToString(peer), live,
+                   refused > 0 ? fmt::format("; {} more refused since the last message", refused) : "");
+      refused_second = now;
+      refused = 0;
+    } else {
+      ++refused;
+    }
+    return;
+  }
   auto c = std::make_unique<Conn>();
   c->id = next_conn_id++;
   c->fd = fd;
@@ -471,6 +561,7 @@ void NbdServer::Impl::StartConnection(int fd, const sockaddr_storage& peer,
     return;  // ~Conn closes fd
   }
   conns.emplace(raw->id, std::move(c));
+  ++live;
 }
 
 void NbdServer::Impl::ReaperLoop() {
@@ -551,27 +642,52 @@ void NbdServer::Impl::Warn(Conn* c, std::string_view what) {
 }
 
 void NbdServer::Impl::ConnectionMain(Conn* c) {
-  if (Handshake(c)) {
-    SetTimeout(c->fd, SO_RCVTIMEO, 0);  // idle clients are fine once transmitting
-    const int n = std::max(1, options.threads_per_connection);
-    std::vector<std::thread> workers;
-    workers.reserve(static_cast<size_t>(n - 1));
-    for (int i = 1; i < n; ++i) {
-      try {
-        workers.emplace_back([this, c] { Worker(c); });
-      } catch (const std::system_error& e) {
-        Warn(c, fmt::format("cannot start worker thread: {}; continuing with {}", e.what(), i));
-        break;
-      }
-    }
-    Worker(c);
-    for (auto& t : workers) t.join();
+  if (!Handshake(c)) {
+    FinishConnection(c);
+    return;
   }
+  SetTimeout(c->fd, SO_RCVTIMEO, 0);  // idle clients are fine once transmitting
+  {
+    std::lock_guard lk(c->workers_mu);
+    c->workers = 1;
+  }
+  RunWorker(c);
+}
+
+void NbdServer::Impl::RunWorker(Conn* c) {
+  Worker(c);
+  bool last;
+  {
+    std::lock_guard lk(c->workers_mu);
+    last = --c->workers == 0;
+  }
+  // Only a worker that sees the connection closing ends while another holds the read turn (an
+  // idle one ends only when the turn stayed taken), so the last one to end is one that saw it.
+  if (last) FinishConnection(c);
+}
+
+void NbdServer::Impl::FinishConnection(Conn* c) {
   ::shutdown(c->fd, SHUT_RDWR);  // the peer sees the close now; the reaper closes the fd
   QBD_LOG_DEBUG("nbd: {}: closed", c->peer);
   std::lock_guard lk(mu);
-  finished.push_back(c->id);
+  finished.push_back(c->id);  // the last touch of the connection: the reaper may free it now
+  --live;
   cv.notify_all();
+}
+
+void NbdServer::Impl::MaybeAddWorker(Conn* c) {
+  {
+    std::lock_guard lk(c->workers_mu);
+    if (c->idle > 0 || c->workers >= options.threads_per_connection) return;
+    ++c->workers;
+  }
+  try {
+    std::thread([this, c] { RunWorker(c); }).detach();
+  } catch (const std::system_error& e) {
+    std::lock_guard lk(c->workers_mu);
+    --c->workers;
+    Warn(c, fmt::format("cannot start worker thread: {}; continuing with {}", e.what(), c->workers));
+  }
 }
 
 namespace {
@@ -579,19 +695,20 @@ namespace {
 // Reads one message: the handshake (main thread only) and workers (under read_mu) use it.
 enum class Read { kOk, kEof, kError };
 
-Read ReadMsg(int fd, InBuffer& in, std::span<std::byte> out, std::string* why) {
+Read ReadMsg(int fd, InBuffer& in, std::span<std::byte> out, std::string* why, int timeout_ms = 0,
+             bool from_first_byte = false) {
   why->clear();
   bool partial = false;
   int err = 0;
-  switch (in.ReadExact(fd, out, &partial, &err)) {
+  switch (in.ReadExact(fd, out, &partial, &err, timeout_ms, from_first_byte)) {
     case InBuffer::Outcome::kOk:
       return Read::kOk;
     case InBuffer::Outcome::kEof:
       if (partial) *why = "connection closed in the middle of a message";
       return partial ? Read::kError : Read::kEof;
     case InBuffer::Outcome::kError:
-      *why = (err == EAGAIN || err == EWOULDBLOCK) ? std::string("timed out")
-                                                   : std::string(std::strerror(err));
+      *why = (err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT) ? std::string("timed out")
+                                                                        : std::string(std::strerror(err));
       return Read::kError;
   }
   return Read::kError;
@@ -609,8 +726,9 @@ uint16_t TransmissionFlags(const Export& e, bool structured) {
 
 bool NbdServer::Impl::Handshake(Conn* c) {
   const int fd = c->fd;
-  SetTimeout(fd, SO_RCVTIMEO, kHandshakeTimeoutSec);
-  SetTimeout(fd, SO_SNDTIMEO, kSendTimeoutSec);
+  SetTimeout(fd, SO_RCVTIMEO, std::min(kHandshakeTimeoutSec * 1000, options.client_timeout_ms));
+  // A client that takes no reply bytes for this long is dropped (so Stop() cannot hang on it).
+  SetTimeout(fd, SO_SNDTIMEO, options.client_timeout_ms);
   if (!SendAll(fd, nbd::EncodeServerGreeting(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes))) {
     return false;
   }
@@ -849,18 +967,40 @@ uint16_t AllowedFlags(uint16_t type, bool structured) {
 void NbdServer::Impl::Worker(Conn* c) {
   const Export& e = *c->exp;
   BlockHandler& h = *e.handler;
-  std::vector<std::byte> buf;  // this worker's payload buffer, reused (see kKeptBufferSize)
+  PayloadBuffer payload;  // this worker's payload buffer, reused (see kKeptBufferSize)
   std::vector<nbd::BlockDescriptor> descs;
   std::string why;
+  PayloadBudget::Hold hold;  // the budget the current request holds
+  const int timeout = options.client_timeout_ms;
 
   for (;;) {
     nbd::Request req;
     Next next = Next::kRun;
+    std::byte* buf = nullptr;
     {
-      std::lock_guard lk(c->read_mu);
-      if (c->closing) return;
+      {
+        std::lock_guard lk(c->workers_mu);
+        ++c->idle;
+      }
+      std::unique_lock<std::timed_mutex> lk(c->read_mu, std::defer_lock);
+      while (!lk.try_lock_for(std::chrono::milliseconds(kIdleWorkerMs))) {
+        std::lock_guard wl(c->workers_mu);
+        if (c->workers > 1) {
+          --c->idle;
+          return;  // another worker holds the turn to read: this one is not needed
+        }
+      }
+      auto busy = [c] {
+        std::lock_guard wl(c->workers_mu);
+        --c->idle;
+      };
+      if (c->closing) {
+        busy();
+        return;
+      }
       std::array<std::byte, nbd::kRequestSize> hb;
-      Read r = ReadMsg(c->fd, c->in, hb, &why);
+      Read r = ReadMsg(c->fd, c->in, hb, &why, timeout, /*from_first_byte=*/true);
+      busy();
       if (r != Read::kOk) {
         if (r == Read::kError) Warn(c, fmt::format("reading request: {}", why));
         c->closing = true;
@@ -882,17 +1022,24 @@ void NbdServer::Impl::Worker(Conn* c) {
           c->closing = true;
           next = Next::kRejectAndStop;
         } else {
-          if (buf.size() < req.length) buf.resize(req.length);
-          r = ReadMsg(c->fd, c->in, std::span(buf.data(), req.length), &why);
-          if (r != Read::kOk) {
-            Warn(c,
-                 fmt::format("reading write payload: {}", why.empty() ? "connection closed" : why));
-            c->closing = true;
-            return;
+          buf = payload.Get(req.length);
+          for (uint64_t got = 0; got < req.length;) {
+            const uint64_t piece = std::min<uint64_t>(req.length - got, std::max(kFirstPiece, got));
+            // Waits while the budget is spent: this connection is not read meanwhile.
+            budget.Take(hold, piece, /*continuing=*/got > 0);
+            r = ReadMsg(c->fd, c->in, std::span(buf + got, piece), &why, timeout);
+            if (r != Read::kOk) {
+              budget.Release(hold);
+              Warn(c, fmt::format("reading write payload: {}", why.empty() ? "connection closed" : why));
+              c->closing = true;
+              return;
+            }
+            got += piece;
           }
         }
       }
     }
+    MaybeAddWorker(c);
 
     uint32_t err = 0;
     std::string msg;
@@ -943,13 +1090,15 @@ void NbdServer::Impl::Worker(Conn* c) {
       switch (type) {
         case nbd::kCmdRead:
           if (req.length > 0) {
-            if (buf.size() < req.length) buf.resize(req.length);
-            s = h.Read(req.offset, std::span(buf.data(), req.length));
+            budget.Take(hold, req.length, /*continuing=*/false);  // released after the reply
+            buf = payload.Get(req.length);
+            s = h.Read(req.offset, std::span(buf, req.length));
             if (s.ok()) data_len = req.length;
           }
           break;
         case nbd::kCmdWrite:
-          if (req.length > 0) s = h.Write(req.offset, std::span(buf.data(), req.length), fua);
+          if (req.length > 0) s = h.Write(req.offset, std::span(buf, req.length), fua);
+          budget.Release(hold);
           break;
         case nbd::kCmdFlush:
           s = h.Flush();
@@ -1012,7 +1161,7 @@ void NbdServer::Impl::Worker(Conn* c) {
         head = nbd::EncodeOffsetDataHeader(req.cookie, nbd::kReplyFlagDone, req.offset,
                                            static_cast<uint32_t>(data_len));
         first = head;
-        second = std::span(buf.data(), data_len);
+        second = std::span(buf, data_len);
       } else {
         auto r = nbd::EncodeNoneChunk(req.cookie, nbd::kReplyFlagDone);
         std::copy(r.begin(), r.end(), head.begin());
@@ -1022,11 +1171,12 @@ void NbdServer::Impl::Worker(Conn* c) {
       auto r = nbd::EncodeSimpleReply(0, req.cookie);
       std::copy(r.begin(), r.end(), head.begin());
       first = std::span(head.data(), r.size());
-      if (data_len > 0) second = std::span(buf.data(), data_len);
+      if (data_len > 0) second = std::span(buf, data_len);
     }
     SendReply(c, first, second);
+    budget.Release(hold);  // a READ's data is sent (or copied into the outbox); a rejected WRITE's
     if (next == Next::kRejectAndStop) return;
-    if (buf.size() > kKeptBufferSize) std::vector<std::byte>().swap(buf);
+    payload.Trim(kKeptBufferSize);
   }
 }
 

@@ -130,6 +130,9 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   }
   NbdServerOptions so;
   so.threads_per_connection = config.threads_per_connection;
+  so.memory_budget = config.nbd_memory;
+  so.client_timeout_ms = static_cast<int>(config.client_timeout_ms);
+  so.max_connections = config.max_connections;
   m->server_ = std::make_unique<NbdServer>(*m->registry_, so);
   QBD_RETURN_IF_ERROR(m->server_->Listen(config.listen));
   for (auto& [name, vol] : m->volumes_) {
@@ -261,7 +264,7 @@ void Master::PublishExport(const std::string& name, Volume& volume) {
   e->read_only = volume.meta().read_only;
   e->min_block = 1;
   e->preferred_block = volume.meta().geometry.block_size;
-  e->max_payload = 32u << 20;
+  e->max_payload = kMaxPayload;
   e->handler = volume.handler();
   registry_->Set(name, std::move(e));
 }
