@@ -20,6 +20,7 @@
 
 #include "qbd/backend.h"
 #include "qbd/chunk_format.h"
+#include "qbd/clock.h"
 #include "qbd/dirty_map.h"
 #include "qbd/log.h"
 #include "qbd/part_store.h"
@@ -92,6 +93,7 @@ class Cluster {
     o.region_size = kRegion;
     o.start_resync_thread = false;
     o.after_crash = after_crash;
+    o.clock = &clock_;
     // The chunk map as persisted on part a (written chunks survive the reopen).
     std::unique_ptr<DirtyMap> chunk_map;
     if (auto text = ReadSmallFile(*mem_[0], DirtyMap::ChunkMapPath(kVol)); text.ok()) {
@@ -117,6 +119,8 @@ class Cluster {
   }
 
   QuorumSet& q() { return *q_; }
+  // The clock of the back-off of parts out of space.
+  ManualClock& clock() { return clock_; }
   MemBackend& mem(int i) { return *mem_[i]; }
   FaultyBackend& faulty(int i) { return *faulty_[i]; }
 
@@ -200,6 +204,7 @@ class Cluster {
   }
 
   QuietLog quiet_;
+  ManualClock clock_;
   const uint32_t write_quorum_;
   const bool append_only_;
   uint64_t epoch_ = 0;
@@ -209,6 +214,8 @@ class Cluster {
 };
 
 constexpr uint32_t kFailPartWrites = FaultyBackend::kMutatingOps;
+// The first back-off of a part out of space (engine/part_health.h: PartHealth::kInitialBackoffMs).
+constexpr uint64_t kBackoffMs = 1000;
 
 }  // namespace
 
@@ -1282,9 +1289,14 @@ TEST_CASE("a chunk whose sync failed is recorded dirty and not synced again thro
   c.q().TEST_SetPartUp(1, true);
   // Regression: the failed handle stayed listed, so every later flush synced it again; on an NFS
   // server that lost the writes each such sync failed anew and brought the part down once more.
-  const uint64_t before = c.faulty(1).ops();
+  // (The flush may rewrite b's chunk map copy, which missed the chunk while b was down.)
+  std::atomic<int> chunk_syncs{0};
+  c.faulty(1).SetHook([&](FaultyBackend::Op op, std::string_view path) {
+    if (op == FaultyBackend::kSync && path.starts_with("7/b/")) ++chunk_syncs;
+  });
   REQUIRE(c.q().Flush().ok());
-  CHECK(c.faulty(1).ops() == before);
+  c.faulty(1).SetHook({});
+  CHECK(chunk_syncs.load() == 0);
   CHECK(c.q().ResyncOnce() > 0);
   CHECK(c.q().DirtyRegions(1) == 0);
   c.q().TEST_SetPartUp(0, false);
@@ -1292,4 +1304,199 @@ TEST_CASE("a chunk whose sync failed is recorded dirty and not synced again thro
   CHECK(c.ReadBack(kChunk, kBs) == v);
 }
 }  // TEST_SUITE("quorum")
+TEST_SUITE("quorum_full_disk") {
+TEST_CASE("Write and Flush fail with ENOSPC when every part is out of space, and data written before reads back") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v1 = RandomBytes(200, 3 * kChunk), v2 = RandomBytes(201, 300000);
+  REQUIRE(c.q().Write(0, v1, false).ok());
+  REQUIRE(c.q().Flush().ok());
+  for (int i = 0; i < kParts; ++i) c.faulty(i).SetOutOfSpace(true);
+
+  // The first write finds every part full; the later ones skip them.
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    Status s = c.q().Write(kChunk / 2, v2, false);
+    CHECK(s.IsUnavailable());
+    CHECK(s.Errno() == ENOSPC);
+    CHECK(s.message().find("No space left on device") != std::string::npos);
+  }
+  for (int i = 0; i < kParts; ++i) {
+    CHECK(c.q().PartFull(i));
+    CHECK_FALSE(c.q().PartUp(i));
+  }
+  Status f = c.q().Flush();
+  CHECK(f.IsUnavailable());
+  CHECK(f.Errno() == ENOSPC);
+  // A write into a chunk no part has yet fails the same way.
+  CHECK(c.q().Write(9 * kChunk, v2, false).Errno() == ENOSPC);
+
+  // Reads never fail: the regions the failed writes marked dirty everywhere are judged, and the
+  // copies agree on the data written before.
+  CHECK(c.ReadBack(0, v1.size()) == v1);
+  CHECK(AllZero(c.ReadBack(9 * kChunk, v2.size())));
+
+  // Space returns: the parts come back after their back-off, and the volume takes writes again.
+  for (int i = 0; i < kParts; ++i) c.faulty(i).SetOutOfSpace(false);
+  c.q().ResyncOnce();
+  for (int i = 0; i < kParts; ++i) CHECK(c.q().PartFull(i));  // back-off not over
+  c.clock().Advance(kBackoffMs);
+  c.q().ResyncOnce();
+  c.q().ResyncOnce();
+  for (int i = 0; i < kParts; ++i) {
+    CHECK(c.q().PartInSync(i));
+    CHECK(c.q().DirtyRegions(i) == 0);
+  }
+  REQUIRE(c.q().Write(kChunk / 2, v2, false).ok());
+  std::copy(v2.begin(), v2.end(), v1.begin() + kChunk / 2);
+  CHECK(c.ReadBack(0, v1.size()) == v1);
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("one part out of space goes full once, writes go on, and it resyncs when space returns") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v1 = RandomBytes(210, 2 * kChunk);
+  REQUIRE(c.q().Write(0, v1, false).ok());
+  REQUIRE(c.q().Flush().ok());
+  c.faulty(1).SetOutOfSpace(true);
+
+  // Many writes, some into chunks new to every part: each succeeds on a and c; b goes full at the
+  // first and stays full (no flapping), resync rounds included.
+  int transitions = 0;
+  bool was_full = false;
+  for (int k = 0; k < 40; ++k) {
+    CAPTURE(k);
+    std::vector<std::byte> v = RandomBytes(220 + k, 20000);
+    const uint64_t off = (k * 377 * 1024) % (kSize - v.size());
+    REQUIRE(c.q().Write(off, v, k % 7 == 0).ok());
+    if (c.q().PartFull(1) != was_full) ++transitions;
+    was_full = c.q().PartFull(1);
+    if (k % 10 == 9) {
+      c.q().ResyncOnce();
+      c.clock().Advance(100);
+      if (c.q().PartFull(1) != was_full) ++transitions;
+      was_full = c.q().PartFull(1);
+    }
+  }
+  CHECK(transitions == 1);
+  CHECK(c.q().PartFull(1));
+  CHECK(c.q().PartInSync(0));
+  CHECK(c.q().PartInSync(2));
+  CHECK(c.q().DirtyRegions(1) > 0);
+  REQUIRE(c.q().Flush().ok());  // a and c are the quorum
+
+  // Still full after the back-off: the probe finds no room and the part stays out.
+  c.clock().Advance(10 * kBackoffMs);
+  c.q().ResyncOnce();
+  CHECK(c.q().PartFull(1));
+
+  // Space returns: back (resyncing) at the next round, in sync at the one after.
+  c.faulty(1).SetOutOfSpace(false);
+  c.q().ResyncOnce();
+  CHECK(c.q().PartUp(1));
+  c.q().ResyncOnce();
+  CHECK(c.q().PartInSync(1));
+  CHECK(c.q().DirtyRegions(1) == 0);
+  REQUIRE(c.q().Flush().ok());
+  c.CheckPartsIdentical();
+
+  // On disk, the maps agree with what resync did: b's dirty map is clear in every copy, and b's
+  // chunk map copy has every chunk the others have.
+  for (uint64_t r = 0; r < kRegions; ++r) CHECK_FALSE(c.PersistedDirtyAnywhere(1, r));
+  auto map_a = ReadWholeFile(c.mem(0), DirtyMap::ChunkMapPath(kVol));
+  auto map_b = ReadWholeFile(c.mem(1), DirtyMap::ChunkMapPath(kVol));
+  REQUIRE(map_a.ok());
+  REQUIRE(map_b.ok());
+  CHECK((*map_a == *map_b));
+  for (int p : {0, 2}) {
+    auto on_a = ReadWholeFile(c.mem(p == 0 ? 2 : 0), DirtyMap::PathFor(kVol, Cluster::Letter(p)));
+    auto on_b = ReadWholeFile(c.mem(1), DirtyMap::PathFor(kVol, Cluster::Letter(p)));
+    REQUIRE(on_a.ok());
+    REQUIRE(on_b.ok());
+    CHECK((*on_a == *on_b));
+  }
+  c.q().TEST_SetPartUp(0, false);
+  c.q().TEST_SetPartUp(2, false);
+  std::vector<std::byte> got = c.ReadBack(0, kSize);
+  c.q().TEST_SetPartUp(0, true);
+  c.q().TEST_SetPartUp(2, true);
+  CHECK(got == c.ReadBack(0, kSize));
+}
+
+TEST_CASE("a part that fills up again before it is in sync waits twice as long") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v = RandomBytes(230, 100000);
+  c.faulty(1).SetOutOfSpace(true);
+  REQUIRE(c.q().Write(0, v, false).ok());
+  REQUIRE(c.q().PartFull(1));
+  c.faulty(1).SetOutOfSpace(false);
+  c.clock().Advance(kBackoffMs);
+  c.q().ResyncOnce();  // back: resyncing
+  REQUIRE(c.q().PartUp(1));
+  c.faulty(1).SetOutOfSpace(true);
+  REQUIRE(c.q().Write(kChunk, v, false).ok());  // fills up again
+  REQUIRE(c.q().PartFull(1));
+  c.faulty(1).SetOutOfSpace(false);
+  c.clock().Advance(kBackoffMs);
+  c.q().ResyncOnce();
+  CHECK(c.q().PartFull(1));  // 2 s now
+  c.clock().Advance(kBackoffMs);
+  c.q().ResyncOnce();
+  CHECK(c.q().PartUp(1));
+  c.q().ResyncOnce();
+  CHECK(c.q().PartInSync(1));
+  c.CheckPartsIdentical();
+}
+
+TEST_CASE("Read serves each block from a clean copy when no single part is clean for the whole range") {
+  Cluster c(/*write_quorum=*/1);
+  std::vector<std::byte> v1 = RandomBytes(240, 2 * kRegion), v2 = RandomBytes(241, kRegion),
+                         v3 = RandomBytes(242, kRegion);
+  REQUIRE(c.q().Write(0, v1, false).ok());
+  c.q().TEST_SetPartUp(0, false);
+  REQUIRE(c.q().Write(kRegion, v3, false).ok());  // a is stale in region 1
+  c.q().TEST_SetPartUp(0, true);
+  c.q().TEST_SetPartUp(1, false);
+  c.q().TEST_SetPartUp(2, false);
+  REQUIRE(c.q().Write(0, v2, false).ok());  // b and c are stale in region 0
+  c.q().TEST_SetPartUp(1, true);
+  REQUIRE(c.q().DirtyRegions(0) == 1);
+  REQUIRE(c.q().DirtyRegions(1) == 1);
+  // a is clean in region 0 only, b in region 1 only, c (clean in region 1) is down.
+  std::vector<std::byte> want = v2;
+  want.insert(want.end(), v3.begin(), v3.end());
+  CHECK(c.ReadBack(0, 2 * kRegion) == want);
+}
+
+TEST_CASE("RepairChunk reports a part out of space once, as out of space") {
+  Cluster c(/*write_quorum=*/2);
+  std::vector<std::byte> v = RandomBytes(250, 3 * kChunk);
+  REQUIRE(c.q().Write(0, v, false).ok());
+  REQUIRE(c.q().Flush().ok());
+  REQUIRE(c.mem(1).Remove(c.ChunkFile(1, 0)).ok());
+  REQUIRE(c.mem(1).Remove(c.ChunkFile(1, 1)).ok());
+  c.faulty(1).SetOutOfSpace(true);
+  auto r0 = c.q().RepairChunk(0, RepairOptions{});
+  REQUIRE(r0.ok());
+  REQUIRE(r0->actions.size() == 1);
+  CHECK(r0->actions[0].target == 'b');
+  CHECK(r0->actions[0].error.find("No space left on device") != std::string::npos);
+  CHECK(c.q().PartFull(1));
+  auto r1 = c.q().RepairChunk(1, RepairOptions{});
+  REQUIRE(r1.ok());
+  CHECK(r1->actions.empty());
+  CHECK(r1->notes == std::vector<std::string>{"part b is down: no space left on device: not checked"});
+  CHECK(c.q().PartState(1) == "out of space: No space left on device");
+  // Space returns: the next repair (after the back-off) rebuilds the copies.
+  c.faulty(1).SetOutOfSpace(false);
+  c.clock().Advance(kBackoffMs);
+  for (uint64_t chunk : {0, 1}) {
+    auto r = c.q().RepairChunk(chunk, RepairOptions{});
+    REQUIRE(r.ok());
+    REQUIRE(r->actions.size() == 1);
+    CHECK(r->actions[0].error.empty());
+  }
+  c.CheckPartsIdentical();
+}
+}  // TEST_SUITE("quorum_full_disk")
+
 }  // namespace qbd::test

@@ -126,6 +126,14 @@ class PartStore {
   // Drops every cached file handle (syncing written ones first).
   Status CloseAll();
 
+  // Space kept free on the backend for metadata (layout-spec.md §5: the lease, the epoch, the
+  // maps' rewrites), where the backend can tell its free space (FreeBytes): a write or repair that
+  // would leave less fails with IOError(ENOSPC) before it writes anything, so a file system filled
+  // by chunk data still takes the volume's metadata. Free space is asked at most every
+  // kFreeRecheck; in between, the bytes written since are counted off.
+  static constexpr uint64_t kReservedBytes = 8ull << 20;
+  static constexpr std::chrono::milliseconds kFreeRecheck{100};
+
   // Bytes of slot pairs kept in memory for the open chunk files (at most kPairCacheBudget).
   uint64_t PairCacheBytes() const { return pair_cache_bytes_.load(std::memory_order_relaxed); }
   static constexpr uint64_t kPairCacheBudget = 32ull << 20;
@@ -289,6 +297,13 @@ class PartStore {
   // Bytes of the handles' pair caches, at most kPairCacheBudget: 1,024 open files of the default
   // geometry (4 MiB chunks of 4 KiB blocks, 32 KiB of pairs each). Beyond, pairs are read.
   std::atomic<uint64_t> pair_cache_bytes_{0};
+  // IOError(ENOSPC) when writing `bytes` would leave less than kReservedBytes free (see there).
+  Status CheckRoom(uint64_t bytes);
+  // The backend's free space as last asked (when free_at_ns_ was), minus the bytes written since;
+  // free_known_ is false once the backend said it cannot tell.
+  std::atomic<bool> free_known_{true};
+  std::atomic<int64_t> free_estimate_{0};
+  std::atomic<int64_t> free_at_ns_{0};
   // Pending pairs of handles dropped by DropReplaced(same_file), adopted by the chunk's next
   // handle. GUARDED_BY(mu_); at most max_open_files_ chunks (beyond, forgotten: a data read each).
   std::unordered_map<uint64_t, std::shared_ptr<SlotState>> orphans_;

@@ -8,7 +8,9 @@
 // gets the regions set in its dirty map, persisted on the other parts before the reply. The write
 // succeeds when `write_quorum` parts have it.
 //
-// Reads: from the least loaded part that is up and clean for the range, checksum verified. On a bad
+// Reads: from the least loaded part that is readable (up, resyncing, or out of space) and clean for
+// the range, checksum verified; with no part clean for the whole range, each block from the copy
+// the judge picks (a range whose regions are clean on different parts). On a bad
 // checksum, a short or missing chunk file or an I/O error, another part serves the data and the
 // bad copy is marked for repair; the resync thread rewrites it from a good copy (read-repair),
 // logging volume, part, chunk and block. A block with no good copy fails (EIO) and stays as it is.
@@ -19,7 +21,9 @@
 // that was out of reach then is compared when it is back.
 //
 // Resync: a background thread copies every dirty region from a clean part and clears its bit;
-// it also probes parts marked down and brings them back. A region whose source has no good copy
+// it also probes parts marked down and brings them back, and parts out of space (ENOSPC) once
+// they have room again, with a back-off (engine/part_health.h). A write that misses its quorum
+// because parts are out of space fails with ENOSPC, other losses with EIO. A region whose source has no good copy
 // of some block stays dirty (the loss stays visible) until an admin acts (qbd-repair).
 //
 // Judging copies: one rule for every caller (scrub.h JudgeCopies). The read and resync paths use
@@ -45,8 +49,10 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "qbd/clock.h"
 #include "qbd/dirty_map.h"
 #include "qbd/handler.h"
 #include "qbd/part_store.h"
@@ -93,6 +99,9 @@ struct QuorumOptions {
   // Background work (resync, comparisons) writes to the parts only while this says so (the
   // volume's lease is valid: a fenced master writes nothing). Null: always.
   std::function<bool()> background_writes_allowed;
+  // The clock of the back-off of parts out of space (engine/part_health.h); null: SteadyClock().
+  // Must outlive the QuorumSet.
+  const Clock* clock = nullptr;
 };
 
 struct QuorumCounters {
@@ -172,7 +181,8 @@ class QuorumSet : public BlockHandler {
   uint64_t CompareQueued();
   // The largest generation any write of this volume can have made: larger ones are suspect.
   uint64_t MaxGeneration() const;
-  // Stops the resync thread (idempotent).
+  // Stops the resync thread (idempotent). The first call logs each part that is still down or out
+  // of space, with its dirty regions (resynced once it is back, at this run or the next).
   void StopResync();
 
   size_t part_count() const { return parts_.size(); }
@@ -188,6 +198,10 @@ class QuorumSet : public BlockHandler {
   bool PartUp(size_t i) const { return Reachable(i); }
   // Up and in sync: the part counts for the write quorum.
   bool PartInSync(size_t i) const { return InSync(i); }
+  // Out of space: reads go on where it is clean; writes skip it until it has room again.
+  bool PartFull(size_t i) const;
+  // "up", "resyncing", "out of space: No space left on device", "down: <error>".
+  std::string PartState(size_t i) const;
   uint64_t DirtyRegions(size_t i) const;
   const QuorumCounters& counters() const { return counters_; }
   uint32_t region_size() const { return region_size_; }
@@ -221,6 +235,9 @@ class QuorumSet : public BlockHandler {
   Status WritePiece(uint64_t off, uint64_t len, const std::byte* src, bool fua, bool may_trim);
   Status CheckQuorum(int ok_parts, const std::vector<int>& missed, uint64_t r0, uint64_t r1,
                      std::string_view op);
+  // Unavailable for an `op` that reached only `ok_parts` in sync: names each other part's state;
+  // its errno is ENOSPC when a part is out of space, else EIO.
+  Status QuorumLost(std::string_view op, int ok_parts) const;
   // Marks regions of part p dirty; with `durable`, persists the new bits on the other parts.
   Status MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why);
   // Clears region in part p's dirty map, in memory and (without sync) on disk.
@@ -239,6 +256,7 @@ class QuorumSet : public BlockHandler {
   const QuorumOptions options_;
   const uint32_t region_size_;
   std::atomic<bool> append_only_;
+  std::atomic<bool> stop_reported_{false};  // StopResync logged the parts not reachable
   std::unique_ptr<Sequencer> seq_;      // generations and region locks
   std::unique_ptr<PartHealth> health_;  // part states and load
   std::unique_ptr<FlushCoalescer> flusher_;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -103,6 +104,43 @@ Status PartStore::WritePairsLocked(Handle& h, uint64_t first, std::span<const st
 }
 
 PartStore::~PartStore() { CloseAll().IgnoreError(); }
+
+Status PartStore::CheckRoom(uint64_t bytes) {
+  if (!free_known_.load(std::memory_order_relaxed)) return Status::OK();
+  const int64_t now = NowNs();
+  // Asks the backend; false when it cannot tell (no reserve then).
+  auto ask = [&] {
+    auto free = backend_.FreeBytes();
+    if (free.status().IsNotSupported()) {
+      free_known_.store(false, std::memory_order_relaxed);
+      return false;
+    }
+    if (free.ok()) {
+      free_estimate_.store(static_cast<int64_t>(*free), std::memory_order_relaxed);
+      free_at_ns_.store(now, std::memory_order_relaxed);
+    }
+    return true;
+  };
+  const int64_t at = free_at_ns_.load(std::memory_order_relaxed);
+  bool fresh = at == 0 || now - at >= std::chrono::nanoseconds(kFreeRecheck).count();
+  if (fresh && !ask()) return Status::OK();
+  // An upper bound of what the write allocates (an overwrite allocates nothing).
+  const auto want = static_cast<int64_t>(bytes);
+  int64_t left = free_estimate_.fetch_sub(want, std::memory_order_relaxed) - want;
+  if (left >= static_cast<int64_t>(kReservedBytes)) return Status::OK();
+  free_estimate_.fetch_add(want, std::memory_order_relaxed);  // not written
+  if (!fresh) {
+    // The estimate may be old (space freed since): asked again before refusing.
+    if (!ask()) return Status::OK();
+    left = free_estimate_.fetch_sub(want, std::memory_order_relaxed) - want;
+    if (left >= static_cast<int64_t>(kReservedBytes)) return Status::OK();
+    free_estimate_.fetch_add(want, std::memory_order_relaxed);
+  }
+  return Status::IOError(fmt::format("part {}: {} free on {}, {} kept for metadata: {}", part_,
+                                     std::max<int64_t>(left + static_cast<int64_t>(bytes), 0), backend_.Describe(),
+                                     kReservedBytes, std::strerror(ENOSPC)),
+                         ENOSPC);
+}
 
 std::string PartStore::Name(uint64_t chunk) const { return ChunkPath(volnr_, part_, chunk); }
 
@@ -447,6 +485,7 @@ Status PartStore::WriteRecords(uint64_t chunk, uint64_t first, const RecordPiece
   if (first + n > geometry_.BlocksPerChunk()) {
     return Status::InvalidArgument(fmt::format("write of blocks {}+{} outside chunk {}", first, n, Name(chunk)));
   }
+  QBD_RETURN_IF_ERROR(CheckRoom(n * (geometry_.block_size + kSlotPairSize)));
   QBD_ASSIGN_OR_RETURN(auto h, GetFile(chunk, /*create=*/true, /*complete=*/true, created));
   auto seq = WriteSlots(*h, chunk, first, n, records.slots(), /*zeros_only=*/false);
   Status s = seq.status();
@@ -633,6 +672,7 @@ Status PartStore::ChunkRewrite::WriteRecords(uint64_t first, std::span<const std
   if (n * rec != records.size() || first + n > g.BlocksPerChunk()) {
     return Status::InvalidArgument(fmt::format("rewrite of {} bytes at block {}", records.size(), first));
   }
+  QBD_RETURN_IF_ERROR(store_.CheckRoom(records.size()));
   std::vector<std::span<const std::byte>> data(n), pairs(n);
   for (uint64_t i = 0; i < n; ++i) {
     data[i] = records.subspan(i * rec, bs);

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -43,7 +44,11 @@ class ChunkRepair {
     report_.chunk = chunk + 1;
     for (size_t p = 0; p < np_; ++p) {
       up_[p] = w.p_.health.Reachable(p);
-      if (!up_[p]) report_.notes.push_back(fmt::format("part {} is down: not checked", Name(p)));
+      if (!up_[p]) {
+        const bool full = w.p_.health.state(p) == PartHealth::State::kFull;
+        report_.notes.push_back(fmt::format("part {} is down: {}not checked", Name(p),
+                                            full ? "no space left on device: " : ""));
+      }
       t_[p].region_ok.assign(c1_ - c0_ + 1, 1);
     }
   }
@@ -279,6 +284,9 @@ class ChunkRepair {
     if (!tp.error.ok()) {
       QBD_LOG_WARN("repair: volume {} part {} chunk {}: {}", w_.p_.options.volume, Name(p),
                    chunk_ + 1, tp.error.ToString());
+      // Out of space: the part is not written again until it has room (part_health.h), so the
+      // next chunks say so once instead of failing one by one.
+      if (tp.error.Errno() == ENOSPC) w_.p_.health.MarkDown(p, tp.error);
       return false;
     }
     if (o_.dry_run) return false;
@@ -368,7 +376,14 @@ Result<ChunkRepairReport> RepairWorker::RepairChunkLocked(uint64_t chunk, const 
     std::lock_guard<std::mutex> l(lost_mu_);
     for (auto& lost : lost_regions_) lost.erase(lost.lower_bound(c0), lost.upper_bound(c1));
   }
-  return ChunkRepair(*this, chunk, end_block, o).Run();
+  ChunkRepairReport report = ChunkRepair(*this, chunk, end_block, o).Run();
+  // A repair may have copied a part's last dirty regions (qbd-repair's runs have no resync).
+  for (size_t p = 0; p < p_.stores.size(); ++p) {
+    if (p_.maps.dirty(p).CountSet() == 0 && p_.health.MarkInSync(p)) {
+      QBD_LOG_INFO("volume {} part {}: state up: in sync (repaired)", p_.options.volume, p_.stores[p]->part());
+    }
+  }
+  return report;
 }
 
 }  // namespace qbd

@@ -127,6 +127,8 @@ void RepairWorker::Loop() {
 
 uint64_t RepairWorker::ResyncOnce() {
   std::shared_lock<std::shared_mutex> rl(p_.resize_mu);
+  // Map copies that missed updates while their part was out of reach or out of space.
+  p_.maps.CatchUp();
   uint64_t repaired = 0;
   for (size_t i = 0; i < p_.stores.size(); ++i) {
     const char name = p_.stores[i]->part();
@@ -286,7 +288,7 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
   for (size_t i = 0; i < np; ++i) {
     PartCopy& c = copies[i];
     c.dirty.assign(n, 1);
-    if (!p_.health.Reachable(i)) {
+    if (!p_.health.Readable(i)) {
       c = UnreachableCopy(Status::Unavailable("part down"));
       c.dirty.assign(n, 1);
       continue;
@@ -329,7 +331,13 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
   }
   bool all_ok = true;
   for (size_t i = 0; i < np; ++i) {
-    if (!p_.health.Reachable(i)) continue;
+    if (!p_.health.Readable(i)) continue;
+    bool needs_write = false;
+    for (uint64_t b = 0; b < n; ++b) needs_write = needs_write || (v.source[b] >= 0 && v.issue[i][b] != BlockIssue::kNone);
+    if (needs_write && !p_.health.Reachable(i)) {
+      all_ok = false;  // out of space: its copy stays dirty until it is back
+      continue;
+    }
     Status w;
     // Runs of blocks that this part gets from the judged source.
     for (uint64_t b = 0; b < n && w.ok();) {
@@ -458,7 +466,7 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
   copies.resize(np);
   std::vector<std::function<void()>> reads;
   for (size_t p = 0; p < np; ++p) {
-    if (p_.health.Reachable(p)) {
+    if (p_.health.Readable(p)) {
       reads.emplace_back([&, p] {
         ReadCopyInto(copies[p], p_.stores[p]->backend(), p_.options.volnr, p_.stores[p]->part(), g,
                      chunk, first, n);

@@ -81,8 +81,12 @@ Status ReplicatedMaps::PersistDirtyBytes(size_t p, const std::vector<uint64_t>& 
   const DirtyMap& map = *parts_[p]->dirty;
   std::vector<uint64_t> all;  // every byte of the map, for a rewrite through a new handle
   for (size_t h = 0; h < parts_.size(); ++h) {
-    if (h == p || !health_.Reachable(h)) continue;
+    if (h == p) continue;
     Part& holder = *parts_[h];
+    if (!health_.Reachable(h)) {
+      holder.dirty_copies_behind.store(true, std::memory_order_release);  // rewritten when it is back
+      continue;
+    }
     std::lock_guard<std::mutex> l(holder.files_mu);
     auto& file = holder.files[p];
     if (file && file->Detached()) file.reset();
@@ -124,6 +128,7 @@ Status ReplicatedMaps::PersistDirtyBytes(size_t p, const std::vector<uint64_t>& 
     } else {
       last = s;
       file.reset();
+      holder.dirty_copies_behind.store(true, std::memory_order_release);
     }
   }
   if (sync && durable == 0) {
@@ -145,7 +150,55 @@ Status ReplicatedMaps::RecordChunkWritten(uint64_t chunk, bool durable) {
   return durable ? PersistChunkMap() : Status::OK();
 }
 
+void ReplicatedMaps::CatchUp() {
+  for (size_t h = 0; h < parts_.size(); ++h) {
+    Part& holder = *parts_[h];
+    if (!holder.dirty_copies_behind.load(std::memory_order_acquire) || !health_.Reachable(h)) continue;
+    holder.dirty_copies_behind.store(false, std::memory_order_release);
+    StorageBackend& b = stores_[h]->backend();
+    Status s;
+    for (size_t p = 0; p < parts_.size() && s.ok(); ++p) {
+      if (p == h) continue;
+      // Under the holder's file lock, so that no byte written after the encoding lands in the old
+      // file: a later writer opens the new one.
+      std::lock_guard<std::mutex> l(holder.files_mu);
+      holder.files[p].reset();
+      s = WriteFileAtomic(b, DirtyMap::PathFor(volnr_, stores_[p]->part()), parts_[p]->dirty->Encode());
+    }
+    if (s.ok()) {
+      QBD_LOG_INFO("volume {} part {}: the dirty map copies it holds are up to date again", volume_,
+                   stores_[h]->part());
+    } else {
+      holder.dirty_copies_behind.store(true, std::memory_order_release);
+      QBD_LOG_WARN("volume {} part {}: dirty map copies not brought up to date: {}", volume_, stores_[h]->part(),
+                   s.ToString());
+    }
+  }
+  bool any = false;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    any = any || (parts_[i]->chunk_map_behind.load(std::memory_order_acquire) && health_.Reachable(i));
+  }
+  if (!any) return;
+  std::lock_guard<std::mutex> pl(persist_mu_);
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    Part& part = *parts_[i];
+    if (!part.chunk_map_behind.load(std::memory_order_acquire) || !health_.Reachable(i)) continue;
+    part.chunk_map_behind.store(false, std::memory_order_release);
+    // The bits durable on the other parts: each names a chunk whose files' names were synced.
+    chunk_map_files_[i].reset();
+    Status s = WriteFileAtomic(stores_[i]->backend(), DirtyMap::ChunkMapPath(volnr_), durable_->Encode(kChunkMapMagic));
+    if (s.ok()) {
+      QBD_LOG_INFO("volume {} part {}: its chunk map copy is up to date again", volume_, stores_[i]->part());
+    } else {
+      part.chunk_map_behind.store(true, std::memory_order_release);
+      QBD_LOG_WARN("volume {} part {}: chunk map copy not brought up to date: {}", volume_, stores_[i]->part(),
+                   s.ToString());
+    }
+  }
+}
+
 Status ReplicatedMaps::PersistChunkMap() {
+  CatchUp();
   if (!any_pending_.load(std::memory_order_acquire)) return Status::OK();
   std::lock_guard<std::mutex> pl(persist_mu_);
   std::vector<uint64_t> todo;
@@ -160,7 +213,10 @@ Status ReplicatedMaps::PersistChunkMap() {
   std::vector<char> names_ok(stores_.size(), 0);
   Status last;
   for (size_t i = 0; i < stores_.size(); ++i) {
-    if (!health_.Reachable(i)) continue;
+    if (!health_.Reachable(i)) {
+      parts_[i]->chunk_map_behind.store(true, std::memory_order_release);  // rewritten when it is back
+      continue;
+    }
     Status s = stores_[i]->SyncCreated();
     if (s.ok()) {
       names_ok[i] = 1;
@@ -183,7 +239,10 @@ Status ReplicatedMaps::PersistChunkMap() {
   const std::string path = DirtyMap::ChunkMapPath(volnr_);
   int durable = 0;
   for (size_t i = 0; i < stores_.size(); ++i) {
-    if (!names_ok[i]) continue;
+    if (!names_ok[i]) {
+      parts_[i]->chunk_map_behind.store(true, std::memory_order_release);
+      continue;
+    }
     StorageBackend& b = stores_[i]->backend();
     auto& file = chunk_map_files_[i];
     if (file && file->Detached()) file.reset();
@@ -206,6 +265,7 @@ Status ReplicatedMaps::PersistChunkMap() {
       ++durable;
     } else {
       file.reset();
+      parts_[i]->chunk_map_behind.store(true, std::memory_order_release);
       last = s;
       QBD_LOG_WARN("volume {} part {}: chunk map not written: {}", volume_, stores_[i]->part(), s.ToString());
     }

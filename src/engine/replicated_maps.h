@@ -66,6 +66,14 @@ class ReplicatedMaps {
   // Bits are queued for PersistChunkMap.
   bool ChunkMapPending() const { return any_pending_.load(std::memory_order_acquire); }
 
+  // Copies that missed updates (their part was not reachable, or a write to them failed) are
+  // rewritten whole on the parts reachable now: every other part's dirty map on such a part, and
+  // its chunk map copy (the bits durable on the others). Nothing when none is behind (atomic
+  // loads only). Best effort: a copy that fails again stays behind for the next call. Resync
+  // rounds and PersistChunkMap call it, so a part back from an outage or from being out of space
+  // holds copies that agree with the others by the next flush.
+  void CatchUp();
+
   // A grown volume: every map gets the new length (bits kept). REQUIRES: resize lock exclusive.
   void Grow(uint64_t regions, uint64_t chunks);
 
@@ -77,6 +85,9 @@ class ReplicatedMaps {
     // Open handles of "<volnr>/.dirty-<x>" on this part's backend, by x.
     std::mutex files_mu;
     std::vector<std::unique_ptr<ChunkFile>> files;  // GUARDED_BY(files_mu)
+    // Some dirty map copy held on this part, or its chunk map copy, lacks updates (CatchUp).
+    std::atomic<bool> dirty_copies_behind{false};
+    std::atomic<bool> chunk_map_behind{false};
   };
   // Writes the given bitmap bytes of part p's dirty map into its copies on the other parts. With
   // `sync` at least one copy must be durable (else Unavailable).

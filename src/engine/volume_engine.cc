@@ -65,7 +65,11 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
     names.push_back(s->part());
     backends.push_back(&s->backend());
   }
-  health_ = std::make_unique<PartHealth>(options_.volume, options_.volnr, names, backends);
+  // A part out of space comes back once it has room for a chunk file (the most one write needs)
+  // beyond what its store keeps free for metadata.
+  health_ = std::make_unique<PartHealth>(options_.volume, options_.volnr, names, backends,
+                                         options_.geometry.ChunkFileSize() + PartStore::kReservedBytes,
+                                         options_.clock);
   const uint64_t regions = (Size() + region_size_ - 1) / region_size_;
   std::vector<PartStore*> stores;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -115,7 +119,20 @@ QuorumSet::~QuorumSet() {
   pool_.reset();
 }
 
-void QuorumSet::StopResync() { repair_->Stop(); }
+void QuorumSet::StopResync() {
+  repair_->Stop();
+  if (stop_reported_.exchange(true)) return;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    if (Reachable(i)) continue;
+    const uint64_t n = maps_->dirty(i).CountSet();
+    QBD_LOG_WARN("volume {} part {}: {} at stop; {} dirty regions ({} bytes) to resync once it is back",
+                 options_.volume, parts_[i]->store->part(), health_->Describe(i), n, n * region_size_);
+  }
+}
+
+bool QuorumSet::PartFull(size_t i) const { return health_->state(i) == PartHealth::State::kFull; }
+
+std::string QuorumSet::PartState(size_t i) const { return health_->Describe(i); }
 
 uint64_t QuorumSet::ResyncOnce() { return repair_->ResyncOnce(); }
 
@@ -295,8 +312,12 @@ Status QuorumSet::ReadChunkPiece(uint64_t chunk, uint64_t first, std::span<std::
     // No part is clean for the whole range: reconcile the regions dirty everywhere, then retry.
     std::optional<RegionGuard> guard;
     if (!locked) guard.emplace(*seq_, r0, r1);
-    repair_->ReconcileRange(r0, r1);  // a region with a clean copy on a part that is down: Unavailable below
+    repair_->ReconcileRange(r0, r1);
     order = ReadOrder(r0, r1, -1);
+    // Still no part clean for the whole range: regions clean on different parts, or dirty
+    // everywhere with a reconcile that could not write (parts out of space). Each block comes
+    // from the copy the judge picks; Unavailable when its clean copy is on a part that is down.
+    if (order.empty()) return repair_->ReadJudged(chunk, first, data, metas);
   }
   return ReadBlocks(order, chunk, first, data, metas, locked);
 }
@@ -597,12 +618,24 @@ Status QuorumSet::CheckQuorum(int ok_parts, const std::vector<int>& missed, uint
     Status s = MarkDirty(p, r0, r1, /*durable=*/true, op);
     if (!s.ok() && persist.ok()) persist = s;
   }
-  if (ok_parts < static_cast<int>(options_.write_quorum)) {
-    return Status::Unavailable(fmt::format("volume {}: {} reached {} of {} parts, write quorum is {}", options_.volume,
-                                           op, ok_parts, parts_.size(), options_.write_quorum));
-  }
+  if (ok_parts < static_cast<int>(options_.write_quorum)) return QuorumLost(op, ok_parts);
   // The reply must not go out before the parts that missed the write are recorded durably.
   return persist;
+}
+
+Status QuorumSet::QuorumLost(std::string_view op, int ok_parts) const {
+  // The parts that did not count, and why. The client is told ENOSPC when parts out of space are
+  // what it lacks (freeing space is the cure), EIO otherwise.
+  std::string why;
+  int err = EIO;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    if (InSync(i)) continue;
+    if (health_->state(i) == PartHealth::State::kFull) err = ENOSPC;
+    why += fmt::format("; part {}: {}", parts_[i]->store->part(), health_->Describe(i));
+  }
+  return Status::Unavailable(fmt::format("volume {}: {} reached {} of {} parts, write quorum is {}{}", options_.volume,
+                                         op, ok_parts, parts_.size(), options_.write_quorum, why),
+                             err);
 }
 
 Status QuorumSet::MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::string_view why) {
@@ -620,7 +653,8 @@ Status QuorumSet::Flush() {
     std::vector<std::vector<uint64_t>> failed(parts_.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < parts_.size(); ++i) {
-      if (!Reachable(i)) {
+      // A part out of space is synced too: writes it took before it filled up were acknowledged.
+      if (!health_->Readable(i)) {
         results[i] = Status::Unavailable("part down");
         continue;
       }
@@ -631,14 +665,11 @@ Status QuorumSet::Flush() {
     for (size_t i = 0; i < parts_.size(); ++i) {
       if (results[i].ok()) {
         if (InSync(i)) ++ok;
-      } else if (Reachable(i)) {
+      } else if (health_->Readable(i)) {
         repair_->FlushFailed(static_cast<int>(i), results[i], failed[i]);
       }
     }
-    Status s = ok >= static_cast<int>(options_.write_quorum)
-                   ? Status::OK()
-                   : Status::Unavailable(fmt::format("volume {}: flush reached {} of {} parts, write quorum is {}",
-                                                     options_.volume, ok, parts_.size(), options_.write_quorum));
+    Status s = ok >= static_cast<int>(options_.write_quorum) ? Status::OK() : QuorumLost("flush", ok);
     if (s.ok()) s = PersistChunkMap();
     return s;
   });

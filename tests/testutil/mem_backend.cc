@@ -317,6 +317,7 @@ struct FaultyBackend::Faults {
   uint32_t rate_ops = 0;
   std::mt19937_64 rng;
   std::vector<Flip> flips;
+  std::atomic<bool> out_of_space{false};
   std::shared_ptr<const Hook> hook;  // guarded by mu; copied out before it runs
   std::atomic<uint64_t> ops{0};
   std::atomic<uint64_t> injected{0};
@@ -380,6 +381,11 @@ struct FaultyBackend::Faults {
         double x = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
         if (x < rate) fail = true;
       }
+    }
+    if (!fail && out_of_space.load() && (op & (kWrite | kCreate | kTruncate))) {
+      injected.fetch_add(1);
+      return Status::IOError(fmt::format("{} {}: injected fault: No space left on device", OpName(op), path),
+                             ENOSPC);
     }
     if (!fail) return Status::OK();
     injected.fetch_add(1);
@@ -467,6 +473,13 @@ void FaultyBackend::FailAtRate(double rate, uint64_t seed, uint32_t ops) {
   faults_->rate = rate;
   faults_->rate_ops = ops;
   faults_->rng.seed(seed);
+}
+
+void FaultyBackend::SetOutOfSpace(bool full) { faults_->out_of_space.store(full); }
+
+Result<uint64_t> FaultyBackend::FreeBytes() {
+  if (faults_->out_of_space.load()) return uint64_t{0};
+  return base_.FreeBytes();
 }
 
 void FaultyBackend::FlipBitOnRead(std::string_view path, uint64_t offset, int bit) {

@@ -17,8 +17,10 @@
 //
 // FaultyBackend forwards every call to a borrowed backend and counts them. It can fail the Nth
 // matching operation, every operation whose path contains a substring, or operations at a seeded
-// rate, always with IOError(EIO) and never by blocking; it can flip a bit in what reads of one
-// file return (the stored bytes stay intact); and it can call a test's hook before an operation.
+// rate, always with IOError(EIO) and never by blocking; it can play a full file system (every
+// write, create and truncate fails with ENOSPC, reads go on, FreeBytes() says 0); it can flip a
+// bit in what reads of one file return (the stored bytes stay intact); and it can call a test's
+// hook before an operation.
 //
 // Thread-safety: both backends are safe for concurrent use, and their ChunkFiles for concurrent
 // ReadAt/WriteAt/Sync, as the StorageBackend contract asks. Test hooks are safe from any thread.
@@ -117,6 +119,10 @@ class FaultyBackend : public StorageBackend {
   void FailMatching(std::string_view path_contains, uint32_t ops = kAllOps);
   // Each operation in `ops` fails with probability `rate`, drawn from an RNG seeded with `seed`.
   void FailAtRate(double rate, uint64_t seed, uint32_t ops = kAllOps);
+  // With true, the file system is full: WriteAt, Create and Truncate fail with IOError(ENOSPC)
+  // ("No space left on device"), everything else works, and FreeBytes() returns 0. With false,
+  // space is back (FreeBytes() is the wrapped backend's). Not disarmed by ClearFaults().
+  void SetOutOfSpace(bool full);
   // Reads of the file at `path` return the byte at file offset `offset` with bit `bit` flipped.
   void FlipBitOnRead(std::string_view path, uint64_t offset, int bit = 0);
   // Calls `hook` before every operation (with no lock of this wrapper held), on the calling
@@ -145,6 +151,7 @@ class FaultyBackend : public StorageBackend {
   Result<std::vector<std::string>> List(std::string_view dir) override;
   std::string FailureDomain() const override { return base_.FailureDomain(); }
   bool IsRemote() const override { return base_.IsRemote(); }
+  Result<uint64_t> FreeBytes() override;
 
   struct Faults;  // shared with the open ChunkFiles, so that handles may outlive the wrapper
 

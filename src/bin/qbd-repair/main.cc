@@ -407,8 +407,10 @@ int Run(int argc, char** argv) {
       (*run_local)->Remove(progress).IgnoreError();  // absent when it never saved
     const double secs = std::chrono::duration<double>(Clock::now() - start).count();
     if (!t.down.empty()) {
+      // Each says why: down (out of reach), or out of space ("no space left on device").
+      for (const std::string& d : t.down) std::cout << fmt::format("volume {}: {}\n", name, d);
       std::cout << fmt::format(
-          "volume {}: {} part(s) out of reach were not checked; run qbd-repair again once they are back\n",
+          "volume {}: {} part(s) were not checked; run qbd-repair again once they are back (or have room)\n",
           name, t.down.size());
     }
     if (t.accepted) {
