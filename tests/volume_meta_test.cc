@@ -190,8 +190,8 @@ TEST_CASE("ParseVolumeMeta fails naming the file when a required key is missing"
          {"format = 1", "name = v", "number = 3", "size = 1048576", "replicas = 2"}) {
       if (std::string_view(line).rfind(key, 0) != 0) text += std::string(line) + "\n";
     }
-    // A missing key has no line: the file's last one is named.
-    CheckMetaFails(text, std::string(kMetaFile) + ":4: ", std::string("'") + key + "' is missing");
+    // No line: ReplicatedText names the one after the last (replicated_text_test.cc).
+    CheckMetaFails(text, std::string(kMetaFile) + ": ", std::string("'") + key + "' is missing");
   }
 }
 
@@ -319,8 +319,8 @@ TEST_CASE("ParseVolumesIndex fails naming the file and line when a line is wrong
   }
 }
 
-TEST_CASE("ParseVolumesIndex fails naming the file and its last line when format is missing") {
-  CheckIndexFails("serial = 2\nv = 1\n", std::string(kIndexFile) + ":2: ", "format");
+TEST_CASE("ParseVolumesIndex fails naming the file when format is missing") {
+  CheckIndexFails("serial = 2\nv = 1\n", std::string(kIndexFile) + ": ", "format");
 }
 
 TEST_CASE("ValidateVolumeName accepts 1-64 of [A-Za-z0-9._-] starting alphanumeric") {

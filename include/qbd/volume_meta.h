@@ -47,7 +47,8 @@ std::string EncodeVolumeMeta(const VolumeMeta& meta);
 // InvalidArgument naming `file:line` for a malformed line, an unknown key, a value out of its
 // bounds (layout-spec.md §2), an unsupported format, an inconsistent geometry or quorum (naming
 // the line of the value at fault), a `number` other than `expected_number` (when not 0: the
-// number of the directory the file is in), or a missing key (naming the file's last line).
+// number of the directory the file is in); a missing key names the file only (ReplicatedText
+// names the line after the last, where a copy cut short lost it).
 Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file,
                                    uint32_t expected_number = 0);
 
@@ -63,7 +64,7 @@ struct VolumesIndex {
 
 std::string EncodeVolumesIndex(const VolumesIndex& index);
 // InvalidArgument naming `file:line` for a malformed line, a bad name, a number or serial out of
-// bounds, a name or number listed twice; a missing `format` names the file's last line.
+// bounds, a name or number listed twice; a missing `format` names the file only.
 Result<VolumesIndex> ParseVolumesIndex(std::string_view text, std::string_view file);
 
 // ValidateVolumeName (the rule for volume names) is in config.h.

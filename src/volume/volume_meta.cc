@@ -31,13 +31,6 @@ Result<uint64_t> Number(std::string_view v, uint64_t max) {
   return n;
 }
 
-// The number of the text's last line (1 for empty text): where a missing key is reported.
-int LastLine(std::string_view text) {
-  int n = 1;
-  for (size_t i = 0; i + 1 < text.size(); ++i) n += text[i] == '\n';
-  return n;
-}
-
 bool Digits(std::string_view s, size_t pos, size_t n) {
   if (pos + n > s.size()) return false;
   for (size_t i = pos; i < pos + n; ++i) {
@@ -184,9 +177,9 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file,
       return At(file, l.line, fmt::format("unknown key '{}'", l.key));
     }
   }
-  const int last_line = LastLine(text);
   for (const char* key : {"format", "name", "number", "size", "replicas"}) {
-    if (!line_of.count(key)) return At(file, last_line, fmt::format("'{}' is missing", key));
+    // No line: ReplicatedText names the one after the last, where a copy cut short lost it.
+    if (!line_of.count(key)) return Status::InvalidArgument(fmt::format("{}: '{}' is missing", file, key));
   }
   // A value that contradicts another is named at its own line (the later key of a pair).
   auto line = [&](const char* key, const char* fallback) {
@@ -281,7 +274,7 @@ Result<VolumesIndex> ParseVolumesIndex(std::string_view text, std::string_view f
     names[l.key] = l.line;
     idx.volumes[l.key] = static_cast<uint32_t>(*v);
   }
-  if (!have_format) return At(file, LastLine(text), "'format' is missing");
+  if (!have_format) return Status::InvalidArgument(fmt::format("{}: 'format' is missing", file));
   return idx;
 }
 
