@@ -3,6 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -123,7 +127,8 @@ TEST_CASE("ParseConfig fails naming the file and line when a line is wrong") {
                      "unknown section [cache]");
   }
   SUBCASE("a global key set twice") {
-    CheckFailsAtLine("listen = a\nparts = n1 n2 n3\nlisten = b\n" + kBackends, 3, "set twice");
+    CheckFailsAtLine("listen = 127.0.0.1:1\nparts = n1 n2 n3\nlisten = 127.0.0.1:2\n" + kBackends, 3,
+                     "set twice (first on line 1)");
   }
   SUBCASE("parts naming a backend without a section") {
     CheckFailsAtLine("# c\nparts = n1 n9 n3\n" + kBackends, 2, "no [backend n9]");
@@ -326,7 +331,7 @@ TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the back
   CHECK(d->cache_dir.empty());
   CHECK_FALSE(d->cache_write_back);
   CheckFailsAtLine("parts = n1 n2 n3\ncache_mode = back\n" + kBackends, 2, "writethrough or writeback");
-  CheckFailsAtLine("parts = n1 n2 n3\ncache_dir_size = 10K\n" + kBackends, 2, "at least 1M");
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_dir_size = 10K\n" + kBackends, 2, "cache_dir_size must be 1 MiB..16 TiB");
   // Inside a backend, or holding one: refused, naming the cache_dir line.
   for (const char* dir : {"/srv/a/cache", "/srv"}) {
     CAPTURE(dir);
@@ -358,6 +363,237 @@ TEST_CASE("ParseConfig accepts every option of qbd.conf.example") {
   auto c = LoadConfig(std::string(QBD_SOURCE_DIR) + "/qbd.conf.example");
   REQUIRE_MESSAGE(c.ok(), c.status().ToString());
   CHECK(c->parts.size() == 3);
+}
+}  // TEST_SUITE("config")
+}  // namespace qbd::test
+
+namespace qbd::test {
+namespace {
+
+// ParseListenAddress fails on `spec` with InvalidArgument holding `words`.
+void CheckListenFails(const std::string& spec, const std::string& words) {
+  CAPTURE(spec);
+  auto a = ParseListenAddress(spec);
+  REQUIRE_FALSE(a.ok());
+  CHECK(a.status().IsInvalidArgument());
+  CAPTURE(a.status().message());
+  CHECK(a.status().message().find(words) != std::string::npos);
+}
+
+// A qbd.conf in `dir` with local parts node-a, node-b (created unless `make_dirs` is false) and
+// the extra global `lines`, parsed; its path is dir/qbd.conf.
+Config HostConfig(const TempDir& dir, const std::string& lines, bool make_dirs = true) {
+  if (make_dirs) {
+    std::filesystem::create_directories(dir.Sub("node-a"));
+    std::filesystem::create_directories(dir.Sub("node-b"));
+  }
+  const std::string path = dir.Sub("qbd.conf");
+  {
+    std::ofstream out(path);
+    out << "listen = 127.0.0.1:10999\nparts = node-a node-b\n" << lines
+        << "[backend node-a]\npath = node-a\n[backend node-b]\npath = node-b\n";
+  }
+  auto c = LoadConfig(path);
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  return *c;
+}
+
+// CheckConfigOnHost refuses `c` naming `file:line` and `words`.
+void CheckHostFails(const Config& c, const HostCheck& hc, int line, const std::string& words) {
+  Status s = CheckConfigOnHost(c, hc);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.IsInvalidArgument());
+  CAPTURE(s.message());
+  CHECK(s.message().rfind(c.file + ":" + std::to_string(line) + ": ", 0) == 0);
+  CHECK(s.message().find(words) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_SUITE("config") {
+TEST_CASE("ParseListenAddress accepts HOST:PORT, [IPV6]:PORT, every interface and unix paths") {
+  struct Case {
+    const char* spec;
+    ListenAddress::Kind kind;
+    const char* host;
+    uint16_t port;
+  };
+  const Case cases[] = {
+      {"127.0.0.1:10809", ListenAddress::Kind::kIPv4, "127.0.0.1", 10809},
+      {"0.0.0.0:1", ListenAddress::Kind::kIPv4, "0.0.0.0", 1},
+      {"[::1]:65535", ListenAddress::Kind::kIPv6, "::1", 65535},
+      {"[fe80::1:2]:80", ListenAddress::Kind::kIPv6, "fe80::1:2", 80},
+      {"*:10809", ListenAddress::Kind::kAny, "", 10809},
+      {":10809", ListenAddress::Kind::kAny, "", 10809},
+      {"localhost:10809", ListenAddress::Kind::kHostName, "localhost", 10809},
+      {"nas-1.example.org.:2049", ListenAddress::Kind::kHostName, "nas-1.example.org.", 2049},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.spec);
+    auto a = ParseListenAddress(c.spec);
+    REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+    CHECK(a->kind == c.kind);
+    CHECK(a->host == c.host);
+    CHECK(a->port == c.port);
+  }
+  auto u = ParseListenAddress("unix:/run/qbd/v.sock");
+  REQUIRE(u.ok());
+  CHECK(u->kind == ListenAddress::Kind::kUnix);
+  CHECK(u->path == "/run/qbd/v.sock");
+  const std::string longest(sizeof(sockaddr_un{}.sun_path) - 1, 'p');
+  CHECK(ParseListenAddress("unix:/" + longest.substr(1)).ok());
+}
+
+TEST_CASE("ParseListenAddress returns InvalidArgument for a bad port, trailing garbage or a bad host") {
+  CheckListenFails("127.0.0.1:0", "port 0 is not 1..65535");
+  CheckListenFails("127.0.0.1:99999", "port 99999 is not 1..65535");
+  CheckListenFails("127.0.0.1:" + std::string(100, '9'), "is not 1..65535");
+  CheckListenFails("127.0.0.1:10809 extra", "' extra' follows the port");
+  CheckListenFails("127.0.0.1:10809x", "'x' follows the port");
+  CheckListenFails("127.0.0.1:", "port is missing");
+  CheckListenFails("127.0.0.1:-1", "port is missing or not a number");
+  CheckListenFails("127.0.0.1", "is not HOST:PORT");
+  CheckListenFails("", "empty address");
+  CheckListenFails("999.1.1.1:10809", "999.1.1.1 is not an IPv4 address");
+  CheckListenFails("1.2.3:10809", "is not an IPv4 address");
+  CheckListenFails("::1:10809", "in brackets");
+  CheckListenFails("[::1:10809", "without ']'");
+  CheckListenFails("[::1]10809", "is not [IPV6]:PORT");
+  CheckListenFails("[::zz]:10809", "is not an IPv6 address");
+  CheckListenFails("[127.0.0.1]:10809", "is not an IPv6 address");
+  CheckListenFails("bad_host:10809", "is not a host name");
+  CheckListenFails("-bad.example:10809", "is not a host name");
+  CheckListenFails("a..b:10809", "is not a host name");
+  CheckListenFails(std::string(64, 'l') + ".example:1", "is not a host name");
+  CheckListenFails("unix:", "needs a socket path");
+  CheckListenFails("unix:/" + std::string(sizeof(sockaddr_un{}.sun_path), 'p'), "at most 107 fit");
+}
+
+TEST_CASE("ParseConfig checks every listener, naming the line, and makes unix paths absolute") {
+  CheckFailsAtLine("parts = n1 n2 n3\nlisten = 127.0.0.1:10809 extra\n" + kBackends, 2, "follows the port");
+  CheckFailsAtLine("\nlisten = 127.0.0.1:99999\nparts = n1 n2 n3\n" + kBackends, 2, "1..65535");
+  CheckFailsAtLine("listen = 999.1.1.1:10809\nparts = n1 n2 n3\n" + kBackends, 1, "not an IPv4 address");
+  CheckFailsAtLine("parts = n1 n2 n3\n" + kBackends + "[volume v]\nlisten = 127.0.0.1:0\n", 9, "1..65535");
+  CheckFailsAtLine("parts = n1 n2 n3\n" + kBackends + "[volume v]\nlisten = unix:\n", 9, "socket path");
+  CheckFailsAtLine("parts = n1 n2 n3\n" + kBackends + "[volume v]\nlisten = unix:/a\nlisten = unix:/b\n", 10,
+                   "listen twice (first on line 9)");
+  auto c = ParseConfig("parts = n1\nlisten = unix:run/main.sock\n[backend n1]\npath = /x\n[volume v]\n"
+                       "listen = unix:../v.sock\n",
+                       kFile, "/etc/qbd");
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  CHECK(c->listen == "unix:/etc/qbd/run/main.sock");
+  CHECK(c->volume_listen.at("v") == "unix:/etc/v.sock");
+  CHECK(c->Line("listen") == 2);
+  CHECK(c->volume_listen_lines.at("v") == 6);
+  // A relative path that becomes too long for sun_path once resolved.
+  auto deep = ParseConfig("parts = n1\nlisten = unix:x.sock\n[backend n1]\npath = /x\n", kFile,
+                          "/" + std::string(120, 'd'));
+  REQUIRE_FALSE(deep.ok());
+  CHECK(deep.status().message().rfind(std::string(kFile) + ":2: ", 0) == 0);
+}
+
+TEST_CASE("ParseConfig refuses two listeners on one address, naming the later line") {
+  const std::string head = "parts = n1 n2 n3\n" + kBackends;  // lines 1-7
+  CheckFailsAtLine("listen = 127.0.0.1:10900\n" + head + "[volume v]\nlisten = 127.0.0.1:10900\n", 10,
+                   "takes the address of line 1");
+  CheckFailsAtLine("listen = *:10900\n" + head + "[volume v]\nlisten = 127.0.0.1:10900\n", 10, "line 1");
+  CheckFailsAtLine(head + "[volume v]\nlisten = unix:/r/s\n[volume w]\nlisten = unix:/r/s\n", 11, "line 9");
+  CHECK(Parse("listen = 127.0.0.1:10900\n" + head + "[volume v]\nlisten = 127.0.0.2:10900\n").ok());
+  CHECK(Parse("listen = 127.0.0.1:10900\n" + head + "[volume v]\nlisten = 127.0.0.1:10901\n").ok());
+}
+
+TEST_CASE("ParseConfig enforces the bounds of names, sizes and value lengths") {
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_size = 2T\n" + kBackends, 2, "cache_size must be 0 B..1 TiB");
+  CheckFailsAtLine("parts = n1 n2 n3\nnbd_memory = 1M\n" + kBackends, 2, "nbd_memory must be 64 MiB..1 TiB");
+  CheckFailsAtLine("parts = n1 n2 n3\nmax_connections = 0\n" + kBackends, 2, "max_connections must be 1..65536");
+  CheckFailsAtLine("parts = n1 n2 n3\nclient_timeout_ms = 999\n" + kBackends, 2, "client_timeout_ms must be");
+  CheckFailsAtLine("parts = n1 n2 n3\nnfs_timeout_ms = 99\n" + kBackends, 2, "nfs_timeout_ms must be 100..600000");
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_destage_delay_ms = 3600001\n" + kBackends, 2, "cache_destage_delay_ms");
+  CheckFailsAtLine("parts = n1 n2 n3\ncache_dir = /ssd\ncache_dir_size = 64M\ncache_dirty_max = 128M\n" + kBackends,
+                   4, "cache_dirty_max (128 MiB) must be at most cache_dir_size (64 MiB)");
+  CheckFailsAtLine("parts = n1 n2 n3\nadmin_socket = /" + std::string(5000, 's') + "\n" + kBackends, 2,
+                   "at most 4096");
+  CheckFailsAtLine("parts = n1 n2 n3\nadmin_socket = /" + std::string(120, 's') + "\n" + kBackends, 2,
+                   "longer than 100");
+  CheckFailsAtLine("parts = n1 n2 n3\nadmin_socket =\n" + kBackends, 2, "empty path");
+  CheckFailsAtLine("parts = n1 n2 n/3\n" + kBackends, 1, "backend name 'n/3'");
+  CheckFailsAtLine("parts = n1 n2 n3\ndefault_export = -x\n" + kBackends, 2, "default_export");
+  CheckFailsAtLine("parts = n1 n2 n3\n" + kBackends + "[volume bad!name]\nlisten = 127.0.0.1:1\n", 9, "bad!name");
+  CheckFailsAtLine("parts = n1\n[backend n1]\nurl = nfs:///export\n", 3, "names no server");
+  CheckFailsAtLine("parts = n1\n[backend n1]\nurl = nfs://host\n", 3, "names no export");
+  CheckFailsAtLine("parts = n1\n[backend n1]\npath = /x\nmount = /m\nmount = /n\n", 5, "set twice");
+  CheckFailsAtLine(std::string(100, 'k') + " = 1\n", 1, "malformed key");
+  // The default admin socket beside a config in a deep directory does not fit sun_path.
+  auto deep = ParseConfig("parts = n1\n[backend n1]\npath = /x\n", kFile, "/" + std::string(120, 'd'));
+  REQUIRE_FALSE(deep.ok());
+  CHECK(deep.status().message().find("set admin_socket") != std::string::npos);
+}
+
+TEST_CASE("LoadConfig refuses a file larger than 1 MiB and one that is not a regular file") {
+  TempDir dir;
+  {
+    std::ofstream out(dir.Sub("big.conf"));
+    out << "parts = a\n[backend a]\npath = a\n" << std::string(kMaxConfigFileSize, '#') << "\n";
+  }
+  auto big = LoadConfig(dir.Sub("big.conf"));
+  REQUIRE_FALSE(big.ok());
+  CHECK(big.status().IsInvalidArgument());
+  CHECK(big.status().message().find("larger than 1 MiB") != std::string::npos);
+  std::filesystem::create_directories(dir.Sub("d.conf"));
+  auto d = LoadConfig(dir.Sub("d.conf"));
+  REQUIRE_FALSE(d.ok());
+  CHECK(d.status().IsIOError());
+}
+
+TEST_CASE("CheckConfigOnHost accepts a configuration whose directories and addresses exist") {
+  TempDir dir;
+  std::filesystem::create_directories(dir.Sub("run"));
+  Config c = HostConfig(dir, "admin_socket = run/qbd.sock\ncache_dir = ssd\n[volume v]\nlisten = unix:run/v.sock\n"
+                             "[volume w]\nlisten = localhost:10998\n");
+  HostCheck hc;
+  hc.local_addresses = true;
+  Status s = CheckConfigOnHost(c, hc);
+  CHECK_MESSAGE(s.ok(), s.ToString());
+  CHECK_FALSE(std::filesystem::exists(dir.Sub("ssd")));  // checked, not created
+}
+
+TEST_CASE("CheckConfigOnHost refuses what this machine lacks, naming the file and line") {
+  TempDir dir;
+  SUBCASE("the admin socket's directory") {
+    CheckHostFails(HostConfig(dir, "admin_socket = nowhere/qbd.sock\n"), {}, 3, "nowhere does not exist");
+  }
+  SUBCASE("the default admin socket's directory is the config's: always there") {
+    CHECK(CheckConfigOnHost(HostConfig(dir, "")).ok());
+  }
+  SUBCASE("cache_dir and its parent") {
+    CheckHostFails(HostConfig(dir, "cache_dir = no/ssd\n"), {}, 3, "neither it nor its parent");
+    std::ofstream(dir.Sub("file")) << "x";
+    CheckHostFails(HostConfig(dir, "cache_dir = file\n"), {}, 3, "is not a directory");
+  }
+  SUBCASE("a part's directory, unless the tool creates them") {
+    Config c = HostConfig(dir, "", /*make_dirs=*/false);
+    std::filesystem::create_directories(dir.Sub("node-a"));
+    CheckHostFails(c, {}, 6, "backend 'node-b' (part b)");
+    HostCheck create;
+    create.backend_dirs = false;
+    CHECK(CheckConfigOnHost(c, create).ok());
+  }
+  SUBCASE("a unix listener's directory, or a file in the way") {
+    CheckHostFails(HostConfig(dir, "[volume v]\nlisten = unix:gone/v.sock\n"), {}, 4, "gone does not exist");
+    std::ofstream(dir.Sub("v.sock")) << "x";
+    CheckHostFails(HostConfig(dir, "[volume v]\nlisten = unix:v.sock\n"), {}, 4, "not a socket is in the way");
+  }
+  SUBCASE("an address no interface has, for qbd-master only") {
+    // 192.0.2.0/24 is TEST-NET-1: no machine has it, unless the kernel binds any address.
+    std::ifstream nonlocal("/proc/sys/net/ipv4/ip_nonlocal_bind");
+    int v = 0;
+    const bool any = nonlocal >> v && v != 0;
+    Config c = HostConfig(dir, "[volume v]\nlisten = 192.0.2.1:10999\n");
+    HostCheck master;
+    master.local_addresses = true;
+    CHECK(CheckConfigOnHost(c, {}).ok());
+    if (!any) CheckHostFails(c, master, 4, "not an address of this machine");
+  }
 }
 }  // TEST_SUITE("config")
 }  // namespace qbd::test

@@ -190,17 +190,69 @@ TEST_CASE("ParseVolumeMeta fails naming the file when a required key is missing"
          {"format = 1", "name = v", "number = 3", "size = 1048576", "replicas = 2"}) {
       if (std::string_view(line).rfind(key, 0) != 0) text += std::string(line) + "\n";
     }
+    // No line: ReplicatedText names the one after the last (replicated_text_test.cc).
     CheckMetaFails(text, std::string(kMetaFile) + ": ", std::string("'") + key + "' is missing");
   }
 }
 
-TEST_CASE("ParseVolumeMeta fails naming the file when the geometry or quorum is inconsistent") {
-  CheckMetaFails(kMinimal + "block_size = 3000\n", std::string(kMetaFile) + ": ", "block size");
-  CheckMetaFails(kMinimal + "chunk_size = 2048\n", std::string(kMetaFile) + ": ", "chunk size");
+TEST_CASE("ParseVolumeMeta fails naming the file and the line when the geometry or quorum is inconsistent") {
+  const std::string at6 = std::string(kMetaFile) + ":6: ";
+  CheckMetaFails(kMinimal + "block_size = 3000\n", at6, "block_size 3000 is not a power of two");
+  CheckMetaFails(kMinimal + "chunk_size = 2048\n", at6, "chunk_size 2048 is smaller than block_size");
+  CheckMetaFails(kMinimal + "chunk_size = 3000000\n", at6, "chunk_size 3000000 is not a power of two");
   CheckMetaFails("format = 1\nname = v\nnumber = 3\nsize = 1000\nreplicas = 2\n",
-                 std::string(kMetaFile) + ": ", "volume size");
-  CheckMetaFails(kMinimal + "write_quorum = 3\n", std::string(kMetaFile) + ": ",
-                 "exceeds replicas");
+                 std::string(kMetaFile) + ":4: ", "volume size 1000 is not a multiple");
+  // The later line of the pair is named.
+  CheckMetaFails("format = 1\nname = v\nnumber = 3\nsize = 1052672\nreplicas = 2\nblock_size = 8192\n",
+                 at6, "not a multiple of the block size 8192");
+  CheckMetaFails(kMinimal + "write_quorum = 3\n", at6, "exceeds replicas");
+  CheckMetaFails("format = 1\nwrite_quorum = 3\nname = v\nnumber = 3\nsize = 1048576\nreplicas = 2\n",
+                 at6, "exceeds replicas");
+  CheckMetaFails("format = 1\nname = v\nsize = 0\n", std::string(kMetaFile) + ":3: ", "size must not be 0");
+}
+
+TEST_CASE("ParseVolumeMeta fails naming the file and line when a value is out of its bounds") {
+  const std::string at6 = std::string(kMetaFile) + ":6: ";
+  SUBCASE("a created of 100,000 digits") {
+    CheckMetaFails(kMinimal + "created = " + std::string(100000, '7') + "\n", at6, "ISO 8601");
+    auto m = ParseVolumeMeta(kMinimal + "created = " + std::string(100000, '7') + "\n", kMetaFile);
+    CHECK(m.status().message().size() < 300);  // the value is not echoed whole
+  }
+  SUBCASE("a created that is not an ISO 8601 UTC time") {
+    for (const char* bad : {"yesterday", "2026-13-01T00:00:00Z", "2026-01-02T03:04:05", "2026-01-02 03:04:05Z",
+                            "2026-01-02T03:04:05+01:00", "2026-01-02T24:00:00Z", "2026-01-02T03:04:05.Z"}) {
+      CAPTURE(bad);
+      CheckMetaFails(kMinimal + "created = " + bad + "\n", at6, "created");
+    }
+  }
+  SUBCASE("a size above 1 PiB") {
+    CheckMetaFails("format = 1\nname = v\nsize = 1125899906846720\n", std::string(kMetaFile) + ":3: ", "size");
+  }
+  SUBCASE("a serial above 2^53 or of 100,000 digits") {
+    CheckMetaFails(kMinimal + "serial = 9007199254740993\n", at6, "serial");
+    CheckMetaFails(kMinimal + "serial = " + std::string(100000, '9') + "\n", at6, "serial");
+  }
+  SUBCASE("a number other than the directory's") {
+    auto m = ParseVolumeMeta(kMinimal, kMetaFile, 4);
+    REQUIRE_FALSE(m.ok());
+    CHECK(m.status().message().rfind(std::string(kMetaFile) + ":3: ", 0) == 0);
+    CHECK(m.status().message().find("number 3 where 4 was expected") != std::string::npos);
+    CHECK(ParseVolumeMeta(kMinimal, kMetaFile, 3).ok());
+  }
+  SUBCASE("a name of 100,000 characters") {
+    CheckMetaFails("format = 1\nname = " + std::string(100000, 'n') + "\n", std::string(kMetaFile) + ":2: ",
+                   "1-64 characters");
+  }
+}
+
+TEST_CASE("ParseVolumeMeta accepts created with a fraction of a second, and the bounds themselves") {
+  auto m = ParseVolumeMeta(kMinimal + "created = 2026-01-02T03:04:05.123456789Z\nserial = 9007199254740992\n",
+                           kMetaFile);
+  REQUIRE_MESSAGE(m.ok(), m.status().ToString());
+  CHECK(m->serial == kMaxSerial);
+  auto big = ParseVolumeMeta("format = 1\nname = v\nnumber = 3\nsize = 1125899906842624\nreplicas = 2\n", kMetaFile);
+  REQUIRE_MESSAGE(big.ok(), big.status().ToString());
+  CHECK(big->geometry.size == kMaxVolumeSize);
 }
 
 TEST_CASE("ParseVolumesIndex round-trips EncodeVolumesIndex") {
@@ -254,6 +306,17 @@ TEST_CASE("ParseVolumesIndex fails naming the file and line when a line is wrong
     CheckIndexFails("v = 1\nformat = 2\n", std::string(kIndexFile) + ":2: ", "format");
   }
   SUBCASE("a bad serial") { CheckIndexFails(head + "serial = -1\n", at3, "serial"); }
+  SUBCASE("a serial above 2^53") { CheckIndexFails(head + "serial = 9007199254740993\n", at3, "serial"); }
+  SUBCASE("a number of 100,000 digits") {
+    CheckIndexFails(head + "v2 = " + std::string(100000, '1') + "\n", at3, "v2");
+    CHECK(ParseVolumesIndex(head + "v2 = " + std::string(100000, '1') + "\n", kIndexFile).status().message().size() <
+          300);
+  }
+  SUBCASE("a name of 100,000 characters") { CheckIndexFails(head + std::string(100000, 'v') + " = 2\n", at3, "key"); }
+  SUBCASE("serial twice") { CheckIndexFails("format = 1\nserial = 1\nserial = 2\n", at3, "set twice"); }
+  SUBCASE("the earlier line of a duplicate is named") {
+    CheckIndexFails(head + "v2 = 1\n", at3, "first on line 2");
+  }
 }
 
 TEST_CASE("ParseVolumesIndex fails naming the file when format is missing") {

@@ -80,11 +80,14 @@ class Catalog {
   // Removes the volume from the index, then its files from every backend.
   Status Delete(const std::string& name);
 
+  // The largest epoch an epoch file may hold: a generation is (epoch << kGenerationBits) + n,
+  // and MaxGenerationOfEpoch(epoch) must fit 64 bits.
+  static constexpr uint64_t kMaxEpoch = (uint64_t{1} << (64 - kGenerationBits)) - 2;
   // The epoch file of a volume: "<volnr>/.epoch" (layout-spec.md §4.2).
   static std::string EpochPath(uint32_t volnr);
   // The epoch an epoch file's text holds. InvalidArgument naming `file` and the line when the
-  // file or the number is malformed, a key other than `epoch` appears, or `epoch` is missing (a
-  // copy cut short).
+  // file or the number is malformed or above kMaxEpoch, a key other than `epoch` appears, or
+  // `epoch` is missing (a copy cut short).
   static Result<uint64_t> ParseEpoch(std::string_view text, std::string_view file);
 
  private:

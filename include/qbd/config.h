@@ -1,8 +1,13 @@
 // Configuration: qbd.conf, the small `key = value` text format shared with .meta and
 // .volumesmeta (layout-spec.md §1), and the sizes users type ("4M", "1G").
 //
-// Every parse error names the file and the line: "var/qbd.conf:7: unknown key 'lisen'".
-// Thread-safety: pure functions and values.
+// Every error names the file and the line: "var/qbd.conf:7: unknown key 'lisen'". A
+// configuration is checked whole before a tool opens or changes anything on a backend:
+// ParseConfig checks the text (syntax, every key's range and bounds, listen addresses), then
+// CheckConfigOnHost checks it against this machine (host names resolve, the directories it names
+// exist); every tool exits with kExitBadConfig when either fails.
+// Thread-safety: pure functions and values (CheckConfigOnHost reads the file system and resolves
+// names, nothing else).
 #pragma once
 
 #include <cstdint>
@@ -15,6 +20,15 @@
 #include "qbd/status.h"
 
 namespace qbd {
+
+// The exit status of qbd-master, qbdctl, qbd-verify and qbd-repair when qbd.conf is absent,
+// unreadable, malformed, out of bounds, or names what this machine does not have (README.md).
+inline constexpr int kExitBadConfig = 4;
+
+// The longest value of a qbd.conf line (a path, a URL): PATH_MAX.
+inline constexpr size_t kMaxConfigValue = 4096;
+// The largest qbd.conf (and the largest .meta, .volumesmeta) read.
+inline constexpr size_t kMaxConfigFileSize = 1 << 20;
 
 // One `key = value` line; `section` is the bracketed header above it ("" before any),
 // split into its kind and argument: "[backend node1]" -> section "backend", arg "node1".
@@ -35,6 +49,29 @@ Result<uint64_t> ParseSize(std::string_view text);
 // "1 GiB", "4 MiB", "4096 B": the largest binary unit that divides `bytes`.
 std::string FormatSize(uint64_t bytes);
 Result<bool> ParseBool(std::string_view text);
+
+// InvalidArgument unless `name` is 1-64 of [A-Za-z0-9._-], starts with a letter or digit, and
+// is not a reserved key ("format", "serial"): a volume name (layout-spec.md §1), also as qbd.conf
+// names it ([volume NAME], default_export).
+Status ValidateVolumeName(std::string_view name);
+
+// A listener address of qbd.conf (`listen`, and `listen` in [volume NAME]) as qbd-master's NBD
+// server binds it: "HOST:PORT", "[IPV6]:PORT", "*:PORT" or ":PORT" (every interface), or
+// "unix:PATH".
+struct ListenAddress {
+  enum class Kind { kUnix, kAny, kIPv4, kIPv6, kHostName };
+  Kind kind = Kind::kAny;
+  std::string path;  // kUnix: as written (ParseConfig makes it absolute)
+  std::string host;  // TCP: without brackets; "" for kAny
+  uint16_t port = 0;
+};
+
+// Checks the syntax of `spec` without resolving or binding anything. InvalidArgument (without a
+// file name: the caller adds it) when the port is not 1..65535, anything follows it, an IPv4 or
+// IPv6 literal is not one inet_pton takes (999.1.1.1), a host name has characters or label
+// lengths no host name has, an IPv6 literal lacks its brackets, or a unix path is empty or does
+// not fit sockaddr_un's sun_path.
+Result<ListenAddress> ParseListenAddress(std::string_view spec);
 
 struct BackendConfig {
   std::string name;
@@ -87,14 +124,43 @@ struct Config {
   uint32_t lease_ms = 10000;
   uint32_t lease_renew_ms = 2000;
 
+  // The line of each global key the file sets ("listen" -> 2); a key left at its default is
+  // absent. For messages about a value that only the host can judge (CheckConfigOnHost).
+  std::map<std::string, int> key_lines;
+  std::map<std::string, int> volume_listen_lines;  // volume name -> the line of its `listen`
+
   // The backend that holds part `part` ('a'...). nullptr past the configured parts.
   const BackendConfig* BackendForPart(char part) const;
+  // key_lines' entry for `key`, 0 when the file does not set it.
+  int Line(const std::string& key) const;
 };
 
-// Parses qbd.conf text; relative backend paths are resolved against `base_dir`.
+// Parses qbd.conf text and checks every value's range and bounds, and the relations between them
+// (lease_renew_ms <= lease_ms / 3, cache_dirty_max <= cache_dir_size, cache_dir off the
+// backends, no two listeners on one address); relative paths (backends, cache_dir,
+// admin_socket, unix listeners) are resolved against `base_dir`. InvalidArgument naming
+// `file:line`; a missing `parts` names the file only.
 Result<Config> ParseConfig(std::string_view text, const std::string& file, const std::string& base_dir);
-// Reads and parses `path`. NotFound if it is absent.
+// Reads and parses `path`. NotFound if it is absent, IOError if it cannot be read (or is not a
+// regular file), InvalidArgument if it is larger than kMaxConfigFileSize or does not parse.
 Result<Config> LoadConfig(const std::string& path);
+
+// What of the host CheckConfigOnHost checks beyond what every tool needs.
+struct HostCheck {
+  // qbd-master, which binds them: every TCP listener's address is one of this machine's (or
+  // 127.0.0.0/8, or every interface). Other tools may run on another host than the daemon.
+  bool local_addresses = false;
+  // The local directory of every part exists (off for the tools that create them: qbdctl
+  // create, qbd-master --create-default; and for qbdctl backends, which reports them).
+  bool backend_dirs = true;
+};
+
+// Checks `config` against this machine without binding, creating or writing anything: listener
+// host names resolve; a unix listener's directory exists and its path is free or a socket; the
+// admin socket's directory exists; cache_dir exists as a directory, or its parent does (it is
+// created, one level); with `check.backend_dirs` every local part directory exists. OK, or
+// InvalidArgument naming config.file and the line of the value.
+Status CheckConfigOnHost(const Config& config, const HostCheck& check = {});
 // The embedded default of `make run`: three local parts beside the config file, NBD on
 // 127.0.0.1:10809.
 std::string DefaultConfigText();

@@ -12,12 +12,19 @@
 #include <string_view>
 
 #include "qbd/chunk_format.h"
+#include "qbd/config.h"
 #include "qbd/status.h"
 
 namespace qbd {
 
 inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr char kVolumesMetaPath[] = ".volumesmeta";
+// Bounds of the values (layout-spec.md §1, §2): a serial grows by one per change, so 2^53 is
+// never reached, and a larger one is damage; a volume holds at most 1 PiB (its dirty maps, one
+// bit per 64 KiB, then take 2 GiB each in memory at most).
+inline constexpr uint64_t kMaxSerial = uint64_t{1} << 53;
+inline constexpr uint64_t kMaxVolumeSize = uint64_t{1} << 50;
+inline constexpr size_t kMaxCreatedLength = 40;
 
 struct VolumeMeta {
   std::string name;
@@ -37,9 +44,13 @@ struct VolumeMeta {
 // "<volnr>/.meta"
 std::string MetaPath(uint32_t volnr);
 std::string EncodeVolumeMeta(const VolumeMeta& meta);
-// InvalidArgument naming `file:line` for a malformed line, an unknown key, a missing key or an
-// unsupported format.
-Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file);
+// InvalidArgument naming `file:line` for a malformed line, an unknown key, a value out of its
+// bounds (layout-spec.md §2), an unsupported format, an inconsistent geometry or quorum (naming
+// the line of the value at fault), a `number` other than `expected_number` (when not 0: the
+// number of the directory the file is in); a missing key names the file only (ReplicatedText
+// names the line after the last, where a copy cut short lost it).
+Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file,
+                                   uint32_t expected_number = 0);
 
 struct VolumesIndex {
   uint64_t serial = 0;
@@ -52,10 +63,10 @@ struct VolumesIndex {
 };
 
 std::string EncodeVolumesIndex(const VolumesIndex& index);
+// InvalidArgument naming `file:line` for a malformed line, a bad name, a number or serial out of
+// bounds, a name or number listed twice; a missing `format` names the file only.
 Result<VolumesIndex> ParseVolumesIndex(std::string_view text, std::string_view file);
 
-// InvalidArgument unless `name` is 1-64 of [A-Za-z0-9._-], starts with a letter or digit, and
-// is not a reserved key ("format", "serial").
-Status ValidateVolumeName(std::string_view name);
+// ValidateVolumeName (the rule for volume names) is in config.h.
 
 }  // namespace qbd

@@ -1,9 +1,16 @@
 #include "qbd/config.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -24,6 +31,14 @@ bool ValidKey(std::string_view k) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.') return false;
   }
   return true;
+}
+
+// The longest key or section name: a volume name (64) is a key of .volumesmeta.
+constexpr size_t kMaxKey = 64;
+
+// `v` shortened for a message: a damaged file may hold a line of any length.
+std::string Clip(std::string_view v) {
+  return v.size() <= 80 ? std::string(v) : fmt::format("{}... ({} characters)", v.substr(0, 64), v.size());
 }
 
 Status LineError(const std::string& file, int line, std::string_view msg) {
@@ -47,7 +62,233 @@ Result<uint64_t> ParseUint(std::string_view v) {
   return n;
 }
 
+// A backend name ([backend NAME], parts): 1-64 of [A-Za-z0-9._-].
+Status ValidateBackendName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return Status::InvalidArgument("a backend name is 1-64 characters");
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return Status::InvalidArgument(
+          fmt::format("backend name '{}' may hold only letters, digits, '.', '_', '-'", name));
+    }
+  }
+  return Status::OK();
+}
+
+// RFC 1123 host name: dot-separated labels of 1-63 letters, digits and '-', not starting or
+// ending with '-', 253 characters at most; a trailing dot is allowed.
+bool ValidHostName(std::string_view h) {
+  if (!h.empty() && h.back() == '.') h.remove_suffix(1);
+  if (h.empty() || h.size() > 253) return false;
+  size_t start = 0;
+  while (start <= h.size()) {
+    size_t dot = h.find('.', start);
+    if (dot == std::string_view::npos) dot = h.size();
+    std::string_view label = h.substr(start, dot - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+    for (char c : label) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') return false;
+    }
+    start = dot + 1;
+  }
+  return true;
+}
+
+// The directory that holds `path` (absolute): "/a/b" -> "/a".
+std::filesystem::path Parent(const std::string& path) {
+  std::filesystem::path p(path);
+  return p.has_parent_path() ? p.parent_path() : std::filesystem::path("/");
+}
+
+// OK when `dir` is an existing directory; else why not ("does not exist", "is not a directory").
+Status CheckDir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  auto st = std::filesystem::status(dir, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
+    return Status::InvalidArgument(fmt::format("{}: {}", dir.string(), ec.message()));
+  }
+  if (!std::filesystem::exists(st)) return Status::InvalidArgument(fmt::format("{} does not exist", dir.string()));
+  if (!std::filesystem::is_directory(st)) {
+    return Status::InvalidArgument(fmt::format("{} is not a directory", dir.string()));
+  }
+  return Status::OK();
+}
+
+// The addresses of this machine's interfaces, as inet_ntop prints them.
+std::set<std::string> LocalAddresses() {
+  std::set<std::string> out;
+  ifaddrs* ifs = nullptr;
+  if (::getifaddrs(&ifs) != 0) return out;
+  for (ifaddrs* i = ifs; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr) continue;
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (i->ifa_addr->sa_family == AF_INET) {
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+    } else if (i->ifa_addr->sa_family == AF_INET6) {
+      ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(i->ifa_addr)->sin6_addr, buf, sizeof(buf));
+    } else {
+      continue;
+    }
+    out.insert(buf);
+  }
+  ::freeifaddrs(ifs);
+  return out;
+}
+
+// The kernel lets a socket bind an address no interface has (net.ipv4.ip_nonlocal_bind).
+bool NonLocalBindAllowed(int family) {
+  std::ifstream in(family == AF_INET ? "/proc/sys/net/ipv4/ip_nonlocal_bind"
+                                     : "/proc/sys/net/ipv6/ip_nonlocal_bind");
+  int v = 0;
+  return in >> v && v != 0;
+}
+
+// True when a socket can bind `sa` on this machine without IP_FREEBIND: the loopback network,
+// an interface's address, or any address when the kernel allows non-local binds.
+bool IsLocalAddress(const sockaddr* sa, const std::set<std::string>& local) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (sa->sa_family == AF_INET) {
+    const in_addr a = reinterpret_cast<const sockaddr_in*>(sa)->sin_addr;
+    if ((ntohl(a.s_addr) >> 24) == 127 || a.s_addr == htonl(INADDR_ANY)) return true;
+    ::inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  } else if (sa->sa_family == AF_INET6) {
+    const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr;
+    if (IN6_IS_ADDR_UNSPECIFIED(&a) || IN6_IS_ADDR_LOOPBACK(&a)) return true;
+    ::inet_ntop(AF_INET6, &a, buf, sizeof(buf));
+  } else {
+    return false;
+  }
+  return local.count(buf) > 0 || NonLocalBindAllowed(sa->sa_family);
+}
+
+// One listener of qbd.conf against this machine (CheckConfigOnHost).
+Status CheckListenerOnHost(const ListenAddress& a, bool local_addresses) {
+  if (a.kind == ListenAddress::Kind::kUnix) {
+    QBD_RETURN_IF_ERROR(CheckDir(Parent(a.path)).WithContext(fmt::format("unix:{}: its directory", a.path)));
+    std::error_code ec;
+    auto st = std::filesystem::symlink_status(a.path, ec);
+    if (std::filesystem::exists(st) && st.type() != std::filesystem::file_type::socket) {
+      return Status::InvalidArgument(
+          fmt::format("unix:{}: a file that is not a socket is in the way", a.path));
+    }
+    return Status::OK();
+  }
+  if (a.kind == ListenAddress::Kind::kAny) return Status::OK();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (a.kind == ListenAddress::Kind::kHostName ? 0 : AI_NUMERICHOST);
+  addrinfo* res = nullptr;
+  const std::string port = std::to_string(a.port);
+  const int rc = ::getaddrinfo(a.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    return Status::InvalidArgument(
+        fmt::format("host '{}' does not resolve: {}", a.host, ::gai_strerror(rc)));
+  }
+  bool local = !local_addresses;
+  if (!local) {
+    const std::set<std::string> mine = LocalAddresses();
+    for (addrinfo* ai = res; ai != nullptr && !local; ai = ai->ai_next) local = IsLocalAddress(ai->ai_addr, mine);
+  }
+  ::freeaddrinfo(res);
+  if (!local) {
+    return Status::InvalidArgument(fmt::format(
+        "{} is not an address of this machine (no interface has it): qbd-master could not bind it", a.host));
+  }
+  return Status::OK();
+}
+
 }  // namespace
+
+Status ValidateVolumeName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return Status::InvalidArgument("volume name must be 1-64 characters");
+  if (!std::isalnum(static_cast<unsigned char>(name[0]))) {
+    return Status::InvalidArgument(fmt::format("volume name '{}' must start with a letter or digit", name));
+  }
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return Status::InvalidArgument(fmt::format("volume name '{}' may hold only letters, digits, '.', '_', '-'", name));
+    }
+  }
+  if (name == "format" || name == "serial") {
+    return Status::InvalidArgument(fmt::format("volume name '{}' is reserved", name));
+  }
+  return Status::OK();
+}
+
+Result<ListenAddress> ParseListenAddress(std::string_view spec) {
+  ListenAddress a;
+  if (spec.starts_with("unix:")) {
+    a.kind = ListenAddress::Kind::kUnix;
+    a.path = std::string(spec.substr(5));
+    if (a.path.empty()) return Status::InvalidArgument("'unix:' needs a socket path: unix:/run/qbd/v.sock");
+    if (a.path.find('\0') != std::string::npos) return Status::InvalidArgument("the unix socket path holds a NUL");
+    // The path and its terminating NUL must fit sun_path.
+    if (a.path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      return Status::InvalidArgument(fmt::format("unix socket path '{}' is {} characters; at most {} fit",
+                                                 a.path, a.path.size(), sizeof(sockaddr_un{}.sun_path) - 1));
+    }
+    return a;
+  }
+  if (spec.empty()) return Status::InvalidArgument("empty address (HOST:PORT or unix:/PATH)");
+  std::string_view host, port;
+  if (spec.front() == '[') {
+    const size_t close = spec.find(']');
+    if (close == std::string_view::npos) {
+      return Status::InvalidArgument(fmt::format("'{}': '[' without ']' (write [IPV6]:PORT)", spec));
+    }
+    host = spec.substr(1, close - 1);
+    std::string_view rest = spec.substr(close + 1);
+    if (rest.empty() || rest.front() != ':') {
+      return Status::InvalidArgument(fmt::format("'{}' is not [IPV6]:PORT", spec));
+    }
+    port = rest.substr(1);
+    a.kind = ListenAddress::Kind::kIPv6;
+  } else {
+    const size_t colon = spec.find(':');
+    if (colon == std::string_view::npos) {
+      return Status::InvalidArgument(fmt::format("'{}' is not HOST:PORT or unix:/PATH", spec));
+    }
+    if (spec.find(':', colon + 1) != std::string_view::npos) {
+      return Status::InvalidArgument(
+          fmt::format("'{}': an IPv6 address is written in brackets: [IPV6]:PORT", spec));
+    }
+    host = spec.substr(0, colon);
+    port = spec.substr(colon + 1);
+    if (host.empty() || host == "*") {
+      a.kind = ListenAddress::Kind::kAny;
+      host = "";
+    } else if (host.find_first_not_of("0123456789.") == std::string_view::npos) {
+      a.kind = ListenAddress::Kind::kIPv4;
+    } else {
+      a.kind = ListenAddress::Kind::kHostName;
+    }
+  }
+  uint64_t p = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (port.empty() || ec == std::errc::invalid_argument) {
+    return Status::InvalidArgument(fmt::format("'{}': the port is missing or not a number", spec));
+  }
+  if (ec == std::errc::result_out_of_range || (end == port.data() + port.size() && (p < 1 || p > 65535))) {
+    return Status::InvalidArgument(fmt::format("'{}': port {} is not 1..65535", spec, port));
+  }
+  if (end != port.data() + port.size()) {
+    return Status::InvalidArgument(
+        fmt::format("'{}': '{}' follows the port", spec, port.substr(static_cast<size_t>(end - port.data()))));
+  }
+  a.port = static_cast<uint16_t>(p);
+  a.host = std::string(host);
+  unsigned char buf[sizeof(in6_addr)];
+  if (a.kind == ListenAddress::Kind::kIPv4 && ::inet_pton(AF_INET, a.host.c_str(), buf) != 1) {
+    return Status::InvalidArgument(fmt::format("'{}': {} is not an IPv4 address", spec, a.host));
+  }
+  if (a.kind == ListenAddress::Kind::kIPv6 && ::inet_pton(AF_INET6, a.host.c_str(), buf) != 1) {
+    return Status::InvalidArgument(fmt::format("'{}': {} is not an IPv6 address", spec, a.host));
+  }
+  if (a.kind == ListenAddress::Kind::kHostName && !ValidHostName(a.host)) {
+    return Status::InvalidArgument(fmt::format("'{}': '{}' is not a host name", spec, a.host));
+  }
+  return a;
+}
 
 Result<std::vector<KvLine>> ParseKvText(std::string_view text, std::string_view file) {
   std::vector<KvLine> out;
@@ -73,16 +314,20 @@ Result<std::vector<KvLine>> ParseKvText(std::string_view text, std::string_view 
       size_t sp = inner.find_first_of(" \t");
       section = std::string(inner.substr(0, sp));
       arg = sp == std::string_view::npos ? "" : std::string(Trim(inner.substr(sp)));
-      if (!ValidKey(section)) return LineError(f, lineno, "malformed section header");
+      if (!ValidKey(section) || section.size() > kMaxKey || arg.size() > kMaxKey) {
+        return LineError(f, lineno, "malformed section header");
+      }
       continue;
     }
     size_t eq = line.find('=');
     if (eq == std::string_view::npos) {
-      return LineError(f, lineno, fmt::format("expected 'key = value', got '{}'", line));
+      return LineError(f, lineno, fmt::format("expected 'key = value', got '{}'", Clip(line)));
     }
     std::string_view key = Trim(line.substr(0, eq));
     std::string_view value = Trim(line.substr(eq + 1));
-    if (!ValidKey(key)) return LineError(f, lineno, fmt::format("malformed key '{}'", key));
+    if (!ValidKey(key) || key.size() > kMaxKey) {
+      return LineError(f, lineno, fmt::format("malformed key '{}'", Clip(key)));
+    }
     out.push_back(KvLine{lineno, section, arg, std::string(key), std::string(value)});
     if (nl == text.size()) break;
   }
@@ -137,118 +382,175 @@ const BackendConfig* Config::BackendForPart(char part) const {
   return nullptr;
 }
 
+int Config::Line(const std::string& key) const {
+  auto it = key_lines.find(key);
+  return it == key_lines.end() ? 0 : it->second;
+}
+
+namespace {
+
+// A number key of qbd.conf within [lo, hi]; the message names the key and its range.
+Result<uint64_t> RangedUint(const KvLine& l, uint64_t lo, uint64_t hi, std::string_view extra = "") {
+  auto n = ParseUint(l.value);
+  if (!n.ok() || *n < lo || *n > hi) {
+    return Status::InvalidArgument(fmt::format("{} must be {}..{}{}, not '{}'", l.key, lo, hi, extra, l.value));
+  }
+  return *n;
+}
+
+// A size key of qbd.conf within [lo, hi] bytes.
+Result<uint64_t> RangedSize(const KvLine& l, uint64_t lo, uint64_t hi) {
+  auto n = ParseSize(l.value);
+  if (!n.ok()) return Status::InvalidArgument(fmt::format("{}: {}", l.key, n.status().message()));
+  if (*n < lo || *n > hi) {
+    return Status::InvalidArgument(
+        fmt::format("{} must be {}..{}, not {}", l.key, FormatSize(lo), FormatSize(hi), l.value));
+  }
+  return *n;
+}
+
+// An absolute, normal path: `value` resolved against `base_dir` when relative.
+std::string ResolvePath(const std::string& value, const std::string& base_dir) {
+  std::filesystem::path p(value);
+  if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
+  return p.lexically_normal().string();
+}
+
+// Parses a listener (`listen`); a relative unix path becomes absolute against `base_dir`.
+Result<std::string> ParseListenValue(const std::string& value, const std::string& base_dir) {
+  QBD_ASSIGN_OR_RETURN(ListenAddress a, ParseListenAddress(value));
+  if (a.kind != ListenAddress::Kind::kUnix) return value;
+  const std::string path = ResolvePath(a.path, base_dir);
+  QBD_ASSIGN_OR_RETURN(ListenAddress abs, ParseListenAddress("unix:" + path));  // length again
+  return "unix:" + abs.path;
+}
+
+// Two listeners that cannot both be bound: the same unix path, or the same port where the hosts
+// are equal or either is every interface.
+bool ListenersClash(const ListenAddress& a, const ListenAddress& b) {
+  if ((a.kind == ListenAddress::Kind::kUnix) != (b.kind == ListenAddress::Kind::kUnix)) return false;
+  if (a.kind == ListenAddress::Kind::kUnix) return a.path == b.path;
+  if (a.port != b.port) return false;
+  auto any = [](const ListenAddress& x) {
+    return x.kind == ListenAddress::Kind::kAny || x.host == "0.0.0.0" || x.host == "::";
+  };
+  return any(a) || any(b) || a.host == b.host;
+}
+
+}  // namespace
+
 Result<Config> ParseConfig(std::string_view text, const std::string& file, const std::string& base_dir) {
   QBD_ASSIGN_OR_RETURN(std::vector<KvLine> lines, ParseKvText(text, file));
   Config c;
   c.file = file;
-  int parts_line = 0;
-  int cache_dir_line = 0;
-  int lease_line = 0;
-  std::set<std::string> seen_global;
+  std::set<std::string> mounts;  // backends with a `mount` line
   for (const KvLine& l : lines) {
     auto err = [&](std::string_view msg) { return LineError(file, l.line, msg); };
+    auto bad = [&](const Status& s) { return LineError(file, l.line, s.message()); };
     auto bad_value = [&](const Status& s) { return LineError(file, l.line, fmt::format("{}: {}", l.key, s.message())); };
+    if (l.value.size() > kMaxConfigValue) {
+      return err(fmt::format("{}: the value is {} characters; at most {}", l.key, l.value.size(), kMaxConfigValue));
+    }
     if (l.section.empty()) {
-      if (!seen_global.insert(l.key).second) return err(fmt::format("'{}' is set twice", l.key));
+      if (!c.key_lines.emplace(l.key, l.line).second) {
+        return err(fmt::format("'{}' is set twice (first on line {})", l.key, c.Line(l.key)));
+      }
       if (l.key == "listen") {
-        c.listen = l.value;
+        auto v = ParseListenValue(l.value, base_dir);
+        if (!v.ok()) return bad_value(v.status());
+        c.listen = *v;
       } else if (l.key == "parts") {
         std::istringstream in(l.value);
         std::string name;
-        while (in >> name) c.parts.push_back(name);
+        while (in >> name) {
+          if (c.parts.size() == 26) return err("parts: at most 26 parts (a..z)");
+          Status s = ValidateBackendName(name);
+          if (!s.ok()) return bad_value(s);
+          c.parts.push_back(name);
+        }
         if (c.parts.empty()) return err("parts: lists no backend");
-        if (c.parts.size() > 26) return err("parts: at most 26 parts (a..z)");
-        parts_line = l.line;
       } else if (l.key == "threads_per_connection") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 1 || *n > 256) return err("threads_per_connection must be 1..256");
+        auto n = RangedUint(l, 1, 256);
+        if (!n.ok()) return bad(n.status());
         c.threads_per_connection = static_cast<int>(*n);
       } else if (l.key == "nbd_memory") {
-        auto n = ParseSize(l.value);
-        if (!n.ok()) return bad_value(n.status());
         // At least two of the largest requests (32M), so that one can always be read whole.
-        if (*n < (uint64_t{64} << 20) || *n > (uint64_t{1} << 40)) return err("nbd_memory must be 64M..1T");
+        auto n = RangedSize(l, uint64_t{64} << 20, uint64_t{1} << 40);
+        if (!n.ok()) return bad(n.status());
         c.nbd_memory = *n;
       } else if (l.key == "client_timeout_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 1000 || *n > 3600000) return err("client_timeout_ms must be 1000..3600000");
+        auto n = RangedUint(l, 1000, 3600000);
+        if (!n.ok()) return bad(n.status());
         c.client_timeout_ms = static_cast<uint32_t>(*n);
       } else if (l.key == "max_connections") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 1 || *n > 65536) return err("max_connections must be 1..65536");
+        auto n = RangedUint(l, 1, 65536);
+        if (!n.ok()) return bad(n.status());
         c.max_connections = static_cast<uint32_t>(*n);
       } else if (l.key == "write_quorum") {
         if (l.value == "majority") {
           c.write_quorum = 0;
         } else {
-          auto n = ParseUint(l.value);
-          if (!n.ok() || *n < 1 || *n > 26) return err("write_quorum must be 'majority' or 1..26");
+          auto n = RangedUint(l, 1, 26, " or 'majority'");
+          if (!n.ok()) return bad(n.status());
           c.write_quorum = static_cast<uint32_t>(*n);
         }
       } else if (l.key == "default_export") {
+        if (!l.value.empty()) {
+          Status s = ValidateVolumeName(l.value);
+          if (!s.ok()) return bad_value(s);
+        }
         c.default_export = l.value;
       } else if (l.key == "log_level") {
         auto lv = ParseLogLevel(l.value);
         if (!lv.ok()) return bad_value(lv.status());
         c.log_level = *lv;
       } else if (l.key == "volume_poll_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 50 || *n > 3600000) return err("volume_poll_ms must be 50..3600000");
+        auto n = RangedUint(l, 50, 3600000);
+        if (!n.ok()) return bad(n.status());
         c.volume_poll_ms = static_cast<uint32_t>(*n);
-      } else if (l.key == "resync_mb_per_s") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n > 100000) return err("resync_mb_per_s must be 0 (no limit) to 100000");
-        c.resync_mb_per_s = static_cast<uint32_t>(*n);
-      } else if (l.key == "compare_mb_per_s") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n > 100000) return err("compare_mb_per_s must be 0 (no limit) to 100000");
-        c.compare_mb_per_s = static_cast<uint32_t>(*n);
+      } else if (l.key == "resync_mb_per_s" || l.key == "compare_mb_per_s") {
+        auto n = RangedUint(l, 0, 100000, " (0: no limit)");
+        if (!n.ok()) return bad(n.status());
+        (l.key == "resync_mb_per_s" ? c.resync_mb_per_s : c.compare_mb_per_s) = static_cast<uint32_t>(*n);
       } else if (l.key == "nfs_timeout_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 100 || *n > 600000) return err("nfs_timeout_ms must be 100..600000");
+        auto n = RangedUint(l, 100, 600000);
+        if (!n.ok()) return bad(n.status());
         c.nfs_timeout_ms = static_cast<int>(*n);
       } else if (l.key == "cache_size") {
-        auto n = ParseSize(l.value);
-        if (!n.ok()) return bad_value(n.status());
+        auto n = RangedSize(l, 0, uint64_t{1} << 40);
+        if (!n.ok()) return bad(n.status());
         c.cache_size = *n;
       } else if (l.key == "cache_dir") {
-        std::filesystem::path p(l.value);
         if (l.value.empty()) return err("cache_dir: empty path");
-        if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
-        c.cache_dir = p.lexically_normal().string();
-        cache_dir_line = l.line;
+        c.cache_dir = ResolvePath(l.value, base_dir);
       } else if (l.key == "cache_dir_size") {
-        auto n = ParseSize(l.value);
-        if (!n.ok()) return bad_value(n.status());
-        if (*n < (uint64_t{1} << 20)) return err("cache_dir_size must be at least 1M");
+        auto n = RangedSize(l, uint64_t{1} << 20, uint64_t{16} << 40);
+        if (!n.ok()) return bad(n.status());
         c.cache_dir_size = *n;
       } else if (l.key == "cache_mode") {
-        if (l.value != "writethrough" && l.value != "writeback") return err("cache_mode must be writethrough or writeback");
+        if (l.value != "writethrough" && l.value != "writeback") {
+          return err(fmt::format("cache_mode must be writethrough or writeback, not '{}'", l.value));
+        }
         c.cache_write_back = l.value == "writeback";
       } else if (l.key == "cache_dirty_max") {
-        auto n = ParseSize(l.value);
-        if (!n.ok()) return bad_value(n.status());
-        if (*n < (uint64_t{1} << 20)) return err("cache_dirty_max must be at least 1M");
+        auto n = RangedSize(l, uint64_t{1} << 20, uint64_t{16} << 40);
+        if (!n.ok()) return bad(n.status());
         c.cache_dirty_max = *n;
       } else if (l.key == "cache_destage_delay_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n > 3600000) return err("cache_destage_delay_ms must be 0..3600000");
+        auto n = RangedUint(l, 0, 3600000);
+        if (!n.ok()) return bad(n.status());
         c.cache_destage_delay_ms = static_cast<uint32_t>(*n);
       } else if (l.key == "lease_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 300 || *n > 600000) return err("lease_ms must be 300..600000");
+        auto n = RangedUint(l, 300, 600000);
+        if (!n.ok()) return bad(n.status());
         c.lease_ms = static_cast<uint32_t>(*n);
-        lease_line = std::max(lease_line, l.line);
       } else if (l.key == "lease_renew_ms") {
-        auto n = ParseUint(l.value);
-        if (!n.ok() || *n < 100 || *n > 200000) return err("lease_renew_ms must be 100..200000");
+        auto n = RangedUint(l, 100, 200000);
+        if (!n.ok()) return bad(n.status());
         c.lease_renew_ms = static_cast<uint32_t>(*n);
-        lease_line = std::max(lease_line, l.line);
       } else if (l.key == "admin_socket") {
-        std::filesystem::path p(l.value);
-        if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
-        c.admin_socket = p.lexically_normal().string();
-        if (c.admin_socket.size() > 100) return err("admin_socket: the path is longer than 100 characters");
+        if (l.value.empty()) return err("admin_socket: empty path");
+        c.admin_socket = ResolvePath(l.value, base_dir);
       } else if (l.key == "allow_shared_failure_domain") {
         auto b = ParseBool(l.value);
         if (!b.ok()) return bad_value(b.status());
@@ -258,28 +560,45 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
       }
     } else if (l.section == "backend") {
       if (l.section_arg.empty()) return err("[backend] needs a name: [backend NAME]");
-      if (l.key == "mount") {
-        continue;  // read by scripts/mount-backends.sh only
+      Status name_ok = ValidateBackendName(l.section_arg);
+      if (!name_ok.ok()) return bad(name_ok);
+      if (l.key != "path" && l.key != "url" && l.key != "mount") {
+        return err(fmt::format("unknown key '{}' in [backend {}] (path, url or mount)", l.key, l.section_arg));
       }
-      if (l.key != "path" && l.key != "url") {
-        return err(fmt::format("unknown key '{}' in [backend {}] (path or url)", l.key, l.section_arg));
+      if (l.key == "mount") {  // read by scripts/mount-backends.sh only
+        if (!mounts.insert(l.section_arg).second) {
+          return err(fmt::format("'mount' is set twice in [backend {}]", l.section_arg));
+        }
+        continue;
       }
       for (const auto& b : c.backends) {
         if (b.name == l.section_arg) return err(fmt::format("backend '{}' has two locations", b.name));
       }
       std::string loc = l.value;
       if (loc.empty()) return err("empty backend location");
-      if (l.key == "url" && loc.rfind("nfs://", 0) != 0) return err("url must start with nfs://");
-      if (l.key == "path") {
-        std::filesystem::path p(loc);
-        if (p.is_relative()) p = std::filesystem::path(base_dir) / p;
-        loc = p.lexically_normal().string();
+      if (l.key == "url") {
+        if (loc.rfind("nfs://", 0) != 0) return err("url must start with nfs://");
+        const std::string_view rest = std::string_view(loc).substr(6);
+        const size_t slash = rest.find('/');
+        if (slash == 0 || rest.empty()) return err(fmt::format("url '{}' names no server: nfs://HOST/EXPORT", loc));
+        if (slash == std::string_view::npos) return err(fmt::format("url '{}' names no export: nfs://HOST/EXPORT", loc));
+      } else {
+        loc = ResolvePath(loc, base_dir);
       }
       c.backends.push_back(BackendConfig{l.section_arg, loc, l.line});
     } else if (l.section == "volume") {
       if (l.section_arg.empty()) return err("[volume] needs a name: [volume NAME]");
+      Status name_ok = ValidateVolumeName(l.section_arg);
+      if (!name_ok.ok()) return bad(name_ok);
       if (l.key != "listen") return err(fmt::format("unknown key '{}' in [volume {}] (listen)", l.key, l.section_arg));
-      c.volume_listen[l.section_arg] = l.value;
+      if (c.volume_listen.count(l.section_arg)) {
+        return err(fmt::format("[volume {}] sets listen twice (first on line {})", l.section_arg,
+                               c.volume_listen_lines[l.section_arg]));
+      }
+      auto v = ParseListenValue(l.value, base_dir);
+      if (!v.ok()) return bad_value(v.status());
+      c.volume_listen[l.section_arg] = *v;
+      c.volume_listen_lines[l.section_arg] = l.line;
     } else {
       return err(fmt::format("unknown section [{}]", l.section));
     }
@@ -290,9 +609,16 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
   for (auto& b : c.backends) b.nfs_timeout_ms = c.nfs_timeout_ms;
   if (uint64_t{c.lease_renew_ms} * 3 > c.lease_ms) {
     // The holder needs time for more than one renewal before its lease_ms - lease_renew_ms run
-    // out (layout-spec.md 8).
-    return LineError(file, lease_line, fmt::format("lease_renew_ms ({}) must be at most lease_ms / 3 ({})",
-                                                   c.lease_renew_ms, c.lease_ms / 3));
+    // out (layout-spec.md 8). The later of the two lines is named.
+    return LineError(file, std::max(c.Line("lease_ms"), c.Line("lease_renew_ms")),
+                     fmt::format("lease_renew_ms ({}) must be at most lease_ms / 3 ({})", c.lease_renew_ms,
+                                 c.lease_ms / 3));
+  }
+  if (c.cache_dirty_max > c.cache_dir_size && !c.cache_dir.empty()) {
+    // The bytes not yet on the parts are in the log: they cannot be more than it holds.
+    return LineError(file, std::max(c.Line("cache_dirty_max"), c.Line("cache_dir_size")),
+                     fmt::format("cache_dirty_max ({}) must be at most cache_dir_size ({})",
+                                 FormatSize(c.cache_dirty_max), FormatSize(c.cache_dir_size)));
   }
   if (!c.cache_dir.empty()) {
     // The cache directory sits in front of the parts, never on them (layout-spec.md 7).
@@ -305,7 +631,8 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
       if (b.location.rfind("nfs://", 0) == 0) continue;
       const std::filesystem::path bp(b.location);
       if (inside(cd, bp) || inside(bp, cd)) {
-        return LineError(file, cache_dir_line, fmt::format("cache_dir {} overlaps backend '{}' ({})", c.cache_dir, b.name, b.location));
+        return LineError(file, c.Line("cache_dir"),
+                         fmt::format("cache_dir {} overlaps backend '{}' ({})", c.cache_dir, b.name, b.location));
       }
     }
   }
@@ -313,28 +640,109 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
     std::filesystem::path f(file);
     c.admin_socket = (std::filesystem::path(base_dir) / (f.stem().string() + ".sock")).lexically_normal().string();
   }
+  // The socket's path must fit sun_path; ".lock" and ".repair-N" files sit beside it.
+  if (c.admin_socket.size() > 100) {
+    const std::string msg = fmt::format("admin_socket {} is longer than 100 characters", c.admin_socket);
+    if (c.Line("admin_socket") == 0) {
+      return Status::InvalidArgument(fmt::format("{}: {} (the default, beside this file): set admin_socket", file, msg));
+    }
+    return LineError(file, c.Line("admin_socket"), msg);
+  }
   std::set<std::string> used;
   for (const auto& name : c.parts) {
     bool found = false;
     for (const auto& b : c.backends) found = found || b.name == name;
-    if (!found) return LineError(file, parts_line, fmt::format("parts: no [backend {}] section", name));
+    if (!found) return LineError(file, c.Line("parts"), fmt::format("parts: no [backend {}] section", name));
     if (!used.insert(name).second) {
-      return LineError(file, parts_line, fmt::format("parts: backend '{}' holds two parts", name));
+      return LineError(file, c.Line("parts"), fmt::format("parts: backend '{}' holds two parts", name));
     }
+  }
+  // No two listeners on one address: the second bind would fail after the volumes are open.
+  std::vector<std::pair<ListenAddress, int>> listeners;
+  auto add_listener = [&](const std::string& spec, int line) -> Status {
+    QBD_ASSIGN_OR_RETURN(ListenAddress a, ParseListenAddress(spec));  // parsed above: cannot fail
+    for (const auto& [other, other_line] : listeners) {
+      if (ListenersClash(a, other)) {
+        const int first = std::min(line, other_line);
+        return LineError(file, std::max(line, other_line),
+                         fmt::format("listen {} takes the address of {}", spec,
+                                     first > 0 ? fmt::format("line {}", first)
+                                               : fmt::format("the default listen ({})", c.listen)));
+      }
+    }
+    listeners.emplace_back(std::move(a), line);
+    return Status::OK();
+  };
+  QBD_RETURN_IF_ERROR(add_listener(c.listen, c.Line("listen")));
+  for (const auto& [name, spec] : c.volume_listen) {
+    QBD_RETURN_IF_ERROR(add_listener(spec, c.volume_listen_lines[name]));
   }
   return c;
 }
 
 Result<Config> LoadConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    if (!std::filesystem::exists(path)) return Status::NotFound(path + ": no such file");
-    return Status::IOError(path + ": cannot be read");
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(st)) return Status::NotFound(path + ": no such file");
+  if (!std::filesystem::is_regular_file(st)) return Status::IOError(path + ": not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::IOError(fmt::format("{}: cannot be read: {}", path, std::strerror(errno)));
+  std::string text(kMaxConfigFileSize + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) return Status::IOError(path + ": cannot be read");
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxConfigFileSize) {
+    return Status::InvalidArgument(fmt::format("{}: larger than {}: not a qbd.conf", path, FormatSize(kMaxConfigFileSize)));
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
   std::string base = std::filesystem::absolute(path).parent_path().string();
-  return ParseConfig(ss.str(), path, base);
+  return ParseConfig(text, path, base);
+}
+
+Status CheckConfigOnHost(const Config& c, const HostCheck& check) {
+  auto at = [&](int line, const Status& s) {
+    return line > 0 ? LineError(c.file, line, s.message())
+                    : Status::InvalidArgument(fmt::format("{}: {}", c.file, s.message()));
+  };
+  auto listener = [&](const std::string& spec, int line, std::string_view what) -> Status {
+    auto a = ParseListenAddress(spec);
+    Status s = a.ok() ? CheckListenerOnHost(*a, check.local_addresses) : a.status();
+    return s.ok() ? s : at(line, Status::InvalidArgument(fmt::format("{} {}: {}", what, spec, s.message())));
+  };
+  QBD_RETURN_IF_ERROR(listener(c.listen, c.Line("listen"), "listen"));
+  for (const auto& [name, spec] : c.volume_listen) {
+    auto it = c.volume_listen_lines.find(name);
+    QBD_RETURN_IF_ERROR(listener(spec, it == c.volume_listen_lines.end() ? 0 : it->second,
+                                 fmt::format("[volume {}] listen", name)));
+  }
+  Status s = CheckDir(Parent(c.admin_socket));
+  if (!s.ok()) {
+    return at(c.Line("admin_socket"),
+              Status::InvalidArgument(fmt::format("admin_socket {}: its directory: {}", c.admin_socket, s.message())));
+  }
+  if (!c.cache_dir.empty()) {
+    std::error_code ec;
+    if (std::filesystem::exists(c.cache_dir, ec)) {
+      s = CheckDir(c.cache_dir);
+    } else {
+      s = CheckDir(Parent(c.cache_dir));
+      if (!s.ok()) s = Status::InvalidArgument(fmt::format("neither it nor its parent directory exists ({})", s.message()));
+    }
+    if (!s.ok()) return at(c.Line("cache_dir"), Status::InvalidArgument(fmt::format("cache_dir {}: {}", c.cache_dir, s.message())));
+  }
+  if (check.backend_dirs) {
+    for (size_t i = 0; i < c.parts.size(); ++i) {
+      const BackendConfig* b = c.BackendForPart(static_cast<char>('a' + i));
+      if (b == nullptr || b->location.rfind("nfs://", 0) == 0) continue;
+      s = CheckDir(b->location);
+      if (!s.ok()) {
+        // A missing directory is usually a disk that is not mounted: never filled in its place.
+        return at(b->line, Status::InvalidArgument(fmt::format(
+                               "backend '{}' (part {}): {} (is its disk mounted? `qbdctl create` creates it)",
+                               b->name, static_cast<char>('a' + i), s.message())));
+      }
+    }
+  }
+  return Status::OK();
 }
 
 std::string DefaultConfigText() {

@@ -59,13 +59,22 @@ class Master::Registry : public ExportRegistry {
 };
 
 Result<std::unique_ptr<Master>> Master::Start(const Config& config, const MasterOptions& options) {
+  // The whole configuration is checked on this host before anything is opened, locked or written
+  // (qbd-master's main checked it too; a library caller may not have).
+  HostCheck hc;
+  hc.local_addresses = true;
+  hc.backend_dirs = options.create_volume.empty();  // the demo's parts are created
+  QBD_RETURN_IF_ERROR(CheckConfigOnHost(config, hc));
   std::unique_ptr<Master> m(new Master());
   m->config_ = config;
   // One process at a time writes this configuration's volumes (an offline qbd-repair, or us).
   auto lock = ProcessLock::Acquire(config.admin_socket + ".lock", "qbd-master");
-  if (!lock.ok()) {
+  if (!lock.ok() && lock.status().IsUnavailable()) {
     return Status::Unavailable(fmt::format("{}: another qbd-master or an offline qbd-repair runs on this "
                                            "configuration ({})", config.file, lock.status().message()));
+  }
+  if (!lock.ok()) {
+    return lock.status().WithContext(fmt::format("{}: the lock of admin_socket {}", config.file, config.admin_socket));
   }
   m->lock_ = std::move(lock).value();
   std::error_code ec;
@@ -90,9 +99,9 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   std::vector<std::string> shared = m->catalog_->SharedFailureDomains();
   if (!shared.empty() && !config.allow_shared_failure_domain) {
     return Status::InvalidArgument(
-        fmt::format("{}: {}; losing it loses all their copies. Put each part on its own disk or NFS export, "
+        fmt::format("{}:{}: {}; losing it loses all their copies. Put each part on its own disk or NFS export, "
                     "or set allow_shared_failure_domain = true",
-                    config.file, fmt::join(shared, "; ")));
+                    config.file, config.Line("parts"), fmt::join(shared, "; ")));
   }
   for (const std::string& line : shared) {
     QBD_LOG_WARN("{}: losing it loses all their copies (allowed by allow_shared_failure_domain)", line);

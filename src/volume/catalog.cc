@@ -87,8 +87,13 @@ Result<uint64_t> Catalog::ParseEpoch(std::string_view text, std::string_view fil
     found = true;
     uint64_t v = 0;
     auto [end, ec] = std::from_chars(l.value.data(), l.value.data() + l.value.size(), v);
-    if (ec != std::errc() || end != l.value.data() + l.value.size()) {
+    if (l.value.empty() || ec != std::errc() || end != l.value.data() + l.value.size()) {
       return Status::InvalidArgument(fmt::format("{}:{}: epoch is not a number", file, l.line));
+    }
+    if (v > kMaxEpoch) {
+      return Status::InvalidArgument(fmt::format("{}:{}: epoch {} is larger than {}: its generations would not fit "
+                                                 "64 bits (layout-spec.md §4.2)",
+                                                 file, l.line, v, kMaxEpoch));
     }
     epoch = std::max(epoch, v);
   }
@@ -154,10 +159,7 @@ namespace {
 
 ReplicatedText::Parser MetaParser(uint32_t volnr) {
   return [volnr](std::string_view text, const std::string& where) -> Result<uint64_t> {
-    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(text, where));
-    if (m.number != volnr) {
-      return Status::Corruption(fmt::format("{}: number {} where {} was expected", where, m.number, volnr));
-    }
+    QBD_ASSIGN_OR_RETURN(VolumeMeta m, ParseVolumeMeta(text, where, volnr));
     return m.serial;
   };
 }
@@ -233,6 +235,9 @@ Result<VolumeMeta> Catalog::Create(const CreateVolumeOptions& o) {
   m.geometry.block_size = o.block_size;
   m.geometry.chunk_size = o.chunk_size;
   QBD_RETURN_IF_ERROR(m.geometry.Validate());
+  if (o.size > kMaxVolumeSize) {
+    return Status::InvalidArgument(fmt::format("size {} is larger than {}", FormatSize(o.size), FormatSize(kMaxVolumeSize)));
+  }
   m.replicas = o.replicas == 0 ? static_cast<uint32_t>(backends_.size()) : o.replicas;
   if (m.replicas > backends_.size()) {
     return Status::InvalidArgument(fmt::format("{} replicas asked, but {} lists only {} parts", m.replicas,
@@ -285,6 +290,9 @@ Status Catalog::Resize(const std::string& name, uint64_t size) {
   if (size % m.geometry.block_size != 0) {
     return Status::InvalidArgument(fmt::format("size {} is not a multiple of the block size {}", size,
                                                m.geometry.block_size));
+  }
+  if (size > kMaxVolumeSize) {
+    return Status::InvalidArgument(fmt::format("size {} is larger than {}", FormatSize(size), FormatSize(kMaxVolumeSize)));
   }
   if (size == m.geometry.size) return Status::OK();
   m.geometry.size = size;

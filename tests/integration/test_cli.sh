@@ -177,14 +177,14 @@ qbd_stop
 check "qbdctl set two append-only off" ctl_ok set two append-only off
 
 # --- qbd-master refuses a malformed qbd.conf, naming file and line ---
-refuses() { # NAME EXPECTED_TEXT CONFIG: qbd-master exits 2 at once and names EXPECTED_TEXT
+refuses() { # NAME EXPECTED_TEXT CONFIG: qbd-master exits 4 (a bad configuration) at once and names EXPECTED_TEXT
   local name=$1 want=$2 conf=$3 rc
   timeout 10 "$QBD_BIN/qbd-master" --config "$conf" >"$T/refuse.out" 2>&1 </dev/null
   rc=$?
   if [ $rc -eq 124 ]; then
     fail "$name" "qbd-master did not exit within 10 s (killed)"
-  elif [ $rc -ne 2 ]; then
-    fail "$name" "qbd-master exited with status $rc, expected 2"
+  elif [ $rc -ne 4 ]; then
+    fail "$name" "qbd-master exited with status $rc, expected 4"
     show "$T/refuse.out"
   elif ! grep -qF -- "$want" "$T/refuse.out"; then
     fail "$name" "qbd-master's message does not name '$want': $(head -c 300 "$T/refuse.out")"
@@ -231,7 +231,7 @@ refuses "qbd-master refuses parts naming an undefined backend and names bad3.con
 # --- two parts on one file system: refused unless allow_shared_failure_domain = true ---
 grep -v '^allow_shared_failure_domain' "$T/qbd.conf" >"$T/shared.conf"
 refuses "qbd-master refuses parts a, b on one file system without allow_shared_failure_domain" \
-  "parts a (" "$T/shared.conf"
+  "shared.conf:3: parts a (" "$T/shared.conf"
 if grep -q "allow_shared_failure_domain = true" "$T/refuse.out" &&
   grep -q "parts a (.*), b (.*), c (.*) share the file system on device" "$T/refuse.out"; then
   pass "the refusal says what is shared and names the override"

@@ -483,8 +483,8 @@ mkdir -p "$(ganesha_export n1)/x" "$(ganesha_export n1)/y"
 same_conf "" >"$T/same.conf"
 timeout 20 "$QBD_BIN/qbd-master" --config "$T/same.conf" >"$T/same.out" 2>&1 </dev/null
 rc=$?
-if [ $rc = 2 ] && grep -q "parts a (nfs://127.0.0.1/n1/x.*), b (nfs://127.0.0.1/n1/y.*) share nfs://" "$T/same.out"; then
-  pass "qbd-master refuses (exit 2) parts a and b on the same NFS server and export, naming both"
+if [ $rc = 4 ] && grep -q "same.conf:2: parts a (nfs://127.0.0.1/n1/x.*), b (nfs://127.0.0.1/n1/y.*) share nfs://" "$T/same.out"; then
+  pass "qbd-master refuses (exit 4, a bad configuration) parts a and b on the same NFS server and export, naming both and the parts line"
 else
   fail "two parts on one NFS export refused" "exit status $rc: $(head -c 400 "$T/same.out")"
 fi

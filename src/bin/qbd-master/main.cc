@@ -1,15 +1,18 @@
 // qbd-master: serves every volume of a qbd.conf over NBD. Parses options, wires the Master,
 // waits for SIGINT/SIGTERM while polling for volume changes, and maps errors to exit codes:
-// 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
+// 0 clean stop, 1 runtime failure, 2 usage or volume metadata without a good majority,
+// 4 (kExitBadConfig) a bad qbd.conf: checked whole, on this host, before any backend is opened.
 #include <signal.h>
 #include <sys/resource.h>
 
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <cerrno>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "qbd/config.h"
 #include "qbd/log.h"
@@ -22,6 +25,16 @@ namespace {
 int Fail(int code, const std::string& msg) {
   std::cerr << "qbd-master: " << msg << "\n";
   return code;
+}
+
+// An error that names a line of qbd.conf ("var/qbd.conf:7: ...") is about the configuration:
+// Master::Start's own checks (two parts in one failure domain) name the line they refuse.
+bool NamesConfigLine(const qbd::Status& s, const std::string& file) {
+  const std::string& m = s.message();
+  if (m.rfind(file + ":", 0) != 0) return false;
+  size_t i = file.size() + 1, digits = 0;
+  while (i < m.size() && std::isdigit(static_cast<unsigned char>(m[i]))) ++i, ++digits;
+  return digits > 0 && i < m.size() && m[i] == ':';
 }
 
 void RaiseFileLimit() {
@@ -42,8 +55,10 @@ int Run(int argc, char** argv) {
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, opts), vm);
   if (vm.count("help")) {
-    std::cout << opts << "\nExit status: 0 after a clean stop (SIGINT/SIGTERM), 1 on a runtime failure,\n"
-                         "2 on a bad configuration, volume metadata or usage.\n";
+    std::cout << opts << "\nExit status: 0 after a clean stop (SIGINT/SIGTERM); 1 on a runtime failure; 2 on a\n"
+                         "usage error or volume metadata without a good majority; 4 on a bad qbd.conf\n"
+                         "(absent, unreadable, malformed, a value out of range, or naming an address,\n"
+                         "host or directory this machine does not have), found before anything is opened.\n";
     return 0;
   }
   po::notify(vm);
@@ -58,17 +73,24 @@ int Run(int argc, char** argv) {
     if (!out.good()) return Fail(1, "cannot write " + path);
     QBD_LOG_INFO("wrote the default configuration to {}", path);
   }
-  auto config = qbd::LoadConfig(path);
-  if (!config.ok()) return Fail(2, config.status().message());
-  qbd::SetLogLevel(config->log_level);
+  std::optional<qbd::LogLevel> level;
   if (vm.count("log-level")) {
     std::string lv = vm["log-level"].as<std::string>();
-    if (lv == "debug") qbd::SetLogLevel(qbd::LogLevel::kDebug);
-    else if (lv == "info") qbd::SetLogLevel(qbd::LogLevel::kInfo);
-    else if (lv == "warn") qbd::SetLogLevel(qbd::LogLevel::kWarn);
-    else if (lv == "error") qbd::SetLogLevel(qbd::LogLevel::kError);
+    if (lv == "debug") level = qbd::LogLevel::kDebug;
+    else if (lv == "info") level = qbd::LogLevel::kInfo;
+    else if (lv == "warn") level = qbd::LogLevel::kWarn;
+    else if (lv == "error") level = qbd::LogLevel::kError;
     else return Fail(2, "--log-level must be debug, info, warn or error");
   }
+  // The whole configuration, on this host, before any backend is opened or written.
+  auto config = qbd::LoadConfig(path);
+  if (!config.ok()) return Fail(qbd::kExitBadConfig, config.status().message());
+  qbd::HostCheck hc;
+  hc.local_addresses = true;
+  hc.backend_dirs = !create_default;  // --create-default creates them
+  qbd::Status host = qbd::CheckConfigOnHost(*config, hc);
+  if (!host.ok()) return Fail(qbd::kExitBadConfig, host.message());
+  qbd::SetLogLevel(level.value_or(config->log_level));
   RaiseFileLimit();
 
   // Signals are taken synchronously by this thread; every thread started below inherits the mask.
@@ -84,6 +106,7 @@ int Run(int argc, char** argv) {
   auto master = qbd::Master::Start(*config, mo);
   if (!master.ok()) {
     const auto& s = master.status();
+    if (NamesConfigLine(s, config->file)) return Fail(qbd::kExitBadConfig, s.message());
     return Fail(s.IsInvalidArgument() || s.IsCorruption() ? 2 : 1, s.ToString());
   }
   QBD_LOG_INFO("qbd-master: serving {} (Ctrl-C or SIGTERM stops)", path);

@@ -66,7 +66,9 @@ a run with nothing left to do says so and changes nothing.
 
 Exit status: 0 everything repaired (or nothing to do); 1 some copies could not be repaired or
 checked (a part out of reach, a write failed); 2 data lost (blocks without a good copy remain); 3
-usage error; 4 access error (config, lock, a volume's metadata).
+usage error; 4 access error: a bad qbd.conf (absent, unreadable, malformed, a value out of range,
+or naming a host or directory this machine does not have; found before any backend is opened),
+the lock, a volume's metadata.
 )";
 
 int Usage(const std::string& msg) {
@@ -77,6 +79,11 @@ int Usage(const std::string& msg) {
 int Access(const std::string& msg) {
   std::cerr << "qbd-repair: " << msg << "\n";
   return 4;
+}
+
+int BadConfig(const std::string& msg) {
+  std::cerr << "qbd-repair: " << msg << "\n";
+  return qbd::kExitBadConfig;
 }
 
 struct Totals {
@@ -223,10 +230,10 @@ int Run(int argc, char** argv) {
   if (ro.accept_loss && names.empty()) {
     return Usage("--accept-loss needs the volumes named: it changes what they read");
   }
+  // The whole configuration, on this host, before any backend is opened.
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok())
-    return config.status().IsInvalidArgument() ? Usage(config.status().message())
-                                               : Access(config.status().message());
+  if (!config.ok()) return BadConfig(config.status().message());
+  if (qbd::Status s = qbd::CheckConfigOnHost(*config); !s.ok()) return BadConfig(s.message());
   qbd::SetLogLevel(qbd::LogLevel::kError);
   auto catalog = qbd::Catalog::Open(*config);
   if (!catalog.ok()) return Access(catalog.status().message());
@@ -241,6 +248,9 @@ int Run(int argc, char** argv) {
                              config->admin_socket);
   } else {
     auto l = qbd::ProcessLock::Acquire(config->admin_socket + ".lock", "qbd-repair");
+    if (!l.ok() && !l.status().IsUnavailable()) {
+      return Access(fmt::format("the lock of admin_socket {}: {}", config->admin_socket, l.status().message()));
+    }
     if (!l.ok()) {
       return Access(fmt::format(
           "{}, but nothing answers on the admin socket {}; is qbd-master starting or stopping?",

@@ -40,8 +40,10 @@ Options:
 
 Exit status: 0 clean; 1 degraded but recoverable (missing, damaged or stale copies, parts out of
 reach, writes awaiting resync: qbd-repair fixes them); 2 data lost (some block or chunk has no
-good copy left); 3 usage error; 4 access error (config unreadable, a volume could not be
-checked). With several volumes the highest applies.
+good copy left); 3 usage error; 4 access error: a bad qbd.conf (absent, unreadable,
+malformed, a value out of range, or naming a host or directory this machine does not have; found
+before any backend is opened), a volume that could not be checked. With several volumes the
+highest applies.
 )";
 
 int Usage(const std::string& msg) {
@@ -98,9 +100,10 @@ int Run(int argc, char** argv) {
   const bool json = vm.count("json") > 0;
   g_json = json;
   const bool quiet = vm.count("quiet") > 0;
+  // The whole configuration, on this host, before any backend is opened.
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok())
-    return Fail(config.status().IsInvalidArgument() ? 3 : 4, config.status().message());
+  if (!config.ok()) return Fail(qbd::kExitBadConfig, config.status().message());
+  if (qbd::Status s = qbd::CheckConfigOnHost(*config); !s.ok()) return Fail(qbd::kExitBadConfig, s.message());
   qbd::SetLogLevel(qbd::LogLevel::kError);
   auto catalog = qbd::Catalog::Open(*config);
   if (!catalog.ok()) return Fail(4, catalog.status().message());

@@ -1,7 +1,8 @@
 // qbdctl: volume administration (offline mode: works on the backends named in qbd.conf, through
 // the same Catalog library code that the daemon and the REST API use).
-// Exit status: 0 success, 1 the operation failed, 2 usage error. Nothing changes on an error
-// found before writing.
+// Exit status: 0 success, 1 the operation failed, 2 usage error or bad argument, 4
+// (kExitBadConfig) a bad qbd.conf. Arguments, then the whole configuration on this host, are
+// checked before any backend is opened: nothing changes on an error found before writing.
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -45,8 +46,12 @@ Commands:
                           offsets, stored metadata, checksums, verdicts (reads only; exit 1
                           when the block has no good copy)
 
-Sizes and offsets take binary suffixes K, M, G, T. Exit status: 0 success, 1 the operation
-failed, 2 usage error.
+Sizes and offsets take binary suffixes K, M, G, T.
+
+Exit status: 0 success; 1 the operation failed; 2 usage error or bad argument; 4 bad qbd.conf
+(absent, unreadable, malformed, a value out of range, or naming a host or directory this machine
+does not have; a part's directory may be missing only for create, which creates it, and
+backends, which reports it). Nothing is changed on an error found before writing.
 )";
 
 struct UsageError {
@@ -61,6 +66,11 @@ int Usage(const std::string& msg) {
 int Fail(const qbd::Status& s) {
   std::cerr << "qbdctl: " << s.message() << "\n";
   return s.IsInvalidArgument() || s.IsNotFound() ? 2 : 1;
+}
+
+int BadConfig(const qbd::Status& s) {
+  std::cerr << "qbdctl: " << s.message() << "\n";
+  return qbd::kExitBadConfig;
 }
 
 uint64_t SizeArg(const po::variables_map& vm, const char* name) {
@@ -285,8 +295,12 @@ int Run(int argc, char** argv) {
     if (!o.ok()) throw UsageError{fmt::format("block: OFFSET: {}", o.status().message())};
     offset = *o;
   }
+  // The whole configuration, on this host, before any backend is opened.
   auto config = qbd::LoadConfig(vm["config"].as<std::string>());
-  if (!config.ok()) return Fail(config.status());
+  if (!config.ok()) return BadConfig(config.status());
+  qbd::HostCheck hc;
+  hc.backend_dirs = cmd != "create" && cmd != "backends";
+  if (qbd::Status s = qbd::CheckConfigOnHost(*config, hc); !s.ok()) return BadConfig(s);
   qbd::SetLogLevel(qbd::LogLevel::kError);
   if (cmd == "backends") return CheckBackends(*config);
   auto catalog = qbd::Catalog::Open(*config, /*create_missing=*/cmd == "create");
