@@ -6,10 +6,12 @@
 set -euo pipefail
 
 build_pkgs=(g++ make pkg-config libnfs-dev libxxhash-dev libboost-program-options-dev libfmt-dev
-  doctest-dev)
+  doctest-dev libcpp-httplib-dev nlohmann-json3-dev prometheus-cpp-dev libsystemd-dev)
 test_pkgs=(python3 libnbd-bin python3-libnbd qemu-utils fio nbdkit nbd-server fuse3 e2fsprogs
   xxhash util-linux procps iproute2 nfs-ganesha nfs-ganesha-vfs rpcbind
-  qemu-block-extra)  # qemu-block-extra: qemu's nfs:// driver, the peer of make bench-nfs
+  qemu-block-extra python3-prometheus-client curl systemd)
+# qemu-block-extra: qemu's nfs:// driver, the peer of make bench-nfs; python3-prometheus-client:
+# the text-format parser the metrics tests read /metrics with; systemd: systemd-analyze verify.
 extra_pkgs=()
 if [ "${QBD_DEPS_SANITIZERS:-0}" = 1 ]; then extra_pkgs+=(clang libclang-rt-14-dev); fi
 
