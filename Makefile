@@ -14,7 +14,7 @@ endif
 
 CPPFLAGS += -Iinclude -Isrc -MMD -MP -DQBD_SOURCE_DIR='"$(CURDIR)"'
 CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Werror -pthread
-LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -pthread
+LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -lsystemd -pthread
 
 ifeq ($(MODE),release)
   CXXFLAGS += -O2 -g -DNDEBUG
@@ -41,7 +41,7 @@ LIB := $(BUILD)/libqbd.a
 BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
 FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: all deps test unit integration run bench bench-nfs bench-verify bench-verify-nfs asan fuzz clean format check-format check-headers
+.PHONY: install uninstall all deps test unit integration run bench bench-nfs bench-verify bench-verify-nfs asan fuzz clean format check-format check-headers
 .DEFAULT_GOAL := all
 
 all: deps $(BINS)
@@ -120,6 +120,50 @@ bench-verify: all
 # The same with parts a, b, c on three nfs-ganesha servers on 127.0.0.1 (BENCH_VERIFY_SIZE, default 512M).
 bench-verify-nfs: all
 	BENCH_VERIFY_NFS=1 scripts/bench-verify.sh $(BUILD)
+
+# `make install` (as root, after `make`): the four tools in $(SBINDIR) (admin tools and a daemon:
+# sbin, as Debian packages them), qbd.conf.example as $(SYSCONFDIR)/qbd/qbd.conf only when that file
+# is absent (an admin's file is never overwritten) and under $(DOCDIR), the man pages, and the
+# systemd units in $(UNITDIR) (a directory of systemd's search path for /usr and /usr/local alike),
+# with the paths above written into them. PREFIX (default /usr/local) and DESTDIR (a staging root)
+# as usual. The binaries come from $(BUILD)/bin (built first), or from INSTALL_BIN if set (nothing
+# is built then). `make uninstall` removes what install wrote, except qbd.conf.
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/qbd
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL_BIN ?=
+MAN_PAGES := $(wildcard man/*.[1-8])
+UNITS := $(wildcard systemd/*.service systemd/*.timer)
+
+install: $(if $(INSTALL_BIN),,$(BINS))
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/qbd $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BIN_NAMES:%=$(or $(INSTALL_BIN),$(BUILD)/bin)/%) $(DESTDIR)$(SBINDIR)/
+	install -m 0644 qbd.conf.example README.md layout-spec.md $(DESTDIR)$(DOCDIR)/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/qbd/qbd.conf ]; then \
+	  echo "$(DESTDIR)$(SYSCONFDIR)/qbd/qbd.conf exists: kept (the example is in $(DOCDIR))"; \
+	else \
+	  echo "install -m 0644 qbd.conf.example $(DESTDIR)$(SYSCONFDIR)/qbd/qbd.conf"; \
+	  install -m 0644 qbd.conf.example $(DESTDIR)$(SYSCONFDIR)/qbd/qbd.conf; \
+	fi
+	install -m 0644 $(filter %.5,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
+	@for u in $(UNITS); do \
+	  echo "install -m 0644 $$u $(DESTDIR)$(UNITDIR)/"; \
+	  sed -e 's|@sbindir@|$(SBINDIR)|g' -e 's|@sysconfdir@|$(SYSCONFDIR)|g' $$u \
+	    >$(DESTDIR)$(UNITDIR)/$${u#systemd/}.tmp || exit 1; \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$${u#systemd/}.tmp || exit 1; \
+	  mv $(DESTDIR)$(UNITDIR)/$${u#systemd/}.tmp $(DESTDIR)$(UNITDIR)/$${u#systemd/} || exit 1; \
+	done
+
+uninstall:
+	rm -f $(BIN_NAMES:%=$(DESTDIR)$(SBINDIR)/%) $(UNITS:systemd/%=$(DESTDIR)$(UNITDIR)/%) \
+	  $(patsubst man/%.5,$(DESTDIR)$(MANDIR)/man5/%.5,$(filter %.5,$(MAN_PAGES))) \
+	  $(patsubst man/%.8,$(DESTDIR)$(MANDIR)/man8/%.8,$(filter %.8,$(MAN_PAGES)))
+	rm -rf $(DESTDIR)$(DOCDIR)
 
 check-headers:
 	@for h in include/qbd/*.h; do \

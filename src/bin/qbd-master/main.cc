@@ -2,8 +2,11 @@
 // waits for SIGINT/SIGTERM while polling for volume changes, and maps errors to exit codes:
 // 0 clean stop, 1 runtime failure, 2 usage or volume metadata without a good majority,
 // 4 (kExitBadConfig) a bad qbd.conf: checked whole, on this host, before any backend is opened.
+// Under systemd (Type=notify) it tells the service manager READY=1 once every listener is up and
+// STOPPING=1 when a signal starts the stop; sd_notify does nothing when NOTIFY_SOCKET is unset.
 #include <signal.h>
 #include <sys/resource.h>
+#include <systemd/sd-daemon.h>
 
 #include <boost/program_options.hpp>
 #include <cctype>
@@ -36,6 +39,11 @@ bool NamesConfigLine(const qbd::Status& s, const std::string& file) {
   while (i < m.size() && std::isdigit(static_cast<unsigned char>(m[i]))) ++i, ++digits;
   return digits > 0 && i < m.size() && m[i] == ':';
 }
+
+// One sd_notify(3) message to the service manager ("KEY=VALUE" lines). Best effort: without
+// NOTIFY_SOCKET (not started by systemd) it does nothing, and a failure to send changes nothing
+// about serving.
+void Notify(const std::string& state) { sd_notify(/*unset_environment=*/0, state.c_str()); }
 
 void RaiseFileLimit() {
   struct rlimit rl;
@@ -103,12 +111,16 @@ int Run(int argc, char** argv) {
 
   qbd::MasterOptions mo;
   if (create_default) mo.create_volume = "demo";
+  Notify("STATUS=opening the volumes of " + path);
   auto master = qbd::Master::Start(*config, mo);
   if (!master.ok()) {
     const auto& s = master.status();
+    Notify("STATUS=failed to start: " + s.ToString());
     if (NamesConfigLine(s, config->file)) return Fail(qbd::kExitBadConfig, s.message());
     return Fail(s.IsInvalidArgument() || s.IsCorruption() ? 2 : 1, s.ToString());
   }
+  // Master::Start returns with every listener bound and accepting: clients can connect now.
+  Notify("READY=1\nSTATUS=serving " + path);
   QBD_LOG_INFO("qbd-master: serving {} (Ctrl-C or SIGTERM stops)", path);
   for (;;) {
     struct timespec ts;
@@ -117,6 +129,7 @@ int Run(int argc, char** argv) {
     int sig = sigtimedwait(&sigs, nullptr, &ts);
     if (sig == SIGINT || sig == SIGTERM) {
       QBD_LOG_INFO("qbd-master: {}: finishing in-flight requests and flushing", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      Notify("STOPPING=1\nSTATUS=finishing in-flight requests and flushing");
       break;
     }
     if (sig < 0 && errno != EAGAIN && errno != EINTR) return Fail(1, "sigtimedwait failed");
