@@ -179,6 +179,16 @@ done
 [ -z "$bad" ] && pass "the verify units' command lines: 0 when clean, 1 and the volume when degraded" ||
   fail "verify units' command lines" "$bad"
 
+# make uninstall removes everything but the admin's qbd.conf.
+if make -C "$ROOT" --no-print-directory uninstall DESTDIR="$D" PREFIX=/usr >"$T/uninstall.log" 2>&1; then
+  left=$(cd "$D" && find . -type f | sort | tr '\n' ' ')
+  [ "$left" = "./etc/qbd/qbd.conf " ] && pass "make uninstall leaves only qbd.conf" ||
+    fail "make uninstall" "left: $left"
+else
+  show "$T/uninstall.log"
+  fail "make uninstall" "make exited with an error"
+fi
+
 # --- sd_notify ----------------------------------------------------------------------------------------
 # A unix datagram socket in the place of systemd's: each message is logged; on READY=1 the listener
 # connects to the NBD port at once and logs whether the server greets it (it must: READY=1 comes
