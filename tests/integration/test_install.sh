@@ -2,7 +2,8 @@
 # `make install`: the tree it writes under DESTDIR (tools, qbd.conf written once and never
 # overwritten, the example, man pages that render and name every option and exit status of the
 # tools' --help, systemd units that `systemd-analyze verify` accepts and whose qbd-verify command
-# lines work), make uninstall, and qbd-master's sd_notify: READY=1 once it serves NBD, STOPPING=1 at SIGTERM.
+# lines work), make uninstall, and qbd-master's sd_notify: READY=1 once it serves NBD, STOPPING=1
+# at SIGTERM.
 # Installs the binaries of the build under test (QBD_BIN): nothing is built.
 . "$(dirname "$0")/lib.sh"
 
