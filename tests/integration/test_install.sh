@@ -2,8 +2,8 @@
 # `make install`: the tree it writes under DESTDIR (tools, qbd.conf written once and never
 # overwritten, the example, man pages that render and name every option and exit status of the
 # tools' --help, systemd units that `systemd-analyze verify` accepts and whose qbd-verify command
-# lines work), make uninstall, and qbd-master's sd_notify: READY=1 once it serves NBD, STOPPING=1
-# at SIGTERM.
+# lines work under the units' capability bounding set), qbd-master's sd_notify (READY=1 once it
+# serves NBD, STOPPING=1 at SIGTERM; run under that unit's bounding set) and make uninstall.
 # Installs the binaries of the build under test (QBD_BIN): nothing is built.
 . "$(dirname "$0")/lib.sh"
 
@@ -136,6 +136,15 @@ else
 fi
 
 U=$D/usr/lib/systemd/system
+# unit_priv UNIT: the setpriv(1) prefix that gives a command the unit's NoNewPrivileges and
+# CapabilityBoundingSet, so that the tools run below with what their unit leaves them.
+unit_priv() {
+  local caps
+  caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$U/$1" | tr ' ' '\n' | sed -n 's/^CAP_\(.*\)/+\L\1/p' |
+    paste -sd, -)
+  grep -qx 'NoNewPrivileges=yes' "$U/$1" && [ -n "$caps" ] || return 1
+  echo "setpriv --no-new-privs --bounding-set -all,$caps --inh-caps -all"
+}
 bad=""
 grep -qx 'Type=notify' "$U/qbd-master.service" || bad+=" qbd-master.service is not Type=notify;"
 grep -qx 'Restart=on-failure' "$U/qbd-master.service" || bad+=" qbd-master.service: no Restart=on-failure;"
@@ -163,7 +172,7 @@ for u in qbd-verify.service qbd-verify-deep.service; do
   read -r -a cmd <<<"$(sed -n 's/^ExecStart=//p' "$U/$u")"
   cmd=("$QBD_BIN/$(basename "${cmd[0]}")" "${cmd[@]:1}")
   cmd=("${cmd[@]/\/etc\/qbd\/qbd.conf/$T/qbd.conf}")
-  timeout 120 "${cmd[@]}" >"$T/$u.out" 2>&1
+  timeout 120 $(unit_priv $u) "${cmd[@]}" >"$T/$u.out" 2>&1
   rc=$?
   [ $rc = 0 ] || bad+=" $u on a clean volume: exit $rc ($(head -n 3 "$T/$u.out"));"
 done
@@ -172,23 +181,13 @@ for u in qbd-verify.service qbd-verify-deep.service; do
   read -r -a cmd <<<"$(sed -n 's/^ExecStart=//p' "$U/$u")"
   cmd=("$QBD_BIN/$(basename "${cmd[0]}")" "${cmd[@]:1}")
   cmd=("${cmd[@]/\/etc\/qbd\/qbd.conf/$T/qbd.conf}")
-  timeout 120 "${cmd[@]}" >"$T/$u.out" 2>&1
+  timeout 120 $(unit_priv $u) "${cmd[@]}" >"$T/$u.out" 2>&1
   rc=$?
   [ $rc = 1 ] || bad+=" $u with a chunk file gone: exit $rc, not 1;"
   grep -q DEGRADED "$T/$u.out" || bad+=" $u with a chunk file gone: no DEGRADED line;"
 done
 [ -z "$bad" ] && pass "the verify units' command lines: 0 when clean, 1 and the volume when degraded" ||
   fail "verify units' command lines" "$bad"
-
-# make uninstall removes everything but the admin's qbd.conf.
-if make -C "$ROOT" --no-print-directory uninstall DESTDIR="$D" PREFIX=/usr >"$T/uninstall.log" 2>&1; then
-  left=$(cd "$D" && find . -type f | sort | tr '\n' ' ')
-  [ "$left" = "./etc/qbd/qbd.conf " ] && pass "make uninstall leaves only qbd.conf" ||
-    fail "make uninstall" "left: $left"
-else
-  show "$T/uninstall.log"
-  fail "make uninstall" "make exited with an error"
-fi
 
 # --- sd_notify ----------------------------------------------------------------------------------------
 # A unix datagram socket in the place of systemd's: each message is logged; on READY=1 the listener
@@ -218,9 +217,17 @@ python3 "$T/notify.py" "$T/notify.sock" "$T/notify.log" "$PORT" >"$T/notify.out"
 NPID=$!
 track $NPID
 wait_until 10 test -S "$T/notify.sock" || { show "$T/notify.out"; die "sd_notify" "the listener did not start"; }
-export NOTIFY_SOCKET=$T/notify.sock
-qbd_start
-unset NOTIFY_SOCKET
+# qbd-master runs with the unit's NoNewPrivileges and capability bounding set, and serves.
+priv=$(unit_priv qbd-master.service) || die "sd_notify" "qbd-master.service: no NoNewPrivileges or CapabilityBoundingSet"
+echo "    | qbd-master runs under: $priv"
+echo "=== $(date +%T.%N) start with NOTIFY_SOCKET" >>"$T/master.log"
+NOTIFY_SOCKET=$T/notify.sock $priv "$QBD_BIN/qbd-master" --config "$T/qbd.conf" </dev/null >>"$T/master.log" 2>&1 &
+MASTER_PID=$!
+track "$MASTER_PID"
+if ! wait_until 20 timeout 5 nbdinfo --list "nbd://127.0.0.1:$PORT"; then
+  show "$T/master.log"
+  die "sd_notify" "qbd-master does not serve within 20 s"
+fi
 if wait_until 10 grep -q '^AT-READY' "$T/notify.log" &&
   grep -q "^AT-READY greeting b'NBDMAGIC'" "$T/notify.log"; then
   pass "sd_notify: READY=1 once qbd-master serves NBD"
@@ -246,3 +253,13 @@ fi
 kill -TERM $NPID 2>/dev/null
 wait_pid $NPID 10
 untrack $NPID
+
+# make uninstall removes everything but the admin's qbd.conf.
+if make -C "$ROOT" --no-print-directory uninstall DESTDIR="$D" PREFIX=/usr >"$T/uninstall.log" 2>&1; then
+  left=$(cd "$D" && find . -type f | sort | tr '\n' ' ')
+  [ "$left" = "./etc/qbd/qbd.conf " ] && pass "make uninstall leaves only qbd.conf" ||
+    fail "make uninstall" "left: $left"
+else
+  show "$T/uninstall.log"
+  fail "make uninstall" "make exited with an error"
+fi
