@@ -217,11 +217,15 @@ python3 "$T/notify.py" "$T/notify.sock" "$T/notify.log" "$PORT" >"$T/notify.out"
 NPID=$!
 track $NPID
 wait_until 10 test -S "$T/notify.sock" || { show "$T/notify.out"; die "sd_notify" "the listener did not start"; }
-# qbd-master runs with the unit's NoNewPrivileges and capability bounding set, and serves.
+# qbd-master runs with the unit's NoNewPrivileges, capability bounding set and umask, and serves.
 priv=$(unit_priv qbd-master.service) || die "sd_notify" "qbd-master.service: no NoNewPrivileges or CapabilityBoundingSet"
-echo "    | qbd-master runs under: $priv"
+echo "    | qbd-master runs under: $priv, umask ${um:-0022}"
 echo "=== $(date +%T.%N) start with NOTIFY_SOCKET" >>"$T/master.log"
-NOTIFY_SOCKET=$T/notify.sock $priv "$QBD_BIN/qbd-master" --config "$T/qbd.conf" </dev/null >>"$T/master.log" 2>&1 &
+um=$(sed -n 's/^UMask=//p' "$U/qbd-master.service")
+(
+  umask "${um:-0022}"
+  NOTIFY_SOCKET=$T/notify.sock exec $priv "$QBD_BIN/qbd-master" --config "$T/qbd.conf"
+) </dev/null >>"$T/master.log" 2>&1 &
 MASTER_PID=$!
 track "$MASTER_PID"
 if ! wait_until 20 timeout 5 nbdinfo --list "nbd://127.0.0.1:$PORT"; then
