@@ -9,9 +9,10 @@ build_pkgs=(g++ make pkg-config libnfs-dev libxxhash-dev libboost-program-option
   doctest-dev libcpp-httplib-dev nlohmann-json3-dev prometheus-cpp-dev libsystemd-dev)
 test_pkgs=(python3 libnbd-bin python3-libnbd qemu-utils fio nbdkit nbd-server fuse3 e2fsprogs
   xxhash util-linux procps iproute2 nfs-ganesha nfs-ganesha-vfs rpcbind
-  qemu-block-extra python3-prometheus-client curl systemd)
+  qemu-block-extra python3-prometheus-client curl systemd groff-base man-db)
 # qemu-block-extra: qemu's nfs:// driver, the peer of make bench-nfs; python3-prometheus-client:
-# the text-format parser the metrics tests read /metrics with; systemd: systemd-analyze verify.
+# the text-format parser the metrics tests read /metrics with; systemd: systemd-analyze verify;
+# groff-base, man-db: the man pages rendered by test_install.
 extra_pkgs=()
 if [ "${QBD_DEPS_SANITIZERS:-0}" = 1 ]; then extra_pkgs+=(clang libclang-rt-14-dev); fi
 
