@@ -17,6 +17,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "qbd/chunk_format.h"
 #include "qbd/log.h"
 #include "qbd/scrub.h"
 
@@ -88,8 +89,10 @@ Result<std::vector<uint64_t>> ParseRanges(std::string_view s) {
     if (dash != std::string_view::npos && !num(item.substr(dash + 1), &b)) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
-    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no reply lists more.
-    if (b < a || b - a + out.size() >= (1ull << 21)) {
+    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no reply names a block past
+    // that or lists more. Bounding b also keeps the sum below and the loop after it from wrapping.
+    constexpr uint64_t kMaxChunkBlocks = kMaxChunkSize / kMinBlockSize;
+    if (b < a || b >= kMaxChunkBlocks || b - a + out.size() >= kMaxChunkBlocks) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
     for (uint64_t x = a; x <= b; ++x) out.push_back(x);
