@@ -19,8 +19,8 @@ void Check(bool cond) {
 }
 
 bool SameAction(const qbd::RepairAction& a, const qbd::RepairAction& b) {
-  return a.target == b.target && a.sources == b.sources && a.whole_file == b.whole_file && a.reason == b.reason &&
-         a.blocks == b.blocks && a.error == b.error;
+  return a.target == b.target && a.sources == b.sources && a.whole_file == b.whole_file &&
+         a.reason == b.reason && a.blocks == b.blocks && a.error == b.error;
 }
 
 bool SameReport(const qbd::ChunkRepairReport& a, const qbd::ChunkRepairReport& b) {
@@ -28,8 +28,9 @@ bool SameReport(const qbd::ChunkRepairReport& a, const qbd::ChunkRepairReport& b
   for (size_t i = 0; i < a.actions.size(); ++i) {
     if (!SameAction(a.actions[i], b.actions[i])) return false;
   }
-  return a.chunk == b.chunk && a.lost == b.lost && a.accepted == b.accepted && a.unknown == b.unknown &&
-         a.notes == b.notes && a.bytes_read == b.bytes_read && a.bytes_written == b.bytes_written;
+  return a.chunk == b.chunk && a.lost == b.lost && a.accepted == b.accepted &&
+         a.unknown == b.unknown && a.notes == b.notes && a.bytes_read == b.bytes_read &&
+         a.bytes_written == b.bytes_written;
 }
 
 void Request(std::string_view line) {
@@ -41,7 +42,8 @@ void Request(std::string_view line) {
     joined += (joined.empty() ? "" : " ") + w;
   }
   Check(qbd::SplitAdminRequest(joined) == words);
-  if (auto r = qbd::ParseRepairRequest(words); r.ok()) Check(words.size() >= 3 && r->volume == words[1]);
+  if (auto r = qbd::ParseRepairRequest(words); r.ok())
+    Check(words.size() >= 3 && r->volume == words[1]);
 }
 
 }  // namespace

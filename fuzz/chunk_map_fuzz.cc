@@ -25,7 +25,9 @@ void Check(bool cond) {
   if (!cond) std::abort();
 }
 
-std::span<const std::byte> Bytes(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
+std::span<const std::byte> Bytes(const std::string& s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
 
 }  // namespace
 
@@ -76,7 +78,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   qbd::DirtyMap uni(kChunkSize, chunks);
   for (size_t i = 0; i < n; ++i) {
     const qbd::FileCopy& c = m.copies()[i];
-    auto own = qbd::DirtyMap::Decode(Bytes(read[i].bytes), kChunkSize, chunks, "own", qbd::kChunkMapMagic);
+    auto own =
+        qbd::DirtyMap::Decode(Bytes(read[i].bytes), kChunkSize, chunks, "own", qbd::kChunkMapMagic);
     if (read[i].state != MetaCopyState::kGood) {
       Check(c.state == read[i].state && m.Lacking(i) == 0);
     } else if (own.ok()) {
@@ -85,7 +88,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       uni.Merge(**own);
       any_good = true;
     } else {
-      Check(c.state == MetaCopyState::kMalformed && c.rewrite && !c.error.ok() && m.Damaged(i) && m.NeedsRewrite(i));
+      Check(c.state == MetaCopyState::kMalformed && c.rewrite && !c.error.ok() && m.Damaged(i) &&
+            m.NeedsRewrite(i));
     }
   }
   Check(!m.verdict().ok() || any_good);

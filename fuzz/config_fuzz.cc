@@ -37,7 +37,8 @@ void CheckKvRoundTrip(const std::vector<qbd::KvLine>& lines) {
   for (size_t i = 0; i < lines.size(); ++i) {
     const qbd::KvLine& a = lines[i];
     const qbd::KvLine& b = (*again)[i];
-    Check(a.section == b.section && a.section_arg == b.section_arg && a.key == b.key && a.value == b.value);
+    Check(a.section == b.section && a.section_arg == b.section_arg && a.key == b.key &&
+          a.value == b.value);
   }
 }
 

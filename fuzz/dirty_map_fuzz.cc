@@ -26,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint64_t regions = ctl % (1u << 14);  // up to 2 KiB of bitmap: fast runs
   auto file = in.subspan(4);
   uint32_t region_size = qbd::kDefaultDirtyRegion;
-  if ((ctl & 0x80000000u) != 0 && file.size() >= qbd::kDirtyHeaderSize) region_size = qbd::DecodeLE32(file.data() + 12);
+  if ((ctl & 0x80000000u) != 0 && file.size() >= qbd::kDirtyHeaderSize)
+    region_size = qbd::DecodeLE32(file.data() + 12);
 
   auto map = qbd::DirtyMap::Decode(file, region_size, regions, "1/.dirty-a");
   if (!map.ok()) return 0;
@@ -39,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Check(seen == m.CountSet());
   const std::string enc = m.Encode();
-  auto again = qbd::DirtyMap::Decode(std::as_bytes(std::span(enc.data(), enc.size())), region_size, regions, "again");
+  auto again = qbd::DirtyMap::Decode(std::as_bytes(std::span(enc.data(), enc.size())), region_size,
+                                     regions, "again");
   Check(again.ok() && (*again)->Encode() == enc && (*again)->CountSet() == m.CountSet());
   return 0;
 }

@@ -35,7 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint32_t volnr = data[0] & 0x7f;
   const bool fix_checks = (data[0] & 0x80) != 0;
   auto in = std::as_bytes(std::span(data + 1, size - 1));
-  (void)qbd::ParseSsdCheckpoint(std::string_view(reinterpret_cast<const char*>(in.data()), in.size()), "1/checkpoint");
+  (void)qbd::ParseSsdCheckpoint(
+      std::string_view(reinterpret_cast<const char*>(in.data()), in.size()), "1/checkpoint");
 
   std::vector<std::byte> block(in.begin(), in.end());
   if (fix_checks && block.size() >= kE) {
@@ -44,8 +45,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t i = 1; i < block.size() / kE; ++i) {
       const std::byte* p = block.data() + i * kE;
       if ((qbd::DecodeLE32(p + 24) & 0x80000000u) != 0) continue;  // left as it is: a torn entry
-      qbd::EncodeSsdLogEntry(Entry(block, i), qbd::SsdLogEntry{qbd::DecodeLE64(p), qbd::DecodeLE64(p + 8),
-                                                               qbd::DecodeLE64(p + 16), qbd::DecodeLE32(p + 24)});
+      qbd::EncodeSsdLogEntry(Entry(block, i),
+                             qbd::SsdLogEntry{qbd::DecodeLE64(p), qbd::DecodeLE64(p + 8),
+                                              qbd::DecodeLE64(p + 16), qbd::DecodeLE32(p + 24)});
     }
   }
   auto seg = qbd::DecodeSsdSegment(block, volnr);

@@ -85,7 +85,8 @@ struct SsdLogEntry {
 };
 
 // Writes entry 0 of a segment's header block (the segment's own entry) into out[0, 32).
-void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr, uint32_t block_size);
+void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr,
+                            uint32_t block_size);
 // Writes one data block's entry, its check included, into out[0, 32).
 void EncodeSsdLogEntry(std::span<std::byte, kSsdEntrySize> out, const SsdLogEntry& entry);
 // Decodes a segment's header block `header` (the log's block size: header.size() / 32 - 1 data

@@ -50,7 +50,8 @@ Result<uint64_t> ReadCheckpoint(StorageBackend& dir, uint32_t volnr) {
 // ---------------------------------------------------------------------------------------------
 // Records
 
-void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr, uint32_t block_size) {
+void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr,
+                            uint32_t block_size) {
   std::byte* p = out.data();
   std::memset(p, 0, kEntry);
   std::memcpy(p, kMagic, sizeof(kMagic));
@@ -71,20 +72,22 @@ void EncodeSsdLogEntry(std::span<std::byte, kSsdEntrySize> out, const SsdLogEntr
 Result<std::vector<std::optional<SsdLogEntry>>> DecodeSsdSegment(std::span<const std::byte> header,
                                                                   uint32_t volnr) {
   if (header.size() < kEntry) {
-    return Status::Corruption(fmt::format("SSD cache segment of {} bytes: less than one entry", header.size()));
+    return Status::Corruption(
+        fmt::format("SSD cache segment of {} bytes: less than one entry", header.size()));
   }
   const std::byte* p = header.data();
   // The 12 bytes before the check are not read: the check covers them.
   if (std::memcmp(p, kMagic, sizeof(kMagic)) != 0 || DecodeLE32(p + 8) != volnr ||
       DecodeLE32(p + 12) != header.size() || DecodeLE32(p + 28) != EntryCheck(p)) {
-    return Status::Corruption(fmt::format("not a segment of volume {}'s SSD cache log with {}-byte blocks",
-                                          volnr, header.size()));
+    return Status::Corruption(fmt::format(
+        "not a segment of volume {}'s SSD cache log with {}-byte blocks", volnr, header.size()));
   }
   std::vector<std::optional<SsdLogEntry>> entries(header.size() / kEntry - 1);
   for (size_t j = 0; j < entries.size(); ++j) {
     p = header.data() + (j + 1) * kEntry;
     if (DecodeLE32(p + 28) != EntryCheck(p)) continue;
-    entries[j] = SsdLogEntry{DecodeLE64(p), DecodeLE64(p + 8), DecodeLE64(p + 16), DecodeLE32(p + 24)};
+    entries[j] =
+        SsdLogEntry{DecodeLE64(p), DecodeLE64(p + 8), DecodeLE64(p + 16), DecodeLE32(p + 24)};
   }
   return entries;
 }
@@ -94,7 +97,8 @@ Result<uint64_t> ParseSsdCheckpoint(std::string_view text, std::string_view wher
   size_t pos = 0;
   while (pos < text.size()) {
     const size_t nl = text.find('\n', pos);
-    const std::string_view l = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    const std::string_view l =
+        text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
     pos = nl == std::string_view::npos ? text.size() : nl + 1;
     ++line;
     if (l.empty() || l[0] == '#') continue;

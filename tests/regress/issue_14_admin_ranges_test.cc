@@ -12,9 +12,11 @@ namespace qbd::test {
 namespace {
 
 TEST_SUITE("regress") {
-TEST_CASE("DecodeRepairReport fails with Corruption when a block range ends at the largest number") {
-  for (const char* text : {"lost 18446744073709551614-18446744073709551615\n", "lost 18446744073709551615\n",
-                           "unknown 18446744073709551615,0\n", "action b a 0 stale 0,1-18446744073709551615\n"}) {
+TEST_CASE(
+    "DecodeRepairReport fails with Corruption when a block range ends at the largest number") {
+  for (const char* text :
+       {"lost 18446744073709551614-18446744073709551615\n", "lost 18446744073709551615\n",
+        "unknown 18446744073709551615,0\n", "action b a 0 stale 0,1-18446744073709551615\n"}) {
     CAPTURE(text);
     auto r = DecodeRepairReport(text);
     CHECK(r.status().IsCorruption());
