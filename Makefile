@@ -93,13 +93,17 @@ asan:
 	@$(MAKE) --no-print-directory MODE=asan build/asan/unit_tests $(BIN_NAMES:%=build/asan/bin/%)
 	@scripts/run-tests.sh build/asan
 
+# `make fuzz`: every fuzz/<t>_fuzz.cc for FUZZ_SECONDS each, one after the other, on its seed corpus
+# fuzz/corpus/<t>/ (new inputs go to build/fuzz/corpus/<t>/). An allocation beyond the limits
+# below is a finding, like a crash.
 FUZZ_SECONDS ?= 30
+FUZZ_FLAGS ?= -rss_limit_mb=512 -malloc_limit_mb=256
 fuzz:
 	@QBD_DEPS_SANITIZERS=1 scripts/install-deps.sh
 	@$(MAKE) --no-print-directory MODE=fuzz $(FUZZ_SRCS:fuzz/%.cc=build/fuzz/fuzz/%)
 	@for f in $(FUZZ_SRCS:fuzz/%.cc=%); do \
 	  mkdir -p fuzz/corpus/$$f build/fuzz/corpus/$$f; \
-	  build/fuzz/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus/$$f fuzz/corpus/$$f || exit 1; \
+	  build/fuzz/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) build/fuzz/corpus/$$f fuzz/corpus/$$f || exit 1; \
 	done
 
 # qbd-master against NBD peers on this machine (scripts/bench.py says what each row and column is):

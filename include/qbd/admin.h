@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -80,6 +81,19 @@ class AdminClient {
   int fd_ = -1;
   std::string buf_;
 };
+
+// The words of one request line, split at whitespace; none for a blank line (it gets no reply).
+std::vector<std::string> SplitAdminRequest(std::string_view line);
+
+// repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]
+struct AdminRepairRequest {
+  std::string volume;
+  uint64_t chunk = 0;  // 0-based
+  RepairOptions options;
+};
+// Parses the words of a "repair" request (words[0] is "repair"). InvalidArgument when VOLUME or
+// CHUNK is missing, CHUNK is not a number, or an option is unknown.
+Result<AdminRepairRequest> ParseRepairRequest(const std::vector<std::string>& words);
 
 // The reply to "repair": one chunk's report as lines.
 std::string EncodeRepairReport(const ChunkRepairReport& r);

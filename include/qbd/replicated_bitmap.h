@@ -30,6 +30,12 @@ class ReplicatedBitmap {
   static ReplicatedBitmap Load(const std::vector<StorageBackend*>& holders, std::string path,
                                uint32_t bytes_per_bit, uint64_t bits, const char* magic,
                                const std::vector<Status>& down = {}, size_t backends = 0);
+  // Load's judgement of copies already read (ReadCopies, one entry per backend): decodes each
+  // good copy (a copy that does not decode becomes malformed), merges them and gives the verdict.
+  // Reads and writes nothing; Rewrite needs the copies' backends.
+  static ReplicatedBitmap FromCopies(std::vector<FileCopy> copies, std::string path,
+                                     uint32_t bytes_per_bit, uint64_t bits, const char* magic,
+                                     size_t backends = 0);
   // The dirty map of `part` (on every other part's backend; its malformed copies must be a
   // minority of all the parts) and the chunk map of a volume.
   static ReplicatedBitmap LoadDirtyMap(const std::vector<StorageBackend*>& parts, uint32_t volnr,

@@ -34,9 +34,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -68,6 +70,34 @@ struct SsdReplay {
   uint64_t skipped = 0;   // logged copies past the checkpoint that failed their checksum (torn)
   uint64_t last_seq = 0;  // the largest sequence number in the log
 };
+
+// The log's records (layout-spec.md §7), as pure functions for Recover, the layer and tests.
+inline constexpr size_t kSsdEntrySize = 32;
+inline constexpr uint32_t kSsdEntryDirty = 1;  // flags bit 0: a write-back copy
+
+// Entry 1 + j of a segment's header block: data block j of the segment.
+struct SsdLogEntry {
+  uint64_t block = 0;     // block number in the volume
+  uint64_t seq = 0;       // sequence number
+  uint64_t checksum = 0;  // BlockChecksum (XXH3-64) of the block's data
+  uint32_t flags = 0;     // kSsdEntryDirty or 0
+  bool operator==(const SsdLogEntry&) const = default;
+};
+
+// Writes entry 0 of a segment's header block (the segment's own entry) into out[0, 32).
+void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr,
+                            uint32_t block_size);
+// Writes one data block's entry, its check included, into out[0, 32).
+void EncodeSsdLogEntry(std::span<std::byte, kSsdEntrySize> out, const SsdLogEntry& entry);
+// Decodes a segment's header block `header` (the log's block size: header.size() / 32 - 1 data
+// slots): element j is data slot j's entry, nullopt when it fails its check (never written, or
+// cut short). Corruption when entry 0 is not a segment of volume `volnr` with a block size of
+// header.size() (bad magic, volnr, block size or check: a segment never written, or another log's).
+Result<std::vector<std::optional<SsdLogEntry>>> DecodeSsdSegment(std::span<const std::byte> header,
+                                                                  uint32_t volnr);
+// The sequence number of a "<volnr>/checkpoint" file's text ("seq N", '#' comment lines and blank
+// lines skipped). Corruption naming `where` and the line otherwise.
+Result<uint64_t> ParseSsdCheckpoint(std::string_view text, std::string_view where);
 
 class SsdCacheLayer : public BlockHandler {
  public:

@@ -11,10 +11,17 @@ ReplicatedBitmap ReplicatedBitmap::Load(const std::vector<StorageBackend*>& hold
                                         std::string path, uint32_t bytes_per_bit, uint64_t bits,
                                         const char* magic, const std::vector<Status>& down,
                                         size_t backends) {
+  std::vector<FileCopy> copies = ReadCopies(holders, path, down);
+  return FromCopies(std::move(copies), std::move(path), bytes_per_bit, bits, magic, backends);
+}
+
+ReplicatedBitmap ReplicatedBitmap::FromCopies(std::vector<FileCopy> copies, std::string path,
+                                              uint32_t bytes_per_bit, uint64_t bits,
+                                              const char* magic, size_t backends) {
   ReplicatedBitmap m;
   m.path_ = std::move(path);
   m.magic_ = magic;
-  m.copies_ = ReadCopies(holders, m.path_, down);
+  m.copies_ = std::move(copies);
   m.counts_.assign(m.copies_.size(), 0);
   m.merged_ = std::make_unique<DirtyMap>(bytes_per_bit, bits);
   for (size_t i = 0; i < m.copies_.size(); ++i) {

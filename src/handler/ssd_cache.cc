@@ -16,9 +16,9 @@
 namespace qbd {
 namespace {
 
-constexpr size_t kEntry = 32;
+constexpr size_t kEntry = kSsdEntrySize;
 constexpr char kMagic[8] = {'Q', 'B', 'D', 'S', 'S', 'D', 'L', '1'};
-constexpr uint32_t kFlagDirty = 1;
+constexpr uint32_t kFlagDirty = kSsdEntryDirty;
 constexpr uint64_t kMaxRun = uint64_t{1} << 20;  // destage writes at most this many bytes at once
 
 std::string LogPath(uint32_t volnr) { return std::to_string(volnr) + "/log"; }
@@ -31,27 +31,6 @@ uint64_t NowMs() {
 
 uint32_t EntryCheck(const std::byte* p) { return static_cast<uint32_t>(BlockChecksum(std::span(p, kEntry - 4))); }
 
-void EncodeEntry(std::byte* p, uint64_t block, uint64_t seq, uint64_t checksum, uint32_t flags) {
-  EncodeLE64(p, block);
-  EncodeLE64(p + 8, seq);
-  EncodeLE64(p + 16, checksum);
-  EncodeLE32(p + 24, flags);
-  EncodeLE32(p + 28, EntryCheck(p));
-}
-
-void EncodeSegmentHeader(std::byte* p, uint32_t volnr, uint32_t block_size) {
-  std::memset(p, 0, kEntry);
-  std::memcpy(p, kMagic, sizeof(kMagic));
-  EncodeLE32(p + 8, volnr);
-  EncodeLE32(p + 12, block_size);
-  EncodeLE32(p + 28, EntryCheck(p));
-}
-
-bool SegmentHeaderValid(const std::byte* p, uint32_t volnr, uint32_t block_size) {
-  return std::memcmp(p, kMagic, sizeof(kMagic)) == 0 && DecodeLE32(p + 8) == volnr &&
-         DecodeLE32(p + 12) == block_size && DecodeLE32(p + 28) == EntryCheck(p);
-}
-
 // Data slots per segment (one header block of entries, the first describing the segment).
 uint64_t SlotsPerSegment(uint32_t block_size) { return block_size / kEntry - 1; }
 
@@ -63,20 +42,71 @@ Result<uint64_t> ReadCheckpoint(StorageBackend& dir, uint32_t volnr) {
   auto text = ReadSmallFile(dir, CheckpointPath(volnr));
   if (text.status().IsNotFound()) return uint64_t{0};
   if (!text.ok()) return text.status();
-  const std::string where = fmt::format("{}/{}", dir.Describe(), CheckpointPath(volnr));
+  return ParseSsdCheckpoint(*text, fmt::format("{}/{}", dir.Describe(), CheckpointPath(volnr)));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+void EncodeSsdSegmentHeader(std::span<std::byte, kSsdEntrySize> out, uint32_t volnr,
+                            uint32_t block_size) {
+  std::byte* p = out.data();
+  std::memset(p, 0, kEntry);
+  std::memcpy(p, kMagic, sizeof(kMagic));
+  EncodeLE32(p + 8, volnr);
+  EncodeLE32(p + 12, block_size);
+  EncodeLE32(p + 28, EntryCheck(p));
+}
+
+void EncodeSsdLogEntry(std::span<std::byte, kSsdEntrySize> out, const SsdLogEntry& e) {
+  std::byte* p = out.data();
+  EncodeLE64(p, e.block);
+  EncodeLE64(p + 8, e.seq);
+  EncodeLE64(p + 16, e.checksum);
+  EncodeLE32(p + 24, e.flags);
+  EncodeLE32(p + 28, EntryCheck(p));
+}
+
+Result<std::vector<std::optional<SsdLogEntry>>> DecodeSsdSegment(std::span<const std::byte> header,
+                                                                  uint32_t volnr) {
+  if (header.size() < kEntry) {
+    return Status::Corruption(
+        fmt::format("SSD cache segment of {} bytes: less than one entry", header.size()));
+  }
+  const std::byte* p = header.data();
+  // The 12 bytes before the check are not read: the check covers them.
+  if (std::memcmp(p, kMagic, sizeof(kMagic)) != 0 || DecodeLE32(p + 8) != volnr ||
+      DecodeLE32(p + 12) != header.size() || DecodeLE32(p + 28) != EntryCheck(p)) {
+    return Status::Corruption(fmt::format(
+        "not a segment of volume {}'s SSD cache log with {}-byte blocks", volnr, header.size()));
+  }
+  std::vector<std::optional<SsdLogEntry>> entries(header.size() / kEntry - 1);
+  for (size_t j = 0; j < entries.size(); ++j) {
+    p = header.data() + (j + 1) * kEntry;
+    if (DecodeLE32(p + 28) != EntryCheck(p)) continue;
+    entries[j] =
+        SsdLogEntry{DecodeLE64(p), DecodeLE64(p + 8), DecodeLE64(p + 16), DecodeLE32(p + 24)};
+  }
+  return entries;
+}
+
+Result<uint64_t> ParseSsdCheckpoint(std::string_view text, std::string_view where) {
   int line = 0;
   size_t pos = 0;
-  while (pos < text->size()) {
-    const size_t nl = text->find('\n', pos);
-    const std::string l = text->substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? text->size() : nl + 1;
+  while (pos < text.size()) {
+    const size_t nl = text.find('\n', pos);
+    const std::string_view l =
+        text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    pos = nl == std::string_view::npos ? text.size() : nl + 1;
     ++line;
     if (l.empty() || l[0] == '#') continue;
-    if (l.rfind("seq ", 0) == 0) {
+    if (l.starts_with("seq ")) {
       uint64_t n = 0;
       const char* end = l.data() + l.size();
-      auto [p, ec] = std::from_chars(l.data() + 4, end, n);
-      if (ec == std::errc() && p == end) return n;
+      auto [q, ec] = std::from_chars(l.data() + 4, end, n);
+      if (ec == std::errc() && q == end) return n;
     }
     return Status::Corruption(fmt::format("{} line {}: expected 'seq N'; without a valid checkpoint the log "
                                           "cannot be replayed safely (remove the volume's cache directory to "
@@ -85,8 +115,6 @@ Result<uint64_t> ReadCheckpoint(StorageBackend& dir, uint32_t volnr) {
   }
   return Status::Corruption(fmt::format("{}: no 'seq N' line", where));
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Recovery
@@ -111,14 +139,14 @@ Result<SsdReplay> SsdCacheLayer::Recover(StorageBackend& dir, uint32_t volnr, ui
   std::vector<std::byte> header(block_size);
   for (uint64_t seg = 0; seg < size / segment_bytes; ++seg) {
     QBD_RETURN_IF_ERROR(log->ReadAt(seg * segment_bytes, header));
-    if (!SegmentHeaderValid(header.data(), volnr, block_size)) continue;
+    auto entries = DecodeSsdSegment(header, volnr);
+    if (!entries.ok()) continue;  // never written, or another log's
     for (uint64_t j = 0; j < spp; ++j) {
-      const std::byte* p = header.data() + (j + 1) * kEntry;
-      if (DecodeLE32(p + 28) != EntryCheck(p)) continue;
-      const uint64_t seq = DecodeLE64(p + 8);
-      r.last_seq = std::max(r.last_seq, seq);
-      if ((DecodeLE32(p + 24) & kFlagDirty) == 0 || seq <= checkpoint) continue;
-      copies[DecodeLE64(p)].push_back(Copy{seq, seg * segment_bytes + (j + 1) * block_size, DecodeLE64(p + 16)});
+      const std::optional<SsdLogEntry>& e = (*entries)[j];
+      if (!e) continue;
+      r.last_seq = std::max(r.last_seq, e->seq);
+      if ((e->flags & kFlagDirty) == 0 || e->seq <= checkpoint) continue;
+      copies[e->block].push_back(Copy{e->seq, seg * segment_bytes + (j + 1) * block_size, e->checksum});
     }
   }
   // The newest copy whose data matches its checksum (a newer torn one was never flushed).
@@ -270,11 +298,12 @@ Status SsdCacheLayer::AppendAt(uint64_t slot, std::span<const SlotInfo> infos, s
   std::vector<std::byte> entries((infos.size() + (first_of_segment ? 1 : 0)) * kEntry);
   std::byte* p = entries.data();
   if (first_of_segment) {
-    EncodeSegmentHeader(p, volnr_, bs_);
+    EncodeSsdSegmentHeader(std::span<std::byte, kEntry>(p, kEntry), volnr_, bs_);
     p += kEntry;
   }
   for (const SlotInfo& s : infos) {
-    EncodeEntry(p, s.block, s.seq, s.checksum, dirty ? kFlagDirty : 0);
+    EncodeSsdLogEntry(std::span<std::byte, kEntry>(p, kEntry),
+                      SsdLogEntry{s.block, s.seq, s.checksum, dirty ? kFlagDirty : 0u});
     p += kEntry;
   }
   return log_->WriteAt(EntryOffset(slot) - (first_of_segment ? kEntry : 0), entries);

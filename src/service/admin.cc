@@ -13,9 +13,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
+#include "qbd/chunk_format.h"
 #include "qbd/log.h"
 #include "qbd/scrub.h"
 
@@ -87,8 +89,10 @@ Result<std::vector<uint64_t>> ParseRanges(std::string_view s) {
     if (dash != std::string_view::npos && !num(item.substr(dash + 1), &b)) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
-    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no reply lists more.
-    if (b < a || b - a + out.size() >= (1ull << 21)) {
+    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no reply names a block past
+    // that or lists more. Bounding b also keeps the sum below and the loop after it from wrapping.
+    constexpr uint64_t kMaxChunkBlocks = kMaxChunkSize / kMinBlockSize;
+    if (b < a || b >= kMaxChunkBlocks || b - a + out.size() >= kMaxChunkBlocks) {
       return Status::Corruption(fmt::format("bad block range '{}'", item));
     }
     for (uint64_t x = a; x <= b; ++x) out.push_back(x);
@@ -188,9 +192,7 @@ void AdminServer::AcceptLoop() {
 void AdminServer::Serve(int fd) {
   std::string buf, line;
   while (!stop_.load() && ReadLine(fd, buf, &line)) {
-    std::istringstream in(line);
-    std::vector<std::string> words;
-    for (std::string w; in >> w;) words.push_back(w);
+    std::vector<std::string> words = SplitAdminRequest(line);
     if (words.empty()) continue;
     Result<std::string> r = handler_(words);
     std::string reply;
@@ -208,6 +210,40 @@ void AdminServer::Serve(int fd) {
   std::lock_guard<std::mutex> l(mu_);
   std::erase(conn_fds_, fd);
   ::close(fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+std::vector<std::string> SplitAdminRequest(std::string_view line) {
+  std::istringstream in{std::string(line)};
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+Result<AdminRepairRequest> ParseRepairRequest(const std::vector<std::string>& words) {
+  if (words.size() < 3) {
+    return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]");
+  }
+  AdminRepairRequest r;
+  r.volume = words[1];
+  auto [end, ec] = std::from_chars(words[2].data(), words[2].data() + words[2].size(), r.chunk);
+  if (ec != std::errc() || end != words[2].data() + words[2].size()) {
+    return Status::InvalidArgument("repair: CHUNK is not a number");
+  }
+  for (size_t i = 3; i < words.size(); ++i) {
+    if (words[i] == "dry-run") {
+      r.options.dry_run = true;
+    } else if (words[i] == "accept-loss") {
+      r.options.accept_loss = true;
+    } else if (words[i].rfind("targets=", 0) == 0) {
+      r.options.targets = static_cast<uint32_t>(std::strtoul(words[i].c_str() + 8, nullptr, 10));
+    } else {
+      return Status::InvalidArgument(fmt::format("repair: unknown option '{}'", words[i]));
+    }
+  }
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -399,31 +399,11 @@ Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
     return out;
   }
   if (cmd == "repair") {
-    // repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]
-    if (words.size() < 3) {
-      return Status::InvalidArgument("usage: repair VOLUME CHUNK [dry-run] [targets=MASK] [accept-loss]");
-    }
-    uint64_t chunk = 0;
-    auto [end, ec] = std::from_chars(words[2].data(), words[2].data() + words[2].size(), chunk);
-    if (ec != std::errc() || end != words[2].data() + words[2].size()) {
-      return Status::InvalidArgument("repair: CHUNK is not a number");
-    }
-    RepairOptions o;
-    for (size_t i = 3; i < words.size(); ++i) {
-      if (words[i] == "dry-run") {
-        o.dry_run = true;
-      } else if (words[i] == "accept-loss") {
-        o.accept_loss = true;
-      } else if (words[i].rfind("targets=", 0) == 0) {
-        o.targets = static_cast<uint32_t>(std::strtoul(words[i].c_str() + 8, nullptr, 10));
-      } else {
-        return Status::InvalidArgument(fmt::format("repair: unknown option '{}'", words[i]));
-      }
-    }
+    QBD_ASSIGN_OR_RETURN(AdminRepairRequest req, ParseRepairRequest(words));
     std::lock_guard<std::mutex> l(volumes_mu_);
-    auto it = volumes_.find(words[1]);
-    if (it == volumes_.end()) return Status::NotFound(fmt::format("volume {} is not served", words[1]));
-    QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, it->second->quorum().RepairChunk(chunk, o));
+    auto it = volumes_.find(req.volume);
+    if (it == volumes_.end()) return Status::NotFound(fmt::format("volume {} is not served", req.volume));
+    QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, it->second->quorum().RepairChunk(req.chunk, req.options));
     return EncodeRepairReport(r);
   }
   return Status::InvalidArgument(fmt::format("unknown request '{}' (ping, stats, repair)", cmd));
