@@ -102,6 +102,22 @@ TEST_CASE("LocalDirBackend stores files under the root, visible to ordinary tool
   CHECK(text == "hello");
 }
 
+TEST_CASE("LocalDirBackend never recreates its directory once it was moved away") {
+  LocalEnv env;
+  REQUIRE(env.backend().MkDirs("7/a").ok());
+  std::filesystem::rename(env.dir.Sub("root"), env.dir.Sub("aside"));
+  Status s = env.backend().MkDirs("7/b");
+  CHECK(!s.ok());
+  CHECK(s.message().find("is gone") != std::string::npos);
+  CHECK(!std::filesystem::exists(env.dir.Sub("root")));  // no bare directory takes its place
+  CHECK(!env.backend().Create(".volumesmeta.tmp").ok());
+  CHECK(!std::filesystem::exists(env.dir.Sub("root")));
+  // Back in place, it works again.
+  std::filesystem::rename(env.dir.Sub("aside"), env.dir.Sub("root"));
+  CHECK(env.backend().MkDirs("7/b").ok());
+  CHECK(std::filesystem::is_directory(env.dir.Sub("root/7/b")));
+}
+
 TEST_CASE_TEMPLATE("ReadAt returns what WriteAt wrote at any offset", E, MemEnv, LocalEnv) {
   E env;
   StorageBackend& b = env.backend();

@@ -206,6 +206,16 @@ class LocalDirBackend final : public StorageBackend {
   }
 
   Status MkDirs(std::string_view dir) override {
+    // Only below the backend's own directory: when it was moved away, removed or unmounted, a
+    // bare one in its place would take writes meant for the missing disk.
+    struct stat st;
+    if (::stat(root_.c_str(), &st) != 0) {
+      return Status::FromErrno(root_ + " is gone (moved, removed or its disk unmounted)", errno);
+    }
+    if (st.st_dev != dev_) {
+      return Status::IOError(fmt::format("{} is now on another file system than when it was opened (its disk "
+                                         "unmounted?)", root_), EIO);
+    }
     std::error_code ec;
     std::filesystem::create_directories(Full(dir), ec);
     if (ec) return Status::IOError("mkdir " + Full(dir) + ": " + ec.message(), ec.value());
