@@ -105,6 +105,25 @@ for s in qbd_nbd_connections qbd_nbd_memory_used_bytes qbd_nbd_memory_limit_byte
 done
 [ -z "$missing" ] && pass "every volume, part and daemon series is there with its labels" ||
   fail "every volume, part and daemon series is there with its labels" "missing:$missing"
+# The Grafana dashboard queries only series that exist (histograms by their _bucket samples).
+dash="$(dirname "$0")/../../contrib/grafana/qbd-dashboard.json"
+check "contrib/grafana/qbd-dashboard.json is JSON whose queries name only series in the text" \
+  /usr/bin/python3 - "$dash" "$T/m0.txt" <<'PY'
+import json, re, sys
+from prometheus_client.parser import text_string_to_metric_families
+d = json.load(open(sys.argv[1]))
+have = {s.name for f in text_string_to_metric_families(open(sys.argv[2]).read()) for s in f.samples}
+used = set()
+def walk(ps):
+    for p in ps:
+        walk(p.get("panels", []))
+        for t in p.get("targets", []):
+            used.update(re.findall(r"qbd_[a-z_]+", t["expr"]))
+walk(d["panels"])
+missing = sorted(used - have)
+print("used:", len(used), "missing:", missing)
+sys.exit(1 if missing or not used else 0)
+PY
 check "at the start: no writes, every part up, the lease held, the NBD budget known" bash -c "
   $M; eq '$T/m0.txt' qbd_volume_requests_total 0 volume=m op=write &&
   eq '$T/m0.txt' qbd_part_state 3 volume=m state=up && eq '$T/m0.txt' qbd_part_state_code 0 volume=m &&
