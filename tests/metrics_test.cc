@@ -59,20 +59,22 @@ TEST_CASE("Text names every series of a volume and its parts with their labels")
   CHECK(t.find("# TYPE qbd_volume_request_duration_seconds histogram") != std::string::npos);
   for (const char* name : {"qbd_volume_cache_hits_total", "qbd_volume_cache_misses_total",
                            "qbd_volume_ssd_cache_hits_total", "qbd_volume_ssd_cache_misses_total",
-                           "qbd_volume_qos_throttled_seconds_total", "qbd_volume_read_repairs_total",
-                           "qbd_volume_lease_held"}) {
+                           "qbd_volume_qos_throttled_seconds_total",
+                           "qbd_volume_read_repairs_total", "qbd_volume_lease_held"}) {
     CAPTURE(name);
     CHECK(Sample(t, std::string(name) + "{volume=\"vol1\"}") == 0);
   }
   CHECK(Sample(t, "qbd_part_state{part=\"a\",state=\"up\",volume=\"vol1\"}") == 1);
   CHECK(Sample(t, "qbd_part_state{part=\"b\",state=\"down\",volume=\"vol1\"}") == 0);
   CHECK(Sample(t, "qbd_part_state_code{part=\"b\",volume=\"vol1\"}") == 0);
-  for (const char* name : {"qbd_part_dirty_bytes", "qbd_part_resync_bytes_total", "qbd_part_errors_total",
-                           "qbd_part_checksum_failures_total", "qbd_part_read_repairs_total"}) {
+  for (const char* name :
+       {"qbd_part_dirty_bytes", "qbd_part_resync_bytes_total", "qbd_part_errors_total",
+        "qbd_part_checksum_failures_total", "qbd_part_read_repairs_total"}) {
     CAPTURE(name);
     CHECK(Sample(t, std::string(name) + "{part=\"b\",volume=\"vol1\"}") == 0);
   }
-  CHECK(Sample(t, "qbd_part_io_duration_seconds_count{op=\"write\",part=\"a\",volume=\"vol1\"}") == 0);
+  CHECK(Sample(t, "qbd_part_io_duration_seconds_count{op=\"write\",part=\"a\",volume=\"vol1\"}") ==
+        0);
   CHECK(Sample(t, "qbd_nbd_connections") == 0);
   CHECK(Sample(t, "qbd_nbd_memory_used_bytes") == 0);
   CHECK(Sample(t, "qbd_part_state{part=\"c\",state=\"up\",volume=\"vol1\"}") == -1);
@@ -125,12 +127,18 @@ TEST_CASE("the series of a volume change as requests go through it") {
   CHECK(Sample(t, "qbd_volume_request_bytes_total{op=\"trim\",volume=\"vol1\"}") == 4096);
   CHECK(Sample(t, "qbd_volume_request_bytes_total{op=\"zero\",volume=\"vol1\"}") == 8192);
   CHECK(Sample(t, "qbd_volume_request_duration_seconds_count{op=\"write\",volume=\"vol1\"}") == 2);
-  CHECK(Sample(t, "qbd_volume_request_duration_seconds_bucket{op=\"write\",volume=\"vol1\",le=\"+Inf\"}") == 2);
-  CHECK(Sample(t, "qbd_part_io_duration_seconds_count{op=\"write\",part=\"c\",volume=\"vol1\"}") >= 2);
-  CHECK(Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"a\",volume=\"vol1\"}") +
-            Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"b\",volume=\"vol1\"}") +
-            Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"c\",volume=\"vol1\"}") >=
-        1);
+  CHECK(
+      Sample(
+          t,
+          "qbd_volume_request_duration_seconds_bucket{op=\"write\",volume=\"vol1\",le=\"+Inf\"}") ==
+      2);
+  CHECK(Sample(t, "qbd_part_io_duration_seconds_count{op=\"write\",part=\"c\",volume=\"vol1\"}") >=
+        2);
+  CHECK(
+      Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"a\",volume=\"vol1\"}") +
+          Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"b\",volume=\"vol1\"}") +
+          Sample(t, "qbd_part_io_duration_seconds_count{op=\"read\",part=\"c\",volume=\"vol1\"}") >=
+      1);
   CHECK(Sample(t, "qbd_volume_lease_held{volume=\"vol1\"}") == 1);  // no lease: not fenced
 
   SUBCASE("and a part marked down shows in its state, its errors and its dirty bytes") {

@@ -98,10 +98,11 @@ struct Metrics::Families {
                             .Name("qbd_nbd_connections")
                             .Help("Open NBD connections")
                             .Register(r)),
-        nbd_memory_used(prometheus::BuildGauge()
-                            .Name("qbd_nbd_memory_used_bytes")
-                            .Help("Bytes of NBD request payloads held now (the payload budget in use)")
-                            .Register(r)),
+        nbd_memory_used(
+            prometheus::BuildGauge()
+                .Name("qbd_nbd_memory_used_bytes")
+                .Help("Bytes of NBD request payloads held now (the payload budget in use)")
+                .Register(r)),
         nbd_memory_limit(prometheus::BuildGauge()
                              .Name("qbd_nbd_memory_limit_bytes")
                              .Help("The NBD payload budget (nbd_memory)")
@@ -198,8 +199,10 @@ std::shared_ptr<VolumeMetrics> Metrics::ForVolume(const std::string& volume, siz
     p.errors = &f_->part_errors.Add(l);
     p.checksum_failures = &f_->part_checksum.Add(l);
     p.read_repairs = &f_->part_read_repairs.Add(l);
-    p.read_duration = &f_->part_io.Add({{"volume", volume}, {"part", part}, {"op", "read"}}, LatencyBuckets());
-    p.write_duration = &f_->part_io.Add({{"volume", volume}, {"part", part}, {"op", "write"}}, LatencyBuckets());
+    p.read_duration =
+        &f_->part_io.Add({{"volume", volume}, {"part", part}, {"op", "read"}}, LatencyBuckets());
+    p.write_duration =
+        &f_->part_io.Add({{"volume", volume}, {"part", part}, {"op", "write"}}, LatencyBuckets());
     p.SetState(0);
     v->parts.push_back(p);
   }

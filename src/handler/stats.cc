@@ -13,7 +13,8 @@ namespace {
 // when the volume opened.
 class Timed {
  public:
-  Timed(const OpMetrics& m, uint64_t bytes) : m_(m), bytes_(bytes), start_(std::chrono::steady_clock::now()) {}
+  Timed(const OpMetrics& m, uint64_t bytes)
+      : m_(m), bytes_(bytes), start_(std::chrono::steady_clock::now()) {}
   ~Timed() {
     const std::chrono::duration<double> d = std::chrono::steady_clock::now() - start_;
     m_.requests->Increment();
@@ -40,7 +41,8 @@ class Timed {
 std::string Line(const char* name, const OpMetrics& m) {
   const auto h = m.duration->Collect().histogram;
   const uint64_t ops = static_cast<uint64_t>(m.requests->Value());
-  const uint64_t avg_us = h.sample_count ? static_cast<uint64_t>(h.sample_sum / h.sample_count * 1e6) : 0;
+  const uint64_t avg_us =
+      h.sample_count ? static_cast<uint64_t>(h.sample_sum / h.sample_count * 1e6) : 0;
   return fmt::format("{} {} ({}, {} errors, avg {} us)", name, ops,
                      FormatSize(static_cast<uint64_t>(m.bytes->Value())),
                      static_cast<uint64_t>(m.errors->Value()), avg_us);
