@@ -14,7 +14,7 @@ endif
 
 CPPFLAGS += -Iinclude -Isrc -MMD -MP -DQBD_SOURCE_DIR='"$(CURDIR)"'
 CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Werror -pthread
-LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -lsystemd -pthread
+LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -lsystemd $(shell pkg-config --libs prometheus-cpp-core) -pthread
 
 ifeq ($(MODE),release)
   CXXFLAGS += -O2 -g -DNDEBUG

@@ -83,7 +83,7 @@ class Fixture {
 
   BlockHandler& top() { return *chain_.top; }
   MemDisk& disk() { return *disk_; }
-  const VolumeStats& stats() const { return chain_.stats->stats(); }
+  const VolumeMetrics& stats() const { return chain_.stats->metrics(); }
   BlockCache& cache() { return cache_; }
   uint64_t cache_hits() const { return cache_.counters().hits.load(); }
   uint64_t ssd_hits() const { return combo_.ssd ? chain_.ssd_cache->counters().hits.load() : 0; }
@@ -179,10 +179,10 @@ TEST_CASE(
     REQUIRE(f.top().Write(0, data, /*fua=*/true).ok());
     for (int i = 0; i < 3; ++i) CHECK(ReadBlock(f.top(), 0) == data);
     REQUIRE(f.top().Flush().ok());
-    CHECK(f.stats().write.ops == 1);
-    CHECK(f.stats().read.ops == 3);
-    CHECK(f.stats().read.bytes == 3 * kBs);
-    CHECK(f.stats().flush.ops == 1);
+    CHECK(f.stats().write.requests->Value() == 1);
+    CHECK(f.stats().read.requests->Value() == 3);
+    CHECK(f.stats().read.bytes->Value() == 3 * kBs);
+    CHECK(f.stats().flush.requests->Value() == 1);
     // Every layer writes through to the bottom, which the top's size comes from.
     CHECK(f.disk().Contents(0, kBs) == data);
     CHECK(f.top().Size() == kDiskSize);
@@ -190,8 +190,8 @@ TEST_CASE(
     f.ExpireLease();
     std::vector<std::byte> got(kBs);
     f.top().Read(0, got).IgnoreError();  // refused with a lease, a cache hit or a read without
-    CHECK(f.stats().read.ops == 4);
-    CHECK(f.stats().read.errors == (c.lease ? 1 : 0));
+    CHECK(f.stats().read.requests->Value() == 4);
+    CHECK(f.stats().read.errors->Value() == (c.lease ? 1 : 0));
   }
 }
 

@@ -98,6 +98,7 @@ struct Fixture {
         .redundancy = *redundancy,
         .request_pool = pool,
         .counters = counters,
+        .metrics = *metrics,
         .read_blocks =
             [this](const std::vector<int>& order, uint64_t chunk, uint64_t first,
                    std::span<std::byte> data, std::span<BlockMeta> metas) {
@@ -125,6 +126,7 @@ struct Fixture {
   std::unique_ptr<Redundancy> redundancy;
   ThreadPool pool{kParts};
   QuorumCounters counters;
+  std::shared_ptr<VolumeMetrics> metrics = VolumeMetrics::Standalone("v", kParts);
   std::unique_ptr<RepairWorker> worker;
 };
 

@@ -39,7 +39,7 @@ TEST_CASE("Open assembles Stats over QuorumSet: a write is counted once and land
   REQUIRE(v.ok());
   std::vector<std::byte> buf(4096, std::byte{0x42});
   REQUIRE((*v)->handler()->Write(1 << 20, buf, false).ok());
-  CHECK((*v)->stats().stats().write.ops == 1);
+  CHECK((*v)->stats().metrics().write.requests->Value() == 1);
   for (StorageBackend* b : p.all()) {
     auto raw = ReadWholeFile(*b, std::string("3/") + (b == &p.a ? "a" : b == &p.b ? "b" : "c") + "/2");
     REQUIRE(raw.ok());

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "qbd/handler.h"
+#include "qbd/metrics.h"
 
 namespace qbd {
 
@@ -194,8 +195,10 @@ class WholeBlocks {
 
 class CacheLayer : public BlockHandler {
  public:
-  // `cache` must outlive the layer; `volnr` keys this volume's blocks in it.
-  CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size);
+  // `cache` must outlive the layer; `volnr` keys this volume's blocks in it. Hits and misses are
+  // counted into the cache's counters and, with `metrics`, into the volume's series.
+  CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size,
+             std::shared_ptr<const VolumeMetrics> metrics = nullptr);
   ~CacheLayer() override;  // drops the volume's blocks from the cache
 
   uint64_t Size() const override { return next_->Size(); }
@@ -223,6 +226,7 @@ class CacheLayer : public BlockHandler {
   const uint32_t volnr_;
   const uint32_t bs_;
   WriteTracker writes_;
+  const std::shared_ptr<const VolumeMetrics> metrics_;  // may be null
 };
 
 }  // namespace qbd

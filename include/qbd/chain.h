@@ -43,6 +43,9 @@ struct ChainOptions {
   // The SSD cache directory (nullptr: no SsdCache layer); must outlive the chain.
   StorageBackend* ssd_dir = nullptr;
   SsdCacheOptions ssd;
+  // The volume's series in the metrics registry (qbd/metrics.h), which Stats and the caches count
+  // into; nullptr: a registry of the chain's own (VolumeMetrics::Standalone).
+  std::shared_ptr<const VolumeMetrics> metrics;
 };
 
 // What BuildChain assembled. The pointers are owned through `top` and live as long as it does.

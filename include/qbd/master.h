@@ -25,6 +25,7 @@
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/lease.h"
+#include "qbd/metrics.h"
 #include "qbd/nbd_server.h"
 #include "qbd/volume.h"
 
@@ -50,6 +51,9 @@ class Master {
   Status Stop();
   std::vector<std::string> BoundAddresses() const;
   Catalog& catalog() { return *catalog_; }
+  // The daemon's metrics registry: every volume, part and the NBD server report into it; its
+  // Text() is the admin socket's `stats` answer (and what GET /metrics serves).
+  Metrics& metrics() { return *metrics_; }
 
  private:
   class Registry;
@@ -67,6 +71,9 @@ class Master {
   Result<std::string> HandleAdmin(const std::vector<std::string>& words);
 
   Config config_;
+  // Declared first: outlives everything that reports into it. nbd_collector_ reads server_.
+  std::unique_ptr<Metrics> metrics_ = std::make_unique<Metrics>();
+  uint64_t nbd_collector_ = 0;
   std::unique_ptr<ProcessLock> lock_;  // held from the start to the end
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<BlockCache> cache_;  // cache_size > 0; outlives the volumes (declared first)

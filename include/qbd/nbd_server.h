@@ -77,6 +77,11 @@ class NbdServer {
   Status Listen(std::string_view spec, std::string only_export = "");
   // "127.0.0.1:PORT" or "unix:PATH" of the listeners, in Listen order.
   std::vector<std::string> BoundAddresses() const;
+  // Connections open now (for the metrics).
+  size_t Connections() const;
+  // Bytes of request payloads held now, and the budget they come from (NbdServerOptions).
+  uint64_t MemoryUsed() const;
+  uint64_t MemoryLimit() const;
 
   // Stops accepting, lets every connection finish the requests it has read, sends their replies,
   // closes the connections and returns when all server threads have ended.

@@ -55,6 +55,7 @@
 #include "qbd/clock.h"
 #include "qbd/dirty_map.h"
 #include "qbd/handler.h"
+#include "qbd/metrics.h"
 #include "qbd/part_store.h"
 
 namespace qbd {
@@ -102,6 +103,10 @@ struct QuorumOptions {
   // The clock of the back-off of parts out of space (engine/part_health.h); null: SteadyClock().
   // Must outlive the QuorumSet.
   const Clock* clock = nullptr;
+  // The volume's series in the metrics registry (qbd/metrics.h; one PartMetrics per part), which
+  // the engine counts part errors, checksum failures, read-repairs, resync bytes and part I/O
+  // time into; nullptr (or too few parts): a registry of the engine's own.
+  std::shared_ptr<const VolumeMetrics> metrics;
 };
 
 struct QuorumCounters {
@@ -204,6 +209,11 @@ class QuorumSet : public BlockHandler {
   std::string PartState(size_t i) const;
   uint64_t DirtyRegions(size_t i) const;
   const QuorumCounters& counters() const { return counters_; }
+  // The volume's series (QuorumOptions::metrics, or the engine's own).
+  const VolumeMetrics& metrics() const { return *metrics_; }
+  // Sets the gauges of the parts' series that describe a state (state, dirty bytes); the
+  // registry's collector calls it before the series are read.
+  void UpdatePartGauges() const;
   uint32_t region_size() const { return region_size_; }
   // Marks part i down, as after an I/O error: reads and writes skip it and its missed writes
   // are recorded; the resync thread probes it and brings it back.
@@ -243,6 +253,8 @@ class QuorumSet : public BlockHandler {
   // Clears region in part p's dirty map, in memory and (without sync) on disk.
   void ClearDirty(int p, uint64_t region);
   void MarkDown(int p, const Status& why);
+  // Counts a bad copy of part p found by a read (QuorumCounters and the metrics).
+  void CountReadRepair(int p);
   // Sets the chunk's bit in the chunk map once the first write has created its files, before it
   // is acknowledged (layout-spec.md §6). On disk the bit follows the files' names, at the next
   // PersistChunkMap; with `durable` now. Unavailable when no copy could be written.
@@ -263,6 +275,7 @@ class QuorumSet : public BlockHandler {
   std::vector<std::unique_ptr<Part>> parts_;
   std::unique_ptr<ThreadPool> pool_;       // the request path's fan-out
   QuorumCounters counters_;
+  std::shared_ptr<const VolumeMetrics> metrics_;  // every part has its PartMetrics
 
   std::shared_mutex resize_mu_;  // shared by every request, exclusive while growing
   // The dirty maps and the chunk map, and their copies on the parts.

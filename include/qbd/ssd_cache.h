@@ -46,6 +46,7 @@
 #include "qbd/backend.h"
 #include "qbd/cache.h"
 #include "qbd/handler.h"
+#include "qbd/metrics.h"
 
 namespace qbd {
 
@@ -110,7 +111,8 @@ class SsdCacheLayer : public BlockHandler {
   // starting after `replay.last_seq`. When it cannot, the layer logs why and passes everything
   // through (healthy() is false).
   SsdCacheLayer(std::unique_ptr<BlockHandler> next, StorageBackend& dir, uint32_t volnr, uint32_t block_size,
-                const SsdCacheOptions& options, const SsdReplay& replay);
+                const SsdCacheOptions& options, const SsdReplay& replay,
+                std::shared_ptr<const VolumeMetrics> metrics = nullptr);
   ~SsdCacheLayer() override;  // Drain()s
 
   uint64_t Size() const override { return next_->Size(); }
@@ -182,6 +184,7 @@ class SsdCacheLayer : public BlockHandler {
   uint64_t slots_per_segment_ = 0;
   WriteTracker writes_;
   SsdCacheCounters counters_;
+  const std::shared_ptr<const VolumeMetrics> metrics_;  // hits and misses also go there; may be null
   std::atomic<bool> bypass_{false};
   std::atomic<bool> direct_since_flush_{false};  // write-back: the parts took writes since the last FLUSH
 

@@ -1,31 +1,25 @@
 // StatsLayer: the outermost layer of a volume's request chain; counts what the client sees
-// (operations, bytes, errors, time spent) for the log and the admin socket's `stats` request.
+// (requests, bytes, errors, time spent, by operation) into the volume's series of the metrics
+// registry (qbd/metrics.h), for the `stats` request and GET /metrics, and for the log line at
+// close (Summary()).
 //
-// Thread-safety: counters are atomics; safe from any thread.
+// Thread-safety: the series are prometheus-cpp atomics; safe from any thread.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "qbd/handler.h"
+#include "qbd/metrics.h"
 
 namespace qbd {
 
-struct OpCounters {
-  std::atomic<uint64_t> ops{0};
-  std::atomic<uint64_t> bytes{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<uint64_t> nanos{0};  // total time inside the layers below
-};
-
-struct VolumeStats {
-  OpCounters read, write, flush, trim, zero, block_status;
-};
-
 class StatsLayer : public Layer {
  public:
-  explicit StatsLayer(std::unique_ptr<BlockHandler> next) : Layer(std::move(next)) {}
+  // `metrics`: the volume's series (their registry must outlive the layer).
+  StatsLayer(std::unique_ptr<BlockHandler> next, std::shared_ptr<const VolumeMetrics> metrics)
+      : Layer(std::move(next)), m_(std::move(metrics)) {}
 
   Status Read(uint64_t off, std::span<std::byte> out) override;
   Status Write(uint64_t off, std::span<const std::byte> in, bool fua) override;
@@ -34,12 +28,12 @@ class StatsLayer : public Layer {
   Status WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) override;
   Result<std::vector<Extent>> BlockStatus(uint64_t off, uint64_t len) override;
 
-  const VolumeStats& stats() const { return stats_; }
-  // "reads 12 (48 KiB, 0 errors, avg 35 us), writes ...": one line for the log.
+  const VolumeMetrics& metrics() const { return *m_; }
+  // "reads 12 (48 KiB, 0 errors, avg 35 us), writes ...": one line for the log, from the series.
   std::string Summary() const;
 
  private:
-  VolumeStats stats_;
+  const std::shared_ptr<const VolumeMetrics> m_;
 };
 
 }  // namespace qbd

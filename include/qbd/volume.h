@@ -25,6 +25,7 @@
 namespace qbd {
 
 class BlockCache;
+class Metrics;
 class VolumeLease;
 
 struct VolumeOpenOptions {
@@ -44,6 +45,10 @@ struct VolumeOpenOptions {
   // The volume's lease, held (qbd-master); nullptr: no fencing (offline tools, tests). The volume
   // shares it and releases it at Close.
   std::shared_ptr<VolumeLease> lease;
+  // The daemon's metrics registry (nullptr: one of the volume's own); must outlive the volume.
+  // The volume's series go there, and a collector of its part states, dirty bytes and lease until
+  // Close.
+  Metrics* metrics = nullptr;
 };
 
 class StatsLayer;
@@ -85,6 +90,8 @@ class Volume {
   SsdCacheLayer* ssd_ = nullptr;  // owned through handler_
   std::shared_ptr<BlockHandler> handler_;
   std::shared_ptr<VolumeLease> lease_;
+  Metrics* metrics_ = nullptr;  // options.metrics
+  uint64_t collector_ = 0;      // in metrics_ until Close (0: none)
 };
 
 }  // namespace qbd

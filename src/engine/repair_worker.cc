@@ -227,6 +227,7 @@ bool RepairWorker::ResyncRegion(int p, uint64_t region, std::vector<uint64_t>& p
   if (!w.ok()) {
     QBD_LOG_WARN("resync: volume {} part {} chunk {}: {}", p_.options.volume, target.part(),
                  chunk + 1, w.ToString());
+    p_.metrics.parts[p].errors->Increment();
     p_.health.MarkDown(p, w);
     return false;
   }
@@ -268,8 +269,9 @@ uint64_t RepairWorker::SettleResynced(int p, uint64_t marks_before,
     ++cleared;
     const uint64_t start = region * p_.region_size;
     p_.counters.resynced_regions.fetch_add(1);
-    p_.counters.resynced_bytes.fetch_add(std::min<uint64_t>(start + p_.region_size, start_size) -
-                                         start);
+    const uint64_t bytes = std::min<uint64_t>(start + p_.region_size, start_size) - start;
+    p_.counters.resynced_bytes.fetch_add(bytes);
+    p_.metrics.parts[p].resync_bytes->Increment(static_cast<double>(bytes));
   }
   pending.clear();
   return cleared;
@@ -353,6 +355,7 @@ bool RepairWorker::ReconcileRegion(uint64_t region, uint64_t chunk, uint64_t fir
       b = e;
     }
     if (!w.ok()) {
+      p_.metrics.parts[static_cast<size_t>(i)].errors->Increment();
       p_.health.MarkDown(static_cast<int>(i), w);
       all_ok = false;
       continue;
@@ -523,6 +526,7 @@ Status RepairWorker::ReadJudged(uint64_t chunk, uint64_t first, std::span<std::b
 void RepairWorker::FlushFailed(int p, const Status& why, const std::vector<uint64_t>& chunks) {
   // A failed sync may have lost any write to those chunks since their last good sync (an NFS
   // server that restarted drops its uncommitted writes): they are resynced from the others.
+  p_.metrics.parts[p].errors->Increment();
   p_.health.MarkDown(p, why);
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   if (chunks.empty()) {

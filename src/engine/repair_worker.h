@@ -63,6 +63,7 @@ class RepairWorker {
     const Redundancy& redundancy;
     ThreadPool& request_pool;  // the request path's fan-out (ReadJudged)
     QuorumCounters& counters;
+    const VolumeMetrics& metrics;  // one PartMetrics per part
     ReadFn read_blocks;  // resync's source reads
   };
 

@@ -59,6 +59,9 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
       seq_(std::make_unique<Sequencer>(options_.volume, options_.epoch)),
       flusher_(std::make_unique<FlushCoalescer>()) {
   QBD_CHECK(!parts.empty() && parts.size() <= 26, "volume {}: {} parts", options_.volume, parts.size());
+  metrics_ = options_.metrics && options_.metrics->parts.size() >= parts.size()
+                 ? options_.metrics
+                 : VolumeMetrics::Standalone(options_.volume, parts.size());
   std::vector<char> names;
   std::vector<StorageBackend*> backends;
   for (const auto& s : parts) {
@@ -107,6 +110,7 @@ QuorumSet::QuorumSet(QuorumOptions options, std::vector<std::unique_ptr<PartStor
       .redundancy = *redundancy_,
       .request_pool = *pool_,
       .counters = counters_,
+      .metrics = *metrics_,
       .read_blocks =
           [this](const std::vector<int>& order, uint64_t chunk, uint64_t first, std::span<std::byte> data,
                  std::span<BlockMeta> metas) { return ReadBlocks(order, chunk, first, data, metas, /*locked=*/true); },
@@ -190,7 +194,10 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     Part& part = *parts_[p];
     bad.clear();
     health_->BeginIo(p);
+    const auto io_start = std::chrono::steady_clock::now();
     Status s = part.store->Read(chunk, first, data, metas, &bad);
+    metrics_->parts[p].read_duration->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - io_start).count());
     health_->EndIo(p);
     if (s.IsCorruption() && !locked) {
       RegionGuard g(*seq_, r0, r1);
@@ -214,7 +221,12 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
       if (s.ok() && !bad.empty()) s = Status::Corruption("a generation never issued");
     }
     if (!s.ok() && !(s.IsCorruption() && !bad.empty())) {
-      counters_.read_repairs.fetch_add(1);
+      CountReadRepair(p);
+      if (s.IsIOError()) {
+        metrics_->parts[p].errors->Increment();
+      } else {
+        metrics_->parts[p].checksum_failures->Increment();
+      }
       QBD_LOG_WARN("read-repair: volume {} part {} chunk {} blocks {}-{}: {}; reading another part",
                    options_.volume, part.store->part(), chunk + 1, first, first + n - 1, s.ToString());
       if (s.IsIOError()) {
@@ -226,7 +238,8 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     }
     // `part` served everything but the blocks in `bad`.
     for (uint64_t b : bad) {
-      counters_.read_repairs.fetch_add(1);
+      CountReadRepair(p);
+      metrics_->parts[p].checksum_failures->Increment();
       QBD_LOG_WARN("read-repair: volume {} part {} chunk {} block {}: bad copy (checksum mismatch or a generation "
                    "never issued); repairing from another part",
                    options_.volume, part.store->part(), chunk + 1, b);
@@ -260,7 +273,7 @@ Status QuorumSet::ReadBlocks(const std::vector<int>& order, uint64_t chunk, uint
     if (!missing.empty() || !whole_bad.empty()) {
       const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
       for (int m : missing) {
-        counters_.read_repairs.fetch_add(1);
+        CountReadRepair(m);
         QBD_LOG_WARN("read-repair: volume {} part {} chunk {}: chunk file missing; repairing from part {}",
                      options_.volume, parts_[m]->store->part(), chunk + 1, part.store->part());
         repair_->MarkForRepair(m, c0, c1, "chunk file missing");
@@ -479,7 +492,10 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
   records.Assign(options_.geometry, BlockAddress{options_.volnr, chunk, first}, data, metas);
   auto write_one = [&](size_t i) {
     bool c = false;
+    const auto io_start = std::chrono::steady_clock::now();
     results[i] = parts_[i]->store->WriteRecords(chunk, first, records, fua, &c);
+    metrics_->parts[i].write_duration->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - io_start).count());
     created[i] = c;
   };
   const uint32_t holding = redundancy_->PartsHolding(chunk);
@@ -539,7 +555,7 @@ Status QuorumSet::WriteToParts(uint64_t chunk, uint64_t first, std::span<const s
     const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
     for (size_t i = 0; i < np; ++i) {
       if (attempted[i] && results[i].ok() && created[i]) {
-        counters_.read_repairs.fetch_add(1);
+        CountReadRepair(static_cast<int>(i));
         QBD_LOG_WARN("volume {} part {} chunk {}: chunk file was missing; rebuilding it from the other parts",
                      options_.volume, parts_[i]->store->part(), chunk + 1);
         MarkDirty(static_cast<int>(i), c0, c1, /*durable=*/true, "chunk file missing").IgnoreError();  // best effort
@@ -572,7 +588,7 @@ void QuorumSet::CheckChunkPresence(uint64_t chunk, const std::vector<size_t>& li
   if (absent.empty()) return;  // a new chunk (every part creates it now), or no file lost
   const uint64_t c0 = RegionOf(chunk, 0), c1 = RegionOf(chunk, options_.geometry.BlocksPerChunk() - 1);
   for (size_t i : absent) {
-    counters_.read_repairs.fetch_add(1);
+    CountReadRepair(static_cast<int>(i));
     QBD_LOG_WARN("volume {} part {} chunk {}: chunk file missing; rebuilding it from the other parts",
                  options_.volume, parts_[i]->store->part(), chunk + 1);
     MarkDirty(static_cast<int>(i), c0, c1, /*durable=*/true, "chunk file missing").IgnoreError();  // best effort
@@ -644,7 +660,24 @@ Status QuorumSet::MarkDirty(int p, uint64_t r0, uint64_t r1, bool durable, std::
 
 void QuorumSet::ClearDirty(int p, uint64_t region) { maps_->ClearDirty(static_cast<size_t>(p), region); }
 
-void QuorumSet::MarkDown(int p, const Status& why) { health_->MarkDown(static_cast<size_t>(p), why); }
+void QuorumSet::MarkDown(int p, const Status& why) {
+  metrics_->parts[p].errors->Increment();
+  health_->MarkDown(static_cast<size_t>(p), why);
+}
+
+void QuorumSet::CountReadRepair(int p) {
+  counters_.read_repairs.fetch_add(1);
+  metrics_->read_repairs->Increment();
+  metrics_->parts[p].read_repairs->Increment();
+}
+
+void QuorumSet::UpdatePartGauges() const {
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    const PartMetrics& m = metrics_->parts[i];
+    m.SetState(static_cast<int>(health_->state(i)));
+    m.dirty_bytes->Set(static_cast<double>(DirtyRegions(i) * region_size_));
+  }
+}
 
 Status QuorumSet::Flush() {
   // Concurrent flushes coalesce: one that starts after this call covers it.

@@ -224,8 +224,9 @@ bool WriteTracker::Sole(uint64_t block, uint64_t begun) const {
 // ---------------------------------------------------------------------------------------------
 // CacheLayer
 
-CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size)
-    : next_(std::move(next)), cache_(cache), volnr_(volnr), bs_(block_size) {}
+CacheLayer::CacheLayer(std::unique_ptr<BlockHandler> next, BlockCache& cache, uint32_t volnr, uint32_t block_size,
+                       std::shared_ptr<const VolumeMetrics> metrics)
+    : next_(std::move(next)), cache_(cache), volnr_(volnr), bs_(block_size), metrics_(std::move(metrics)) {}
 
 CacheLayer::~CacheLayer() { cache_.EraseVolume(volnr_); }
 
@@ -251,9 +252,11 @@ Status CacheLayer::Read(uint64_t off, std::span<std::byte> out) {
   const uint64_t n = w.b1 - w.b0 + 1;
   if (all) {
     c.hits.fetch_add(n, std::memory_order_relaxed);
+    if (metrics_) metrics_->cache_hits->Increment(static_cast<double>(n));
     return Status::OK();
   }
   c.misses.fetch_add(n, std::memory_order_relaxed);
+  if (metrics_) metrics_->cache_misses->Increment(static_cast<double>(n));
   // What the cache may take afterwards: blocks that no write touched while this read ran.
   std::vector<uint64_t> seen(n);
   for (uint64_t b = w.b0; b <= w.b1; ++b) seen[b - w.b0] = writes_.Seen(b);

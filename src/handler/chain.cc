@@ -11,6 +11,8 @@ namespace qbd {
 
 Result<Chain> BuildChain(std::unique_ptr<BlockHandler> bottom, const ChainOptions& options) {
   Chain chain;
+  std::shared_ptr<const VolumeMetrics> metrics =
+      options.metrics ? options.metrics : VolumeMetrics::Standalone(options.volume, 0);
   std::unique_ptr<BlockHandler> below = std::move(bottom);
   if (options.ssd_dir != nullptr) {
     // What a crash left in a write-back log goes to the parts before anything is served.
@@ -28,14 +30,14 @@ Result<Chain> BuildChain(std::unique_ptr<BlockHandler> bottom, const ChainOption
           options.volume, replay->blocks, replay->skipped);
     }
     auto ssd = std::make_unique<SsdCacheLayer>(std::move(below), *options.ssd_dir, options.volnr,
-                                               options.block_size, options.ssd, *replay);
+                                               options.block_size, options.ssd, *replay, metrics);
     chain.ssd_cache = ssd.get();
     below = std::move(ssd);
   }
   if (options.cache != nullptr) {
     // Above the SSD cache and the fan-out: it only ever holds quorum-confirmed data.
     below = std::make_unique<CacheLayer>(std::move(below), *options.cache, options.volnr,
-                                         options.block_size);
+                                         options.block_size, metrics);
   }
   if (options.lease_valid_until != nullptr) {
     assert(options.clock != nullptr);
@@ -44,7 +46,7 @@ Result<Chain> BuildChain(std::unique_ptr<BlockHandler> bottom, const ChainOption
                                          *options.lease_valid_until, *options.clock);
   }
   // Outermost: it counts what the client sees.
-  auto stats = std::make_shared<StatsLayer>(std::move(below));
+  auto stats = std::make_shared<StatsLayer>(std::move(below), std::move(metrics));
   chain.stats = stats.get();
   chain.top = std::move(stats);
   return chain;

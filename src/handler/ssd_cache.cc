@@ -178,8 +178,10 @@ Result<SsdReplay> SsdCacheLayer::Recover(StorageBackend& dir, uint32_t volnr, ui
 // Set-up
 
 SsdCacheLayer::SsdCacheLayer(std::unique_ptr<BlockHandler> next, StorageBackend& dir, uint32_t volnr,
-                             uint32_t block_size, const SsdCacheOptions& options, const SsdReplay& replay)
-    : next_(std::move(next)), dir_(dir), volnr_(volnr), bs_(block_size), options_(options) {
+                             uint32_t block_size, const SsdCacheOptions& options, const SsdReplay& replay,
+                             std::shared_ptr<const VolumeMetrics> metrics)
+    : next_(std::move(next)), dir_(dir), volnr_(volnr), bs_(block_size), options_(options),
+      metrics_(std::move(metrics)) {
   log_path_ = fmt::format("{}/{}", dir.Describe(), LogPath(volnr));
   slots_per_segment_ = SlotsPerSegment(block_size);
   segments_ = std::max<uint64_t>(2, options.log_size / ((slots_per_segment_ + 1) * block_size));
@@ -430,11 +432,13 @@ Status SsdCacheLayer::Read(uint64_t off, std::span<std::byte> out) {
     }
     if (good) {
       counters_.hits.fetch_add(n, std::memory_order_relaxed);
+      if (metrics_) metrics_->ssd_hits->Increment(static_cast<double>(n));
       w.CopyOut();
       return Status::OK();
     }
   }
   counters_.misses.fetch_add(n, std::memory_order_relaxed);
+  if (metrics_) metrics_->ssd_misses->Increment(static_cast<double>(n));
   QBD_RETURN_IF_ERROR(next_->Read(w.offset, w.whole));
   // Blocks not yet destaged are newer than what the parts returned.
   bool any_parts = false;

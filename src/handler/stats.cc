@@ -9,18 +9,20 @@
 namespace qbd {
 namespace {
 
-// Counts one call into `c` when it goes out of scope.
+// Counts one call into `m` when it goes out of scope: a few atomic additions on series resolved
+// when the volume opened.
 class Timed {
  public:
-  Timed(OpCounters& c, uint64_t bytes) : c_(c), bytes_(bytes), start_(std::chrono::steady_clock::now()) {}
+  Timed(const OpMetrics& m, uint64_t bytes)
+      : m_(m), bytes_(bytes), start_(std::chrono::steady_clock::now()) {}
   ~Timed() {
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
-    c_.ops.fetch_add(1, std::memory_order_relaxed);
-    c_.nanos.fetch_add(static_cast<uint64_t>(ns), std::memory_order_relaxed);
-    if (ok_) {
-      c_.bytes.fetch_add(bytes_, std::memory_order_relaxed);
-    } else {
-      c_.errors.fetch_add(1, std::memory_order_relaxed);
+    const std::chrono::duration<double> d = std::chrono::steady_clock::now() - start_;
+    m_.requests->Increment();
+    m_.duration->Observe(d.count());
+    if (!ok_) {
+      m_.errors->Increment();
+    } else if (bytes_ > 0) {
+      m_.bytes->Increment(static_cast<double>(bytes_));
     }
   }
   template <typename S>
@@ -30,53 +32,57 @@ class Timed {
   }
 
  private:
-  OpCounters& c_;
+  const OpMetrics& m_;
   const uint64_t bytes_;
   const std::chrono::steady_clock::time_point start_;
   bool ok_ = true;
 };
 
-std::string Line(const char* name, const OpCounters& c) {
-  uint64_t ops = c.ops.load();
-  uint64_t avg_us = ops ? c.nanos.load() / ops / 1000 : 0;
-  return fmt::format("{} {} ({}, {} errors, avg {} us)", name, ops, FormatSize(c.bytes.load()), c.errors.load(), avg_us);
+std::string Line(const char* name, const OpMetrics& m) {
+  const auto h = m.duration->Collect().histogram;
+  const uint64_t ops = static_cast<uint64_t>(m.requests->Value());
+  const uint64_t avg_us =
+      h.sample_count ? static_cast<uint64_t>(h.sample_sum / h.sample_count * 1e6) : 0;
+  return fmt::format("{} {} ({}, {} errors, avg {} us)", name, ops,
+                     FormatSize(static_cast<uint64_t>(m.bytes->Value())),
+                     static_cast<uint64_t>(m.errors->Value()), avg_us);
 }
 
 }  // namespace
 
 Status StatsLayer::Read(uint64_t off, std::span<std::byte> out) {
-  Timed t(stats_.read, out.size());
+  Timed t(m_->read, out.size());
   return t.Done(next().Read(off, out));
 }
 
 Status StatsLayer::Write(uint64_t off, std::span<const std::byte> in, bool fua) {
-  Timed t(stats_.write, in.size());
+  Timed t(m_->write, in.size());
   return t.Done(next().Write(off, in, fua));
 }
 
 Status StatsLayer::Flush() {
-  Timed t(stats_.flush, 0);
+  Timed t(m_->flush, 0);
   return t.Done(next().Flush());
 }
 
 Status StatsLayer::Trim(uint64_t off, uint64_t len, bool fua) {
-  Timed t(stats_.trim, len);
+  Timed t(m_->trim, len);
   return t.Done(next().Trim(off, len, fua));
 }
 
 Status StatsLayer::WriteZeroes(uint64_t off, uint64_t len, bool may_trim, bool fua) {
-  Timed t(stats_.zero, len);
+  Timed t(m_->zero, len);
   return t.Done(next().WriteZeroes(off, len, may_trim, fua));
 }
 
 Result<std::vector<Extent>> StatsLayer::BlockStatus(uint64_t off, uint64_t len) {
-  Timed t(stats_.block_status, 0);
+  Timed t(m_->block_status, 0);
   return t.Done(next().BlockStatus(off, len));
 }
 
 std::string StatsLayer::Summary() const {
-  return fmt::format("{}, {}, {}, {}, {}", Line("reads", stats_.read), Line("writes", stats_.write),
-                     Line("flushes", stats_.flush), Line("trims", stats_.trim), Line("zeroes", stats_.zero));
+  return fmt::format("{}, {}, {}, {}, {}", Line("reads", m_->read), Line("writes", m_->write),
+                     Line("flushes", m_->flush), Line("trims", m_->trim), Line("zeroes", m_->zero));
 }
 
 }  // namespace qbd

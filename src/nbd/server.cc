@@ -1258,6 +1258,14 @@ std::vector<std::string> NbdServer::BoundAddresses() const {
   return out;
 }
 
+size_t NbdServer::Connections() const {
+  std::lock_guard lk(impl_->mu);
+  return impl_->conns.size() - impl_->finished.size();
+}
+
+uint64_t NbdServer::MemoryUsed() const { return impl_->budget.used(); }
+uint64_t NbdServer::MemoryLimit() const { return impl_->budget.limit(); }
+
 void NbdServer::Stop() { impl_->Stop(); }
 
 }  // namespace qbd

@@ -12,7 +12,6 @@
 #include <thread>
 
 #include "qbd/log.h"
-#include "qbd/stats.h"
 #include "qbd/volume_files.h"
 
 namespace qbd {
@@ -143,6 +142,11 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   so.client_timeout_ms = static_cast<int>(config.client_timeout_ms);
   so.max_connections = config.max_connections;
   m->server_ = std::make_unique<NbdServer>(*m->registry_, so);
+  m->nbd_collector_ = m->metrics_->AddCollector([mp = m.get()] {
+    mp->metrics_->nbd_connections().Set(static_cast<double>(mp->server_->Connections()));
+    mp->metrics_->nbd_memory_used().Set(static_cast<double>(mp->server_->MemoryUsed()));
+    mp->metrics_->nbd_memory_limit().Set(static_cast<double>(mp->server_->MemoryLimit()));
+  });
   QBD_RETURN_IF_ERROR(m->server_->Listen(config.listen));
   for (auto& [name, vol] : m->volumes_) {
     auto it = config.volume_listen.find(name);
@@ -233,6 +237,7 @@ Result<bool> Master::FinishOpen(const VolumeMeta& meta, std::shared_ptr<VolumeLe
   vo.resync_bytes_per_sec = uint64_t{config_.resync_mb_per_s} * 1000 * 1000;
   vo.compare_bytes_per_sec = uint64_t{config_.compare_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
+  vo.metrics = metrics_.get();
   vo.ssd_dir = ssd_dir_.get();
   vo.ssd.log_size = config_.cache_dir_size;
   vo.ssd.write_back = config_.cache_write_back;
@@ -367,6 +372,8 @@ Status Master::Stop() {
   stopped_ = true;
   admin_.reset();
   if (server_) server_->Stop();
+  if (nbd_collector_ != 0) metrics_->RemoveCollector(nbd_collector_);
+  nbd_collector_ = 0;
   Status result;
   for (auto& [name, vol] : volumes_) {
     Status s = vol->Close();
@@ -387,17 +394,7 @@ Status Master::Stop() {
 Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
   const std::string& cmd = words[0];
   if (cmd == "ping") return fmt::format("ok qbd-master pid={}", ::getpid());
-  if (cmd == "stats") {
-    // One line per volume (its request counters), then the cache's sizes and hit ratio.
-    std::string out;
-    std::lock_guard<std::mutex> l(volumes_mu_);
-    for (const auto& [name, vol] : volumes_) {
-      out += fmt::format("volume {}: {}\n", name, vol->stats().Summary());
-      if (vol->ssd_cache() != nullptr) out += fmt::format("volume {}: {}\n", name, vol->ssd_cache()->Summary());
-    }
-    out += cache_ ? cache_->Summary() : std::string("cache: off");
-    return out;
-  }
+  if (cmd == "stats") return metrics_->Text();  // the Prometheus text format (qbd/metrics.h)
   if (cmd == "repair") {
     QBD_ASSIGN_OR_RETURN(AdminRepairRequest req, ParseRepairRequest(words));
     std::lock_guard<std::mutex> l(volumes_mu_);

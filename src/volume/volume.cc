@@ -9,6 +9,7 @@
 #include "qbd/config.h"
 #include "qbd/lease.h"
 #include "qbd/log.h"
+#include "qbd/metrics.h"
 #include "qbd/stats.h"
 #include "qbd/volume_files.h"
 
@@ -82,6 +83,10 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   }
   // After every start, each written chunk's copies are compared at its first access (quorum.h).
   q.compare_on_first_access = !options.no_writes;
+  std::shared_ptr<VolumeMetrics> metrics = options.metrics != nullptr
+                                               ? options.metrics->ForVolume(meta.name, backends.size())
+                                               : VolumeMetrics::Standalone(meta.name, backends.size());
+  q.metrics = metrics;
   q.after_crash = unclean;
   if (unclean && !options.no_writes) {
     QBD_LOG_WARN("volume {}: it was not closed cleanly (a crash?): writes in flight may have reached only some "
@@ -109,6 +114,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   c.cache = options.cache;
   if (!options.no_writes) c.ssd_dir = options.ssd_dir;  // its replay writes to the parts
   c.ssd = options.ssd;
+  c.metrics = metrics;
   QBD_ASSIGN_OR_RETURN(Chain chain, BuildChain(std::move(quorum), c));
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
@@ -118,6 +124,17 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   v->ssd_ = chain.ssd_cache;
   v->handler_ = std::move(chain.top);
   v->lease_ = options.lease;
+  if (options.metrics != nullptr) {
+    // The gauges that describe a state are read when the series are: part states, dirty bytes,
+    // and whether the lease is known valid. Removed at Close, before the engine goes.
+    v->metrics_ = options.metrics;
+    v->collector_ = options.metrics->AddCollector([quorum_ptr, metrics, lease = options.lease.get()] {
+      quorum_ptr->UpdatePartGauges();
+      const bool held =
+          lease == nullptr || lease->clock().NowMs() < lease->valid_until().load(std::memory_order_acquire);
+      metrics->lease_held->Set(held ? 1 : 0);
+    });
+  }
   QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,
                meta.number, meta.geometry.size, meta.replicas, meta.EffectiveWriteQuorum(), meta.geometry.block_size,
                meta.geometry.chunk_size, epoch);
@@ -137,6 +154,12 @@ void Volume::ApplyMeta(const VolumeMeta& meta) {
 
 Status Volume::Close() {
   if (!quorum_) return Status::OK();
+  if (collector_ != 0) {
+    metrics_->RemoveCollector(collector_);
+    collector_ = 0;
+    // The last word of a closed volume: it no longer holds its lease here.
+    quorum_->metrics().lease_held->Set(0);
+  }
   if (lease_ && lease_->lost()) {
     // Another master serves the volume now: nothing more goes to the parts from here.
     QBD_LOG_WARN("volume {}: closed without flushing: its lease went to {}", meta_.name, lease_->lost_to());

@@ -29,8 +29,9 @@ fio --name=c --ioengine=nbd --uri="$(uri c)" --rw=randrw --bs=4k --iodepth=16 --
 rc=$?
 [ $rc = 0 ] && pass "fio randrw --verify=crc32c passes with the cache" || { fail "fio randrw --verify=crc32c passes with the cache" "exit $rc"; show "$T/fio.out"; }
 admin_stats >"$T/stats.out" 2>&1
-check "the admin socket's stats request gives the volume's counters and the cache's hit ratio" \
-  bash -c "grep -q '^volume c: reads' '$T/stats.out' && grep -qE '^cache: .* of 64.0 MiB, hits [1-9]' '$T/stats.out'"
+check "the admin socket's stats request gives the volume's request counters and its memory cache hits" \
+  bash -c "grep -qE '^qbd_volume_requests_total\\{op=\"read\",volume=\"c\"\\} [1-9]' '$T/stats.out' &&
+           grep -qE '^qbd_volume_cache_hits_total\\{volume=\"c\"\\} [1-9]' '$T/stats.out'"
 qbd_stop
 if grep -qE "cache: .* hits [1-9][0-9]* \(" "$T/master.log"; then
   pass "qbd-master reports cache hits when it stops ($(grep -oE 'hits [0-9]+ \([0-9.]+%\)' "$T/master.log" | tail -1))"
