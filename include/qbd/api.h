@@ -50,7 +50,8 @@ class ApiService {
   // Creates the volume and serves it before returning; its GetVolume.
   virtual Result<nlohmann::json> CreateVolume(const CreateVolumeOptions& options) = 0;
   // Applies `update`, effective for the running volume before returning; its GetVolume.
-  virtual Result<nlohmann::json> UpdateVolume(const std::string& name, const VolumeUpdate& update) = 0;
+  virtual Result<nlohmann::json> UpdateVolume(const std::string& name,
+                                              const VolumeUpdate& update) = 0;
   // Unexports and deletes the volume. Without `force`, a conflict while clients are connected.
   virtual Status DeleteVolume(const std::string& name, bool force) = 0;
   // {"status": "ok"|"degraded"|"data_lost", "problems": [...], "volumes": [...]}

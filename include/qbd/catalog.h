@@ -82,6 +82,9 @@ class Catalog {
   // Replaces the volume's stored QoS settings (VolumeMeta::qos; InvalidArgument when
   // CheckQosText refuses them).
   Status SetQos(const std::string& name, const std::string& qos);
+  // The lifecycle state of a volume that no qbd-master serves, as far as the backends tell:
+  // "ready", or "degraded (...)" naming each part whose directory cannot be reached.
+  std::string OfflineState(const VolumeMeta& meta);
   // Removes the volume from the index, then its files from every backend (Unlist, RemoveFiles).
   Status Delete(const std::string& name);
   // Removes the volume from the index and returns its number: from then on it does not exist

@@ -43,7 +43,8 @@ Result<uint64_t> SizeField(const json& v, std::string_view field) {
     if (!n.ok()) return Status::InvalidArgument(fmt::format("{}: {}", field, n.status().message()));
     return *n;
   }
-  return Status::InvalidArgument(fmt::format("{}: a number of bytes or a string like \"10G\"", field));
+  return Status::InvalidArgument(
+      fmt::format("{}: a number of bytes or a string like \"10G\"", field));
 }
 
 Result<uint32_t> CountField(const json& v, std::string_view field, uint32_t min, uint32_t max) {
@@ -85,13 +86,16 @@ Result<json> BodyObject(const std::string& body, const std::set<std::string>& kn
 }
 
 Result<CreateVolumeOptions> ParseCreate(const std::string& body) {
-  QBD_ASSIGN_OR_RETURN(json j, BodyObject(body, {"name", "size", "replicas", "ec", "block_size", "chunk_size",
-                                                 "write_quorum", "read_only", "qos"}));
+  QBD_ASSIGN_OR_RETURN(
+      json j, BodyObject(body, {"name", "size", "replicas", "ec", "block_size", "chunk_size",
+                                "write_quorum", "read_only", "qos"}));
   CreateVolumeOptions o;
-  if (!j.contains("name") || !j["name"].is_string()) return Status::InvalidArgument("name: a string is required");
+  if (!j.contains("name") || !j["name"].is_string())
+    return Status::InvalidArgument("name: a string is required");
   o.name = j["name"].get<std::string>();
   QBD_RETURN_IF_ERROR(ValidateVolumeName(o.name));
-  if (!j.contains("size")) return Status::InvalidArgument("size is required (bytes, or like \"10G\")");
+  if (!j.contains("size"))
+    return Status::InvalidArgument("size is required (bytes, or like \"10G\")");
   QBD_ASSIGN_OR_RETURN(o.size, SizeField(j["size"], "size"));
   if (j.contains("ec")) {
     return Status::InvalidArgument("ec: erasure coding is not supported yet; use replicas");
@@ -121,7 +125,8 @@ Result<CreateVolumeOptions> ParseCreate(const std::string& body) {
 
 Result<VolumeUpdate> ParseUpdate(const std::string& body) {
   QBD_ASSIGN_OR_RETURN(json j, BodyObject(body, {"size", "read_only", "append_only", "qos"}));
-  if (j.empty()) return Status::InvalidArgument("nothing to change (size, read_only, append_only, qos)");
+  if (j.empty())
+    return Status::InvalidArgument("nothing to change (size, read_only, append_only, qos)");
   VolumeUpdate u;
   if (j.contains("size")) {
     QBD_ASSIGN_OR_RETURN(u.size, SizeField(j["size"], "size"));
@@ -141,7 +146,8 @@ Result<VolumeUpdate> ParseUpdate(const std::string& body) {
 // Compares in time independent of where the strings differ.
 bool SameToken(std::string_view a, std::string_view b) {
   unsigned diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
+  for (size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
   return diff == 0 && !b.empty();
 }
 
@@ -171,7 +177,8 @@ int ApiHttpStatus(const Status& s) {
   return 500;
 }
 
-ApiRouter::ApiRouter(ApiService& service, ApiOptions options) : service_(service), options_(std::move(options)) {}
+ApiRouter::ApiRouter(ApiService& service, ApiOptions options)
+    : service_(service), options_(std::move(options)) {}
 
 ApiResponse ApiRouter::Handle(const ApiRequest& r) {
   if (!options_.token.empty()) {
@@ -211,7 +218,8 @@ ApiResponse ApiRouter::Volumes(const ApiRequest& r) {
   return NotAllowed(r, "GET, POST");
 }
 
-ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name, const std::string& action) {
+ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
+                              const std::string& action) {
   if (Status s = ValidateVolumeName(name); !s.ok()) return Failed(s);
   if (action == "repair") {
     if (r.method != "POST") return NotAllowed(r, "POST");
@@ -248,7 +256,8 @@ struct ApiServer::Impl {
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Start(const std::string& listen, ApiRouter& router) {
   QBD_ASSIGN_OR_RETURN(ListenAddress a, ParseListenAddress(listen));
-  if (a.kind == ListenAddress::Kind::kUnix) return Status::InvalidArgument("api_listen: HOST:PORT, not unix:");
+  if (a.kind == ListenAddress::Kind::kUnix)
+    return Status::InvalidArgument("api_listen: HOST:PORT, not unix:");
   const std::string host = a.kind == ListenAddress::Kind::kAny ? std::string("0.0.0.0") : a.host;
   std::unique_ptr<ApiServer> s(new ApiServer());
   s->impl_ = std::make_unique<Impl>();
@@ -276,20 +285,22 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(const std::string& listen, A
   // gets a JSON error too.
   srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    ApiResponse out = Error(res.status, fmt::format("{} {}: {}", req.method, req.path,
-                                                    res.status == 400 ? "malformed HTTP request (a POST, "
-                                                                        "PATCH or PUT needs a Content-Length)"
-                                                                      : httplib::detail::status_message(res.status)));
+    ApiResponse out = Error(
+        res.status, fmt::format("{} {}: {}", req.method, req.path,
+                                res.status == 400 ? "malformed HTTP request (a POST, "
+                                                    "PATCH or PUT needs a Content-Length)"
+                                                  : fmt::format("HTTP status {}", res.status)));
     res.set_content(out.body, out.content_type.c_str());
   });
   srv.set_payload_max_length(1 << 20);
   srv.set_read_timeout(10, 0);
   srv.set_write_timeout(10, 0);
   if (!srv.bind_to_port(host, a.port)) {
-    return Status::IOError(fmt::format("api_listen {}: cannot bind: {}", listen, std::strerror(errno)));
+    return Status::IOError(
+        fmt::format("api_listen {}: cannot bind: {}", listen, std::strerror(errno)));
   }
   s->address_ = a.kind == ListenAddress::Kind::kIPv6 ? fmt::format("[{}]:{}", host, a.port)
-                                                        : fmt::format("{}:{}", host, a.port);
+                                                     : fmt::format("{}:{}", host, a.port);
   s->impl_->thread = std::thread([&srv] { srv.listen_after_bind(); });
   return s;
 }

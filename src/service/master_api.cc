@@ -40,13 +40,17 @@ std::string NowUtc() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};
   gmtime_r(&t, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-int Severity(const std::string& status) { return status == "data_lost" ? 2 : status == "degraded" ? 1 : 0; }
+int Severity(const std::string& status) {
+  return status == "data_lost" ? 2 : status == "degraded" ? 1 : 0;
+}
 
-const char* StatusName(int severity) { return severity >= 2 ? "data_lost" : severity == 1 ? "degraded" : "ok"; }
+const char* StatusName(int severity) {
+  return severity >= 2 ? "data_lost" : severity == 1 ? "degraded" : "ok";
+}
 
 }  // namespace
 
@@ -91,7 +95,8 @@ Result<json> Master::VolumeJson(const std::string& name) {
                  {"write_quorum", m.EffectiveWriteQuorum()},
                  {"read_only", m.read_only},
                  {"append_only", m.append_only}};
-  j["qos"] = m.qos.empty() ? json(nullptr) : json::parse(m.qos, nullptr, /*allow_exceptions=*/false);
+  j["qos"] =
+      m.qos.empty() ? json(nullptr) : json::parse(m.qos, nullptr, /*allow_exceptions=*/false);
   if (j["qos"].is_discarded()) j["qos"] = m.qos;  // a hand edit: shown as the text it is
   auto it = volumes_.find(name);
   Volume* v = it == volumes_.end() ? nullptr : it->second.get();
@@ -112,7 +117,8 @@ Result<json> Master::VolumeJson(const std::string& name) {
               {"backend", catalog_->part_backend(i).Describe()}};
     if (v != nullptr) {
       QuorumSet& q = v->quorum();
-      const uint64_t dirty = std::min<uint64_t>(q.DirtyRegions(i) * q.region_size(), m.geometry.size);
+      const uint64_t dirty =
+          std::min<uint64_t>(q.DirtyRegions(i) * q.region_size(), m.geometry.size);
       dirty_total += dirty;
       p["state"] = q.PartState(i);
       p["dirty_bytes"] = dirty;
@@ -205,7 +211,8 @@ Result<json> Master::UpdateVolume(const std::string& name, const VolumeUpdate& u
     SetTransient(name, "resizing");
     s = catalog_->Resize(name, *u.size);
   }
-  if (s.ok() && u.read_only && *u.read_only != m.read_only) s = catalog_->SetFlag(name, "read-only", *u.read_only);
+  if (s.ok() && u.read_only && *u.read_only != m.read_only)
+    s = catalog_->SetFlag(name, "read-only", *u.read_only);
   if (s.ok() && u.append_only && *u.append_only != m.append_only) {
     s = catalog_->SetFlag(name, "append-only", *u.append_only);
   }
@@ -224,7 +231,9 @@ Status Master::DeleteVolume(const std::string& name, bool force) {
   const int clients = ConnectionsTo(name);
   if (clients > 0 && !force) {
     return Status::InvalidArgument(
-        fmt::format("volume {} has {} connected client(s); disconnect them, or DELETE with ?force=1", name, clients),
+        fmt::format(
+            "volume {} has {} connected client(s); disconnect them, or DELETE with ?force=1", name,
+            clients),
         EBUSY);
   }
   SetTransient(name, "deleting");
@@ -256,7 +265,8 @@ void Master::StopRepair(const std::string& name) {
     job = it->second;
   }
   job->stop.store(true);
-  if (job->thread.joinable() && job->thread.get_id() != std::this_thread::get_id()) job->thread.join();
+  if (job->thread.joinable() && job->thread.get_id() != std::this_thread::get_id())
+    job->thread.join();
 }
 
 Result<json> Master::StartRepair(const std::string& name) {
@@ -266,13 +276,16 @@ Result<json> Master::StartRepair(const std::string& name) {
   auto it = volumes_.find(name);
   if (it == volumes_.end()) {
     return Status::InvalidArgument(
-        fmt::format("volume {} is not served by this qbd-master (its lease holder repairs it)", name), EBUSY);
+        fmt::format("volume {} is not served by this qbd-master (its lease holder repairs it)",
+                    name),
+        EBUSY);
   }
   {
     std::lock_guard<std::mutex> l(state_mu_);
     auto r = repairs_.find(name);
     if (r != repairs_.end() && r->second->running.load()) {
-      return Status::InvalidArgument(fmt::format("volume {}: a repair is already running", name), EBUSY);
+      return Status::InvalidArgument(fmt::format("volume {}: a repair is already running", name),
+                                     EBUSY);
     }
   }
   StopRepair(name);  // joins the finished one's thread
@@ -283,7 +296,8 @@ Result<json> Master::StartRepair(const std::string& name) {
     std::lock_guard<std::mutex> l(state_mu_);
     repairs_[name] = job;
   }
-  QBD_LOG_INFO("volume {}: online repair of {} chunk(s) started through the API", name, job->chunks_total);
+  QBD_LOG_INFO("volume {}: online repair of {} chunk(s) started through the API", name,
+               job->chunks_total);
   RepairJob* jp = job.get();
   job->thread = std::thread([this, name, jp] {
     for (uint64_t c = 0; c < jp->chunks_total && !jp->stop.load(); ++c) {
@@ -311,9 +325,11 @@ Result<json> Master::StartRepair(const std::string& name) {
       std::lock_guard<std::mutex> e(jp->mu);
       if (jp->error.empty()) jp->error = "stopped";
     }
-    QBD_LOG_INFO("volume {}: online repair ended: {} of {} chunk(s), {} repair(s), {} lost block(s), {} failed chunk(s)",
-                 name, jp->chunks_done.load(), jp->chunks_total, jp->repaired.load(), jp->lost_blocks.load(),
-                 jp->failed_chunks.load());
+    QBD_LOG_INFO(
+        "volume {}: online repair ended: {} of {} chunk(s), {} repair(s), {} lost block(s), {} "
+        "failed chunk(s)",
+        name, jp->chunks_done.load(), jp->chunks_total, jp->repaired.load(), jp->lost_blocks.load(),
+        jp->failed_chunks.load());
     jp->running.store(false);
   });
   (void)m;
@@ -325,7 +341,8 @@ Result<json> Master::Health() {
   std::set<std::string> seen;  // keys of the problems found now
   // One problem: its key (for `since`), what, where, what to do.
   auto problem = [&](const std::string& key, const std::string& status, const std::string& what,
-                     const std::string& part, const std::string& backend, const std::string& action) {
+                     const std::string& part, const std::string& backend,
+                     const std::string& action) {
     seen.insert(key);
     std::string since;
     {
@@ -344,8 +361,9 @@ Result<json> Master::Health() {
   json vols = json::array();
   auto idx = catalog_->LoadIndex();
   if (!idx.ok()) {
-    daemon_problems.push_back(problem("index", "degraded", idx.status().message(), "", "",
-                                      fmt::format("qbd-verify --config {}; then qbd-repair --config {}", conf, conf)));
+    daemon_problems.push_back(
+        problem("index", "degraded", idx.status().message(), "", "",
+                fmt::format("qbd-verify --config {}; then qbd-repair --config {}", conf, conf)));
     overall = 1;
   }
   for (const auto& [name, nr] : idx.ok() ? idx->volumes : std::map<std::string, uint32_t>{}) {
@@ -373,30 +391,37 @@ Result<json> Master::Health() {
         // A part's directory that went away shows here even before a request touches it.
         auto dir = b.Stat(fmt::format("{}/{}", nr, part));
         if (state != "up" && state != "resyncing") {
-          add(problem(name + "|" + part + "|state", "degraded", fmt::format("part {} is {}", part, state), part, where,
-                      fmt::format("bring back backend {} (mount, NFS server, space); qbd-master resyncs the part "
-                                  "when it answers again; then {}",
-                                  where, verify)));
+          add(problem(
+              name + "|" + part + "|state", "degraded", fmt::format("part {} is {}", part, state),
+              part, where,
+              fmt::format(
+                  "bring back backend {} (mount, NFS server, space); qbd-master resyncs the part "
+                  "when it answers again; then {}",
+                  where, verify)));
         } else {
           ++up;
           if (!dir.ok() || !dir->is_dir) {
-            add(problem(name + "|" + part + "|dir", "degraded",
-                        fmt::format("part {}'s directory {}/{}/{} is gone: {}", part, where, nr, part,
-                                    dir.ok() ? "not a directory" : dir.status().message()),
-                        part, where,
-                        fmt::format("restore it (is the disk mounted?); if it is lost for good, {} rebuilds it",
-                                    repair)));
+            add(problem(
+                name + "|" + part + "|dir", "degraded",
+                fmt::format("part {}'s directory {}/{}/{} is gone: {}", part, where, nr, part,
+                            dir.ok() ? "not a directory" : dir.status().message()),
+                part, where,
+                fmt::format(
+                    "restore it (is the disk mounted?); if it is lost for good, {} rebuilds it",
+                    repair)));
           }
         }
         const uint64_t dirty = q.DirtyRegions(i);
         if (dirty != 0) {
-          add(problem(name + "|" + part + "|dirty", "degraded",
-                      fmt::format("part {}: {} region(s) ({} bytes) of writes await resync", part, dirty,
-                                  dirty * q.region_size()),
-                      part, where,
-                      fmt::format("none while the part is up: qbd-master resyncs it (resync_mb_per_s); if it "
-                                  "stays, {}",
-                                  repair)));
+          add(problem(
+              name + "|" + part + "|dirty", "degraded",
+              fmt::format("part {}: {} region(s) ({} bytes) of writes await resync", part, dirty,
+                          dirty * q.region_size()),
+              part, where,
+              fmt::format(
+                  "none while the part is up: qbd-master resyncs it (resync_mb_per_s); if it "
+                  "stays, {}",
+                  repair)));
         }
       }
       if (up < m->EffectiveWriteQuorum()) {
@@ -406,8 +431,9 @@ Result<json> Master::Health() {
                     "", "", "bring back the parts named above"));
       }
       if (up == 0) {
-        add(problem(name + "|noparts", "data_lost", "no part of the volume is in reach: its data cannot be read", "",
-                    "", "bring back the parts named above; then " + verify));
+        add(problem(name + "|noparts", "data_lost",
+                    "no part of the volume is in reach: its data cannot be read", "", "",
+                    "bring back the parts named above; then " + verify));
       }
     }
     {
@@ -417,13 +443,14 @@ Result<json> Master::Health() {
         if (auto r = repairs_.find(name); r != repairs_.end()) job = r->second;
       }
       if (job && !job->running.load() && job->lost_blocks.load() > 0) {
-        add(problem(name + "|lost", "data_lost",
-                    fmt::format("the last repair found {} block(s) without a good copy on any part",
-                                job->lost_blocks.load()),
-                    "", "",
-                    fmt::format("restore them from a backup, or accept the loss: qbd-repair --config {} "
-                                "--accept-loss {}",
-                                conf, name)));
+        add(problem(
+            name + "|lost", "data_lost",
+            fmt::format("the last repair found {} block(s) without a good copy on any part",
+                        job->lost_blocks.load()),
+            "", "",
+            fmt::format("restore them from a backup, or accept the loss: qbd-repair --config {} "
+                        "--accept-loss {}",
+                        conf, name)));
       }
     }
     overall = std::max(overall, sev);

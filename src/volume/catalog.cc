@@ -325,6 +325,20 @@ Status Catalog::SetQos(const std::string& name, const std::string& qos) {
   return WriteMeta(m);
 }
 
+std::string Catalog::OfflineState(const VolumeMeta& meta) {
+  std::string why;
+  std::vector<StorageBackend*> bs = BackendsFor(meta);
+  for (size_t i = 0; i < bs.size(); ++i) {
+    const std::string dir = PartDir(meta.number, static_cast<char>('a' + i));
+    auto st = bs[i]->Stat(dir);
+    if (!st.ok() || !st->is_dir) {
+      why += fmt::format("{}part {}: {}/{} {}", why.empty() ? "" : "; ", static_cast<char>('a' + i), bs[i]->Describe(),
+                         dir, st.ok() ? "is not a directory" : st.status().message());
+    }
+  }
+  return why.empty() ? "ready" : fmt::format("degraded ({})", why);
+}
+
 Status Catalog::Delete(const std::string& name) {
   QBD_ASSIGN_OR_RETURN(uint32_t nr, Unlist(name));
   return RemoveFiles(nr);
