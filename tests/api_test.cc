@@ -140,7 +140,7 @@ TEST_CASE("service failures map onto HTTP statuses") {
   SUBCASE("the codes for the other statuses") {
     CHECK(ApiHttpStatus(Status::InvalidArgument("x")) == 400);
     CHECK(ApiHttpStatus(Status::InvalidArgument("x", EBUSY)) == 409);
-    CHECK(ApiHttpStatus(Status::IOError("x")) == 500);
+    CHECK(ApiHttpStatus(Status::IOError("x")) == 503);
     CHECK(ApiHttpStatus(Status::Corruption("x")) == 500);
   }
 }

@@ -8,7 +8,8 @@
 //
 // Errors are {"error": "message"} with a status that says what went wrong, from the Status the
 // service returned (ApiHttpStatus): 400 bad input, 401 no or a wrong bearer token, 404 unknown
-// volume or path, 405 a method the path does not take, 409 a conflict, 503 no quorum, 500 the rest.
+// volume or path, 405 a method the path does not take, 409 a conflict, 503 no quorum (backends out
+// of reach), 500 the rest.
 //
 // Master implements ApiService (master.h). A service method runs on an HTTP server thread, several
 // at once: the service serializes what must be.
@@ -39,7 +40,7 @@ struct VolumeUpdate {
 
 // What the API asks of the daemon. A failure's Status code picks the HTTP status (ApiHttpStatus):
 // NotFound for an unknown volume, InvalidArgument for bad values, InvalidArgument with errno
-// EEXIST or EBUSY for a conflict, Unavailable when the backends' quorum is lost.
+// EEXIST or EBUSY for a conflict, Unavailable or IOError when backends are out of reach.
 class ApiService {
  public:
   virtual ~ApiService() = default;

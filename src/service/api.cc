@@ -171,7 +171,8 @@ ApiResponse NotAllowed(const ApiRequest& r, std::string_view allowed) {
 
 int ApiHttpStatus(const Status& s) {
   if (s.IsNotFound()) return 404;
-  if (s.IsUnavailable()) return 503;
+  // Backends out of reach: the quorum of a metadata write or read is lost.
+  if (s.IsUnavailable() || s.IsIOError()) return 503;
   if (s.IsInvalidArgument()) return s.Errno() == EEXIST || s.Errno() == EBUSY ? 409 : 400;
   if (s.IsNotSupported()) return 400;
   return 500;

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "qbd/chunk_format.h"
 #include "qbd/log.h"
 #include "qbd/master.h"
 
@@ -73,8 +74,12 @@ std::string Master::VolumeState(const std::string& name, Volume* v) {
   }
   if (v != nullptr) {
     QuorumSet& q = v->quorum();
+    const uint32_t nr = v->meta().number;
     for (size_t i = 0; i < q.part_count(); ++i) {
       if (q.PartState(i) != "up" || q.DirtyRegions(i) != 0) return "degraded";
+      // As Health sees it: a part directory that went away, before any request finds out.
+      auto dir = catalog_->part_backend(i).Stat(PartDir(nr, static_cast<char>('a' + i)));
+      if (!dir.ok() || !dir->is_dir) return "degraded";
     }
     if (ConnectionsTo(name) > 0) return "in use";
   }
@@ -227,7 +232,7 @@ Result<json> Master::UpdateVolume(const std::string& name, const VolumeUpdate& u
 Status Master::DeleteVolume(const std::string& name, bool force) {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::Unavailable("qbd-master is stopping");
-  QBD_ASSIGN_OR_RETURN(VolumeMeta m, catalog_->Find(name));
+  QBD_RETURN_IF_ERROR(catalog_->Find(name).status());  // NotFound
   const int clients = ConnectionsTo(name);
   if (clients > 0 && !force) {
     return Status::InvalidArgument(
@@ -252,7 +257,6 @@ Status Master::DeleteVolume(const std::string& name, bool force) {
     std::lock_guard<std::mutex> l(state_mu_);
     repairs_.erase(name);
   }
-  (void)m;
   return s;
 }
 
@@ -272,7 +276,7 @@ void Master::StopRepair(const std::string& name) {
 Result<json> Master::StartRepair(const std::string& name) {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::Unavailable("qbd-master is stopping");
-  QBD_ASSIGN_OR_RETURN(VolumeMeta m, catalog_->Find(name));
+  QBD_RETURN_IF_ERROR(catalog_->Find(name).status());  // NotFound
   auto it = volumes_.find(name);
   if (it == volumes_.end()) {
     return Status::InvalidArgument(
@@ -332,7 +336,6 @@ Result<json> Master::StartRepair(const std::string& name) {
         jp->failed_chunks.load());
     jp->running.store(false);
   });
-  (void)m;
   return VolumeJson(name);
 }
 

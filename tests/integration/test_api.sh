@@ -151,6 +151,8 @@ else
 fi
 check_json "the problem names the part, the backend, since when and what to do" \
   "any(p['part'] == 'b' and '$T/node-b' in p['backend'] and p['since'].endswith('Z') and p['action'] and p['what'] for p in j['volumes'][0]['problems'])"
+api GET /v1/volumes/v1
+check_json "meanwhile the volume's lifecycle state is degraded" "j['state'] == 'degraded'"
 mv "$T/b.moved" "$T/node-b/1/b"
 if wait_until 60 api_is GET /v1/health "j['status'] == 'ok'"; then
   pass "health is ok again once the directory is back"
