@@ -15,6 +15,10 @@ endif
 CPPFLAGS += -Iinclude -Isrc -MMD -MP -DQBD_SOURCE_DIR='"$(CURDIR)"'
 CXXFLAGS += -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Werror -pthread
 LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -lsystemd $(shell pkg-config --libs prometheus-cpp-core) -pthread
+# The REST API (src/service/api.cc): cpp-httplib (Debian's build is a library: its flags must
+# match it) and nlohmann-json (headers only).
+CPPFLAGS += $(shell pkg-config --cflags cpp-httplib nlohmann_json)
+LDLIBS += $(shell pkg-config --libs cpp-httplib)
 
 ifeq ($(MODE),release)
   CXXFLAGS += -O2 -g -DNDEBUG

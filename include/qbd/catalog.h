@@ -41,6 +41,8 @@ struct CreateVolumeOptions {
   uint32_t block_size = 4096;
   uint64_t chunk_size = 4ull << 20;
   uint32_t write_quorum = 0;  // 0: the config's, else majority
+  bool read_only = false;
+  std::string qos;  // VolumeMeta::qos; "" none
 };
 
 class Catalog {
@@ -77,8 +79,19 @@ class Catalog {
   Status Resize(const std::string& name, uint64_t size);
   // flag: "read-only" or "append-only".
   Status SetFlag(const std::string& name, const std::string& flag, bool on);
-  // Removes the volume from the index, then its files from every backend.
+  // Replaces the volume's stored QoS settings (VolumeMeta::qos; InvalidArgument when
+  // CheckQosText refuses them).
+  Status SetQos(const std::string& name, const std::string& qos);
+  // The lifecycle state of a volume that no qbd-master serves, as far as the backends tell:
+  // "ready", or "degraded (...)" naming each part whose directory cannot be reached.
+  std::string OfflineState(const VolumeMeta& meta);
+  // Removes the volume from the index, then its files from every backend (Unlist, RemoveFiles).
   Status Delete(const std::string& name);
+  // Removes the volume from the index and returns its number: from then on it does not exist
+  // (a running qbd-master unexports it at its next poll). NotFound when it is not listed.
+  Result<uint32_t> Unlist(const std::string& name);
+  // Removes volume number `volnr`'s directory and files from every backend. REQUIRES: unlisted.
+  Status RemoveFiles(uint32_t volnr);
 
   // The largest epoch an epoch file may hold: a generation is (epoch << kGenerationBits) + n,
   // and MaxGenerationOfEpoch(epoch) must fit 64 bits.

@@ -73,6 +73,15 @@ struct ListenAddress {
 // not fit sockaddr_un's sun_path.
 Result<ListenAddress> ParseListenAddress(std::string_view spec);
 
+// True when every address `spec` (a TCP listener) binds is a loopback one: 127.0.0.0/8, ::1, or a
+// host name that resolves only to those. False for every interface ("*:PORT", 0.0.0.0, ::).
+bool IsLoopbackListener(std::string_view spec);
+
+// The bearer token of the REST API held in `path` (api_token_file): its text without the trailing
+// newline. InvalidArgument when the file cannot be read, is empty, larger than 4 KiB, or holds
+// whitespace or control characters inside the token.
+Result<std::string> ReadApiToken(const std::string& path);
+
 struct BackendConfig {
   std::string name;
   std::string location;  // an absolute directory, or an nfs:// URL
@@ -107,6 +116,11 @@ struct Config {
   // qbd-master's local admin socket (qbd-repair talks to the running daemon through it); default
   // "<config dir>/<config name without .conf>.sock". Its lock file is "<admin_socket>.lock".
   std::string admin_socket;
+  // The REST API's listener (include/qbd/api.h): "HOST:PORT" or "[IPV6]:PORT" (no unix sockets).
+  std::string api_listen = "127.0.0.1:10810";
+  // A file holding the bearer token every API request must present ("": none). Required when
+  // api_listen is not a loopback address.
+  std::string api_token_file;
   // Bytes of block data the memory cache holds for all volumes together (write-through, S3-FIFO
   // eviction; include/qbd/cache.h). 0: no cache.
   uint64_t cache_size = 0;

@@ -12,7 +12,14 @@
 // It holds the configuration's ProcessLock and serves the admin socket (admin.h): qbd-repair has
 // chunks repaired by the running daemon, under its region locks.
 //
-// Thread-safety: Start, Poll and Stop are called from the one main thread.
+// It serves the REST API on `api_listen` (api.h) as its ApiService: volumes created, changed or
+// deleted there go through the same Catalog functions as qbdctl's, then through Poll, so a
+// created volume is served, a grown one has its new size, before the reply. Each volume has a
+// lifecycle state (VolumeState): creating, ready, in use, resizing, repairing, degraded, deleting.
+//
+// Thread-safety: Start and Stop are called from the one main thread; Poll from it too, and from
+// API threads. ops_mu_ serializes Poll with every API request (lock order: ops_mu_, volumes_mu_,
+// state_mu_); an online repair's thread takes volumes_mu_ per chunk, as admin requests do.
 #pragma once
 
 #include <map>
@@ -21,6 +28,7 @@
 #include <string>
 
 #include "qbd/admin.h"
+#include "qbd/api.h"
 #include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
@@ -38,12 +46,12 @@ struct MasterOptions {
   uint64_t create_size = 1ull << 30;
 };
 
-class Master {
+class Master : public ApiService {
  public:
   // Opens the backends and every listed volume and starts listening. A malformed .meta or
   // .volumesmeta is an error naming the file and line.
   static Result<std::unique_ptr<Master>> Start(const Config& config, const MasterOptions& options = {});
-  ~Master();
+  ~Master() override;
 
   Status Poll();
   // Stops the NBD server (in-flight requests finish and are answered), then flushes and closes
@@ -55,8 +63,31 @@ class Master {
   // Text() is the admin socket's `stats` answer (and what GET /metrics serves).
   Metrics& metrics() { return *metrics_; }
 
+  // "HOST:PORT" of the REST API.
+  std::string ApiAddress() const { return api_ ? api_->address() : std::string(); }
+
+  // ApiService (api.h), from the API server's threads.
+  Result<nlohmann::json> ListVolumes() override;
+  Result<nlohmann::json> GetVolume(const std::string& name) override;
+  Result<nlohmann::json> CreateVolume(const CreateVolumeOptions& options) override;
+  Result<nlohmann::json> UpdateVolume(const std::string& name, const VolumeUpdate& update) override;
+  Status DeleteVolume(const std::string& name, bool force) override;
+  Result<nlohmann::json> Health() override;
+  Result<nlohmann::json> StartRepair(const std::string& name) override;
+
  private:
   class Registry;
+  struct RepairJob;
+  Status PollLocked();  // REQUIRES: ops_mu_ held
+  // The volume's JSON (GetVolume). REQUIRES: ops_mu_ held.
+  Result<nlohmann::json> VolumeJson(const std::string& name);
+  // The lifecycle state of `name` (served as `v`, or nullptr). REQUIRES: ops_mu_ held.
+  std::string VolumeState(const std::string& name, Volume* v);
+  // NBD connections to the volume's export now.
+  int ConnectionsTo(const std::string& name) const;
+  void SetTransient(const std::string& name, const std::string& state);
+  // Stops the volume's online repair, if one runs, and waits for its thread.
+  void StopRepair(const std::string& name);
   Master() = default;
   // Takes the volumes' leases and opens them: per volume, true when it is served, false when
   // another master holds it (logged once per holder; Poll tries again). The leases are taken side
@@ -84,6 +115,13 @@ class Master {
   std::mutex volumes_mu_;
   std::map<std::string, std::unique_ptr<Volume>> volumes_;  // by name
   std::unique_ptr<AdminServer> admin_;  // stopped before the volumes close
+  std::unique_ptr<ApiRouter> api_router_;
+  std::unique_ptr<ApiServer> api_;  // stopped first
+  std::mutex ops_mu_;               // Poll and API requests, one at a time
+  std::mutex state_mu_;
+  std::map<std::string, std::string> transient_;  // GUARDED_BY(state_mu_): creating, resizing, deleting
+  std::map<std::string, std::shared_ptr<RepairJob>> repairs_;  // GUARDED_BY(state_mu_): the last per volume
+  std::map<std::string, std::string> since_;  // GUARDED_BY(state_mu_): health problem -> first seen (UTC)
   std::map<std::string, bool> listening_;                   // volumes with their own listener
   LeaseIdentity identity_;                                  // written into every `.owner`
   std::map<std::string, std::shared_ptr<VolumeLease>> leases_;  // by volume name: held or awaited

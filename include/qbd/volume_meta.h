@@ -25,6 +25,7 @@ inline constexpr char kVolumesMetaPath[] = ".volumesmeta";
 inline constexpr uint64_t kMaxSerial = uint64_t{1} << 53;
 inline constexpr uint64_t kMaxVolumeSize = uint64_t{1} << 50;
 inline constexpr size_t kMaxCreatedLength = 40;
+inline constexpr size_t kMaxQosLength = 4000;
 
 struct VolumeMeta {
   std::string name;
@@ -36,10 +37,17 @@ struct VolumeMeta {
   bool append_only = false;
   uint64_t serial = 1;
   std::string created;  // ISO 8601 UTC, informational
+  // The volume's QoS settings as the REST API took them: compact JSON text, ASCII, '#' written as
+  // \u0023 (a '#' starts a comment in .meta). Stored for the QoS layer; "" when none.
+  std::string qos;
 
   uint32_t EffectiveWriteQuorum() const { return write_quorum != 0 ? write_quorum : replicas / 2 + 1; }
   char LastPart() const { return static_cast<char>('a' + replicas - 1); }
 };
+
+// OK when `text` can be a `qos` value of .meta: at most kMaxQosLength printable ASCII characters
+// without '#'. InvalidArgument otherwise.
+Status CheckQosText(std::string_view text);
 
 // "<volnr>/.meta"
 std::string MetaPath(uint32_t volnr);

@@ -199,6 +199,49 @@ Status CheckListenerOnHost(const ListenAddress& a, bool local_addresses) {
 
 }  // namespace
 
+bool IsLoopbackListener(std::string_view spec) {
+  auto a = ParseListenAddress(spec);
+  if (!a.ok() || a->kind == ListenAddress::Kind::kUnix || a->kind == ListenAddress::Kind::kAny) {
+    return false;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = a->kind == ListenAddress::Kind::kHostName ? 0 : AI_NUMERICHOST;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(a->host.c_str(), nullptr, &hints, &res) != 0) return false;
+  bool loopback = res != nullptr;
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    if (ai->ai_family == AF_INET) {
+      const in_addr ip = reinterpret_cast<const sockaddr_in*>(ai->ai_addr)->sin_addr;
+      loopback = loopback && (ntohl(ip.s_addr) >> 24) == 127;
+    } else if (ai->ai_family == AF_INET6) {
+      loopback = loopback && IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(ai->ai_addr)->sin6_addr);
+    } else {
+      loopback = false;
+    }
+  }
+  ::freeaddrinfo(res);
+  return loopback;
+}
+
+Result<std::string> ReadApiToken(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidArgument(fmt::format("{}: cannot be read: {}", path, std::strerror(errno)));
+  std::string text(4097, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > 4096) return Status::InvalidArgument(fmt::format("{}: larger than 4 KiB", path));
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (text.empty()) return Status::InvalidArgument(fmt::format("{}: empty: no token", path));
+  for (char ch : text) {
+    if (static_cast<unsigned char>(ch) <= ' ' || ch == 0x7f) {
+      return Status::InvalidArgument(fmt::format("{}: the token holds whitespace or a control character", path));
+    }
+  }
+  return text;
+}
+
 Status ValidateVolumeName(std::string_view name) {
   if (name.empty() || name.size() > 64) return Status::InvalidArgument("volume name must be 1-64 characters");
   if (!std::isalnum(static_cast<unsigned char>(name[0]))) {
@@ -548,6 +591,14 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = RangedUint(l, 100, 200000);
         if (!n.ok()) return bad(n.status());
         c.lease_renew_ms = static_cast<uint32_t>(*n);
+      } else if (l.key == "api_listen") {
+        auto a = ParseListenAddress(l.value);
+        if (!a.ok()) return bad_value(a.status());
+        if (a->kind == ListenAddress::Kind::kUnix) return err("api_listen: HOST:PORT, not a unix socket");
+        c.api_listen = l.value;
+      } else if (l.key == "api_token_file") {
+        if (l.value.empty()) return err("api_token_file: empty path");
+        c.api_token_file = ResolvePath(l.value, base_dir);
       } else if (l.key == "admin_socket") {
         if (l.value.empty()) return err("admin_socket: empty path");
         c.admin_socket = ResolvePath(l.value, base_dir);
@@ -674,6 +725,7 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
     return Status::OK();
   };
   QBD_RETURN_IF_ERROR(add_listener(c.listen, c.Line("listen")));
+  QBD_RETURN_IF_ERROR(add_listener(c.api_listen, c.Line("api_listen")));
   for (const auto& [name, spec] : c.volume_listen) {
     QBD_RETURN_IF_ERROR(add_listener(spec, c.volume_listen_lines[name]));
   }
@@ -713,6 +765,22 @@ Status CheckConfigOnHost(const Config& c, const HostCheck& check) {
     auto it = c.volume_listen_lines.find(name);
     QBD_RETURN_IF_ERROR(listener(spec, it == c.volume_listen_lines.end() ? 0 : it->second,
                                  fmt::format("[volume {}] listen", name)));
+  }
+  QBD_RETURN_IF_ERROR(listener(c.api_listen, c.Line("api_listen"), "api_listen"));
+  // Anyone who reaches a non-loopback API could delete volumes: a token is required there.
+  if (c.api_token_file.empty() && !IsLoopbackListener(c.api_listen)) {
+    return at(c.Line("api_listen"),
+              Status::InvalidArgument(fmt::format(
+                  "api_listen {} is not a loopback address: set api_token_file (a file holding "
+                  "the bearer token clients must send)",
+                  c.api_listen)));
+  }
+  if (!c.api_token_file.empty()) {
+    auto token = ReadApiToken(c.api_token_file);
+    if (!token.ok()) {
+      return at(c.Line("api_token_file"),
+                Status::InvalidArgument(fmt::format("api_token_file {}", token.status().message())));
+    }
   }
   Status s = CheckDir(Parent(c.admin_socket));
   if (!s.ok()) {

@@ -44,7 +44,21 @@ class Master::Registry : public ExportRegistry {
 
   void Set(const std::string& name, std::shared_ptr<const Export> e) {
     std::lock_guard<std::mutex> l(mu_);
+    std::vector<std::weak_ptr<const Export>>& pub = published_[name];
+    std::erase_if(pub, [](const auto& w) { return w.expired(); });
+    pub.push_back(e);
     exports_[name] = std::move(e);
+  }
+  // NBD connections to the export `name`: every connection holds the Export it was given until it
+  // ends (an export republished after a .meta change leaves the old one to its connections).
+  int Connections(const std::string& name) const {
+    std::lock_guard<std::mutex> l(mu_);
+    auto p = published_.find(name);
+    if (p == published_.end()) return 0;
+    long n = 0;
+    for (const auto& w : p->second) n += w.use_count();
+    if (exports_.count(name)) --n;  // the registry's own reference
+    return static_cast<int>(std::max(0L, n));
   }
   void Remove(const std::string& name) {
     std::lock_guard<std::mutex> l(mu_);
@@ -55,6 +69,7 @@ class Master::Registry : public ExportRegistry {
   const std::string default_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<const Export>> exports_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::vector<std::weak_ptr<const Export>>> published_;  // GUARDED_BY(mu_)
 };
 
 Result<std::unique_ptr<Master>> Master::Start(const Config& config, const MasterOptions& options) {
@@ -158,12 +173,30 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   QBD_ASSIGN_OR_RETURN(m->admin_, AdminServer::Start(config.admin_socket, [mp = m.get()](const std::vector<std::string>& w) {
                          return mp->HandleAdmin(w);
                        }));
+  ApiOptions ao;
+  if (!config.api_token_file.empty()) {
+    auto token = ReadApiToken(config.api_token_file);
+    if (!token.ok()) {
+      return Status::InvalidArgument(fmt::format("{}:{}: api_token_file {}", config.file,
+                                                 config.Line("api_token_file"), token.status().message()));
+    }
+    ao.token = *token;
+  }
+  ao.metrics = [mp = m.get()] { return mp->metrics_->Text(); };
+  m->api_router_ = std::make_unique<ApiRouter>(*m, std::move(ao));
+  auto api = ApiServer::Start(config.api_listen, *m->api_router_);
+  if (!api.ok()) return api.status();
+  m->api_ = std::move(api).value();
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
   QBD_LOG_INFO("qbd-master: admin socket {}", config.admin_socket);
+  QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
+               config.api_token_file.empty() ? "" : " (bearer token required)");
   return m;
 }
 
 Master::~Master() { Stop().IgnoreError(); }
+
+int Master::ConnectionsTo(const std::string& name) const { return registry_ ? registry_->Connections(name) : 0; }
 
 std::vector<std::string> Master::BoundAddresses() const { return server_->BoundAddresses(); }
 
@@ -284,6 +317,11 @@ void Master::PublishExport(const std::string& name, Volume& volume) {
 }
 
 Status Master::Poll() {
+  std::lock_guard<std::mutex> ops(ops_mu_);
+  return PollLocked();
+}
+
+Status Master::PollLocked() {
   if (stopped_) return Status::OK();
   DropLostVolumes();
   auto idx = catalog_->LoadIndex(/*reconcile=*/true);
@@ -368,6 +406,15 @@ Status Master::Poll() {
 }
 
 Status Master::Stop() {
+  // API requests end first: none may start a repair or a poll while the volumes close.
+  api_.reset();
+  std::vector<std::string> repairing;
+  {
+    std::lock_guard<std::mutex> l(state_mu_);
+    for (const auto& [name, job] : repairs_) repairing.push_back(name);
+  }
+  for (const std::string& name : repairing) StopRepair(name);
+  std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::OK();
   stopped_ = true;
   admin_.reset();

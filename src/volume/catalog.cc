@@ -247,9 +247,12 @@ Result<VolumeMeta> Catalog::Create(const CreateVolumeOptions& o) {
   if (m.write_quorum > m.replicas) {
     return Status::InvalidArgument(fmt::format("write quorum {} exceeds {} replicas", m.write_quorum, m.replicas));
   }
+  m.read_only = o.read_only;
+  QBD_RETURN_IF_ERROR(CheckQosText(o.qos));
+  m.qos = o.qos;
   m.created = NowIso();
   QBD_ASSIGN_OR_RETURN(VolumesIndex idx, LoadIndex());
-  if (idx.Find(o.name) != 0) return Status::InvalidArgument(fmt::format("volume '{}' already exists", o.name));
+  if (idx.Find(o.name) != 0) return Status::InvalidArgument(fmt::format("volume '{}' already exists", o.name), EEXIST);
   // Skip numbers whose directory survives on some backend (a volume being deleted, or debris).
   uint32_t nr = idx.NextNumber();
   for (bool busy = true; busy;) {
@@ -313,13 +316,45 @@ Status Catalog::SetFlag(const std::string& name, const std::string& flag, bool o
   return WriteMeta(m);
 }
 
+Status Catalog::SetQos(const std::string& name, const std::string& qos) {
+  QBD_RETURN_IF_ERROR(CheckQosText(qos));
+  QBD_ASSIGN_OR_RETURN(VolumeMeta m, Find(name));
+  if (m.qos == qos) return Status::OK();
+  m.qos = qos;
+  m.serial++;
+  return WriteMeta(m);
+}
+
+std::string Catalog::OfflineState(const VolumeMeta& meta) {
+  std::string why;
+  std::vector<StorageBackend*> bs = BackendsFor(meta);
+  for (size_t i = 0; i < bs.size(); ++i) {
+    const std::string dir = PartDir(meta.number, static_cast<char>('a' + i));
+    auto st = bs[i]->Stat(dir);
+    if (!st.ok() || !st->is_dir) {
+      why += fmt::format("{}part {}: {}/{} {}", why.empty() ? "" : "; ", static_cast<char>('a' + i), bs[i]->Describe(),
+                         dir, st.ok() ? "is not a directory" : st.status().message());
+    }
+  }
+  return why.empty() ? "ready" : fmt::format("degraded ({})", why);
+}
+
 Status Catalog::Delete(const std::string& name) {
+  QBD_ASSIGN_OR_RETURN(uint32_t nr, Unlist(name));
+  return RemoveFiles(nr);
+}
+
+Result<uint32_t> Catalog::Unlist(const std::string& name) {
   QBD_ASSIGN_OR_RETURN(VolumesIndex idx, LoadIndex());
   uint32_t nr = idx.Find(name);
   if (nr == 0) return Status::NotFound(fmt::format("no volume named '{}'", name));
   idx.volumes.erase(name);
   idx.serial++;
   QBD_RETURN_IF_ERROR(WriteIndex(idx));
+  return nr;
+}
+
+Status Catalog::RemoveFiles(uint32_t nr) {
   // Unlisted now; remove its files everywhere. Leftovers only cost space and are reported.
   const std::string vdir = std::to_string(nr);
   for (auto& b : backends_) {

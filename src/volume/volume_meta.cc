@@ -67,6 +67,18 @@ Status CheckCreated(std::string_view v) {
 
 }  // namespace
 
+Status CheckQosText(std::string_view v) {
+  if (v.size() > kMaxQosLength) {
+    return Status::InvalidArgument(fmt::format("qos: {} characters; at most {}", v.size(), kMaxQosLength));
+  }
+  for (char c : v) {
+    if (c < ' ' || c > '~' || c == '#') {
+      return Status::InvalidArgument("qos: only printable ASCII other than '#' (compact JSON, '#' as \\u0023)");
+    }
+  }
+  return Status::OK();
+}
+
 std::string MetaPath(uint32_t volnr) { return fmt::format("{}/.meta", volnr); }
 
 std::string EncodeVolumeMeta(const VolumeMeta& m) {
@@ -89,6 +101,7 @@ std::string EncodeVolumeMeta(const VolumeMeta& m) {
   s += fmt::format("read_only = {}\n", m.read_only ? "true" : "false");
   s += fmt::format("append_only = {}\n", m.append_only ? "true" : "false");
   if (!m.created.empty()) s += fmt::format("created = {}\n", m.created);
+  if (!m.qos.empty()) s += fmt::format("qos = {}\n", m.qos);
   return s;
 }
 
@@ -173,6 +186,10 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file,
       Status s = CheckCreated(l.value);
       if (!s.ok()) return At(file, l.line, s.message());
       m.created = l.value;
+    } else if (l.key == "qos") {
+      Status s = CheckQosText(l.value);
+      if (!s.ok()) return At(file, l.line, s.message());
+      m.qos = l.value;
     } else {
       return At(file, l.line, fmt::format("unknown key '{}'", l.key));
     }

@@ -243,6 +243,7 @@ qbd_conf_nfs() {
     echo "listen = 127.0.0.1:$PORT"
     echo "parts = $parts"
     _conf_sets nfs_timeout_ms "${extra[@]}" || echo "nfs_timeout_ms = 2000"
+    _conf_sets api_listen "${extra[@]}" || echo "api_listen = 127.0.0.1:$(free_port)"
     for l in "${extra[@]}"; do echo "$l"; done
     for n in "${names[@]}"; do
       case $n in

@@ -162,7 +162,7 @@ trap 'exit 130' INT
 # ---------------------------------------------------------------------------------------------
 # qbd fixture
 
-free_port() { # prints a free TCP port on 127.0.0.1 (never 10809, the default NBD port)
+free_port() { # prints a free TCP port on 127.0.0.1 (never 10809 or 10810, the default NBD and API ports)
   python3 - <<'EOF'
 import socket
 while True:
@@ -170,7 +170,7 @@ while True:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    if port != 10809:
+    if port not in (10809, 10810):
         print(port)
         break
 EOF
@@ -209,6 +209,8 @@ qbd_conf() {
     echo "listen = 127.0.0.1:$PORT"
     echo "parts = $parts"
     _conf_sets allow_shared_failure_domain "$@" || echo "allow_shared_failure_domain = true"
+    # The REST API's default port (10810) is shared by everything on this machine.
+    _conf_sets api_listen "$@" || echo "api_listen = 127.0.0.1:$(free_port)"
     for l in "$@"; do echo "$l"; done
     for ((i = 0; i < n; i++)); do
       l=$(part_letter $i)

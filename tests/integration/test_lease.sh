@@ -38,7 +38,8 @@ check "master 1 holds the lease: .owner on every part names its pid" owners_are 
 EPOCH1=$(epoch_of "$T/node-a/$VOLNR")
 
 PORT2=$(free_port)
-sed -e "s/^listen = .*/listen = 127.0.0.1:$PORT2/" "$T/qbd.conf" >"$T/m2.conf"
+sed -e "s/^listen = .*/listen = 127.0.0.1:$PORT2/" -e "s/^api_listen = .*/api_listen = 127.0.0.1:$(free_port)/" \
+  "$T/qbd.conf" >"$T/m2.conf"
 { head -n 1 "$T/m2.conf"; echo "admin_socket = m2.sock"; tail -n +2 "$T/m2.conf"; } >"$T/m2.conf.tmp"
 mv "$T/m2.conf.tmp" "$T/m2.conf"
 

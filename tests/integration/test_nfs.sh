@@ -473,6 +473,7 @@ same_conf() { # EXTRA_LINE: a qbd.conf with parts a and b in two directories of 
 listen = 127.0.0.1:$(free_port)
 parts = x y
 $1
+api_listen = 127.0.0.1:$(free_port)
 [backend x]
 url = ${url1%%\?*}/x?${url1#*\?}
 [backend y]

@@ -79,8 +79,23 @@ uint64_t SizeArg(const po::variables_map& vm, const char* name) {
   return *v;
 }
 
+// The lifecycle state: the running daemon's API knows it (in use, resizing, repairing...); without
+// one, what the backends tell.
+std::string OfflineStateLine(const qbd::VolumeMeta& m, qbd::Catalog& c) {
+  if (auto a = qbd::AdminClient::Connect(c.config().admin_socket); a.ok()) {
+    if (auto pong = (*a)->Call("ping"); pong.ok()) {
+      std::string who = *pong;
+      while (!who.empty() && who.back() == '\n') who.pop_back();
+      return fmt::format("served ({}): GET http://{}/v1/volumes/{} has its live state", who,
+                         c.config().api_listen, m.name);
+    }
+  }
+  return c.OfflineState(m) + " (qbd-master is not running)";
+}
+
 void PrintInfo(const qbd::VolumeMeta& m, qbd::Catalog& c) {
   std::cout << fmt::format("name:          {}\n", m.name);
+  std::cout << fmt::format("state:         {}\n", OfflineStateLine(m, c));
   std::cout << fmt::format("number:        {}\n", m.number);
   std::cout << fmt::format("size:          {} ({} bytes)\n", qbd::FormatSize(m.geometry.size), m.geometry.size);
   std::cout << fmt::format("replicas:      {}\n", m.replicas);

@@ -1,0 +1,119 @@
+// Api: qbd-master's REST API (README.md "REST API"): JSON over HTTP on `api_listen`.
+//
+// Two pieces. ApiRouter is pure: it takes one request (method, path, query, body, Authorization
+// header), checks the token, routes it, validates the JSON body and calls the ApiService; it
+// returns the status and the JSON reply. Unit tests drive it with a fake service, no sockets.
+// ApiServer puts a router behind cpp-httplib's server (its own threads): the HTTP parsing is the
+// library's.
+//
+// Errors are {"error": "message"} with a status that says what went wrong, from the Status the
+// service returned (ApiHttpStatus): 400 bad input, 401 no or a wrong bearer token, 404 unknown
+// volume or path, 405 a method the path does not take, 409 a conflict, 503 no quorum (backends out
+// of reach), 500 the rest.
+//
+// Master implements ApiService (master.h). A service method runs on an HTTP server thread, several
+// at once: the service serializes what must be.
+//
+// Thread-safety: ApiRouter::Handle is safe for concurrent calls when the service's methods are.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "qbd/catalog.h"
+#include "qbd/status.h"
+
+namespace qbd {
+
+// What PATCH /v1/volumes/NAME changes; unset fields stay as they are.
+struct VolumeUpdate {
+  std::optional<uint64_t> size;  // grows (never shrinks)
+  std::optional<bool> read_only;
+  std::optional<bool> append_only;
+  std::optional<std::string> qos;  // compact JSON (VolumeMeta::qos)
+};
+
+// What the API asks of the daemon. A failure's Status code picks the HTTP status (ApiHttpStatus):
+// NotFound for an unknown volume, InvalidArgument for bad values, InvalidArgument with errno
+// EEXIST or EBUSY for a conflict, Unavailable or IOError when backends are out of reach.
+class ApiService {
+ public:
+  virtual ~ApiService() = default;
+  // {"volumes": [summary...]}
+  virtual Result<nlohmann::json> ListVolumes() = 0;
+  // One volume: policy, state, parts, resync and repair progress, lease holder.
+  virtual Result<nlohmann::json> GetVolume(const std::string& name) = 0;
+  // Creates the volume and serves it before returning; its GetVolume.
+  virtual Result<nlohmann::json> CreateVolume(const CreateVolumeOptions& options) = 0;
+  // Applies `update`, effective for the running volume before returning; its GetVolume.
+  virtual Result<nlohmann::json> UpdateVolume(const std::string& name,
+                                              const VolumeUpdate& update) = 0;
+  // Unexports and deletes the volume. Without `force`, a conflict while clients are connected.
+  virtual Status DeleteVolume(const std::string& name, bool force) = 0;
+  // {"status": "ok"|"degraded"|"data_lost", "problems": [...], "volumes": [...]}
+  virtual Result<nlohmann::json> Health() = 0;
+  // Starts an online repair of every chunk of the volume (a conflict when one runs); its state.
+  virtual Result<nlohmann::json> StartRepair(const std::string& name) = 0;
+};
+
+struct ApiRequest {
+  std::string method;  // "GET", "POST", ...
+  std::string path;    // decoded, without the query
+  std::map<std::string, std::string> query;
+  std::string body;
+  std::string authorization;  // the Authorization header, "" when absent
+};
+
+struct ApiResponse {
+  int status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+};
+
+// The HTTP status for a failed service call (see ApiService).
+int ApiHttpStatus(const Status& s);
+
+struct ApiOptions {
+  // Every request must carry "Authorization: Bearer <token>" (401 otherwise); "": none needed.
+  std::string token;
+  // The Prometheus text served at GET /metrics; unset: no such route (404).
+  std::function<std::string()> metrics;
+};
+
+class ApiRouter {
+ public:
+  // `service` must outlive the router.
+  ApiRouter(ApiService& service, ApiOptions options);
+  ApiResponse Handle(const ApiRequest& request);
+
+ private:
+  ApiResponse Volumes(const ApiRequest& r);
+  ApiResponse Volume(const ApiRequest& r, const std::string& name, const std::string& action);
+
+  ApiService& service_;
+  const ApiOptions options_;
+};
+
+class ApiServer {
+ public:
+  // Binds `listen` ("HOST:PORT", "[IPV6]:PORT", "*:PORT") and serves `router` from cpp-httplib's
+  // thread pool. IOError naming the address when it cannot be bound. `router` must outlive the
+  // server.
+  static Result<std::unique_ptr<ApiServer>> Start(const std::string& listen, ApiRouter& router);
+  ~ApiServer();  // stops accepting, waits for the requests being served
+  // "HOST:PORT" as bound.
+  const std::string& address() const { return address_; }
+
+ private:
+  struct Impl;
+  ApiServer() = default;
+  std::unique_ptr<Impl> impl_;
+  std::string address_;
+};
+
+}  // namespace qbd

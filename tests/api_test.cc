@@ -1,0 +1,286 @@
+// Tests of include/qbd/api.h: ApiRouter's routing, validation, status codes and token check
+// against a fake ApiService (no sockets), and the api_listen / api_token_file keys of qbd.conf.
+#include "qbd/api.h"
+
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "qbd/config.h"
+#include "qbd/volume_meta.h"
+#include "testutil/temp_dir.h"
+
+namespace qbd::test {
+namespace {
+
+using nlohmann::json;
+
+// Records what the router asked and answers with what the test set.
+class FakeService : public ApiService {
+ public:
+  Result<json> ListVolumes() override { return json{{"volumes", json::array()}}; }
+  Result<json> GetVolume(const std::string& name) override {
+    if (name != "v") return Status::NotFound("no volume named '" + name + "'");
+    return json{{"name", "v"}};
+  }
+  Result<json> CreateVolume(const CreateVolumeOptions& o) override {
+    created.push_back(o);
+    if (o.name == "exists")
+      return Status::InvalidArgument("volume 'exists' already exists", EEXIST);
+    return json{{"name", o.name}};
+  }
+  Result<json> UpdateVolume(const std::string& name, const VolumeUpdate& u) override {
+    updates.push_back(u);
+    if (name != "v") return Status::NotFound("no volume");
+    return json{{"name", name}};
+  }
+  Status DeleteVolume(const std::string& name, bool force) override {
+    deleted.emplace_back(name, force);
+    if (name == "busy" && !force) return Status::InvalidArgument("connected", EBUSY);
+    return Status::OK();
+  }
+  Result<json> Health() override {
+    if (no_quorum) return Status::Unavailable("quorum lost");
+    return json{{"status", "ok"}};
+  }
+  Result<json> StartRepair(const std::string& name) override { return json{{"name", name}}; }
+
+  std::vector<CreateVolumeOptions> created;
+  std::vector<VolumeUpdate> updates;
+  std::vector<std::pair<std::string, bool>> deleted;
+  bool no_quorum = false;
+};
+
+ApiRequest Req(std::string method, std::string path, std::string body = "") {
+  ApiRequest r;
+  r.method = std::move(method);
+  r.path = std::move(path);
+  r.body = std::move(body);
+  return r;
+}
+
+// The reply's {"error": ...}; fails the test when the body is not such an object.
+std::string ErrorOf(const ApiResponse& r) {
+  json j = json::parse(r.body, nullptr, false);
+  REQUIRE(j.is_object());
+  REQUIRE(j.contains("error"));
+  REQUIRE(j["error"].is_string());
+  return j["error"].get<std::string>();
+}
+
+TEST_SUITE("api") {
+TEST_CASE("POST /v1/volumes passes every field to the service and answers 201") {
+  FakeService s;
+  ApiRouter router(s, {});
+  ApiResponse r =
+      router.Handle(Req("POST", "/v1/volumes",
+                        R"({"name": "vm1", "size": "10G", "replicas": 2, "block_size": "8K",
+                                        "chunk_size": 1048576, "write_quorum": 1, "read_only": true,
+                                        "qos": {"iops": 100, "tag": "a#b"}})"));
+  CHECK(r.status == 201);
+  CHECK(r.content_type == "application/json");
+  REQUIRE(s.created.size() == 1);
+  const CreateVolumeOptions& o = s.created[0];
+  CHECK(o.name == "vm1");
+  CHECK(o.size == (uint64_t{10} << 30));
+  CHECK(o.replicas == 2);
+  CHECK(o.block_size == 8192);
+  CHECK(o.chunk_size == 1048576);
+  CHECK(o.write_quorum == 1);
+  CHECK(o.read_only);
+  SUBCASE("and qos is stored as compact JSON that .meta can hold") {
+    CHECK(CheckQosText(o.qos).ok());
+    CHECK(o.qos.find('#') == std::string::npos);
+    CHECK(json::parse(o.qos) == json{{"iops", 100}, {"tag", "a#b"}});
+  }
+}
+
+TEST_CASE("POST /v1/volumes answers 400 for bad input without calling the service") {
+  FakeService s;
+  ApiRouter router(s, {});
+  for (const char* body :
+       {R"({"name": "bad name", "size": "1G"})", R"({"name": "x", "size": "12Q"})",
+        R"({"name": "x", "size": -5})", R"({"name": "x", "size": 1.5})", R"({"name": "x"})",
+        R"({"size": "1G"})", R"({"name": 7, "size": "1G"})", R"({"name": "x", "size": "1G")",
+        R"([1, 2])", R"("x")", "", R"({"name": "x", "size": "1G", "bogus": 1})",
+        R"({"name": "x", "size": "1G", "replicas": 0})",
+        R"({"name": "x", "size": "1G", "replicas": 27})",
+        R"({"name": "x", "size": "1G", "ec": {"k": 2}})",
+        R"({"name": "x", "size": "1G", "read_only": 1})",
+        R"({"name": "x", "size": "1G", "qos": [1]})"}) {
+    CAPTURE(body);
+    ApiResponse r = router.Handle(Req("POST", "/v1/volumes", body));
+    CHECK(r.status == 400);
+    CHECK_FALSE(ErrorOf(r).empty());
+  }
+  CHECK(s.created.empty());
+}
+
+TEST_CASE("service failures map onto HTTP statuses") {
+  FakeService s;
+  ApiRouter router(s, {});
+  SUBCASE("an existing volume is 409") {
+    ApiResponse r =
+        router.Handle(Req("POST", "/v1/volumes", R"({"name": "exists", "size": "1M"})"));
+    CHECK(r.status == 409);
+    CHECK(ErrorOf(r).find("already exists") != std::string::npos);
+  }
+  SUBCASE("an unknown volume is 404") {
+    CHECK(router.Handle(Req("GET", "/v1/volumes/nope")).status == 404);
+    CHECK(router.Handle(Req("PATCH", "/v1/volumes/nope", R"({"read_only": true})")).status == 404);
+  }
+  SUBCASE("a lost quorum is 503") {
+    CHECK(router.Handle(Req("GET", "/v1/health")).status == 200);
+    s.no_quorum = true;
+    CHECK(router.Handle(Req("GET", "/v1/health")).status == 503);
+  }
+  SUBCASE("the codes for the other statuses") {
+    CHECK(ApiHttpStatus(Status::InvalidArgument("x")) == 400);
+    CHECK(ApiHttpStatus(Status::InvalidArgument("x", EBUSY)) == 409);
+    CHECK(ApiHttpStatus(Status::IOError("x")) == 503);
+    CHECK(ApiHttpStatus(Status::Corruption("x")) == 500);
+  }
+}
+
+TEST_CASE("DELETE passes force from the query and a connected volume is 409 without it") {
+  FakeService s;
+  ApiRouter router(s, {});
+  CHECK(router.Handle(Req("DELETE", "/v1/volumes/busy")).status == 409);
+  ApiRequest forced = Req("DELETE", "/v1/volumes/busy");
+  forced.query["force"] = "1";
+  CHECK(router.Handle(forced).status == 200);
+  forced.query["force"] = "maybe";
+  CHECK(router.Handle(forced).status == 400);
+  REQUIRE(s.deleted.size() == 2);
+  CHECK(s.deleted[0] == std::pair<std::string, bool>("busy", false));
+  CHECK(s.deleted[1] == std::pair<std::string, bool>("busy", true));
+}
+
+TEST_CASE("PATCH takes size, read_only, append_only and qos, and refuses an empty change") {
+  FakeService s;
+  ApiRouter router(s, {});
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"size": "2G", "append_only": true})"))
+            .status == 200);
+  REQUIRE(s.updates.size() == 1);
+  CHECK(s.updates[0].size == (uint64_t{2} << 30));
+  CHECK(s.updates[0].append_only == true);
+  CHECK_FALSE(s.updates[0].read_only.has_value());
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", "{}")).status == 400);
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"grow": "2G"})")).status == 400);
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"read_only": "on"})")).status == 400);
+  CHECK(s.updates.size() == 1);
+}
+
+TEST_CASE("routing answers 404 for unknown paths, 405 for wrong methods, 202 for a repair") {
+  FakeService s;
+  ApiRouter router(s, {});
+  CHECK(router.Handle(Req("GET", "/v1/volumes")).status == 200);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/")).status == 200);
+  CHECK(router.Handle(Req("GET", "/v2/volumes")).status == 404);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/v/snapshots")).status == 404);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/.x")).status == 400);
+  CHECK(router.Handle(Req("PUT", "/v1/volumes")).status == 405);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/v/repair")).status == 405);
+  CHECK(router.Handle(Req("POST", "/v1/volumes/v/repair")).status == 202);
+  CHECK(router.Handle(Req("GET", "/metrics")).status == 404);  // no registry given
+}
+
+TEST_CASE("GET /metrics serves the given text as Prometheus text format") {
+  FakeService s;
+  ApiOptions o;
+  o.metrics = [] { return std::string("qbd_up 1\n"); };
+  ApiRouter router(s, o);
+  ApiResponse r = router.Handle(Req("GET", "/metrics"));
+  CHECK(r.status == 200);
+  CHECK(r.body == "qbd_up 1\n");
+  CHECK(r.content_type == "text/plain; version=0.0.4");
+}
+
+TEST_CASE("with a token every request needs Authorization: Bearer TOKEN") {
+  FakeService s;
+  ApiOptions o;
+  o.token = "s3cret";
+  ApiRouter router(s, o);
+  ApiRequest r = Req("GET", "/v1/volumes");
+  CHECK(router.Handle(r).status == 401);
+  for (const char* bad :
+       {"Bearer s3cre", "Bearer s3cretX", "bearer s3cret", "Basic s3cret", "Bearer "}) {
+    CAPTURE(bad);
+    r.authorization = bad;
+    CHECK(router.Handle(r).status == 401);
+  }
+  r.authorization = "Bearer s3cret";
+  CHECK(router.Handle(r).status == 200);
+  SUBCASE("also for unknown paths, which say nothing before the token is checked") {
+    ApiRequest u = Req("GET", "/nothing");
+    CHECK(router.Handle(u).status == 401);
+  }
+}
+}  // TEST_SUITE("api")
+
+TEST_SUITE("config") {
+TEST_CASE("api_listen defaults to 127.0.0.1:10810 and is parsed like listen") {
+  auto c = ParseConfig("parts = a\n[backend a]\npath = /a\n", "q.conf", "/base");
+  REQUIRE(c.ok());
+  CHECK(c->api_listen == "127.0.0.1:10810");
+  c = ParseConfig("parts = a\napi_listen = 127.0.0.1:99999\n[backend a]\npath = /a\n", "q.conf",
+                  "/base");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("q.conf:2: api_listen") == 0);
+  c = ParseConfig("parts = a\napi_listen = unix:/x.sock\n[backend a]\npath = /a\n", "q.conf",
+                  "/base");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("q.conf:2:") == 0);
+  c = ParseConfig(
+      "listen = 127.0.0.1:7000\nparts = a\napi_listen = 127.0.0.1:7000\n[backend a]\npath = /a\n",
+      "q.conf", "/base");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("q.conf:3:") == 0);
+}
+
+TEST_CASE("a non-loopback api_listen without api_token_file is refused on the host") {
+  TempDir dir;
+  const std::string base = dir.path();
+  std::filesystem::create_directories(base + "/a");
+  auto c = ParseConfig("parts = a\napi_listen = 0.0.0.0:7001\n[backend a]\npath = a\n",
+                       base + "/q.conf", base);
+  REQUIRE(c.ok());
+  Status s = CheckConfigOnHost(*c);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.message().find("q.conf:2: api_listen 0.0.0.0:7001 is not a loopback address") !=
+        std::string::npos);
+  SUBCASE("and accepted with a readable token file") {
+    std::ofstream(base + "/tok") << "abc\n";
+    c = ParseConfig(
+        "parts = a\napi_listen = 0.0.0.0:7001\napi_token_file = tok\n[backend a]\npath = a\n",
+        base + "/q.conf", base);
+    REQUIRE(c.ok());
+    CHECK(CheckConfigOnHost(*c).ok());
+    CHECK(ReadApiToken(c->api_token_file).value() == "abc");
+  }
+  SUBCASE("an empty or missing token file is refused naming its line") {
+    std::ofstream(base + "/empty") << "\n";
+    c = ParseConfig("parts = a\napi_token_file = empty\n[backend a]\npath = a\n", base + "/q.conf",
+                    base);
+    REQUIRE(c.ok());
+    s = CheckConfigOnHost(*c);
+    CHECK(s.message().find("q.conf:2: api_token_file") != std::string::npos);
+  }
+}
+
+TEST_CASE("IsLoopbackListener knows loopback addresses from the others") {
+  CHECK(IsLoopbackListener("127.0.0.1:1"));
+  CHECK(IsLoopbackListener("127.0.0.2:1"));
+  CHECK(IsLoopbackListener("[::1]:1"));
+  CHECK_FALSE(IsLoopbackListener("0.0.0.0:1"));
+  CHECK_FALSE(IsLoopbackListener("*:1"));
+  CHECK_FALSE(IsLoopbackListener("10.1.2.3:1"));
+  CHECK_FALSE(IsLoopbackListener("[::]:1"));
+}
+}  // TEST_SUITE("config")
+
+}  // namespace
+}  // namespace qbd::test
