@@ -97,7 +97,17 @@ expect "qos that is not an object is 400" 400 POST /v1/volumes '{"name": "x", "s
 expect "creating v1 again is 409" 409 POST /v1/volumes '{"name": "v1", "size": "64M"}'
 expect "an unknown path is 404" 404 GET /v1/nothing
 expect "PUT /v1/volumes is 405" 405 PUT /v1/volumes '{}'
-expect "GET /metrics is 404 while no registry provides it" 404 GET /metrics
+expect "GET /metrics answers 200" 200 GET /metrics
+metrics_parse() {
+  python3 - "$T/api.json" <<'EOF'
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+names = {f.name for f in text_string_to_metric_families(open(sys.argv[1]).read())}
+# The parser names counters without their _total suffix.
+sys.exit(0 if {"qbd_volume_requests", "qbd_part_state", "qbd_nbd_connections"} <= names else 1)
+EOF
+}
+check "GET /metrics is Prometheus text with the volume, part and daemon series" metrics_parse
 api GET /v1/volumes
 if [ "$CODE" = 200 ] && json_ok "[v['name'] for v in j['volumes']] == ['v1']"; then
   pass "no bad request created a volume"
