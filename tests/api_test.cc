@@ -47,10 +47,30 @@ class FakeService : public ApiService {
     return json{{"status", "ok"}};
   }
   Result<json> StartRepair(const std::string& name) override { return json{{"name", name}}; }
+  Result<json> RepairChunk(const std::string& name, uint64_t chunk,
+                           const RepairOptions& o) override {
+    repairs.push_back({name, chunk, o});
+    if (name != "v") return Status::NotFound("no volume");
+    ChunkRepairReport r;
+    r.chunk = chunk + 1;
+    r.lost = {1, 2, 3, 9};
+    return RepairReportJson(r);
+  }
+  Result<json> Daemon() override { return json{{"pid", 1}}; }
+  Result<json> Backends() override { return json{{"ok", true}}; }
+  Result<json> Block(const std::string& name, uint64_t offset) override {
+    return json{{"name", name}, {"offset", offset}};
+  }
 
   std::vector<CreateVolumeOptions> created;
   std::vector<VolumeUpdate> updates;
   std::vector<std::pair<std::string, bool>> deleted;
+  struct Repair {
+    std::string name;
+    uint64_t chunk;
+    RepairOptions options;
+  };
+  std::vector<Repair> repairs;
   bool no_quorum = false;
 };
 
@@ -59,6 +79,7 @@ ApiRequest Req(std::string method, std::string path, std::string body = "") {
   r.method = std::move(method);
   r.path = std::move(path);
   r.body = std::move(body);
+  r.peer_uid = 0;  // root on loopback, unless a test says otherwise
   return r;
 }
 
@@ -218,6 +239,121 @@ TEST_CASE("with a token every request needs Authorization: Bearer TOKEN") {
     ApiRequest u = Req("GET", "/nothing");
     CHECK(router.Handle(u).status == 401);
   }
+}
+
+TEST_CASE("without a token, local users may read; only root and the daemon's user may change") {
+  FakeService s;
+  ApiOptions o;
+  o.change_uids = {0, 998};
+  ApiRouter router(s, o);
+  ApiRequest get = Req("GET", "/v1/volumes");
+  get.peer_uid = 1000;
+  CHECK(router.Handle(get).status == 200);
+  get.peer_uid.reset();  // not told (another address)
+  CHECK(router.Handle(get).status == 200);
+  for (const char* method : {"POST", "PATCH", "DELETE"}) {
+    CAPTURE(method);
+    ApiRequest r = Req(method, "/v1/volumes/v", R"({"read_only": true})");
+    r.peer_uid = 1000;
+    ApiResponse a = router.Handle(r);
+    CHECK(a.status == 403);
+    CHECK(ErrorOf(a).find("uid 1000") != std::string::npos);
+    r.peer_uid.reset();
+    CHECK(router.Handle(r).status == 403);
+  }
+  CHECK(s.deleted.empty());
+  CHECK(s.updates.empty());
+  ApiRequest d = Req("DELETE", "/v1/volumes/v");
+  d.peer_uid = 998;
+  CHECK(router.Handle(d).status == 200);
+  CHECK(s.deleted.size() == 1);
+}
+
+TEST_CASE("POST /v1/volumes/NAME/chunks/N/repair passes the options and returns the report") {
+  FakeService s;
+  ApiRouter router(s, {});
+  ApiResponse r = router.Handle(Req("POST", "/v1/volumes/v/chunks/7/repair",
+                                    R"({"dry_run": true, "parts": "bc", "accept_loss": true})"));
+  REQUIRE(r.status == 200);
+  REQUIRE(s.repairs.size() == 1);
+  CHECK(s.repairs[0].chunk == 7);
+  CHECK(s.repairs[0].options.dry_run);
+  CHECK(s.repairs[0].options.accept_loss);
+  CHECK(s.repairs[0].options.targets == 0b110u);
+  auto report = RepairReportFromJson(json::parse(r.body));
+  REQUIRE(report.ok());
+  CHECK(report->chunk == 8);
+  CHECK(report->lost == std::vector<uint64_t>{1, 2, 3, 9});
+  CHECK(json::parse(r.body)["lost"] == "1-3,9");
+  // No body: every part, no dry run.
+  REQUIRE(router.Handle(Req("POST", "/v1/volumes/v/chunks/0/repair")).status == 200);
+  CHECK(s.repairs[1].options.targets == ~0u);
+  CHECK_FALSE(s.repairs[1].options.dry_run);
+  CHECK(router.Handle(Req("POST", "/v1/volumes/nope/chunks/0/repair")).status == 404);
+  for (const char* bad : {"/v1/volumes/v/chunks/x/repair", "/v1/volumes/v/chunks/-1/repair",
+                          "/v1/volumes/v/chunks/18446744073709551616/repair"}) {
+    CAPTURE(bad);
+    CHECK(router.Handle(Req("POST", bad)).status == 400);
+  }
+  CHECK(router.Handle(Req("POST", "/v1/volumes/v/chunks/0/repair", R"({"parts": "B"})")).status ==
+        400);
+  CHECK(router.Handle(Req("POST", "/v1/volumes/v/chunks/0/repair", R"({"what": 1})")).status ==
+        400);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/v/chunks/0/repair")).status == 405);
+  CHECK(router.Handle(Req("POST", "/v1/volumes/v/chunks/0/scrub")).status == 404);
+  CHECK(s.repairs.size() == 3);
+}
+
+TEST_CASE("a repair report survives JSON both ways; a malformed one is Corruption") {
+  ChunkRepairReport r;
+  r.chunk = 3;
+  r.bytes_read = 100;
+  r.bytes_written = 50;
+  RepairAction a;
+  a.target = 'b';
+  a.sources = "ac";
+  a.whole_file = true;
+  a.reason = "missing";
+  a.blocks = {0, 1, 2, 5};
+  a.error = "";
+  r.actions.push_back(a);
+  r.unknown = {7};
+  r.notes = {"part c is down"};
+  auto back = RepairReportFromJson(RepairReportJson(r));
+  REQUIRE(back.ok());
+  CHECK(back->chunk == 3);
+  CHECK(back->bytes_read == 100);
+  REQUIRE(back->actions.size() == 1);
+  CHECK(back->actions[0].target == 'b');
+  CHECK(back->actions[0].sources == "ac");
+  CHECK(back->actions[0].whole_file);
+  CHECK(back->actions[0].blocks == std::vector<uint64_t>{0, 1, 2, 5});
+  CHECK(back->unknown == std::vector<uint64_t>{7});
+  CHECK(back->notes == r.notes);
+  json j = RepairReportJson(r);
+  for (const char* key : {"chunk", "lost", "actions", "notes"}) {
+    CAPTURE(key);
+    json broken = j;
+    broken.erase(key);
+    CHECK(RepairReportFromJson(broken).status().IsCorruption());
+  }
+  json bad_target = j;
+  bad_target["actions"][0]["target"] = "bb";
+  CHECK(RepairReportFromJson(bad_target).status().IsCorruption());
+  CHECK(RepairReportFromJson(json::array()).status().IsCorruption());
+}
+
+TEST_CASE("GET /v1/daemon, /v1/backends and /v1/volumes/NAME/blocks/OFFSET reach the service") {
+  FakeService s;
+  ApiRouter router(s, {});
+  CHECK(router.Handle(Req("GET", "/v1/daemon")).status == 200);
+  CHECK(router.Handle(Req("GET", "/v1/backends")).status == 200);
+  ApiResponse b = router.Handle(Req("GET", "/v1/volumes/v/blocks/8K"));
+  REQUIRE(b.status == 200);
+  CHECK(json::parse(b.body)["offset"] == 8192);
+  CHECK(router.Handle(Req("GET", "/v1/volumes/v/blocks/zz")).status == 400);
+  CHECK(router.Handle(Req("POST", "/v1/daemon")).status == 405);
+  CHECK(router.Handle(Req("DELETE", "/v1/volumes/v/blocks/0")).status == 405);
 }
 }  // TEST_SUITE("api")
 

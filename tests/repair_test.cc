@@ -1,6 +1,5 @@
-// Tests of chunk repair (QuorumSet::RepairChunk in include/qbd/quorum.h) and of qbd-master's admin
-// pieces (include/qbd/admin.h: ProcessLock, AdminServer/AdminClient, the repair report's wire
-// form). Repair runs over three PartStores on MemBackends (each behind a FaultyBackend): a 256 KiB
+// Tests of chunk repair (QuorumSet::RepairChunk in include/qbd/quorum.h) and of the lock that
+// keeps one process in charge of a configuration (include/qbd/process_lock.h). Repair runs over three PartStores on MemBackends (each behind a FaultyBackend): a 256 KiB
 // volume of 64 KiB chunks (16 blocks of 4 KiB), 16 KiB dirty regions (4 blocks). Chunk 1 (file
 // "7/<part>/2") is written in blocks 0-11 (blocks 4-5 twice, with a newer generation), blocks
 // 12-15 stay unwritten; each test damages chosen bytes and expects an exact report.
@@ -23,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "qbd/admin.h"
+#include "qbd/process_lock.h"
 #include "qbd/backend.h"
 #include "qbd/chunk_format.h"
 #include "qbd/dirty_map.h"
@@ -680,94 +679,6 @@ TEST_CASE(
   CHECK(c.q().DirtyRegions(2) == 1);
 }
 
-TEST_CASE("DecodeRepairReport returns what EncodeRepairReport was given when the report is full") {
-  ChunkRepairReport r;
-  r.chunk = 42;
-  r.bytes_read = 123456;
-  r.bytes_written = 789;
-  RepairAction whole;
-  whole.target = 'b';
-  whole.sources = "ac";
-  whole.whole_file = true;
-  whole.reason = "missing";
-  RepairAction blocks;
-  blocks.target = 'a';
-  blocks.sources = "c";
-  blocks.reason = "corrupt";
-  blocks.blocks = {2, 3, 4, 7, 100};
-  blocks.error = "IOError: write 7/a/43: Input/output error (EIO)";
-  RepairAction nosrc;
-  nosrc.target = 'c';
-  nosrc.reason = "stale";
-  nosrc.blocks = {0};
-  r.actions = {whole, blocks, nosrc};
-  r.lost = {5, 6, 9};
-  r.unknown = {11};
-  r.notes = {"part d is down: not checked", "added to the chunk map"};
-  const std::string text = EncodeRepairReport(r);
-  CAPTURE(text);
-  auto d = DecodeRepairReport(text);
-  REQUIRE_MESSAGE(d.ok(), d.status().ToString());
-  CHECK(d->chunk == r.chunk);
-  CHECK(d->bytes_read == r.bytes_read);
-  CHECK(d->bytes_written == r.bytes_written);
-  REQUIRE(d->actions.size() == r.actions.size());
-  for (size_t i = 0; i < r.actions.size(); ++i) {
-    CHECK(d->actions[i].target == r.actions[i].target);
-    CHECK(d->actions[i].sources == r.actions[i].sources);
-    CHECK(d->actions[i].whole_file == r.actions[i].whole_file);
-    CHECK(d->actions[i].reason == r.actions[i].reason);
-    CHECK(d->actions[i].blocks == r.actions[i].blocks);
-    CHECK(d->actions[i].error == r.actions[i].error);
-  }
-  CHECK(d->lost == r.lost);
-  CHECK(d->unknown == r.unknown);
-  CHECK(d->notes == r.notes);
-
-  SUBCASE("and an empty report round-trips too") {
-    ChunkRepairReport e;
-    e.chunk = 1;
-    auto de = DecodeRepairReport(EncodeRepairReport(e));
-    REQUIRE(de.ok());
-    CHECK(de->chunk == 1);
-    CHECK(de->Clean());
-    CHECK(de->notes.empty());
-  }
-}
-
-TEST_CASE("DecodeRepairReport returns Corruption without throwing when a line is malformed") {
-  const std::vector<std::string> bad = {
-      "bogus 1 2 3",
-      "chunk",
-      "chunk x read=1 written=2",
-      "chunk 1 read=1",
-      "chunk 1 read= written=2",
-      "chunk 1 read=1x written=2",
-      "chunk 1 size=1 written=2",
-      "chunk 99999999999999999999999 read=1 written=2",
-      "action b a 1",
-      "action b a 1 missing",
-      "action bc a 1 missing -",
-      "action b a x missing -",
-      "action b a 0 corrupt 1-x",
-      "action b a 0 corrupt 5-3",
-      "action b a 0 corrupt 1,,2",
-      "action b a 0 corrupt -5",
-      "action b a 0 corrupt 99999999999999999999999",
-      "lost",
-      "lost 3-",
-      "unknown a",
-      "lost 0-18446744073709551615",
-  };
-  for (const std::string& line : bad) {
-    CAPTURE(line);
-    const std::string text = "chunk 3 read=0 written=0\n" + line + "\n";
-    Result<ChunkRepairReport> r = Status::IOError("unset");
-    CHECK_NOTHROW(r = DecodeRepairReport(text));
-    CHECK(r.status().IsCorruption());
-  }
-}
-
 TEST_CASE("ProcessLock::Acquire fails with Unavailable naming the holder when the lock is held") {
   TempDir dir("qbd-repair-test");
   const std::string path = dir.Sub("admin.sock.lock");
@@ -787,56 +698,20 @@ TEST_CASE("ProcessLock::Acquire fails with Unavailable naming the holder when th
   CHECK(text == fmt::format("qbd-repair (pid {})\n", ::getpid()));
 }
 
-TEST_CASE("AdminClient::Call returns the handler's reply when a server listens on the socket") {
+TEST_CASE("ProcessLock::HeldBy names the holder while the lock is held, and nobody after") {
   TempDir dir("qbd-repair-test");
-  const std::string path = dir.Sub("admin.sock");
-  std::atomic<int> calls{0};
-  auto server =
-      AdminServer::Start(path, [&](const std::vector<std::string>& words) -> Result<std::string> {
-        calls.fetch_add(1);
-        if (words[0] == "fail") return Status::InvalidArgument("no such request: " + words[1]);
-        std::string out = "echo";
-        for (const std::string& w : words) out += " " + w;
-        if (words[0] == "two") out += "\nsecond line";
-        return out;
-      });
-  REQUIRE_MESSAGE(server.ok(), server.status().ToString());
-  CHECK(std::filesystem::exists(path));
-  {
-    auto client = AdminClient::Connect(path);
-    REQUIRE_MESSAGE(client.ok(), client.status().ToString());
-    auto r = (*client)->Call("ping x");
-    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
-    CHECK(*r == "echo ping x\n");
-    auto two = (*client)->Call("two  words ");
-    REQUIRE(two.ok());
-    CHECK(*two == "echo two words\nsecond line\n");
-    auto e = (*client)->Call("fail frobnicate");
-    REQUIRE_FALSE(e.ok());
-    CHECK_MESSAGE(e.status().message().find("no such request: frobnicate") != std::string::npos,
-                  e.status().ToString());
-    auto after = (*client)->Call("ping y");  // the connection still serves after an error
-    REQUIRE(after.ok());
-    CHECK(*after == "echo ping y\n");
-  }
-  CHECK(calls.load() == 4);
-  SUBCASE("and a connection left open does not keep the server from stopping") {
-    auto idle = AdminClient::Connect(path);
-    REQUIRE(idle.ok());
-    REQUIRE((*idle)->Call("ping").ok());
-    server.value().reset();
-    CHECK_FALSE((*idle)->Call("ping").ok());
-  }
-  server.value().reset();
-  CHECK_FALSE(std::filesystem::exists(path));
-  auto none = AdminClient::Connect(path);
-  CHECK(none.status().IsUnavailable());
-}
-
-TEST_CASE("AdminClient::Connect fails with Unavailable when no server listens") {
-  TempDir dir("qbd-repair-test");
-  auto c = AdminClient::Connect(dir.Sub("nobody.sock"));
-  CHECK(c.status().IsUnavailable());
+  const std::string path = dir.Sub("q.sock.lock");
+  CHECK_FALSE(ProcessLock::HeldBy(path).has_value());  // no file yet
+  auto held = ProcessLock::Acquire(path, "qbd-master test");
+  REQUIRE(held.ok());
+  auto who = ProcessLock::HeldBy(path);
+  REQUIRE(who.has_value());
+  CHECK(*who == fmt::format("qbd-master test (pid {})", ::getpid()));
+  // Asking takes no lock: the holder's lock is still the only one, and a taker still fails.
+  CHECK(ProcessLock::Acquire(path, "other").status().IsUnavailable());
+  held.value().reset();
+  CHECK_FALSE(ProcessLock::HeldBy(path).has_value());
+  CHECK(ProcessLock::Acquire(path, "other").ok());
 }
 }  // TEST_SUITE("repair")
 

@@ -24,8 +24,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "qbd/catalog.h"
+#include "qbd/quorum.h"
 #include "qbd/status.h"
 
 namespace qbd {
@@ -59,6 +62,16 @@ class ApiService {
   virtual Result<nlohmann::json> Health() = 0;
   // Starts an online repair of every chunk of the volume (a conflict when one runs); its state.
   virtual Result<nlohmann::json> StartRepair(const std::string& name) = 0;
+  // Repairs one chunk (0-based) now, under the volume's region locks, and returns its report
+  // (RepairReportJson): qbd-repair's online mode.
+  virtual Result<nlohmann::json> RepairChunk(const std::string& name, uint64_t chunk,
+                                             const RepairOptions& options) = 0;
+  // The daemon: {"pid", "version", "config", "started", "nbd_listen": [...], "api_listen"}.
+  virtual Result<nlohmann::json> Daemon() = 0;
+  // Every backend checked: {"backends": [...], "warnings": [...]} (qbdctl backends).
+  virtual Result<nlohmann::json> Backends() = 0;
+  // Every part's copy of the block at device byte `offset` (qbdctl block; FormatBlockJson).
+  virtual Result<nlohmann::json> Block(const std::string& name, uint64_t offset) = 0;
 };
 
 struct ApiRequest {
@@ -67,6 +80,9 @@ struct ApiRequest {
   std::map<std::string, std::string> query;
   std::string body;
   std::string authorization;  // the Authorization header, "" when absent
+  // Who sent it, when it came over loopback: the owner of the client's socket (ApiServer finds it
+  // in /proc/net/tcp and tcp6). Unset for another address, or when it cannot be told.
+  std::optional<uint32_t> peer_uid;
 };
 
 struct ApiResponse {
@@ -79,11 +95,25 @@ struct ApiResponse {
 int ApiHttpStatus(const Status& s);
 
 struct ApiOptions {
-  // Every request must carry "Authorization: Bearer <token>" (401 otherwise); "": none needed.
+  // Every request must carry "Authorization: Bearer <token>" (401 otherwise). "": none needed to
+  // read (GET); a request that changes something (POST, PATCH, DELETE) must then come from a
+  // user of `change_uids` over loopback (403 otherwise): local users may look, not delete.
   std::string token;
+  std::vector<uint32_t> change_uids = {0};
   // The Prometheus text served at GET /metrics; unset: no such route (404).
   std::function<std::string()> metrics;
 };
+
+// A chunk repair's report as JSON, and back. Block numbers are given as ranges ("0-511,700"):
+// {"chunk": N, "bytes_read", "bytes_written", "actions": [{"target": "b", "sources": "ac",
+// "whole_file", "reason", "blocks", "error"}], "lost", "unknown", "accepted", "notes": [...]}.
+nlohmann::json RepairReportJson(const ChunkRepairReport& r);
+// Corruption for anything that is not such a report (a field missing or of another type, a bad
+// block range).
+Result<ChunkRepairReport> RepairReportFromJson(const nlohmann::json& j);
+// "0-3,7" -> {0, 1, 2, 3, 7}; "" or "-" -> {}. Corruption for a malformed range, a block past a
+// chunk's largest possible block count (kMaxChunkSize / kMinBlockSize) or more blocks than that.
+Result<std::vector<uint64_t>> ParseBlockRanges(std::string_view s);
 
 class ApiRouter {
  public:
@@ -94,6 +124,8 @@ class ApiRouter {
  private:
   ApiResponse Volumes(const ApiRequest& r);
   ApiResponse Volume(const ApiRequest& r, const std::string& name, const std::string& action);
+  ApiResponse Chunk(const ApiRequest& r, const std::string& name, const std::string& chunk,
+                    const std::string& action);
 
   ApiService& service_;
   const ApiOptions options_;

@@ -27,7 +27,6 @@
 #include <mutex>
 #include <string>
 
-#include "qbd/admin.h"
 #include "qbd/api.h"
 #include "qbd/cache.h"
 #include "qbd/catalog.h"
@@ -35,6 +34,7 @@
 #include "qbd/lease.h"
 #include "qbd/metrics.h"
 #include "qbd/nbd_server.h"
+#include "qbd/process_lock.h"
 #include "qbd/volume.h"
 
 namespace qbd {
@@ -60,7 +60,7 @@ class Master : public ApiService {
   std::vector<std::string> BoundAddresses() const;
   Catalog& catalog() { return *catalog_; }
   // The daemon's metrics registry: every volume, part and the NBD server report into it; its
-  // Text() is the admin socket's `stats` answer (and what GET /metrics serves).
+  // Text() is what GET /metrics serves.
   Metrics& metrics() { return *metrics_; }
 
   // "HOST:PORT" of the REST API.
@@ -74,6 +74,11 @@ class Master : public ApiService {
   Status DeleteVolume(const std::string& name, bool force) override;
   Result<nlohmann::json> Health() override;
   Result<nlohmann::json> StartRepair(const std::string& name) override;
+  Result<nlohmann::json> RepairChunk(const std::string& name, uint64_t chunk,
+                                     const RepairOptions& options) override;
+  Result<nlohmann::json> Daemon() override;
+  Result<nlohmann::json> Backends() override;
+  Result<nlohmann::json> Block(const std::string& name, uint64_t offset) override;
 
  private:
   class Registry;
@@ -98,8 +103,9 @@ class Master : public ApiService {
   // Unexports and closes the open volumes whose lease went to another master.
   void DropLostVolumes();
   void PublishExport(const std::string& name, Volume& volume);
-  // The admin socket's requests (admin.h), from its connection threads.
-  Result<std::string> HandleAdmin(const std::vector<std::string>& words);
+  // Stops exporting the volume and closes the connections that use it (a deleted volume, a lost
+  // lease), waiting up to 10 s for them to end.
+  void Unexport(const std::string& name);
 
   Config config_;
   // Declared first: outlives everything that reports into it. nbd_collector_ reads server_.
@@ -111,10 +117,9 @@ class Master : public ApiService {
   std::unique_ptr<StorageBackend> ssd_dir_;  // cache_dir; outlives the volumes
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<NbdServer> server_;
-  // volumes_ changes only on the main thread, under volumes_mu_; admin requests read it under it.
+  // volumes_ changes only on the main thread, under volumes_mu_; API requests read it under it.
   std::mutex volumes_mu_;
   std::map<std::string, std::unique_ptr<Volume>> volumes_;  // by name
-  std::unique_ptr<AdminServer> admin_;  // stopped before the volumes close
   std::unique_ptr<ApiRouter> api_router_;
   std::unique_ptr<ApiServer> api_;  // stopped first
   std::mutex ops_mu_;               // Poll and API requests, one at a time

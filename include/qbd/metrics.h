@@ -111,6 +111,10 @@ class Metrics {
   // the next). The result holds pointers into this registry: it must not outlive it.
   std::shared_ptr<VolumeMetrics> ForVolume(const std::string& volume, size_t parts);
 
+  // Removes every series of `volume` (a deleted volume). REQUIRES: nothing uses the pointers
+  // ForVolume gave for it any more (its chain is destroyed).
+  void RemoveVolume(const std::string& volume);
+
   // `fn` runs before each Text() (under the registry's collector lock: it must not call Text(),
   // AddCollector or RemoveCollector), to set the gauges that describe a state. Returns an id for
   // RemoveCollector, which the owner must call before what `fn` reads goes away.

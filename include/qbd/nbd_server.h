@@ -79,6 +79,11 @@ class NbdServer {
   std::vector<std::string> BoundAddresses() const;
   // Connections open now (for the metrics).
   size_t Connections() const;
+  // Closes every connection serving the export `export_name` (a volume deleted or fenced away):
+  // its client sees the connection end, and requests in flight get no reply. Returns how many it
+  // closed. A connection whose handshake is choosing that export still may finish it: the caller
+  // removes the export from the registry first and repeats until none is left.
+  size_t Disconnect(std::string_view export_name);
   // Bytes of request payloads held now, and the budget they come from (NbdServerOptions).
   uint64_t MemoryUsed() const;
   uint64_t MemoryLimit() const;

@@ -210,6 +210,39 @@ std::shared_ptr<VolumeMetrics> Metrics::ForVolume(const std::string& volume, siz
   return std::make_shared<VolumeMetrics>(*v);
 }
 
+void Metrics::RemoveVolume(const std::string& volume) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(volume);
+  if (it == volumes_.end()) return;
+  const VolumeMetrics& v = *it->second;
+  const OpMetrics* ops[] = {&v.read, &v.write, &v.flush, &v.trim, &v.zero, &v.block_status};
+  for (const OpMetrics* o : ops) {
+    f_->requests.Remove(o->requests);
+    f_->request_bytes.Remove(o->bytes);
+    f_->request_errors.Remove(o->errors);
+    f_->request_duration.Remove(o->duration);
+  }
+  f_->cache_hits.Remove(v.cache_hits);
+  f_->cache_misses.Remove(v.cache_misses);
+  f_->ssd_hits.Remove(v.ssd_hits);
+  f_->ssd_misses.Remove(v.ssd_misses);
+  f_->qos_throttled.Remove(v.qos_throttled_seconds);
+  f_->volume_read_repairs.Remove(v.read_repairs);
+  f_->lease_held.Remove(v.lease_held);
+  for (const PartMetrics& p : v.parts) {
+    for (prometheus::Gauge* g : p.state) f_->part_state.Remove(g);
+    f_->part_state_code.Remove(p.state_code);
+    f_->part_dirty.Remove(p.dirty_bytes);
+    f_->part_resync.Remove(p.resync_bytes);
+    f_->part_errors.Remove(p.errors);
+    f_->part_checksum.Remove(p.checksum_failures);
+    f_->part_read_repairs.Remove(p.read_repairs);
+    f_->part_io.Remove(p.read_duration);
+    f_->part_io.Remove(p.write_duration);
+  }
+  volumes_.erase(it);
+}
+
 uint64_t Metrics::AddCollector(std::function<void()> fn) {
   std::lock_guard<std::mutex> l(mu_);
   const uint64_t id = next_collector_++;

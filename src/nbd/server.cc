@@ -139,6 +139,7 @@ struct NbdServer::Impl {
 
     // Set by the handshake, then read-only while workers run.
     std::shared_ptr<const Export> exp;
+    std::string serving;  // guarded by Impl::mu: exp's name once the handshake chose it
     bool structured = false;
     bool base_allocation = false;
 
@@ -172,6 +173,9 @@ struct NbdServer::Impl {
   // ---- listeners and lifetime ----
   Status Listen(std::string_view spec, std::string only_export);
   void ListenerLoop(Listener* l);
+  // Records the export the handshake chose (for Disconnect).
+  void Serving(Conn* c);
+  size_t Disconnect(std::string_view export_name);
   void StartConnection(int fd, const sockaddr_storage& peer, const std::string& only_export);
   void ReaperLoop();
   void Stop();
@@ -481,6 +485,25 @@ void NbdServer::Impl::Stop() {
 // ---------------------------------------------------------------------------------------------
 // One connection
 
+void NbdServer::Impl::Serving(Conn* c) {
+  QBD_LOG_DEBUG("nbd: {}: serving export '{}'", c->peer, c->exp->name);
+  std::lock_guard lk(mu);
+  c->serving = c->exp->name;
+}
+
+size_t NbdServer::Impl::Disconnect(std::string_view export_name) {
+  std::lock_guard lk(mu);
+  size_t n = 0;
+  for (auto& kv : conns) {
+    Conn* c = kv.second.get();
+    if (c->serving != export_name) continue;
+    // Both ways: the reader sees EOF at once and replies still owed fail; the peer sees the close.
+    ::shutdown(c->fd, SHUT_RDWR);
+    ++n;
+  }
+  return n;
+}
+
 void NbdServer::Impl::Warn(Conn* c, std::string_view what) {
   const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::steady_clock::now().time_since_epoch())
@@ -667,7 +690,7 @@ bool NbdServer::Impl::Handshake(Conn* c) {
           return false;
         }
         c->exp = std::move(e);
-        QBD_LOG_DEBUG("nbd: {}: serving export '{}'", c->peer, c->exp->name);
+        Serving(c);
         return true;
       }
 
@@ -733,7 +756,7 @@ bool NbdServer::Impl::Handshake(Conn* c) {
         if (opt == nbd::kOptGo) {
           if (meta_export != e->name) c->base_allocation = false;
           c->exp = std::move(e);
-          QBD_LOG_DEBUG("nbd: {}: serving export '{}'", c->peer, c->exp->name);
+          Serving(c);
           return true;
         }
         break;
@@ -1119,6 +1142,10 @@ std::vector<std::string> NbdServer::BoundAddresses() const {
 size_t NbdServer::Connections() const {
   std::lock_guard lk(impl_->mu);
   return impl_->conns.size() - impl_->finished.size();
+}
+
+size_t NbdServer::Disconnect(std::string_view export_name) {
+  return impl_->Disconnect(export_name);
 }
 
 uint64_t NbdServer::MemoryUsed() const { return impl_->budget.used(); }

@@ -5,13 +5,23 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <vector>
 
+#include "qbd/chunk_format.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
+#include "qbd/scrub.h"
 
 namespace qbd {
 
@@ -189,6 +199,16 @@ ApiResponse ApiRouter::Handle(const ApiRequest& r) {
       ApiResponse a = Error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)");
       return a;
     }
+  } else if (r.method != "GET" && r.method != "HEAD") {
+    const auto& ok = options_.change_uids;
+    if (!r.peer_uid || std::find(ok.begin(), ok.end(), *r.peer_uid) == ok.end()) {
+      return Error(403, fmt::format(
+                            "{} {}: changes need root or qbd-master's user on this host{}, or "
+                            "a bearer token (api_token_file)",
+                            r.method, r.path,
+                            r.peer_uid ? fmt::format(" (the request came from uid {})", *r.peer_uid)
+                                       : std::string()));
+    }
   }
   const std::vector<std::string> seg = Segments(r.path);
   if (seg.size() == 1 && seg[0] == "metrics" && options_.metrics) {
@@ -200,10 +220,26 @@ ApiResponse ApiRouter::Handle(const ApiRequest& r) {
       if (r.method != "GET") return NotAllowed(r, "GET");
       return FromResult(service_.Health());
     }
+    if (seg.size() == 2 && seg[1] == "daemon") {
+      if (r.method != "GET") return NotAllowed(r, "GET");
+      return FromResult(service_.Daemon());
+    }
+    if (seg.size() == 2 && seg[1] == "backends") {
+      if (r.method != "GET") return NotAllowed(r, "GET");
+      return FromResult(service_.Backends());
+    }
     if (seg[1] == "volumes") {
       if (seg.size() == 2) return Volumes(r);
       if (seg.size() == 3) return Volume(r, seg[2], "");
       if (seg.size() == 4) return Volume(r, seg[2], seg[3]);
+      if (seg.size() == 5 && seg[3] == "blocks") {
+        if (Status s = ValidateVolumeName(seg[2]); !s.ok()) return Failed(s);
+        if (r.method != "GET") return NotAllowed(r, "GET");
+        auto off = ParseSize(seg[4]);
+        if (!off.ok()) return Error(400, fmt::format("offset: {}", off.status().message()));
+        return FromResult(service_.Block(seg[2], *off));
+      }
+      if (seg.size() == 6 && seg[3] == "chunks") return Chunk(r, seg[2], seg[4], seg[5]);
     }
   }
   return Error(404, fmt::format("no such path: {} (see README.md, REST API)", r.path));
@@ -247,8 +283,210 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
   return NotAllowed(r, "GET, PATCH, DELETE");
 }
 
+// POST /v1/volumes/NAME/chunks/N/repair {"dry_run": false, "parts": "ab", "accept_loss": false}
+ApiResponse ApiRouter::Chunk(const ApiRequest& r, const std::string& name,
+                             const std::string& chunk, const std::string& action) {
+  if (Status s = ValidateVolumeName(name); !s.ok()) return Failed(s);
+  if (action != "repair") return Error(404, fmt::format("no such path: {}", r.path));
+  if (r.method != "POST") return NotAllowed(r, "POST");
+  uint64_t c = 0;
+  auto [end, ec] = std::from_chars(chunk.data(), chunk.data() + chunk.size(), c);
+  if (ec != std::errc() || end != chunk.data() + chunk.size())
+    return Error(400, fmt::format("chunk: '{}' is not a chunk number (0-based)", chunk));
+  RepairOptions o;
+  if (!r.body.empty()) {
+    auto j = BodyObject(r.body, {"dry_run", "parts", "accept_loss"});
+    if (!j.ok()) return Failed(j.status());
+    if (j->contains("dry_run")) {
+      auto b = BoolField((*j)["dry_run"], "dry_run");
+      if (!b.ok()) return Failed(b.status());
+      o.dry_run = *b;
+    }
+    if (j->contains("accept_loss")) {
+      auto b = BoolField((*j)["accept_loss"], "accept_loss");
+      if (!b.ok()) return Failed(b.status());
+      o.accept_loss = *b;
+    }
+    if (j->contains("parts")) {
+      const json& p = (*j)["parts"];
+      if (!p.is_string() || p.get<std::string>().empty())
+        return Error(400, "parts: the part letters that may be rewritten, like \"bc\"");
+      o.targets = 0;
+      for (char l : p.get<std::string>()) {
+        if (l < 'a' || l > 'z') return Error(400, fmt::format("parts: '{}' is not a part letter", l));
+        o.targets |= 1u << (l - 'a');
+      }
+    }
+  }
+  return FromResult(service_.RepairChunk(name, c, o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repair reports
+
+namespace {
+
+std::string Ranges(const std::vector<uint64_t>& blocks) {
+  std::string s = FormatRanges(blocks);
+  std::erase(s, ' ');
+  return s;
+}
+
+Result<std::string> StringOf(const json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_string())
+    return Status::Corruption(fmt::format("repair report: '{}' is not a string", key));
+  return j[key].get<std::string>();
+}
+
+Result<uint64_t> NumberOf(const json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_number_unsigned())
+    return Status::Corruption(fmt::format("repair report: '{}' is not a number", key));
+  return j[key].get<uint64_t>();
+}
+
+Result<std::vector<uint64_t>> BlocksOf(const json& j, const char* key) {
+  QBD_ASSIGN_OR_RETURN(std::string text, StringOf(j, key));
+  return ParseBlockRanges(text);
+}
+
+}  // namespace
+
+Result<std::vector<uint64_t>> ParseBlockRanges(std::string_view s) {
+  std::vector<uint64_t> out;
+  if (s == "-") return out;
+  while (!s.empty()) {
+    size_t comma = s.find(',');
+    std::string_view item = s.substr(0, comma);
+    s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
+    size_t dash = item.find('-');
+    uint64_t a = 0, b = 0;
+    auto num = [](std::string_view t, uint64_t* v) {
+      auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), *v);
+      return ec == std::errc() && end == t.data() + t.size();
+    };
+    if (!num(item.substr(0, dash), &a))
+      return Status::Corruption(fmt::format("bad block range '{}'", item));
+    b = a;
+    if (dash != std::string_view::npos && !num(item.substr(dash + 1), &b)) {
+      return Status::Corruption(fmt::format("bad block range '{}'", item));
+    }
+    // A chunk has at most 2^21 blocks (1 GiB of 512-byte blocks): no report names a block past
+    // that or lists more. Bounding b also keeps the sum below and the loop after it from wrapping.
+    constexpr uint64_t kMaxChunkBlocks = kMaxChunkSize / kMinBlockSize;
+    if (b < a || b >= kMaxChunkBlocks || b - a + out.size() >= kMaxChunkBlocks) {
+      return Status::Corruption(fmt::format("bad block range '{}'", item));
+    }
+    for (uint64_t x = a; x <= b; ++x) out.push_back(x);
+  }
+  return out;
+}
+
+json RepairReportJson(const ChunkRepairReport& r) {
+  json actions = json::array();
+  for (const RepairAction& a : r.actions) {
+    actions.push_back({{"target", std::string(1, a.target)},
+                       {"sources", a.sources},
+                       {"whole_file", a.whole_file},
+                       {"reason", a.reason},
+                       {"blocks", Ranges(a.blocks)},
+                       {"error", a.error}});
+  }
+  return json{{"chunk", r.chunk},
+              {"bytes_read", r.bytes_read},
+              {"bytes_written", r.bytes_written},
+              {"actions", std::move(actions)},
+              {"lost", Ranges(r.lost)},
+              {"unknown", Ranges(r.unknown)},
+              {"accepted", Ranges(r.accepted)},
+              {"notes", r.notes}};
+}
+
+Result<ChunkRepairReport> RepairReportFromJson(const json& j) {
+  if (!j.is_object()) return Status::Corruption("repair report: not a JSON object");
+  ChunkRepairReport r;
+  QBD_ASSIGN_OR_RETURN(r.chunk, NumberOf(j, "chunk"));
+  QBD_ASSIGN_OR_RETURN(r.bytes_read, NumberOf(j, "bytes_read"));
+  QBD_ASSIGN_OR_RETURN(r.bytes_written, NumberOf(j, "bytes_written"));
+  QBD_ASSIGN_OR_RETURN(r.lost, BlocksOf(j, "lost"));
+  QBD_ASSIGN_OR_RETURN(r.unknown, BlocksOf(j, "unknown"));
+  QBD_ASSIGN_OR_RETURN(r.accepted, BlocksOf(j, "accepted"));
+  if (!j.contains("actions") || !j["actions"].is_array())
+    return Status::Corruption("repair report: 'actions' is not a list");
+  for (const json& a : j["actions"]) {
+    if (!a.is_object()) return Status::Corruption("repair report: an action is not an object");
+    RepairAction x;
+    QBD_ASSIGN_OR_RETURN(std::string target, StringOf(a, "target"));
+    if (target.size() != 1 || target[0] < 'a' || target[0] > 'z')
+      return Status::Corruption(fmt::format("repair report: bad target '{}'", target));
+    x.target = target[0];
+    QBD_ASSIGN_OR_RETURN(x.sources, StringOf(a, "sources"));
+    QBD_ASSIGN_OR_RETURN(x.reason, StringOf(a, "reason"));
+    QBD_ASSIGN_OR_RETURN(x.error, StringOf(a, "error"));
+    QBD_ASSIGN_OR_RETURN(x.blocks, BlocksOf(a, "blocks"));
+    if (!a.contains("whole_file") || !a["whole_file"].is_boolean())
+      return Status::Corruption("repair report: 'whole_file' is not true or false");
+    x.whole_file = a["whole_file"].get<bool>();
+    r.actions.push_back(std::move(x));
+  }
+  if (!j.contains("notes") || !j["notes"].is_array())
+    return Status::Corruption("repair report: 'notes' is not a list");
+  for (const json& n : j["notes"]) {
+    if (!n.is_string()) return Status::Corruption("repair report: a note is not a string");
+    r.notes.push_back(n.get<std::string>());
+  }
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // ApiServer
+
+namespace {
+
+// The owner of the TCP socket at local address (addr, port) connected to (peer, peer_port), from
+// /proc/net/tcp or tcp6: both ends of a loopback connection are this host's sockets.
+std::optional<uint32_t> SocketOwner(const std::string& addr, int port, const std::string& peer,
+                                    int peer_port) {
+  // The kernel prints each address as the 32-bit words of its network bytes, in host order.
+  auto hex_of = [](const std::string& text) -> std::string {
+    unsigned char b[16];
+    std::string out;
+    auto words = [&](int n) {
+      for (int w = 0; w < n; ++w) {
+        uint32_t v = 0;
+        std::memcpy(&v, b + 4 * w, 4);
+        out += fmt::format("{:08X}", v);
+      }
+    };
+    if (::inet_pton(AF_INET, text.c_str(), b) == 1) {
+      words(1);
+    } else if (::inet_pton(AF_INET6, text.c_str(), b) == 1) {
+      words(4);
+    }
+    return out;
+  };
+  const std::string local = fmt::format("{}:{:04X}", hex_of(addr), port);
+  const std::string remote = fmt::format("{}:{:04X}", hex_of(peer), peer_port);
+  if (local.size() < 6 || remote.size() < 6) return std::nullopt;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      std::string sl, l, rem, st, queues, timer, retr;
+      uint32_t uid = 0;
+      if (!(ls >> sl >> l >> rem >> st >> queues >> timer >> retr >> uid)) continue;
+      if (l == local && rem == remote) return uid;
+    }
+  }
+  return std::nullopt;
+}
+
+bool IsLoopback(const std::string& addr) {
+  return addr.rfind("127.", 0) == 0 || addr == "::1" || addr.rfind("::ffff:127.", 0) == 0;
+}
+
+}  // namespace
 
 struct ApiServer::Impl {
   httplib::Server server;
@@ -270,6 +508,9 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(const std::string& listen, A
     for (const auto& [k, v] : req.params) r.query[k] = v;
     r.body = req.body;
     r.authorization = req.get_header_value("Authorization");
+    if (req.method != "GET" && IsLoopback(req.remote_addr)) {
+      r.peer_uid = SocketOwner(req.remote_addr, req.remote_port, req.local_addr, req.local_port);
+    }
     ApiResponse out = router.Handle(r);
     res.status = out.status;
     res.set_content(out.body, out.content_type.c_str());

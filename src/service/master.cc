@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
@@ -170,9 +171,6 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
       m->listening_[name] = true;
     }
   }
-  QBD_ASSIGN_OR_RETURN(m->admin_, AdminServer::Start(config.admin_socket, [mp = m.get()](const std::vector<std::string>& w) {
-                         return mp->HandleAdmin(w);
-                       }));
   ApiOptions ao;
   if (!config.api_token_file.empty()) {
     auto token = ReadApiToken(config.api_token_file);
@@ -183,12 +181,13 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
     ao.token = *token;
   }
   ao.metrics = [mp = m.get()] { return mp->metrics_->Text(); };
+  // Without a token, changes are for root and this daemon's user.
+  ao.change_uids = {0, static_cast<uint32_t>(::geteuid())};
   m->api_router_ = std::make_unique<ApiRouter>(*m, std::move(ao));
   auto api = ApiServer::Start(config.api_listen, *m->api_router_);
   if (!api.ok()) return api.status();
   m->api_ = std::move(api).value();
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
-  QBD_LOG_INFO("qbd-master: admin socket {}", config.admin_socket);
   QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
                config.api_token_file.empty() ? "" : " (bearer token required)");
   return m;
@@ -296,11 +295,27 @@ void Master::DropLostVolumes() {
       continue;
     }
     QBD_LOG_ERROR("volume {}: unexported: its lease went to {}", it->first, lease->lost_to());
-    registry_->Remove(it->first);
+    Unexport(it->first);
     std::lock_guard<std::mutex> l(volumes_mu_);
     it->second->Close().IgnoreError();  // writes nothing: the volume is another master's now
     leases_.erase(it->first);
     it = volumes_.erase(it);
+  }
+}
+
+void Master::Unexport(const std::string& name) {
+  registry_->Remove(name);
+  if (!server_) return;
+  // A handshake that found the export just before may still pick it: repeat until none is left.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  size_t closed = 0;
+  while (ConnectionsTo(name) > 0 && std::chrono::steady_clock::now() < deadline) {
+    closed += server_->Disconnect(name);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (closed > 0) QBD_LOG_INFO("volume {}: {} client connection(s) closed", name, closed);
+  if (int left = ConnectionsTo(name); left > 0) {
+    QBD_LOG_WARN("volume {}: {} connection(s) still open after 10 s", name, left);
   }
 }
 
@@ -336,10 +351,15 @@ Status Master::PollLocked() {
       continue;
     }
     QBD_LOG_INFO("volume {}: no longer listed in .volumesmeta: unexported", it->first);
-    registry_->Remove(it->first);
-    std::lock_guard<std::mutex> l(volumes_mu_);
-    it->second->Close().IgnoreError();  // its files are being deleted
-    it = volumes_.erase(it);
+    const std::string name = it->first;
+    Unexport(name);
+    {
+      std::lock_guard<std::mutex> l(volumes_mu_);
+      it->second->Close().IgnoreError();  // its files are being deleted
+      it = volumes_.erase(it);
+    }
+    // Its series go with it, unless a connection that would not end still holds its chain.
+    if (ConnectionsTo(name) == 0) metrics_->RemoveVolume(name);
   }
   // Volumes awaited and no longer listed: nothing of ours is on their parts.
   for (auto it = leases_.begin(); it != leases_.end();) {
@@ -417,7 +437,6 @@ Status Master::Stop() {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::OK();
   stopped_ = true;
-  admin_.reset();
   if (server_) server_->Stop();
   if (nbd_collector_ != 0) metrics_->RemoveCollector(nbd_collector_);
   nbd_collector_ = 0;
@@ -436,21 +455,6 @@ Status Master::Stop() {
   leases_.clear();
   if (cache_) QBD_LOG_INFO("{}", cache_->Summary());
   return result;
-}
-
-Result<std::string> Master::HandleAdmin(const std::vector<std::string>& words) {
-  const std::string& cmd = words[0];
-  if (cmd == "ping") return fmt::format("ok qbd-master pid={}", ::getpid());
-  if (cmd == "stats") return metrics_->Text();  // the Prometheus text format (qbd/metrics.h)
-  if (cmd == "repair") {
-    QBD_ASSIGN_OR_RETURN(AdminRepairRequest req, ParseRepairRequest(words));
-    std::lock_guard<std::mutex> l(volumes_mu_);
-    auto it = volumes_.find(req.volume);
-    if (it == volumes_.end()) return Status::NotFound(fmt::format("volume {} is not served", req.volume));
-    QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, it->second->quorum().RepairChunk(req.chunk, req.options));
-    return EncodeRepairReport(r);
-  }
-  return Status::InvalidArgument(fmt::format("unknown request '{}' (ping, stats, repair)", cmd));
 }
 
 }  // namespace qbd

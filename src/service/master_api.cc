@@ -11,9 +11,12 @@
 #include <set>
 #include <thread>
 
+#include "qbd/backend_check.h"
 #include "qbd/chunk_format.h"
+#include "qbd/inspect.h"
 #include "qbd/log.h"
 #include "qbd/master.h"
+#include "qbd/views.h"
 
 namespace qbd {
 
@@ -88,21 +91,7 @@ std::string Master::VolumeState(const std::string& name, Volume* v) {
 
 Result<json> Master::VolumeJson(const std::string& name) {
   QBD_ASSIGN_OR_RETURN(VolumeMeta m, catalog_->Find(name));
-  json j;
-  j["name"] = m.name;
-  j["number"] = m.number;
-  j["size"] = m.geometry.size;
-  j["block_size"] = m.geometry.block_size;
-  j["chunk_size"] = m.geometry.chunk_size;
-  j["created"] = m.created;
-  j["policy"] = {{"layout", "replicate"},
-                 {"replicas", m.replicas},
-                 {"write_quorum", m.EffectiveWriteQuorum()},
-                 {"read_only", m.read_only},
-                 {"append_only", m.append_only}};
-  j["qos"] =
-      m.qos.empty() ? json(nullptr) : json::parse(m.qos, nullptr, /*allow_exceptions=*/false);
-  if (j["qos"].is_discarded()) j["qos"] = m.qos;  // a hand edit: shown as the text it is
+  json j = VolumeBaseJson(m, *catalog_);
   auto it = volumes_.find(name);
   Volume* v = it == volumes_.end() ? nullptr : it->second.get();
   j["state"] = VolumeState(name, v);
@@ -115,11 +104,9 @@ Result<json> Master::VolumeJson(const std::string& name) {
   } else {
     j["lease"] = nullptr;
   }
-  json parts = json::array();
   uint64_t dirty_total = 0;
   for (uint32_t i = 0; i < m.replicas; ++i) {
-    json p = {{"part", std::string(1, static_cast<char>('a' + i))},
-              {"backend", catalog_->part_backend(i).Describe()}};
+    json& p = j["parts"][i];
     if (v != nullptr) {
       QuorumSet& q = v->quorum();
       const uint64_t dirty =
@@ -131,9 +118,7 @@ Result<json> Master::VolumeJson(const std::string& name) {
       p["state"] = "not served";
       p["dirty_bytes"] = nullptr;
     }
-    parts.push_back(std::move(p));
   }
-  j["parts"] = std::move(parts);
   if (v != nullptr) {
     const QuorumCounters& c = v->quorum().counters();
     j["resync"] = {{"dirty_bytes", dirty_total},
@@ -175,14 +160,9 @@ Result<json> Master::ListVolumes() {
       continue;
     }
     auto it = volumes_.find(name);
-    list.push_back({{"name", name},
-                    {"number", nr},
-                    {"size", m->geometry.size},
-                    {"replicas", m->replicas},
-                    {"read_only", m->read_only},
-                    {"append_only", m->append_only},
-                    {"state", VolumeState(name, it == volumes_.end() ? nullptr : it->second.get())},
-                    {"served", it != volumes_.end()}});
+    list.push_back(VolumeSummaryJson(
+        *m, VolumeState(name, it == volumes_.end() ? nullptr : it->second.get()),
+        it != volumes_.end()));
   }
   return json{{"volumes", std::move(list)}};
 }
@@ -339,6 +319,55 @@ Result<json> Master::StartRepair(const std::string& name) {
   return VolumeJson(name);
 }
 
+Result<json> Master::RepairChunk(const std::string& name, uint64_t chunk,
+                                 const RepairOptions& options) {
+  // Not under ops_mu_: a chunk repair takes a while and needs only its volume to stay open.
+  std::lock_guard<std::mutex> l(volumes_mu_);
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) {
+    QBD_RETURN_IF_ERROR(catalog_->Find(name).status());  // NotFound
+    return Status::InvalidArgument(
+        fmt::format("volume {} is not served by this qbd-master (its lease holder repairs it)",
+                    name),
+        EBUSY);
+  }
+  QuorumSet& q = it->second->quorum();
+  if (chunk >= q.ChunkCount()) {
+    return Status::InvalidArgument(fmt::format("volume {} has {} chunk(s): chunk {} is past its end",
+                                               name, q.ChunkCount(), chunk));
+  }
+  QBD_ASSIGN_OR_RETURN(ChunkRepairReport r, q.RepairChunk(chunk, options));
+  return RepairReportJson(r);
+}
+
+Result<json> Master::Daemon() {
+  json listen = json::array();
+  if (server_) {
+    for (const std::string& a : server_->BoundAddresses()) listen.push_back(a);
+  }
+  return json{{"service", "qbd-master"},
+              {"pid", ::getpid()},
+              {"config", identity_.config},
+              {"started", identity_.started},
+              {"nbd_listen", std::move(listen)},
+              {"api_listen", ApiAddress()},
+              {"connections", server_ ? server_->Connections() : 0}};
+}
+
+Result<json> Master::Backends() { return CheckBackends(config_); }
+
+Result<json> Master::Block(const std::string& name, uint64_t offset) {
+  std::lock_guard<std::mutex> ops(ops_mu_);
+  QBD_ASSIGN_OR_RETURN(VolumeMeta m, catalog_->Find(name));
+  QBD_ASSIGN_OR_RETURN(BlockView v, InspectBlock(m, catalog_->BackendsFor(m), offset));
+  json j = json::parse(FormatBlockJson(v), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return Status::IOError("the block's JSON did not parse");
+  // qbdctl prints it as it would offline; a client reads the fields.
+  j["text"] = FormatBlockText(v);
+  j["readable"] = v.Readable();
+  return j;
+}
+
 Result<json> Master::Health() {
   std::lock_guard<std::mutex> ops(ops_mu_);
   std::set<std::string> seen;  // keys of the problems found now
@@ -353,10 +382,7 @@ Result<json> Master::Health() {
       auto [it, added] = since_.emplace(key, NowUtc());
       since = it->second;
     }
-    json p = {{"status", status}, {"what", what}, {"since", since}, {"action", action}};
-    p["part"] = part.empty() ? json(nullptr) : json(part);
-    p["backend"] = backend.empty() ? json(nullptr) : json(backend);
-    return p;
+    return Problem(status, what, part, backend, since, action);
   };
   const std::string conf = config_.file;
   int overall = 0;

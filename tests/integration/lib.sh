@@ -472,17 +472,12 @@ write(a) if a.mode == "write" else verify(a)
 EOF
 }
 
-admin_stats() { # the running qbd-master's answer to the admin socket's "stats" request
-  python3 - "$T/qbd.sock" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.sendall(b"stats\n")
-data = b""
-while not data.endswith(b"end\n") and not data.startswith(b"error"):
-    chunk = s.recv(65536)
-    if not chunk: break
-    data += chunk
-print(data.decode())
-EOF
+api_address() { # HOST:PORT of the REST API of the test config (its last api_listen line)
+  sed -n 's/^api_listen *= *//p' "$T/qbd.conf" | tail -n 1
+}
+
+metrics_text() { # the running qbd-master's GET /metrics (the Prometheus text format)
+  curl -sS --max-time 10 "http://$(api_address)/metrics"
 }
 
 # check_multi_conn NAME URI OFFSET: two connections; what one writes, trims, zeroes or partly writes

@@ -28,8 +28,8 @@ fio --name=c --ioengine=nbd --uri="$(uri c)" --rw=randrw --bs=4k --iodepth=16 --
   --verify=crc32c --verify_fatal=1 --output-format=json --output="$T/fio.json" >"$T/fio.out" 2>&1
 rc=$?
 [ $rc = 0 ] && pass "fio randrw --verify=crc32c passes with the cache" || { fail "fio randrw --verify=crc32c passes with the cache" "exit $rc"; show "$T/fio.out"; }
-admin_stats >"$T/stats.out" 2>&1
-check "the admin socket's stats request gives the volume's request counters and its memory cache hits" \
+metrics_text >"$T/stats.out" 2>&1
+check "GET /metrics gives the volume's request counters and its memory cache hits" \
   bash -c "grep -qE '^qbd_volume_requests_total\\{op=\"read\",volume=\"c\"\\} [1-9]' '$T/stats.out' &&
            grep -qE '^qbd_volume_cache_hits_total\\{volume=\"c\"\\} [1-9]' '$T/stats.out'"
 qbd_stop

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The metrics registry on the real daemon: the admin socket's stats request returns the Prometheus
+# The metrics registry on the real daemon: GET /metrics of the REST API returns the Prometheus
 # text format, which python3-prometheus-client's parser reads; every series of qbd/metrics.h is
 # there with its labels, and the volume's, parts' and daemon's series move as I/O happens, as a
 # connection is open, and as a part's directory is moved away and back.
@@ -12,21 +12,10 @@ qbd_start
 # The helpers below go into a file, so that the checks (run by `bash -c`) source them.
 cat >"$T/metrics.sh" <<'SH'
 T=$(dirname "${BASH_SOURCE[0]}")
-admin_stats() {
-  python3 - "$T/qbd.sock" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.sendall(b"stats\n")
-data = b""
-while not data.endswith(b"end\n") and not data.startswith(b"error"):
-    chunk = s.recv(65536)
-    if not chunk: break
-    data += chunk
-sys.stdout.write(data.decode())
-EOF
-}
-# scrape FILE: the stats answer without the admin socket's closing "end" line.
+API=$(sed -n 's/^api_listen *= *//p' "$T/qbd.conf" | tail -n 1)
+# scrape FILE: GET /metrics into FILE.
 scrape() {
-  admin_stats | sed '/^end$/,$d' >"$1"
+  curl -sS --max-time 10 "http://$API/metrics" >"$1"
 }
 
 # metric FILE NAME [LABEL=VALUE...]: the value of the sample NAME with those labels (a sample

@@ -49,8 +49,8 @@ check "every acknowledged write is there (flushed or not), others zero or one wh
 check_multi_conn "write-back: a write, trim, write_zeroes and partial write on one connection are read at once on another" \
   "$(uri wb)" $((48 * 1048576))
 
-admin_stats >"$T/stats.out" 2>&1
-check "the admin socket's stats request gives the volume's SSD cache hits and misses" \
+metrics_text >"$T/stats.out" 2>&1
+check "GET /metrics gives the volume's SSD cache hits and misses" \
   bash -c "grep -qE '^qbd_volume_ssd_cache_hits_total\\{volume=\"wb\"\\} [0-9]' '$T/stats.out' &&
            grep -qE '^qbd_volume_ssd_cache_misses_total\\{volume=\"wb\"\\} [0-9]' '$T/stats.out'"
 qbd_stop

@@ -1,6 +1,6 @@
 // qbd-repair: the manual rebuild. Rewrites missing, corrupt and stale chunk files and blocks from
 // healthy copies, chunk by chunk. With qbd-master running, each chunk is repaired by the daemon
-// (through its admin socket, under its region locks); without it, here, under the configuration's
+// (through its REST API, under its region locks); without it, here, under the configuration's
 // lock so that the daemon cannot start meanwhile. A killed run resumes where it stopped.
 #include <fmt/format.h>
 #include <unistd.h>
@@ -16,7 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "qbd/admin.h"
+#include "qbd/api.h"
+#include "qbd/api_client.h"
+#include "qbd/process_lock.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/lease.h"
@@ -41,7 +43,8 @@ reporting it, until the admin accepts the loss (--accept-loss). Works on local a
 whole part can be rebuilt from an empty directory (a replaced disk or server).
 
 With qbd-master running on the same configuration, every chunk is repaired by the daemon through
-its admin socket (admin_socket in qbd.conf), under the locks of its request path, so no
+its REST API (api_listen in qbd.conf; POST /v1/volumes/NAME/chunks/N/repair), under the
+locks of its request path, so no
 acknowledged write is lost or overwritten. Without it, qbd-repair works on the files itself and
 holds the configuration's lock (<admin_socket>.lock): qbd-master does not start meanwhile. It
 refuses a volume whose parts hold another master's lease (<volnr>/.owner, layout-spec.md 8: a
@@ -154,13 +157,33 @@ void Report(const std::string& vol, const qbd::ChunkRepairReport& r, uint64_t bl
 // directory RepairMetadata just recreated, a server restarted a moment ago); its backend retries a
 // dead server after a backoff of up to 10 s. Waits up to `seconds` for the daemon to report no
 // part down for `chunk` (a dry run), so that the part is repaired in this run.
-void WaitForDownParts(qbd::AdminClient& admin, const std::string& vol, uint64_t chunk, int seconds) {
+// One chunk through the daemon (POST /v1/volumes/NAME/chunks/N/repair).
+qbd::Result<qbd::ChunkRepairReport> RepairOnline(qbd::ApiClient& api, const std::string& vol,
+                                                 uint64_t chunk, const qbd::RepairOptions& o) {
+  nlohmann::json body = {{"dry_run", o.dry_run}, {"accept_loss", o.accept_loss}};
+  if (o.targets != ~0u) {
+    std::string parts;
+    for (int p = 0; p < 26; ++p) {
+      if (o.targets & (1u << p)) parts += static_cast<char>('a' + p);
+    }
+    body["parts"] = parts;
+  }
+  auto j = api.Do("POST", fmt::format("/v1/volumes/{}/chunks/{}/repair", vol, chunk), body);
+  if (!j.ok()) return j.status();
+  return qbd::RepairReportFromJson(*j);
+}
+
+// With the daemon doing the work: a part it has marked down may be back (a replaced server whose
+// directory RepairMetadata just recreated, a server restarted a moment ago); its backend retries a
+// dead server after a backoff of up to 10 s. Waits up to `seconds` for the daemon to report no
+// part down for `chunk` (a dry run), so that the part is repaired in this run.
+void WaitForDownParts(qbd::ApiClient& api, const std::string& vol, uint64_t chunk, int seconds) {
   const auto deadline = Clock::now() + std::chrono::seconds(seconds);
   bool said = false;
+  qbd::RepairOptions dry;
+  dry.dry_run = true;
   for (;;) {
-    auto reply = admin.Call(fmt::format("repair {} {} dry-run", vol, chunk));
-    if (!reply.ok()) return;
-    auto r = qbd::DecodeRepairReport(*reply);
+    auto r = RepairOnline(api, vol, chunk, dry);
     if (!r.ok()) return;
     std::string down;
     for (const std::string& n : r->notes) {
@@ -240,21 +263,21 @@ int Run(int argc, char** argv) {
   qbd::Catalog& cat = **catalog;
 
   // The daemon, if it runs, does the work; else we hold the lock that keeps it from starting.
-  std::unique_ptr<qbd::AdminClient> admin;
+  std::unique_ptr<qbd::ApiClient> admin;
   std::unique_ptr<qbd::ProcessLock> lock;
-  if (auto c = qbd::AdminClient::Connect(config->admin_socket); c.ok() && (*c)->Call("ping").ok()) {
-    admin = std::move(c).value();
-    std::cout << fmt::format("qbd-master is running: it repairs each chunk (admin socket {})\n",
-                             config->admin_socket);
+  auto api = qbd::ApiClient::Find(*config);
+  if (!api.ok()) return Access(api.status().message());
+  if (*api) {
+    admin = std::move(api).value();
+    std::cout << fmt::format("qbd-master is running: it repairs each chunk (REST API {})\n",
+                             admin->base());
   } else {
     auto l = qbd::ProcessLock::Acquire(config->admin_socket + ".lock", "qbd-repair");
     if (!l.ok() && !l.status().IsUnavailable()) {
       return Access(fmt::format("the lock of admin_socket {}: {}", config->admin_socket, l.status().message()));
     }
     if (!l.ok()) {
-      return Access(fmt::format(
-          "{}, but nothing answers on the admin socket {}; is qbd-master starting or stopping?",
-          l.status().message(), config->admin_socket));
+      return Access(fmt::format("{}; is qbd-master starting or stopping?", l.status().message()));
     }
     lock = std::move(l).value();
   }
@@ -360,12 +383,7 @@ int Run(int argc, char** argv) {
       if (c < resume) continue;
       qbd::Result<qbd::ChunkRepairReport> r = qbd::Status::OK();
       if (admin) {
-        std::string req = fmt::format("repair {} {}{}", name, c, dry ? " dry-run" : "");
-        if (ro.targets != ~0u) req += fmt::format(" targets={}", ro.targets);
-        if (ro.accept_loss) req += " accept-loss";
-        auto reply = admin->Call(req);
-        r = reply.ok() ? qbd::DecodeRepairReport(*reply)
-                       : qbd::Result<qbd::ChunkRepairReport>(reply.status());
+        r = RepairOnline(*admin, name, c, ro);
       } else {
         r = vol->quorum().RepairChunk(c, ro);
       }

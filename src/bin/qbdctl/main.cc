@@ -1,8 +1,12 @@
-// qbdctl: volume administration (offline mode: works on the backends named in qbd.conf, through
-// the same Catalog library code that the daemon and the REST API use).
-// Exit status: 0 success, 1 the operation failed, 2 usage error or bad argument, 4
-// (kExitBadConfig) a bad qbd.conf. Arguments, then the whole configuration on this host, are
-// checked before any backend is opened: nothing changes on an error found before writing.
+// qbdctl: volume administration. With qbd-master running on the configuration, every command
+// goes through its REST API (qbd/api_client.h); with it stopped, qbdctl works on the backends named
+// in qbd.conf through the same library code the daemon uses. Both paths build the same JSON
+// documents (qbd/views.h) and print them the same way: the output has one form either way, and
+// `--json` prints the documents.
+// Exit status: 0 success, 1 the operation failed, 2 usage error, bad argument or unknown volume, 4
+// (kExitBadConfig) a bad qbd.conf; `status` exits 0 ok, 1 degraded, 2 data lost. Arguments, then
+// the whole configuration on this host, are checked before any backend is opened or any request
+// sent: nothing changes on an error found before writing.
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -10,48 +14,66 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "qbd/admin.h"
+#include "qbd/api.h"
+#include "qbd/api_client.h"
+#include "qbd/backend_check.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/convert.h"
 #include "qbd/inspect.h"
 #include "qbd/lease.h"
 #include "qbd/log.h"
+#include "qbd/process_lock.h"
+#include "qbd/views.h"
 
 namespace po = boost::program_options;
+using nlohmann::json;
 
 namespace {
 
-const char kUsage[] = R"(Usage: qbdctl --config FILE COMMAND [ARGS]
+const char kUsage[] = R"(Usage: qbdctl --config FILE [--json] COMMAND [ARGS]
 
 Commands:
-  create NAME --size SIZE [--replicas N] [--block-size B] [--chunk-size C] [--write-quorum Q]
-                          create a volume (SIZE like 10G; replicas default: every part)
   list                    list volumes
-  info NAME               show a volume's policy and parts
+  info NAME               a volume's policy, state, parts, resync and repair progress
+  status                  one line per problem of the daemon and every volume (what, where,
+                          since when, what to do); OK when there is none
+  create NAME --size SIZE [--replicas N] [--block-size B] [--chunk-size C] [--write-quorum Q]
+                          [--read-only]
+                          create a volume (SIZE like 10G; replicas default: every part); a
+                          running qbd-master serves it at once
   resize NAME --size SIZE grow a volume
-  delete NAME             delete a volume and its chunk files on every part
+  delete NAME [--force]   delete a volume and its chunk files on every part (--force: even
+                          while clients are connected; qbd-master disconnects them)
   set NAME read-only on|off
   set NAME append-only on|off
+  repair NAME             start an online repair of every chunk (qbd-master must run; its
+                          progress shows in info)
   backends                check every backend: reachable, writable, free space, volumes
   convert NAME            rewrite a volume's chunk files from format 1 to format 2 (offline:
                           qbd-master stopped; resumable, a second run does nothing)
-  block NAME OFFSET [--json]
-                          show every part's copy of the block at device byte OFFSET: files,
+  block NAME OFFSET       show every part's copy of the block at device byte OFFSET: files,
                           offsets, stored metadata, checksums, verdicts (reads only; exit 1
                           when the block has no good copy)
 
+With qbd-master running on this configuration, every command goes through its REST API
+(api_listen, with api_token_file's token); with it stopped, qbdctl works on the backends itself.
+The output is the same either way. --json prints the JSON documents of the REST API instead.
+
 Sizes and offsets take binary suffixes K, M, G, T.
 
-Exit status: 0 success; 1 the operation failed; 2 usage error or bad argument; 4 bad qbd.conf
-(absent, unreadable, malformed, a value out of range, or naming a host or directory this machine
-does not have; a part's directory may be missing only for create, which creates it, and
-backends, which reports it). Nothing is changed on an error found before writing.
+Exit status: 0 success; 1 the operation failed; 2 usage error, bad argument or unknown volume;
+4 bad qbd.conf (absent, unreadable, malformed, a value out of range, or naming a host or
+directory this machine does not have; a part's directory may be missing only for create, which
+creates it, and backends and status, which report it). `status` exits 0 when all is well, 1 when
+something is degraded, 2 when data is lost (as qbd-verify). Nothing is changed on an error found
+before writing.
 )";
 
 struct UsageError {
@@ -63,9 +85,14 @@ int Usage(const std::string& msg) {
   return 2;
 }
 
+bool g_json = false;
+
+// A failed command: the message on stderr (and as {"error"} with --json). A bad argument or an
+// unknown volume exits 2, the rest 1.
 int Fail(const qbd::Status& s) {
   std::cerr << "qbdctl: " << s.message() << "\n";
-  return s.IsInvalidArgument() || s.IsNotFound() ? 2 : 1;
+  if (g_json) std::cout << json{{"error", s.message()}}.dump(2) << "\n";
+  return (s.IsInvalidArgument() && s.Errno() == EINVAL) || s.IsNotFound() ? 2 : 1;
 }
 
 int BadConfig(const qbd::Status& s) {
@@ -79,103 +106,26 @@ uint64_t SizeArg(const po::variables_map& vm, const char* name) {
   return *v;
 }
 
-// The lifecycle state: the running daemon's API knows it (in use, resizing, repairing...); without
-// one, what the backends tell.
-std::string OfflineStateLine(const qbd::VolumeMeta& m, qbd::Catalog& c) {
-  if (auto a = qbd::AdminClient::Connect(c.config().admin_socket); a.ok()) {
-    if (auto pong = (*a)->Call("ping"); pong.ok()) {
-      std::string who = *pong;
-      while (!who.empty() && who.back() == '\n') who.pop_back();
-      return fmt::format("served ({}): GET http://{}/v1/volumes/{} has its live state", who,
-                         c.config().api_listen, m.name);
-    }
+// Prints the document (--json) or its text.
+int Emit(const json& doc, const std::string& text, int code = 0) {
+  if (g_json) {
+    std::cout << doc.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << text;
   }
-  return c.OfflineState(m) + " (qbd-master is not running)";
+  return code;
 }
 
-void PrintInfo(const qbd::VolumeMeta& m, qbd::Catalog& c) {
-  std::cout << fmt::format("name:          {}\n", m.name);
-  std::cout << fmt::format("state:         {}\n", OfflineStateLine(m, c));
-  std::cout << fmt::format("number:        {}\n", m.number);
-  std::cout << fmt::format("size:          {} ({} bytes)\n", qbd::FormatSize(m.geometry.size), m.geometry.size);
-  std::cout << fmt::format("replicas:      {}\n", m.replicas);
-  std::cout << fmt::format("write quorum:  {}{}\n", m.EffectiveWriteQuorum(), m.write_quorum == 0 ? " (majority)" : "");
-  std::cout << fmt::format("block size:    {}\n", m.geometry.block_size);
-  std::cout << fmt::format("chunk size:    {}\n", qbd::FormatSize(m.geometry.chunk_size));
-  std::cout << fmt::format("chunks:        {}\n", m.geometry.ChunkCount());
-  std::cout << fmt::format("read-only:     {}\n", m.read_only ? "on" : "off");
-  std::cout << fmt::format("append-only:   {}\n", m.append_only ? "on" : "off");
-  if (!m.created.empty()) std::cout << fmt::format("created:       {}\n", m.created);
-  for (uint32_t i = 0; i < m.replicas; ++i) {
-    std::cout << fmt::format("part {}:        {}/{}/{}\n", static_cast<char>('a' + i), c.part_backend(i).Describe(),
-                             m.number, static_cast<char>('a' + i));
-  }
-}
-
-// `qbdctl backends`: one line per backend; exit 0 when every one is reachable and writable.
-int CheckBackends(const qbd::Config& config) {
-  std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", "BACKEND", "PART", "REACHABLE", "WRITABLE",
-                           "FREE", "LOCATION", "VOLUMES");
-  int bad = 0;
-  std::vector<std::unique_ptr<qbd::StorageBackend>> opened;  // kept for the failure-domain check
-  std::vector<const qbd::StorageBackend*> parts(config.parts.size(), nullptr);
-  for (const qbd::BackendConfig& b : config.backends) {
-    std::string part = "-";
-    for (size_t i = 0; i < config.parts.size(); ++i) {
-      if (config.parts[i] == b.name) part = std::string(1, static_cast<char>('a' + i));
-    }
-    auto backend = qbd::OpenBackend(b, /*create_missing=*/false);
-    if (!backend.ok()) {
-      ++bad;
-      std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "no", "-", "-",
-                               b.location, backend.status().message());
-      continue;
-    }
-    qbd::StorageBackend& be = **backend;
-    if (part != "-") parts[static_cast<size_t>(part[0] - 'a')] = &be;
-    const std::string probe = fmt::format(".qbdctl-probe.{}", ::getpid());
-    qbd::Status w = qbd::WriteFileAtomic(be, probe, "probe\n");
-    if (w.ok()) w = be.Remove(probe);
-    auto free = be.FreeBytes();
-    std::string volumes;
-    auto text = qbd::ReadSmallFile(be, qbd::kVolumesMetaPath);
-    if (text.ok()) {
-      auto idx = qbd::ParseVolumesIndex(*text, be.Describe() + "/" + qbd::kVolumesMetaPath);
-      if (idx.ok()) {
-        for (const auto& [name, nr] : idx->volumes) volumes += fmt::format("{}{}({})", volumes.empty() ? "" : " ", name, nr);
-      } else {
-        volumes = idx.status().message();
-      }
-    } else if (!text.status().IsNotFound()) {
-      volumes = text.status().message();
-    }
-    if (!w.ok()) ++bad;
-    std::cout << fmt::format("{:<12} {:<5} {:<9} {:<9} {:>12}  {:<40} {}\n", b.name, part, "yes", w.ok() ? "yes" : "no",
-                             free.ok() ? fmt::format("{:.1f} GiB", static_cast<double>(*free) / (1ull << 30)) : "?", be.Describe(),
-                             w.ok() ? volumes : w.message());
-    opened.push_back(std::move(*backend));
-  }
-  for (const std::string& line : qbd::SharedFailureDomains(parts)) {
-    std::cout << fmt::format("{}: {}: losing it loses all their copies{}\n",
-                             config.allow_shared_failure_domain ? "warning" : "error", line,
-                             config.allow_shared_failure_domain
-                                 ? " (allowed by allow_shared_failure_domain)"
-                                 : "; qbd-master refuses to start unless allow_shared_failure_domain = true");
-    if (!config.allow_shared_failure_domain) ++bad;
-  }
-  return bad == 0 ? 0 : 1;
+std::string CreatedText(const json& v) {
+  return fmt::format("created volume {} (number {}, {}, {} replicas)\n", v.value("name", ""),
+                     v.value("number", 0u), qbd::FormatSize(v.value("size", uint64_t{0})),
+                     v.contains("policy") ? v["policy"].value("replicas", 0u) : 0u);
 }
 
 // `qbdctl convert NAME`: offline, under the configuration's lock (qbd-master cannot start
 // meanwhile).
 int Convert(const std::string& config_path, const qbd::Config& config, qbd::Catalog& c,
             const std::string& name) {
-  if (auto a = qbd::AdminClient::Connect(config.admin_socket); a.ok() && (*a)->Call("ping").ok()) {
-    std::cerr << fmt::format(
-        "qbdctl: convert {}: qbd-master is running (admin socket {}): stop it first\n", name,
-        config.admin_socket);
-    return 1;
-  }
   auto lock = qbd::ProcessLock::Acquire(config.admin_socket + ".lock", "qbdctl convert");
   if (!lock.ok()) {
     std::cerr << fmt::format("qbdctl: convert {}: {}; is qbd-master starting or stopping?\n", name,
@@ -240,17 +190,44 @@ int Convert(const std::string& config_path, const qbd::Config& config, qbd::Cata
   return 0;
 }
 
-// `qbdctl block NAME OFFSET`: reads only.
-int Block(qbd::Catalog& c, const std::string& name, uint64_t offset, bool json) {
-  auto meta = c.Find(name);
-  if (!meta.ok()) return Fail(meta.status());
-  auto v = qbd::InspectBlock(*meta, c.BackendsFor(*meta), offset);
-  if (!v.ok()) return Fail(v.status());
-  std::cout << (json ? qbd::FormatBlockJson(*v) : qbd::FormatBlockText(*v));
-  return v->Readable() ? 0 : 1;
+// `qbdctl block NAME OFFSET`: reads only. The document is FormatBlockJson's; the daemon adds its
+// text (and "readable"), which are not part of it.
+int Block(qbd::ApiClient* api, qbd::Catalog* c, const std::string& name, uint64_t offset) {
+  json doc;
+  std::string text;
+  bool readable = false;
+  if (api != nullptr) {
+    auto j = api->Do("GET", fmt::format("/v1/volumes/{}/blocks/{}", name, offset));
+    if (!j.ok()) return Fail(j.status());
+    doc = std::move(*j);
+    text = doc.value("text", "");
+    readable = doc.value("readable", false);
+    doc.erase("text");
+    doc.erase("readable");
+  } else {
+    auto meta = c->Find(name);
+    if (!meta.ok()) return Fail(meta.status());
+    auto v = qbd::InspectBlock(*meta, c->BackendsFor(*meta), offset);
+    if (!v.ok()) return Fail(v.status());
+    doc = json::parse(qbd::FormatBlockJson(*v), nullptr, false);
+    text = qbd::FormatBlockText(*v);
+    readable = v->Readable();
+  }
+  return Emit(doc, text, readable ? 0 : 1);
 }
 
 int Run(int argc, char** argv) {
+  // --json is taken wherever it stands.
+  std::vector<char*> av;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && std::string(argv[i]) == "--json") {
+      g_json = true;
+    } else {
+      av.push_back(argv[i]);
+    }
+  }
+  argc = static_cast<int>(av.size());
+  argv = av.data();
   po::options_description global("Options");
   global.add_options()("help,h", "help")("config,c", po::value<std::string>(), "qbd.conf")(
       "command", po::value<std::string>(), "")("args", po::value<std::vector<std::string>>(), "");
@@ -265,45 +242,55 @@ int Run(int argc, char** argv) {
     return vm.count("help") ? 0 : 2;
   }
   if (!vm.count("config")) return Usage("--config FILE is required");
+  const std::string config_path = vm["config"].as<std::string>();
   const std::string cmd = vm["command"].as<std::string>();
   std::vector<std::string> rest = po::collect_unrecognized(parsed.options, po::include_positional);
-  // `rest` starts with the command itself.
-  if (!rest.empty() && rest.front() == cmd) rest.erase(rest.begin());
+  // `rest` holds the command itself.
+  if (auto it = std::find(rest.begin(), rest.end(), cmd); it != rest.end()) rest.erase(it);
 
   po::options_description copts("Command options");
   copts.add_options()("size", po::value<std::string>())("replicas", po::value<uint32_t>())(
       "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
-      "write-quorum", po::value<uint32_t>())("json", po::bool_switch())(
-      "pos", po::value<std::vector<std::string>>());
+      "write-quorum", po::value<uint32_t>())("read-only", po::bool_switch())(
+      "force", po::bool_switch())("pos", po::value<std::vector<std::string>>());
   po::positional_options_description cpos;
   cpos.add("pos", -1);
   po::variables_map cvm;
   po::store(po::command_line_parser(rest).options(copts).positional(cpos).run(), cvm);
   std::vector<std::string> args = cvm.count("pos") ? cvm["pos"].as<std::vector<std::string>>() : std::vector<std::string>{};
 
-  auto need = [&](size_t n, const char* what) {
-    if (args.size() != n) throw UsageError{fmt::format("{}: expected {}", cmd, what)};
-  };
-  // Every argument is checked before any backend is touched.
+  // Every argument is checked before any backend is touched or any request sent.
   static const std::map<std::string, std::pair<size_t, const char*>> kArity = {
       {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
       {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}},
       {"backends", {0, "no arguments"}}, {"convert", {1, "NAME"}},
-      {"block", {2, "NAME OFFSET"}}};
+      {"block", {2, "NAME OFFSET"}}, {"status", {0, "no arguments"}}, {"repair", {1, "NAME"}}};
   auto arity = kArity.find(cmd);
   if (arity == kArity.end()) return Usage(fmt::format("unknown command '{}'", cmd));
-  need(arity->second.first, arity->second.second);
+  if (args.size() != arity->second.first) throw UsageError{fmt::format("{}: expected {}", cmd, arity->second.second)};
   if ((cmd == "create" || cmd == "resize") && !cvm.count("size")) throw UsageError{cmd + ": --size is required"};
+  if (cmd != "create" && cmd != "resize" && cvm.count("size")) throw UsageError{cmd + ": --size is for create and resize"};
+  for (const char* o : {"replicas", "block-size", "chunk-size", "write-quorum"}) {
+    if (cmd != "create" && cvm.count(o)) throw UsageError{fmt::format("{}: --{} is for create", cmd, o)};
+  }
+  if (cmd != "create" && cvm["read-only"].as<bool>()) throw UsageError{cmd + ": --read-only is for create"};
+  if (cmd != "delete" && cvm["force"].as<bool>()) throw UsageError{cmd + ": --force is for delete"};
   if (cvm.count("size")) SizeArg(cvm, "size");
   if (cvm.count("block-size")) SizeArg(cvm, "block-size");
   if (cvm.count("chunk-size")) SizeArg(cvm, "chunk-size");
+  if (cvm.count("replicas") && cvm["replicas"].as<uint32_t>() == 0) throw UsageError{"--replicas must be at least 1"};
+  if (args.size() >= 1 && cmd != "list") {
+    if (qbd::Status n = qbd::ValidateVolumeName(args[0]); !n.ok()) throw UsageError{n.message()};
+  }
+  std::optional<bool> on;
   if (cmd == "set") {
     if (args[1] != "read-only" && args[1] != "append-only") {
       throw UsageError{fmt::format("set: unknown flag '{}' (read-only, append-only)", args[1])};
     }
-    if (!qbd::ParseBool(args[2]).ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
+    auto b = qbd::ParseBool(args[2]);
+    if (!b.ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
+    on = *b;
   }
-  if (cvm["json"].as<bool>() && cmd != "block") throw UsageError{cmd + ": --json is for block"};
   uint64_t offset = 0;
   if (cmd == "block") {
     auto o = qbd::ParseSize(args[1]);
@@ -311,94 +298,128 @@ int Run(int argc, char** argv) {
     offset = *o;
   }
   // The whole configuration, on this host, before any backend is opened.
-  auto config = qbd::LoadConfig(vm["config"].as<std::string>());
+  auto config = qbd::LoadConfig(config_path);
   if (!config.ok()) return BadConfig(config.status());
   qbd::HostCheck hc;
-  hc.backend_dirs = cmd != "create" && cmd != "backends";
+  hc.backend_dirs = cmd != "create" && cmd != "backends" && cmd != "status";
   if (qbd::Status s = qbd::CheckConfigOnHost(*config, hc); !s.ok()) return BadConfig(s);
   qbd::SetLogLevel(qbd::LogLevel::kError);
-  if (cmd == "backends") return CheckBackends(*config);
+
+  // The running daemon, if any, does the work.
+  auto found = qbd::ApiClient::Find(*config);
+  if (!found.ok()) return Fail(found.status());
+  std::unique_ptr<qbd::ApiClient> api = std::move(found).value();
+  const std::string vol = args.empty() ? std::string() : args[0];
+  const std::string path = "/v1/volumes/" + vol;
+
+  if (cmd == "backends") {
+    json doc;
+    if (api) {
+      auto j = api->Do("GET", "/v1/backends");
+      if (!j.ok()) return Fail(j.status());
+      doc = std::move(*j);
+    } else {
+      doc = qbd::CheckBackends(*config);
+    }
+    return Emit(doc, qbd::FormatBackendsText(doc), doc.value("ok", false) ? 0 : 1);
+  }
+  if (api) {
+    if (cmd == "convert") {
+      std::cerr << fmt::format("qbdctl: convert {}: qbd-master is running ({}): stop it first\n",
+                               vol, api->base());
+      return 1;
+    }
+    if (cmd == "block") return Block(api.get(), nullptr, vol, offset);
+    qbd::Result<json> j = qbd::Status::OK();
+    if (cmd == "list") {
+      j = api->Do("GET", "/v1/volumes");
+      if (j.ok()) return Emit(*j, qbd::FormatVolumeList(*j));
+    } else if (cmd == "info") {
+      j = api->Do("GET", path);
+      if (j.ok()) return Emit(*j, qbd::FormatVolumeInfo(*j));
+    } else if (cmd == "status") {
+      j = api->Do("GET", "/v1/health");
+      if (j.ok()) return Emit(*j, qbd::FormatHealth(*j), qbd::HealthExitCode(*j));
+    } else if (cmd == "create") {
+      json body = {{"name", vol}, {"size", SizeArg(cvm, "size")}};
+      if (cvm.count("replicas")) body["replicas"] = cvm["replicas"].as<uint32_t>();
+      if (cvm.count("block-size")) body["block_size"] = SizeArg(cvm, "block-size");
+      if (cvm.count("chunk-size")) body["chunk_size"] = SizeArg(cvm, "chunk-size");
+      if (cvm.count("write-quorum")) body["write_quorum"] = cvm["write-quorum"].as<uint32_t>();
+      if (cvm["read-only"].as<bool>()) body["read_only"] = true;
+      j = api->Do("POST", "/v1/volumes", body);
+      if (j.ok()) return Emit(*j, CreatedText(*j));
+    } else if (cmd == "resize") {
+      j = api->Do("PATCH", path, json{{"size", SizeArg(cvm, "size")}});
+      if (j.ok()) return Emit(*j, fmt::format("resized volume {}\n", vol));
+    } else if (cmd == "delete") {
+      j = api->Do("DELETE", path + (cvm["force"].as<bool>() ? "?force=1" : ""));
+      if (j.ok()) return Emit(*j, fmt::format("deleted volume {}\n", vol));
+    } else if (cmd == "set") {
+      j = api->Do("PATCH", path, json{{args[1] == "read-only" ? "read_only" : "append_only", *on}});
+      if (j.ok()) return Emit(*j, fmt::format("volume {}: {} {}\n", vol, args[1], *on ? "on" : "off"));
+    } else if (cmd == "repair") {
+      j = api->Do("POST", path + "/repair");
+      if (j.ok()) {
+        return Emit(*j, fmt::format("volume {}: online repair of {} chunk(s) started; `qbdctl info {}` "
+                                    "shows its progress\n",
+                                    vol, (*j)["repair"].value("chunks_total", uint64_t{0}), vol));
+      }
+    }
+    return Fail(j.status());
+  }
+
+  // Offline.
+  if (cmd == "repair") {
+    return Fail(qbd::Status::Unavailable(fmt::format(
+        "repair {}: qbd-master is not running; qbd-repair --config {} {} repairs it offline", vol,
+        config_path, vol)));
+  }
   auto catalog = qbd::Catalog::Open(*config, /*create_missing=*/cmd == "create");
   if (!catalog.ok()) return Fail(catalog.status());
   qbd::Catalog& c = **catalog;
-  if (cmd == "convert") return Convert(vm["config"].as<std::string>(), *config, c, args[0]);
-  if (cmd == "block") return Block(c, args[0], offset, cvm["json"].as<bool>());
-
+  if (cmd == "convert") return Convert(config_path, *config, c, vol);
+  if (cmd == "block") return Block(nullptr, &c, vol, offset);
+  if (cmd == "list") {
+    json doc = qbd::OfflineVolumeList(c);
+    return Emit(doc, qbd::FormatVolumeList(doc), doc.contains("error") ? 1 : 0);
+  }
+  if (cmd == "status") {
+    json doc = qbd::OfflineHealth(c);
+    return Emit(doc, qbd::FormatHealth(doc), qbd::HealthExitCode(doc));
+  }
   if (cmd == "create") {
-    need(1, "NAME");
-    if (!cvm.count("size")) throw UsageError{"create: --size is required"};
     qbd::CreateVolumeOptions o;
-    o.name = args[0];
+    o.name = vol;
     o.size = SizeArg(cvm, "size");
-    if (cvm.count("replicas")) {
-      o.replicas = cvm["replicas"].as<uint32_t>();
-      if (o.replicas == 0) throw UsageError{"--replicas must be at least 1"};
-    }
+    if (cvm.count("replicas")) o.replicas = cvm["replicas"].as<uint32_t>();
     if (cvm.count("block-size")) o.block_size = static_cast<uint32_t>(SizeArg(cvm, "block-size"));
     if (cvm.count("chunk-size")) o.chunk_size = SizeArg(cvm, "chunk-size");
     if (cvm.count("write-quorum")) o.write_quorum = cvm["write-quorum"].as<uint32_t>();
+    o.read_only = cvm["read-only"].as<bool>();
     auto m = c.Create(o);
     if (!m.ok()) return Fail(m.status());
-    std::cout << fmt::format("created volume {} (number {}, {}, {} replicas)\n", m->name, m->number,
-                             qbd::FormatSize(m->geometry.size), m->replicas);
-    return 0;
+    json doc = qbd::OfflineVolumeJson(*m, c);
+    return Emit(doc, CreatedText(doc));
   }
-  if (cmd == "list") {
-    need(0, "no arguments");
-    auto idx = c.LoadIndex();
-    if (!idx.ok()) return Fail(idx.status());
-    std::cout << fmt::format("{:<24} {:>6} {:>12} {:>8} {:>6} {:>8}  {}\n", "NAME", "NUMBER", "SIZE", "REPLICAS",
-                             "BLOCK", "CHUNK", "FLAGS");
-    for (const auto& [name, nr] : idx->volumes) {
-      auto m = c.LoadMeta(nr);
-      if (!m.ok()) {
-        std::cout << fmt::format("{:<24} {:>6}  error: {}\n", name, nr, m.status().message());
-        continue;
-      }
-      std::string flags;
-      if (m->read_only) flags += "read-only ";
-      if (m->append_only) flags += "append-only";
-      std::cout << fmt::format("{:<24} {:>6} {:>12} {:>8} {:>6} {:>8}  {}\n", name, nr,
-                               qbd::FormatSize(m->geometry.size), m->replicas, m->geometry.block_size,
-                               qbd::FormatSize(m->geometry.chunk_size), flags);
-    }
-    return 0;
-  }
-  if (cmd == "info") {
-    need(1, "NAME");
-    auto m = c.Find(args[0]);
-    if (!m.ok()) return Fail(m.status());
-    PrintInfo(*m, c);
-    return 0;
-  }
+  qbd::Status s;
+  std::string text;
   if (cmd == "resize") {
-    need(1, "NAME");
-    if (!cvm.count("size")) throw UsageError{"resize: --size is required"};
-    qbd::Status s = c.Resize(args[0], SizeArg(cvm, "size"));
+    s = c.Resize(vol, SizeArg(cvm, "size"));
+    text = fmt::format("resized volume {}\n", vol);
+  } else if (cmd == "delete") {
+    s = c.Delete(vol);
     if (!s.ok()) return Fail(s);
-    std::cout << fmt::format("resized volume {}\n", args[0]);
-    return 0;
+    return Emit(json{{"deleted", vol}}, fmt::format("deleted volume {}\n", vol));
+  } else if (cmd == "set") {
+    s = c.SetFlag(vol, args[1], *on);
+    text = fmt::format("volume {}: {} {}\n", vol, args[1], *on ? "on" : "off");
   }
-  if (cmd == "delete") {
-    need(1, "NAME");
-    qbd::Status s = c.Delete(args[0]);
-    if (!s.ok()) return Fail(s);
-    std::cout << fmt::format("deleted volume {}\n", args[0]);
-    return 0;
-  }
-  if (cmd == "set") {
-    need(3, "NAME read-only|append-only on|off");
-    auto on = qbd::ParseBool(args[2]);
-    if (!on.ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
-    if (args[1] != "read-only" && args[1] != "append-only") {
-      throw UsageError{fmt::format("set: unknown flag '{}' (read-only, append-only)", args[1])};
-    }
-    qbd::Status s = c.SetFlag(args[0], args[1], *on);
-    if (!s.ok()) return Fail(s);
-    std::cout << fmt::format("volume {}: {} {}\n", args[0], args[1], *on ? "on" : "off");
-    return 0;
-  }
-  return Usage(fmt::format("unknown command '{}'", cmd));
+  if (!s.ok()) return Fail(s);
+  auto m = c.Find(vol);
+  if (!m.ok()) return Fail(m.status());
+  json doc = qbd::OfflineVolumeJson(*m, c);
+  return Emit(doc, cmd == "info" ? qbd::FormatVolumeInfo(doc) : text);
 }
 
 }  // namespace
