@@ -129,7 +129,7 @@ def main():
         letters = "abcdefghijklmnopqrstuvwxyz"[:a.parts]
         with open(conf, "w") as f:
             f.write(f"listen = 127.0.0.1:{port}\nparts = {' '.join(letters)}\nallow_shared_failure_domain = true\n")
-            f.write(f"admin_socket = {tmp}/qbd.sock\n")
+            f.write(f"admin_socket = {tmp}/qbd.sock\napi_listen = 127.0.0.1:{free_port()}\n")
             for p in letters:
                 f.write(f"[backend {p}]\npath = node-{p}\n")
         subprocess.run([f"{a.bin}/qbdctl", "--config", conf, "create", "v", "--size", str(size), "--replicas",

@@ -65,6 +65,7 @@ mkdir -p "$T/local/a" "$T/local/b" "$T/local/c"
 LOCAL_PORT=$(free_port)
 cat >"$T/local/qbd.conf" <<EOF
 listen = 127.0.0.1:$LOCAL_PORT
+api_listen = 127.0.0.1:$(free_port)
 parts = a b c
 allow_shared_failure_domain = true
 [backend a]

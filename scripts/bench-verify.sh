@@ -103,6 +103,7 @@ EOF
   cat >"$CONF" <<EOF
 # qbd-verify / qbd-repair benchmark (scripts/bench-verify.sh)
 listen = 127.0.0.1:$PORT
+api_listen = 127.0.0.1:$(free_port)
 parts = node-a node-b node-c
 allow_shared_failure_domain = true
 [backend node-a]
@@ -152,6 +153,7 @@ else
   cat >"$CONF" <<EOF
 # qbd-verify / qbd-repair benchmark over NFS (scripts/bench-verify.sh, BENCH_VERIFY_NFS=1)
 listen = 127.0.0.1:$PORT
+api_listen = 127.0.0.1:$(free_port)
 parts = node-a node-b node-c
 [backend node-a]
 url = $(ganesha_url node-a)

@@ -358,13 +358,18 @@ class Bench:
         os.makedirs(d)
         port = free_port(self.ports)
         conf = f"{d}/qbd.conf"
+        bindir = f"{BASE}" if label == "qbd-master base" else f"{BUILD}/bin"
         with open(conf, "w") as f:
             f.write(f"listen = 127.0.0.1:{port}\nparts = a b c\nallow_shared_failure_domain = true\n")
+            # Each daemon its own REST API port (the default, 10810, is one per machine); a base
+            # build older than the API does not know the key.
+            with open(f"{bindir}/qbd-master", "rb") as binary:
+                if b"api_listen" in binary.read():
+                    f.write(f"api_listen = 127.0.0.1:{free_port(self.ports)}\n")
             if extra:
                 f.write(extra.rstrip("\n") + "\n")
             for p in "abc":
                 f.write(f"[backend {p}]\npath = node-{p}\n")
-        bindir = f"{BASE}" if label == "qbd-master base" else f"{BUILD}/bin"
         ctl = [f"{bindir}/qbdctl", "--config", conf]
         run(ctl + ["create", "one", "--size", str(self.size), "--replicas", "1"], "qbdctl create one")
         run(ctl + ["create", "three", "--size", str(self.size), "--replicas", "3"], "qbdctl create three")
