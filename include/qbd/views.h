@@ -39,8 +39,18 @@ nlohmann::json Problem(const std::string& status, const std::string& what, const
                        const std::string& backend, const std::string& since,
                        const std::string& action);
 
-// 0 ok, 1 degraded, 2 data_lost: the exit status of `qbdctl status` (as qbd-verify's).
+// "ok" 0, "degraded" 1, "data_lost" 2, and back: a health status's severity, which is also the
+// exit status of `qbdctl status` (as qbd-verify's).
+int HealthSeverity(const std::string& status);
+const char* HealthStatusName(int severity);
 int HealthExitCode(const nlohmann::json& health);
+
+// One volume's (or the daemon's) problems and the worst status among them.
+struct Problems {
+  nlohmann::json list = nlohmann::json::array();
+  int severity = 0;
+  void Add(nlohmann::json problem);
+};
 
 // The text of `qbdctl list`, `info`, `status`.
 std::string FormatVolumeList(const nlohmann::json& list);

@@ -48,14 +48,6 @@ std::string NowUtc() {
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-int Severity(const std::string& status) {
-  return status == "data_lost" ? 2 : status == "degraded" ? 1 : 0;
-}
-
-const char* StatusName(int severity) {
-  return severity >= 2 ? "data_lost" : severity == 1 ? "degraded" : "ok";
-}
-
 }  // namespace
 
 void Master::SetTransient(const std::string& name, const std::string& state) {
@@ -396,12 +388,8 @@ Result<json> Master::Health() {
     overall = 1;
   }
   for (const auto& [name, nr] : idx.ok() ? idx->volumes : std::map<std::string, uint32_t>{}) {
-    json problems = json::array();
-    int sev = 0;
-    auto add = [&](json p) {
-      sev = std::max(sev, Severity(p["status"].get<std::string>()));
-      problems.push_back(std::move(p));
-    };
+    Problems problems;
+    auto add = [&](json p) { problems.Add(std::move(p)); };
     const std::string verify = fmt::format("qbd-verify --config {} {}", conf, name);
     const std::string repair = fmt::format("qbd-repair --config {} {}", conf, name);
     auto m = catalog_->LoadMeta(nr);
@@ -482,8 +470,10 @@ Result<json> Master::Health() {
                         conf, name)));
       }
     }
-    overall = std::max(overall, sev);
-    json vj = {{"name", name}, {"status", StatusName(sev)}, {"problems", std::move(problems)}};
+    overall = std::max(overall, problems.severity);
+    json vj = {{"name", name},
+               {"status", HealthStatusName(problems.severity)},
+               {"problems", std::move(problems.list)}};
     vj["served"] = it != volumes_.end();
     if (it == volumes_.end()) {
       if (auto r = refused_.find(name); r != refused_.end()) vj["served_by"] = r->second;
@@ -494,7 +484,7 @@ Result<json> Master::Health() {
     std::lock_guard<std::mutex> l(state_mu_);
     std::erase_if(since_, [&](const auto& kv) { return !seen.count(kv.first); });
   }
-  return json{{"status", StatusName(overall)},
+  return json{{"status", HealthStatusName(overall)},
               {"pid", ::getpid()},
               {"problems", std::move(daemon_problems)},
               {"volumes", std::move(vols)}};

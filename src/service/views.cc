@@ -35,15 +35,20 @@ const json& Field(const json& j, const char* key) {
   return j.is_object() && j.contains(key) ? j[key] : kNull;
 }
 
-int Severity(const std::string& status) {
+}  // namespace
+
+int HealthSeverity(const std::string& status) {
   return status == "data_lost" ? 2 : status == "degraded" ? 1 : 0;
 }
 
-const char* StatusName(int severity) {
+const char* HealthStatusName(int severity) {
   return severity >= 2 ? "data_lost" : severity == 1 ? "degraded" : "ok";
 }
 
-}  // namespace
+void Problems::Add(json problem) {
+  severity = std::max(severity, HealthSeverity(Str(problem, "status")));
+  list.push_back(std::move(problem));
+}
 
 json VolumeSummaryJson(const VolumeMeta& m, const std::string& state, bool served) {
   return json{{"name", m.name},
@@ -150,12 +155,8 @@ json OfflineHealth(Catalog& catalog) {
                                          conf, conf)));
   }
   for (const auto& [name, nr] : idx.ok() ? idx->volumes : std::map<std::string, uint32_t>{}) {
-    json problems = json::array();
-    int sev = 0;
-    auto add = [&](json p) {
-      sev = std::max(sev, Severity(p["status"].get<std::string>()));
-      problems.push_back(std::move(p));
-    };
+    Problems problems;
+    auto add = [&](json p) { problems.Add(std::move(p)); };
     const std::string repair = fmt::format("qbd-repair --config {} {}", conf, name);
     auto m = catalog.LoadMeta(nr);
     if (!m.ok()) {
@@ -191,19 +192,19 @@ json OfflineHealth(Catalog& catalog) {
                     "", "", "", "bring back the parts named above"));
       }
     }
-    overall = std::max(overall, sev);
+    overall = std::max(overall, problems.severity);
     vols.push_back({{"name", name},
-                    {"status", StatusName(sev)},
-                    {"problems", std::move(problems)},
+                    {"status", HealthStatusName(problems.severity)},
+                    {"problems", std::move(problems.list)},
                     {"served", false}});
   }
-  return json{{"status", StatusName(overall)},
+  return json{{"status", HealthStatusName(overall)},
               {"pid", nullptr},
               {"problems", std::move(daemon)},
               {"volumes", std::move(vols)}};
 }
 
-int HealthExitCode(const json& health) { return Severity(Str(health, "status", "degraded")); }
+int HealthExitCode(const json& health) { return HealthSeverity(Str(health, "status", "degraded")); }
 
 std::string FormatVolumeList(const json& list) {
   std::string out = fmt::format("{:<24} {:>6} {:>12} {:>8} {:>6} {:>8} {:<10} {}\n", "NAME",

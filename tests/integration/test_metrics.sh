@@ -64,9 +64,9 @@ if /usr/bin/python3 -c '
 import sys
 from prometheus_client.parser import text_string_to_metric_families
 print(len(list(text_string_to_metric_families(open(sys.argv[1]).read()))))' "$T/m0.txt" >"$T/families" 2>&1; then
-  pass "the stats request returns text that prometheus_client parses ($(cat "$T/families") families)"
+  pass "GET /metrics returns text that prometheus_client parses ($(cat "$T/families") families)"
 else
-  fail "the stats request returns text that prometheus_client parses" "$(head -c 300 "$T/families")"
+  fail "GET /metrics returns text that prometheus_client parses" "$(head -c 300 "$T/families")"
   show "$T/m0.txt"
 fi
 missing=""
