@@ -142,6 +142,8 @@ SYSCONFDIR ?= /etc
 MANDIR ?= $(PREFIX)/share/man
 DOCDIR ?= $(PREFIX)/share/doc/qbd
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# Proxmox VE loads storage plugins from PVE/Storage/Custom/ in its Perl library path.
+PERLDIR ?= /usr/share/perl5
 INSTALL_BIN ?=
 MAN_PAGES := $(wildcard man/*.[1-8])
 UNITS := $(wildcard systemd/*.service systemd/*.timer)
@@ -159,6 +161,8 @@ install: $(if $(INSTALL_BIN),,$(BINS))
 	fi
 	install -m 0644 $(filter %.5,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
+	install -d $(DESTDIR)$(PERLDIR)/PVE/Storage/Custom
+	install -m 0644 proxmox/QBDPlugin.pm $(DESTDIR)$(PERLDIR)/PVE/Storage/Custom/
 	@for u in $(UNITS); do \
 	  echo "install -m 0644 $$u $(DESTDIR)$(UNITDIR)/"; \
 	  sed -e 's|@sbindir@|$(SBINDIR)|g' -e 's|@sysconfdir@|$(SYSCONFDIR)|g' $$u \
@@ -171,6 +175,7 @@ uninstall:
 	rm -f $(BIN_NAMES:%=$(DESTDIR)$(SBINDIR)/%) $(UNITS:systemd/%=$(DESTDIR)$(UNITDIR)/%) \
 	  $(patsubst man/%.5,$(DESTDIR)$(MANDIR)/man5/%.5,$(filter %.5,$(MAN_PAGES))) \
 	  $(patsubst man/%.8,$(DESTDIR)$(MANDIR)/man8/%.8,$(filter %.8,$(MAN_PAGES)))
+	rm -f $(DESTDIR)$(PERLDIR)/PVE/Storage/Custom/QBDPlugin.pm
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 check-headers:

@@ -39,7 +39,9 @@ done
 for m in $MAN8; do [ -f "$D/usr/share/man/man8/$m.8" ] || bad+=" man8/$m.8 is missing;"; done
 for u in $UNITS; do [ -f "$D/usr/lib/systemd/system/$u" ] || bad+=" unit $u is missing;"; done
 cmp -s "$ROOT/qbd.conf.example" "$D/etc/qbd/qbd.conf" || bad+=" etc/qbd/qbd.conf is not qbd.conf.example;"
-stray=$(cd "$D" && find . -type f | grep -vE '^\./(usr/sbin/|etc/qbd/qbd\.conf$|usr/share/doc/qbd/|usr/share/man/man[58]/|usr/lib/systemd/system/)')
+cmp -s "$ROOT/proxmox/QBDPlugin.pm" "$D/usr/share/perl5/PVE/Storage/Custom/QBDPlugin.pm" ||
+  bad+=" the Proxmox plugin is not usr/share/perl5/PVE/Storage/Custom/QBDPlugin.pm;"
+stray=$(cd "$D" && find . -type f | grep -vE '^\./(usr/sbin/|etc/qbd/qbd\.conf$|usr/share/doc/qbd/|usr/share/man/man[58]/|usr/lib/systemd/system/|usr/share/perl5/PVE/Storage/Custom/QBDPlugin\.pm$)')
 [ -z "$stray" ] || bad+=" files outside the expected places: $stray;"
 [ -z "$bad" ] && pass "installed tree: tools in sbin, qbd.conf, doc, man pages, units" ||
   fail "installed tree" "$bad"
