@@ -3,13 +3,14 @@
 # max_iops N measures at most N x 1.5 under fio (4 KiB random writes, 16 in flight, a few seconds)
 # and its throttled time shows in GET /metrics; a bad qos is 400 and changes nothing; a PATCH
 # raising the limit applies to the running volume at once (its throttled time stops growing); a
-# volume without QoS is never throttled. No check depends on the machine's speed beyond
+# volume without QoS is never throttled; with a reservation set, two volumes at 16 requests in
+# flight each (against qos_slots = 4) are both served. No check depends on the machine's speed beyond
 # "at most the limit x 1.5".
 . "$(dirname "$0")/lib.sh"
 
 N=200  # the limit, requests a second
 API_PORT=$(free_port)
-qbd_conf 3 "api_listen = 127.0.0.1:$API_PORT" "volume_poll_ms = 200"
+qbd_conf 3 "api_listen = 127.0.0.1:$API_PORT" "volume_poll_ms = 200" "qos_slots = 4"
 qbd_start
 API="http://127.0.0.1:$API_PORT"
 
@@ -135,5 +136,25 @@ if run_fio free 2 "$T/free.json" >/dev/null; then
   if [ "$tf" = "0.0" ]; then pass "a volume without qos has 0 throttled seconds"; else fail "no qos, no throttling" "$tf"; fi
 else
   fail "fio on the volume without qos" "fio failed"
+fi
+
+# ---- reservations: with one set, the scheduler decides who goes when 4 requests are in flight
+expect "PATCH qos {min_iops: 50} on q is 200" 200 PATCH /v1/volumes/q '{"qos": {"min_iops": 50}}'
+run_fio q 3 "$T/reserved.json" >"$T/reserved.iops" &
+fio_q=$!
+track "$fio_q"
+iops_free=$(run_fio free 3 "$T/shared.json") || iops_free=fail
+wait_pid "$fio_q" 60 && [ "$WAIT_RC" = 0 ] && iops_q=$(cat "$T/reserved.iops") || iops_q=fail
+if [ "$iops_q" != fail ] && [ "$iops_free" != fail ] && gt "$iops_q" 0 && gt "$iops_free" 0; then
+  pass "two saturating volumes, one with a reservation, are both served ($iops_q and $iops_free IOPS)"
+else
+  fail "two saturating volumes are both served" "q: $iops_q, free: $iops_free"
+fi
+# 32 requests in flight against 4 slots: some waited for one, counted as throttled time.
+tf2=$(throttled free)
+if gt "$tf2" 0; then
+  pass "requests waited for scheduler slots (throttled seconds of 'free': $tf2)"
+else
+  fail "requests wait for scheduler slots" "throttled seconds of 'free': $tf2"
 fi
 qbd_stop
