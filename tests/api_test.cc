@@ -100,7 +100,7 @@ TEST_CASE("POST /v1/volumes passes every field to the service and answers 201") 
       router.Handle(Req("POST", "/v1/volumes",
                         R"({"name": "vm1", "size": "10G", "replicas": 2, "block_size": "8K",
                                         "chunk_size": 1048576, "write_quorum": 1, "read_only": true,
-                                        "qos": {"iops": 100, "tag": "a#b"}})"));
+                                        "qos": {"max_iops": 100, "max_write_bps": "10M"}})"));
   CHECK(r.status == 201);
   CHECK(r.content_type == "application/json");
   REQUIRE(s.created.size() == 1);
@@ -115,7 +115,7 @@ TEST_CASE("POST /v1/volumes passes every field to the service and answers 201") 
   SUBCASE("and qos is stored as compact JSON that .meta can hold") {
     CHECK(CheckQosText(o.qos).ok());
     CHECK(o.qos.find('#') == std::string::npos);
-    CHECK(json::parse(o.qos) == json{{"iops", 100}, {"tag", "a#b"}});
+    CHECK(json::parse(o.qos) == json{{"max_iops", 100}, {"max_write_bps", "10M"}});
   }
 }
 
@@ -131,7 +131,10 @@ TEST_CASE("POST /v1/volumes answers 400 for bad input without calling the servic
         R"({"name": "x", "size": "1G", "replicas": 27})",
         R"({"name": "x", "size": "1G", "ec": {"k": 2}})",
         R"({"name": "x", "size": "1G", "read_only": 1})",
-        R"({"name": "x", "size": "1G", "qos": [1]})"}) {
+        R"({"name": "x", "size": "1G", "qos": [1]})",
+        R"({"name": "x", "size": "1G", "qos": {"iops": 100}})",
+        R"({"name": "x", "size": "1G", "qos": {"max_iops": -1}})",
+        R"({"name": "x", "size": "1G", "qos": {"max_bps": "fast"}})"}) {
     CAPTURE(body);
     ApiResponse r = router.Handle(Req("POST", "/v1/volumes", body));
     CHECK(r.status == 400);
@@ -192,7 +195,11 @@ TEST_CASE("PATCH takes size, read_only, append_only and qos, and refuses an empt
   CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", "{}")).status == 400);
   CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"grow": "2G"})")).status == 400);
   CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"read_only": "on"})")).status == 400);
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"qos": {"max_iops": 1.5}})")).status == 400);
   CHECK(s.updates.size() == 1);
+  CHECK(router.Handle(Req("PATCH", "/v1/volumes/v", R"({"qos": {"max_iops": 200}})")).status == 200);
+  REQUIRE(s.updates.size() == 2);
+  CHECK(s.updates[1].qos == R"({"max_iops":200})");
 }
 
 TEST_CASE("routing answers 404 for unknown paths, 405 for wrong methods, 202 for a repair") {

@@ -46,7 +46,7 @@ TEST_CASE("Create stores read_only and qos in .meta, and a second Create is EEXI
   o.name = "v";
   o.size = 8 << 20;
   o.read_only = true;
-  o.qos = R"({"iops":100,"tag":"a\u0023b"})";
+  o.qos = R"({"max_iops":100,"max_write_bps":"10M"})";
   auto m = p.catalog().Create(o);
   REQUIRE_MESSAGE(m.ok(), m.status().ToString());
   auto found = p.catalog().Find("v");
@@ -58,8 +58,10 @@ TEST_CASE("Create stores read_only and qos in .meta, and a second Create is EEXI
   CHECK(again.status().IsInvalidArgument());
   CHECK(again.status().Errno() == EEXIST);
   SUBCASE("SetQos replaces it and refuses what .meta cannot hold") {
-    REQUIRE(p.catalog().SetQos("v", R"({"iops":5})").ok());
-    CHECK(p.catalog().Find("v")->qos == R"({"iops":5})");
+    REQUIRE(p.catalog().SetQos("v", R"({"max_iops":5})").ok());
+    CHECK(p.catalog().Find("v")->qos == R"({"max_iops":5})");
+    CHECK(p.catalog().SetQos("v", R"({"iops":5})").IsInvalidArgument());  // ParseQos: unknown
+    CHECK(p.catalog().SetQos("v", R"({"max_iops":-5})").IsInvalidArgument());
     CHECK(p.catalog().SetQos("v", "{\"a\":\"#\"}").IsInvalidArgument());
     CHECK(p.catalog().SetQos("v", "{\"a\":\"\n\"}").IsInvalidArgument());
     CHECK(p.catalog().SetQos("nope", "{}").IsNotFound());

@@ -1,9 +1,10 @@
 // Tests of include/qbd/chain.h, the layer order of a volume's request chain (after nbdkit's
 // test-layers.c): for every combination of the optional layers (lease, memory cache, SSD cache)
 // over a MemDisk bottom, the effects of requests show the order
-//   Stats -> [Fence] -> [Cache] -> [SsdCache] -> bottom:
-// Stats counts what the client sees, the fence refuses before any cache answers, the memory cache
-// answers before the SSD cache, and the SSD cache before the bottom. Also: the SSD log replay that
+//   Stats -> Qos -> [Fence] -> [Cache] -> [SsdCache] -> bottom:
+// Stats counts what the client sees, QoS throttles cache hits and refused requests too, the fence
+// refuses before any cache answers, the memory cache answers before the SSD cache, and the SSD
+// cache before the bottom. Also: the SSD log replay that
 // BuildChain runs before serving, and its failure.
 #include "qbd/chain.h"
 
@@ -41,7 +42,7 @@ std::vector<Combo> AllCombos() {
 }
 
 std::string Describe(const Combo& c) {
-  return std::string("Stats") + (c.lease ? " -> Fence" : "") + (c.cache ? " -> Cache" : "") +
+  return std::string("Stats -> Qos") + (c.lease ? " -> Fence" : "") + (c.cache ? " -> Cache" : "") +
          (c.ssd ? " -> SsdCache" : "") + " -> MemDisk";
 }
 
@@ -64,6 +65,7 @@ class Fixture {
     o.volume = "v";
     o.volnr = kVol;
     o.block_size = kBs;
+    o.qos_clock = &qos_clock_;
     if (c.lease) {
       o.lease_valid_until = &valid_until_;
       o.clock = &clock_;
@@ -79,6 +81,9 @@ class Fixture {
     REQUIRE(chain_.top != nullptr);
     REQUIRE(chain_.stats != nullptr);
     REQUIRE((chain_.ssd_cache != nullptr) == c.ssd);
+    REQUIRE(chain_.qos != nullptr);
+    // A throttled request moves the QoS clock on instead of sleeping.
+    chain_.qos->TEST_SetSleep([this](uint64_t ms) { qos_clock_.Advance(ms); });
   }
 
   BlockHandler& top() { return *chain_.top; }
@@ -88,12 +93,15 @@ class Fixture {
   uint64_t cache_hits() const { return cache_.counters().hits.load(); }
   uint64_t ssd_hits() const { return combo_.ssd ? chain_.ssd_cache->counters().hits.load() : 0; }
   uint64_t ssd_fills() const { return combo_.ssd ? chain_.ssd_cache->counters().fills.load() : 0; }
+  QosLayer& qos() { return *chain_.qos; }
+  uint64_t qos_clock_ms() const { return qos_clock_.NowMs(); }
   // The lease is no longer known valid (without a Fence layer this changes nothing).
   void ExpireLease() { clock_.Advance(kLeaseMs); }
 
  private:
   const Combo combo_;
   ManualClock clock_;
+  ManualClock qos_clock_;  // the QoS layer's, apart from the lease's
   std::atomic<uint64_t> valid_until_{clock_.NowMs() + kLeaseMs};
   BlockCache cache_{256 * kBs, /*shards=*/1};
   MemBackend ssd_dir_{"ssd"};
@@ -192,6 +200,33 @@ TEST_CASE(
     f.top().Read(0, got).IgnoreError();  // refused with a lease, a cache hit or a read without
     CHECK(f.stats().read.requests->Value() == 4);
     CHECK(f.stats().read.errors->Value() == (c.lease ? 1 : 0));
+  }
+}
+
+TEST_CASE(
+    "QoS limits cache hits and refused requests too: it sits above the fence and the caches") {
+  for (const Combo& c : AllCombos()) {
+    CAPTURE(Describe(c));
+    Fixture f(c);
+    const auto data = RandomBytes(4, kBs);
+    REQUIRE(f.top().Write(7 * kBs, data, false).ok());
+    CHECK(ReadBlock(f.top(), 7) == data);  // now in every cache there is
+    const uint64_t reads = f.disk().reads();
+    QosSettings q;
+    q.max_iops = 10;  // a bucket of one request, refilled every 100 ms
+    f.qos().SetSettings(q);
+    const uint64_t start = f.qos_clock_ms();
+    for (int i = 0; i < 5; ++i) CHECK(ReadBlock(f.top(), 7) == data);
+    // The first one took the full bucket; the other four each waited 100 ms, cache hits or not.
+    CHECK(f.qos_clock_ms() - start == 400);
+    CHECK(f.stats().qos_throttled_seconds->Value() == doctest::Approx(0.4));
+    CHECK(f.disk().reads() == reads + (c.cache || c.ssd ? 0 : 5));
+
+    f.ExpireLease();
+    std::vector<std::byte> got(kBs);
+    f.top().Read(7 * kBs, got).IgnoreError();  // refused with a lease: throttled all the same
+    CHECK(f.qos_clock_ms() - start == 500);
+    CHECK(f.stats().read.requests->Value() == 7);
   }
 }
 

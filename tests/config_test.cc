@@ -316,6 +316,21 @@ TEST_CASE("ParseConfig reads resync_mb_per_s and compare_mb_per_s and rejects a 
   }
 }
 
+TEST_CASE("ParseConfig reads qos_slots and rejects a value out of range") {
+  const std::string base = "parts = a\n[backend a]\npath = /x\n";
+  auto d = ParseConfig(base, "q.conf", "/");
+  REQUIRE(d.ok());
+  CHECK(d->qos_slots == 16);
+  auto ok = ParseConfig("qos_slots = 0\n" + base, "q.conf", "/");
+  REQUIRE(ok.ok());
+  CHECK(ok->qos_slots == 0);
+  for (const std::string bad_value : {"many", "-1", "65537"}) {
+    auto bad = ParseConfig("qos_slots = " + bad_value + "\n" + base, "q.conf", "/");
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.status().message().find("q.conf:1: qos_slots must be 0..65536") != std::string::npos);
+  }
+}
+
 TEST_CASE("ParseConfig reads the SSD cache keys and keeps cache_dir off the backends") {
   auto c = ParseConfig("parts = a\ncache_dir = ssd\ncache_dir_size = 2G\ncache_mode = writeback\n"
                        "cache_dirty_max = 64M\ncache_destage_delay_ms = 0\n[backend a]\npath = /srv/a\n",

@@ -177,6 +177,13 @@ TEST_CASE("ParseVolumeMeta fails naming the file and line when a line is wrong")
     CheckMetaFails("format = 1\nreplicas = 27\n", std::string(kMetaFile) + ":2: ", "replicas");
   }
   SUBCASE("number 0") { CheckMetaFails("number = 0\n", std::string(kMetaFile) + ":1: ", "number"); }
+  SUBCASE("qos with an unknown key") {
+    CheckMetaFails(kMinimal + "qos = {\"iops\":5}\n", at6, "qos: unknown key 'iops'");
+  }
+  SUBCASE("qos with a negative limit") {
+    CheckMetaFails(kMinimal + "qos = {\"max_iops\":-5}\n", at6, "qos: max_iops: must not be negative");
+  }
+  SUBCASE("qos that is not JSON") { CheckMetaFails(kMinimal + "qos = {max_iops\n", at6, "qos"); }
   SUBCASE("an invalid name") {
     CheckMetaFails("format = 1\nname = -bad\n", std::string(kMetaFile) + ":2: ", "-bad");
   }

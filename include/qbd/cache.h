@@ -1,6 +1,6 @@
 // Cache: qbd-master's memory cache of blocks, in front of QuorumSet (qbd/chain.h's chain:
-// Stats -> [Fence] -> CacheLayer -> [SsdCacheLayer] -> QuorumSet), so that it only ever holds data
-// the quorum returned or confirmed.
+// Stats -> Qos -> [Fence] -> CacheLayer -> [SsdCacheLayer] -> QuorumSet), so that it only ever
+// holds data the quorum returned or confirmed.
 //
 // BlockCache is one pool of memory shared by every volume (its capacity is `cache_size` in
 // qbd.conf), keyed by (volume number, block). Eviction is S3-FIFO: a new block enters a small

@@ -1,9 +1,13 @@
 // Chain: builds one volume's request chain on top of its bottom handler (qbd-master's QuorumSet;
 // a MemDisk in tests). This is the only place where layers are assembled; Volume::Open calls it.
 //
-//   Stats -> [Fence] -> [Cache] -> [SsdCache] -> bottom
+//   Stats -> Qos -> [Fence] -> [Cache] -> [SsdCache] -> bottom
 //
-// - Stats is outermost, so it counts what the client sees (refusals and cache hits included).
+// - Stats is outermost, so it counts what the client sees (refusals and cache hits included, and
+//   the time requests waited for QoS in their latency).
+// - Qos (qbd/qos.h) sits above the fence and the caches, so that its limits cover cache hits too.
+//   It is always there, so that QoS set on a served volume applies at once; without settings it
+//   costs two atomic loads a request.
 // - Fence (with a lease) sits above the caches: nothing is answered from them once the lease may
 //   have run out.
 // - Cache (the memory cache) sits above the SSD cache, which keeps what falls out of it; both sit
@@ -24,6 +28,7 @@
 #include "qbd/cache.h"
 #include "qbd/clock.h"
 #include "qbd/handler.h"
+#include "qbd/qos.h"
 #include "qbd/ssd_cache.h"
 #include "qbd/stats.h"
 #include "qbd/status.h"
@@ -46,12 +51,19 @@ struct ChainOptions {
   // The volume's series in the metrics registry (qbd/metrics.h), which Stats and the caches count
   // into; nullptr: a registry of the chain's own (VolumeMetrics::Standalone).
   std::shared_ptr<const VolumeMetrics> metrics;
+  // The volume's QoS settings (QosLayer::SetSettings changes them later), the daemon's scheduler
+  // of reservations (nullptr: none; must outlive the chain), and the clock of its token buckets
+  // (nullptr: SteadyClock(); must outlive the chain).
+  QosSettings qos;
+  QosScheduler* qos_scheduler = nullptr;
+  const Clock* qos_clock = nullptr;
 };
 
 // What BuildChain assembled. The pointers are owned through `top` and live as long as it does.
 struct Chain {
   std::shared_ptr<BlockHandler> top;  // the head of the chain (the Stats layer)
   StatsLayer* stats = nullptr;
+  QosLayer* qos = nullptr;
   SsdCacheLayer* ssd_cache = nullptr;  // nullptr without an SSD cache
 };
 

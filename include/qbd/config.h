@@ -113,6 +113,12 @@ struct Config {
   // The comparisons of chunks first accessed since the start read at most this many MB/s per
   // volume (layout-spec.md §4.6); 0: no limit.
   uint32_t compare_mb_per_s = 64;
+  // QoS reservations (min_iops, min_bps; include/qbd/qos.h) apply when this many requests of all
+  // volumes together are in flight below their QoS layers: the backends are then saturated, and
+  // a freed slot goes first to a volume below its reservation. The default is one connection's
+  // worth of workers (threads_per_connection), so that a single busy client never waits for it
+  // but two compete. 0: reservations are never enforced.
+  uint32_t qos_slots = 16;
   // qbd-master's local admin socket (qbd-repair talks to the running daemon through it); default
   // "<config dir>/<config name without .conf>.sock". Its lock file is "<admin_socket>.lock".
   std::string admin_socket;

@@ -2,9 +2,9 @@
 //
 // The NBD server calls one BlockHandler per export. Handlers form a tree, assembled by BuildChain
 // (qbd/chain.h; [optional] layers):
-//   NbdServer -> Stats -> [Fence] -> [Cache] -> [SsdCache] -> QuorumSet -+-> PartStore(part a)
-//                                                                         +-> PartStore(part b) ...
-// Stateless layers (stats, logging, fault injection) derive from Layer, which forwards every call,
+//   NbdServer -> Stats -> Qos -> [Fence] -> [Cache] -> [SsdCache] -> QuorumSet -+-> PartStore(a)
+//                                                                                +-> PartStore(b) ...
+// Stateless layers (stats, QoS, logging, fault injection) derive from Layer, which forwards every call,
 // and override what they observe. Stateful layers (cache, quorum) derive from BlockHandler directly,
 // so that adding an operation is a compile error until each of them handles it.
 //

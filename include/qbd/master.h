@@ -35,6 +35,7 @@
 #include "qbd/metrics.h"
 #include "qbd/nbd_server.h"
 #include "qbd/process_lock.h"
+#include "qbd/qos.h"
 #include "qbd/volume.h"
 
 namespace qbd {
@@ -115,6 +116,8 @@ class Master : public ApiService {
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<BlockCache> cache_;  // cache_size > 0; outlives the volumes (declared first)
   std::unique_ptr<StorageBackend> ssd_dir_;  // cache_dir; outlives the volumes
+  // The QoS reservations of every volume (qos_slots); outlives the volumes (declared first).
+  std::unique_ptr<QosScheduler> qos_scheduler_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<NbdServer> server_;
   // volumes_ changes only on the main thread, under volumes_mu_; API requests read it under it.

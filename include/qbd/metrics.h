@@ -15,7 +15,7 @@
 //   qbd_volume_request_duration_seconds{volume,op} histogram of their time in the layers
 //   qbd_volume_cache_hits_total / _misses_total{volume}       memory cache, in blocks
 //   qbd_volume_ssd_cache_hits_total / _misses_total{volume}   SSD cache, in blocks
-//   qbd_volume_qos_throttled_seconds_total{volume}  time requests waited for QoS (none yet: 0)
+//   qbd_volume_qos_throttled_seconds_total{volume}  time requests waited for QoS (qbd/qos.h)
 //   qbd_volume_lease_held{volume}                  1 while the volume's lease is known valid
 //   qbd_volume_read_repairs_total{volume}          bad copies found by reads
 //   qbd_part_state{volume,part,state}              1 for the part's state (up, resyncing, down,

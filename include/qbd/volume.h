@@ -26,6 +26,8 @@ namespace qbd {
 
 class BlockCache;
 class Metrics;
+class QosScheduler;
+class QosLayer;
 class VolumeLease;
 
 struct VolumeOpenOptions {
@@ -49,6 +51,8 @@ struct VolumeOpenOptions {
   // The volume's series go there, and a collector of its part states, dirty bytes and lease until
   // Close.
   Metrics* metrics = nullptr;
+  // The daemon's scheduler of QoS reservations (qbd/qos.h; nullptr: none); must outlive the volume.
+  QosScheduler* qos_scheduler = nullptr;
 };
 
 class StatsLayer;
@@ -72,7 +76,7 @@ class Volume {
   const StatsLayer& stats() const { return *stats_; }
   // The SSD cache layer; nullptr without one.
   const SsdCacheLayer* ssd_cache() const { return ssd_; }
-  // Applies a changed .meta: growth and append-only take effect at once; read-only applies to
+  // Applies a changed .meta: growth, append-only and QoS take effect at once; read-only applies to
   // new connections (the caller re-advertises the export).
   void ApplyMeta(const VolumeMeta& meta);
   // Destages the SSD cache, stops resync and flushes every part; then, with a lease, removes
@@ -88,6 +92,7 @@ class Volume {
   QuorumSet* quorum_ = nullptr;   // owned through handler_
   StatsLayer* stats_ = nullptr;  // owned through handler_; the head of the chain
   SsdCacheLayer* ssd_ = nullptr;  // owned through handler_
+  QosLayer* qos_ = nullptr;       // owned through handler_
   std::shared_ptr<BlockHandler> handler_;
   std::shared_ptr<VolumeLease> lease_;
   Metrics* metrics_ = nullptr;  // options.metrics

@@ -38,7 +38,8 @@ struct VolumeMeta {
   uint64_t serial = 1;
   std::string created;  // ISO 8601 UTC, informational
   // The volume's QoS settings as the REST API took them: compact JSON text, ASCII, '#' written as
-  // \u0023 (a '#' starts a comment in .meta). Stored for the QoS layer; "" when none.
+  // \u0023 (a '#' starts a comment in .meta), as ParseQosText (qbd/qos.h) takes it; applied by the
+  // volume's QoS layer; "" when none.
   std::string qos;
 
   uint32_t EffectiveWriteQuorum() const { return write_quorum != 0 ? write_quorum : replicas / 2 + 1; }
@@ -46,7 +47,8 @@ struct VolumeMeta {
 };
 
 // OK when `text` can be a `qos` value of .meta: at most kMaxQosLength printable ASCII characters
-// without '#'. InvalidArgument otherwise.
+// without '#', holding settings that ParseQosText (qbd/qos.h) takes. InvalidArgument otherwise,
+// with ParseQosText's message for bad settings.
 Status CheckQosText(std::string_view text);
 
 // "<volnr>/.meta"

@@ -555,6 +555,10 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = RangedUint(l, 0, 100000, " (0: no limit)");
         if (!n.ok()) return bad(n.status());
         (l.key == "resync_mb_per_s" ? c.resync_mb_per_s : c.compare_mb_per_s) = static_cast<uint32_t>(*n);
+      } else if (l.key == "qos_slots") {
+        auto n = RangedUint(l, 0, 65536, " (0: reservations never enforced)");
+        if (!n.ok()) return bad(n.status());
+        c.qos_slots = static_cast<uint32_t>(*n);
       } else if (l.key == "nfs_timeout_ms") {
         auto n = RangedUint(l, 100, 600000);
         if (!n.ok()) return bad(n.status());

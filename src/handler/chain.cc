@@ -45,6 +45,13 @@ Result<Chain> BuildChain(std::unique_ptr<BlockHandler> bottom, const ChainOption
     below = std::make_unique<FenceLayer>(std::move(below), options.volume,
                                          *options.lease_valid_until, *options.clock);
   }
+  // Above the fence and the caches: the limits cover cache hits too.
+  auto qos =
+      std::make_unique<QosLayer>(std::move(below), options.qos,
+                                 options.qos_clock != nullptr ? *options.qos_clock : SteadyClock(),
+                                 options.qos_scheduler, metrics);
+  chain.qos = qos.get();
+  below = std::move(qos);
   // Outermost: it counts what the client sees.
   auto stats = std::make_shared<StatsLayer>(std::move(below), std::move(metrics));
   chain.stats = stats.get();

@@ -96,6 +96,7 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   const auto config_path = std::filesystem::absolute(config.file, ec);
   m->identity_ = LeaseIdentity::ForThisProcess(ec ? config.file : config_path.lexically_normal().string(),
                                                config.admin_socket);
+  m->qos_scheduler_ = std::make_unique<QosScheduler>(config.qos_slots, SteadyClock());
   if (config.cache_size > 0) {
     m->cache_ = std::make_unique<BlockCache>(config.cache_size);
     QBD_LOG_INFO("memory cache: {} (write-through)", FormatSize(config.cache_size));
@@ -270,6 +271,7 @@ Result<bool> Master::FinishOpen(const VolumeMeta& meta, std::shared_ptr<VolumeLe
   vo.compare_bytes_per_sec = uint64_t{config_.compare_mb_per_s} * 1000 * 1000;
   vo.cache = cache_.get();
   vo.metrics = metrics_.get();
+  vo.qos_scheduler = qos_scheduler_.get();
   vo.ssd_dir = ssd_dir_.get();
   vo.ssd.log_size = config_.cache_dir_size;
   vo.ssd.write_back = config_.cache_write_back;

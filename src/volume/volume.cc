@@ -10,6 +10,7 @@
 #include "qbd/lease.h"
 #include "qbd/log.h"
 #include "qbd/metrics.h"
+#include "qbd/qos.h"
 #include "qbd/stats.h"
 #include "qbd/volume_files.h"
 
@@ -115,6 +116,10 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   if (!options.no_writes) c.ssd_dir = options.ssd_dir;  // its replay writes to the parts
   c.ssd = options.ssd;
   c.metrics = metrics;
+  auto qos = ParseQosText(meta.qos);  // checked when .meta was read
+  if (!qos.ok()) return qos.status().WithContext(fmt::format("volume {}", meta.name));
+  c.qos = *qos;
+  c.qos_scheduler = options.qos_scheduler;
   QBD_ASSIGN_OR_RETURN(Chain chain, BuildChain(std::move(quorum), c));
   std::unique_ptr<Volume> v(new Volume());
   v->meta_ = meta;
@@ -122,6 +127,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
   v->quorum_ = quorum_ptr;
   v->stats_ = chain.stats;
   v->ssd_ = chain.ssd_cache;
+  v->qos_ = chain.qos;
   v->handler_ = std::move(chain.top);
   v->lease_ = options.lease;
   if (options.metrics != nullptr) {
@@ -135,6 +141,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeMeta& meta, std::vector
       metrics->lease_held->Set(held ? 1 : 0);
     });
   }
+  if (c.qos != QosSettings{}) QBD_LOG_INFO("volume {}: qos {}", meta.name, DescribeQos(c.qos));
   QBD_LOG_INFO("volume {} (number {}): {} bytes, {} replicas, write quorum {}, block {} chunk {}, epoch {}", meta.name,
                meta.number, meta.geometry.size, meta.replicas, meta.EffectiveWriteQuorum(), meta.geometry.block_size,
                meta.geometry.chunk_size, epoch);
@@ -149,6 +156,15 @@ void Volume::ApplyMeta(const VolumeMeta& meta) {
     quorum_->SetSize(meta.geometry.size);
   }
   if (meta.append_only != meta_.append_only) quorum_->SetAppendOnly(meta.append_only);
+  if (meta.qos != meta_.qos) {
+    auto qos = ParseQosText(meta.qos);  // checked when .meta was read
+    if (qos.ok()) {
+      qos_->SetSettings(*qos);
+      QBD_LOG_INFO("volume {}: qos {}", meta.name, DescribeQos(*qos));
+    } else {
+      QBD_LOG_ERROR("volume {}: qos unchanged: {}", meta.name, qos.status().ToString());
+    }
+  }
   meta_ = meta;
 }
 

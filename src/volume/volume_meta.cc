@@ -9,6 +9,7 @@
 #include <set>
 
 #include "qbd/config.h"
+#include "qbd/qos.h"
 
 namespace qbd {
 namespace {
@@ -76,7 +77,7 @@ Status CheckQosText(std::string_view v) {
       return Status::InvalidArgument("qos: only printable ASCII other than '#' (compact JSON, '#' as \\u0023)");
     }
   }
-  return Status::OK();
+  return ParseQosText(v).status();
 }
 
 std::string MetaPath(uint32_t volnr) { return fmt::format("{}/.meta", volnr); }

@@ -52,10 +52,10 @@ api_is() {
 expect "GET /v1/volumes answers 200" 200 GET /v1/volumes
 check_json "an empty configuration lists no volume" "j == {'volumes': []}"
 expect "POST /v1/volumes creates v1" 201 POST /v1/volumes \
-  '{"name": "v1", "size": "64M", "replicas": 3, "block_size": 4096, "chunk_size": "4M", "qos": {"max_iops": 500, "note": "a#b"}}'
+  '{"name": "v1", "size": "64M", "replicas": 3, "block_size": 4096, "chunk_size": "4M", "qos": {"max_iops": 500, "max_write_bps": "100M"}}'
 check_json "the created volume is served and ready" \
   "j['name'] == 'v1' and j['size'] == 64 << 20 and j['served'] and j['state'] == 'ready' and j['policy']['replicas'] == 3"
-check_json "the qos object is stored as given" "j['qos'] == {'max_iops': 500, 'note': 'a#b'}"
+check_json "the qos object is stored as given" "j['qos'] == {'max_iops': 500, 'max_write_bps': '100M'}"
 if out=$(timeout 10 nbdinfo --size "$(uri v1)" 2>&1) && [ "$out" = $((64 << 20)) ]; then
   pass "v1 is exported at once (nbdinfo sees 64 MiB)"
 else
@@ -95,6 +95,8 @@ expect "erasure coding (not supported yet) is 400" 400 POST /v1/volumes '{"name"
 expect "a chunk size that is not a power of two is 400" 400 POST /v1/volumes '{"name": "x", "size": "1G", "chunk_size": "3M"}'
 expect "read_only as a string is 400" 400 POST /v1/volumes '{"name": "x", "size": "1G", "read_only": "yes"}'
 expect "qos that is not an object is 400" 400 POST /v1/volumes '{"name": "x", "size": "1G", "qos": 5}'
+expect "qos with an unknown key is 400" 400 POST /v1/volumes '{"name": "x", "size": "1G", "qos": {"max_iops": 500, "note": "a#b"}}'
+expect "qos with a negative value is 400" 400 POST /v1/volumes '{"name": "x", "size": "1G", "qos": {"max_iops": -1}}'
 expect "creating v1 again is 409" 409 POST /v1/volumes '{"name": "v1", "size": "64M"}'
 expect "an unknown path is 404" 404 GET /v1/nothing
 expect "PUT /v1/volumes is 405" 405 PUT /v1/volumes '{}'
