@@ -72,6 +72,9 @@ Result<QosSettings> ParseQos(const nlohmann::json& qos);
 // The same for the text of a .meta `qos` value (compact JSON; "" means none); InvalidArgument
 // also when it is not JSON.
 Result<QosSettings> ParseQosText(std::string_view text);
+// The `qos` value .meta stores for a JSON object (null: "", none): compact ASCII JSON with '#'
+// escaped (VolumeMeta::qos); InvalidArgument as ParseQos when it is not valid settings.
+Result<std::string> QosMetaText(const nlohmann::json& qos);
 // "max_iops 200, burst_iops 400 for 10 s": one line for the log; "none" when nothing is set.
 std::string DescribeQos(const QosSettings& settings);
 

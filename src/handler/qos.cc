@@ -2,6 +2,8 @@
 // and every value's type is checked before it is read.
 #include "qbd/qos.h"
 
+#include "qbd/volume_meta.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -139,6 +141,17 @@ Result<QosSettings> ParseQosText(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Status::InvalidArgument("qos: not valid JSON");
   return ParseQos(j);
+}
+
+Result<std::string> QosMetaText(const nlohmann::json& qos) {
+  if (qos.is_null()) return std::string();
+  QBD_RETURN_IF_ERROR(ParseQos(qos).status());
+  const std::string text =
+      qos.dump(-1, ' ', /*ensure_ascii=*/true, nlohmann::json::error_handler_t::replace);
+  std::string out;
+  for (char c : text) out += c == '#' ? std::string("\\u0023") : std::string(1, c);
+  QBD_RETURN_IF_ERROR(CheckQosText(out));
+  return out;
 }
 
 std::string DescribeQos(const QosSettings& q) {

@@ -21,6 +21,7 @@
 #include "qbd/chunk_format.h"
 #include "qbd/config.h"
 #include "qbd/log.h"
+#include "qbd/qos.h"
 #include "qbd/scrub.h"
 
 namespace qbd {
@@ -69,16 +70,6 @@ Result<bool> BoolField(const json& v, std::string_view field) {
   return v.get<bool>();
 }
 
-// The qos object as .meta stores it: compact ASCII JSON with '#' escaped (VolumeMeta::qos).
-Result<std::string> QosField(const json& v) {
-  if (v.is_null()) return std::string();
-  if (!v.is_object()) return Status::InvalidArgument("qos: a JSON object");
-  std::string text = v.dump(-1, ' ', /*ensure_ascii=*/true, json::error_handler_t::replace);
-  std::string out;
-  for (char c : text) out += c == '#' ? std::string("\\u0023") : std::string(1, c);
-  QBD_RETURN_IF_ERROR(CheckQosText(out));
-  return out;
-}
 
 // The request's JSON object; InvalidArgument for anything else or a field not in `known`.
 Result<json> BodyObject(const std::string& body, const std::set<std::string>& known) {
@@ -128,7 +119,7 @@ Result<CreateVolumeOptions> ParseCreate(const std::string& body) {
     QBD_ASSIGN_OR_RETURN(o.read_only, BoolField(j["read_only"], "read_only"));
   }
   if (j.contains("qos")) {
-    QBD_ASSIGN_OR_RETURN(o.qos, QosField(j["qos"]));
+    QBD_ASSIGN_OR_RETURN(o.qos, QosMetaText(j["qos"]));
   }
   return o;
 }
@@ -148,7 +139,7 @@ Result<VolumeUpdate> ParseUpdate(const std::string& body) {
     QBD_ASSIGN_OR_RETURN(u.append_only, BoolField(j["append_only"], "append_only"));
   }
   if (j.contains("qos")) {
-    QBD_ASSIGN_OR_RETURN(u.qos, QosField(j["qos"]));
+    QBD_ASSIGN_OR_RETURN(u.qos, QosMetaText(j["qos"]));
   }
   return u;
 }

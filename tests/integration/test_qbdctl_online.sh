@@ -82,6 +82,16 @@ if [ "$after_lines" -gt "$before_lines" ]; then
 else
   fail "the changes went through the daemon" "$(tail -5 "$T/master.log")"
 fi
+check "qbdctl set qos while running" qbdctl set n qos '{"max_iops": 100, "max_bps": "10M"}'
+check "the daemon applies it (GET /v1/volumes/n shows it)" bash -c "curl -sS 'http://$(api_address)/v1/volumes/n' | grep -q '\"max_iops\":100'"
+qbdctl set n qos '{"max_iops": -1}' >"$T/qos.out" 2>&1
+rc=$?
+if [ $rc = 2 ] && grep -q "qos: max_iops" "$T/qos.out" && qbdctl info n | grep -q '^qos: .*"max_iops":100'; then
+  pass "qbdctl set qos with a bad value exits 2, naming the key, and changes nothing"
+else
+  fail "bad qos refused" "exit $rc: $(cat "$T/qos.out")"
+fi
+check "qbdctl set qos none removes it" bash -c "'$QBD_BIN/qbdctl' --config '$T/qbd.conf' set n qos none && '$QBD_BIN/qbdctl' --config '$T/qbd.conf' info n | grep -q '^qos: *none'"
 qbdctl delete nope >"$T/del.out" 2>&1
 rc=$?
 if [ $rc = 2 ] && grep -q "nope" "$T/del.out"; then pass "qbdctl delete of an unknown volume exits 2 online"; else fail "delete unknown" "exit $rc: $(cat "$T/del.out")"; fi

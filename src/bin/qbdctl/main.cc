@@ -30,6 +30,7 @@
 #include "qbd/lease.h"
 #include "qbd/log.h"
 #include "qbd/process_lock.h"
+#include "qbd/qos.h"
 #include "qbd/views.h"
 
 namespace po = boost::program_options;
@@ -53,6 +54,9 @@ Commands:
                           while clients are connected; qbd-master disconnects them)
   set NAME read-only on|off
   set NAME append-only on|off
+  set NAME qos JSON|none  QoS limits and reservations, like '{"max_iops": 500, "max_bps": "100M"}'
+                          (README.md, QoS); none removes them. A running qbd-master applies them
+                          at once
   repair NAME             start an online repair of every chunk (qbd-master must run; its
                           progress shows in info)
   backends                check every backend: reachable, writable, free space, volumes
@@ -262,7 +266,7 @@ int Run(int argc, char** argv) {
   // Every argument is checked before any backend is touched or any request sent.
   static const std::map<std::string, std::pair<size_t, const char*>> kArity = {
       {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
-      {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off"}},
+      {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off, or NAME qos JSON|none"}},
       {"backends", {0, "no arguments"}}, {"convert", {1, "NAME"}},
       {"block", {2, "NAME OFFSET"}}, {"status", {0, "no arguments"}}, {"repair", {1, "NAME"}}};
   auto arity = kArity.find(cmd);
@@ -283,9 +287,19 @@ int Run(int argc, char** argv) {
     if (qbd::Status n = qbd::ValidateVolumeName(args[0]); !n.ok()) throw UsageError{n.message()};
   }
   std::optional<bool> on;
-  if (cmd == "set") {
+  json qos;  // set NAME qos: the object, or null for none
+  std::string qos_text;
+  if (cmd == "set" && args[1] == "qos") {
+    if (args[2] != "none") {
+      qos = json::parse(args[2], nullptr, /*allow_exceptions=*/false);
+      if (qos.is_discarded()) throw UsageError{fmt::format("set qos: '{}' is not JSON", args[2])};
+    }
+    auto t = qbd::QosMetaText(qos);
+    if (!t.ok()) throw UsageError{"set: " + t.status().message()};
+    qos_text = *t;
+  } else if (cmd == "set") {
     if (args[1] != "read-only" && args[1] != "append-only") {
-      throw UsageError{fmt::format("set: unknown flag '{}' (read-only, append-only)", args[1])};
+      throw UsageError{fmt::format("set: unknown setting '{}' (read-only, append-only, qos)", args[1])};
     }
     auto b = qbd::ParseBool(args[2]);
     if (!b.ok()) throw UsageError{fmt::format("set: '{}' is not on or off", args[2])};
@@ -355,6 +369,9 @@ int Run(int argc, char** argv) {
     } else if (cmd == "delete") {
       j = api->Do("DELETE", path + (cvm["force"].as<bool>() ? "?force=1" : ""));
       if (j.ok()) return Emit(*j, fmt::format("deleted volume {}\n", vol));
+    } else if (cmd == "set" && args[1] == "qos") {
+      j = api->Do("PATCH", path, json{{"qos", qos}});
+      if (j.ok()) return Emit(*j, fmt::format("volume {}: qos {}\n", vol, qos_text.empty() ? "none" : qos_text));
     } else if (cmd == "set") {
       j = api->Do("PATCH", path, json{{args[1] == "read-only" ? "read_only" : "append_only", *on}});
       if (j.ok()) return Emit(*j, fmt::format("volume {}: {} {}\n", vol, args[1], *on ? "on" : "off"));
@@ -411,6 +428,9 @@ int Run(int argc, char** argv) {
     s = c.Delete(vol);
     if (!s.ok()) return Fail(s);
     return Emit(json{{"deleted", vol}}, fmt::format("deleted volume {}\n", vol));
+  } else if (cmd == "set" && args[1] == "qos") {
+    s = c.SetQos(vol, qos_text);
+    text = fmt::format("volume {}: qos {}\n", vol, qos_text.empty() ? "none" : qos_text);
   } else if (cmd == "set") {
     s = c.SetFlag(vol, args[1], *on);
     text = fmt::format("volume {}: {} {}\n", vol, args[1], *on ? "on" : "off");
