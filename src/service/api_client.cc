@@ -64,11 +64,17 @@ Result<std::unique_ptr<ApiClient>> ApiClient::Find(const Config& config) {
   }
   auto d = c->Call("GET", "/v1/daemon");
   if (!d.ok() || d->status != 200 || !d->body.is_object()) {
+    const std::string why = d.ok() ? fmt::format("HTTP {}", d->status) : d.status().message();
+    if (holder->rfind("qbd-master", 0) != 0) {  // an offline qbd-repair, qbdctl convert, ...
+      return Status::Unavailable(fmt::format(
+          "{} is held by {}, and no qbd-master answers at {} ({}): wait for it to finish; is "
+          "qbd-master starting or stopping?",
+          lock, *holder, c->base_, why));
+    }
     return Status::Unavailable(fmt::format(
-        "{} holds {}, but its REST API at {} does not answer{}; is qbd-master starting or stopping?",
-        *holder, lock, c->base_,
-        d.ok() ? fmt::format(" as expected (HTTP {})", d->status)
-               : fmt::format(" ({})", d.status().message())));
+        "{} is held by {}, but its REST API at {} does not answer ({}); is qbd-master starting "
+        "or stopping?",
+        lock, *holder, c->base_, why));
   }
   // The same configuration file, compared by what it is rather than how it was named.
   std::error_code e1;
