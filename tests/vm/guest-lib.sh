@@ -58,7 +58,7 @@ qbd_guest_conf() {
 }
 
 # qbd_guest_start DIR: qbd-master on DIR/qbd.conf in the background (log DIR/master.log), waits
-# until its API answers; sets MASTER_PID.
+# until its REST API answers; sets MASTER_PID.
 qbd_guest_start() {
   _d=$1
   shift
@@ -67,7 +67,8 @@ qbd_guest_start() {
   _t=0
   while [ $_t -lt 300 ]; do
     kill -0 "$MASTER_PID" 2>/dev/null || { show "$_d/master.log"; return 1; }
-    qbdctl --config "$_d/qbd.conf" list >/dev/null 2>&1 && return 0
+    _api=$(sed -n 's/^api_listen *= *//p' "$_d/qbd.conf")
+    wget -q -O /dev/null "http://$_api/v1/daemon" 2>/dev/null && return 0
     sleep 0.1
     _t=$((_t + 1))
   done

@@ -54,9 +54,9 @@ console=${QBD_VM_CONSOLE:-$cache/console.log}
 qemu-system-x86_64 -accel tcg -m "${QBD_VM_MEM:-1G}" -smp "${QBD_VM_CPUS:-2}" \
   -nographic -monitor none -no-reboot \
   -kernel "$cache/vmlinuz" -initrd "$work/initrd" \
-  -append "console=ttyS0 panic=-1 loglevel=4 ${QBD_VM_APPEND:-}" \
+  -append "console=ttyS0 panic=-1 loglevel=4 edd=off ${QBD_VM_APPEND:-}" \
   -serial "file:$console" -serial "file:$work/result" \
-  -netdev user,id=n0 -device e1000,netdev=n0 \
+  -netdev user,id=n0 -device e1000,netdev=n0,romfile= \
   "$@" </dev/null >"$work/qemu.out" 2>&1 &
 qemu_pid=$!
 deadline=$(($(date +%s) + timeout_s))
