@@ -190,6 +190,7 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
   QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
                config.api_token_file.empty() ? "" : " (bearer token required)");
+  m->ReattachDevices();  // the devices of the state file get their connections back
   return m;
 }
 
@@ -338,6 +339,7 @@ Status Master::Poll() {
 
 Status Master::PollLocked() {
   if (stopped_) return Status::OK();
+  ReattachDevices();
   DropLostVolumes();
   auto idx = catalog_->LoadIndex(/*reconcile=*/true);
   if (!idx.ok()) {

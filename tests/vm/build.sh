@@ -9,8 +9,9 @@
 #                  (pdata_tools), e2fsprogs, nbd-client, each host binary with every library ldd
 #                  lists, and /init (tests/vm/init). Rebuilt only when base.key changes: the two
 #                  .debs' names, this script, tests/vm/init and the host binaries' checksums.
-# With QBD_BIN_DIR, it also writes OUT_CPIO (default $QBD_VM_CACHE/qbd.cpio.gz): qbd-master and
-# qbdctl from that directory with their libraries, a cpio appended to the base at each run (cheap).
+# With QBD_BIN_DIR, it also writes OUT_CPIO (default $QBD_VM_CACHE/qbd.cpio): qbd-master and
+# qbdctl from that directory (without debug information) with their libraries, an uncompressed
+# cpio appended to the base at each run (cheap).
 # Prints nothing on success but the paths it rebuilt; exit status 1 with a message on failure.
 set -euo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
@@ -39,7 +40,7 @@ THIN_LINKS=(thin_check thin_dump thin_repair thin_restore)
 for b in "${HOST_BINS[@]}"; do
   [ -x "$b" ] || die "$b is missing (run scripts/install-deps.sh)"
 done
-for t in apt-get apt-cache dpkg-deb cpio gzip ldd sha256sum; do
+for t in apt-get apt-cache dpkg-deb cpio gzip ldd sha256sum strip; do
   command -v "$t" >/dev/null || die "$t is missing (run scripts/install-deps.sh)"
 done
 
@@ -183,14 +184,16 @@ fi
 # --- qbd's binaries --------------------------------------------------------------------------------
 if [ $# -ge 1 ]; then
   bin=$(cd "$1" && pwd) || die "$1 is not a directory"
-  out=${2:-$cache/qbd.cpio.gz}
+  out=${2:-$cache/qbd.cpio}
   qroot=$(mktemp -d "$cache/qbd.XXXXXX")
   trap 'rm -rf "$qroot"' EXIT
   for b in qbd-master qbdctl; do
     [ -x "$bin/$b" ] || die "$bin/$b does not exist (build it first)"
     copy_with_libs "$qroot" "$bin/$b" "usr/sbin/$b"
+    # Debug information is most of a debug build's size; the guest unpacks every byte.
+    strip --strip-debug "$qroot/usr/sbin/$b"
   done
-  (cd "$qroot" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |
-    gzip -1 >"$out.tmp"
+  (cd "$qroot" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) \
+    >"$out.tmp"
   mv "$out.tmp" "$out"
 fi

@@ -33,23 +33,27 @@ now_ms() { # milliseconds since boot
   awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime
 }
 
-# qbd_guest_conf DIR NPARTS API_PORT: DIR/qbd.conf with NPARTS local parts on DIR (a tmpfs), the NBD
-# listener on 127.0.0.1:10809 and the API on 127.0.0.1:API_PORT.
+# qbd_guest_conf DIR NPARTS API_PORT [LINE...]: DIR/qbd.conf with NPARTS local parts on DIR (a
+# tmpfs), the NBD listener on 127.0.0.1:10809, the API on 127.0.0.1:API_PORT and the global LINEs.
 qbd_guest_conf() {
   _d=$1
+  _n=$2
+  _port=$3
+  shift 3
   _parts=""
   _i=0
   for _l in a b c d e f; do
-    [ $_i -lt "$2" ] || break
+    [ $_i -lt "$_n" ] || break
     mkdir -p "$_d/node-$_l"
     _parts="$_parts node-$_l"
     _i=$((_i + 1))
   done
   {
     echo "listen = 127.0.0.1:10809"
-    echo "api_listen = 127.0.0.1:$3"
+    echo "api_listen = 127.0.0.1:$_port"
     echo "parts =$_parts"
     echo "allow_shared_failure_domain = true"
+    for _l in "$@"; do echo "$_l"; done
     for _l in $_parts; do
       echo "[backend $_l]"
       echo "path = $_l"

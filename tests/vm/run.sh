@@ -35,7 +35,7 @@ trap 'exit 130' INT
 
 start=$(date +%s%N)
 if [ -n "${QBD_BIN:-}" ]; then
-  "$here/build.sh" "$QBD_BIN" "$work/qbd.cpio.gz" >&2 || exit 1
+  "$here/build.sh" "$QBD_BIN" "$work/qbd.cpio" >&2 || exit 1
 else
   "$here/build.sh" >&2 || exit 1
 fi
@@ -45,7 +45,9 @@ cp "$here/guest-lib.sh" "$work/t/test/lib.sh"
 chmod 755 "$work/t/test/run.sh"
 (cd "$work/t" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |
   gzip -1 >"$work/test.cpio.gz"
-cat "$cache/base.cpio.gz" ${QBD_BIN:+"$work/qbd.cpio.gz"} "$work/test.cpio.gz" >"$work/initrd"
+# The uncompressed cpio comes first: the kernel finds the start of a segment that follows a
+# compressed one only if that one is compressed too.
+cat ${QBD_BIN:+"$work/qbd.cpio"} "$cache/base.cpio.gz" "$work/test.cpio.gz" >"$work/initrd"
 built=$(date +%s%N)
 
 console=${QBD_VM_CONSOLE:-$cache/console.log}
