@@ -20,16 +20,16 @@ check mount mount "$dev" /mnt/fs || exit 1
 
 # The writer: one 32 KiB file per step, fsync'd, its checksum recorded once written; each step's
 # duration in ms goes to /tmp/steps.
-writer() {
+writer() { # PREFIX
   j=0
   : >/tmp/wsums
   : >/tmp/steps
   while [ ! -e /tmp/stop ]; do
     t0=$(now_ms)
-    if ! dd if=/dev/urandom of=/mnt/fs/w$j bs=32k count=1 conv=fsync 2>/tmp/dd.err; then
+    if ! dd if=/dev/urandom of=/mnt/fs/$1$j bs=32k count=1 conv=fsync 2>/tmp/dd.err; then
       echo "write error at step $j: $(cat /tmp/dd.err)" >>/tmp/werr
     else
-      (cd /mnt/fs && sha256sum w$j) >>/tmp/wsums
+      (cd /mnt/fs && sha256sum $1$j) >>/tmp/wsums
     fi
     echo "$j $(($(now_ms) - t0))" >>/tmp/steps
     j=$((j + 1))
@@ -54,7 +54,7 @@ restart() { # SIGNAL
 
 for sig in TERM KILL; do
   rm -f /tmp/stop /tmp/werr
-  writer &
+  writer "w$sig-" &
   wpid=$!
   restart $sig
   touch /tmp/stop
@@ -83,7 +83,8 @@ dmesg | grep -i nbd | tail -n 20
 check umount umount /mnt/fs
 check e2fsck e2fsck -fn "$dev"
 check remount mount -o ro "$dev" /mnt/fs
-check checksums sh -c 'cd /mnt/fs && sha256sum -c /tmp/allsums >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }'
+n=$(wc -l </tmp/allsums)
+check "checksums ($n files)" sh -c 'cd /mnt/fs && sha256sum -c /tmp/allsums >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }'
 umount /mnt/fs
 check detach ctl detach fs
 kill -TERM $MASTER_PID
