@@ -145,6 +145,8 @@ class Master : public ApiService {
   Result<Attacher*> AttacherLocked(bool create);
   // Gives every attached device whose connections died fresh ones; logs what fails, once.
   void ReattachDevices();
+  // InvalidArgument (EBUSY) naming the device when `name` is attached.
+  Status RefuseIfAttached(const std::string& name);
 };
 
 }  // namespace qbd

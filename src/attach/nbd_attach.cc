@@ -16,10 +16,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fmt/format.h>
 #include <random>
+#include <thread>
 
 #include "common/coding.h"
 #include "qbd/backend.h"
@@ -488,14 +490,22 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
   std::vector<UniqueFd>& live = watched_[volume];
   // Drop the sockets the kernel (or the server) shut down; replace them.
   std::vector<UniqueFd> keep;
+  bool dropped = false;
   for (UniqueFd& f : live) {
     pollfd p{f.get(), POLLRDHUP, 0};
-    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) continue;
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) {
+      dropped = true;
+      continue;
+    }
     keep.push_back(std::move(f));
   }
   live = std::move(keep);
   const int missing = a.connections - static_cast<int>(live.size());
   if (missing <= 0) return Status::OK();
+  // A connection the server closed: the kernel's receiver marks it dead as it reads the end of
+  // the stream. A reconfigure that finds no dead connection ignores the new socket, so give it
+  // that moment.
+  if (dropped) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   NbdExportInfo info;
   QBD_ASSIGN_OR_RETURN(std::vector<UniqueFd> fds, Sockets(volume, missing, &info));
   std::vector<int> raw;

@@ -213,6 +213,7 @@ Status Master::DeleteVolume(const std::string& name, bool force) {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::Unavailable("qbd-master is stopping");
   QBD_RETURN_IF_ERROR(catalog_->Find(name).status());  // NotFound
+  QBD_RETURN_IF_ERROR(RefuseIfAttached(name));         // even forced: detach first
   const int clients = ConnectionsTo(name);
   if (clients > 0 && !force) {
     return Status::InvalidArgument(

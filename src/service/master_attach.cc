@@ -42,6 +42,14 @@ void Master::ReattachDevices() {
   }
 }
 
+Status Master::RefuseIfAttached(const std::string& name) {
+  std::lock_guard<std::mutex> l(attach_mu_);
+  auto a = AttacherLocked(false);
+  if (!a.ok() || *a == nullptr || !(*a)->IsAttached(name)) return Status::OK();
+  return Status::InvalidArgument(
+      fmt::format("volume {} is attached as a kernel device: qbdctl detach {} first", name, name), EBUSY);
+}
+
 Result<json> Master::AttachVolume(const std::string& name, int connections) {
   {
     std::lock_guard<std::mutex> l(volumes_mu_);

@@ -18,20 +18,20 @@ check mkfs mkfs.ext4 -q -F "$dev" || exit 1
 mkdir -p /mnt/fs
 check mount mount "$dev" /mnt/fs || exit 1
 
-# The writer: one 32 KiB file per step, fsync'd, its checksum recorded once written; each step's
-# duration in ms goes to /tmp/steps.
+# A writer: one 32 KiB file per step, fsync'd, its checksum recorded once written; each step's
+# duration in ms goes to /tmp/steps.PREFIX. Three run at once, so that requests are in flight
+# when qbd-master goes.
 writer() { # PREFIX
   j=0
-  : >/tmp/wsums
-  : >/tmp/steps
+  : >/tmp/steps.$1
   while [ ! -e /tmp/stop ]; do
     t0=$(now_ms)
-    if ! dd if=/dev/urandom of=/mnt/fs/$1$j bs=32k count=1 conv=fsync 2>/tmp/dd.err; then
-      echo "write error at step $j: $(cat /tmp/dd.err)" >>/tmp/werr
+    if ! dd if=/dev/urandom of=/mnt/fs/$1$j bs=32k count=1 conv=fsync 2>/tmp/dd.err.$1; then
+      echo "$1$j: write error: $(cat /tmp/dd.err.$1)" >>/tmp/werr
     else
-      (cd /mnt/fs && sha256sum $1$j) >>/tmp/wsums
+      (cd /mnt/fs && sha256sum $1$j) >>/tmp/wsums.$1
     fi
-    echo "$j $(($(now_ms) - t0))" >>/tmp/steps
+    echo "$j $(($(now_ms) - t0))" >>/tmp/steps.$1
     j=$((j + 1))
   done
 }
@@ -53,21 +53,24 @@ restart() { # SIGNAL
 }
 
 for sig in TERM KILL; do
-  rm -f /tmp/stop /tmp/werr
-  writer "w$sig-" &
-  wpid=$!
+  rm -f /tmp/stop /tmp/werr /tmp/steps.* /tmp/wsums.*
+  wpids=""
+  for w in a b c; do
+    writer "w$sig$w-" &
+    wpids="$wpids $!"
+  done
   restart $sig
   touch /tmp/stop
-  wait $wpid
-  steps=$(wc -l </tmp/steps)
-  stall=$(sort -n -k2 /tmp/steps | tail -n 1 | cut -d' ' -f2)
+  for p in $wpids; do wait $p; done
+  steps=$(cat /tmp/steps.* | wc -l)
+  stall=$(cat /tmp/steps.* | sort -n -k2 | tail -n 1 | cut -d' ' -f2)
   echo "SIG$sig: $steps writes, longest write+fsync $stall ms"
   if [ -s /tmp/werr ]; then
     fail "writes-$sig" "$(head -n 3 /tmp/werr)"
   else
-    pass "writes-$sig ($steps writes across the restart, longest stall $stall ms)"
+    pass "writes-$sig ($steps writes by 3 writers across the restart, longest stall $stall ms)"
   fi
-  cat /tmp/wsums >>/tmp/allsums
+  cat /tmp/wsums.* >>/tmp/allsums
   if grep -q ' /mnt/fs .*[ ,]rw[ ,]' /proc/mounts && touch /mnt/fs/probe-$sig; then
     pass "still-rw-$sig"
   else
