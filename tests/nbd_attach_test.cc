@@ -10,8 +10,14 @@
 #include <fstream>
 #include <string>
 
+#include <sys/socket.h>
+
+#include "common/coding.h"
 #include "qbd/api.h"
 #include "qbd/config.h"
+#include "qbd/nbd_server.h"
+#include "qbd/nbd_wire.h"
+#include "testutil/mem_disk.h"
 #include "testutil/temp_dir.h"
 
 namespace qbd::test {
@@ -44,6 +50,18 @@ class AttachService : public ApiService {
   Result<json> Attachments() override { return json{{"attachments", json::array({json{{"volume", "v"}}})}}; }
 
   std::vector<std::pair<std::string, int>> attached;
+};
+
+class OneExport : public ExportRegistry {
+ public:
+  explicit OneExport(std::shared_ptr<Export> e) : e_(std::move(e)) {}
+  std::vector<std::string> List() const override { return {e_->name}; }
+  std::shared_ptr<const Export> Find(std::string_view name) const override {
+    return name == e_->name ? e_ : nullptr;
+  }
+
+ private:
+  std::shared_ptr<const Export> e_;
 };
 
 ApiRequest Post(std::string path, std::string body = "") {
@@ -119,6 +137,48 @@ TEST_CASE("Attacher reads its state file and refuses a malformed one") {
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().IsCorruption());
   }
+}
+
+TEST_CASE("NbdClientConnect leaves a socket in the transmission phase with the export's size and flags") {
+  TempDir dir;
+  auto disk = std::make_shared<MemDisk>(1 << 20);
+  auto e = std::make_shared<Export>();
+  e->name = "v";
+  e->handler = disk;
+  OneExport registry(e);
+  NbdServer server(registry, NbdServerOptions{});
+  const std::string listen = "unix:" + dir.path() + "/nbd.sock";
+  REQUIRE(server.Listen(listen).ok());
+  NbdExportInfo info;
+  auto fd = NbdClientConnect(listen, "v", &info);
+  REQUIRE(fd.ok());
+  CHECK(info.size == (1u << 20));
+  CHECK((info.flags & nbd::kFlagHasFlags) != 0);
+  CHECK((info.flags & nbd::kFlagSendFlush) != 0);
+  // A READ of 4 KiB at 0 goes through: the socket is past the handshake, as the kernel needs it.
+  std::byte req[28];
+  EncodeBE32(req, nbd::kRequestMagic);
+  EncodeBE16(req + 4, 0);
+  EncodeBE16(req + 6, 0);  // NBD_CMD_READ
+  EncodeBE64(req + 8, 42);
+  EncodeBE64(req + 16, 0);
+  EncodeBE32(req + 24, 4096);
+  REQUIRE(::send(fd->get(), req, sizeof req, MSG_NOSIGNAL) == sizeof req);
+  std::byte reply[16 + 4096];
+  size_t got = 0;
+  while (got < sizeof reply) {
+    ssize_t r = ::recv(fd->get(), reply + got, sizeof reply - got, 0);
+    REQUIRE(r > 0);
+    got += static_cast<size_t>(r);
+  }
+  CHECK(DecodeBE32(reply) == nbd::kSimpleReplyMagic);
+  CHECK(DecodeBE32(reply + 4) == 0);
+  CHECK(DecodeBE64(reply + 8) == 42);
+  NbdExportInfo none;
+  auto unknown = NbdClientConnect(listen, "nope", &none);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.status().IsNotFound());
+  server.Stop();
 }
 
 TEST_CASE("NbdClientConnect fails cleanly when nothing listens") {
