@@ -5,12 +5,11 @@
 #include "qbd/nbd_attach.h"
 
 #include <doctest/doctest.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <fstream>
 #include <string>
-
-#include <sys/socket.h>
 
 #include "common/coding.h"
 #include "qbd/api.h"
@@ -30,11 +29,15 @@ class AttachService : public ApiService {
   Result<json> ListVolumes() override { return json::object(); }
   Result<json> GetVolume(const std::string&) override { return json::object(); }
   Result<json> CreateVolume(const CreateVolumeOptions&) override { return json::object(); }
-  Result<json> UpdateVolume(const std::string&, const VolumeUpdate&) override { return json::object(); }
+  Result<json> UpdateVolume(const std::string&, const VolumeUpdate&) override {
+    return json::object();
+  }
   Status DeleteVolume(const std::string&, bool) override { return Status::OK(); }
   Result<json> Health() override { return json::object(); }
   Result<json> StartRepair(const std::string&) override { return json::object(); }
-  Result<json> RepairChunk(const std::string&, uint64_t, const RepairOptions&) override { return json::object(); }
+  Result<json> RepairChunk(const std::string&, uint64_t, const RepairOptions&) override {
+    return json::object();
+  }
   Result<json> Daemon() override { return json::object(); }
   Result<json> Backends() override { return json::object(); }
   Result<json> Block(const std::string&, uint64_t) override { return json::object(); }
@@ -47,7 +50,9 @@ class AttachService : public ApiService {
     if (name != "v") return Status::NotFound("not attached");
     return Status::OK();
   }
-  Result<json> Attachments() override { return json{{"attachments", json::array({json{{"volume", "v"}}})}}; }
+  Result<json> Attachments() override {
+    return json{{"attachments", json::array({json{{"volume", "v"}}})}};
+  }
 
   std::vector<std::pair<std::string, int>> attached;
 };
@@ -129,8 +134,9 @@ TEST_CASE("Attacher reads its state file and refuses a malformed one") {
   auto twice = (*a)->Attach("v", 1);
   REQUIRE_FALSE(twice.ok());
   CHECK(twice.status().Errno() == EEXIST);
-  for (const std::string bad : {"{", R"({"attachments": {}})", R"({"attachments": [{"volume": "v"}]})",
-                                R"({"attachments": [{"volume": "v", "index": -1, "backend": "b"}]})"}) {
+  for (const std::string bad :
+       {"{", R"({"attachments": {}})", R"({"attachments": [{"volume": "v"}]})",
+        R"({"attachments": [{"volume": "v", "index": -1, "backend": "b"}]})"}) {
     CAPTURE(bad);
     std::ofstream(o.state_dir + "/attachments.json", std::ios::trunc) << bad;
     auto r = Attacher::Open(o);
@@ -139,7 +145,8 @@ TEST_CASE("Attacher reads its state file and refuses a malformed one") {
   }
 }
 
-TEST_CASE("NbdClientConnect leaves a socket in the transmission phase with the export's size and flags") {
+TEST_CASE(
+    "NbdClientConnect leaves a socket in the transmission phase with the export's size and flags") {
   TempDir dir;
   auto disk = std::make_shared<MemDisk>(1 << 20);
   auto e = std::make_shared<Export>();
@@ -200,13 +207,13 @@ TEST_CASE("ParseConfig reads state_dir and the attach timeouts") {
   CHECK(c->state_dir == "/etc/qbd/st");
   CHECK(c->attach_timeout_s == 3);
   CHECK(c->attach_dead_timeout_s == 600);
-  for (const std::string bad : {"state_dir =\n", "attach_timeout_s = 0\n", "attach_timeout_s = 3601\n",
-                                "attach_dead_timeout_s = 86401\n"}) {
+  for (const std::string bad : {"state_dir =\n", "attach_timeout_s = 0\n",
+                                "attach_timeout_s = 3601\n", "attach_dead_timeout_s = 86401\n"}) {
     CAPTURE(bad);
     auto r = ParseConfig(bad + base, "q.conf", "/");
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().message().find("q.conf:1") != std::string::npos);
   }
 }
-}
+}  // TEST_SUITE("nbd_attach")
 }  // namespace qbd::test

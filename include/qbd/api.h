@@ -84,7 +84,9 @@ class ApiService {
     return Status::NotFound("volume " + name + " is not attached");
   }
   // {"attachments": [...]} (Attacher::List).
-  virtual Result<nlohmann::json> Attachments() { return nlohmann::json{{"attachments", nlohmann::json::array()}}; }
+  virtual Result<nlohmann::json> Attachments() {
+    return nlohmann::json{{"attachments", nlohmann::json::array()}};
+  }
 };
 
 struct ApiRequest {

@@ -102,8 +102,8 @@ class NbdNetlink {
 };
 
 struct AttachOptions {
-  std::string state_dir;      // where attachments.json lives
-  std::string nbd_listen;     // the daemon's NBD listener
+  std::string state_dir;             // where attachments.json lives
+  std::string nbd_listen;            // the daemon's NBD listener
   std::string dev_dir = "/dev/qbd";  // the symlinks' directory
   uint32_t timeout_s = 10;
   uint32_t dead_conn_timeout_s = 120;

@@ -3,6 +3,7 @@
 #include "qbd/nbd_attach.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/nbd-netlink.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -19,7 +20,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fmt/format.h>
 #include <random>
 #include <thread>
 
@@ -174,7 +174,8 @@ Status PutSockets(nl_msg* m, std::span<const int> fds) {
 
 // Sends `m` and waits for the kernel's acknowledgement; `on_reply` (may be null) sees each reply.
 Status SendSync(Genl& g, NlMsg m, const char* what, nl_recvmsg_msg_cb_t on_reply, void* arg) {
-  if (on_reply != nullptr) nl_socket_modify_cb(g.sock.get(), NL_CB_VALID, NL_CB_CUSTOM, on_reply, arg);
+  if (on_reply != nullptr)
+    nl_socket_modify_cb(g.sock.get(), NL_CB_VALID, NL_CB_CUSTOM, on_reply, arg);
   int rc = nl_send_sync(g.sock.get(), m.release());  // frees the message
   if (rc < 0) return Status::IOError(fmt::format("netlink NBD {}: {}", what, nl_geterror(rc)));
   return Status::OK();
@@ -287,7 +288,8 @@ Result<UniqueFd> NbdClientConnect(const std::string& listen, const std::string& 
       have_export = true;
     }
   }
-  if (!have_export) return Status::InvalidArgument("nbd handshake: no NBD_INFO_EXPORT from the server");
+  if (!have_export)
+    return Status::InvalidArgument("nbd handshake: no NBD_INFO_EXPORT from the server");
   // The kernel reads and writes this socket itself from now on: no timeouts of ours.
   QBD_RETURN_IF_ERROR(SetTimeouts(s, 0));
   return fd;
@@ -303,14 +305,16 @@ Result<int> NbdNetlink::Connect(int index, const NbdDeviceConfig& c, std::span<c
       (c.timeout_s > 0 && nla_put_u64(m.get(), NBD_ATTR_TIMEOUT, c.timeout_s) < 0) ||
       (c.dead_conn_timeout_s > 0 &&
        nla_put_u64(m.get(), NBD_ATTR_DEAD_CONN_TIMEOUT, c.dead_conn_timeout_s) < 0) ||
-      (!c.backend.empty() && nla_put_string(m.get(), NBD_ATTR_BACKEND_IDENTIFIER, c.backend.c_str()) < 0)) {
+      (!c.backend.empty() &&
+       nla_put_string(m.get(), NBD_ATTR_BACKEND_IDENTIFIER, c.backend.c_str()) < 0)) {
     return Status::IOError("netlink NBD connect: message too large");
   }
   QBD_RETURN_IF_ERROR(PutSockets(m.get(), fds));
   int chosen = -1;
   QBD_RETURN_IF_ERROR(SendSync(g, std::move(m), "connect", IndexReply, &chosen));
   if (chosen < 0) {
-    if (index < 0) return Status::IOError("netlink NBD connect: the kernel did not say which device");
+    if (index < 0)
+      return Status::IOError("netlink NBD connect: the kernel did not say which device");
     chosen = index;
   }
   return chosen;
@@ -348,13 +352,15 @@ Result<bool> NbdNetlink::Connected(int index) {
   return st.found == 2;
 }
 
-// ---- Attacher -------------------------------------------------------------------------------------
+// ---- Attacher
+// -------------------------------------------------------------------------------------
 
 Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
   std::unique_ptr<Attacher> a(new Attacher(options));
   auto dir = NewLocalDirBackend(options.state_dir, true);
   if (!dir.ok()) {
-    return Status::IOError(fmt::format("state_dir {}: {}", options.state_dir, dir.status().message()));
+    return Status::IOError(
+        fmt::format("state_dir {}: {}", options.state_dir, dir.status().message()));
   }
   a->dir_ = std::move(*dir);
   auto text = ReadSmallFile(*a->dir_, kStateFile);
@@ -364,12 +370,14 @@ Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
   }
   const std::string file = options.state_dir + "/" + kStateFile;
   json j = json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("attachments") || !j["attachments"].is_array()) {
+  if (j.is_discarded() || !j.is_object() || !j.contains("attachments") ||
+      !j["attachments"].is_array()) {
     return Status::Corruption(file + ": not a qbd attachments file");
   }
   for (const json& e : j["attachments"]) {
-    if (!e.is_object() || !e.contains("volume") || !e["volume"].is_string() || !e.contains("index") ||
-        !e["index"].is_number_integer() || !e.contains("backend") || !e["backend"].is_string()) {
+    if (!e.is_object() || !e.contains("volume") || !e["volume"].is_string() ||
+        !e.contains("index") || !e["index"].is_number_integer() || !e.contains("backend") ||
+        !e["backend"].is_string()) {
       return Status::Corruption(file + ": an entry lacks volume, index or backend");
     }
     Attachment at;
@@ -406,7 +414,8 @@ void Attacher::MakeLink(const Attachment& a) {
   std::filesystem::create_directories(dir, ec);
   std::filesystem::remove(dir / a.volume, ec);
   std::filesystem::create_symlink(a.Device(), dir / a.volume, ec);
-  if (ec) QBD_LOG_WARN("attach {}: symlink {}: {}", a.volume, (dir / a.volume).string(), ec.message());
+  if (ec)
+    QBD_LOG_WARN("attach {}: symlink {}: {}", a.volume, (dir / a.volume).string(), ec.message());
 }
 
 void Attacher::RemoveLink(const std::string& volume) {
@@ -414,7 +423,8 @@ void Attacher::RemoveLink(const std::string& volume) {
   std::filesystem::remove(std::filesystem::path(options_.dev_dir) / volume, ec);
 }
 
-Result<std::vector<UniqueFd>> Attacher::Sockets(const std::string& volume, int n, NbdExportInfo* info) {
+Result<std::vector<UniqueFd>> Attacher::Sockets(const std::string& volume, int n,
+                                                NbdExportInfo* info) {
   std::vector<UniqueFd> fds;
   for (int i = 0; i < n; i++) {
     QBD_ASSIGN_OR_RETURN(UniqueFd fd, NbdClientConnect(options_.nbd_listen, volume, info));
@@ -431,7 +441,8 @@ bool Attacher::IsAttached(const std::string& volume) {
 Result<Attachment> Attacher::Attach(const std::string& volume, int connections) {
   std::lock_guard l(mu_);
   if (connections < 1 || connections > kMaxConnections) {
-    return Status::InvalidArgument(fmt::format("connections: {} is not 1..{}", connections, kMaxConnections));
+    return Status::InvalidArgument(
+        fmt::format("connections: {} is not 1..{}", connections, kMaxConnections));
   }
   auto it = attached_.find(volume);
   if (it != attached_.end()) {
@@ -513,7 +524,8 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
   QBD_RETURN_IF_ERROR(NbdNetlink::Reconfigure(a.index, a.backend, raw));
   for (UniqueFd& f : fds) live.push_back(std::move(f));
   MakeLink(a);
-  QBD_LOG_INFO("volume {}: {} gets {} new connection{}", volume, a.Device(), missing, missing == 1 ? "" : "s");
+  QBD_LOG_INFO("volume {}: {} gets {} new connection{}", volume, a.Device(), missing,
+               missing == 1 ? "" : "s");
   return Status::OK();
 }
 
@@ -527,7 +539,8 @@ Status Attacher::ReconnectAll() {
   Status first;
   for (const auto& [name, a] : attached_) {
     Status s = ReconnectLocked(name);
-    if (!s.ok() && first.ok()) first = Status::IOError(fmt::format("re-attach {} to {}: {}", name, a.Device(), s.message()));
+    if (!s.ok() && first.ok())
+      first = Status::IOError(fmt::format("re-attach {} to {}: {}", name, a.Device(), s.message()));
   }
   return first;
 }

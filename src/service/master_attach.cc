@@ -1,8 +1,9 @@
 // Master's kernel NBD devices (include/qbd/nbd_attach.h): POST /v1/volumes/NAME/attach and
 // detach, GET /v1/attachments, and the re-attach of the state file's devices at start and on
 // every Poll.
-#include <filesystem>
 #include <fmt/format.h>
+
+#include <filesystem>
 
 #include "qbd/log.h"
 #include "qbd/master.h"
@@ -15,7 +16,8 @@ using json = nlohmann::json;
 Result<Attacher*> Master::AttacherLocked(bool create) {
   if (attacher_) return attacher_.get();
   std::error_code ec;
-  if (!create && !std::filesystem::exists(std::filesystem::path(config_.state_dir) / "attachments.json", ec)) {
+  if (!create &&
+      !std::filesystem::exists(std::filesystem::path(config_.state_dir) / "attachments.json", ec)) {
     return static_cast<Attacher*>(nullptr);
   }
   AttachOptions o;
@@ -47,7 +49,8 @@ Status Master::RefuseIfAttached(const std::string& name) {
   auto a = AttacherLocked(false);
   if (!a.ok() || *a == nullptr || !(*a)->IsAttached(name)) return Status::OK();
   return Status::InvalidArgument(
-      fmt::format("volume {} is attached as a kernel device: qbdctl detach {} first", name, name), EBUSY);
+      fmt::format("volume {} is attached as a kernel device: qbdctl detach {} first", name, name),
+      EBUSY);
 }
 
 Result<json> Master::AttachVolume(const std::string& name, int connections) {
@@ -63,12 +66,9 @@ Result<json> Master::AttachVolume(const std::string& name, int connections) {
   std::lock_guard<std::mutex> l(attach_mu_);
   QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(true));
   QBD_ASSIGN_OR_RETURN(Attachment at, a->Attach(name, connections));
-  return json{{"volume", at.volume},
-              {"device", at.Device()},
-              {"index", at.index},
-              {"connections", at.connections},
-              {"backend", at.backend},
-              {"link", "/dev/qbd/" + at.volume}};
+  return json{{"volume", at.volume},   {"device", at.Device()},
+              {"index", at.index},     {"connections", at.connections},
+              {"backend", at.backend}, {"link", "/dev/qbd/" + at.volume}};
 }
 
 Status Master::DetachVolume(const std::string& name) {

@@ -196,12 +196,12 @@ int Convert(const std::string& config_path, const qbd::Config& config, qbd::Cata
   return 0;
 }
 
-// `qbdctl block NAME OFFSET`: reads only. The document is FormatBlockJson's; the daemon adds its
-// text (and "readable"), which are not part of it.
 // attach, detach, attachments: the daemon owns the devices' sockets, so they need it running.
-int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string& vol, int connections) {
+int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string& vol,
+                  int connections) {
   if (api == nullptr) {
-    return Fail(qbd::Status::Unavailable(fmt::format("{}: qbd-master is not running (it holds the devices' connections)", cmd)));
+    return Fail(qbd::Status::Unavailable(
+        fmt::format("{}: qbd-master is not running (it holds the devices' connections)", cmd)));
   }
   if (cmd == "attachments") {
     auto j = api->Do("GET", "/v1/attachments");
@@ -218,6 +218,8 @@ int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string
   return Emit(*j, j->value("device", "") + "\n");
 }
 
+// `qbdctl block NAME OFFSET`: reads only. The document is FormatBlockJson's; the daemon adds its
+// text (and "readable"), which are not part of it.
 int Block(qbd::ApiClient* api, qbd::Catalog* c, const std::string& name, uint64_t offset) {
   json doc;
   std::string text;
