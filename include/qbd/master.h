@@ -147,6 +147,11 @@ class Master : public ApiService {
   void ReattachDevices();
   // InvalidArgument (EBUSY) naming the device when `name` is attached.
   Status RefuseIfAttached(const std::string& name);
+  // The volume's attachment (Attacher::Entry), null when it is not attached. For Health.
+  nlohmann::json AttachmentOf(const std::string& name);
+  // Registers qbd_attached_connections and the collector that sets it at each scrape.
+  void AddAttachMetrics();
+  uint64_t attach_collector_ = 0;
 };
 
 }  // namespace qbd

@@ -136,8 +136,12 @@ class Attacher {
   // Reconnect for every attachment whose sockets died or that was never reconnected since the
   // start; the first error is returned, the rest still tried. Called at start and from Poll.
   Status ReconnectAll();
-  // {"attachments": [{"volume", "device", "index", "connections", "live", "backend", "link"}]}
+  // {"attachments": [{"volume", "device", "index", "connections", "live", "connected",
+  // "backend", "link"}]}: live counts the connections the kernel still uses; connected is the
+  // kernel's NBD_CMD_STATUS of the device.
   nlohmann::json List();
+  // One entry of List(), or null when `volume` is not attached.
+  nlohmann::json Entry(const std::string& volume);
   bool IsAttached(const std::string& volume);
 
  private:
@@ -148,6 +152,7 @@ class Attacher {
   // Connects n sockets to the export. REQUIRES: mu_ held.
   Result<std::vector<UniqueFd>> Sockets(const std::string& volume, int n, NbdExportInfo* info);
   Status ReconnectLocked(const std::string& volume);
+  nlohmann::json EntryLocked(const Attachment& a);
 
   const AttachOptions options_;
   std::unique_ptr<StorageBackend> dir_;  // state_dir

@@ -545,22 +545,36 @@ Status Attacher::ReconnectAll() {
   return first;
 }
 
+json Attacher::EntryLocked(const Attachment& a) {
+  auto connected = NbdNetlink::Connected(a.index);
+  int live = 0;
+  if (auto w = watched_.find(a.volume); w != watched_.end()) {
+    for (const UniqueFd& f : w->second) {
+      pollfd p{f.get(), POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) == 0) ++live;  // no hang-up: the kernel still uses it
+    }
+  }
+  return {{"volume", a.volume},
+          {"device", a.Device()},
+          {"index", a.index},
+          {"connections", a.connections},
+          {"live", live},
+          {"connected", connected.ok() && *connected},
+          {"backend", a.backend},
+          {"link", options_.dev_dir + "/" + a.volume}};
+}
+
 json Attacher::List() {
   std::lock_guard l(mu_);
   json list = json::array();
-  for (const auto& [name, a] : attached_) {
-    auto connected = NbdNetlink::Connected(a.index);
-    auto w = watched_.find(name);
-    list.push_back({{"volume", a.volume},
-                    {"device", a.Device()},
-                    {"index", a.index},
-                    {"connections", a.connections},
-                    {"live", w == watched_.end() ? 0 : static_cast<int>(w->second.size())},
-                    {"connected", connected.ok() && *connected},
-                    {"backend", a.backend},
-                    {"link", options_.dev_dir + "/" + a.volume}});
-  }
+  for (const auto& [name, a] : attached_) list.push_back(EntryLocked(a));
   return {{"attachments", std::move(list)}};
+}
+
+json Attacher::Entry(const std::string& volume) {
+  std::lock_guard l(mu_);
+  auto it = attached_.find(volume);
+  return it == attached_.end() ? json() : EntryLocked(it->second);
 }
 
 }  // namespace qbd

@@ -191,6 +191,7 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
                config.api_token_file.empty() ? "" : " (bearer token required)");
   m->ReattachDevices();  // the devices of the state file get their connections back
+  m->AddAttachMetrics();
   return m;
 }
 
@@ -442,6 +443,8 @@ Status Master::Stop() {
   if (server_) server_->Stop();
   if (nbd_collector_ != 0) metrics_->RemoveCollector(nbd_collector_);
   nbd_collector_ = 0;
+  if (attach_collector_ != 0) metrics_->RemoveCollector(attach_collector_);
+  attach_collector_ = 0;
   Status result;
   for (auto& [name, vol] : volumes_) {
     Status s = vol->Close();

@@ -483,9 +483,18 @@ Result<json> Master::Health() {
                         conf, name)));
       }
     }
+    const json attached = AttachmentOf(name);  // null: not attached as a kernel device
+    if (!attached.is_null() && (!attached.value("connected", false) ||
+                                attached.value("live", 0) < attached.value("connections", 0))) {
+      add(problem(name + "|attach", "degraded",
+                  fmt::format("{} has {} of its {} connections", attached.value("device", ""),
+                              attached.value("live", 0), attached.value("connections", 0)),
+                  "", "", "qbd-master reconnects it at every volume poll: see its log"));
+    }
     overall = std::max(overall, sev);
     json vj = {{"name", name}, {"status", StatusName(sev)}, {"problems", std::move(problems)}};
     vj["served"] = it != volumes_.end();
+    if (!attached.is_null()) vj["attachment"] = attached;
     if (it == volumes_.end()) {
       if (auto r = refused_.find(name); r != refused_.end()) vj["served_by"] = r->second;
     }

@@ -53,6 +53,40 @@ Status Master::RefuseIfAttached(const std::string& name) {
       EBUSY);
 }
 
+json Master::AttachmentOf(const std::string& name) {
+  std::lock_guard<std::mutex> l(attach_mu_);
+  auto a = AttacherLocked(false);
+  if (!a.ok() || *a == nullptr) return json();
+  return (*a)->Entry(name);
+}
+
+void Master::AddAttachMetrics() {
+  auto& family = prometheus::BuildGauge()
+                     .Name("qbd_attached_connections")
+                     .Help("Connections of a volume attached as a kernel NBD device: kind=\"live\" "
+                           "the kernel still uses, kind=\"configured\" it was attached with")
+                     .Register(metrics_->registry());
+  auto shown = std::make_shared<std::map<std::string, prometheus::Gauge*>>();
+  attach_collector_ = metrics_->AddCollector([this, &family, shown] {
+    auto list = Attachments();
+    std::map<std::string, prometheus::Gauge*> now;
+    if (list.ok()) {
+      for (const json& a : (*list)["attachments"]) {
+        const std::string vol = a.value("volume", ""), dev = a.value("device", "");
+        for (const char* kind : {"live", "configured"}) {
+          prometheus::Gauge& g = family.Add({{"volume", vol}, {"device", dev}, {"kind", kind}});
+          g.Set(a.value(std::string(kind) == "live" ? "live" : "connections", 0));
+          now[vol + "|" + dev + "|" + kind] = &g;
+        }
+      }
+    }
+    for (const auto& [key, g] : *shown) {
+      if (!now.count(key)) family.Remove(g);
+    }
+    *shown = std::move(now);
+  });
+}
+
 Result<json> Master::AttachVolume(const std::string& name, int connections) {
   {
     std::lock_guard<std::mutex> l(volumes_mu_);

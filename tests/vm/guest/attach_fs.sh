@@ -26,6 +26,14 @@ else
   pass attach-twice-refused
 fi
 ctl attachments
+if wget -q -O - http://127.0.0.1:10810/metrics | grep -q '^qbd_attached_connections{.*kind="live".*volume="fs".*} 1'; then
+  pass metrics
+else
+  fail metrics "no qbd_attached_connections of fs: $(wget -q -O - http://127.0.0.1:10810/metrics | grep attached)"
+fi
+wget -q -O - http://127.0.0.1:10810/v1/health | grep -q '"device": *"/dev/nbd' && pass health-attachment ||
+  fail health-attachment "GET /v1/health does not show the device"
+check delete-refused sh -c "! qbdctl --config $D/qbd.conf delete fs --force"
 check mkfs mkfs.ext4 -q -F /dev/qbd/fs || exit 1
 mkdir -p /mnt/fs
 check mount mount /dev/qbd/fs /mnt/fs || exit 1
