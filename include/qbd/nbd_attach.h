@@ -131,7 +131,8 @@ class Attacher {
   // Disconnects the device and forgets it. NotFound when the volume is not attached.
   Status Detach(const std::string& volume);
   // Gives the attached device of `volume` fresh sockets (NBD_CMD_RECONFIGURE): at start, and
-  // whenever the kernel gave up on one of its connections. OK when there is nothing to do.
+  // whenever the kernel gave up on one of its connections. OK when there is nothing to do. At
+  // start, a device that is not connected any more (a reboot) is connected again at its index.
   Status Reconnect(const std::string& volume);
   // Reconnect for every attachment whose sockets died or that was never reconnected since the
   // start; the first error is returned, the rest still tried. Called at start and from Poll.
@@ -152,6 +153,7 @@ class Attacher {
   // Connects n sockets to the export. REQUIRES: mu_ held.
   Result<std::vector<UniqueFd>> Sockets(const std::string& volume, int n, NbdExportInfo* info);
   Status ReconnectLocked(const std::string& volume);
+  NbdDeviceConfig DeviceConfig(const Attachment& a, const NbdExportInfo& info) const;
   nlohmann::json EntryLocked(const Attachment& a);
 
   const AttachOptions options_;

@@ -438,6 +438,17 @@ bool Attacher::IsAttached(const std::string& volume) {
   return attached_.count(volume) > 0;
 }
 
+NbdDeviceConfig Attacher::DeviceConfig(const Attachment& a, const NbdExportInfo& info) const {
+  NbdDeviceConfig c;
+  c.size_bytes = info.size;
+  c.block_size = info.size % 4096 == 0 ? 4096 : 512;
+  c.server_flags = info.flags;
+  c.timeout_s = options_.timeout_s;
+  c.dead_conn_timeout_s = options_.dead_conn_timeout_s;
+  c.backend = a.backend;
+  return c;
+}
+
 Result<Attachment> Attacher::Attach(const std::string& volume, int connections) {
   std::lock_guard l(mu_);
   if (connections < 1 || connections > kMaxConnections) {
@@ -456,16 +467,9 @@ Result<Attachment> Attacher::Attach(const std::string& volume, int connections) 
   a.cookie = NewCookie();
   a.backend = "qbd:" + volume + ":" + a.cookie;
   a.connections = connections;
-  NbdDeviceConfig c;
-  c.size_bytes = info.size;
-  c.block_size = info.size % 4096 == 0 ? 4096 : 512;
-  c.server_flags = info.flags;
-  c.timeout_s = options_.timeout_s;
-  c.dead_conn_timeout_s = options_.dead_conn_timeout_s;
-  c.backend = a.backend;
   std::vector<int> raw;
   for (const UniqueFd& f : fds) raw.push_back(f.get());
-  QBD_ASSIGN_OR_RETURN(a.index, NbdNetlink::Connect(-1, c, raw));
+  QBD_ASSIGN_OR_RETURN(a.index, NbdNetlink::Connect(-1, DeviceConfig(a, info), raw));
   attached_[volume] = a;
   Status s = Save();
   if (!s.ok()) {
@@ -521,6 +525,17 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
   QBD_ASSIGN_OR_RETURN(std::vector<UniqueFd> fds, Sockets(volume, missing, &info));
   std::vector<int> raw;
   for (const UniqueFd& f : fds) raw.push_back(f.get());
+  // At start, the device may be gone (the host rebooted, or someone disconnected it): it is
+  // connected again at the same index, with the same backend identifier.
+  auto connected = live.empty() ? NbdNetlink::Connected(a.index) : Result<bool>(true);
+  if (connected.ok() && !*connected) {
+    QBD_ASSIGN_OR_RETURN(int index, NbdNetlink::Connect(a.index, DeviceConfig(a, info), raw));
+    for (UniqueFd& f : fds) live.push_back(std::move(f));
+    MakeLink(a);
+    QBD_LOG_INFO("volume {}: {} was not connected: connected again ({} connection{})", volume,
+                 "/dev/nbd" + std::to_string(index), missing, missing == 1 ? "" : "s");
+    return Status::OK();
+  }
   QBD_RETURN_IF_ERROR(NbdNetlink::Reconfigure(a.index, a.backend, raw));
   for (UniqueFd& f : fds) live.push_back(std::move(f));
   MakeLink(a);
@@ -554,14 +569,10 @@ json Attacher::EntryLocked(const Attachment& a) {
       if (::poll(&p, 1, 0) == 0) ++live;  // no hang-up: the kernel still uses it
     }
   }
-  return {{"volume", a.volume},
-          {"device", a.Device()},
-          {"index", a.index},
-          {"connections", a.connections},
-          {"live", live},
-          {"connected", connected.ok() && *connected},
-          {"backend", a.backend},
-          {"link", options_.dev_dir + "/" + a.volume}};
+  return {{"volume", a.volume},   {"device", a.Device()},
+          {"index", a.index},     {"connections", a.connections},
+          {"live", live},         {"connected", connected.ok() && *connected},
+          {"backend", a.backend}, {"link", options_.dev_dir + "/" + a.volume}};
 }
 
 json Attacher::List() {

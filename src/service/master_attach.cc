@@ -63,8 +63,9 @@ json Master::AttachmentOf(const std::string& name) {
 void Master::AddAttachMetrics() {
   auto& family = prometheus::BuildGauge()
                      .Name("qbd_attached_connections")
-                     .Help("Connections of a volume attached as a kernel NBD device: kind=\"live\" "
-                           "the kernel still uses, kind=\"configured\" it was attached with")
+                     .Help(
+                         "Connections of a volume attached as a kernel NBD device: kind=\"live\" "
+                         "the kernel still uses, kind=\"configured\" it was attached with")
                      .Register(metrics_->registry());
   auto shown = std::make_shared<std::map<std::string, prometheus::Gauge*>>();
   attach_collector_ = metrics_->AddCollector([this, &family, shown] {

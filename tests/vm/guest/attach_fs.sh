@@ -56,6 +56,27 @@ check e2fsck e2fsck -fn /dev/qbd/fs
 check remount mount -o ro /dev/qbd/fs /mnt/fs
 check checksums sh -c 'cd /mnt/fs && sha256sum -c /tmp/sums'
 umount /mnt/fs
+# A device that went away while qbd-master was down (as after a reboot) is connected again at
+# its index when qbd-master starts.
+kill -KILL $MASTER_PID
+wait $MASTER_PID 2>/dev/null
+nbd-client -d "$dev2" >/dev/null 2>&1
+n=${dev2#/dev/}
+[ "$(cat /sys/block/$n/size)" = 0 ] || fail gone "nbd-client -d left $dev2 with size $(cat /sys/block/$n/size)"
+rm -f /dev/qbd/fs
+qbd_guest_start $D || die restart "qbd-master did not start again"
+i=0
+while [ "$(cat /sys/block/$n/size)" = 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if [ "$(cat /sys/block/$n/size)" != 0 ] && [ "$(readlink /dev/qbd/fs)" = "$dev2" ]; then
+  pass "connected-again ($dev2)"
+else
+  fail connected-again "$dev2 has size $(cat /sys/block/$n/size), /dev/qbd/fs -> $(readlink /dev/qbd/fs)"
+  show $D/master.log
+fi
+check e2fsck-again e2fsck -fn /dev/qbd/fs
+check remount-again mount -o ro /dev/qbd/fs /mnt/fs
+check checksums-again sh -c 'cd /mnt/fs && sha256sum -c /tmp/sums'
+umount /mnt/fs
 check detach-2 ctl detach fs
 kill -TERM $MASTER_PID
 dmesg | grep -iE 'I/O error|EXT4-fs error' && fail dmesg "I/O or ext4 errors in the kernel log"
