@@ -149,6 +149,8 @@ class Master : public ApiService {
   Status RefuseIfAttached(const std::string& name);
   // The volume's attachment (Attacher::Entry), null when it is not attached. For Health.
   nlohmann::json AttachmentOf(const std::string& name);
+  // Attacher::PrepareStop, when there are attached devices.
+  void PrepareAttachedStop();
   // Registers qbd_attached_connections and the collector that sets it at each scrape.
   void AddAttachMetrics();
   uint64_t attach_collector_ = 0;

@@ -12,10 +12,11 @@
 // Surviving a restart: the device is connected with a request timeout and a dead-connection
 // timeout. When qbd-master stops or dies, its sockets close; the kernel marks them dead, holds new
 // requests for up to the dead-connection timeout, and requeues the ones in flight once they time
-// out. The next qbd-master reads the state file and gives the same device fresh sockets with
-// NBD_CMD_RECONFIGURE, naming the backend identifier ("qbd:<volume>:<cookie>") the device was
-// connected with: the kernel refuses a reconfigure whose identifier differs, so a device reused by
-// someone else is never taken over. Requests then resume; the application sees a stall, no error.
+// out (a stopping qbd-master first shortens that timeout to 1 s: PrepareStop). The next qbd-master
+// reads the state file and gives the same device fresh sockets with NBD_CMD_RECONFIGURE, naming the
+// backend identifier ("qbd:<volume>:<cookie>") the device was connected with: the kernel refuses a
+// reconfigure whose identifier differs, so a device reused by someone else is never taken over.
+// Requests then resume; the application sees a stall, no error.
 //
 // The state file (state_dir/attachments.json, written atomically): per volume its device, index,
 // cookie, backend identifier and number of connections. /dev/qbd/<volume> is a symlink to the
@@ -94,8 +95,10 @@ class NbdNetlink {
   // NotSupported when the kernel has no "nbd" netlink family (no nbd module).
   static Result<int> Connect(int index, const NbdDeviceConfig& config, std::span<const int> fds);
   // Gives the device's dead connections the sockets `fds` (those beyond the dead ones are
-  // ignored by the kernel). `backend` must be the identifier it was connected with.
-  static Status Reconfigure(int index, const std::string& backend, std::span<const int> fds);
+  // ignored by the kernel; none: only the timeout changes), and, unless 0, sets the request
+  // timeout. `backend` must be the identifier it was connected with.
+  static Status Reconfigure(int index, const std::string& backend, std::span<const int> fds,
+                            uint32_t timeout_s = 0);
   static Status Disconnect(int index);
   // NBD_CMD_STATUS: whether device `index` exists and is connected (configured).
   static Result<bool> Connected(int index);
@@ -137,6 +140,11 @@ class Attacher {
   // Reconnect for every attachment whose sockets died or that was never reconnected since the
   // start; the first error is returned, the rest still tried. Called at start and from Poll.
   Status ReconnectAll();
+  // Called as qbd-master stops, before its NBD server closes the connections: shortens every
+  // device's request timeout to 1 s, so that the requests the kernel sends meanwhile (which the
+  // stopping server leaves unanswered) are resent on the next qbd-master's connections at once
+  // rather than after timeout_s. The next qbd-master sets timeout_s again as it reconnects.
+  void PrepareStop();
   // {"attachments": [{"volume", "device", "index", "connections", "live", "connected",
   // "backend", "link"}]}: live counts the connections the kernel still uses; connected is the
   // kernel's NBD_CMD_STATUS of the device.

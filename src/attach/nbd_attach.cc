@@ -36,6 +36,8 @@ namespace {
 
 constexpr char kStateFile[] = "attachments.json";
 constexpr int kMaxConnections = 16;
+// The request timeout of attached devices while qbd-master stops (PrepareStop).
+constexpr uint32_t kStopTimeoutS = 1;
 
 // ---- the NBD handshake, as a client ------------------------------------------------------------
 
@@ -320,14 +322,16 @@ Result<int> NbdNetlink::Connect(int index, const NbdDeviceConfig& c, std::span<c
   return chosen;
 }
 
-Status NbdNetlink::Reconfigure(int index, const std::string& backend, std::span<const int> fds) {
+Status NbdNetlink::Reconfigure(int index, const std::string& backend, std::span<const int> fds,
+                               uint32_t timeout_s) {
   QBD_ASSIGN_OR_RETURN(Genl g, OpenGenl());
   QBD_ASSIGN_OR_RETURN(NlMsg m, NewMsg(g, NBD_CMD_RECONFIGURE));
   if (nla_put_u32(m.get(), NBD_ATTR_INDEX, static_cast<uint32_t>(index)) < 0 ||
-      nla_put_string(m.get(), NBD_ATTR_BACKEND_IDENTIFIER, backend.c_str()) < 0) {
+      nla_put_string(m.get(), NBD_ATTR_BACKEND_IDENTIFIER, backend.c_str()) < 0 ||
+      (timeout_s > 0 && nla_put_u64(m.get(), NBD_ATTR_TIMEOUT, timeout_s) < 0)) {
     return Status::IOError("netlink NBD reconfigure: message too large");
   }
-  QBD_RETURN_IF_ERROR(PutSockets(m.get(), fds));
+  if (!fds.empty()) QBD_RETURN_IF_ERROR(PutSockets(m.get(), fds));
   return SendSync(g, std::move(m), "reconfigure", nullptr, nullptr);
 }
 
@@ -536,7 +540,8 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
                  "/dev/nbd" + std::to_string(index), missing, missing == 1 ? "" : "s");
     return Status::OK();
   }
-  QBD_RETURN_IF_ERROR(NbdNetlink::Reconfigure(a.index, a.backend, raw));
+  // The request timeout too: the previous qbd-master shortened it as it stopped (PrepareStop).
+  QBD_RETURN_IF_ERROR(NbdNetlink::Reconfigure(a.index, a.backend, raw, options_.timeout_s));
   for (UniqueFd& f : fds) live.push_back(std::move(f));
   MakeLink(a);
   QBD_LOG_INFO("volume {}: {} gets {} new connection{}", volume, a.Device(), missing,
@@ -558,6 +563,16 @@ Status Attacher::ReconnectAll() {
       first = Status::IOError(fmt::format("re-attach {} to {}: {}", name, a.Device(), s.message()));
   }
   return first;
+}
+
+void Attacher::PrepareStop() {
+  std::lock_guard l(mu_);
+  for (const auto& [name, a] : attached_) {
+    Status s = NbdNetlink::Reconfigure(a.index, a.backend, {}, kStopTimeoutS);
+    if (!s.ok())
+      QBD_LOG_WARN("volume {}: {}: shorten the request timeout: {}", name, a.Device(),
+                   s.ToString());
+  }
 }
 
 json Attacher::EntryLocked(const Attachment& a) {

@@ -440,6 +440,7 @@ Status Master::Stop() {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::OK();
   stopped_ = true;
+  PrepareAttachedStop();
   if (server_) server_->Stop();
   if (nbd_collector_ != 0) metrics_->RemoveCollector(nbd_collector_);
   nbd_collector_ = 0;

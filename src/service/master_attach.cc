@@ -60,6 +60,11 @@ json Master::AttachmentOf(const std::string& name) {
   return (*a)->Entry(name);
 }
 
+void Master::PrepareAttachedStop() {
+  std::lock_guard<std::mutex> l(attach_mu_);
+  if (attacher_) attacher_->PrepareStop();
+}
+
 void Master::AddAttachMetrics() {
   auto& family = prometheus::BuildGauge()
                      .Name("qbd_attached_connections")
