@@ -134,6 +134,24 @@ TEST_CASE("Attacher reads its state file and refuses a malformed one") {
   auto twice = (*a)->Attach("v", 1);
   REQUIRE_FALSE(twice.ok());
   CHECK(twice.status().Errno() == EEXIST);
+  {
+    // Another configuration's entries are not ours: not listed, kept in the file.
+    std::ofstream(o.state_dir + "/attachments.json", std::ios::trunc) << R"({"attachments": [
+        {"volume": "w", "index": 6, "backend": "qbd:w:d", "config": "/other.conf"},
+        {"volume": "v", "index": 5, "backend": "qbd:v:c", "config": "/mine.conf"}]})";
+    AttachOptions mine = o;
+    mine.owner = "/mine.conf";
+    auto m = Attacher::Open(mine);
+    REQUIRE(m.ok());
+    CHECK((*m)->IsAttached("v"));
+    CHECK_FALSE((*m)->IsAttached("w"));
+    AttachOptions other = o;
+    other.owner = "/other.conf";
+    auto t = Attacher::Open(other);
+    REQUIRE(t.ok());
+    CHECK((*t)->IsAttached("w"));
+    CHECK_FALSE((*t)->IsAttached("v"));
+  }
   for (const std::string bad :
        {"{", R"({"attachments": {}})", R"({"attachments": [{"volume": "v"}]})",
         R"({"attachments": [{"volume": "v", "index": -1, "backend": "b"}]})"}) {

@@ -19,8 +19,9 @@
 // Requests then resume; the application sees a stall, no error.
 //
 // The state file (state_dir/attachments.json, written atomically): per volume its device, index,
-// cookie, backend identifier and number of connections. /dev/qbd/<volume> is a symlink to the
-// device, made by qbd (no udev rule needed).
+// cookie, backend identifier, number of connections and the configuration file of the qbd-master
+// that owns it (two daemons of one host may share the directory; each touches only its own).
+// /dev/qbd/<volume> is a symlink to the device, made by qbd (no udev rule needed).
 //
 // Thread-safety: NbdNetlink opens one netlink socket per call and is safe for concurrent use.
 // Attacher serializes its operations with its own mutex.
@@ -108,6 +109,9 @@ struct AttachOptions {
   std::string state_dir;             // where attachments.json lives
   std::string nbd_listen;            // the daemon's NBD listener
   std::string dev_dir = "/dev/qbd";  // the symlinks' directory
+  // Whose attachments: the configuration file of this qbd-master. Entries of another owner in
+  // the state file (another qbd-master of this host) are left alone and kept.
+  std::string owner;
   uint32_t timeout_s = 10;
   uint32_t dead_conn_timeout_s = 120;
 };

@@ -379,6 +379,8 @@ Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
     return Status::Corruption(file + ": not a qbd attachments file");
   }
   for (const json& e : j["attachments"]) {
+    // Another qbd-master's (another configuration on this host): kept in the file, not ours.
+    if (e.is_object() && e.value("config", options.owner) != options.owner) continue;
     if (!e.is_object() || !e.contains("volume") || !e["volume"].is_string() ||
         !e.contains("index") || !e["index"].is_number_integer() || !e.contains("backend") ||
         !e["backend"].is_string()) {
@@ -406,7 +408,17 @@ Status Attacher::Save() {
                     {"index", a.index},
                     {"cookie", a.cookie},
                     {"backend", a.backend},
-                    {"connections", a.connections}});
+                    {"connections", a.connections},
+                    {"config", options_.owner}});
+  }
+  // The other configurations' entries, as the file has them now.
+  if (auto text = ReadSmallFile(*dir_, kStateFile); text.ok()) {
+    json old = json::parse(*text, nullptr, false);
+    if (old.is_object() && old.contains("attachments") && old["attachments"].is_array()) {
+      for (const json& e : old["attachments"]) {
+        if (e.is_object() && e.value("config", options_.owner) != options_.owner) list.push_back(e);
+      }
+    }
   }
   json j = {{"attachments", std::move(list)}};
   return WriteFileAtomic(*dir_, kStateFile, j.dump(2) + "\n");
