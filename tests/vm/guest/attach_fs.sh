@@ -78,6 +78,15 @@ check remount-again mount -o ro /dev/qbd/fs /mnt/fs
 check checksums-again sh -c 'cd /mnt/fs && sha256sum -c /tmp/sums'
 umount /mnt/fs
 check detach-2 ctl detach fs
+# Without the kernel's nbd module, attach fails with a message that says so.
+rmmod nbd
+if ctl attach fs >/tmp/nomod.out 2>&1; then
+  fail no-module "attach succeeded without the nbd module"
+elif grep -q 'modprobe nbd' /tmp/nomod.out; then
+  pass no-module-refused
+else
+  fail no-module "unexpected message: $(cat /tmp/nomod.out)"
+fi
 kill -TERM $MASTER_PID
 dmesg | grep -iE 'I/O error|EXT4-fs error' && fail dmesg "I/O or ext4 errors in the kernel log"
 [ $FAILS -eq 0 ]
