@@ -135,7 +135,8 @@ class Attacher {
   // Connects `volume` (served by this daemon) with `connections` sockets to a free device and
   // records it. InvalidArgument with EEXIST when the volume is already attached.
   Result<Attachment> Attach(const std::string& volume, int connections);
-  // Disconnects the device and forgets it. NotFound when the volume is not attached.
+  // Disconnects the device and forgets it. NotFound when the volume is not attached;
+  // InvalidArgument with EBUSY while the device is in use (mounted, or held by device-mapper).
   Status Detach(const std::string& volume);
   // Gives the attached device of `volume` fresh sockets (NBD_CMD_RECONFIGURE): at start, and
   // whenever the kernel gave up on one of its connections. OK when there is nothing to do. At

@@ -505,6 +505,18 @@ Status Attacher::Detach(const std::string& volume) {
   auto it = attached_.find(volume);
   if (it == attached_.end()) return Status::NotFound("volume " + volume + " is not attached");
   const Attachment a = it->second;
+  // An exclusive open fails while the device is mounted, or held by device-mapper (LVM).
+  if (auto connected = NbdNetlink::Connected(a.index); connected.ok() && *connected) {
+    int fd = ::open(a.Device().c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
+    if (fd < 0 && errno == EBUSY) {
+      return Status::InvalidArgument(
+          fmt::format(
+              "volume {}: {} is in use (mounted, or held by device-mapper): release it first",
+              volume, a.Device()),
+          EBUSY);
+    }
+    if (fd >= 0) ::close(fd);
+  }
   Status s = NbdNetlink::Disconnect(a.index);
   if (!s.ok()) return s;
   attached_.erase(it);

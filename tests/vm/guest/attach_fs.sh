@@ -37,6 +37,7 @@ check delete-refused sh -c "! qbdctl --config $D/qbd.conf delete fs --force"
 check mkfs mkfs.ext4 -q -F /dev/qbd/fs || exit 1
 mkdir -p /mnt/fs
 check mount mount /dev/qbd/fs /mnt/fs || exit 1
+check detach-mounted-refused sh -c "! qbdctl --config $D/qbd.conf detach fs"
 i=0
 while [ $i -lt 40 ]; do
   dd if=/dev/urandom of=/mnt/fs/f$i bs=64k count=$((i % 7 + 1)) 2>/dev/null
