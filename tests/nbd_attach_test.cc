@@ -219,14 +219,20 @@ TEST_CASE("ParseConfig reads state_dir and the attach timeouts") {
   CHECK(d->state_dir == "/var/lib/qbd");
   CHECK(d->attach_timeout_s == 10);
   CHECK(d->attach_dead_timeout_s == 120);
-  auto c = ParseConfig("state_dir = st\nattach_timeout_s = 3\nattach_dead_timeout_s = 600\n" + base,
-                       "q.conf", "/etc/qbd");
+  CHECK(d->attach_interface == "auto");
+  auto c = ParseConfig(
+      "state_dir = st\nattach_timeout_s = 3\nattach_dead_timeout_s = 600\n"
+      "attach_interface = ioctl\n" +
+          base,
+      "q.conf", "/etc/qbd");
   REQUIRE(c.ok());
   CHECK(c->state_dir == "/etc/qbd/st");
   CHECK(c->attach_timeout_s == 3);
   CHECK(c->attach_dead_timeout_s == 600);
-  for (const std::string bad : {"state_dir =\n", "attach_timeout_s = 0\n",
-                                "attach_timeout_s = 3601\n", "attach_dead_timeout_s = 86401\n"}) {
+  CHECK(c->attach_interface == "ioctl");
+  for (const std::string bad :
+       {"state_dir =\n", "attach_timeout_s = 0\n", "attach_timeout_s = 3601\n",
+        "attach_dead_timeout_s = 86401\n", "attach_interface = nl\n"}) {
     CAPTURE(bad);
     auto r = ParseConfig(bad + base, "q.conf", "/");
     REQUIRE_FALSE(r.ok());

@@ -143,6 +143,9 @@ struct Config {
   std::string state_dir = "/var/lib/qbd";
   uint32_t attach_timeout_s = 10;
   uint32_t attach_dead_timeout_s = 120;
+  // How devices are attached: "netlink", "ioctl" (old kernels: no restart without errors) or
+  // "auto" (netlink when the kernel has it).
+  std::string attach_interface = "auto";
 
   // The line of each global key the file sets ("listen" -> 2); a key left at its default is
   // absent. For messages about a value that only the host can judge (CheckConfigOnHost).

@@ -27,6 +27,7 @@
 // Attacher serializes its operations with its own mutex.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -34,6 +35,7 @@
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qbd/backend.h"
@@ -103,12 +105,37 @@ class NbdNetlink {
   static Status Disconnect(int index);
   // NBD_CMD_STATUS: whether device `index` exists and is connected (configured).
   static Result<bool> Connected(int index);
+  // Whether the kernel has the "nbd" netlink family.
+  static bool Available();
+};
+
+// The ioctl interface of old kernels (no netlink family): a device is configured with ioctls on
+// /dev/nbdX and served while a thread of qbd-master sits in NBD_DO_IT. It cannot outlive
+// qbd-master: when its connections close, the kernel fails the device's requests and resets it;
+// the next qbd-master connects it again (the applications see I/O errors in between).
+class NbdIoctlDevice {
+ public:
+  // The lowest /sys/block/nbdN that is free: size 0 and no pid. NotFound when none is.
+  static Result<int> FindFree();
+  // Configures /dev/nbd<index> with `fds` and starts the NBD_DO_IT thread.
+  static Result<std::unique_ptr<NbdIoctlDevice>> Start(int index, const NbdDeviceConfig& config,
+                                                       std::span<const int> fds);
+  ~NbdIoctlDevice();  // disconnects (NBD_DISCONNECT) and waits for the thread
+  bool running() const { return running_.load(); }
+
+ private:
+  NbdIoctlDevice() = default;
+  UniqueFd dev_;
+  std::thread thread_;
+  std::atomic<bool> running_{false};
 };
 
 struct AttachOptions {
   std::string state_dir;             // where attachments.json lives
   std::string nbd_listen;            // the daemon's NBD listener
   std::string dev_dir = "/dev/qbd";  // the symlinks' directory
+  // "netlink", "ioctl", or "auto": netlink when the kernel has it, else ioctl.
+  std::string interface = "auto";
   // Whose attachments: the configuration file of this qbd-master. Entries of another owner in
   // the state file (another qbd-master of this host) are left alone and kept.
   std::string owner;
@@ -123,6 +150,7 @@ struct Attachment {
   std::string cookie;
   std::string backend;
   int connections = 1;
+  bool ioctl = false;  // attached through the ioctl interface (NbdIoctlDevice)
   std::string Device() const { return "/dev/nbd" + std::to_string(index); }
 };
 
@@ -168,12 +196,14 @@ class Attacher {
   Status ReconnectLocked(const std::string& volume);
   NbdDeviceConfig DeviceConfig(const Attachment& a, const NbdExportInfo& info) const;
   nlohmann::json EntryLocked(const Attachment& a);
+  Result<bool> ConnectedLocked(const Attachment& a);
 
   const AttachOptions options_;
   std::unique_ptr<StorageBackend> dir_;  // state_dir
   std::mutex mu_;
   std::map<std::string, Attachment> attached_;            // GUARDED_BY(mu_)
   std::map<std::string, std::vector<UniqueFd>> watched_;  // GUARDED_BY(mu_): dups of live sockets
+  std::map<std::string, std::unique_ptr<NbdIoctlDevice>> ioctl_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace qbd

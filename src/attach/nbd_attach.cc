@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/nbd-netlink.h>
+#include <linux/nbd.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,14 +13,17 @@
 #include <netlink/genl/genl.h>
 #include <netlink/netlink.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -356,8 +360,84 @@ Result<bool> NbdNetlink::Connected(int index) {
   return st.found == 2;
 }
 
-// ---- Attacher
-// -------------------------------------------------------------------------------------
+bool NbdNetlink::Available() { return OpenGenl().ok(); }
+
+namespace {
+
+// A line of a sysfs file, "" when it cannot be read.
+std::string SysfsLine(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+}  // namespace
+
+Result<int> NbdIoctlDevice::FindFree() {
+  std::error_code ec;
+  int best = -1;
+  for (const auto& e : std::filesystem::directory_iterator("/sys/block", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("nbd", 0) != 0) continue;
+    int index = -1;
+    auto [end, err] = std::from_chars(name.data() + 3, name.data() + name.size(), index);
+    if (err != std::errc() || end != name.data() + name.size()) continue;
+    if (SysfsLine(e.path().string() + "/size") != "0") continue;
+    if (std::filesystem::exists(e.path() / "pid", ec)) continue;  // a client holds it
+    if (best < 0 || index < best) best = index;
+  }
+  if (best < 0) return Status::NotFound("no free /dev/nbdN (all in use, or no nbd module)");
+  return best;
+}
+
+Result<std::unique_ptr<NbdIoctlDevice>> NbdIoctlDevice::Start(int index, const NbdDeviceConfig& c,
+                                                              std::span<const int> fds) {
+  std::unique_ptr<NbdIoctlDevice> d(new NbdIoctlDevice());
+  const std::string path = "/dev/nbd" + std::to_string(index);
+  d->dev_ = UniqueFd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (d->dev_.get() < 0) return Status::FromErrno("open " + path, errno);
+  const int fd = d->dev_.get();
+  auto io = [&](unsigned long req, unsigned long arg, const char* what) -> Status {
+    if (::ioctl(fd, req, arg) < 0)
+      return Status::FromErrno(fmt::format("{} {}", what, path), errno);
+    return Status::OK();
+  };
+  io(NBD_CLEAR_SOCK, 0, "NBD_CLEAR_SOCK").IgnoreError();  // a leftover of a crash, if any
+  QBD_RETURN_IF_ERROR(io(NBD_SET_BLKSIZE, c.block_size, "NBD_SET_BLKSIZE"));
+  QBD_RETURN_IF_ERROR(io(NBD_SET_SIZE_BLOCKS, c.size_bytes / c.block_size, "NBD_SET_SIZE_BLOCKS"));
+  QBD_RETURN_IF_ERROR(io(NBD_SET_FLAGS, c.server_flags, "NBD_SET_FLAGS"));
+  if (c.timeout_s > 0) QBD_RETURN_IF_ERROR(io(NBD_SET_TIMEOUT, c.timeout_s, "NBD_SET_TIMEOUT"));
+  for (int s : fds) {
+    QBD_RETURN_IF_ERROR(io(NBD_SET_SOCK, static_cast<unsigned long>(s), "NBD_SET_SOCK"));
+  }
+  d->running_ = true;
+  NbdIoctlDevice* self = d.get();
+  d->thread_ = std::thread([self, fd, path] {
+    // Serves the device until it is disconnected or its connections are gone.
+    if (::ioctl(fd, NBD_DO_IT) < 0 && errno != EPIPE) {
+      QBD_LOG_WARN("{}: NBD_DO_IT: {}", path, std::strerror(errno));
+    }
+    ::ioctl(fd, NBD_CLEAR_QUE);
+    ::ioctl(fd, NBD_CLEAR_SOCK);
+    self->running_ = false;
+  });
+  // NBD_DO_IT starts the device (its size shows) in that thread: wait for it.
+  const std::string size_file = "/sys/block/nbd" + std::to_string(index) + "/size";
+  for (int i = 0; i < 500 && d->running_.load(); ++i) {
+    const std::string size = SysfsLine(size_file);
+    if (!size.empty() && size != "0") return d;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return Status::IOError(fmt::format("{}: the device did not start", path));
+}
+
+NbdIoctlDevice::~NbdIoctlDevice() {
+  if (running_.load()) ::ioctl(dev_.get(), NBD_DISCONNECT);
+  if (thread_.joinable()) thread_.join();
+}
+
+// ---- Attacher -----------------------------------------------------------------------------------
 
 Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
   std::unique_ptr<Attacher> a(new Attacher(options));
@@ -392,6 +472,7 @@ Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
     at.backend = e["backend"];
     at.cookie = e.value("cookie", "");
     at.connections = e.value("connections", 1);
+    at.ioctl = e.value("interface", "netlink") == "ioctl";
     if (at.index < 0 || at.connections < 1 || at.connections > kMaxConnections) {
       return Status::Corruption(file + ": bad index or connections for " + at.volume);
     }
@@ -409,6 +490,7 @@ Status Attacher::Save() {
                     {"cookie", a.cookie},
                     {"backend", a.backend},
                     {"connections", a.connections},
+                    {"interface", a.ioctl ? "ioctl" : "netlink"},
                     {"config", options_.owner}});
   }
   // The other configurations' entries, as the file has them now.
@@ -485,12 +567,24 @@ Result<Attachment> Attacher::Attach(const std::string& volume, int connections) 
   a.connections = connections;
   std::vector<int> raw;
   for (const UniqueFd& f : fds) raw.push_back(f.get());
-  QBD_ASSIGN_OR_RETURN(a.index, NbdNetlink::Connect(-1, DeviceConfig(a, info), raw));
+  a.ioctl =
+      options_.interface == "ioctl" || (options_.interface == "auto" && !NbdNetlink::Available());
+  if (a.ioctl) {
+    QBD_ASSIGN_OR_RETURN(a.index, NbdIoctlDevice::FindFree());
+    QBD_ASSIGN_OR_RETURN(ioctl_[volume],
+                         NbdIoctlDevice::Start(a.index, DeviceConfig(a, info), raw));
+  } else {
+    QBD_ASSIGN_OR_RETURN(a.index, NbdNetlink::Connect(-1, DeviceConfig(a, info), raw));
+  }
   attached_[volume] = a;
   Status s = Save();
   if (!s.ok()) {
     attached_.erase(volume);
-    NbdNetlink::Disconnect(a.index).IgnoreError();  // the state file error is the one to report
+    if (a.ioctl) {
+      ioctl_.erase(volume);
+    } else {
+      NbdNetlink::Disconnect(a.index).IgnoreError();  // the state file error is the one to report
+    }
     return s;
   }
   watched_[volume] = std::move(fds);
@@ -506,7 +600,7 @@ Status Attacher::Detach(const std::string& volume) {
   if (it == attached_.end()) return Status::NotFound("volume " + volume + " is not attached");
   const Attachment a = it->second;
   // An exclusive open fails while the device is mounted, or held by device-mapper (LVM).
-  if (auto connected = NbdNetlink::Connected(a.index); connected.ok() && *connected) {
+  if (auto connected = ConnectedLocked(a); connected.ok() && *connected) {
     int fd = ::open(a.Device().c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
     if (fd < 0 && errno == EBUSY) {
       return Status::InvalidArgument(
@@ -517,8 +611,12 @@ Status Attacher::Detach(const std::string& volume) {
     }
     if (fd >= 0) ::close(fd);
   }
-  Status s = NbdNetlink::Disconnect(a.index);
-  if (!s.ok()) return s;
+  if (a.ioctl) {
+    ioctl_.erase(volume);  // NBD_DISCONNECT, and the NBD_DO_IT thread ends
+  } else {
+    Status s = NbdNetlink::Disconnect(a.index);
+    if (!s.ok()) return s;
+  }
   attached_.erase(it);
   watched_.erase(volume);
   RemoveLink(volume);
@@ -531,6 +629,24 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
   if (it == attached_.end()) return Status::NotFound("volume " + volume + " is not attached");
   const Attachment& a = it->second;
   std::vector<UniqueFd>& live = watched_[volume];
+  if (a.ioctl) {
+    // No reconfigure through ioctls: a device whose NBD_DO_IT ended is set up again.
+    if (auto d = ioctl_.find(volume); d != ioctl_.end() && d->second->running()) {
+      return Status::OK();
+    }
+    ioctl_.erase(volume);
+    live.clear();
+    NbdExportInfo info;
+    QBD_ASSIGN_OR_RETURN(std::vector<UniqueFd> fds, Sockets(volume, a.connections, &info));
+    std::vector<int> raw;
+    for (const UniqueFd& f : fds) raw.push_back(f.get());
+    QBD_ASSIGN_OR_RETURN(ioctl_[volume],
+                         NbdIoctlDevice::Start(a.index, DeviceConfig(a, info), raw));
+    for (UniqueFd& f : fds) live.push_back(std::move(f));
+    MakeLink(a);
+    QBD_LOG_INFO("volume {}: {} connected again through the ioctl interface", volume, a.Device());
+    return Status::OK();
+  }
   // Drop the sockets the kernel (or the server) shut down; replace them.
   std::vector<UniqueFd> keep;
   bool dropped = false;
@@ -592,6 +708,7 @@ Status Attacher::ReconnectAll() {
 void Attacher::PrepareStop() {
   std::lock_guard l(mu_);
   for (const auto& [name, a] : attached_) {
+    if (a.ioctl) continue;
     Status s = NbdNetlink::Reconfigure(a.index, a.backend, {}, kStopTimeoutS);
     if (!s.ok())
       QBD_LOG_WARN("volume {}: {}: shorten the request timeout: {}", name, a.Device(),
@@ -599,8 +716,14 @@ void Attacher::PrepareStop() {
   }
 }
 
+Result<bool> Attacher::ConnectedLocked(const Attachment& a) {
+  if (!a.ioctl) return NbdNetlink::Connected(a.index);
+  auto d = ioctl_.find(a.volume);
+  return d != ioctl_.end() && d->second->running();
+}
+
 json Attacher::EntryLocked(const Attachment& a) {
-  auto connected = NbdNetlink::Connected(a.index);
+  auto connected = ConnectedLocked(a);
   int live = 0;
   if (auto w = watched_.find(a.volume); w != watched_.end()) {
     for (const UniqueFd& f : w->second) {
@@ -608,10 +731,15 @@ json Attacher::EntryLocked(const Attachment& a) {
       if (::poll(&p, 1, 0) == 0) ++live;  // no hang-up: the kernel still uses it
     }
   }
-  return {{"volume", a.volume},   {"device", a.Device()},
-          {"index", a.index},     {"connections", a.connections},
-          {"live", live},         {"connected", connected.ok() && *connected},
-          {"backend", a.backend}, {"link", options_.dev_dir + "/" + a.volume}};
+  return {{"volume", a.volume},
+          {"device", a.Device()},
+          {"index", a.index},
+          {"connections", a.connections},
+          {"live", live},
+          {"connected", connected.ok() && *connected},
+          {"backend", a.backend},
+          {"link", options_.dev_dir + "/" + a.volume},
+          {"interface", a.ioctl ? "ioctl" : "netlink"}};
 }
 
 json Attacher::List() {

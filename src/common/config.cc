@@ -609,6 +609,11 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
         auto n = RangedUint(l, 1, 3600);
         if (!n.ok()) return bad(n.status());
         c.attach_timeout_s = static_cast<uint32_t>(*n);
+      } else if (l.key == "attach_interface") {
+        if (l.value != "auto" && l.value != "netlink" && l.value != "ioctl") {
+          return err(fmt::format("attach_interface must be auto, netlink or ioctl, not '{}'", l.value));
+        }
+        c.attach_interface = l.value;
       } else if (l.key == "attach_dead_timeout_s") {
         auto n = RangedUint(l, 1, 86400);
         if (!n.ok()) return bad(n.status());

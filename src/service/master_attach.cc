@@ -24,6 +24,7 @@ Result<Attacher*> Master::AttacherLocked(bool create) {
   o.state_dir = config_.state_dir;
   o.nbd_listen = config_.listen;
   o.owner = config_.file;
+  o.interface = config_.attach_interface;
   o.timeout_s = config_.attach_timeout_s;
   o.dead_conn_timeout_s = config_.attach_dead_timeout_s;
   QBD_ASSIGN_OR_RETURN(attacher_, Attacher::Open(o));
