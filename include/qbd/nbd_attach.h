@@ -115,7 +115,8 @@ class NbdNetlink {
 // the next qbd-master connects it again (the applications see I/O errors in between).
 class NbdIoctlDevice {
  public:
-  // The lowest /sys/block/nbdN that is free: size 0 and no pid. NotFound when none is.
+  // The lowest /sys/block/nbdN that is free: size 0 and no pid. NotSupported when there is no
+  // nbd device at all (no module), Unavailable when every one is in use.
   static Result<int> FindFree();
   // Configures /dev/nbd<index> with `fds` and starts the NBD_DO_IT thread.
   static Result<std::unique_ptr<NbdIoctlDevice>> Start(int index, const NbdDeviceConfig& config,

@@ -376,18 +376,23 @@ std::string SysfsLine(const std::string& path) {
 
 Result<int> NbdIoctlDevice::FindFree() {
   std::error_code ec;
-  int best = -1;
+  int best = -1, devices = 0;
   for (const auto& e : std::filesystem::directory_iterator("/sys/block", ec)) {
     const std::string name = e.path().filename().string();
     if (name.rfind("nbd", 0) != 0) continue;
     int index = -1;
     auto [end, err] = std::from_chars(name.data() + 3, name.data() + name.size(), index);
     if (err != std::errc() || end != name.data() + name.size()) continue;
+    ++devices;
     if (SysfsLine(e.path().string() + "/size") != "0") continue;
     if (std::filesystem::exists(e.path() / "pid", ec)) continue;  // a client holds it
     if (best < 0 || index < best) best = index;
   }
-  if (best < 0) return Status::NotFound("no free /dev/nbdN (all in use, or no nbd module)");
+  if (devices == 0) {
+    return Status::NotSupported(
+        "no /dev/nbdN: the kernel's nbd module is not loaded (modprobe nbd)");
+  }
+  if (best < 0) return Status::Unavailable(fmt::format("all {} /dev/nbdN are in use", devices));
   return best;
 }
 
