@@ -19,6 +19,10 @@ LDLIBS += -lnfs -lxxhash -lboost_program_options -lfmt -lsystemd $(shell pkg-con
 # match it) and nlohmann-json (headers only).
 CPPFLAGS += $(shell pkg-config --cflags cpp-httplib nlohmann_json)
 LDLIBS += $(shell pkg-config --libs cpp-httplib)
+# Attaching volumes as /dev/nbdX (src/attach/nbd_attach.cc): the kernel's netlink NBD family
+# through libnl-genl-3.
+CPPFLAGS += $(shell pkg-config --cflags libnl-genl-3.0)
+LDLIBS += $(shell pkg-config --libs libnl-genl-3.0)
 
 ifeq ($(MODE),release)
   CXXFLAGS += -O2 -g -DNDEBUG
@@ -45,7 +49,7 @@ LIB := $(BUILD)/libqbd.a
 BINS := $(BIN_NAMES:%=$(BUILD)/bin/%)
 FUZZERS := $(FUZZ_SRCS:fuzz/%.cc=$(BUILD)/fuzz/%)
 
-.PHONY: install uninstall all deps test unit integration run bench bench-nfs bench-verify bench-verify-nfs asan fuzz clean format check-format check-headers
+.PHONY: install uninstall all deps test test-vm unit integration run bench bench-nfs bench-verify bench-verify-nfs asan fuzz clean format check-format check-headers
 .DEFAULT_GOAL := all
 
 all: deps $(BINS)
@@ -86,6 +90,14 @@ unit:
 integration:
 	@$(MAKE) --no-print-directory MODE=debug deps $(BIN_NAMES:%=build/debug/bin/%)
 	@QBD_SKIP_UNIT=1 scripts/run-tests.sh build/debug $(T)
+
+# `make test-vm`: every guest script of tests/vm/guest/ in the test VM (Debian 12's kernel in qemu,
+# cached in build/vm; tests/vm/build.sh), through tests/integration/test_vm.sh. `make test` runs
+# only the essential ones.
+VM_TESTS = $(basename $(notdir $(wildcard tests/vm/guest/*.sh)))
+test-vm:
+	@$(MAKE) --no-print-directory MODE=debug deps $(BIN_NAMES:%=build/debug/bin/%)
+	@QBD_SKIP_UNIT=1 QBD_VM_TESTS="$(VM_TESTS)" scripts/run-tests.sh build/debug test_vm
 
 # `make run`: build, then serve the embedded default (three local parts under ./var, volume
 # "demo" of 1 GiB) on 127.0.0.1:10809 with its config in var/qbd.conf. Ctrl-C stops it.

@@ -6,10 +6,14 @@
 set -euo pipefail
 
 build_pkgs=(g++ make pkg-config libnfs-dev libxxhash-dev libboost-program-options-dev libfmt-dev
-  doctest-dev libcpp-httplib-dev nlohmann-json3-dev prometheus-cpp-dev libsystemd-dev)
+  doctest-dev libcpp-httplib-dev nlohmann-json3-dev prometheus-cpp-dev libsystemd-dev libnl-genl-3-dev)
+# The test VM (tests/vm/build.sh, run.sh): qemu in software emulation, cpio for its initramfs, and
+# the host binaries copied into it (nbd-client, lvm2, dmsetup, thin-provisioning-tools, e2fsprogs);
+# the kernel and busybox come from `apt-get download`, not installed here.
 test_pkgs=(python3 libnbd-bin python3-libnbd qemu-utils fio nbdkit nbd-server fuse3 e2fsprogs
   xxhash util-linux procps iproute2 nfs-ganesha nfs-ganesha-vfs rpcbind
-  qemu-block-extra python3-prometheus-client curl systemd groff-base man-db)
+  qemu-block-extra python3-prometheus-client curl systemd groff-base man-db
+  qemu-system-x86 cpio gzip nbd-client lvm2 dmsetup thin-provisioning-tools)
 # qemu-block-extra: qemu's nfs:// driver, the peer of make bench-nfs; python3-prometheus-client:
 # the text-format parser the metrics tests read /metrics with; systemd: systemd-analyze verify;
 # groff-base, man-db: the man pages rendered by test_install.

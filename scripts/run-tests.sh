@@ -86,7 +86,8 @@ trap on_signal INT TERM
 # --- set-up: the tools the integration tests drive (scripts/install-deps.sh installs them) ----
 missing=()
 for tool in nbdinfo nbdcopy nbdsh nbdfuse qemu-img qemu-io fio nbdkit fusermount3 mkfs.ext4 \
-  e2fsck xxhsum losetup mountpoint python3 setsid timeout; do
+  e2fsck xxhsum losetup mountpoint python3 setsid timeout qemu-system-x86_64 cpio nbd-client \
+  lvm pdata_tools; do
   PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ! PATH=/usr/bin:$PATH python3 -c 'import nbd' 2>/dev/null; then missing+=("python3-libnbd"); fi

@@ -72,6 +72,21 @@ class ApiService {
   virtual Result<nlohmann::json> Backends() = 0;
   // Every part's copy of the block at device byte `offset` (qbdctl block; FormatBlockJson).
   virtual Result<nlohmann::json> Block(const std::string& name, uint64_t offset) = 0;
+  // Attaches the volume as a kernel NBD device (nbd_attach.h) with `connections` sockets:
+  // {"volume", "device", "index", "connections", "backend", "link"}. InvalidArgument with EEXIST
+  // when it is attached already; NotSupported where the daemon cannot attach.
+  virtual Result<nlohmann::json> AttachVolume(const std::string& name, int connections) {
+    (void)name, (void)connections;
+    return Status::NotSupported("attach is not supported here");
+  }
+  // Disconnects the volume's device. NotFound when it is not attached.
+  virtual Status DetachVolume(const std::string& name) {
+    return Status::NotFound("volume " + name + " is not attached");
+  }
+  // {"attachments": [...]} (Attacher::List).
+  virtual Result<nlohmann::json> Attachments() {
+    return nlohmann::json{{"attachments", nlohmann::json::array()}};
+  }
 };
 
 struct ApiRequest {
@@ -126,6 +141,7 @@ class ApiRouter {
   ApiResponse Volume(const ApiRequest& r, const std::string& name, const std::string& action);
   ApiResponse Chunk(const ApiRequest& r, const std::string& name, const std::string& chunk,
                     const std::string& action);
+  ApiResponse Attach(const ApiRequest& r, const std::string& name, const std::string& action);
 
   ApiService& service_;
   const ApiOptions options_;

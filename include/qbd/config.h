@@ -143,6 +143,15 @@ struct Config {
   // reached a majority of the parts. lease_renew_ms <= lease_ms / 3.
   uint32_t lease_ms = 10000;
   uint32_t lease_renew_ms = 2000;
+  // Volumes attached as /dev/nbdX (include/qbd/nbd_attach.h): the state file attachments.json
+  // lives in state_dir; the kernel resends a request unanswered for attach_timeout_s seconds and
+  // holds requests up to attach_dead_timeout_s seconds while qbd-master restarts.
+  std::string state_dir = "/var/lib/qbd";
+  uint32_t attach_timeout_s = 10;
+  uint32_t attach_dead_timeout_s = 120;
+  // How devices are attached: "netlink", "ioctl" (old kernels: no restart without errors) or
+  // "auto" (netlink when the kernel has it).
+  std::string attach_interface = "auto";
 
   // The line of each global key the file sets ("listen" -> 2); a key left at its default is
   // absent. For messages about a value that only the host can judge (CheckConfigOnHost).

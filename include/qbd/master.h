@@ -33,6 +33,7 @@
 #include "qbd/config.h"
 #include "qbd/lease.h"
 #include "qbd/metrics.h"
+#include "qbd/nbd_attach.h"
 #include "qbd/nbd_server.h"
 #include "qbd/process_lock.h"
 #include "qbd/qos.h"
@@ -80,6 +81,10 @@ class Master : public ApiService {
   Result<nlohmann::json> Daemon() override;
   Result<nlohmann::json> Backends() override;
   Result<nlohmann::json> Block(const std::string& name, uint64_t offset) override;
+  // Kernel NBD devices (nbd_attach.h; master_attach.cc).
+  Result<nlohmann::json> AttachVolume(const std::string& name, int connections) override;
+  Status DetachVolume(const std::string& name) override;
+  Result<nlohmann::json> Attachments() override;
 
  private:
   class Registry;
@@ -135,6 +140,23 @@ class Master : public ApiService {
   std::map<std::string, std::shared_ptr<VolumeLease>> leases_;  // by volume name: held or awaited
   std::map<std::string, std::string> refused_;              // volume -> the holder last logged
   bool stopped_ = false;
+  // Attached devices: opened at start when state_dir holds a state file, else at the first attach.
+  std::mutex attach_mu_;
+  std::unique_ptr<Attacher> attacher_;  // GUARDED_BY(attach_mu_)
+  std::string attach_error_;            // GUARDED_BY(attach_mu_): the last re-attach error logged
+  // Opens attacher_ if needed (create: even without a state file). REQUIRES: attach_mu_ held.
+  Result<Attacher*> AttacherLocked(bool create);
+  // Gives every attached device whose connections died fresh ones; logs what fails, once.
+  void ReattachDevices();
+  // InvalidArgument (EBUSY) naming the device when `name` is attached.
+  Status RefuseIfAttached(const std::string& name);
+  // The volume's attachment (Attacher::Entry), null when it is not attached. For Health.
+  nlohmann::json AttachmentOf(const std::string& name);
+  // Attacher::PrepareStop, when there are attached devices.
+  void PrepareAttachedStop();
+  // Registers qbd_attached_connections and the collector that sets it at each scrape.
+  void AddAttachMetrics();
+  uint64_t attach_collector_ = 0;
 };
 
 }  // namespace qbd

@@ -30,6 +30,9 @@
 //   qbd_part_io_duration_seconds{volume,part,op}   histogram of its chunk reads and writes
 //   qbd_nbd_connections                            open NBD connections
 //   qbd_nbd_memory_used_bytes, qbd_nbd_memory_limit_bytes   the NBD payload budget
+//   qbd_attached_connections{volume,device,kind}   a volume attached as /dev/nbdX: its connections
+//                                                  the kernel uses (live) and wants (configured);
+//                                                  registered by Master (master_attach.cc)
 //
 // Thread-safety: all methods are safe for concurrent use. The pointers in a VolumeMetrics stay
 // valid as long as the Metrics that made it (a volume's series outlive its close: a volume that

@@ -56,5 +56,7 @@ struct Problems {
 std::string FormatVolumeList(const nlohmann::json& list);
 std::string FormatVolumeInfo(const nlohmann::json& volume);
 std::string FormatHealth(const nlohmann::json& health);
+// GET /v1/attachments as a table: VOLUME DEVICE CONNECTIONS STATE LINK.
+std::string FormatAttachments(const nlohmann::json& attachments);
 
 }  // namespace qbd

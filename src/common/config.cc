@@ -606,6 +606,22 @@ Result<Config> ParseConfig(std::string_view text, const std::string& file, const
       } else if (l.key == "admin_socket") {
         if (l.value.empty()) return err("admin_socket: empty path");
         c.admin_socket = ResolvePath(l.value, base_dir);
+      } else if (l.key == "state_dir") {
+        if (l.value.empty()) return err("state_dir: empty path");
+        c.state_dir = ResolvePath(l.value, base_dir);
+      } else if (l.key == "attach_timeout_s") {
+        auto n = RangedUint(l, 1, 3600);
+        if (!n.ok()) return bad(n.status());
+        c.attach_timeout_s = static_cast<uint32_t>(*n);
+      } else if (l.key == "attach_interface") {
+        if (l.value != "auto" && l.value != "netlink" && l.value != "ioctl") {
+          return err(fmt::format("attach_interface must be auto, netlink or ioctl, not '{}'", l.value));
+        }
+        c.attach_interface = l.value;
+      } else if (l.key == "attach_dead_timeout_s") {
+        auto n = RangedUint(l, 1, 86400);
+        if (!n.ok()) return bad(n.status());
+        c.attach_dead_timeout_s = static_cast<uint32_t>(*n);
       } else if (l.key == "allow_shared_failure_domain") {
         auto b = ParseBool(l.value);
         if (!b.ok()) return bad_value(b.status());
@@ -800,6 +816,16 @@ Status CheckConfigOnHost(const Config& c, const HostCheck& check) {
       if (!s.ok()) s = Status::InvalidArgument(fmt::format("neither it nor its parent directory exists ({})", s.message()));
     }
     if (!s.ok()) return at(c.Line("cache_dir"), Status::InvalidArgument(fmt::format("cache_dir {}: {}", c.cache_dir, s.message())));
+  }
+  if (c.Line("state_dir") != 0) {
+    std::error_code ec;
+    if (std::filesystem::exists(c.state_dir, ec)) {
+      s = CheckDir(c.state_dir);
+    } else {
+      s = CheckDir(Parent(c.state_dir));
+      if (!s.ok()) s = Status::InvalidArgument(fmt::format("neither it nor its parent directory exists ({})", s.message()));
+    }
+    if (!s.ok()) return at(c.Line("state_dir"), Status::InvalidArgument(fmt::format("state_dir {}: {}", c.state_dir, s.message())));
   }
   if (check.backend_dirs) {
     for (size_t i = 0; i < c.parts.size(); ++i) {

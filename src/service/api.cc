@@ -215,6 +215,10 @@ ApiResponse ApiRouter::Handle(const ApiRequest& r) {
       if (r.method != "GET") return NotAllowed(r, "GET");
       return FromResult(service_.Daemon());
     }
+    if (seg.size() == 2 && seg[1] == "attachments") {
+      if (r.method != "GET") return NotAllowed(r, "GET");
+      return FromResult(service_.Attachments());
+    }
     if (seg.size() == 2 && seg[1] == "backends") {
       if (r.method != "GET") return NotAllowed(r, "GET");
       return FromResult(service_.Backends());
@@ -253,6 +257,7 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
     if (r.method != "POST") return NotAllowed(r, "POST");
     return FromResult(service_.StartRepair(name), 202);
   }
+  if (action == "attach" || action == "detach") return Attach(r, name, action);
   if (!action.empty()) return Error(404, fmt::format("no such path: {}", r.path));
   if (r.method == "GET") return FromResult(service_.GetVolume(name));
   if (r.method == "PATCH") {
@@ -272,6 +277,29 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
     return Reply(200, json{{"deleted", name}});
   }
   return NotAllowed(r, "GET, PATCH, DELETE");
+}
+
+// POST /v1/volumes/NAME/attach {"connections": N} (default 1), POST /v1/volumes/NAME/detach.
+ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, const std::string& action) {
+  if (r.method != "POST") return NotAllowed(r, "POST");
+  if (action == "detach") {
+    Status s = service_.DetachVolume(name);
+    if (!s.ok()) return Failed(s);
+    return Reply(200, json{{"detached", name}});
+  }
+  int connections = 1;
+  if (!r.body.empty()) {
+    auto j = BodyObject(r.body, {"connections"});
+    if (!j.ok()) return Failed(j.status());
+    if (j->contains("connections")) {
+      const json& c = (*j)["connections"];
+      if (!c.is_number_integer() || c.get<int64_t>() < 1 || c.get<int64_t>() > 16) {
+        return Error(400, "connections: an integer 1..16");
+      }
+      connections = c.get<int>();
+    }
+  }
+  return FromResult(service_.AttachVolume(name, connections), 201);
 }
 
 // POST /v1/volumes/NAME/chunks/N/repair {"dry_run": false, "parts": "ab", "accept_loss": false}

@@ -191,6 +191,8 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
   QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
                config.api_token_file.empty() ? "" : " (bearer token required)");
+  m->ReattachDevices();  // the devices of the state file get their connections back
+  m->AddAttachMetrics();
   return m;
 }
 
@@ -340,6 +342,7 @@ Status Master::Poll() {
 
 Status Master::PollLocked() {
   if (stopped_) return Status::OK();
+  ReattachDevices();
   DropLostVolumes();
   auto idx = catalog_->LoadIndex(/*reconcile=*/true);
   if (!idx.ok()) {
@@ -439,9 +442,12 @@ Status Master::Stop() {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::OK();
   stopped_ = true;
+  PrepareAttachedStop();
   if (server_) server_->Stop();
   if (nbd_collector_ != 0) metrics_->RemoveCollector(nbd_collector_);
   nbd_collector_ = 0;
+  if (attach_collector_ != 0) metrics_->RemoveCollector(attach_collector_);
+  attach_collector_ = 0;
   Status result;
   for (auto& [name, vol] : volumes_) {
     Status s = vol->Close();

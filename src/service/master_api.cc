@@ -205,6 +205,7 @@ Status Master::DeleteVolume(const std::string& name, bool force) {
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (stopped_) return Status::Unavailable("qbd-master is stopping");
   QBD_RETURN_IF_ERROR(catalog_->Find(name).status());  // NotFound
+  QBD_RETURN_IF_ERROR(RefuseIfAttached(name));         // even forced: detach first
   const int clients = ConnectionsTo(name);
   if (clients > 0 && !force) {
     return Status::InvalidArgument(
@@ -470,11 +471,20 @@ Result<json> Master::Health() {
                         conf, name)));
       }
     }
+    const json attached = AttachmentOf(name);  // null: not attached as a kernel device
+    if (!attached.is_null() && (!attached.value("connected", false) ||
+                                attached.value("live", 0) < attached.value("connections", 0))) {
+      add(problem(name + "|attach", "degraded",
+                  fmt::format("{} has {} of its {} connections", attached.value("device", ""),
+                              attached.value("live", 0), attached.value("connections", 0)),
+                  "", "", "qbd-master reconnects it at every volume poll: see its log"));
+    }
     overall = std::max(overall, problems.severity);
     json vj = {{"name", name},
                {"status", HealthStatusName(problems.severity)},
                {"problems", std::move(problems.list)}};
     vj["served"] = it != volumes_.end();
+    if (!attached.is_null()) vj["attachment"] = attached;
     if (it == volumes_.end()) {
       if (auto r = refused_.find(name); r != refused_.end()) vj["served_by"] = r->second;
     }

@@ -323,4 +323,20 @@ std::string FormatHealth(const json& h) {
   return out;
 }
 
+std::string FormatAttachments(const json& doc) {
+  std::string out = fmt::format("{:<24} {:<12} {:>11}  {:<11} {}\n", "VOLUME", "DEVICE",
+                                "CONNECTIONS", "STATE", "LINK");
+  if (!doc.contains("attachments") || !doc["attachments"].is_array()) return out;
+  for (const json& a : doc["attachments"]) {
+    const int live = a.value("live", 0), want = a.value("connections", 0);
+    std::string state = !a.value("connected", false) ? "gone"
+                        : live < want                ? "reconnecting"
+                                                     : "connected";
+    out += fmt::format("{:<24} {:<12} {:>11}  {:<11} {}\n", a.value("volume", ""),
+                       a.value("device", ""), fmt::format("{}/{}", live, want), state,
+                       a.value("link", ""));
+  }
+  return out;
+}
+
 }  // namespace qbd

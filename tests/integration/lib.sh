@@ -211,6 +211,8 @@ qbd_conf() {
     _conf_sets allow_shared_failure_domain "$@" || echo "allow_shared_failure_domain = true"
     # The REST API's default port (10810) is shared by everything on this machine.
     _conf_sets api_listen "$@" || echo "api_listen = 127.0.0.1:$(free_port)"
+    # Attached devices' state: the test's own, never the host's /var/lib/qbd.
+    _conf_sets state_dir "$@" || echo "state_dir = $T/state"
     for l in "$@"; do echo "$l"; done
     for ((i = 0; i < n; i++)); do
       l=$(part_letter $i)

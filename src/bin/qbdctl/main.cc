@@ -65,6 +65,12 @@ Commands:
   block NAME OFFSET       show every part's copy of the block at device byte OFFSET: files,
                           offsets, stored metadata, checksums, verdicts (reads only; exit 1
                           when the block has no good copy)
+  attach NAME [--connections N]
+                          attach the volume as a kernel NBD device (/dev/nbdX, with the link
+                          /dev/qbd/NAME) over N connections (default 1); qbd-master keeps it
+                          connected across its restarts (qbd-master must run)
+  detach NAME             disconnect the volume's device
+  attachments             the attached volumes, their devices and connections
 
 With qbd-master running on this configuration, every command goes through its REST API
 (api_listen, with api_token_file's token); with it stopped, qbdctl works on the backends itself.
@@ -194,6 +200,28 @@ int Convert(const std::string& config_path, const qbd::Config& config, qbd::Cata
   return 0;
 }
 
+// attach, detach, attachments: the daemon owns the devices' sockets, so they need it running.
+int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string& vol,
+                  int connections) {
+  if (api == nullptr) {
+    return Fail(qbd::Status::Unavailable(
+        fmt::format("{}: qbd-master is not running (it holds the devices' connections)", cmd)));
+  }
+  if (cmd == "attachments") {
+    auto j = api->Do("GET", "/v1/attachments");
+    if (!j.ok()) return Fail(j.status());
+    return Emit(*j, qbd::FormatAttachments(*j));
+  }
+  if (cmd == "detach") {
+    auto j = api->Do("POST", "/v1/volumes/" + vol + "/detach");
+    if (!j.ok()) return Fail(j.status());
+    return Emit(*j, fmt::format("detached volume {}\n", vol));
+  }
+  auto j = api->Do("POST", "/v1/volumes/" + vol + "/attach", json{{"connections", connections}});
+  if (!j.ok()) return Fail(j.status());
+  return Emit(*j, j->value("device", "") + "\n");
+}
+
 // `qbdctl block NAME OFFSET`: reads only. The document is FormatBlockJson's; the daemon adds its
 // text (and "readable"), which are not part of it.
 int Block(qbd::ApiClient* api, qbd::Catalog* c, const std::string& name, uint64_t offset) {
@@ -257,6 +285,7 @@ int Run(int argc, char** argv) {
       "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
       "write-quorum", po::value<uint32_t>())("read-only", po::bool_switch())(
       "force", po::bool_switch())("pos", po::value<std::vector<std::string>>());
+  copts.add_options()("connections", po::value<int>());
   po::positional_options_description cpos;
   cpos.add("pos", -1);
   po::variables_map cvm;
@@ -268,7 +297,8 @@ int Run(int argc, char** argv) {
       {"create", {1, "NAME"}}, {"list", {0, "no arguments"}}, {"info", {1, "NAME"}},
       {"resize", {1, "NAME"}}, {"delete", {1, "NAME"}},   {"set", {3, "NAME read-only|append-only on|off, or NAME qos JSON|none"}},
       {"backends", {0, "no arguments"}}, {"convert", {1, "NAME"}},
-      {"block", {2, "NAME OFFSET"}}, {"status", {0, "no arguments"}}, {"repair", {1, "NAME"}}};
+      {"block", {2, "NAME OFFSET"}}, {"status", {0, "no arguments"}}, {"repair", {1, "NAME"}},
+      {"attach", {1, "NAME"}}, {"detach", {1, "NAME"}}, {"attachments", {0, "no arguments"}}};
   auto arity = kArity.find(cmd);
   if (arity == kArity.end()) return Usage(fmt::format("unknown command '{}'", cmd));
   if (args.size() != arity->second.first) throw UsageError{fmt::format("{}: expected {}", cmd, arity->second.second)};
@@ -279,6 +309,10 @@ int Run(int argc, char** argv) {
   }
   if (cmd != "create" && cvm["read-only"].as<bool>()) throw UsageError{cmd + ": --read-only is for create"};
   if (cmd != "delete" && cvm["force"].as<bool>()) throw UsageError{cmd + ": --force is for delete"};
+  if (cmd != "attach" && cvm.count("connections")) throw UsageError{cmd + ": --connections is for attach"};
+  if (cvm.count("connections") && (cvm["connections"].as<int>() < 1 || cvm["connections"].as<int>() > 16)) {
+    throw UsageError{"--connections must be 1..16"};
+  }
   if (cvm.count("size")) SizeArg(cvm, "size");
   if (cvm.count("block-size")) SizeArg(cvm, "block-size");
   if (cvm.count("chunk-size")) SizeArg(cvm, "chunk-size");
@@ -336,6 +370,9 @@ int Run(int argc, char** argv) {
       doc = qbd::CheckBackends(*config);
     }
     return Emit(doc, qbd::FormatBackendsText(doc), doc.value("ok", false) ? 0 : 1);
+  }
+  if (cmd == "attach" || cmd == "detach" || cmd == "attachments") {
+    return AttachCommand(api.get(), cmd, vol, cvm.count("connections") ? cvm["connections"].as<int>() : 1);
   }
   if (api) {
     if (cmd == "convert") {

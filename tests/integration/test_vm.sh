@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The real kernel NBD client, in a VM: tests/vm/build.sh builds (or reuses, from build/vm) Debian
+# 12's kernel and an initramfs, tests/vm/run.sh boots it in qemu (TCG) with this build's
+# qbd-master and qbdctl and runs one guest script of tests/vm/guest/. The guest's PASS/FAIL lines
+# are this test's, prefixed "vm/"; a guest that does not report its end is a failure.
+#   QBD_VM_TESTS: the guest scripts to run (names under tests/vm/guest/ without .sh); default the
+#   essential ones: attach_fs (qbdctl attach, ext4, detach, attach, e2fsck, checksums) and
+#   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest). `make test-vm` runs
+#   them all (also nbd_client_fs: Debian's nbd-client against qbd-master).
+. "$(dirname "$0")/lib.sh"
+
+VM_DIR=$(cd "$IT_DIR/../vm" && pwd)
+tests=${QBD_VM_TESTS:-attach_fs attach_restart}
+for t in $tests; do
+  start=$(date +%s%N)
+  QBD_VM_CONSOLE="$T/$t.console" QBD_BIN="$QBD_BIN" "$VM_DIR/run.sh" "$VM_DIR/guest/$t.sh" \
+    >"$T/$t.out" 2>"$T/$t.err"
+  rc=$?
+  ms=$((($(date +%s%N) - start) / 1000000))
+  sed -nE 's/^(PASS|FAIL): /\1: vm\/'"$t"'\//p' "$T/$t.out"
+  grep -E '^(QBD-VM|    \| )' "$T/$t.out" | grep -v '^QBD-VM-END' | sed 's/^/    /'
+  if [ $rc -eq 0 ]; then
+    pass "vm/$t ($ms ms with image and boot)"
+  else
+    fail "vm/$t" "guest script failed or did not finish (exit $rc, $ms ms); console follows"
+    show "$T/$t.err" 10
+    show "$T/$t.out" 40
+    show "$T/$t.console" 60
+  fi
+done
