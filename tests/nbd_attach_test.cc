@@ -41,7 +41,8 @@ class AttachService : public ApiService {
   Result<json> Daemon() override { return json::object(); }
   Result<json> Backends() override { return json::object(); }
   Result<json> Block(const std::string&, uint64_t) override { return json::object(); }
-  Result<json> AttachVolume(const std::string& name, int connections) override {
+  Result<json> AttachVolume(const std::string& name, int connections, bool lvm_thin) override {
+    (void)lvm_thin;
     attached.emplace_back(name, connections);
     if (name == "twice") return Status::InvalidArgument("already attached", EEXIST);
     return json{{"volume", name}, {"device", "/dev/nbd3"}};

@@ -104,6 +104,27 @@ TEST_CASE("ParseVolumeMeta round-trips EncodeVolumeMeta") {
   CHECK(EncodeVolumeMeta(*back) == text);
 }
 
+TEST_CASE("ParseVolumeMeta keeps the LVM thin option and PV UUID; a malformed UUID names its line") {
+  VolumeMeta m = Sample();
+  m.lvm_thin = true;
+  m.lvm_pv_uuid = "AbCdEf-0123-4567-89ab-cdef-GHIJ-klmnop";
+  const std::string text = EncodeVolumeMeta(m);
+  CHECK(text.find("lvm_thin = true\n") != std::string::npos);
+  CHECK(text.find("lvm_pv_uuid = AbCdEf-0123-4567-89ab-cdef-GHIJ-klmnop\n") != std::string::npos);
+  auto back = ParseVolumeMeta(text, kMetaFile);
+  REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  CHECK(back->lvm_thin);
+  CHECK(back->lvm_pv_uuid == m.lvm_pv_uuid);
+  CHECK(EncodeVolumeMeta(*back) == text);
+  CHECK(EncodeVolumeMeta(Sample()).find("lvm_") == std::string::npos);  // absent unless set
+  std::string bad = text;
+  bad.replace(bad.find("AbCdEf"), 6, "AbCd!f");
+  auto refused = ParseVolumeMeta(bad, kMetaFile);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().find("lvm_pv_uuid") != std::string::npos);
+  CHECK(refused.status().message().find(std::string(kMetaFile) + ":") != std::string::npos);
+}
+
 TEST_CASE("ParseVolumeMeta applies the defaults of layout-spec.md §2") {
   auto m = ParseVolumeMeta(kMinimal, kMetaFile);
   REQUIRE_MESSAGE(m.ok(), m.status().ToString());

@@ -73,10 +73,14 @@ class ApiService {
   // Every part's copy of the block at device byte `offset` (qbdctl block; FormatBlockJson).
   virtual Result<nlohmann::json> Block(const std::string& name, uint64_t offset) = 0;
   // Attaches the volume as a kernel NBD device (nbd_attach.h) with `connections` sockets:
-  // {"volume", "device", "index", "connections", "backend", "link"}. InvalidArgument with EEXIST
-  // when it is attached already; NotSupported where the daemon cannot attach.
-  virtual Result<nlohmann::json> AttachVolume(const std::string& name, int connections) {
-    (void)name, (void)connections;
+  // {"volume", "device", "index", "connections", "backend", "link"}, and with `lvm_thin` (or when
+  // the volume's .meta asks for it) its LVM thin stack (lvm_thin.h), provisioned on first use and
+  // activated: then also {"lvm": {"vg", "thinpool", "pv_uuid"}}. InvalidArgument with EEXIST when
+  // it is attached already, with EBUSY when the device holds something that is not qbd's;
+  // NotSupported where the daemon cannot attach.
+  virtual Result<nlohmann::json> AttachVolume(const std::string& name, int connections,
+                                              bool lvm_thin) {
+    (void)name, (void)connections, (void)lvm_thin;
     return Status::NotSupported("attach is not supported here");
   }
   // Disconnects the volume's device. NotFound when it is not attached.

@@ -82,6 +82,9 @@ class Catalog {
   // Replaces the volume's stored QoS settings (VolumeMeta::qos; InvalidArgument when
   // CheckQosText refuses them).
   Status SetQos(const std::string& name, const std::string& qos);
+  // Records that the volume carries qbd's LVM thin stack, with the PV UUID `pv_uuid`
+  // (VolumeMeta::lvm_thin, lvm_pv_uuid). InvalidArgument for a malformed UUID.
+  Status SetLvmThin(const std::string& name, const std::string& pv_uuid);
   // The lifecycle state of a volume that no qbd-master serves, as far as the backends tell:
   // "ready", or "degraded (...)" naming each part whose directory cannot be reached.
   std::string OfflineState(const VolumeMeta& meta);

@@ -58,8 +58,10 @@ class LvmThin {
   // "qbd_vg_<volume>/pool", as Proxmox's storage.cfg names it (vgname, thinpool).
   std::string pool_path() const { return vg_ + "/" + kPoolName; }
 
-  // Whose `device` is; `why` says what was found when it is foreign.
-  Result<Ownership> Inspect(const std::string& device, std::string* why = nullptr);
+  // Whose `device` is; `why` says what was found when it is foreign; `pv_uuid` gets the UUID of
+  // the PV on it, if any.
+  Result<Ownership> Inspect(const std::string& device, std::string* why = nullptr,
+                            std::string* pv_uuid = nullptr);
   // On an empty device: pvcreate with `pv_uuid`, vgcreate with the tags, the thin pool. On a device
   // already ours: nothing (idempotent). InvalidArgument naming what was found on a foreign one.
   Status Provision(const std::string& device, const std::string& pv_uuid);

@@ -32,6 +32,7 @@
 #include "qbd/catalog.h"
 #include "qbd/config.h"
 #include "qbd/lease.h"
+#include "qbd/lvm_thin.h"
 #include "qbd/metrics.h"
 #include "qbd/nbd_attach.h"
 #include "qbd/nbd_server.h"
@@ -82,7 +83,8 @@ class Master : public ApiService {
   Result<nlohmann::json> Backends() override;
   Result<nlohmann::json> Block(const std::string& name, uint64_t offset) override;
   // Kernel NBD devices (nbd_attach.h; master_attach.cc).
-  Result<nlohmann::json> AttachVolume(const std::string& name, int connections) override;
+  Result<nlohmann::json> AttachVolume(const std::string& name, int connections,
+                                      bool lvm_thin) override;
   Status DetachVolume(const std::string& name) override;
   Result<nlohmann::json> Attachments() override;
 
@@ -156,6 +158,16 @@ class Master : public ApiService {
   void PrepareAttachedStop();
   // Registers qbd_attached_connections and the collector that sets it at each scrape.
   void AddAttachMetrics();
+  // At start, after ReattachDevices: activates the LVM thin stack (vgchange -ay) of every
+  // attached volume whose .meta asks for one; failures are logged.
+  void ActivateLvmStacks();
+  // On the attached `device` of `meta`'s volume: refuses a foreign device, else records the stack
+  // in .meta (pv_uuid: the PV's UUID, chosen when empty), provisions it and activates it.
+  Status ProvisionLvm(LvmThin& stack, const std::string& device, const VolumeMeta& meta,
+                      std::string* pv_uuid);
+  // After a volume grew: its attached device takes the new size, and its LVM thin stack (if any)
+  // grows with it (pvresize, lvextend). OK when it is not attached.
+  Status GrowAttached(const std::string& name, uint64_t size);
   uint64_t attach_collector_ = 0;
 };
 

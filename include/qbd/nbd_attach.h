@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -100,8 +101,9 @@ class NbdNetlink {
   // Gives the device's dead connections the sockets `fds` (those beyond the dead ones are
   // ignored by the kernel; none: only the timeout changes), and, unless 0, sets the request
   // timeout. `backend` must be the identifier it was connected with.
+  // With `size_bytes` set, the device takes that size (a grown volume).
   static Status Reconfigure(int index, const std::string& backend, std::span<const int> fds,
-                            uint32_t timeout_s = 0);
+                            uint32_t timeout_s = 0, uint64_t size_bytes = 0);
   static Status Disconnect(int index);
   // NBD_CMD_STATUS: whether device `index` exists and is connected (configured).
   static Result<bool> Connected(int index);
@@ -122,6 +124,8 @@ class NbdIoctlDevice {
   static Result<std::unique_ptr<NbdIoctlDevice>> Start(int index, const NbdDeviceConfig& config,
                                                        std::span<const int> fds);
   ~NbdIoctlDevice();  // disconnects (NBD_DISCONNECT) and waits for the thread
+  // The device's new size (NBD_SET_SIZE_BLOCKS), in `block_size` blocks.
+  Status Resize(uint64_t size_bytes, uint64_t block_size);
   bool running() const { return running_.load(); }
 
  private:
@@ -174,6 +178,11 @@ class Attacher {
   // Reconnect for every attachment whose sockets died or that was never reconnected since the
   // start; the first error is returned, the rest still tried. Called at start and from Poll.
   Status ReconnectAll();
+  // Tells the kernel the volume's device is now `size_bytes` long (after the volume grew; the
+  // ioctl interface takes it with NBD_SET_SIZE). OK when the volume is not attached.
+  Status Resize(const std::string& volume, uint64_t size_bytes);
+  // The attachment of `volume`, or nullopt.
+  std::optional<Attachment> Find(const std::string& volume);
   // Called as qbd-master stops, before its NBD server closes the connections: shortens every
   // device's request timeout to 1 s, so that the requests the kernel sends meanwhile (which the
   // stopping server leaves unanswered) are resent on the next qbd-master's connections at once

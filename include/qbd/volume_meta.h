@@ -41,6 +41,11 @@ struct VolumeMeta {
   // \u0023 (a '#' starts a comment in .meta), as ParseQosText (qbd/qos.h) takes it; applied by the
   // volume's QoS layer; "" when none.
   std::string qos;
+  // The LVM thin stack qbd provisions when the volume is attached (qbd/lvm_thin.h): `lvm_thin`
+  // asks for it; `lvm_pv_uuid` is the UUID of its PV, chosen before the PV is written ("" until
+  // then).
+  bool lvm_thin = false;
+  std::string lvm_pv_uuid;
 
   uint32_t EffectiveWriteQuorum() const { return write_quorum != 0 ? write_quorum : replicas / 2 + 1; }
   char LastPart() const { return static_cast<char>('a' + replicas - 1); }

@@ -167,7 +167,8 @@ Result<std::string> LvmThin::Must(const std::vector<std::string>& argv) {
   return r.output;
 }
 
-Result<LvmThin::Ownership> LvmThin::Inspect(const std::string& device, std::string* why) {
+Result<LvmThin::Ownership> LvmThin::Inspect(const std::string& device, std::string* why,
+                                            std::string* pv_uuid) {
   std::string scratch;
   std::string& reason = why != nullptr ? *why : scratch;
   QBD_ASSIGN_OR_RETURN(CommandResult r,
@@ -191,6 +192,7 @@ Result<LvmThin::Ownership> LvmThin::Inspect(const std::string& device, std::stri
     break;
   }
   const std::string vg = f["LVM2_VG_NAME"];
+  if (pv_uuid != nullptr) *pv_uuid = f["LVM2_PV_UUID"];
   const std::vector<std::string> tags = Split(f["LVM2_VG_TAGS"], ',');
   auto has = [&](const std::string& t) { return std::find(tags.begin(), tags.end(), t) != tags.end(); };
   if (vg == vg_ && has(volume_tag()) && has(kManagedTag)) return Ownership::kOurs;

@@ -327,12 +327,13 @@ Result<int> NbdNetlink::Connect(int index, const NbdDeviceConfig& c, std::span<c
 }
 
 Status NbdNetlink::Reconfigure(int index, const std::string& backend, std::span<const int> fds,
-                               uint32_t timeout_s) {
+                               uint32_t timeout_s, uint64_t size_bytes) {
   QBD_ASSIGN_OR_RETURN(Genl g, OpenGenl());
   QBD_ASSIGN_OR_RETURN(NlMsg m, NewMsg(g, NBD_CMD_RECONFIGURE));
   if (nla_put_u32(m.get(), NBD_ATTR_INDEX, static_cast<uint32_t>(index)) < 0 ||
       nla_put_string(m.get(), NBD_ATTR_BACKEND_IDENTIFIER, backend.c_str()) < 0 ||
-      (timeout_s > 0 && nla_put_u64(m.get(), NBD_ATTR_TIMEOUT, timeout_s) < 0)) {
+      (timeout_s > 0 && nla_put_u64(m.get(), NBD_ATTR_TIMEOUT, timeout_s) < 0) ||
+      (size_bytes > 0 && nla_put_u64(m.get(), NBD_ATTR_SIZE_BYTES, size_bytes) < 0)) {
     return Status::IOError("netlink NBD reconfigure: message too large");
   }
   if (!fds.empty()) QBD_RETURN_IF_ERROR(PutSockets(m.get(), fds));
@@ -435,6 +436,12 @@ Result<std::unique_ptr<NbdIoctlDevice>> NbdIoctlDevice::Start(int index, const N
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return Status::IOError(fmt::format("{}: the device did not start", path));
+}
+
+Status NbdIoctlDevice::Resize(uint64_t size_bytes, uint64_t block_size) {
+  if (::ioctl(dev_.get(), NBD_SET_SIZE_BLOCKS, size_bytes / block_size) < 0)
+    return Status::FromErrno("NBD_SET_SIZE_BLOCKS", errno);
+  return Status::OK();
 }
 
 NbdIoctlDevice::~NbdIoctlDevice() {
@@ -697,6 +704,29 @@ Status Attacher::ReconnectLocked(const std::string& volume) {
 Status Attacher::Reconnect(const std::string& volume) {
   std::lock_guard l(mu_);
   return ReconnectLocked(volume);
+}
+
+Status Attacher::Resize(const std::string& volume, uint64_t size_bytes) {
+  std::lock_guard l(mu_);
+  auto it = attached_.find(volume);
+  if (it == attached_.end()) return Status::OK();
+  const Attachment& a = it->second;
+  Status s;
+  if (auto io = ioctl_.find(volume); io != ioctl_.end()) {
+    s = io->second->Resize(size_bytes, size_bytes % 4096 == 0 ? 4096 : 512);
+  } else {
+    s = NbdNetlink::Reconfigure(a.index, a.backend, {}, 0, size_bytes);
+  }
+  if (!s.ok()) return s.WithContext(fmt::format("volume {}: {} to {} bytes", volume, a.Device(), size_bytes));
+  QBD_LOG_INFO("volume {}: {} grows to {} bytes", volume, a.Device(), size_bytes);
+  return Status::OK();
+}
+
+std::optional<Attachment> Attacher::Find(const std::string& volume) {
+  std::lock_guard l(mu_);
+  auto it = attached_.find(volume);
+  if (it == attached_.end()) return std::nullopt;
+  return it->second;
 }
 
 Status Attacher::ReconnectAll() {

@@ -279,7 +279,8 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
   return NotAllowed(r, "GET, PATCH, DELETE");
 }
 
-// POST /v1/volumes/NAME/attach {"connections": N} (default 1), POST /v1/volumes/NAME/detach.
+// POST /v1/volumes/NAME/attach {"connections": N (default 1), "lvm_thin": bool}, POST
+// /v1/volumes/NAME/detach.
 ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, const std::string& action) {
   if (r.method != "POST") return NotAllowed(r, "POST");
   if (action == "detach") {
@@ -288,9 +289,15 @@ ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, cons
     return Reply(200, json{{"detached", name}});
   }
   int connections = 1;
+  bool lvm_thin = false;
   if (!r.body.empty()) {
-    auto j = BodyObject(r.body, {"connections"});
+    auto j = BodyObject(r.body, {"connections", "lvm_thin"});
     if (!j.ok()) return Failed(j.status());
+    if (j->contains("lvm_thin")) {
+      auto b = BoolField((*j)["lvm_thin"], "lvm_thin");
+      if (!b.ok()) return Failed(b.status());
+      lvm_thin = *b;
+    }
     if (j->contains("connections")) {
       const json& c = (*j)["connections"];
       if (!c.is_number_integer() || c.get<int64_t>() < 1 || c.get<int64_t>() > 16) {
@@ -299,7 +306,7 @@ ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, cons
       connections = c.get<int>();
     }
   }
-  return FromResult(service_.AttachVolume(name, connections), 201);
+  return FromResult(service_.AttachVolume(name, connections, lvm_thin), 201);
 }
 
 // POST /v1/volumes/NAME/chunks/N/repair {"dry_run": false, "parts": "ab", "accept_loss": false}

@@ -172,6 +172,10 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
       m->listening_[name] = true;
     }
   }
+  // Before the API answers (and systemd hears READY): the devices of the state file have their
+  // connections back and their LVM stacks active, so whoever waits for the daemon finds them so.
+  m->ReattachDevices();
+  m->ActivateLvmStacks();
   ApiOptions ao;
   if (!config.api_token_file.empty()) {
     auto token = ReadApiToken(config.api_token_file);
@@ -191,7 +195,6 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   for (const std::string& a : m->server_->BoundAddresses()) QBD_LOG_INFO("qbd-master: listening on {}", a);
   QBD_LOG_INFO("qbd-master: REST API on http://{}/v1/{}", m->api_->address(),
                config.api_token_file.empty() ? "" : " (bearer token required)");
-  m->ReattachDevices();  // the devices of the state file get their connections back
   m->AddAttachMetrics();
   return m;
 }

@@ -196,6 +196,16 @@ Result<json> Master::UpdateVolume(const std::string& name, const VolumeUpdate& u
   if (s.ok() && u.qos) s = catalog_->SetQos(name, *u.qos);
   // What was written applies to the running volume now, even when a later change failed.
   PollLocked().IgnoreError();  // logged by it
+  if (s.ok() && u.size && *u.size > m.geometry.size) {
+    // Its kernel device and LVM stack, when attached, grow with it.
+    Status g = GrowAttached(name, *u.size);
+    if (!g.ok()) {
+      QBD_LOG_ERROR("volume {}: grown, but not its attached device: {}", name, g.ToString());
+      s = Status::IOError(fmt::format(
+          "volume {} grew to {} bytes, but its attached device did not follow: {}", name, *u.size,
+          g.message()));
+    }
+  }
   SetTransient(name, "");
   if (!s.ok()) return s;
   return VolumeJson(name);

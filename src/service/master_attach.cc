@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "qbd/log.h"
+#include "qbd/lvm_thin.h"
 #include "qbd/master.h"
 #include "qbd/nbd_attach.h"
 
@@ -95,7 +96,7 @@ void Master::AddAttachMetrics() {
   });
 }
 
-Result<json> Master::AttachVolume(const std::string& name, int connections) {
+Result<json> Master::AttachVolume(const std::string& name, int connections, bool lvm_thin) {
   {
     std::lock_guard<std::mutex> l(volumes_mu_);
     if (volumes_.count(name) == 0) {
@@ -105,19 +106,104 @@ Result<json> Master::AttachVolume(const std::string& name, int connections) {
           name));
     }
   }
+  QBD_ASSIGN_OR_RETURN(VolumeMeta meta, catalog_->Find(name));
+  const bool lvm = lvm_thin || meta.lvm_thin;
   std::lock_guard<std::mutex> l(attach_mu_);
   QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(true));
   QBD_ASSIGN_OR_RETURN(Attachment at, a->Attach(name, connections));
-  return json{{"volume", at.volume},   {"device", at.Device()},
+  json out = {{"volume", at.volume},   {"device", at.Device()},
               {"index", at.index},     {"connections", at.connections},
               {"backend", at.backend}, {"link", "/dev/qbd/" + at.volume}};
+  if (!lvm) return out;
+  ProcessRunner runner;
+  LvmThin stack(runner, name);
+  std::string pv_uuid = meta.lvm_pv_uuid;
+  Status s = ProvisionLvm(stack, at.Device(), meta, &pv_uuid);
+  if (!s.ok()) {
+    // Nothing of ours stays on a device we refused or failed to provision.
+    a->Detach(name).IgnoreError();
+    QBD_LOG_ERROR("volume {}: LVM thin stack on {}: {}", name, at.Device(), s.ToString());
+    if (s.IsInvalidArgument()) return Status::InvalidArgument(s.message(), EBUSY);
+    return s;
+  }
+  QBD_LOG_INFO("volume {}: attached as {} with its LVM thin pool {}", name, at.Device(),
+               stack.pool_path());
+  out["lvm"] = {{"vg", stack.vg()}, {"thinpool", LvmThin::kPoolName}, {"pv_uuid", pv_uuid}};
+  return out;
+}
+
+Status Master::ProvisionLvm(LvmThin& stack, const std::string& device, const VolumeMeta& meta,
+                            std::string* pv_uuid) {
+  std::string why, found_uuid;
+  QBD_ASSIGN_OR_RETURN(LvmThin::Ownership o, stack.Inspect(device, &why, &found_uuid));
+  if (o == LvmThin::Ownership::kForeign) {
+    return Status::InvalidArgument(
+        fmt::format("volume {}: refusing to touch it: {}", meta.name, why));
+  }
+  if (o == LvmThin::Ownership::kOurs) *pv_uuid = found_uuid;
+  if (pv_uuid->empty()) *pv_uuid = NewPvUuid();
+  // Recorded before the PV is written: a provision cut short finds its own PV again.
+  if (!meta.lvm_thin || meta.lvm_pv_uuid != *pv_uuid) {
+    QBD_RETURN_IF_ERROR(catalog_->SetLvmThin(meta.name, *pv_uuid));
+  }
+  QBD_RETURN_IF_ERROR(stack.Provision(device, *pv_uuid));
+  return stack.Activate();
 }
 
 Status Master::DetachVolume(const std::string& name) {
   std::lock_guard<std::mutex> l(attach_mu_);
   QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(false));
-  if (a == nullptr) return Status::NotFound("volume " + name + " is not attached");
+  if (a == nullptr || !a->IsAttached(name)) return Status::NotFound("volume " + name + " is not attached");
+  auto meta = catalog_->Find(name);
+  if (meta.ok() && meta->lvm_thin) {
+    // Its LVs closed first: a VM still using one keeps the device (EBUSY).
+    ProcessRunner runner;
+    LvmThin stack(runner, name);
+    Status s = stack.Deactivate();
+    if (!s.ok()) {
+      return Status::InvalidArgument(
+          fmt::format("volume {}: its volume group {} cannot be deactivated: {}", name, stack.vg(),
+                      s.message()),
+          EBUSY);
+    }
+  }
   return a->Detach(name);
+}
+
+void Master::ActivateLvmStacks() {
+  std::lock_guard<std::mutex> l(attach_mu_);
+  auto a = AttacherLocked(false);
+  if (!a.ok() || *a == nullptr) return;
+  const json list = (*a)->List();  // kept: a range over a temporary's member would dangle
+  for (const json& e : list["attachments"]) {
+    const std::string name = e.value("volume", "");
+    auto meta = catalog_->Find(name);
+    if (!meta.ok() || !meta->lvm_thin) continue;
+    ProcessRunner runner;
+    LvmThin stack(runner, name);
+    Status s = stack.Activate();
+    if (s.ok()) {
+      QBD_LOG_INFO("volume {}: volume group {} activated", name, stack.vg());
+    } else {
+      QBD_LOG_ERROR("volume {}: volume group {} not activated: {}", name, stack.vg(), s.ToString());
+    }
+  }
+}
+
+Status Master::GrowAttached(const std::string& name, uint64_t size) {
+  std::lock_guard<std::mutex> l(attach_mu_);
+  auto a = AttacherLocked(false);
+  if (!a.ok() || *a == nullptr) return Status::OK();
+  std::optional<Attachment> at = (*a)->Find(name);
+  if (!at) return Status::OK();
+  QBD_RETURN_IF_ERROR((*a)->Resize(name, size));
+  auto meta = catalog_->Find(name);
+  if (!meta.ok() || !meta->lvm_thin) return Status::OK();
+  ProcessRunner runner;
+  LvmThin stack(runner, name);
+  QBD_RETURN_IF_ERROR(stack.Grow(at->Device()));
+  QBD_LOG_INFO("volume {}: PV and thin pool {} grown with the volume", name, stack.pool_path());
+  return Status::OK();
 }
 
 Result<json> Master::Attachments() {

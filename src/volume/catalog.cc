@@ -13,6 +13,7 @@
 
 #include "qbd/dirty_map.h"
 #include "qbd/log.h"
+#include "qbd/lvm_thin.h"
 
 namespace qbd {
 namespace {
@@ -321,6 +322,16 @@ Status Catalog::SetQos(const std::string& name, const std::string& qos) {
   QBD_ASSIGN_OR_RETURN(VolumeMeta m, Find(name));
   if (m.qos == qos) return Status::OK();
   m.qos = qos;
+  m.serial++;
+  return WriteMeta(m);
+}
+
+Status Catalog::SetLvmThin(const std::string& name, const std::string& pv_uuid) {
+  QBD_RETURN_IF_ERROR(CheckPvUuid(pv_uuid));
+  QBD_ASSIGN_OR_RETURN(VolumeMeta m, Find(name));
+  if (m.lvm_thin && m.lvm_pv_uuid == pv_uuid) return Status::OK();
+  m.lvm_thin = true;
+  m.lvm_pv_uuid = pv_uuid;
   m.serial++;
   return WriteMeta(m);
 }

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "qbd/config.h"
+#include "qbd/lvm_thin.h"
 #include "qbd/qos.h"
 
 namespace qbd {
@@ -103,6 +104,8 @@ std::string EncodeVolumeMeta(const VolumeMeta& m) {
   s += fmt::format("append_only = {}\n", m.append_only ? "true" : "false");
   if (!m.created.empty()) s += fmt::format("created = {}\n", m.created);
   if (!m.qos.empty()) s += fmt::format("qos = {}\n", m.qos);
+  if (m.lvm_thin) s += "lvm_thin = true\n";
+  if (!m.lvm_pv_uuid.empty()) s += fmt::format("lvm_pv_uuid = {}\n", m.lvm_pv_uuid);
   return s;
 }
 
@@ -191,6 +194,12 @@ Result<VolumeMeta> ParseVolumeMeta(std::string_view text, std::string_view file,
       Status s = CheckQosText(l.value);
       if (!s.ok()) return At(file, l.line, s.message());
       m.qos = l.value;
+    } else if (l.key == "lvm_thin") {
+      QBD_ASSIGN_OR_RETURN(m.lvm_thin, flag());
+    } else if (l.key == "lvm_pv_uuid") {
+      Status s = CheckPvUuid(l.value);
+      if (!s.ok()) return At(file, l.line, "lvm_pv_uuid: " + s.message());
+      m.lvm_pv_uuid = l.value;
     } else {
       return At(file, l.line, fmt::format("unknown key '{}'", l.key));
     }

@@ -65,11 +65,17 @@ Commands:
   block NAME OFFSET       show every part's copy of the block at device byte OFFSET: files,
                           offsets, stored metadata, checksums, verdicts (reads only; exit 1
                           when the block has no good copy)
-  attach NAME [--connections N]
+  attach NAME [--connections N] [--lvm-thin]
                           attach the volume as a kernel NBD device (/dev/nbdX, with the link
                           /dev/qbd/NAME) over N connections (default 1); qbd-master keeps it
-                          connected across its restarts (qbd-master must run)
-  detach NAME             disconnect the volume's device
+                          connected across its restarts (qbd-master must run). --lvm-thin (kept
+                          in the volume's .meta for every later attach): an LVM thin pool on it,
+                          VG qbd_vg_NAME tagged quorumbd-volume=NAME and quorumbd-managed=true,
+                          made on the first attach, activated at each attach and start,
+                          deactivated at detach, grown with the volume; refused on a device
+                          holding anything else
+  detach NAME             disconnect the volume's device (its LVM volume group deactivated
+                          first)
   attachments             the attached volumes, their devices and connections
 
 With qbd-master running on this configuration, every command goes through its REST API
@@ -202,7 +208,7 @@ int Convert(const std::string& config_path, const qbd::Config& config, qbd::Cata
 
 // attach, detach, attachments: the daemon owns the devices' sockets, so they need it running.
 int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string& vol,
-                  int connections) {
+                  int connections, bool lvm_thin) {
   if (api == nullptr) {
     return Fail(qbd::Status::Unavailable(
         fmt::format("{}: qbd-master is not running (it holds the devices' connections)", cmd)));
@@ -217,9 +223,17 @@ int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string
     if (!j.ok()) return Fail(j.status());
     return Emit(*j, fmt::format("detached volume {}\n", vol));
   }
-  auto j = api->Do("POST", "/v1/volumes/" + vol + "/attach", json{{"connections", connections}});
+  json body = {{"connections", connections}};
+  if (lvm_thin) body["lvm_thin"] = true;
+  auto j = api->Do("POST", "/v1/volumes/" + vol + "/attach", body);
   if (!j.ok()) return Fail(j.status());
-  return Emit(*j, j->value("device", "") + "\n");
+  std::string text = j->value("device", "") + "\n";
+  if (j->contains("lvm") && (*j)["lvm"].is_object()) {
+    // What Proxmox's storage.cfg needs (README.md, Proxmox VE).
+    text += fmt::format("lvm thin pool: vgname {} thinpool {}\n", (*j)["lvm"].value("vg", ""),
+                        (*j)["lvm"].value("thinpool", ""));
+  }
+  return Emit(*j, text);
 }
 
 // `qbdctl block NAME OFFSET`: reads only. The document is FormatBlockJson's; the daemon adds its
@@ -285,7 +299,7 @@ int Run(int argc, char** argv) {
       "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
       "write-quorum", po::value<uint32_t>())("read-only", po::bool_switch())(
       "force", po::bool_switch())("pos", po::value<std::vector<std::string>>());
-  copts.add_options()("connections", po::value<int>());
+  copts.add_options()("connections", po::value<int>())("lvm-thin", po::bool_switch());
   po::positional_options_description cpos;
   cpos.add("pos", -1);
   po::variables_map cvm;
@@ -310,6 +324,7 @@ int Run(int argc, char** argv) {
   if (cmd != "create" && cvm["read-only"].as<bool>()) throw UsageError{cmd + ": --read-only is for create"};
   if (cmd != "delete" && cvm["force"].as<bool>()) throw UsageError{cmd + ": --force is for delete"};
   if (cmd != "attach" && cvm.count("connections")) throw UsageError{cmd + ": --connections is for attach"};
+  if (cmd != "attach" && cvm["lvm-thin"].as<bool>()) throw UsageError{cmd + ": --lvm-thin is for attach"};
   if (cvm.count("connections") && (cvm["connections"].as<int>() < 1 || cvm["connections"].as<int>() > 16)) {
     throw UsageError{"--connections must be 1..16"};
   }
@@ -372,7 +387,8 @@ int Run(int argc, char** argv) {
     return Emit(doc, qbd::FormatBackendsText(doc), doc.value("ok", false) ? 0 : 1);
   }
   if (cmd == "attach" || cmd == "detach" || cmd == "attachments") {
-    return AttachCommand(api.get(), cmd, vol, cvm.count("connections") ? cvm["connections"].as<int>() : 1);
+    return AttachCommand(api.get(), cmd, vol, cvm.count("connections") ? cvm["connections"].as<int>() : 1,
+                         cvm["lvm-thin"].as<bool>());
   }
   if (api) {
     if (cmd == "convert") {
