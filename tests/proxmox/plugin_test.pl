@@ -74,7 +74,7 @@ ok("type is qbd and the storage is declared shared", $P->type() eq 'qbd'
    && grep({ $_ eq 'qbd' } @PVE::Storage::Plugin::SHARED_STORAGE));
 ok("api() answers a version PVE accepts", $P->api() == 11);
 my @p = $P->parse_volname('vm-100-disk-0');
-ok("parse_volname splits vm-100-disk-0", "@p[0..2] $p[6]" eq 'images vm-100-disk-0 100 raw', "@p");
+ok("parse_volname splits vm-100-disk-0", "@p[0..2] $p[6]" eq 'images vm-100-disk-0 100 raw', join(" ", map { $_ // "undef" } @p));
 dies_like("parse_volname refuses a foreign name", sub { $P->parse_volname('base-1-disk-0') }, qr/unable to parse/);
 ok("path is /dev/qbd/<volume>", scalar($P->path($scfg, 'vm-100-disk-0', $storeid)) eq '/dev/qbd/vm-100-disk-0');
 ok("activate_storage reaches the daemon", eval { $P->activate_storage($storeid, $scfg, {}) });
