@@ -8,6 +8,8 @@
 # (tests/vm/guest/proxmox_plugin.sh, the same harness with "attach"). Then a second node: a
 # second qbd-master over the same backends lists the disk but refuses to attach it while the
 # first holds its lease (one master per volume: never two kernel devices on two nodes).
+# The Perl code below is single-quoted: its $ are Perl's.
+# shellcheck disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
 qbd_conf 3
@@ -46,6 +48,6 @@ else
   fail "node 2's activate_volume while node 1 holds the lease" "$(cat "$T/m2.activate")"
 fi
 kill -TERM "$M2"
-wait_pid "$M2" 20 && [ "$WAIT_RC" = 0 ] || fail "master 2 stops" "exit $WAIT_RC"
+if ! wait_pid "$M2" 20 || [ "$WAIT_RC" != 0 ]; then fail "master 2 stops" "exit $WAIT_RC"; fi
 check "free_image on node 1" plugin "$(api_address)" '$P->free_image("qbd", $s, "vm-200-disk-0")'
 qbd_stop

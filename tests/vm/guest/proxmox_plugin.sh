@@ -25,7 +25,7 @@ grep -q '^PASS: status of an unreachable daemon' /tmp/plugin.out ||
 [ $rc = 0 ] || [ "$(grep -c '^FAIL: ' /tmp/plugin.out)" != 0 ] ||
   fail harness-exit "plugin_test.pl exited $rc without a FAIL line"
 [ $FAILS -eq 0 ] || show $D/master.log 30
-kill -TERM $MASTER_PID
-wait $MASTER_PID
+kill -TERM "$MASTER_PID"
+wait "$MASTER_PID"
 dmesg | grep -iE 'I/O error' && fail dmesg "I/O errors in the kernel log"
 [ $FAILS -eq 0 ]
