@@ -83,10 +83,12 @@ sub options {
 
 # ---- the REST API
 
-# qbd_call($scfg, METHOD, PATH, BODY): the decoded JSON answer; dies with the daemon's message
-# ({"error": ...}) and its HTTP status otherwise.
+# qbd_call($scfg, METHOD, PATH, BODY, [TOLERATED...]): the decoded JSON answer; dies with the
+# daemon's message ({"error": ...}) and its HTTP status otherwise. A status listed in TOLERATED
+# (404, 409) is not an error: the answer is then undef, and the status is in $QBD_STATUS.
+our $QBD_STATUS;
 sub qbd_call {
-    my ($scfg, $method, $path, $body) = @_;
+    my ($scfg, $method, $path, $body, @tolerated) = @_;
     my $base = $scfg->{'qbd-api'} // $DEFAULT_API;
     my %headers = ('Accept' => 'application/json');
     my $token_file = $scfg->{'qbd-token-file'};
@@ -107,8 +109,11 @@ sub qbd_call {
     }
     my $http = HTTP::Tiny->new(timeout => 600);
     my $res = $http->request($method, "$base$path", \%opts);
+    $QBD_STATUS = $res->{status};
     my $json = eval { decode_json($res->{content} // '') };
     if (!$res->{success}) {
+        return undef if grep { $_ == $res->{status} } @tolerated;
+        # HTTP::Tiny's own failures (connection refused, timeout) are status 599.
         my $msg = (ref($json) eq 'HASH' && defined($json->{error}))
           ? $json->{error} : ($res->{content} // $res->{reason});
         $msg =~ s/\s+$//;
@@ -181,9 +186,17 @@ sub alloc_image {
 
 sub free_image {
     my ($class, $storeid, $scfg, $volname, $isBase) = @_;
-    # Detached here first: a disk still attached is connected, and the daemon refuses to delete it.
-    eval { qbd_detach($scfg, $volname) };
-    qbd_call($scfg, 'DELETE', "/v1/volumes/$volname");
+    my ($vtype, $name) = $class->parse_volname($volname);
+    # The daemon refuses to delete an attached volume (409): detach it first. A device in use
+    # stops here, with the daemon's message.
+    qbd_detach($scfg, $name);
+    # The kernel closes its connections as it detaches; until the daemon has seen them end, it
+    # refuses the delete with 409 (connected clients). Those were ours: wait for them.
+    my $tries = 0;
+    while (!qbd_call($scfg, 'DELETE', "/v1/volumes/$name", undef, $tries < 50 ? (409) : ())) {
+        $tries++;
+        select(undef, undef, undef, 0.1);
+    }
     return undef;
 }
 
@@ -236,7 +249,8 @@ sub deactivate_storage {
     return 1;
 }
 
-# The attachment of `volname` on this node, or undef.
+# The attachment of `volname` on this node ({"volume", "device", "index", "connections", "live",
+# "connected", "backend", "link"}), or undef.
 sub qbd_attachment {
     my ($scfg, $volname) = @_;
     my $list = qbd_call($scfg, 'GET', '/v1/attachments');
@@ -246,18 +260,27 @@ sub qbd_attachment {
     return undef;
 }
 
+# Attaches `volname` here; one attached already is left as it is (the daemon answers 409).
+sub qbd_attach {
+    my ($scfg, $volname) = @_;
+    return if qbd_call($scfg, 'POST', "/v1/volumes/$volname/attach", undef, 409);
+    # 409: attached already, as a kernel device of this node.
+    die "qbd: volume $volname: the daemon says it is attached, but does not list it\n"
+      if !qbd_attachment($scfg, $volname);
+}
+
+# Detaches `volname` here; one not attached is fine (the daemon answers 404). Dies when the device
+# is in use (409: mounted, or held by device-mapper).
 sub qbd_detach {
     my ($scfg, $volname) = @_;
-    return if !qbd_attachment($scfg, $volname);
-    qbd_call($scfg, 'POST', "/v1/volumes/$volname/detach");
+    qbd_call($scfg, 'POST', "/v1/volumes/$volname/detach", undef, 404);
 }
 
 sub activate_volume {
     my ($class, $storeid, $scfg, $volname, $snapname, $cache, $hints) = @_;
     die "qbd: snapshots are not supported\n" if $snapname;
     my ($vtype, $name) = $class->parse_volname($volname);
-    return 1 if qbd_attachment($scfg, $name);  # attached here already
-    qbd_call($scfg, 'POST', "/v1/volumes/$name/attach");
+    qbd_attach($scfg, $name);
     return 1;
 }
 
@@ -280,12 +303,33 @@ sub unmap_volume {
     return $class->deactivate_volume($storeid, $scfg, $volname, $snapname);
 }
 
+# The size in bytes of the kernel device `dev` (/dev/nbdN), from sysfs; undef if it has none.
+sub qbd_device_size {
+    my ($dev) = @_;
+    my ($n) = ($dev // '') =~ m{^/dev/(nbd\d+)$} or return undef;
+    open(my $fh, '<', "/sys/block/$n/size") or return undef;
+    my $sectors = <$fh>;
+    close($fh);
+    return defined($sectors) ? int($sectors) * 512 : undef;
+}
+
 sub volume_resize {
     my ($class, $scfg, $storeid, $volname, $size, $running, $snapname) = @_;
     die "qbd: snapshots are not supported\n" if defined($snapname);
     my ($vtype, $name) = $class->parse_volname($volname);
     qbd_call($scfg, 'PATCH', "/v1/volumes/$name", { size => int($size) });
-    return 1;
+    # An attached volume: its kernel device must grow too before QEMU (block_resize) or a file
+    # system can use the new size. Wait for it briefly; say so if it does not.
+    my $a = qbd_attachment($scfg, $name) or return 1;
+    my $dev_size;
+    for (my $i = 0; $i < 20; $i++) {
+        $dev_size = qbd_device_size($a->{device});
+        return 1 if !defined($dev_size) || $dev_size >= $size;
+        select(undef, undef, undef, 0.1);
+    }
+    die "qbd: volume $name grew to $size bytes, but its device $a->{device} still has $dev_size: "
+      . "this qbd-master does not resize an attached device; detach and attach it again "
+      . "(stop the VM, or migrate it)\n";
 }
 
 sub volume_size_info {

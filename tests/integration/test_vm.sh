@@ -6,7 +6,8 @@
 #   QBD_VM_TESTS: the guest scripts to run (names under tests/vm/guest/ without .sh); default the
 #   essential ones: attach_fs (qbdctl attach, ext4, detach, attach, e2fsck, checksums) and
 #   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest). `make test-vm` runs
-#   them all (also nbd_client_fs: Debian's nbd-client against qbd-master).
+#   them all (also nbd_client_fs: Debian's nbd-client against qbd-master, and proxmox_plugin: the
+#   Proxmox plugin's harness in attach mode, about 17 s of boot and script in TCG).
 . "$(dirname "$0")/lib.sh"
 
 VM_DIR=$(cd "$IT_DIR/../vm" && pwd)

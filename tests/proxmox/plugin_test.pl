@@ -2,7 +2,11 @@
 # Calls PVE::Storage::Custom::QBDPlugin's functions as Proxmox VE would, against a real qbd-master
 # (its REST API at ARGV[0]). Proxmox does not run here: its base classes are the stand-ins in
 # tests/proxmox/stub (PVE::Storage, PVE::Storage::Plugin); the plugin and the daemon are real.
-# Prints PASS:/FAIL: lines; ARGV[1] is "attach" when the host can attach NBD devices (in the VM).
+# Prints PASS:/FAIL: lines; ARGV[1] is "attach" when the host can attach NBD devices (in the VM,
+# tests/vm/guest/proxmox_plugin.sh): then activate/deactivate attach and detach /dev/qbd/<volume>,
+# data is written through it, it is grown while attached, and free_image deletes it attached.
+# Without "attach" (tests/integration/test_proxmox_plugin.sh, a host without the nbd module),
+# activate_volume must fail with the daemon's answer.
 use strict;
 use warnings;
 
@@ -32,11 +36,45 @@ sub dies_like {
     ($err =~ $re) ? pass($name) : fail($name, "died with '$err'");
 }
 
+sub all_attachments {
+    return @{ PVE::Storage::Custom::QBDPlugin::qbd_call($scfg, 'GET', '/v1/attachments')->{attachments} };
+}
+sub attachment { my ($v) = @_; my @a = grep { $_->{volume} eq $v } all_attachments(); return $a[0]; }
+# The size of a block device: where a seek to its end lands.
+sub device_size {
+    open(my $fh, '<', $_[0]) or return -1;
+    my $end = sysseek($fh, 0, 2);
+    close($fh);
+    return $end // -1;
+}
+sub write_at {
+    my ($dev, $off, $data) = @_;
+    open(my $fh, '+<', $dev) or return 0;
+    binmode($fh);
+    my $ok = sysseek($fh, $off, 0) && syswrite($fh, $data) == length($data);
+    require IO::Handle;
+    $ok &&= $fh->sync;  # fsync: through the kernel's cache to the daemon
+    return close($fh) && $ok;
+}
+sub read_at {
+    my ($dev, $off, $len) = @_;
+    open(my $fh, '<', $dev) or return '';
+    binmode($fh);
+    my $buf = '';
+    sysseek($fh, $off, 0) or return '';
+    while (length($buf) < $len) {
+        my $n = sysread($fh, $buf, $len - length($buf), length($buf));
+        last if !$n;
+    }
+    close($fh);
+    return $buf;
+}
+
 ok("type is qbd and the storage is declared shared", $P->type() eq 'qbd'
    && grep({ $_ eq 'qbd' } @PVE::Storage::Plugin::SHARED_STORAGE));
 ok("api() answers a version PVE accepts", $P->api() == 11);
 my @p = $P->parse_volname('vm-100-disk-0');
-ok("parse_volname splits vm-100-disk-0", "@p[0..2] $p[6]" eq 'images vm-100-disk-0 100 raw', "@p");
+ok("parse_volname splits vm-100-disk-0", "@p[0..2] $p[6]" eq 'images vm-100-disk-0 100 raw', join(" ", map { $_ // "undef" } @p));
 dies_like("parse_volname refuses a foreign name", sub { $P->parse_volname('base-1-disk-0') }, qr/unable to parse/);
 ok("path is /dev/qbd/<volume>", scalar($P->path($scfg, 'vm-100-disk-0', $storeid)) eq '/dev/qbd/vm-100-disk-0');
 ok("activate_storage reaches the daemon", eval { $P->activate_storage($storeid, $scfg, {}) });
@@ -72,19 +110,64 @@ ok("volume_has_feature: copy yes, snapshot no",
    $P->volume_has_feature($scfg, 'copy', $storeid, 'vm-100-disk-0') && !$P->volume_has_feature($scfg, 'snapshot', $storeid, 'vm-100-disk-0'));
 dies_like("snapshots are refused with a message", sub { $P->volume_snapshot($scfg, $storeid, 'vm-100-disk-0', 's1') }, qr/not supported/);
 
-if (($mode // '') eq 'attach') {
+my $attach = ($mode // '') eq 'attach';
+my $dev0 = '/dev/qbd/vm-100-disk-0';
+if ($attach) {
     ok("activate_volume attaches vm-100-disk-0", eval { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') }, $@);
-    ok("its path is a block device", -b $P->path($scfg, 'vm-100-disk-0', $storeid));
-    ok("activate_volume again is a no-op", eval { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') }, $@);
-    ok("deactivate_volume detaches it", eval { $P->deactivate_volume($storeid, $scfg, 'vm-100-disk-0') } && !-e '/dev/qbd/vm-100-disk-0', $@);
+    my $a = attachment('vm-100-disk-0');
+    ok("GET /v1/attachments lists it with its device and link",
+       $a && ($a->{device} // '') =~ m{^/dev/nbd\d+$} && ($a->{link} // '') eq $dev0 && $a->{connected},
+       JSON::PP->new->canonical->encode($a // {}));
+    ok("$dev0 is a block device of the volume's size (64 MiB)", -b $dev0 && device_size($dev0) == 64 << 20,
+       (-b $dev0 ? 'size ' . device_size($dev0) : 'not a block device'));
+    ok("activate_volume again is a no-op (same device)",
+       eval { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') } && attachment('vm-100-disk-0')
+       && attachment('vm-100-disk-0')->{device} eq ($a->{device} // '') && all_attachments() == 1, $@);
+    my $pattern = join('', map { chr(($_ * 7 + 3) % 251) } 0 .. 65535) x 16;  # 1 MiB
+    ok("writing 1 MiB at 8 MiB through the device", write_at($dev0, 8 << 20, $pattern), $!);
+    ok("reading it back through the device", read_at($dev0, 8 << 20, length($pattern)) eq $pattern);
+
+    # Grown while attached: the volume grows; the device grows with it where qbd-master can
+    # resize an attached device, otherwise the plugin says so (QEMU could not use the new size).
+    my $grown = eval { $P->volume_resize($scfg, $storeid, 'vm-100-disk-0', 96 << 20, 1) };
+    my $err = $@ // '';
+    my $vsz = $P->volume_size_info($scfg, $storeid, 'vm-100-disk-0');
+    if ($grown) {
+        ok("volume_resize while attached grows the volume and $dev0 to 96 MiB",
+           $vsz == 96 << 20 && device_size($dev0) == 96 << 20, "volume $vsz, device " . device_size($dev0));
+    } else {
+        $err =~ s/\n/ /g;
+        ok("volume_resize while attached grows the volume (96 MiB); the device keeps 64 MiB and the "
+           . "plugin says why: qbd-master does not resize an attached device",
+           $vsz == 96 << 20 && device_size($dev0) == 64 << 20
+           && $err =~ m{^qbd: volume vm-100-disk-0 grew to 100663296 bytes, but its device /dev/nbd\d+ still has 67108864: this qbd-master does not resize an attached device},
+           "volume $vsz, device " . device_size($dev0) . ", error '$err'");
+        print "NOTE: qbd-master does not resize an attached kernel device (volume_resize of a running VM's disk)\n";
+    }
+
+    ok("deactivate_volume detaches it", eval { $P->deactivate_volume($storeid, $scfg, 'vm-100-disk-0') }
+       && !-e $dev0 && !attachment('vm-100-disk-0'), $@);
+    ok("deactivate_volume again is a no-op", eval { $P->deactivate_volume($storeid, $scfg, 'vm-100-disk-0') }, $@);
+    ok("activate_volume attaches it again", eval { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') } && -b $dev0, $@);
+    ok("the data written before the detach reads back from the daemon",
+       read_at($dev0, 8 << 20, length($pattern)) eq $pattern);
+    # Left attached: free_image below must detach it first.
 } else {
+    # No kernel nbd module on this host: the daemon's answer, as the plugin relays it.
     dies_like("activate_volume on a host without NBD devices fails with the daemon's answer",
-              sub { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') }, qr{qbd: POST /v1/volumes/vm-100-disk-0/attach: HTTP \d+});
+              sub { $P->activate_volume($storeid, $scfg, 'vm-100-disk-0') },
+              qr{^qbd: POST /v1/volumes/vm-100-disk-0/attach: HTTP 400: no /dev/nbdN: the kernel's nbd module is not loaded \(modprobe nbd\) $});
+    ok("deactivate_volume of a volume not attached is a no-op",
+       eval { $P->deactivate_volume($storeid, $scfg, 'vm-100-disk-0') }, $@);
 }
 
 for my $v ('vm-100-disk-0', 'vm-100-disk-1', 'vm-101-disk-0') {
-    ok("free_image deletes $v", eval { $P->free_image($storeid, $scfg, $v); 1 }, $@);
+    my $att = $attach && $v eq 'vm-100-disk-0' ? ' (attached: detached first)' : '';
+    ok("free_image deletes $v$att", eval { $P->free_image($storeid, $scfg, $v); 1 }, $@);
 }
+ok("the deleted volumes are gone from the daemon",
+   !PVE::Storage::Custom::QBDPlugin::qbd_call($scfg, 'GET', '/v1/volumes/vm-100-disk-0', undef, 404)
+   && $PVE::Storage::Custom::QBDPlugin::QBD_STATUS == 404 && !-e $dev0 && all_attachments() == 0);
 ok("list_images is empty after", scalar(@{ $P->list_images($storeid, $scfg, undef, undef, {}) }) == 0);
 dies_like("free_image of a missing volume fails with 404", sub { $P->free_image($storeid, $scfg, 'vm-100-disk-0') }, qr/HTTP 404/);
 my $down = { %$scfg, 'qbd-api' => 'http://127.0.0.1:9' };

@@ -7,11 +7,16 @@
 #   vmlinuz        the kernel
 #   base.cpio.gz   busybox, the kernel modules the tests need, lvm2, dmsetup, thin-provisioning-tools
 #                  (pdata_tools), e2fsprogs, nbd-client, each host binary with every library ldd
-#                  lists, and /init (tests/vm/init). Rebuilt only when base.key changes: the two
-#                  .debs' names, this script, tests/vm/init and the host binaries' checksums.
+#                  lists, perl (Debian's perl-base: the interpreter and its core modules, plus the
+#                  few modules of perl-modules the Proxmox plugin and its harness load), and /init
+#                  (tests/vm/init). Rebuilt only when base.key changes: the two .debs' names, this
+#                  script, tests/vm/init and the host binaries' and Perl modules' checksums.
 # With QBD_BIN_DIR, it also writes OUT_CPIO (default $QBD_VM_CACHE/qbd.cpio): qbd-master and
-# qbdctl from that directory (without debug information) with their libraries, an uncompressed
-# cpio appended to the base at each run (cheap).
+# qbdctl from that directory (without debug information) with their libraries, and the Proxmox
+# plugin with its harness and stubs under /qbd (/qbd/proxmox/QBDPlugin.pm,
+# /qbd/tests/proxmox/plugin_test.pl: the source tree's layout, which the harness expects), an
+# uncompressed cpio appended to the base at each run (cheap; they change with the source, perl
+# does not).
 # Prints nothing on success but the paths it rebuilt; exit status 1 with a message on failure.
 set -euo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
@@ -36,9 +41,21 @@ HOST_BINS=(/usr/sbin/lvm /usr/sbin/dmsetup /usr/sbin/pdata_tools /usr/sbin/e2fsc
 LVM_LINKS=(pvcreate pvremove pvresize pvs pvscan vgcreate vgchange vgremove vgs vgscan lvcreate
   lvchange lvextend lvremove lvs)
 THIN_LINKS=(thin_check thin_dump thin_repair thin_restore)
+# Perl for tests/vm/guest/proxmox_plugin.sh: /usr/bin/perl is Debian's perl-base, whose core
+# modules (strict, warnings, IO, Socket, Cwd, POSIX, ...) are all in PERL_BASE; from perl-modules
+# only what the plugin (HTTP::Tiny, JSON::PP) and its harness (FindBin) load. PERL_BASE's unicore/
+# (the Unicode tables, 3.7 MB: \p{...} and charnames) is left out: neither loads it (strace).
+PERL=/usr/bin/perl
+PERL_BASE=/usr/lib/x86_64-linux-gnu/perl-base
+PERL_PRIVLIB=/usr/share/perl/5.36
+PERL_MODULES=(HTTP/Tiny.pm JSON/PP.pm JSON/PP/Boolean.pm FindBin.pm)
 
-for b in "${HOST_BINS[@]}"; do
+for b in "${HOST_BINS[@]}" "$PERL"; do
   [ -x "$b" ] || die "$b is missing (run scripts/install-deps.sh)"
+done
+[ -d "$PERL_BASE" ] || die "$PERL_BASE is missing (perl-base)"
+for m in "${PERL_MODULES[@]}"; do
+  [ -f "$PERL_PRIVLIB/$m" ] || die "$PERL_PRIVLIB/$m is missing (perl-modules-5.36)"
 done
 for t in apt-get apt-cache dpkg-deb cpio gzip ldd sha256sum strip; do
   command -v "$t" >/dev/null || die "$t is missing (run scripts/install-deps.sh)"
@@ -92,7 +109,9 @@ key=$(
     basename "$kdeb"
     basename "$bdeb"
     sha256sum "$0" "$src/tests/vm/init" | awk '{ print $1 }'
-    sha256sum "${HOST_BINS[@]}" /etc/mke2fs.conf | awk '{ print $1 }'
+    sha256sum "${HOST_BINS[@]}" /etc/mke2fs.conf "$PERL" | awk '{ print $1 }'
+    (cd "$PERL_PRIVLIB" && sha256sum "${PERL_MODULES[@]}")
+    find "$PERL_BASE" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | awk '{ print $1 }'
   } | sha256sum | awk '{ print $1 }'
 )
 if [ ! -s "$cache/base.cpio.gz" ] || [ ! -s "$cache/vmlinuz" ] ||
@@ -148,6 +167,14 @@ if [ ! -s "$cache/base.cpio.gz" ] || [ ! -s "$cache/vmlinuz" ] ||
     [ -L "$root/usr/bin/$l" ] && rm -f "$root/usr/bin/$l"
   done
   cp /etc/mke2fs.conf "$root/etc/mke2fs.conf"
+  copy_with_libs "$root" "$PERL" "$(usr_path "$PERL")"
+  mkdir -p "$root/$(usr_path "$(dirname "$PERL_BASE")")"
+  cp -a "$PERL_BASE" "$root/$(usr_path "$PERL_BASE")"
+  rm -rf "$root/$(usr_path "$PERL_BASE")/unicore"
+  for m in "${PERL_MODULES[@]}"; do
+    mkdir -p "$root/$(usr_path "$PERL_PRIVLIB")/$(dirname "$m")"
+    cp "$PERL_PRIVLIB/$m" "$root/$(usr_path "$PERL_PRIVLIB")/$m"
+  done
   cat >"$root/etc/lvm/lvm.conf" <<'EOF'
 devices {
   obtain_device_list_from_udev = 0
@@ -193,6 +220,9 @@ if [ $# -ge 1 ]; then
     # Debug information is most of a debug build's size; the guest unpacks every byte.
     strip --strip-debug "$qroot/usr/sbin/$b"
   done
+  mkdir -p "$qroot/qbd/proxmox" "$qroot/qbd/tests/proxmox"
+  cp "$src/proxmox/QBDPlugin.pm" "$qroot/qbd/proxmox/"
+  cp -r "$src/tests/proxmox/plugin_test.pl" "$src/tests/proxmox/stub" "$qroot/qbd/tests/proxmox/"
   (cd "$qroot" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) \
     >"$out.tmp"
   mv "$out.tmp" "$out"
