@@ -327,9 +327,8 @@ sub volume_resize {
         return 1 if !defined($dev_size) || $dev_size >= $size;
         select(undef, undef, undef, 0.1);
     }
-    die "qbd: volume $name grew to $size bytes, but its device $a->{device} still has $dev_size: "
-      . "this qbd-master does not resize an attached device; detach and attach it again "
-      . "(stop the VM, or migrate it)\n";
+    die "qbd: volume $name grew to $size bytes, but its device $a->{device} still has $dev_size "
+      . "(see qbd-master's log); detach and attach it again (stop the VM, or migrate it)\n";
 }
 
 sub volume_size_info {

@@ -4,14 +4,16 @@
 # qbd-master and qbdctl and runs one guest script of tests/vm/guest/. The guest's PASS/FAIL lines
 # are this test's, prefixed "vm/"; a guest that does not report its end is a failure.
 #   QBD_VM_TESTS: the guest scripts to run (names under tests/vm/guest/ without .sh); default the
-#   essential ones: attach_fs (qbdctl attach, ext4, detach, attach, e2fsck, checksums) and
-#   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest). `make test-vm` runs
-#   them all (also nbd_client_fs: Debian's nbd-client against qbd-master, and proxmox_plugin: the
-#   Proxmox plugin's harness in attach mode, about 17 s of boot and script in TCG).
+#   essential ones: attach_fs (qbdctl attach, ext4, detach, attach, e2fsck, checksums),
+#   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest), attach_lvm (qbd's LVM
+#   thin stack: provisioned, across restarts, grown, a foreign PV refused) and proxmox_plugin (the
+#   Proxmox plugin's harness in attach mode); about 2 minutes in TCG. `make test-vm` runs them
+#   all (also nbd_client_fs: Debian's nbd-client against qbd-master, attach_stall and
+#   attach_ioctl).
 . "$(dirname "$0")/lib.sh"
 
 VM_DIR=$(cd "$IT_DIR/../vm" && pwd)
-tests=${QBD_VM_TESTS:-attach_fs attach_restart}
+tests=${QBD_VM_TESTS:-attach_fs attach_restart attach_lvm proxmox_plugin}
 for t in $tests; do
   start=$(date +%s%N)
   QBD_VM_CONSOLE="$T/$t.console" QBD_BIN="$QBD_BIN" "$VM_DIR/run.sh" "$VM_DIR/guest/$t.sh" \
