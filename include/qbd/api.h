@@ -83,6 +83,12 @@ class ApiService {
     (void)name, (void)connections, (void)lvm_thin;
     return Status::NotSupported("attach is not supported here");
   }
+  // Serves the volume on this daemon, asking the master that serves it to hand it over
+  // (Master::AcquireVolume); its GetVolume.
+  virtual Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms) {
+    (void)timeout_ms;
+    return GetVolume(name);
+  }
   // Disconnects the volume's device. NotFound when it is not attached.
   virtual Status DetachVolume(const std::string& name) {
     return Status::NotFound("volume " + name + " is not attached");

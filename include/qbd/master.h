@@ -161,6 +161,34 @@ class Master : public ApiService {
   // At start, after ReattachDevices: activates the LVM thin stack (vgchange -ay) of every
   // attached volume whose .meta asks for one; failures are logged.
   void ActivateLvmStacks();
+  // Handing a volume over to another master (master_handoff.cc). A master that wants a volume
+  // another one serves (AcquireVolume) writes its identity into "<volnr>/.handoff" on the parts;
+  // the serving master, at its next poll, releases the volume if no client is connected to it
+  // there (its .owner removed, as at a clean stop) and leaves it alone for a while; the asking
+  // master's poll then takes the free lease and removes .handoff.
+  //
+  // True when the parts hold a request by another master that this one has not answered yet,
+  // and the volume has no client here (else logged, once per request). REQUIRES: ops_mu_ held.
+  bool HandoffAsked(const VolumeMeta& meta);
+  // Unexports and closes `name`, releasing its lease. REQUIRES: ops_mu_ held.
+  void HandOff(const std::string& name);
+  // True while `name` was handed off recently (it is not taken again meanwhile).
+  bool HandedOff(const std::string& name);
+  // Removes our own request for `meta`'s volume from its parts, if there is one.
+  void ClearHandoff(const VolumeMeta& meta);
+ public:
+  // Serves `name` here, asking the master that serves it to hand it over (waits up to
+  // `timeout_ms`). InvalidArgument with EBUSY, naming the holder, when it did not within that
+  // time (it has clients there); NotFound for an unknown volume.
+  Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms) override;
+
+ private:
+  struct HandoffState {
+    std::string request;     // the request answered (the .handoff text)
+    uint64_t until_ms = 0;   // not taken again before this (steady clock)
+    std::string busy_logged;  // the request last logged as refused for busy
+  };
+  std::map<std::string, HandoffState> handoffs_;  // GUARDED_BY(ops_mu_)
   // On the attached `device` of `meta`'s volume: refuses a foreign device, else records the stack
   // in .meta (pv_uuid: the PV's UUID, chosen when empty), provisions it and activates it.
   Status ProvisionLvm(LvmThin& stack, const std::string& device, const VolumeMeta& meta,

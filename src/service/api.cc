@@ -253,6 +253,16 @@ ApiResponse ApiRouter::Volumes(const ApiRequest& r) {
 ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
                               const std::string& action) {
   if (Status s = ValidateVolumeName(name); !s.ok()) return Failed(s);
+  if (action == "acquire") {
+    if (r.method != "POST") return NotAllowed(r, "POST");
+    uint64_t timeout_ms = 30000;
+    if (auto t = r.query.find("timeout_ms"); t != r.query.end()) {
+      auto [end, ec] = std::from_chars(t->second.data(), t->second.data() + t->second.size(), timeout_ms);
+      if (ec != std::errc() || end != t->second.data() + t->second.size() || timeout_ms > 600000)
+        return Error(400, "timeout_ms: 0..600000");
+    }
+    return FromResult(service_.AcquireVolume(name, timeout_ms));
+  }
   if (action == "repair") {
     if (r.method != "POST") return NotAllowed(r, "POST");
     return FromResult(service_.StartRepair(name), 202);

@@ -379,6 +379,7 @@ Status Master::PollLocked() {
     }
   }
   std::vector<VolumeMeta> to_open;
+  std::vector<std::string> to_hand_off;
   for (const auto& [name, nr] : idx->volumes) {
     auto meta = catalog_->LoadMeta(nr, /*reconcile=*/true);
     if (!meta.ok()) {
@@ -392,7 +393,12 @@ Status Master::PollLocked() {
         QBD_LOG_ERROR("{}", f.message());  // nothing of it written
         continue;
       }
+      if (HandedOff(name)) continue;  // left to the master that asked for it, for a while
       to_open.push_back(std::move(*meta));  // opened together below
+      continue;
+    }
+    if (HandoffAsked(*meta)) {
+      to_hand_off.push_back(name);  // released below, after this loop
       continue;
     }
     Volume& v = *it->second;
@@ -411,6 +417,7 @@ Status Master::PollLocked() {
       v.quorum().PersistChunkMap().IgnoreError();
     }
   }
+  for (const std::string& name : to_hand_off) HandOff(name);
   std::vector<Result<bool>> served = OpenVolumes(to_open);
   for (size_t i = 0; i < to_open.size(); ++i) {
     const std::string& name = to_open[i].name;
@@ -420,6 +427,7 @@ Status Master::PollLocked() {
     }
     if (!*served[i]) continue;  // another master holds it
     QBD_LOG_INFO("volume {}: exported", name);
+    ClearHandoff(to_open[i]);  // ours now: a request of ours is answered
     auto l = config_.volume_listen.find(name);
     if (l != config_.volume_listen.end() && !listening_[name]) {
       Status ls = server_->Listen(l->second, name);

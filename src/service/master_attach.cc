@@ -97,14 +97,17 @@ void Master::AddAttachMetrics() {
 }
 
 Result<json> Master::AttachVolume(const std::string& name, int connections, bool lvm_thin) {
+  bool served = false;
   {
     std::lock_guard<std::mutex> l(volumes_mu_);
-    if (volumes_.count(name) == 0) {
-      return Status::NotFound(fmt::format(
-          "volume {} is not served by this qbd-master (no such volume, or another master holds "
-          "its lease)",
-          name));
-    }
+    served = volumes_.count(name) != 0;
+  }
+  if (!served) {
+    // Another master serves it (a VM moving to this node): it hands it over once no client
+    // uses it there.
+    const uint64_t wait_ms = 2 * (uint64_t{config_.lease_ms} + config_.lease_renew_ms) +
+                             4 * uint64_t{config_.volume_poll_ms} + 5000;
+    QBD_RETURN_IF_ERROR(AcquireVolume(name, wait_ms).status());
   }
   QBD_ASSIGN_OR_RETURN(VolumeMeta meta, catalog_->Find(name));
   const bool lvm = lvm_thin || meta.lvm_thin;
