@@ -33,22 +33,21 @@ std::string ReadRequest(const std::vector<StorageBackend*>& parts, uint32_t voln
   return "";
 }
 
-// "owner = HEX" of a request.
-std::string RequestOwner(const std::string& request) {
-  const std::string key = "owner = ";
-  size_t p = request.find(key);
-  if (p == std::string::npos) return "";
+// The value of "KEY = VALUE" in a request, `otherwise` when it has none: "owner" (the asking
+// master's owner id, hex) and "by" (who it is, for messages).
+std::string RequestField(const std::string& request, const std::string& key,
+                         const std::string& otherwise = "") {
+  const std::string k = key + " = ";
+  size_t p = request.find(k);
+  if (p == std::string::npos) return otherwise;
   size_t e = request.find('\n', p);
-  return request.substr(p + key.size(), e == std::string::npos ? std::string::npos : e - p - key.size());
+  return request.substr(p + k.size(), e == std::string::npos ? std::string::npos : e - p - k.size());
 }
 
-// "by = ..." of a request: who asked, for messages.
+std::string RequestOwner(const std::string& request) { return RequestField(request, "owner"); }
+
 std::string RequestBy(const std::string& request) {
-  const std::string key = "by = ";
-  size_t p = request.find(key);
-  if (p == std::string::npos) return "another qbd-master";
-  size_t e = request.find('\n', p);
-  return request.substr(p + key.size(), e == std::string::npos ? std::string::npos : e - p - key.size());
+  return RequestField(request, "by", "another qbd-master");
 }
 
 }  // namespace
