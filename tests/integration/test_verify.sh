@@ -216,10 +216,12 @@ check "part c's 32 rebuilt chunk files are identical to part a's" \
 
 # The configuration's lock: while another process holds it (an offline qbd-repair), qbd-master does
 # not start, and qbd-repair without a daemon to talk to refuses too.
-flock -n "$T/qbd.sock.lock" sleep 30 &
+# Waits for the lock (never -n: a process that held it a moment ago, the last repair, may still be
+# ending on a slow machine, and -n would fail at once).
+flock -o "$T/qbd.sock.lock" sleep 60 &
 HOLDER=$!
 track $HOLDER
-wait_until 10 bash -c '! flock -n "$1" true' _ "$T/qbd.sock.lock" || die lock "flock did not take the lock"
+wait_until 60 bash -c '! flock -n "$1" true' _ "$T/qbd.sock.lock" || die lock "flock did not take the lock"
 timeout 20 "$QBD_BIN/qbd-master" --config "$T/qbd.conf" >"$T/locked.out" 2>&1 </dev/null
 rc=$?
 if [ "$rc" != 0 ] && grep -q "another qbd-master or an offline qbd-repair" "$T/locked.out"; then
