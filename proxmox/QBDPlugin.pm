@@ -260,13 +260,17 @@ sub qbd_attachment {
     return undef;
 }
 
-# Attaches `volname` here; one attached already is left as it is (the daemon answers 409).
+# Attaches `volname` here; one attached already is left as it is. The daemon answers 409 both
+# for "already attached" and for a disk another node's qbd-master did not hand over (still in use
+# there): only the first is fine.
 sub qbd_attach {
     my ($scfg, $volname) = @_;
-    return if qbd_call($scfg, 'POST', "/v1/volumes/$volname/attach", undef, 409);
-    # 409: attached already, as a kernel device of this node.
-    die "qbd: volume $volname: the daemon says it is attached, but does not list it\n"
-      if !qbd_attachment($scfg, $volname);
+    return if qbd_attachment($scfg, $volname);
+    eval { qbd_call($scfg, 'POST', "/v1/volumes/$volname/attach") };
+    my $err = $@;
+    return if !$err;
+    return if $err =~ m{HTTP 409: volume \S+ is already attached} && qbd_attachment($scfg, $volname);
+    die $err;
 }
 
 # Detaches `volname` here; one not attached is fine (the daemon answers 404). Dies when the device

@@ -6,13 +6,15 @@
 # activate_volume must fail with the daemon's answer (400, "modprobe nbd"). Attaching, writing
 # through the device, resizing and deleting an attached disk run in the VM
 # (tests/vm/guest/proxmox_plugin.sh, the same harness with "attach"). Then a second node: a
-# second qbd-master over the same backends lists the disk but refuses to attach it while the
-# first holds its lease (one master per volume: never two kernel devices on two nodes).
+# second qbd-master over the same backends lists the disk; its activate_volume is refused while a
+# client uses the disk on the first node (one master per volume: never two kernel devices on two
+# nodes), and takes the disk over once the client left (the lease moves to node 2; attaching then
+# fails here only for want of the nbd module).
 # The Perl code below is single-quoted: its $ are Perl's.
 # shellcheck disable=SC2016
 . "$(dirname "$0")/lib.sh"
 
-qbd_conf 3
+qbd_conf 3 "lease_ms = 3000" "lease_renew_ms = 500" "volume_poll_ms = 200"
 qbd_start
 perl "$IT_DIR/../proxmox/plugin_test.pl" "http://$(api_address)" >"$T/plugin.out" 2>&1
 rc=$?
@@ -41,13 +43,35 @@ track "$M2"
 wait_until 20 wget -q -O /dev/null "http://$API2/v1/daemon" || { show "$T/m2.log"; die "master 2" "its API does not answer"; }
 check "node 2's list_images lists node 1's disk (shared backends)" \
   plugin "$API2" 'exit(!grep { $_->{volid} eq "qbd:vm-200-disk-0" } @{ $P->list_images("qbd", $s, 200, undef, {}) })'
+# A client of the disk on node 1 (a VM still running there).
+/usr/bin/python3 - "$(uri vm-200-disk-0)" "$T/holder.ready" "$T/holder.stop" >"$T/holder.out" 2>&1 <<'PY' &
+import nbd, os, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+PY
+HOLDER=$!
+track "$HOLDER"
+wait_until 20 test -e "$T/holder.ready" || fail "a client connects to vm-200-disk-0 on node 1" "$(cat "$T/holder.out")"
 plugin "$API2" 'eval { $P->activate_volume("qbd", $s, "vm-200-disk-0") }; print $@' >"$T/m2.activate" 2>&1
-if [ "$(cat "$T/m2.activate")" = "qbd: POST /v1/volumes/vm-200-disk-0/attach: HTTP 404: volume vm-200-disk-0 is not served by this qbd-master (no such volume, or another master holds its lease)" ]; then
-  pass "node 2's activate_volume is refused while node 1's qbd-master holds the lease (404)"
+if grep -q "^qbd: POST /v1/volumes/vm-200-disk-0/attach: HTTP 409: volume vm-200-disk-0 is served by qbd-master on host .*(pid $MASTER_PID, .*which did not hand it over" "$T/m2.activate"; then
+  pass "node 2's activate_volume is refused (409, naming node 1's master) while a client uses the disk on node 1"
 else
-  fail "node 2's activate_volume while node 1 holds the lease" "$(cat "$T/m2.activate")"
+  fail "node 2's activate_volume while the disk is in use on node 1" "$(cat "$T/m2.activate")"
 fi
+touch "$T/holder.stop"
+wait_pid "$HOLDER" 20
+plugin "$API2" 'eval { $P->activate_volume("qbd", $s, "vm-200-disk-0") }; print $@' >"$T/m2.activate" 2>&1
+if [ "$(cat "$T/m2.activate")" = "qbd: POST /v1/volumes/vm-200-disk-0/attach: HTTP 400: no /dev/nbdN: the kernel's nbd module is not loaded (modprobe nbd)" ] &&
+  curl -sf "http://$API2/v1/volumes/vm-200-disk-0" | python3 -c 'import json,sys; j=json.load(sys.stdin); sys.exit(0 if j["served"] and j["lease"]["ours"] else 1)'; then
+  pass "once the client left, node 2's activate_volume takes the disk over (its lease moved; only the nbd module is missing here)"
+else
+  fail "node 2 takes the disk over" "$(cat "$T/m2.activate")"
+fi
+check "free_image on node 2, which serves the disk now" plugin "$API2" '$P->free_image("qbd", $s, "vm-200-disk-0")'
 kill -TERM "$M2"
 if ! wait_pid "$M2" 20 || [ "$WAIT_RC" != 0 ]; then fail "master 2 stops" "exit $WAIT_RC"; fi
-check "free_image on node 1" plugin "$(api_address)" '$P->free_image("qbd", $s, "vm-200-disk-0")'
+check "the disk is gone for node 1 too" plugin "$(api_address)" 'exit(scalar(grep { $_->{volid} eq "qbd:vm-200-disk-0" } @{ $P->list_images("qbd", $s, 200, undef, {}) }))'
 qbd_stop
