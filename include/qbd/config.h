@@ -77,6 +77,11 @@ Result<ListenAddress> ParseListenAddress(std::string_view spec);
 // host name that resolves only to those. False for every interface ("*:PORT", 0.0.0.0, ::).
 bool IsLoopbackListener(std::string_view spec);
 
+// One listener of qbd.conf against this machine (for CheckConfigOnHost): a unix socket's
+// directory exists; with `local_addresses`, a TCP host is an address of this machine (or
+// resolves to one). InvalidArgument saying why not.
+Status CheckListenerOnHost(const ListenAddress& a, bool local_addresses);
+
 // The bearer token of the REST API held in `path` (api_token_file): its text without the trailing
 // newline. InvalidArgument when the file cannot be read, is empty, larger than 4 KiB, or holds
 // whitespace or control characters inside the token.
