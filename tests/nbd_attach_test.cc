@@ -41,9 +41,10 @@ class AttachService : public ApiService {
   Result<json> Daemon() override { return json::object(); }
   Result<json> Backends() override { return json::object(); }
   Result<json> Block(const std::string&, uint64_t) override { return json::object(); }
-  Result<json> AttachVolume(const std::string& name, int connections, bool lvm_thin) override {
+  Result<json> AttachVolume(const std::string& name, int connections, bool lvm_thin, bool migration) override {
     (void)lvm_thin;
     attached.emplace_back(name, connections);
+    migrations.push_back(migration);
     if (name == "twice") return Status::InvalidArgument("already attached", EEXIST);
     return json{{"volume", name}, {"device", "/dev/nbd3"}};
   }
@@ -56,6 +57,7 @@ class AttachService : public ApiService {
   }
 
   std::vector<std::pair<std::string, int>> attached;
+  std::vector<bool> migrations;
 };
 
 class OneExport : public ExportRegistry {
@@ -95,6 +97,10 @@ TEST_CASE("the attach routes pass connections, map conflicts to 409 and list att
   CHECK(router.Handle(Post("/v1/volumes/v/attach", R"({"connections": 0})")).status == 400);
   CHECK(router.Handle(Post("/v1/volumes/v/attach", R"({"connections": 17})")).status == 400);
   CHECK(router.Handle(Post("/v1/volumes/v/attach", R"({"sockets": 2})")).status == 400);
+  CHECK(s.migrations.back() == false);
+  CHECK(router.Handle(Post("/v1/volumes/v/attach", R"({"migration": true})")).status == 201);
+  CHECK(s.migrations.back() == true);
+  CHECK(router.Handle(Post("/v1/volumes/v/attach", R"({"migration": "yes"})")).status == 400);
   CHECK(router.Handle(Post("/v1/volumes/v/detach")).status == 200);
   CHECK(router.Handle(Post("/v1/volumes/w/detach")).status == 404);
   ApiRequest get = Post("/v1/volumes/v/attach");

@@ -77,10 +77,13 @@ class ApiService {
   // the volume's .meta asks for it) its LVM thin stack (lvm_thin.h), provisioned on first use and
   // activated: then also {"lvm": {"vg", "thinpool", "pv_uuid"}}. InvalidArgument with EEXIST when
   // it is attached already, with EBUSY when the device holds something that is not qbd's;
-  // NotSupported where the daemon cannot attach.
+  // NotSupported where the daemon cannot attach. With `migration` (a VM moving to this node
+  // while it still runs on the node whose master serves the volume), the device works at once:
+  // its requests go through the serving master until that one lets go (Master::StartForwarding);
+  // then {"forwarded_to": holder} too.
   virtual Result<nlohmann::json> AttachVolume(const std::string& name, int connections,
-                                              bool lvm_thin) {
-    (void)name, (void)connections, (void)lvm_thin;
+                                              bool lvm_thin, bool migration) {
+    (void)name, (void)connections, (void)lvm_thin, (void)migration;
     return Status::NotSupported("attach is not supported here");
   }
   // Serves the volume on this daemon, asking the master that serves it to hand it over

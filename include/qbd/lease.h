@@ -50,6 +50,9 @@ struct LeaseIdentity {
   std::string config;        // the qbd.conf path (informational)
   std::string admin_socket;  // its ProcessLock is "<admin_socket>.lock"
   std::string started;       // ISO 8601 UTC start time (informational)
+  // Where other masters reach its NBD listener ("HOST:PORT"; "" when it has none they can use):
+  // a master taking the volume over during a live migration forwards to it meanwhile.
+  std::string nbd;
 
   // This process: a random owner id, gethostname, the boot id, getpid and the current time.
   static LeaseIdentity ForThisProcess(const std::string& config, const std::string& admin_socket);

@@ -31,6 +31,7 @@
 #include "qbd/cache.h"
 #include "qbd/catalog.h"
 #include "qbd/config.h"
+#include "qbd/forward.h"
 #include "qbd/lease.h"
 #include "qbd/lvm_thin.h"
 #include "qbd/metrics.h"
@@ -83,8 +84,8 @@ class Master : public ApiService {
   Result<nlohmann::json> Backends() override;
   Result<nlohmann::json> Block(const std::string& name, uint64_t offset) override;
   // Kernel NBD devices (nbd_attach.h; master_attach.cc).
-  Result<nlohmann::json> AttachVolume(const std::string& name, int connections,
-                                      bool lvm_thin) override;
+  Result<nlohmann::json> AttachVolume(const std::string& name, int connections, bool lvm_thin,
+                                      bool migration) override;
   Status DetachVolume(const std::string& name) override;
   Result<nlohmann::json> Attachments() override;
 
@@ -111,6 +112,8 @@ class Master : public ApiService {
   // Unexports and closes the open volumes whose lease went to another master.
   void DropLostVolumes();
   void PublishExport(const std::string& name, Volume& volume);
+  // Exports `e` under `name` (a forwarded volume; PublishExport for a served one).
+  void SetExport(const std::string& name, std::shared_ptr<const Export> e);
   // Stops exporting the volume and closes the connections that use it (a deleted volume, a lost
   // lease), waiting up to 10 s for them to end.
   void Unexport(const std::string& name);
@@ -189,6 +192,42 @@ class Master : public ApiService {
     std::string busy_logged;  // the request last logged as refused for busy
   };
   std::map<std::string, HandoffState> handoffs_;  // GUARDED_BY(ops_mu_)
+
+  // Live migration (master_handoff.cc). An attach with `migration` of a volume that another master
+  // serves to clients forwards this node's requests to that master (ForwardHandler, exported here
+  // under the volume's name), and asks for the volume with a request naming the forwarded
+  // connections ("mode = migration", "peers = HOST:PORT,..."): the holder does not count them as
+  // clients, so it lets go as soon as its own clients left (the source VM's disk detached there).
+  // It then closes them and releases the lease; this master's poll takes the lease, opens the
+  // volume and switches the handler over to it.
+  struct Forwarded {
+    std::shared_ptr<ForwardHandler> handler;
+    std::string holder;  // LeaseRecord::Describe() of the master forwarded to
+    std::string address;  // its NBD listener
+    int connections = 1;
+    uint64_t since_ms = 0;  // when forwarding started (steady clock)
+    uint64_t lost_ms = 0;   // when its connections all ended (0: live)
+  };
+  std::map<std::string, Forwarded> forwarded_;  // GUARDED_BY(ops_mu_)
+  // The holder's record on `meta`'s parts (the first one naming another master), or nullopt
+  // when no part names another master.
+  std::optional<LeaseRecord> HolderOf(const VolumeMeta& meta);
+  // Starts forwarding `meta`'s volume to its holder with `connections` sockets. False when no
+  // other master holds it (then it can be taken the ordinary way); InvalidArgument with EBUSY
+  // when the holder cannot be reached from here. REQUIRES: ops_mu_ held.
+  Result<bool> StartForwarding(const VolumeMeta& meta, int connections);
+  // Writes our request for `meta`'s volume on its parts, with `extra` lines ("key = value\n").
+  // REQUIRES: ops_mu_ held.
+  Status WriteRequest(const VolumeMeta& meta, const std::string& extra);
+  // From PollLocked: switches the forwarded volumes now opened here over to the local volume,
+  // and reconnects those whose connections to the holder all ended (the holder restarted).
+  void PollForwarded();
+  // Ends forwarding `name` (detached, or the attach failed): waiting requests fail with `why`,
+  // the export goes, our request is withdrawn. REQUIRES: ops_mu_ held.
+  void StopForwarding(const std::string& name, const std::string& why);
+  // At start: the attachments made for a migration whose volume another master still holds are
+  // forwarded to it again.
+  void ResumeForwarding();
   // On the attached `device` of `meta`'s volume: refuses a foreign device, else records the stack
   // in .meta (pv_uuid: the PV's UUID, chosen when empty), provisions it and activates it.
   Status ProvisionLvm(LvmThin& stack, const std::string& device, const VolumeMeta& meta,

@@ -156,6 +156,9 @@ struct Attachment {
   std::string backend;
   int connections = 1;
   bool ioctl = false;  // attached through the ioctl interface (NbdIoctlDevice)
+  // Attached for a live migration while another master still served the volume (forward.h);
+  // cleared once this daemon serves it.
+  bool migration = false;
   std::string Device() const { return "/dev/nbd" + std::to_string(index); }
 };
 
@@ -166,8 +169,11 @@ class Attacher {
   static Result<std::unique_ptr<Attacher>> Open(const AttachOptions& options);
 
   // Connects `volume` (served by this daemon) with `connections` sockets to a free device and
-  // records it. InvalidArgument with EEXIST when the volume is already attached.
-  Result<Attachment> Attach(const std::string& volume, int connections);
+  // records it (with `migration`, Attachment::migration). InvalidArgument with EEXIST when the
+  // volume is already attached.
+  Result<Attachment> Attach(const std::string& volume, int connections, bool migration = false);
+  // Sets the attachment's `migration` mark and saves the state file. OK when not attached.
+  Status SetMigration(const std::string& volume, bool migration);
   // Disconnects the device and forgets it. NotFound when the volume is not attached;
   // InvalidArgument with EBUSY while the device is in use (mounted, or held by device-mapper).
   Status Detach(const std::string& volume);
@@ -189,7 +195,7 @@ class Attacher {
   // rather than after timeout_s. The next qbd-master sets timeout_s again as it reconnects.
   void PrepareStop();
   // {"attachments": [{"volume", "device", "index", "connections", "live", "connected",
-  // "backend", "link"}]}: live counts the connections the kernel still uses; connected is the
+  // "backend", "link", "interface", "migration"}]}: live counts the connections the kernel still uses; connected is the
   // kernel's NBD_CMD_STATUS of the device.
   nlohmann::json List();
   // One entry of List(), or null when `volume` is not attached.

@@ -84,6 +84,8 @@ class NbdServer {
   // closed. A connection whose handshake is choosing that export still may finish it: the caller
   // removes the export from the registry first and repeats until none is left.
   size_t Disconnect(std::string_view export_name);
+  // The peers ("HOST:PORT", "[HOST]:PORT", "unix") of the connections serving `export_name` now.
+  std::vector<std::string> Peers(std::string_view export_name) const;
   // Bytes of request payloads held now, and the budget they come from (NbdServerOptions).
   uint64_t MemoryUsed() const;
   uint64_t MemoryLimit() const;

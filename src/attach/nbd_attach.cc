@@ -485,6 +485,7 @@ Result<std::unique_ptr<Attacher>> Attacher::Open(const AttachOptions& options) {
     at.cookie = e.value("cookie", "");
     at.connections = e.value("connections", 1);
     at.ioctl = e.value("interface", "netlink") == "ioctl";
+    at.migration = e.value("migration", false);
     if (at.index < 0 || at.connections < 1 || at.connections > kMaxConnections) {
       return Status::Corruption(file + ": bad index or connections for " + at.volume);
     }
@@ -503,6 +504,7 @@ Status Attacher::Save() {
                     {"backend", a.backend},
                     {"connections", a.connections},
                     {"interface", a.ioctl ? "ioctl" : "netlink"},
+                    {"migration", a.migration},
                     {"config", options_.owner}});
   }
   // The other configurations' entries, as the file has them now.
@@ -559,7 +561,15 @@ NbdDeviceConfig Attacher::DeviceConfig(const Attachment& a, const NbdExportInfo&
   return c;
 }
 
-Result<Attachment> Attacher::Attach(const std::string& volume, int connections) {
+Status Attacher::SetMigration(const std::string& volume, bool migration) {
+  std::lock_guard l(mu_);
+  auto it = attached_.find(volume);
+  if (it == attached_.end() || it->second.migration == migration) return Status::OK();
+  it->second.migration = migration;
+  return Save();
+}
+
+Result<Attachment> Attacher::Attach(const std::string& volume, int connections, bool migration) {
   std::lock_guard l(mu_);
   if (connections < 1 || connections > kMaxConnections) {
     return Status::InvalidArgument(
@@ -577,6 +587,7 @@ Result<Attachment> Attacher::Attach(const std::string& volume, int connections) 
   a.cookie = NewCookie();
   a.backend = "qbd:" + volume + ":" + a.cookie;
   a.connections = connections;
+  a.migration = migration;
   std::vector<int> raw;
   for (const UniqueFd& f : fds) raw.push_back(f.get());
   a.ioctl =
@@ -774,7 +785,8 @@ json Attacher::EntryLocked(const Attachment& a) {
           {"connected", connected.ok() && *connected},
           {"backend", a.backend},
           {"link", options_.dev_dir + "/" + a.volume},
-          {"interface", a.ioctl ? "ioctl" : "netlink"}};
+          {"interface", a.ioctl ? "ioctl" : "netlink"},
+          {"migration", a.migration}};
 }
 
 json Attacher::List() {

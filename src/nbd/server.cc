@@ -134,6 +134,7 @@ struct NbdServer::Impl {
     uint64_t id = 0;
     int fd = -1;
     std::string peer;  // for log lines
+    std::string peer_address;  // "HOST:PORT" ("unix" for a unix socket)
     std::string only_export;
     std::thread thread;  // the main thread (handshake, then worker 0)
 
@@ -421,7 +422,8 @@ void NbdServer::Impl::StartConnection(int fd, const sockaddr_storage& peer,
   auto c = std::make_unique<Conn>();
   c->id = next_conn_id++;
   c->fd = fd;
-  c->peer = fmt::format("conn {} from {}", c->id, SockaddrToString(peer));
+  c->peer_address = SockaddrToString(peer);
+  c->peer = fmt::format("conn {} from {}", c->id, c->peer_address);
   c->only_export = only_export;
   Conn* raw = c.get();
   try {
@@ -1146,6 +1148,15 @@ size_t NbdServer::Connections() const {
 
 size_t NbdServer::Disconnect(std::string_view export_name) {
   return impl_->Disconnect(export_name);
+}
+
+std::vector<std::string> NbdServer::Peers(std::string_view export_name) const {
+  std::lock_guard lk(impl_->mu);
+  std::vector<std::string> out;
+  for (const auto& kv : impl_->conns) {
+    if (kv.second->serving == export_name) out.push_back(kv.second->peer_address);
+  }
+  return out;
 }
 
 uint64_t NbdServer::MemoryUsed() const { return impl_->budget.used(); }

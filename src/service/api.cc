@@ -289,7 +289,7 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
   return NotAllowed(r, "GET, PATCH, DELETE");
 }
 
-// POST /v1/volumes/NAME/attach {"connections": N (default 1), "lvm_thin": bool}, POST
+// POST /v1/volumes/NAME/attach {"connections": N (default 1), "lvm_thin": bool, "migration": bool}, POST
 // /v1/volumes/NAME/detach.
 ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, const std::string& action) {
   if (r.method != "POST") return NotAllowed(r, "POST");
@@ -299,14 +299,15 @@ ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, cons
     return Reply(200, json{{"detached", name}});
   }
   int connections = 1;
-  bool lvm_thin = false;
+  bool lvm_thin = false, migration = false;
   if (!r.body.empty()) {
-    auto j = BodyObject(r.body, {"connections", "lvm_thin"});
+    auto j = BodyObject(r.body, {"connections", "lvm_thin", "migration"});
     if (!j.ok()) return Failed(j.status());
-    if (j->contains("lvm_thin")) {
-      auto b = BoolField((*j)["lvm_thin"], "lvm_thin");
+    for (auto [key, field] : {std::pair{"lvm_thin", &lvm_thin}, std::pair{"migration", &migration}}) {
+      if (!j->contains(key)) continue;
+      auto b = BoolField((*j)[key], key);
       if (!b.ok()) return Failed(b.status());
-      lvm_thin = *b;
+      *field = *b;
     }
     if (j->contains("connections")) {
       const json& c = (*j)["connections"];
@@ -316,7 +317,7 @@ ApiResponse ApiRouter::Attach(const ApiRequest& r, const std::string& name, cons
       connections = c.get<int>();
     }
   }
-  return FromResult(service_.AttachVolume(name, connections, lvm_thin), 201);
+  return FromResult(service_.AttachVolume(name, connections, lvm_thin, migration), 201);
 }
 
 // POST /v1/volumes/NAME/chunks/N/repair {"dry_run": false, "parts": "ab", "accept_loss": false}

@@ -18,6 +18,21 @@
 namespace qbd {
 
 // The exports of the open volumes; read by NBD connection threads, written by the main thread.
+namespace {
+
+// The `listen` address other masters use to reach this one (the lease record's nbd): as written,
+// with a wildcard host replaced by the host name; "" for a unix socket or port 0.
+std::string AdvertisedNbd(const std::string& listen, const std::string& host) {
+  auto a = ParseListenAddress(listen);
+  if (!a.ok() || a->kind == ListenAddress::Kind::kUnix || a->port == 0) return "";
+  if (a->kind == ListenAddress::Kind::kAny || a->host == "0.0.0.0" || a->host == "::") {
+    return fmt::format("{}:{}", host, a->port);
+  }
+  return listen;
+}
+
+}  // namespace
+
 class Master::Registry : public ExportRegistry {
  public:
   explicit Registry(std::string default_export) : default_(std::move(default_export)) {}
@@ -96,6 +111,7 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   const auto config_path = std::filesystem::absolute(config.file, ec);
   m->identity_ = LeaseIdentity::ForThisProcess(ec ? config.file : config_path.lexically_normal().string(),
                                                config.admin_socket);
+  m->identity_.nbd = AdvertisedNbd(config.listen, m->identity_.host);
   m->qos_scheduler_ = std::make_unique<QosScheduler>(config.qos_slots, SteadyClock());
   if (config.cache_size > 0) {
     m->cache_ = std::make_unique<BlockCache>(config.cache_size);
@@ -174,6 +190,7 @@ Result<std::unique_ptr<Master>> Master::Start(const Config& config, const Master
   }
   // Before the API answers (and systemd hears READY): the devices of the state file have their
   // connections back and their LVM stacks active, so whoever waits for the daemon finds them so.
+  m->ResumeForwarding();
   m->ReattachDevices();
   m->ActivateLvmStacks();
   ApiOptions ao;
@@ -326,6 +343,10 @@ void Master::Unexport(const std::string& name) {
   }
 }
 
+void Master::SetExport(const std::string& name, std::shared_ptr<const Export> e) {
+  registry_->Set(name, std::move(e));
+}
+
 void Master::PublishExport(const std::string& name, Volume& volume) {
   auto e = std::make_shared<Export>();
   e->name = name;
@@ -438,6 +459,7 @@ Status Master::PollLocked() {
       }
     }
   }
+  PollForwarded();
   return Status::OK();
 }
 

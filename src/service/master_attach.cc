@@ -96,28 +96,61 @@ void Master::AddAttachMetrics() {
   });
 }
 
-Result<json> Master::AttachVolume(const std::string& name, int connections, bool lvm_thin) {
+Result<json> Master::AttachVolume(const std::string& name, int connections, bool lvm_thin,
+                                  bool migration) {
   bool served = false;
   {
     std::lock_guard<std::mutex> l(volumes_mu_);
     served = volumes_.count(name) != 0;
   }
-  if (!served) {
+  QBD_ASSIGN_OR_RETURN(VolumeMeta meta, catalog_->Find(name));
+  const bool lvm = lvm_thin || meta.lvm_thin;
+  bool forwarding = false;
+  if (!served && migration) {
+    if (lvm) {
+      return Status::InvalidArgument(fmt::format(
+          "volume {}: its LVM thin stack is node-local (Proxmox lvmthin): it does not migrate live", name));
+    }
+    std::lock_guard<std::mutex> ops(ops_mu_);
+    if (forwarded_.count(name)) {
+      forwarding = true;  // a previous attempt's forwarding, still waiting for its device
+    } else {
+      QBD_ASSIGN_OR_RETURN(forwarding, StartForwarding(meta, connections));
+    }
+  }
+  if (!served && !forwarding) {
     // Another master serves it (a VM moving to this node): it hands it over once no client
     // uses it there.
     const uint64_t wait_ms = 2 * (uint64_t{config_.lease_ms} + config_.lease_renew_ms) +
                              4 * uint64_t{config_.volume_poll_ms} + 5000;
     QBD_RETURN_IF_ERROR(AcquireVolume(name, wait_ms).status());
   }
-  QBD_ASSIGN_OR_RETURN(VolumeMeta meta, catalog_->Find(name));
-  const bool lvm = lvm_thin || meta.lvm_thin;
-  std::lock_guard<std::mutex> l(attach_mu_);
-  QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(true));
-  QBD_ASSIGN_OR_RETURN(Attachment at, a->Attach(name, connections));
+  Result<Attachment> attached = Status::Unavailable("not attached");
+  {
+    std::lock_guard<std::mutex> l(attach_mu_);
+    auto a = AttacherLocked(true);
+    attached = a.ok() ? (*a)->Attach(name, connections, forwarding) : a.status();
+  }
+  if (!attached.ok()) {
+    if (forwarding) {
+      std::lock_guard<std::mutex> ops(ops_mu_);
+      StopForwarding(name, fmt::format("volume {}: the attach failed", name));
+    }
+    return attached.status();
+  }
+  const Attachment& at = *attached;
   json out = {{"volume", at.volume},   {"device", at.Device()},
               {"index", at.index},     {"connections", at.connections},
               {"backend", at.backend}, {"link", "/dev/qbd/" + at.volume}};
+  if (forwarding) {
+    std::lock_guard<std::mutex> ops(ops_mu_);
+    if (auto f = forwarded_.find(name); f != forwarded_.end()) out["forwarded_to"] = f->second.holder;
+    QBD_LOG_INFO("volume {}: attached as {} for a live migration: forwarded to {} until it lets go", name,
+                 at.Device(), out.value("forwarded_to", std::string("its holder")));
+  }
   if (!lvm) return out;
+  std::lock_guard<std::mutex> l(attach_mu_);
+  QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(true));
   ProcessRunner runner;
   LvmThin stack(runner, name);
   std::string pv_uuid = meta.lvm_pv_uuid;
@@ -154,23 +187,29 @@ Status Master::ProvisionLvm(LvmThin& stack, const std::string& device, const Vol
 }
 
 Status Master::DetachVolume(const std::string& name) {
-  std::lock_guard<std::mutex> l(attach_mu_);
-  QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(false));
-  if (a == nullptr || !a->IsAttached(name)) return Status::NotFound("volume " + name + " is not attached");
-  auto meta = catalog_->Find(name);
-  if (meta.ok() && meta->lvm_thin) {
-    // Its LVs closed first: a VM still using one keeps the device (EBUSY).
-    ProcessRunner runner;
-    LvmThin stack(runner, name);
-    Status s = stack.Deactivate();
-    if (!s.ok()) {
-      return Status::InvalidArgument(
-          fmt::format("volume {}: its volume group {} cannot be deactivated: {}", name, stack.vg(),
-                      s.message()),
-          EBUSY);
+  {
+    std::lock_guard<std::mutex> l(attach_mu_);
+    QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(false));
+    if (a == nullptr || !a->IsAttached(name)) return Status::NotFound("volume " + name + " is not attached");
+    auto meta = catalog_->Find(name);
+    if (meta.ok() && meta->lvm_thin) {
+      // Its LVs closed first: a VM still using one keeps the device (EBUSY).
+      ProcessRunner runner;
+      LvmThin stack(runner, name);
+      Status s = stack.Deactivate();
+      if (!s.ok()) {
+        return Status::InvalidArgument(
+            fmt::format("volume {}: its volume group {} cannot be deactivated: {}", name, stack.vg(),
+                        s.message()),
+            EBUSY);
+      }
     }
+    QBD_RETURN_IF_ERROR(a->Detach(name));
   }
-  return a->Detach(name);
+  // A migration that ends here (aborted: the VM stays on the other node) stops forwarding.
+  std::lock_guard<std::mutex> ops(ops_mu_);
+  if (forwarded_.count(name)) StopForwarding(name, fmt::format("volume {}: detached here", name));
+  return Status::OK();
 }
 
 void Master::ActivateLvmStacks() {
@@ -210,10 +249,19 @@ Status Master::GrowAttached(const std::string& name, uint64_t size) {
 }
 
 Result<json> Master::Attachments() {
-  std::lock_guard<std::mutex> l(attach_mu_);
-  QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(false));
-  if (a == nullptr) return json{{"attachments", json::array()}};
-  return a->List();
+  json list;
+  {
+    std::lock_guard<std::mutex> l(attach_mu_);
+    QBD_ASSIGN_OR_RETURN(Attacher * a, AttacherLocked(false));
+    if (a == nullptr) return json{{"attachments", json::array()}};
+    list = a->List();
+  }
+  std::lock_guard<std::mutex> ops(ops_mu_);
+  for (json& e : list["attachments"]) {
+    auto f = forwarded_.find(e.value("volume", ""));
+    if (f != forwarded_.end()) e["forwarded_to"] = f->second.holder;
+  }
+  return list;
 }
 
 }  // namespace qbd

@@ -331,10 +331,12 @@ std::string FormatAttachments(const json& doc) {
     const int live = a.value("live", 0), want = a.value("connections", 0);
     std::string state = !a.value("connected", false) ? "gone"
                         : live < want                ? "reconnecting"
+                        : a.contains("forwarded_to") ? "forwarded"
                                                      : "connected";
-    out += fmt::format("{:<24} {:<12} {:>11}  {:<11} {}\n", a.value("volume", ""),
+    out += fmt::format("{:<24} {:<12} {:>11}  {:<11} {}{}\n", a.value("volume", ""),
                        a.value("device", ""), fmt::format("{}/{}", live, want), state,
-                       a.value("link", ""));
+                       a.value("link", ""),
+                       a.contains("forwarded_to") ? " (to " + a.value("forwarded_to", "") + ")" : "");
   }
   return out;
 }

@@ -104,7 +104,8 @@ std::string LeaseRecord::Encode() const {
       "format = 1\nvolume = {}\nowner = {:016x}\ncounter = {}\nhost = {}\nboot_id = {}\npid = {}\n"
       "config = {}\nadmin_socket = {}\nstarted = {}\nlease_ms = {}\nlease_renew_ms = {}\n",
       volnr, who.owner, counter, who.host, who.boot_id, who.pid, who.config, who.admin_socket,
-      who.started, lease_ms, renew_ms);
+      who.started, lease_ms, renew_ms) +
+         (who.nbd.empty() ? std::string() : fmt::format("nbd = {}\n", who.nbd));
 }
 
 Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view file) {
@@ -157,6 +158,8 @@ Result<LeaseRecord> LeaseRecord::Parse(std::string_view text, std::string_view f
       r.who.admin_socket = l.value;
     } else if (l.key == "started") {
       r.who.started = l.value;
+    } else if (l.key == "nbd") {
+      r.who.nbd = l.value;
     }  // other keys: ignored (a later format may add some)
   }
   if (!format || !owner || !counter || !lease || !renew) {

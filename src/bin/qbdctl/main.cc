@@ -65,7 +65,7 @@ Commands:
   block NAME OFFSET       show every part's copy of the block at device byte OFFSET: files,
                           offsets, stored metadata, checksums, verdicts (reads only; exit 1
                           when the block has no good copy)
-  attach NAME [--connections N] [--lvm-thin]
+  attach NAME [--connections N] [--lvm-thin] [--migration]
                           attach the volume as a kernel NBD device (/dev/nbdX, with the link
                           /dev/qbd/NAME) over N connections (default 1); qbd-master keeps it
                           connected across its restarts (qbd-master must run). --lvm-thin (kept
@@ -73,7 +73,10 @@ Commands:
                           VG qbd_vg_NAME tagged quorumbd-volume=NAME and quorumbd-managed=true,
                           made on the first attach, activated at each attach and start,
                           deactivated at detach, grown with the volume; refused on a device
-                          holding anything else
+                          holding anything else. --migration (a VM moving here while it
+                          still runs where another qbd-master serves the volume): the device
+                          works at once, its requests forwarded to that master until it lets
+                          go (the volume detached there), then served here
   detach NAME             disconnect the volume's device (its LVM volume group deactivated
                           first)
   attachments             the attached volumes, their devices and connections
@@ -208,7 +211,7 @@ int Convert(const std::string& config_path, const qbd::Config& config, qbd::Cata
 
 // attach, detach, attachments: the daemon owns the devices' sockets, so they need it running.
 int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string& vol,
-                  int connections, bool lvm_thin) {
+                  int connections, bool lvm_thin, bool migration) {
   if (api == nullptr) {
     return Fail(qbd::Status::Unavailable(
         fmt::format("{}: qbd-master is not running (it holds the devices' connections)", cmd)));
@@ -225,9 +228,13 @@ int AttachCommand(qbd::ApiClient* api, const std::string& cmd, const std::string
   }
   json body = {{"connections", connections}};
   if (lvm_thin) body["lvm_thin"] = true;
+  if (migration) body["migration"] = true;
   auto j = api->Do("POST", "/v1/volumes/" + vol + "/attach", body);
   if (!j.ok()) return Fail(j.status());
   std::string text = j->value("device", "") + "\n";
+  if (j->contains("forwarded_to")) {
+    text += fmt::format("forwarded to {} until it lets go of the volume\n", j->value("forwarded_to", ""));
+  }
   if (j->contains("lvm") && (*j)["lvm"].is_object()) {
     // What Proxmox's storage.cfg needs (README.md, Proxmox VE).
     text += fmt::format("lvm thin pool: vgname {} thinpool {}\n", (*j)["lvm"].value("vg", ""),
@@ -299,7 +306,8 @@ int Run(int argc, char** argv) {
       "block-size", po::value<std::string>())("chunk-size", po::value<std::string>())(
       "write-quorum", po::value<uint32_t>())("read-only", po::bool_switch())(
       "force", po::bool_switch())("pos", po::value<std::vector<std::string>>());
-  copts.add_options()("connections", po::value<int>())("lvm-thin", po::bool_switch());
+  copts.add_options()("connections", po::value<int>())("lvm-thin", po::bool_switch())("migration",
+                                                                                     po::bool_switch());
   po::positional_options_description cpos;
   cpos.add("pos", -1);
   po::variables_map cvm;
@@ -325,6 +333,7 @@ int Run(int argc, char** argv) {
   if (cmd != "delete" && cvm["force"].as<bool>()) throw UsageError{cmd + ": --force is for delete"};
   if (cmd != "attach" && cvm.count("connections")) throw UsageError{cmd + ": --connections is for attach"};
   if (cmd != "attach" && cvm["lvm-thin"].as<bool>()) throw UsageError{cmd + ": --lvm-thin is for attach"};
+  if (cmd != "attach" && cvm["migration"].as<bool>()) throw UsageError{cmd + ": --migration is for attach"};
   if (cvm.count("connections") && (cvm["connections"].as<int>() < 1 || cvm["connections"].as<int>() > 16)) {
     throw UsageError{"--connections must be 1..16"};
   }
@@ -388,7 +397,7 @@ int Run(int argc, char** argv) {
   }
   if (cmd == "attach" || cmd == "detach" || cmd == "attachments") {
     return AttachCommand(api.get(), cmd, vol, cvm.count("connections") ? cvm["connections"].as<int>() : 1,
-                         cvm["lvm-thin"].as<bool>());
+                         cvm["lvm-thin"].as<bool>(), cvm["migration"].as<bool>());
   }
   if (api) {
     if (cmd == "convert") {
