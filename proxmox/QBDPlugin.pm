@@ -7,6 +7,13 @@ package PVE::Storage::Custom::QBDPlugin;
 # qbd-master reaches the same backends), so a migration detaches the disk on one node and attaches
 # it on the other, and the volume's lease moves with it.
 #
+# Live migration: Proxmox starts the VM on the target node (with PVE_MIGRATED_FROM set) while it
+# still runs on the source, so the disk is attached on both for a while. The target attaches it
+# with "migration": its qbd-master forwards the device's requests to the source node's qbd-master
+# until the source detaches it after the switch-over; then it takes the volume over. One master
+# writes the volume at any time. For this, every node's qbd.conf listens for NBD on an address of
+# the cluster network (listen = 0.0.0.0:10809 or the node's address), not only on loopback.
+#
 # /etc/pve/storage.cfg:
 #   qbd: qbd
 #       content images
@@ -262,11 +269,15 @@ sub qbd_attachment {
 
 # Attaches `volname` here; one attached already is left as it is. The daemon answers 409 both
 # for "already attached" and for a disk another node's qbd-master did not hand over (still in use
-# there): only the first is fine.
+# there): only the first is fine. With `migration` (the target of a live migration) the disk in
+# use on the source node is forwarded there until the source detaches it.
 sub qbd_attach {
-    my ($scfg, $volname) = @_;
+    my ($scfg, $volname, $migration) = @_;
     return if qbd_attachment($scfg, $volname);
-    eval { qbd_call($scfg, 'POST', "/v1/volumes/$volname/attach") };
+    eval {
+        qbd_call($scfg, 'POST', "/v1/volumes/$volname/attach",
+                 $migration ? { migration => JSON::PP::true } : undef);
+    };
     my $err = $@;
     return if !$err;
     return if $err =~ m{HTTP 409: volume \S+ is already attached} && qbd_attachment($scfg, $volname);
@@ -284,7 +295,8 @@ sub activate_volume {
     my ($class, $storeid, $scfg, $volname, $snapname, $cache, $hints) = @_;
     die "qbd: snapshots are not supported\n" if $snapname;
     my ($vtype, $name) = $class->parse_volname($volname);
-    qbd_attach($scfg, $name);
+    # qemu-server sets PVE_MIGRATED_FROM while it starts the VM that a live migration moves here.
+    qbd_attach($scfg, $name, $ENV{PVE_MIGRATED_FROM} ? 1 : 0);
     return 1;
 }
 

@@ -87,9 +87,12 @@ class ApiService {
     return Status::NotSupported("attach is not supported here");
   }
   // Serves the volume on this daemon, asking the master that serves it to hand it over
-  // (Master::AcquireVolume); its GetVolume.
-  virtual Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms) {
-    (void)timeout_ms;
+  // (Master::AcquireVolume); its GetVolume. With `migration`, a volume whose holder has clients
+  // is served here at once by forwarding to the holder until it lets go (Master::StartForwarding):
+  // then its GetVolume has "forwarded_to".
+  virtual Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms,
+                                               bool migration = false) {
+    (void)timeout_ms, (void)migration;
     return GetVolume(name);
   }
   // Disconnects the volume's device. NotFound when it is not attached.

@@ -183,7 +183,9 @@ class Master : public ApiService {
   // Serves `name` here, asking the master that serves it to hand it over (waits up to
   // `timeout_ms`). InvalidArgument with EBUSY, naming the holder, when it did not within that
   // time (it has clients there); NotFound for an unknown volume.
-  Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms) override;
+  // With `migration`: served here at once, forwarded to the holder until it lets go.
+  Result<nlohmann::json> AcquireVolume(const std::string& name, uint64_t timeout_ms,
+                                       bool migration = false) override;
 
  private:
   struct HandoffState {

@@ -206,7 +206,7 @@ class Attacher {
   explicit Attacher(const AttachOptions& options) : options_(options) {}
   Status Save();  // REQUIRES: mu_ held
   void MakeLink(const Attachment& a);
-  void RemoveLink(const std::string& volume);
+  void RemoveLink(const Attachment& a);
   // Connects n sockets to the export. REQUIRES: mu_ held.
   Result<std::vector<UniqueFd>> Sockets(const std::string& volume, int n, NbdExportInfo* info);
   Status ReconnectLocked(const std::string& volume);

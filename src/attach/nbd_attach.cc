@@ -530,9 +530,12 @@ void Attacher::MakeLink(const Attachment& a) {
     QBD_LOG_WARN("attach {}: symlink {}: {}", a.volume, (dir / a.volume).string(), ec.message());
 }
 
-void Attacher::RemoveLink(const std::string& volume) {
+void Attacher::RemoveLink(const Attachment& a) {
+  // Only a link to our device: another daemon of this host may have attached the volume since
+  // (the target of a migration between two daemons of one host) and linked it to its own.
   std::error_code ec;
-  std::filesystem::remove(std::filesystem::path(options_.dev_dir) / volume, ec);
+  const std::filesystem::path link = std::filesystem::path(options_.dev_dir) / a.volume;
+  if (std::filesystem::read_symlink(link, ec) == a.Device()) std::filesystem::remove(link, ec);
 }
 
 Result<std::vector<UniqueFd>> Attacher::Sockets(const std::string& volume, int n,
@@ -642,7 +645,7 @@ Status Attacher::Detach(const std::string& volume) {
   }
   attached_.erase(it);
   watched_.erase(volume);
-  RemoveLink(volume);
+  RemoveLink(a);
   QBD_LOG_INFO("volume {} detached from {}", volume, a.Device());
   return Save();
 }

@@ -261,7 +261,13 @@ ApiResponse ApiRouter::Volume(const ApiRequest& r, const std::string& name,
       if (ec != std::errc() || end != t->second.data() + t->second.size() || timeout_ms > 600000)
         return Error(400, "timeout_ms: 0..600000");
     }
-    return FromResult(service_.AcquireVolume(name, timeout_ms));
+    bool migration = false;
+    if (auto m = r.query.find("migration"); m != r.query.end()) {
+      auto b = ParseBool(m->second);
+      if (!b.ok()) return Error(400, "migration: " + b.status().message());
+      migration = *b;
+    }
+    return FromResult(service_.AcquireVolume(name, timeout_ms, migration));
   }
   if (action == "repair") {
     if (r.method != "POST") return NotAllowed(r, "POST");

@@ -89,6 +89,7 @@ Result<json> Master::VolumeJson(const std::string& name) {
   j["state"] = VolumeState(name, v);
   j["served"] = v != nullptr;
   j["connections"] = ConnectionsTo(name);
+  if (auto f = forwarded_.find(name); f != forwarded_.end()) j["forwarded_to"] = f->second.holder;
   if (v != nullptr) {
     j["lease"] = {{"holder", LeaseRecord{identity_, m.number, 0, 0, 0}.Describe()}, {"ours", true}};
   } else if (auto r = refused_.find(name); r != refused_.end()) {

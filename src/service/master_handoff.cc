@@ -134,13 +134,17 @@ void Master::ClearHandoff(const VolumeMeta& meta) {
   handoffs_.erase(meta.name);
 }
 
-Result<json> Master::AcquireVolume(const std::string& name, uint64_t timeout_ms) {
+Result<json> Master::AcquireVolume(const std::string& name, uint64_t timeout_ms, bool migration) {
   std::string holder;
   {
     std::lock_guard<std::mutex> ops(ops_mu_);
     if (stopped_) return Status::Unavailable("qbd-master is stopping");
     QBD_ASSIGN_OR_RETURN(VolumeMeta meta, catalog_->Find(name));  // NotFound
-    if (volumes_.count(name)) return VolumeJson(name);
+    if (volumes_.count(name) || forwarded_.count(name)) return VolumeJson(name);
+    if (migration) {
+      QBD_ASSIGN_OR_RETURN(bool forwarding, StartForwarding(meta, 2));
+      if (forwarding) return VolumeJson(name);
+    }
     handoffs_.erase(name);  // we want it now, whatever we handed over before
     QBD_RETURN_IF_ERROR(WriteRequest(meta, ""));
     if (auto r = refused_.find(name); r != refused_.end()) holder = r->second;
