@@ -226,7 +226,8 @@ if [ $# -ge 1 ]; then
     old=$(cd "$QBD_OLD_BIN" && pwd) || die "QBD_OLD_BIN=$QBD_OLD_BIN is not a directory"
     for b in qbd-master qbdctl; do
       [ -x "$old/$b" ] || die "$old/$b does not exist (tests/vm/build-old.sh builds it)"
-      # Built on this host from the same packages: its libraries are those already copied.
+      # copy_with_libs adds only libraries the current binaries did not bring (none when both
+      # were built here from the same packages).
       copy_with_libs "$qroot" "$old/$b" "usr/sbin/$b-old"
       strip --strip-debug "$qroot/usr/sbin/$b-old"
     done
