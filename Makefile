@@ -93,10 +93,13 @@ integration:
 
 # `make test-vm`: every guest script of tests/vm/guest/ in the test VM (Debian 12's kernel in qemu,
 # cached in build/vm; tests/vm/build.sh), through tests/integration/test_vm.sh. `make test` runs
-# only the essential ones.
+# only the essential ones. The old binaries attach_upgrade needs are built first
+# (tests/vm/build-old.sh, cached), outside test_vm.sh's time limit; when that fails, test_vm.sh
+# reports why.
 VM_TESTS = $(basename $(notdir $(wildcard tests/vm/guest/*.sh)))
 test-vm:
 	@$(MAKE) --no-print-directory MODE=debug deps $(BIN_NAMES:%=build/debug/bin/%)
+	@tests/vm/build-old.sh >/dev/null || true
 	@QBD_SKIP_UNIT=1 QBD_VM_TESTS="$(VM_TESTS)" scripts/run-tests.sh build/debug test_vm
 
 # `make run`: build, then serve the embedded default (three local parts under ./var, volume

@@ -8,16 +8,31 @@
 #   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest), attach_lvm (qbd's LVM
 #   thin stack: provisioned, across restarts, grown, a foreign PV refused) and proxmox_plugin (the
 #   Proxmox plugin's harness in attach mode); about 2 minutes in TCG. `make test-vm` runs them
-#   all (also nbd_client_fs: Debian's nbd-client against qbd-master, attach_stall and
-#   attach_ioctl).
+#   all (also nbd_client_fs: Debian's nbd-client against qbd-master, attach_stall,
+#   attach_ioctl and attach_upgrade).
+#   attach_upgrade needs the qbd-master and qbdctl of an older commit (QBD_UPGRADE_FROM):
+#   tests/vm/build-old.sh builds them from git history first (minutes, once; cached in build/vm),
+#   which is why it is not among the essential ones; without that commit (a shallow clone) it
+#   fails with "old-binary".
 . "$(dirname "$0")/lib.sh"
 
 VM_DIR=$(cd "$IT_DIR/../vm" && pwd)
 tests=${QBD_VM_TESTS:-attach_fs attach_restart attach_lvm proxmox_plugin}
 for t in $tests; do
+  old_bin=""
+  if [ "$t" = attach_upgrade ]; then
+    start=$(date +%s%N)
+    if ! old_bin=$("$VM_DIR/build-old.sh" 2>"$T/build-old.err"); then
+      fail "vm/$t/old-binary" "$(grep 'build-old.sh:' "$T/build-old.err" | tail -n 1)"
+      # More than the message: the end of the failed build's log.
+      [ "$(wc -l <"$T/build-old.err")" -gt 1 ] && show "$T/build-old.err" 30
+      continue
+    fi
+    echo "    old binaries: $old_bin ($((($(date +%s%N) - start) / 1000000)) ms)"
+  fi
   start=$(date +%s%N)
-  QBD_VM_CONSOLE="$T/$t.console" QBD_BIN="$QBD_BIN" "$VM_DIR/run.sh" "$VM_DIR/guest/$t.sh" \
-    >"$T/$t.out" 2>"$T/$t.err"
+  QBD_VM_CONSOLE="$T/$t.console" QBD_BIN="$QBD_BIN" QBD_OLD_BIN="$old_bin" \
+    "$VM_DIR/run.sh" "$VM_DIR/guest/$t.sh" >"$T/$t.out" 2>"$T/$t.err"
   rc=$?
   ms=$((($(date +%s%N) - start) / 1000000))
   sed -nE 's/^(PASS|FAIL): /\1: vm\/'"$t"'\//p' "$T/$t.out"

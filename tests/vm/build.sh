@@ -16,7 +16,9 @@
 # plugin with its harness and stubs under /qbd (/qbd/proxmox/QBDPlugin.pm,
 # /qbd/tests/proxmox/plugin_test.pl: the source tree's layout, which the harness expects), an
 # uncompressed cpio appended to the base at each run (cheap; they change with the source, perl
-# does not).
+# does not). With QBD_OLD_BIN also set (a directory, e.g. tests/vm/build-old.sh's), its qbd-master
+# and qbdctl go into OUT_CPIO too, as /usr/sbin/qbd-master-old and /usr/sbin/qbdctl-old: the
+# upgrade test runs both versions in one guest.
 # Prints nothing on success but the paths it rebuilt; exit status 1 with a message on failure.
 set -euo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
@@ -220,6 +222,16 @@ if [ $# -ge 1 ]; then
     # Debug information is most of a debug build's size; the guest unpacks every byte.
     strip --strip-debug "$qroot/usr/sbin/$b"
   done
+  if [ -n "${QBD_OLD_BIN:-}" ]; then
+    old=$(cd "$QBD_OLD_BIN" && pwd) || die "QBD_OLD_BIN=$QBD_OLD_BIN is not a directory"
+    for b in qbd-master qbdctl; do
+      [ -x "$old/$b" ] || die "$old/$b does not exist (tests/vm/build-old.sh builds it)"
+      # copy_with_libs adds only libraries the current binaries did not bring (none when both
+      # were built here from the same packages).
+      copy_with_libs "$qroot" "$old/$b" "usr/sbin/$b-old"
+      strip --strip-debug "$qroot/usr/sbin/$b-old"
+    done
+  fi
   mkdir -p "$qroot/qbd/proxmox" "$qroot/qbd/tests/proxmox"
   cp "$src/proxmox/QBDPlugin.pm" "$qroot/qbd/proxmox/"
   cp -r "$src/tests/proxmox/plugin_test.pl" "$src/tests/proxmox/stub" "$qroot/qbd/tests/proxmox/"

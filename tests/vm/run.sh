@@ -4,9 +4,10 @@
 #   tests/vm/run.sh SCRIPT [QEMU_ARGS...]
 # SCRIPT (a busybox sh script) runs as /test/run.sh in the guest, next to /test/lib.sh
 # (tests/vm/guest-lib.sh: pass, fail, ...). With QBD_BIN set, qbd-master and qbdctl from that
-# directory are in the guest's PATH. Its output lines (PASS:/FAIL: among them) come back on this
-# script's standard output, from the VM's second serial port; the guest's last line is
-# "QBD-VM-END rc=N". Exit status: 0 when that line came with rc=0, 1 otherwise (a missing
+# directory are in the guest's PATH; with QBD_OLD_BIN too, that directory's are there as
+# qbd-master-old and qbdctl-old (tests/vm/build.sh). Its output lines (PASS:/FAIL: among them)
+# come back on this script's standard output, from the VM's second serial port; the guest's last
+# line is "QBD-VM-END rc=N". Exit status: 0 when that line came with rc=0, 1 otherwise (a missing
 # line, a guest that did not power off within QBD_VM_TIMEOUT seconds (300): qemu is killed).
 # The console (kernel messages and the script's output) goes to QBD_VM_CONSOLE (default
 # $QBD_VM_CACHE/console.log). QBD_VM_MEM (1G), QBD_VM_CPUS (2), QBD_VM_APPEND: kernel arguments.
