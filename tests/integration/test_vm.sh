@@ -6,8 +6,10 @@
 #   QBD_VM_TESTS: the guest scripts to run (names under tests/vm/guest/ without .sh); default the
 #   essential ones: attach_fs (qbdctl attach, ext4, detach, attach, e2fsck, checksums),
 #   attach_restart (qbd-master SIGTERM and SIGKILL under a writing guest), attach_lvm (qbd's LVM
-#   thin stack: provisioned, across restarts, grown, a foreign PV refused) and proxmox_plugin (the
-#   Proxmox plugin's harness in attach mode); about 2 minutes in TCG. `make test-vm` runs them
+#   thin stack: provisioned, across restarts, grown, a foreign PV refused), proxmox_plugin (the
+#   Proxmox plugin's harness in attach mode) and attach_migrate (a live migration between two
+#   qbd-masters through the plugin, the target writing across the take-over); about 2.5 minutes
+#   in TCG. `make test-vm` runs them
 #   all (also nbd_client_fs: Debian's nbd-client against qbd-master, attach_stall,
 #   attach_ioctl and attach_upgrade).
 #   attach_upgrade needs the qbd-master and qbdctl of an older commit (QBD_UPGRADE_FROM):
@@ -17,7 +19,7 @@
 . "$(dirname "$0")/lib.sh"
 
 VM_DIR=$(cd "$IT_DIR/../vm" && pwd)
-tests=${QBD_VM_TESTS:-attach_fs attach_restart attach_lvm proxmox_plugin}
+tests=${QBD_VM_TESTS:-attach_fs attach_restart attach_lvm proxmox_plugin attach_migrate}
 for t in $tests; do
   old_bin=""
   if [ "$t" = attach_upgrade ]; then
