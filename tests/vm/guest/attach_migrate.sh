@@ -8,6 +8,7 @@
 #     forwards its device's requests to master 1;
 #  3. switch-over: the source stops (ext4 unmounted there), the target mounts it, sees every file
 #     the source wrote, and writes on (three writers, write + fsync in a loop);
+#     master 2 restarts meanwhile (it forwards again from its state file);
 #  4. deactivate_volume on node 1 detaches the source's device: master 1 closes the forwarded connections and releases the lease,
 #     master 2 takes the volume over while the target writes: no write error, no kernel I/O
 #     error, ext4 read-write, every file there with its checksum after e2fsck.
@@ -101,6 +102,26 @@ for w in a b c; do
   writer /mnt/dst dst$w- &
   wpids="$wpids $!"
 done
+sleep 2
+# Master 2 restarts while it forwards (SIGTERM, start): the state file says the device was
+# attached for a migration, so the new process forwards to master 1 again and the device gets
+# its connections back; the target's writes go on.
+t0=$(now_ms)
+kill -TERM $M2
+wait $M2 2>/dev/null
+if qbd_guest_start $D/n2; then
+  M2=$MASTER_PID
+  pass "master 2 restarted while forwarding ($(($(now_ms) - t0)) ms)"
+else
+  die restart2 "qbd-master 2 did not start again"
+fi
+n=$(grep -c "volume $VOL: served by .*: forwarded to it" $D/n2/master.log)
+if [ "$n" -ge 2 ] && c2 attachments | grep -q forwarded; then
+  pass "master 2 forwards again after its restart"
+else
+  fail forward-after-restart "$n forwarding lines; $(c2 attachments)"
+  show $D/n2/master.log
+fi
 sleep 2
 
 # 4. The source detaches: master 2 takes the volume over under the target's writes.
