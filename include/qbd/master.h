@@ -58,6 +58,10 @@ class Master : public ApiService {
   ~Master() override;
 
   Status Poll();
+  // How long the main loop waits before the next Poll: volume_poll_ms, shorter (at most 200 ms)
+  // while a volume is forwarded for a live migration, so that it is taken over soon after its
+  // holder lets go.
+  uint32_t PollIntervalMs();
   // Stops the NBD server (in-flight requests finish and are answered), then flushes and closes
   // every volume. OK when every volume flushed.
   Status Stop();

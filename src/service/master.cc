@@ -364,6 +364,11 @@ Status Master::Poll() {
   return PollLocked();
 }
 
+uint32_t Master::PollIntervalMs() {
+  std::lock_guard<std::mutex> ops(ops_mu_);
+  return forwarded_.empty() ? config_.volume_poll_ms : std::min<uint32_t>(config_.volume_poll_ms, 200);
+}
+
 Status Master::PollLocked() {
   if (stopped_) return Status::OK();
   ReattachDevices();

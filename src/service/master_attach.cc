@@ -209,6 +209,9 @@ Status Master::DetachVolume(const std::string& name) {
   // A migration that ends here (aborted: the VM stays on the other node) stops forwarding.
   std::lock_guard<std::mutex> ops(ops_mu_);
   if (forwarded_.count(name)) StopForwarding(name, fmt::format("volume {}: detached here", name));
+  // The source of a live migration: a master waiting for the volume gets it now, not at the next
+  // poll.
+  PollLocked().IgnoreError();
   return Status::OK();
 }
 

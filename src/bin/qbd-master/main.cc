@@ -124,8 +124,9 @@ int Run(int argc, char** argv) {
   QBD_LOG_INFO("qbd-master: serving {} (Ctrl-C or SIGTERM stops)", path);
   for (;;) {
     struct timespec ts;
-    ts.tv_sec = config->volume_poll_ms / 1000;
-    ts.tv_nsec = static_cast<long>(config->volume_poll_ms % 1000) * 1000000L;
+    const uint32_t poll_ms = (*master)->PollIntervalMs();
+    ts.tv_sec = poll_ms / 1000;
+    ts.tv_nsec = static_cast<long>(poll_ms % 1000) * 1000000L;
     int sig = sigtimedwait(&sigs, nullptr, &ts);
     if (sig == SIGINT || sig == SIGTERM) {
       QBD_LOG_INFO("qbd-master: {}: finishing in-flight requests and flushing", sig == SIGINT ? "SIGINT" : "SIGTERM");
