@@ -474,6 +474,23 @@ write(a) if a.mode == "write" else verify(a)
 EOF
 }
 
+second_master() { # start a second qbd-master on the test config's backends (another node sharing them):
+  # its own NBD port ($PORT2), REST API ($API2) and lock (admin_socket m2.sock), config $T/m2.conf,
+  # log $T/m2.log; its pid in $M2 (tracked). Fatal when its API does not answer.
+  PORT2=$(free_port)
+  local api_port
+  api_port=$(free_port)
+  sed -e "s/^listen = .*/listen = 127.0.0.1:$PORT2/" -e "s/^api_listen = .*/api_listen = 127.0.0.1:$api_port/" \
+    "$T/qbd.conf" >"$T/m2.conf"
+  { head -n 1 "$T/m2.conf"; echo "admin_socket = m2.sock"; tail -n +2 "$T/m2.conf"; } >"$T/m2.conf.tmp"
+  mv "$T/m2.conf.tmp" "$T/m2.conf"
+  API2="http://127.0.0.1:$api_port"
+  "$QBD_BIN/qbd-master" --config "$T/m2.conf" </dev/null >>"$T/m2.log" 2>&1 &
+  M2=$!
+  track "$M2"
+  wait_until 20 curl -sf "$API2/v1/daemon" -o /dev/null || { show "$T/m2.log"; die "master 2" "its API does not answer"; }
+}
+
 api_address() { # HOST:PORT of the REST API of the test config (its last api_listen line)
   sed -n 's/^api_listen *= *//p' "$T/qbd.conf" | tail -n 1
 }

@@ -14,17 +14,7 @@ VOLNR=$(sed -nE 's/^h = ([0-9]+)$/\1/p' "$T/node-a/.volumesmeta")
 qbd_start
 M1=$MASTER_PID
 
-PORT2=$(free_port)
-API2_PORT=$(free_port)
-sed -e "s/^listen = .*/listen = 127.0.0.1:$PORT2/" -e "s/^api_listen = .*/api_listen = 127.0.0.1:$API2_PORT/" \
-  "$T/qbd.conf" >"$T/m2.conf"
-{ head -n 1 "$T/m2.conf"; echo "admin_socket = m2.sock"; tail -n +2 "$T/m2.conf"; } >"$T/m2.conf.tmp"
-mv "$T/m2.conf.tmp" "$T/m2.conf"
-API2="http://127.0.0.1:$API2_PORT"
-"$QBD_BIN/qbd-master" --config "$T/m2.conf" </dev/null >>"$T/m2.log" 2>&1 &
-M2=$!
-track "$M2"
-wait_until 20 curl -sf "$API2/v1/daemon" -o /dev/null || { show "$T/m2.log"; die "master 2" "its API does not answer"; }
+second_master
 wait_for_line "$T/m2.log" "volume h: not served: its lease is held by" 20 ||
   fail "master 2 sees h held by master 1" "$(tail -n 3 "$T/m2.log")"
 check "master 1's lease record names its NBD listener" grep -q "^nbd = 127.0.0.1:" "$T/node-a/$VOLNR/.owner"

@@ -79,3 +79,43 @@ qbd_guest_start() {
   show "$_d/master.log"
   return 1
 }
+
+# fs_writer DIR PREFIX: writes one 32 KiB file per step into DIR, fsync'd, until /tmp/stop exists.
+# A file's checksum goes to /tmp/wsums.PREFIX once it is written, a failed write to /tmp/werr, and
+# each step as "STEP MS END_MS" (its duration, its end in ms since boot) to /tmp/steps.PREFIX.
+fs_writer() {
+  _j=0
+  : >"/tmp/steps.$2"
+  while [ ! -e /tmp/stop ]; do
+    _t0=$(now_ms)
+    if ! dd if=/dev/urandom of="$1/$2$_j" bs=32k count=1 conv=fsync 2>"/tmp/dd.err.$2"; then
+      echo "$2$_j: write error: $(cat "/tmp/dd.err.$2")" >>/tmp/werr
+    else
+      (cd "$1" && sha256sum "$2$_j") >>"/tmp/wsums.$2"
+    fi
+    _t1=$(now_ms)
+    echo "$_j $((_t1 - _t0)) $_t1" >>"/tmp/steps.$2"
+    _j=$((_j + 1))
+  done
+}
+
+# check_dmesg_clean: fails when the kernel logged an I/O error or an ext4 error.
+check_dmesg_clean() {
+  if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O|remounting'; then
+    fail dmesg "errors in the kernel log (above)"
+  else
+    pass dmesg-clean
+  fi
+}
+
+# check_fs_files DEV MNT SUMS: unmounts MNT, e2fsck -fn DEV, mounts it read-only, checks every
+# checksum of the file SUMS (sha256sum lines, names relative to MNT), unmounts it.
+check_fs_files() {
+  check umount umount "$2"
+  check e2fsck e2fsck -fn "$1"
+  check remount mount -o ro "$1" "$2"
+  _n=$(wc -l <"$3")
+  check "checksums ($_n files)" sh -c \
+    "cd '$2' && sha256sum -c '$3' >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }"
+  umount "$2"
+}

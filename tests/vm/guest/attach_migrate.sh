@@ -54,21 +54,7 @@ check mkfs mkfs.ext4 -q -F "$dev1" || exit 1
 mkdir -p /mnt/src /mnt/dst
 check mount-source mount "$dev1" /mnt/src || exit 1
 : >/tmp/allsums
-writer() { # DIR PREFIX: one 32 KiB file per step, fsync'd; step durations (ms) in /tmp/steps.PREFIX
-  j=0
-  : >/tmp/steps.$2
-  while [ ! -e /tmp/stop ]; do
-    t0=$(now_ms)
-    if ! dd if=/dev/urandom of=$1/$2$j bs=32k count=1 conv=fsync 2>/tmp/dd.err.$2; then
-      echo "$2$j: write error: $(cat /tmp/dd.err.$2)" >>/tmp/werr
-    else
-      (cd $1 && sha256sum $2$j) >>/tmp/wsums.$2
-    fi
-    echo "$j $(($(now_ms) - t0))" >>/tmp/steps.$2
-    j=$((j + 1))
-  done
-}
-writer /mnt/src src- &
+fs_writer /mnt/src src- &
 wsrc=$!
 sleep 2
 
@@ -99,7 +85,7 @@ check "the target sees the source's $n files" sh -c 'cd /mnt/dst && sha256sum -c
 rm -f /tmp/stop /tmp/werr /tmp/steps.*
 wpids=""
 for w in a b c; do
-  writer /mnt/dst dst$w- &
+  fs_writer /mnt/dst dst$w- &
   wpids="$wpids $!"
 done
 sleep 2
@@ -161,17 +147,8 @@ c2 attachments | tee /tmp/att2
 grep -q forwarded /tmp/att2 && fail served-here "still forwarded: $(cat /tmp/att2)" || pass "master 2 serves the device itself"
 check "master 2 holds the lease" sh -c "wget -q -O - http://127.0.0.1:10820/v1/volumes/$VOL | grep -q '\"ours\": *true'"
 check "no request left on the parts" sh -c "! ls $D/node-?/*/.handoff 2>/dev/null | grep -q ."
-if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O|remounting'; then
-  fail dmesg "errors in the kernel log (above)"
-else
-  pass dmesg-clean
-fi
-check umount umount /mnt/dst
-check e2fsck e2fsck -fn "$dev2"
-check remount mount -o ro "$dev2" /mnt/dst
-n=$(wc -l </tmp/allsums)
-check "checksums ($n files of source and target)" sh -c 'cd /mnt/dst && sha256sum -c /tmp/allsums >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }'
-umount /mnt/dst
+check_dmesg_clean
+check_fs_files "$dev2" /mnt/dst /tmp/allsums
 check "deactivate_volume on the target" pve 10820 deactivate_volume
 kill -TERM $M1 $M2
 wait $M1 $M2 2>/dev/null

@@ -18,23 +18,6 @@ check mkfs mkfs.ext4 -q -F "$dev" || exit 1
 mkdir -p /mnt/fs
 check mount mount "$dev" /mnt/fs || exit 1
 
-# A writer: one 32 KiB file per step, fsync'd, its checksum recorded once written; each step's
-# duration in ms goes to /tmp/steps.PREFIX. Three run at once, so that requests are in flight
-# when qbd-master goes.
-writer() { # PREFIX
-  j=0
-  : >/tmp/steps.$1
-  while [ ! -e /tmp/stop ]; do
-    t0=$(now_ms)
-    if ! dd if=/dev/urandom of=/mnt/fs/$1$j bs=32k count=1 conv=fsync 2>/tmp/dd.err.$1; then
-      echo "$1$j: write error: $(cat /tmp/dd.err.$1)" >>/tmp/werr
-    else
-      (cd /mnt/fs && sha256sum $1$j) >>/tmp/wsums.$1
-    fi
-    echo "$j $(($(now_ms) - t0))" >>/tmp/steps.$1
-    j=$((j + 1))
-  done
-}
 
 restart() { # SIGNAL
   sleep 1
@@ -57,7 +40,7 @@ for sig in TERM KILL; do
   rm -f /tmp/stop /tmp/werr /tmp/steps.* /tmp/wsums.*
   wpids=""
   for w in a b c; do
-    writer "w$sig$w-" &
+    fs_writer /mnt/fs "w$sig$w-" &
     wpids="$wpids $!"
   done
   restart $sig
@@ -78,18 +61,9 @@ for sig in TERM KILL; do
     fail "still-rw-$sig" "ext4 is no longer read-write: $(grep /mnt/fs /proc/mounts)"
   fi
 done
-if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O|remounting'; then
-  fail dmesg "errors in the kernel log (above)"
-else
-  pass dmesg-clean
-fi
+check_dmesg_clean
 dmesg | grep -i nbd | tail -n 20
-check umount umount /mnt/fs
-check e2fsck e2fsck -fn "$dev"
-check remount mount -o ro "$dev" /mnt/fs
-n=$(wc -l </tmp/allsums)
-check "checksums ($n files)" sh -c 'cd /mnt/fs && sha256sum -c /tmp/allsums >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }'
-umount /mnt/fs
+check_fs_files "$dev" /mnt/fs /tmp/allsums
 check detach ctl detach fs
 kill -TERM $MASTER_PID
 [ $FAILS -eq 0 ]

@@ -44,29 +44,11 @@ mkdir -p /mnt/fs
 check mount mount "$dev" /mnt/fs || exit 1
 ctl_old attachments
 
-# A writer: one 32 KiB file per step, fsync'd, its checksum recorded once written; each step's
-# number, duration and end (ms since boot) go to /tmp/steps.PREFIX. Three run at once, so that
-# requests are in flight when the old qbd-master goes.
-writer() { # PREFIX
-  j=0
-  : >/tmp/steps.$1
-  while [ ! -e /tmp/stop ]; do
-    t0=$(now_ms)
-    if ! dd if=/dev/urandom of=/mnt/fs/$1$j bs=32k count=1 conv=fsync 2>/tmp/dd.err.$1; then
-      echo "$1$j: write error: $(cat /tmp/dd.err.$1)" >>/tmp/werr
-    else
-      (cd /mnt/fs && sha256sum $1$j) >>/tmp/wsums.$1
-    fi
-    t1=$(now_ms)
-    echo "$j $((t1 - t0)) $t1" >>/tmp/steps.$1
-    j=$((j + 1))
-  done
-}
 
 rm -f /tmp/stop /tmp/werr /tmp/steps.* /tmp/wsums.*
 wpids=""
 for w in a b c; do
-  writer "w$w-" &
+  fs_writer /mnt/fs "w$w-" &
   wpids="$wpids $!"
 done
 sleep 2
@@ -127,19 +109,9 @@ if grep -qE "^fs +$dev +2/2 +connected" /tmp/att; then
 else
   fail attachments "qbdctl attachments does not list fs on $dev with 2/2 connected"
 fi
-if dmesg | grep -iE 'I/O error|EXT4-fs (error|warning)|Buffer I/O|remounting'; then
-  fail dmesg "errors in the kernel log (above)"
-else
-  pass dmesg-clean
-fi
+check_dmesg_clean
 dmesg | grep -i nbd | tail -n 20
-check umount umount /mnt/fs
-check e2fsck e2fsck -fn "$dev"
-check remount mount -o ro "$dev" /mnt/fs
-n=$(wc -l </tmp/allsums)
-check "checksums ($n files)" sh -c \
-  'cd /mnt/fs && sha256sum -c /tmp/allsums >/tmp/sumcheck || { grep -v OK /tmp/sumcheck | head; exit 1; }'
-umount /mnt/fs
+check_fs_files "$dev" /mnt/fs /tmp/allsums
 check detach ctl detach fs
 kill -TERM $MASTER_PID
 wait $MASTER_PID 2>/dev/null
