@@ -490,6 +490,18 @@ Result<json> Master::Health() {
                               attached.value("live", 0), attached.value("connections", 0)),
                   "", "", "qbd-master reconnects it at every volume poll: see its log"));
     }
+    if (auto f = forwarded_.find(name); f != forwarded_.end()) {
+      auto remote = f->second.handler->remote();
+      if (remote && remote->Live() == 0) {
+        add(problem(name + "|forward", "degraded",
+                    fmt::format("forwarded for a live migration, but its connections to {} at {} ended; "
+                                "{} request(s) wait for it to be taken over",
+                                f->second.holder, f->second.address, f->second.handler->Waiting()),
+                    "", "",
+                    "it is taken over once the holder released it (its clients gone), or its lease "
+                    "ran out: see both masters' logs"));
+      }
+    }
     overall = std::max(overall, problems.severity);
     json vj = {{"name", name},
                {"status", HealthStatusName(problems.severity)},
@@ -498,6 +510,7 @@ Result<json> Master::Health() {
     if (!attached.is_null()) vj["attachment"] = attached;
     if (it == volumes_.end()) {
       if (auto r = refused_.find(name); r != refused_.end()) vj["served_by"] = r->second;
+      if (auto f = forwarded_.find(name); f != forwarded_.end()) vj["forwarded_to"] = f->second.holder;
     }
     vols.push_back(std::move(vj));
   }

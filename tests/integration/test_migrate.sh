@@ -79,6 +79,9 @@ pass "the target reads the source's data through master 2"
 wait_for_line "$T/master.log" "volume h: .* asks for it \(a live migration: 2 connection\(s\) forwarded from it\), but 1 client\(s\) use it here" 10 &&
   pass "master 1 keeps h while its own client is connected" || fail "master 1 keeps h" "$(tail -n 3 "$T/master.log")"
 
+check "master 2's health shows h forwarded to master 1, with no problem" bash -c \
+  "curl -sf '$API2/v1/health' | python3 -c 'import json,sys; v=[x for x in json.load(sys.stdin)[\"volumes\"] if x[\"name\"]==\"h\"][0]; sys.exit(0 if \"pid $M1\" in v.get(\"forwarded_to\",\"\") and not v[\"problems\"] else 1)'"
+
 # The source leaves: master 2 takes h over under the target's writes.
 sleep 1
 touch "$T/src.stop"
