@@ -59,6 +59,11 @@ class GatedDisk : public MemDisk {
     std::unique_lock l(mu_);
     cv_.wait(l, [&] { return arrived_ >= n; });
   }
+  // WaitArrived, giving up after `ms` (a request path that serializes would never get there).
+  bool WaitArrivedFor(int n, int ms) {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, std::chrono::milliseconds(ms), [&] { return arrived_ >= n; });
+  }
 
  private:
   std::mutex mu_;
@@ -207,6 +212,27 @@ TEST_CASE("ForwardHandler: forwards, then switches; dropped writes run locally i
   CHECK(f.Read(8192, back).ok());
   CHECK(back == Bytes(4096, 3));
   CHECK(f.BlockStatus(0, 4096).ok());
+}
+
+TEST_CASE("ForwardHandler: once switched, requests run on the local handler side by side") {
+  auto disk = std::make_shared<MemDisk>(1 << 20);
+  Holder h(disk);
+  ForwardHandler f("vol", Connect(h.address, 1), 60000);
+  auto local = std::make_shared<GatedDisk>(1 << 20);
+  OpenAtEnd open{*local};
+  f.SwitchTo(local);
+  local->Close();
+  Status s1, s2;
+  std::thread w1([&] { s1 = f.Write(0, Bytes(4096, 1), false); });
+  REQUIRE(local->WaitArrivedFor(1, 10000));
+  std::thread w2([&] { s2 = f.Write(8192, Bytes(4096, 2), false); });
+  // The second reaches the local handler while the first is still inside it.
+  CHECK(local->WaitArrivedFor(2, 10000));
+  local->Open();
+  w1.join();
+  w2.join();
+  CHECK(s1.ok());
+  CHECK(s2.ok());
 }
 
 TEST_CASE("ForwardHandler: a new connection to the holder takes the waiting requests") {

@@ -24,12 +24,14 @@ Status ForwardHandler::Run(const RemoteOp& remote_op, const LocalOp& local_op) {
     if (!failed_.empty()) return Status::IOError(failed_);
     local = local_;
     // Switched, and no request from before is left: no order to keep any more.
-    if (local && outstanding_.empty()) return local_op(*local);
-    remote = remote_;
-    generation = generation_;
-    ticket = next_ticket_++;
-    outstanding_.insert(ticket);
+    if (!local || !outstanding_.empty()) {
+      remote = remote_;
+      generation = generation_;
+      ticket = next_ticket_++;
+      outstanding_.insert(ticket);
+    }
   }
+  if (ticket == 0) return local_op(*local);  // outside the lock: requests run side by side
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(max_wait_ms_);
   bool waited = false;
   for (;;) {
