@@ -41,44 +41,10 @@
 
 #include "qbd/backend.h"
 #include "qbd/config.h"
+#include "qbd/nbd_client.h"
 #include "qbd/status.h"
 
 namespace qbd {
-
-// A file descriptor, closed when destroyed.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd();
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-// What an export's handshake told the client.
-struct NbdExportInfo {
-  uint64_t size = 0;
-  uint16_t flags = 0;  // transmission flags (nbd_wire.h kFlag*)
-};
-
-// Connects to the NBD listener `listen` (a qbd.conf listen address; "*:PORT" and "[::]:PORT" are
-// reached on loopback) and negotiates `export_name` with NBD_OPT_GO. On success the socket is in
-// the transmission phase. IOError when the listener cannot be reached, NotFound when the server
-// does not know the export, InvalidArgument when it answers outside the protocol. Gives up after
-// `timeout_ms`.
-Result<UniqueFd> NbdClientConnect(const std::string& listen, const std::string& export_name,
-                                  NbdExportInfo* info, int timeout_ms = 10000);
 
 struct NbdDeviceConfig {
   uint64_t size_bytes = 0;

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "qbd/handler.h"
-#include "qbd/nbd_attach.h"
+#include "qbd/nbd_client.h"
 #include "qbd/status.h"
 
 namespace qbd {
