@@ -11,7 +11,7 @@
 #   qbd-masters through the plugin, the target writing across the take-over); about 2.5 minutes
 #   in TCG. `make test-vm` runs them
 #   all (also nbd_client_fs: Debian's nbd-client against qbd-master, attach_stall,
-#   attach_ioctl and attach_upgrade).
+#   attach_ioctl, attach_upgrade and systemd_unit: qbd-master.service under systemd as PID 1).
 #   attach_upgrade needs the qbd-master and qbdctl of an older commit (QBD_UPGRADE_FROM):
 #   tests/vm/build-old.sh builds them from git history first (minutes, once; cached in build/vm),
 #   which is why it is not among the essential ones; without that commit (a shallow clone) it

@@ -19,6 +19,12 @@
 # does not). With QBD_OLD_BIN also set (a directory, e.g. tests/vm/build-old.sh's), its qbd-master
 # and qbdctl go into OUT_CPIO too, as /usr/sbin/qbd-master-old and /usr/sbin/qbdctl-old: the
 # upgrade test runs both versions in one guest.
+# With QBD_VM_SYSTEMD=1, it also builds (cached like the base) $QBD_VM_CACHE/systemd.cpio.gz, which
+# tests/vm/run.sh appends for guest scripts marked "# qbd-vm: systemd": systemd (PID 1), journald,
+# systemctl and journalctl with their libraries, Debian's targets and slices, /sbin/modprobe with
+# the nbd module, and
+# qbd-vm.target/qbd-vm-test.service, through which tests/vm/init's run of /test/run.sh happens
+# under systemd. The normal boot does not carry it.
 # Prints nothing on success but the paths it rebuilt; exit status 1 with a message on failure.
 set -euo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
@@ -208,6 +214,69 @@ EOF
   echo "$key" >"$cache/base.key"
   rm -rf "$work"
   echo "built $cache/base.cpio.gz and $cache/vmlinuz (kernel $kver)"
+fi
+
+# --- systemd as PID 1 (QBD_VM_SYSTEMD=1) -----------------------------------------------------------
+SYSTEMD_BINS=(/usr/lib/systemd/systemd /usr/lib/systemd/systemd-journald /usr/bin/systemctl
+  /usr/bin/journalctl)
+SYSTEMD_UNITS=(systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket)
+if [ "${QBD_VM_SYSTEMD:-}" = 1 ]; then
+  for b in "${SYSTEMD_BINS[@]}"; do
+    [ -x "$b" ] || die "$b is missing (Debian's systemd package)"
+  done
+  skey=$(
+    {
+      basename "$kdeb"
+      sha256sum "$0" | awk '{ print $1 }'
+      sha256sum "${SYSTEMD_BINS[@]}" /usr/lib/os-release | awk '{ print $1 }'
+      (cd /usr/lib/systemd/system && sha256sum ./*.target ./*.slice "${SYSTEMD_UNITS[@]}")
+    } | sha256sum | awk '{ print $1 }'
+  )
+  if [ ! -s "$cache/systemd.cpio.gz" ] || [ "$(cat "$cache/systemd.key" 2>/dev/null)" != "$skey" ]; then
+    sroot="$cache/systemd.tmp"
+    rm -rf "$sroot"
+    # Only paths under usr/, etc/ and var/: an entry for lib or bin would replace the base's
+    # merged-/usr symlinks when the kernel unpacks this segment over them.
+    mkdir -p "$sroot/usr/lib/systemd/system" "$sroot/etc/systemd/system" "$sroot/usr/sbin" \
+      "$sroot/var/tmp"
+    chmod 1777 "$sroot/var/tmp"
+    for b in "${SYSTEMD_BINS[@]}"; do copy_with_libs "$sroot" "$b" "$(usr_path "$b")"; done
+    # Targets and slices without their .wants/ (Debian's boot services are not wanted here): the
+    # default dependencies of services (sysinit.target, basic.target, shutdown.target, ...) and
+    # qbd-master.service's network-online.target and remote-fs.target exist as on a real host.
+    cp /usr/lib/systemd/system/*.target /usr/lib/systemd/system/*.slice "$sroot/usr/lib/systemd/system/"
+    for u in "${SYSTEMD_UNITS[@]}"; do cp "/usr/lib/systemd/system/$u" "$sroot/usr/lib/systemd/system/"; done
+    mkdir -p "$sroot/usr/lib/systemd/system/sockets.target.wants" \
+      "$sroot/usr/lib/systemd/system/sysinit.target.wants"
+    ln -s ../systemd-journald.socket ../systemd-journald-dev-log.socket \
+      "$sroot/usr/lib/systemd/system/sockets.target.wants/"
+    ln -s ../systemd-journald.service "$sroot/usr/lib/systemd/system/sysinit.target.wants/"
+    # /sbin/modprobe (busybox's here, kmod's on Debian) and the nbd module where it looks, for
+    # qbd-master.service's ExecStartPre (the guest script unloads nbd first).
+    kver=${kpkg#linux-image-}
+    ln -s ../bin/busybox "$sroot/usr/sbin/modprobe"
+    mkdir -p "$sroot/usr/lib/modules/$kver/kernel/drivers/block"
+    dpkg-deb --fsys-tarfile "$kdeb" | tar -xO "./lib/modules/$kver/kernel/drivers/block/nbd.ko" \
+      >"$sroot/usr/lib/modules/$kver/kernel/drivers/block/nbd.ko"
+    echo "kernel/drivers/block/nbd.ko:" >"$sroot/usr/lib/modules/$kver/modules.dep"
+    cp /usr/lib/os-release "$sroot/usr/lib/os-release"
+    ln -s ../usr/lib/os-release "$sroot/etc/os-release"
+    # tests/vm/init execs systemd with --unit=qbd-vm.target.
+    printf '%s\n' '[Unit]' 'Description=qbd test VM' 'Requires=basic.target' 'After=basic.target' \
+      'Wants=qbd-vm-test.service' 'AllowIsolate=yes' >"$sroot/etc/systemd/system/qbd-vm.target"
+    # The guest script's output goes to the journal and the console; tests/vm/init's run-test
+    # tees it to ttyS1 as in the normal boot, ends with the sentinel and powers off.
+    printf '%s\n' '[Unit]' 'Description=qbd test VM: /test/run.sh' 'After=basic.target' '' \
+      '[Service]' 'Type=oneshot' 'ExecStart=/init run-test' 'StandardInput=null' \
+      'StandardOutput=journal+console' 'StandardError=inherit' 'TimeoutStartSec=infinity' \
+      >"$sroot/etc/systemd/system/qbd-vm-test.service"
+    (cd "$sroot" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |
+      gzip -1 >"$cache/systemd.cpio.gz.tmp"
+    mv "$cache/systemd.cpio.gz.tmp" "$cache/systemd.cpio.gz"
+    echo "$skey" >"$cache/systemd.key"
+    rm -rf "$sroot"
+    echo "built $cache/systemd.cpio.gz"
+  fi
 fi
 
 # --- qbd's binaries --------------------------------------------------------------------------------

@@ -11,6 +11,9 @@
 # line, a guest that did not power off within QBD_VM_TIMEOUT seconds (300): qemu is killed).
 # The console (kernel messages and the script's output) goes to QBD_VM_CONSOLE (default
 # $QBD_VM_CACHE/console.log). QBD_VM_MEM (1G), QBD_VM_CPUS (2), QBD_VM_APPEND: kernel arguments.
+# A SCRIPT with the line "# qbd-vm: systemd" (or QBD_VM_SYSTEMD=1) boots with systemd as PID 1
+# (tests/vm/build.sh's systemd segment) and runs as its qbd-vm-test.service; the systemd units
+# of systemd/ are in /usr/lib/systemd/system as `make install PREFIX=/usr` writes them.
 set -uo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
 
@@ -34,6 +37,10 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
+systemd=${QBD_VM_SYSTEMD:-}
+grep -qx '# qbd-vm: systemd' "$script" && systemd=1
+if [ "$systemd" = 1 ]; then export QBD_VM_SYSTEMD=1; else systemd=""; fi
+
 start=$(date +%s%N)
 if [ -n "${QBD_BIN:-}" ]; then
   "$here/build.sh" "$QBD_BIN" "$work/qbd.cpio" >&2 || exit 1
@@ -41,6 +48,16 @@ else
   "$here/build.sh" >&2 || exit 1
 fi
 mkdir -p "$work/t/test"
+if [ "$systemd" = 1 ]; then
+  # The units exactly as installed; the binaries in the image are QBD_BIN's (install's copies of
+  # these placeholders are dropped).
+  mkdir -p "$work/stub" "$work/t/usr/lib/systemd"
+  for b in "$src"/src/bin/*; do : >"$work/stub/${b##*/}"; done
+  make -C "$src" --no-print-directory -s install DESTDIR="$work/inst" PREFIX=/usr \
+    INSTALL_BIN="$work/stub" >"$work/install.out" 2>&1 ||
+    { echo "run.sh: make install failed:" >&2; cat "$work/install.out" >&2; exit 1; }
+  cp -r "$work/inst/usr/lib/systemd/system" "$work/t/usr/lib/systemd/"
+fi
 cp "$script" "$work/t/test/run.sh"
 cp "$here/guest-lib.sh" "$work/t/test/lib.sh"
 chmod 755 "$work/t/test/run.sh"
@@ -48,7 +65,8 @@ chmod 755 "$work/t/test/run.sh"
   gzip -1 >"$work/test.cpio.gz"
 # The uncompressed cpio comes first: the kernel finds the start of a segment that follows a
 # compressed one only if that one is compressed too.
-cat ${QBD_BIN:+"$work/qbd.cpio"} "$cache/base.cpio.gz" "$work/test.cpio.gz" >"$work/initrd"
+cat ${QBD_BIN:+"$work/qbd.cpio"} "$cache/base.cpio.gz" ${systemd:+"$cache/systemd.cpio.gz"} \
+  "$work/test.cpio.gz" >"$work/initrd"
 built=$(date +%s%N)
 
 console=${QBD_VM_CONSOLE:-$cache/console.log}
