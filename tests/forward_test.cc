@@ -34,6 +34,11 @@ class OneExport : public ExportRegistry {
   std::shared_ptr<const Export> e_;
 };
 
+template <class Pred>
+void WaitFor(Pred p) {
+  while (!p()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
 // A disk whose writes wait at a gate while it is closed, counting the writes that arrived.
 class GatedDisk : public MemDisk {
  public:
@@ -94,6 +99,13 @@ class RecordingDisk : public MemDisk {
 };
 
 struct Holder {
+  // Closes the connections serving "vol" once `n` of them chose it: a connection records its
+  // export just after the handshake's reply, so one closed right after Connect may not have yet.
+  void CloseAll(size_t n) {
+    WaitFor([&] { return server->Peers("vol").size() >= n; });
+    CHECK(server->Disconnect("vol") == n);
+  }
+
   explicit Holder(std::shared_ptr<BlockHandler> disk) {
     auto e = std::make_shared<Export>();
     e->name = "vol";
@@ -123,10 +135,6 @@ std::shared_ptr<NbdRemote> Connect(const std::string& address, int n = 2) {
   return std::move(r).value();
 }
 
-template <class Pred>
-void WaitFor(Pred p) {
-  while (!p()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-}
 
 TEST_CASE("NbdRemote: requests reach the server, its errors come back, its peers are our local ends") {
   auto disk = std::make_shared<MemDisk>(1 << 20);
@@ -191,7 +199,7 @@ TEST_CASE("ForwardHandler: forwards, then switches; dropped writes run locally i
   disk->WaitArrived(2);  // the one written above, then w1's
   std::thread w2([&] { s2 = f.Write(0, Bytes(4096, 2), false); });
   disk->WaitArrived(3);
-  h.server->Disconnect("vol");
+  h.CloseAll(2);
   WaitFor([&] { return f.Waiting() == 2; });
   CHECK_FALSE(f.switched());
 
@@ -239,7 +247,7 @@ TEST_CASE("ForwardHandler: a new connection to the holder takes the waiting requ
   auto disk = std::make_shared<MemDisk>(1 << 20);
   Holder h(disk);
   ForwardHandler f("vol", Connect(h.address, 1), 60000);
-  h.server->Disconnect("vol");
+  h.CloseAll(1);
   WaitFor([&] { return f.remote()->Live() == 0; });
   Status s;
   std::thread w([&] { s = f.Write(4096, Bytes(4096, 9), false); });
@@ -256,7 +264,7 @@ TEST_CASE("ForwardHandler: Fail ends the waiting requests; a wait is bounded") {
   Holder h(disk);
   {
     ForwardHandler f("vol", Connect(h.address, 1), 60000);
-    h.server->Disconnect("vol");
+    h.CloseAll(1);
     WaitFor([&] { return f.remote()->Live() == 0; });
     Status s;
     std::thread w([&] { s = f.Flush(); });
@@ -269,7 +277,7 @@ TEST_CASE("ForwardHandler: Fail ends the waiting requests; a wait is bounded") {
   }
   {
     ForwardHandler f("vol", Connect(h.address, 1), 100);
-    h.server->Disconnect("vol");
+    h.CloseAll(1);
     WaitFor([&] { return f.remote()->Live() == 0; });
     std::vector<std::byte> out(512);
     Status s = f.Read(0, out);
