@@ -1,5 +1,5 @@
-// LocalDirBackend: a StorageBackend rooted at a local directory. The only file (with
-// nfs_backend.cc) that calls open/pread/pwrite/fsync.
+// LocalDirBackend: a StorageBackend rooted at a local directory. The only file that calls
+// open/pread/pwrite/fsync on chunk files (the NFS backend reaches its files through libnfs).
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -33,7 +33,7 @@
 #include "qbd/status.h"
 
 #ifdef LIBNFS_API_V2
-#error "libnfs 6 renamed the raw NFSv3 calls (rpc_nfs3_*_task); port StartRead/StartWrite/Commit"
+#error "libnfs 6 renamed the raw NFSv3 calls (rpc_nfs3_*_task); port NfsFile::ReadAtV, WriteAt and the commit in nfs_backend.cc"
 #endif
 
 namespace qbd {
