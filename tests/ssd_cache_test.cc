@@ -8,6 +8,8 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -184,6 +186,65 @@ TEST_CASE("SSD cache, write-back: a process kill (no power cut) loses nothing wr
   std::vector<std::byte> got(w.size());
   REQUIRE(disk.Read(4 * kBs, got).ok());
   CHECK(got == w);
+}
+
+// The log's files as they are now, in a fresh backend: what a process kill at this moment leaves.
+void CopyLog(StorageBackend& from, MemBackend& to) {
+  REQUIRE(to.MkDirs(std::to_string(kVol)).ok());
+  for (const std::string name : {"log", "checkpoint"}) {
+    const std::string path = std::to_string(kVol) + "/" + name;
+    auto data = ReadWholeFile(from, path);
+    if (!data.ok()) continue;
+    auto f = to.Create(path);
+    REQUIRE(f.ok());
+    REQUIRE((*f)->WriteAt(0, *data).ok());
+  }
+}
+
+TEST_CASE("SSD cache, write-back: a write acknowledged while its segment's first append is under way survives a kill") {
+  // A fresh log: the segment's header entry is written by the append of its first slot. Here that
+  // append is held before it writes anything while a second write, in the segment's next slot,
+  // is acknowledged; the process is killed then. The acknowledged write must be replayed.
+  MemBackend mem("cache");
+  FaultyBackend faulty(mem);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool held = false, release = false;
+  int log_writes = 0;
+  faulty.SetHook([&](FaultyBackend::Op op, std::string_view path) {
+    if (op != FaultyBackend::kWrite || path != "7/log") return;
+    std::unique_lock l(mu);
+    if (log_writes++ != 0) return;  // only the very first write to the log waits
+    held = true;
+    cv.notify_all();
+    cv.wait(l, [&] { return release; });
+  });
+  MemDisk disk(1 << 20);
+  const auto first = RandomBytes(21, kBs), second = RandomBytes(22, kBs);
+  MemBackend killed("killed");
+  {
+    auto c = Open(faulty, disk, WriteBack());
+    auto a = std::async(std::launch::async, [&] { return c->Write(0, first, false); });
+    {
+      std::unique_lock l(mu);
+      cv.wait(l, [&] { return held; });
+    }
+    REQUIRE(c->Write(8 * kBs, second, false).ok());  // acknowledged
+    CopyLog(mem, killed);                             // the kill
+    {
+      std::lock_guard l(mu);
+      release = true;
+    }
+    cv.notify_all();
+    CHECK(a.get().ok());
+    c->AbandonForTest();
+  }
+  SsdReplay replay;
+  auto c = Open(killed, disk, WriteBack(), &replay);
+  CHECK(replay.blocks == 1);
+  std::vector<std::byte> got(kBs);
+  REQUIRE(disk.Read(8 * kBs, got).ok());
+  CHECK(got == second);
 }
 
 TEST_CASE("SSD cache, write-back: destaged copies are not replayed over a later partial write or trim") {

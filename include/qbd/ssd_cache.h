@@ -182,6 +182,11 @@ class SsdCacheLayer : public BlockHandler {
   std::unique_ptr<ChunkFile> log_;
   uint64_t segments_ = 0;  // data slots: segments_ * (entries per segment)
   uint64_t slots_per_segment_ = 0;
+  // Per segment: its header entry is in the log for this lap of the ring. Recover reads no entry of
+  // a segment without one, so an append is not done before it is there: the append of the
+  // segment's first slot writes it, and any other append that finds it missing writes it too
+  // (appends run side by side, and the first may still be under way when a later one returns).
+  std::unique_ptr<std::atomic<bool>[]> header_written_;
   WriteTracker writes_;
   SsdCacheCounters counters_;
   const std::shared_ptr<const VolumeMetrics> metrics_;  // hits and misses also go there; may be null

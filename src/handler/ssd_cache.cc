@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cstring>
@@ -188,6 +189,7 @@ SsdCacheLayer::SsdCacheLayer(std::unique_ptr<BlockHandler> next, StorageBackend&
   next_seq_ = replay.last_seq + 1;
   checkpoint_ = replay.last_seq;
   slots_.resize(segments_ * slots_per_segment_);
+  header_written_ = std::make_unique<std::atomic<bool>[]>(segments_);
   Status s = dir.MkDirs(std::to_string(volnr));
   if (s.ok()) {
     auto created = dir.Create(LogPath(volnr));
@@ -285,6 +287,7 @@ Result<uint64_t> SsdCacheLayer::ReserveLocked(std::unique_lock<std::mutex>& l, s
       if (it != index_.end() && it->second == s) index_.erase(it);
       slots_[s] = SlotInfo{};
     }
+    header_written_[first / slots_per_segment_].store(false, std::memory_order_release);
   }
   const uint64_t slot = head_ % total;
   *got = std::min<uint64_t>(n, slots_per_segment_ - head_ % slots_per_segment_);
@@ -308,7 +311,17 @@ Status SsdCacheLayer::AppendAt(uint64_t slot, std::span<const SlotInfo> infos, s
                       SsdLogEntry{s.block, s.seq, s.checksum, dirty ? kFlagDirty : 0u});
     p += kEntry;
   }
-  return log_->WriteAt(EntryOffset(slot) - (first_of_segment ? kEntry : 0), entries);
+  QBD_RETURN_IF_ERROR(log_->WriteAt(EntryOffset(slot) - (first_of_segment ? kEntry : 0), entries));
+  const uint64_t seg = slot / slots_per_segment_;
+  if (!first_of_segment && !header_written_[seg].load(std::memory_order_acquire)) {
+    // The segment's first append has not written its header yet: without it these entries would
+    // not be read back after a crash (the same bytes; whichever lands last changes nothing).
+    std::array<std::byte, kEntry> header;
+    EncodeSsdSegmentHeader(header, volnr_, bs_);
+    QBD_RETURN_IF_ERROR(log_->WriteAt(seg * (slots_per_segment_ + 1) * bs_, header));
+  }
+  header_written_[seg].store(true, std::memory_order_release);
+  return Status::OK();
 }
 
 template <typename Keep>
