@@ -243,47 +243,49 @@ TEST_CASE("ForwardHandler: once switched, requests run on the local handler side
   CHECK(s2.ok());
 }
 
+// A handler forwarding to `h` over one connection, which the holder then closed.
+std::unique_ptr<ForwardHandler> Stranded(Holder& h, uint64_t max_wait_ms) {
+  auto f = std::make_unique<ForwardHandler>("vol", Connect(h.address, 1), max_wait_ms);
+  h.CloseAll(1);
+  WaitFor([&] { return f->remote()->Live() == 0; });
+  return f;
+}
+
 TEST_CASE("ForwardHandler: a new connection to the holder takes the waiting requests") {
   auto disk = std::make_shared<MemDisk>(1 << 20);
   Holder h(disk);
-  ForwardHandler f("vol", Connect(h.address, 1), 60000);
-  h.CloseAll(1);
-  WaitFor([&] { return f.remote()->Live() == 0; });
+  auto f = Stranded(h, 60000);
   Status s;
-  std::thread w([&] { s = f.Write(4096, Bytes(4096, 9), false); });
-  WaitFor([&] { return f.Waiting() == 1; });
-  f.SetRemote(Connect(h.address, 1));
+  std::thread w([&] { s = f->Write(4096, Bytes(4096, 9), false); });
+  WaitFor([&] { return f->Waiting() == 1; });
+  f->SetRemote(Connect(h.address, 1));
   w.join();
   CHECK(s.ok());
   CHECK(disk->Contents(4096, 4096) == Bytes(4096, 9));
-  CHECK_FALSE(f.switched());
+  CHECK_FALSE(f->switched());
 }
 
 TEST_CASE("ForwardHandler: Fail ends the waiting requests; a wait is bounded") {
   auto disk = std::make_shared<MemDisk>(1 << 20);
   Holder h(disk);
   {
-    ForwardHandler f("vol", Connect(h.address, 1), 60000);
-    h.CloseAll(1);
-    WaitFor([&] { return f.remote()->Live() == 0; });
+    auto f = Stranded(h, 60000);
     Status s;
-    std::thread w([&] { s = f.Flush(); });
-    WaitFor([&] { return f.Waiting() == 1; });
-    f.Fail("volume vol: detached here");
+    std::thread w([&] { s = f->Flush(); });
+    WaitFor([&] { return f->Waiting() == 1; });
+    f->Fail("volume vol: detached here");
     w.join();
     CHECK(s.IsIOError());
     CHECK(s.message().find("detached here") != std::string::npos);
-    CHECK(f.Read(0, std::span<std::byte>()).IsIOError());
+    CHECK(f->Read(0, std::span<std::byte>()).IsIOError());
   }
   {
-    ForwardHandler f("vol", Connect(h.address, 1), 100);
-    h.CloseAll(1);
-    WaitFor([&] { return f.remote()->Live() == 0; });
+    auto f = Stranded(h, 100);
     std::vector<std::byte> out(512);
-    Status s = f.Read(0, out);
+    Status s = f->Read(0, out);
     CHECK(s.IsIOError());
     CHECK(s.message().find("not taken over within 100 ms") != std::string::npos);
-    CHECK(f.Waiting() == 0);
+    CHECK(f->Waiting() == 0);
   }
 }
 

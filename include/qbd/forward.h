@@ -61,6 +61,9 @@ class ForwardHandler : public BlockHandler {
   using RemoteOp = std::function<NbdRemote::Reply(NbdRemote&)>;
   using LocalOp = std::function<Status(BlockHandler&)>;
   Status Run(const RemoteOp& remote_op, const LocalOp& local_op);
+  // After a new target was set: closes `old` (its requests come back lost), then wakes the
+  // waiting requests.
+  void Announce(std::shared_ptr<NbdRemote> old);
 
   const std::string volume_;
   const uint64_t max_wait_ms_;

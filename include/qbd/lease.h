@@ -209,7 +209,8 @@ class VolumeLease {
   std::thread renewer_;
 };
 
-// For offline tools (qbd-repair): the record of a master other than this configuration's
+// For offline tools (qbd-repair), and for a master looking for the holder it forwards to during
+// a live migration (master_handoff.cc): the record of a master other than this configuration's
 // previous run found in `.owner` on any of `parts`, or nullopt when there is none. A record is
 // left behind only by a master that is running or did not stop cleanly.
 std::optional<LeaseRecord> ForeignLease(uint32_t volnr, const std::vector<StorageBackend*>& parts,

@@ -215,9 +215,6 @@ class Master : public ApiService {
     uint64_t lost_ms = 0;   // when its connections all ended (0: live)
   };
   std::map<std::string, Forwarded> forwarded_;  // GUARDED_BY(ops_mu_)
-  // The holder's record on `meta`'s parts (the first one naming another master), or nullopt
-  // when no part names another master.
-  std::optional<LeaseRecord> HolderOf(const VolumeMeta& meta);
   // Starts forwarding `meta`'s volume to its holder with `connections` sockets. False when no
   // other master holds it (then it can be taken the ordinary way); InvalidArgument with EBUSY
   // when the holder cannot be reached from here. REQUIRES: ops_mu_ held.

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <utility>
 
 namespace qbd {
 
@@ -102,13 +103,7 @@ Result<std::vector<Extent>> ForwardHandler::BlockStatus(uint64_t off, uint64_t l
   return local->BlockStatus(off, len);
 }
 
-void ForwardHandler::SwitchTo(std::shared_ptr<BlockHandler> local) {
-  std::shared_ptr<NbdRemote> old;
-  {
-    std::lock_guard l(mu_);
-    old = std::move(remote_);
-    local_ = std::move(local);
-  }
+void ForwardHandler::Announce(std::shared_ptr<NbdRemote> old) {
   // Requests still out on the old connection come back lost before the new target is announced,
   // so that they take their turn in the order of arrival with the others.
   if (old) old->Close();
@@ -117,18 +112,24 @@ void ForwardHandler::SwitchTo(std::shared_ptr<BlockHandler> local) {
   cv_.notify_all();
 }
 
+void ForwardHandler::SwitchTo(std::shared_ptr<BlockHandler> local) {
+  std::shared_ptr<NbdRemote> old;
+  {
+    std::lock_guard l(mu_);
+    old = std::move(remote_);
+    local_ = std::move(local);
+  }
+  Announce(std::move(old));
+}
+
 void ForwardHandler::SetRemote(std::shared_ptr<NbdRemote> remote) {
   std::shared_ptr<NbdRemote> old;
   {
     std::lock_guard l(mu_);
     if (local_) return;  // switched already
-    old = std::move(remote_);
-    remote_ = std::move(remote);
+    old = std::exchange(remote_, std::move(remote));
   }
-  if (old) old->Close();
-  std::lock_guard l(mu_);
-  ++generation_;
-  cv_.notify_all();
+  Announce(std::move(old));
 }
 
 void ForwardHandler::Fail(const std::string& why) {

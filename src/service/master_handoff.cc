@@ -184,18 +184,8 @@ Status Master::WriteRequest(const VolumeMeta& meta, const std::string& extra) {
   return Status::OK();
 }
 
-std::optional<LeaseRecord> Master::HolderOf(const VolumeMeta& meta) {
-  for (StorageBackend* b : catalog_->BackendsFor(meta)) {
-    auto text = ReadSmallFile(*b, LeasePath(meta.number));
-    if (!text.ok() || text->empty()) continue;
-    auto r = LeaseRecord::Parse(*text, LeasePath(meta.number));
-    if (r.ok() && r->who.owner != identity_.owner) return *r;
-  }
-  return std::nullopt;
-}
-
 Result<bool> Master::StartForwarding(const VolumeMeta& meta, int connections) {
-  std::optional<LeaseRecord> holder = HolderOf(meta);
+  std::optional<LeaseRecord> holder = ForeignLease(meta.number, catalog_->BackendsFor(meta), identity_);
   if (!holder) return false;  // free: taken the ordinary way
   const std::string who = holder->Describe();
   const std::string& address = holder->who.nbd;
@@ -269,7 +259,8 @@ void Master::PollForwarded() {
       }
       // Still held by a master that serves it (it restarted, its clients back): forward anew.
       auto meta = catalog_->Find(name);
-      std::optional<LeaseRecord> holder = meta.ok() ? HolderOf(*meta) : std::nullopt;
+      std::optional<LeaseRecord> holder =
+          meta.ok() ? ForeignLease(meta->number, catalog_->BackendsFor(*meta), identity_) : std::nullopt;
       if (holder && !holder->who.nbd.empty()) {
         auto r = NbdRemote::Connect(holder->who.nbd, name, f.connections, 2000);
         if (r.ok()) {
